@@ -1,0 +1,115 @@
+/**
+ * The executor interface: what a plan interpreter needs from a backend (CPU reference or WebGPU).
+ * A session owns one KV cache. Every KV head of every layer holds its own list of entries, so heads
+ * may keep different numbers of prompt positions after pruning (real memory savings, no masking).
+ */
+import type { ModelConfig } from "./config.ts";
+
+export type ForwardInput =
+  | { kind: "tokens"; tokens: number[] }
+  /** Input vectors fed in place of token embeddings (Judge Q soft tokens), `count` rows of `dim`. */
+  | { kind: "embeddings"; rows: Float32Array; count: number };
+
+/** Post-RoPE query vectors of some rows, kept for attention scoring. Opaque to the core. */
+export interface QueryRows {
+  /** Absolute positions of the rows, ascending. */
+  readonly positions: number[];
+  dispose(): void;
+}
+
+export interface ForwardOptions {
+  /**
+   * "last": logits of the last row; "all": every row. Either way the last row's logits become the
+   * session's current logits (where decoding starts); "none" leaves them as they were.
+   */
+  logits?: "none" | "last" | "all";
+  /** Keep the rows' queries for `attentionMass`. */
+  captureQueries?: boolean;
+}
+
+export interface ForwardResult {
+  /** [rows][vocab] for "all", [vocab] for "last", null for "none". */
+  logits: Float32Array | null;
+  queries: QueryRows | null;
+}
+
+export interface SamplingOptions {
+  /** 0 means greedy. */
+  temperature: number;
+  topP: number;
+  topK: number;
+  seed: number;
+}
+
+export interface DecodeOptions {
+  maxTokens: number;
+  sampling: SamplingOptions;
+  stopTokenIds: number[];
+  /** Return the logits of every step (before sampling), for fidelity metrics. */
+  returnLogits?: boolean;
+  captureQueries?: boolean;
+  /** Called with each batch of new tokens as they are known (streaming). */
+  onTokens?: (ids: number[]) => void | Promise<void>;
+  signal?: AbortSignal;
+}
+
+export interface DecodeResult {
+  tokens: number[];
+  finishReason: "stop" | "length" | "aborted";
+  logits: Float32Array[] | null;
+  queries: QueryRows | null;
+  /** GPU readbacks or queue syncs performed (0 on the CPU). */
+  syncs: number;
+}
+
+/** Restores the cache to an earlier state: per-head entry counts and the next position. */
+export interface CacheMark {
+  readonly counts: Int32Array;
+  readonly nextPosition: number;
+}
+
+export interface KvSession {
+  readonly config: ModelConfig;
+  /** Position the next input row gets. */
+  readonly nextPosition: number;
+  /** Runs rows at positions nextPosition.., appending their K/V to every head. */
+  forward(input: ForwardInput, options?: ForwardOptions): Promise<ForwardResult>;
+  /**
+   * Sums, over the given query rows, their causal softmax attention (softmax over every cached entry at a
+   * position <= the row's) restricted to prompt positions < promptLength.
+   * Returns [layer][queryHead][promptLength] flattened.
+   */
+  attentionMass(queries: QueryRows, promptLength: number): Promise<Float32Array>;
+  /** L2 norm of every cached key at prompt positions < promptLength: [layer][kvHead][promptLength]. */
+  keyNorms(promptLength: number): Promise<Float32Array>;
+  /**
+   * Keeps, per layer and KV head, only the listed prompt positions (< promptLength, ascending) and
+   * every entry at a position >= promptLength; the rest is freed.
+   */
+  keepPositions(kept: Int32Array[][], promptLength: number): Promise<void>;
+  /** Drops every entry at a position >= position and continues from it (strips soft tokens). */
+  truncateFrom(position: number): Promise<void>;
+  mark(): CacheMark;
+  rewind(mark: CacheMark): Promise<void>;
+  /** Samples from the current logits, feeds the token back, and repeats. */
+  decode(options: DecodeOptions): Promise<DecodeResult>;
+  /** Current logits (of the last row run with logits "last", or of the last decoded step). */
+  currentLogits(): Promise<Float32Array>;
+  /** Positions held per layer and KV head, ascending. */
+  positions(): Promise<Int32Array[][]>;
+  /** Bytes of K and V held (entries x headDim x 2 x 4 bytes, f32). */
+  kvBytes(): number;
+  /** A deep copy with its own cache. */
+  clone(): Promise<KvSession>;
+  dispose(): void;
+}
+
+export interface Executor {
+  readonly kind: "cpu" | "gpu";
+  readonly config: ModelConfig;
+  /** Human-readable backend description (adapter, features). */
+  readonly description: string;
+  /** A new empty cache able to hold `capacity` positions per head. */
+  createSession(capacity: number): KvSession;
+  dispose(): void;
+}

@@ -1,0 +1,123 @@
+/**
+ * Model weights in memory, float32, row-major with Hugging Face layouts: a projection `W` of shape
+ * [out, in] maps x to W x. Assembled from named tensors with every shape checked.
+ */
+import * as E from "fp-ts/Either";
+import type { ModelConfig } from "./config.ts";
+import { fail, JudgeQError } from "./errors.ts";
+
+export interface LayerWeights {
+  attnNorm: Float32Array; // [dim]
+  wq: Float32Array; // [nHeads * headDim, dim]
+  wk: Float32Array; // [nKvHeads * headDim, dim]
+  wv: Float32Array; // [nKvHeads * headDim, dim]
+  bq: Float32Array | null;
+  bk: Float32Array | null;
+  bv: Float32Array | null;
+  wo: Float32Array; // [dim, nHeads * headDim]
+  mlpNorm: Float32Array; // [dim]
+  wGate: Float32Array; // [hiddenDim, dim]
+  wUp: Float32Array; // [hiddenDim, dim]
+  wDown: Float32Array; // [dim, hiddenDim]
+}
+
+export interface ModelWeights {
+  config: ModelConfig;
+  embed: Float32Array; // [vocab, dim]
+  layers: LayerWeights[];
+  finalNorm: Float32Array; // [dim]
+  /** The same array as `embed` when embeddings are tied. */
+  lmHead: Float32Array; // [vocab, dim]
+}
+
+export interface NamedTensor {
+  shape: number[];
+  data: Float32Array;
+}
+
+/** Every tensor name a config needs, with its expected shape. */
+export function expectedTensors(c: ModelConfig): Map<string, number[]> {
+  const q = c.nHeads * c.headDim, kv = c.nKvHeads * c.headDim;
+  const m = new Map<string, number[]>();
+  m.set("model.embed_tokens.weight", [c.vocabSize, c.dim]);
+  for (let i = 0; i < c.nLayers; i++) {
+    const p = `model.layers.${i}.`;
+    m.set(p + "input_layernorm.weight", [c.dim]);
+    m.set(p + "self_attn.q_proj.weight", [q, c.dim]);
+    m.set(p + "self_attn.k_proj.weight", [kv, c.dim]);
+    m.set(p + "self_attn.v_proj.weight", [kv, c.dim]);
+    if (c.attentionBias) {
+      m.set(p + "self_attn.q_proj.bias", [q]);
+      m.set(p + "self_attn.k_proj.bias", [kv]);
+      m.set(p + "self_attn.v_proj.bias", [kv]);
+    }
+    m.set(p + "self_attn.o_proj.weight", [c.dim, q]);
+    m.set(p + "post_attention_layernorm.weight", [c.dim]);
+    m.set(p + "mlp.gate_proj.weight", [c.hiddenDim, c.dim]);
+    m.set(p + "mlp.up_proj.weight", [c.hiddenDim, c.dim]);
+    m.set(p + "mlp.down_proj.weight", [c.dim, c.hiddenDim]);
+  }
+  m.set("model.norm.weight", [c.dim]);
+  if (!c.tiedEmbeddings) m.set("lm_head.weight", [c.vocabSize, c.dim]);
+  return m;
+}
+
+/** Checks a tensor's presence and shape before it is read, so a bad file fails before loading. */
+export function checkTensorShape(name: string, shape: number[] | undefined, config: ModelConfig) {
+  const want = expectedTensors(config).get(name);
+  if (!want) return E.right(undefined);
+  if (!shape) return E.left(fail("invalid_model_file", "tensor is missing", name));
+  if (shape.length !== want.length || shape.some((d, i) => d !== want[i])) {
+    return E.left(fail("invalid_model_file", `shape [${shape}] but the config needs [${want}]`, name));
+  }
+  return E.right(undefined);
+}
+
+/** Builds ModelWeights from named float32 tensors, checking every name and shape against the config. */
+export function assembleWeights(
+  config: ModelConfig,
+  get: (name: string) => NamedTensor | undefined,
+): E.Either<JudgeQError, ModelWeights> {
+  const expected = expectedTensors(config);
+  for (const [name] of expected) {
+    const check = checkTensorShape(name, get(name)?.shape, config);
+    if (E.isLeft(check)) return check;
+  }
+  const t = (name: string) => get(name)!.data;
+  const opt = (name: string) => (config.attentionBias ? t(name) : null);
+  const layers: LayerWeights[] = [];
+  for (let i = 0; i < config.nLayers; i++) {
+    const p = `model.layers.${i}.`;
+    layers.push({
+      attnNorm: t(p + "input_layernorm.weight"),
+      wq: t(p + "self_attn.q_proj.weight"),
+      wk: t(p + "self_attn.k_proj.weight"),
+      wv: t(p + "self_attn.v_proj.weight"),
+      bq: opt(p + "self_attn.q_proj.bias"),
+      bk: opt(p + "self_attn.k_proj.bias"),
+      bv: opt(p + "self_attn.v_proj.bias"),
+      wo: t(p + "self_attn.o_proj.weight"),
+      mlpNorm: t(p + "post_attention_layernorm.weight"),
+      wGate: t(p + "mlp.gate_proj.weight"),
+      wUp: t(p + "mlp.up_proj.weight"),
+      wDown: t(p + "mlp.down_proj.weight"),
+    });
+  }
+  const embed = t("model.embed_tokens.weight");
+  return E.right({
+    config,
+    embed,
+    layers,
+    finalNorm: t("model.norm.weight"),
+    lmHead: config.tiedEmbeddings ? embed : t("lm_head.weight"),
+  });
+}
+
+/** Parameter count (tied embeddings counted once). */
+export function parameterCount(w: ModelWeights): number {
+  let n = w.embed.length + w.finalNorm.length + (w.lmHead === w.embed ? 0 : w.lmHead.length);
+  for (const l of w.layers) {
+    for (const a of Object.values(l)) if (a) n += (a as Float32Array).length;
+  }
+  return n;
+}

@@ -1,0 +1,137 @@
+/**
+ * Loading a Hugging Face model directory from disk: config.json, one or sharded safetensors files,
+ * tokenizer.json and the optional configs. Tensors are read one at a time at their offsets, so the
+ * extra memory is bounded by the largest tensor, not the file.
+ */
+import * as E from "fp-ts/Either";
+import { type ModelConfig, parseModelConfig } from "../core/config.ts";
+import { fail, JudgeQError } from "../core/errors.ts";
+import { decodeToF32, headerLength, parseHeader, type SafetensorsHeader } from "../core/safetensors.ts";
+import { assembleWeights, checkTensorShape, expectedTensors, type ModelWeights, type NamedTensor } from "../core/weights.ts";
+
+export interface ModelFiles {
+  dir: string;
+  config: ModelConfig;
+  weights: ModelWeights;
+  /** Parsed tokenizer.json, tokenizer_config.json and generation_config.json (null when absent). */
+  tokenizerJson: unknown;
+  tokenizerConfig: unknown | null;
+  generationConfig: Record<string, unknown> | null;
+}
+
+/** The embedded default model shipped with the project. */
+export const EMBEDDED_MODEL_DIR = new URL("../fixtures/models/stories260K/", import.meta.url).pathname;
+
+const join = (dir: string, name: string) => dir.replace(/\/+$/, "") + "/" + name;
+
+async function readJson(path: string, field: string, optional: boolean): Promise<unknown> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (e) {
+    if (optional && e instanceof Deno.errors.NotFound) return null;
+    throw fail("invalid_model_file", `cannot read: ${(e as Error).message}`, field);
+  }
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw fail("invalid_model_file", `not valid JSON: ${(e as Error).message}`, field);
+  }
+}
+
+const orThrow = <A>(e: E.Either<JudgeQError, A>): A => {
+  if (E.isLeft(e)) throw e.left;
+  return e.right;
+};
+
+/** Opens a safetensors file and validates its header without reading tensor data. */
+export async function openSafetensors(path: string, name: string): Promise<{ file: Deno.FsFile; header: SafetensorsHeader }> {
+  const file = await Deno.open(path, { read: true });
+  try {
+    const size = (await file.stat()).size;
+    const first8 = new Uint8Array(8);
+    const got = await readFully(file, first8, 0);
+    const n = orThrow(headerLength(first8.subarray(0, got), size, name));
+    const headerBytes = new Uint8Array(n);
+    await readFully(file, headerBytes, 8);
+    return { file, header: orThrow(parseHeader(headerBytes, size, name)) };
+  } catch (e) {
+    file.close();
+    throw e;
+  }
+}
+
+async function readFully(file: Deno.FsFile, into: Uint8Array, at: number): Promise<number> {
+  await file.seek(at, Deno.SeekMode.Start);
+  let done = 0;
+  while (done < into.length) {
+    const n = await file.read(into.subarray(done));
+    if (n === null) break;
+    done += n;
+  }
+  return done;
+}
+
+/** Reads one tensor of an opened file, converting to float32. */
+export async function readTensor(
+  opened: { file: Deno.FsFile; header: SafetensorsHeader },
+  name: string,
+): Promise<NamedTensor> {
+  const info = opened.header.tensors.get(name)!;
+  const bytes = new Uint8Array(info.end - info.begin);
+  await readFully(opened.file, bytes, opened.header.dataOffset + info.begin);
+  return { shape: info.shape, data: decodeToF32(info.dtype, bytes) };
+}
+
+/** Which file holds each tensor: the index's weight_map, or the single model.safetensors. */
+async function shardMap(dir: string): Promise<Map<string, string> | null> {
+  const index = await readJson(join(dir, "model.safetensors.index.json"), "model.safetensors.index.json", true);
+  if (index === null) return null;
+  const map = (index as { weight_map?: unknown }).weight_map;
+  if (typeof map !== "object" || map === null || Object.values(map).some((v) => typeof v !== "string")) {
+    throw fail("invalid_model_file", "weight_map must map tensor names to file names", "model.safetensors.index.json");
+  }
+  for (const file of Object.values(map as Record<string, string>)) {
+    if (file.includes("/") || file.includes("..")) {
+      throw fail("invalid_model_file", `shard ${JSON.stringify(file)} must be a file in the model directory`, "weight_map");
+    }
+  }
+  return new Map(Object.entries(map as Record<string, string>));
+}
+
+/** Loads and validates a whole model directory; any failure is a JudgeQError naming the file or tensor. */
+export async function loadModelDir(dir: string): Promise<ModelFiles> {
+  const config = orThrow(parseModelConfig(await readJson(join(dir, "config.json"), "config.json", false)));
+  const tokenizerJson = await readJson(join(dir, "tokenizer.json"), "tokenizer.json", false);
+  const tokenizerConfig = await readJson(join(dir, "tokenizer_config.json"), "tokenizer_config.json", true);
+  const generationConfig = await readJson(join(dir, "generation_config.json"), "generation_config.json", true) as
+    | Record<string, unknown>
+    | null;
+  const shards = (await shardMap(dir)) ?? null;
+  const files = shards ? [...new Set(shards.values())] : ["model.safetensors"];
+  const opened = new Map<string, { file: Deno.FsFile; header: SafetensorsHeader }>();
+  try {
+    for (const f of files) {
+      try {
+        opened.set(f, await openSafetensors(join(dir, f), f));
+      } catch (e) {
+        if (e instanceof Deno.errors.NotFound) throw fail("invalid_model_file", "file is missing", f);
+        throw e;
+      }
+    }
+    const where = (name: string) => {
+      const f = shards ? shards.get(name) : "model.safetensors";
+      return f ? opened.get(f) : undefined;
+    };
+    // Check every name and shape first, so a bad file fails before megabytes are read.
+    for (const name of expectedTensors(config).keys()) {
+      orThrow(checkTensorShape(name, where(name)?.header.tensors.get(name)?.shape, config));
+    }
+    const tensors = new Map<string, NamedTensor>();
+    for (const name of expectedTensors(config).keys()) tensors.set(name, await readTensor(where(name)!, name));
+    const weights = orThrow(assembleWeights(config, (n) => tensors.get(n)));
+    return { dir, config, weights, tokenizerJson, tokenizerConfig, generationConfig };
+  } finally {
+    for (const o of opened.values()) o.file.close();
+  }
+}

@@ -1,0 +1,70 @@
+/** Test helpers: assertions (jsr std is not reachable) and shared model loading. */
+import * as E from "fp-ts/Either";
+import { EMBEDDED_MODEL_DIR, loadModelDir, type ModelFiles } from "../io/model_dir.ts";
+import { parseModelConfig } from "../core/config.ts";
+import { assembleWeights, type ModelWeights } from "../core/weights.ts";
+import { randomTensors, type TestShape, testModelConfig } from "../fixtures/test_models.ts";
+
+export function assert(cond: unknown, message = "assertion failed"): asserts cond {
+  if (!cond) throw new Error(message);
+}
+
+export function assertEquals<T>(actual: T, expected: T, message = "") {
+  const a = JSON.stringify(actual), b = JSON.stringify(expected);
+  if (a !== b) throw new Error(`${message ? message + ": " : ""}expected ${b.slice(0, 2000)}\n     got ${a.slice(0, 2000)}`);
+}
+
+export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  if (a.length !== b.length) throw new Error(`length ${a.length} != ${b.length}`);
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
+  return m;
+}
+
+export function assertClose(a: ArrayLike<number>, b: ArrayLike<number>, tol: number, message = "") {
+  const d = maxAbsDiff(a, b);
+  if (!(d <= tol)) throw new Error(`${message ? message + ": " : ""}max abs diff ${d} > ${tol}`);
+}
+
+/** Expects a thrown error whose message contains every fragment. */
+export async function assertRejects(fn: () => unknown, ...fragments: string[]): Promise<Error> {
+  try {
+    await fn();
+  } catch (e) {
+    const m = (e as Error).message;
+    for (const f of fragments) if (!m.includes(f)) throw new Error(`error "${m}" lacks "${f}"`);
+    return e as Error;
+  }
+  throw new Error(`expected an error containing ${fragments.join(", ")}`);
+}
+
+/** Expects a Left whose message contains every fragment; returns the error. */
+export function assertLeft<L extends Error, R>(e: E.Either<L, R>, ...fragments: string[]): L {
+  if (E.isRight(e)) throw new Error(`expected Left containing ${fragments.join(", ")}, got Right`);
+  for (const f of fragments) if (!e.left.message.includes(f)) throw new Error(`error "${e.left.message}" lacks "${f}"`);
+  return e.left;
+}
+
+export function right<L, R>(e: E.Either<L, R>): R {
+  if (E.isLeft(e)) throw e.left;
+  return e.right;
+}
+
+let embedded: Promise<ModelFiles> | null = null;
+/** The embedded stories260K model, loaded once per test file. */
+export function embeddedModel(): Promise<ModelFiles> {
+  return (embedded ??= loadModelDir(EMBEDDED_MODEL_DIR));
+}
+
+/** A random-weight model of a test shape, in memory (float32 values before any dtype rounding). */
+export function randomModel(shape: TestShape, seed = 1234): ModelWeights {
+  const config = right(parseModelConfig(testModelConfig(shape)));
+  const tensors = randomTensors(config, seed);
+  return right(assembleWeights(config, (n) => tensors.get(n)));
+}
+
+export const GOLDEN = new URL("./golden/", import.meta.url).pathname;
+
+export async function readF32(path: string): Promise<Float32Array> {
+  return new Float32Array((await Deno.readFile(path)).buffer);
+}
