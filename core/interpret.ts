@@ -1,0 +1,227 @@
+/**
+ * The plan interpreter: runs a Plan's steps on any executor (CPU reference or WebGPU). The only effects
+ * are the executor's; scoring and selection are the pure functions of methods/ and selection.ts.
+ */
+import type { DecodeResult, Executor, KvSession, QueryRows } from "./executor.ts";
+import { METHODS } from "./methods/registry.ts";
+import type { Plan, Step } from "./plan.ts";
+import { adaptiveSelect, pyramidBudgets, topWithWindow } from "./selection.ts";
+import { randomSoftTokens } from "./soft_tokens.ts";
+
+export interface RunContext {
+  executor: Executor;
+  /** The adapter's soft embeddings [n, dim], when the model has one. */
+  softEmbeddings: Float32Array | null;
+  /** The model's token embedding table, for the random-soft-token ablation. */
+  tokenEmbeddings: Float32Array;
+  /** Streaming: new tokens of output `index` as soon as they are known. */
+  onTokens?: (index: number, ids: number[]) => void | Promise<void>;
+  signal?: AbortSignal;
+}
+
+export interface GenerationOutput {
+  tokens: number[];
+  finishReason: DecodeResult["finishReason"];
+}
+
+export interface CompressionStats {
+  method: string;
+  budget: number | null;
+  window: number | null;
+  promptTokens: number;
+  /** [layer][kvHead] -> ascending prompt positions kept (all of them when not compressed). */
+  kept: number[][][];
+  kvBytesBefore: number;
+  kvBytesAfter: number;
+}
+
+export interface PlanResult {
+  outputs: GenerationOutput[];
+  compression: CompressionStats;
+  /** Milliseconds per step kind, summed. */
+  timings: Record<string, number>;
+  syncs: number;
+}
+
+/** Interpreter state threaded through the steps. */
+interface State {
+  session: KvSession;
+  /** Summed attention of the scoring rows, [layer][queryHead][L]. */
+  mass: Float32Array | null;
+  firstRow: number;
+  keyNorms: Float32Array | null;
+  scores: Float32Array | null;
+  kept: Int32Array[][] | null;
+  kvBytesAfter: number | null;
+  outputs: GenerationOutput[];
+  syncs: number;
+}
+
+const promptOf = (plan: Plan) => (plan.input.kind === "prompt" ? plan.input.tokens : plan.input.context);
+
+/** Full-precision KV bytes of `entries` prompt positions in every head of every layer. */
+export const kvBytesFor = (c: Executor["config"], entries: number) => entries * c.nLayers * c.nKvHeads * c.headDim * 2 * 4;
+
+export async function runPlan(plan: Plan, ctx: RunContext): Promise<PlanResult> {
+  const session = ctx.executor.createSession(plan.capacity);
+  try {
+    return await runOnSession(plan, ctx, session);
+  } finally {
+    session.dispose();
+  }
+}
+
+/** Runs the plan on a given empty session (left open for the caller, e.g. to keep a compressed context). */
+export async function runOnSession(plan: Plan, ctx: RunContext, session: KvSession): Promise<PlanResult> {
+  const timings: Record<string, number> = {};
+  const st: State = {
+    session,
+    mass: null,
+    firstRow: 0,
+    keyNorms: null,
+    scores: null,
+    kept: null,
+    kvBytesAfter: null,
+    outputs: [],
+    syncs: 0,
+  };
+  for (const step of plan.steps) {
+    if (ctx.signal?.aborted) break;
+    const t0 = performance.now();
+    await runStep(step, plan, ctx, st);
+    timings[step.op] = (timings[step.op] ?? 0) + performance.now() - t0;
+  }
+  const c = ctx.executor.config;
+  const positions = await session.positions();
+  return {
+    outputs: st.outputs,
+    compression: {
+      method: plan.method,
+      budget: plan.options?.budget ?? null,
+      window: plan.options?.window ?? null,
+      promptTokens: plan.promptLength,
+      kept: (st.kept ?? positions).map((heads) => heads.map((p) => Array.from(p).filter((x) => x < plan.promptLength))),
+      kvBytesBefore: kvBytesFor(c, plan.promptLength),
+      kvBytesAfter: st.kvBytesAfter ?? kvBytesFor(c, plan.promptLength),
+    },
+    timings,
+    syncs: st.syncs,
+  };
+}
+
+async function addMass(st: State, queries: QueryRows, promptLength: number) {
+  const m = await st.session.attentionMass(queries, promptLength);
+  queries.dispose();
+  if (!st.mass) st.mass = m;
+  else for (let i = 0; i < m.length; i++) st.mass[i] += m[i];
+}
+
+async function runStep(step: Step, plan: Plan, ctx: RunContext, st: State): Promise<void> {
+  const c = ctx.executor.config;
+  const L = plan.promptLength;
+  const s = st.session;
+  switch (step.op) {
+    case "prefill": {
+      const prompt = promptOf(plan);
+      const from = step.scoreFrom ?? L;
+      st.firstRow = from;
+      if (from > 0) await s.forward({ kind: "tokens", tokens: prompt.slice(0, from) }, { logits: from === L ? "last" : "none" });
+      // Scoring rows run in chunks: each chunk's queries see the cache up to themselves (causal).
+      for (let at = from; at < L; at += step.chunk) {
+        const chunk = prompt.slice(at, Math.min(L, at + step.chunk));
+        const r = await s.forward({ kind: "tokens", tokens: chunk }, { logits: at + chunk.length === L ? "last" : "none", captureQueries: true });
+        await addMass(st, r.queries!, L);
+      }
+      return;
+    }
+    case "append_soft": {
+      const rows = step.randomSoft || !ctx.softEmbeddings
+        ? randomSoftTokens(ctx.tokenEmbeddings, c.dim, step.count, step.seed)
+        : ctx.softEmbeddings;
+      const r = await s.forward({ kind: "embeddings", rows, count: step.count }, { logits: "none", captureQueries: true });
+      await addMass(st, r.queries!, L);
+      return;
+    }
+    case "lookahead": {
+      // Draft: a SnapKV-compressed copy decodes pseudo tokens; their queries score the full prompt.
+      const draft = await s.clone();
+      try {
+        const o = plan.options!;
+        const scores = METHODS.snapkv.score({ config: c, length: L, mass: st.mass, firstRow: st.firstRow, keyNorms: null }, o);
+        await draft.keepPositions(selectUniform(scores, c, L, step.draftBudget, step.draftWindow), L);
+        const d = await draft.decode({
+          maxTokens: step.tokens,
+          sampling: { temperature: 0, topP: 1, topK: 0, seed: 0 },
+          stopTokenIds: [],
+          captureQueries: true,
+        });
+        st.syncs += d.syncs;
+        // The last pseudo token is sampled but never run, so it has no query; the rows that ran do.
+        if (d.queries && d.queries.positions.length > 0) await addMass(st, d.queries, L);
+      } finally {
+        draft.dispose();
+      }
+      return;
+    }
+    case "key_norms":
+      st.keyNorms = await s.keyNorms(L);
+      return;
+    case "score":
+      st.scores = METHODS[step.method].score(
+        { config: c, length: L, mass: st.mass, firstRow: st.firstRow, keyNorms: st.keyNorms },
+        step.options,
+      );
+      return;
+    case "select": {
+      const scores = st.scores!;
+      if (step.allocation === "uniform") st.kept = selectUniform(scores, c, L, step.budget, step.window);
+      else if (step.allocation === "pyramid") {
+        const budgets = pyramidBudgets(c.nLayers, L, step.budget, step.window, step.beta);
+        st.kept = budgets.map((b, l) =>
+          Array.from({ length: c.nKvHeads }, (_, g) => topWithWindow(scores, (l * c.nKvHeads + g) * L, L, b, step.window))
+        );
+      } else {
+        st.kept = Array.from({ length: c.nLayers }, (_, l) =>
+          adaptiveSelect(scores, l * c.nKvHeads * L, c.nKvHeads, L, step.budget, step.window, step.floor));
+      }
+      return;
+    }
+    case "prune":
+      await s.keepPositions(st.kept!, L);
+      st.kvBytesAfter = s.kvBytes();
+      return;
+    case "strip":
+      await s.truncateFrom(L);
+      st.kvBytesAfter = s.kvBytes();
+      return;
+    case "decode": {
+      const d = await s.decode({
+        ...step.decode,
+        onTokens: ctx.onTokens ? (ids) => ctx.onTokens!(0, ids) : undefined,
+        signal: ctx.signal,
+      });
+      st.syncs += d.syncs;
+      st.outputs.push({ tokens: d.tokens, finishReason: d.finishReason });
+      return;
+    }
+    case "answer": {
+      const index = st.outputs.length;
+      const mark = s.mark();
+      await s.forward({ kind: "tokens", tokens: step.question }, { logits: "last" });
+      const d = await s.decode({
+        ...step.decode,
+        onTokens: ctx.onTokens ? (ids) => ctx.onTokens!(index, ids) : undefined,
+        signal: ctx.signal,
+      });
+      await s.rewind(mark);
+      st.syncs += d.syncs;
+      st.outputs.push({ tokens: d.tokens, finishReason: d.finishReason });
+      return;
+    }
+  }
+}
+
+function selectUniform(scores: Float32Array, c: Executor["config"], L: number, budget: number, window: number): Int32Array[][] {
+  return Array.from({ length: c.nLayers }, (_, l) =>
+    Array.from({ length: c.nKvHeads }, (_, g) => topWithWindow(scores, (l * c.nKvHeads + g) * L, L, budget, window)));
+}

@@ -1,0 +1,72 @@
+/** What a KV-compression method is: where its scores come from, how it scores, how it allocates. */
+import type { ModelConfig } from "../config.ts";
+import { aggregateGqa, type GqaAggregation, type Pooling, poolRows } from "../scoring.ts";
+
+/** Every option a method may read, resolved (defaults applied, budget in tokens). */
+export interface MethodOptions {
+  /** Prompt entries kept per KV head per layer, window included. */
+  budget: number;
+  /** The last `window` prompt positions are always kept (and are SnapKV's observation window). */
+  window: number;
+  pooling: Pooling;
+  kernel: number;
+  gqa: GqaAggregation;
+  /** StreamingLLM attention sinks. */
+  sinks: number;
+  /** H2O: divide each key's attention sum by the number of scoring rows that see it. */
+  normalize: boolean;
+  seed: number;
+  /** PyramidKV. */
+  beta: number;
+  /** AdaKV: share of each head's free budget it is guaranteed. */
+  floor: number;
+  /** Lookahead: pseudo tokens decoded from the draft-compressed cache. */
+  lookaheadTokens: number;
+}
+
+/**
+ * Which query rows produce the attention the method scores with:
+ * `none` (no attention), `keys` (key norms), `rows` (prompt rows from `from` on: observation window,
+ * last token, or all rows), `soft` (Judge Q soft tokens), `lookahead` (window rows plus pseudo tokens).
+ */
+export type ScoreSource =
+  | { kind: "none" }
+  | { kind: "keys" }
+  | { kind: "rows"; from: number }
+  | { kind: "soft" }
+  | { kind: "lookahead"; from: number };
+
+export interface ScoreInputs {
+  config: ModelConfig;
+  length: number;
+  /** Summed attention of the scoring rows, [layer][queryHead][length]; null for non-attention methods. */
+  mass: Float32Array | null;
+  /** First prompt row whose attention is in `mass` (for H2O's normalisation). */
+  firstRow: number;
+  /** Key L2 norms, [layer][kvHead][length], for methods with source `keys`. */
+  keyNorms: Float32Array | null;
+}
+
+export type Allocation = "uniform" | "pyramid" | "adaptive";
+
+export interface Method {
+  name: string;
+  description: string;
+  /** Defaults for this method, over the global ones. */
+  defaults: Partial<MethodOptions>;
+  /** The window when the request sets none, if it depends on the budget. */
+  windowFor?(budget: number, o: MethodOptions): number;
+  /** Set when the window is derived and a requested one would contradict the method. */
+  fixedWindow?: string;
+  source(o: MethodOptions, length: number): ScoreSource;
+  /** Scores [layer][kvHead][length]; higher is kept first. */
+  score(inputs: ScoreInputs, o: MethodOptions): Float32Array;
+  allocation: Allocation;
+}
+
+/** The common attention path: pool each query head's mass outside the window, then combine GQA groups. */
+export function scoreFromMass(inputs: ScoreInputs, o: MethodOptions, mass = inputs.mass!): Float32Array {
+  const c = inputs.config, L = inputs.length;
+  const pooled = poolRows(mass, c.nLayers * c.nHeads, L, L - Math.min(o.window, L), o.pooling, o.kernel);
+  return aggregateGqa(pooled, c.nLayers, c.nHeads, c.nKvHeads, L, o.gqa);
+}

@@ -1,0 +1,246 @@
+/**
+ * Compress-then-generate as data. A request (token ids already) is checked against the model and
+ * compiled into a Plan: a JSON-serialisable list of steps that an executor-backed interpreter runs.
+ */
+import * as E from "fp-ts/Either";
+import { z } from "zod";
+import type { ModelConfig } from "./config.ts";
+import { fail, JudgeQError } from "./errors.ts";
+import { GLOBAL_DEFAULTS, METHOD_NAMES, METHODS } from "./methods/registry.ts";
+import type { Allocation, MethodOptions } from "./methods/types.ts";
+
+/** The `kv_compression` object of a request (snake_case, as on the wire). */
+export const compressionSchema = z.object({
+  method: z.string(),
+  budget: z.number().optional(),
+  compression_ratio: z.number().optional(),
+  window: z.number().optional(),
+  pooling: z.enum(["max", "avg", "none"]).optional(),
+  kernel: z.number().int().min(1).max(63).optional(),
+  gqa: z.enum(["mean", "max", "sum"]).optional(),
+  sinks: z.number().int().min(0).optional(),
+  normalize: z.boolean().optional(),
+  seed: z.number().int().optional(),
+  beta: z.number().positive().optional(),
+  floor: z.number().min(0).max(1).optional(),
+  lookahead_tokens: z.number().int().min(1).max(64).optional(),
+  /** Judge Q ablation: untrained soft tokens (mean embedding plus seeded noise). */
+  random_soft: z.boolean().optional(),
+}).strict();
+export type CompressionRequest = z.infer<typeof compressionSchema>;
+
+export interface SamplingSpec {
+  temperature: number;
+  topP: number;
+  topK: number;
+  seed: number;
+}
+
+export interface DecodeSpec {
+  maxTokens: number;
+  sampling: SamplingSpec;
+  stopTokenIds: number[];
+}
+
+export type PlanInput =
+  | { kind: "prompt"; tokens: number[] }
+  /** Only the context is compressed; each question is appended after, positions continuing. */
+  | { kind: "context"; context: number[]; questions: number[][] };
+
+export interface GenerateRequest {
+  input: PlanInput;
+  compression?: CompressionRequest | null;
+  decode: DecodeSpec;
+}
+
+export type Step =
+  /** Runs the prompt; rows from `scoreFrom` on add their attention to the score mass, `chunk` at a time. */
+  | { op: "prefill"; scoreFrom: number | null; chunk: number }
+  /** Runs the adapter's soft tokens after the prompt, adding their attention to the score mass. */
+  | { op: "append_soft"; count: number; randomSoft: boolean; seed: number }
+  /** Decodes pseudo tokens from a SnapKV draft of the cache and adds their attention to the mass. */
+  | { op: "lookahead"; tokens: number; draftBudget: number; draftWindow: number }
+  | { op: "key_norms" }
+  | { op: "score"; method: string; options: MethodOptions }
+  | {
+    op: "select";
+    allocation: Allocation;
+    budget: number;
+    window: number;
+    floor: number;
+    beta: number;
+  }
+  /** Frees every prompt entry not selected, per KV head. */
+  | { op: "prune" }
+  /** Drops the soft tokens' own entries; decoding resumes at the prompt length. */
+  | { op: "strip" }
+  | { op: "decode"; decode: DecodeSpec }
+  /** Appends a question after the compressed context, decodes, then cuts its entries off again. */
+  | { op: "answer"; question: number[]; decode: DecodeSpec };
+
+export interface Plan {
+  promptLength: number;
+  input: PlanInput;
+  method: string;
+  /** Resolved options; null when nothing is compressed. */
+  options: MethodOptions | null;
+  /** True when the prompt is longer than the budget, so entries are really evicted. */
+  compressed: boolean;
+  /** Positions per head the session must hold at its peak. */
+  capacity: number;
+  steps: Step[];
+}
+
+export interface ModelFacts {
+  config: ModelConfig;
+  /** The loaded Judge Q adapter's soft-token count, if any. */
+  adapterTokens: number | null;
+}
+
+/** Chunk of prompt rows whose queries are held at once while summing attention (H2O). */
+export const SCORE_CHUNK = 128;
+
+const invalid = (message: string, param: string) => E.left(fail("invalid_request", message, param));
+const unprocessable = (message: string, param: string) => E.left(fail("unprocessable", message, param));
+
+/** Resolves the method's options: global defaults, then the method's, then the request's. */
+export function resolveOptions(
+  c: CompressionRequest,
+  promptLength: number,
+): E.Either<JudgeQError, { options: MethodOptions; compressed: boolean }> {
+  const method = METHODS[c.method];
+  if (!method) return invalid(`unknown method ${JSON.stringify(c.method)} (known: ${METHOD_NAMES.join(", ")})`, "kv_compression.method");
+  if (c.budget !== undefined && c.compression_ratio !== undefined) {
+    return invalid("give budget or compression_ratio, not both", "kv_compression.budget");
+  }
+  let budget: number;
+  if (c.method === "full") {
+    budget = promptLength;
+  } else if (c.budget !== undefined) {
+    if (!Number.isInteger(c.budget) || c.budget < 1) return invalid("budget must be a positive integer", "kv_compression.budget");
+    budget = c.budget;
+  } else if (c.compression_ratio !== undefined) {
+    if (!(c.compression_ratio >= 0 && c.compression_ratio < 1)) {
+      return invalid("compression_ratio must be in [0, 1)", "kv_compression.compression_ratio");
+    }
+    budget = Math.max(1, Math.floor(promptLength * (1 - c.compression_ratio)));
+  } else {
+    return invalid(`method ${c.method} needs budget or compression_ratio`, "kv_compression.budget");
+  }
+  const base = { ...GLOBAL_DEFAULTS, ...method.defaults };
+  const options: MethodOptions = {
+    ...base,
+    budget,
+    pooling: c.pooling ?? base.pooling,
+    kernel: c.kernel ?? base.kernel,
+    gqa: c.gqa ?? base.gqa,
+    sinks: c.sinks ?? base.sinks,
+    normalize: c.normalize ?? base.normalize,
+    seed: c.seed ?? base.seed,
+    beta: c.beta ?? base.beta,
+    floor: c.floor ?? base.floor,
+    lookaheadTokens: c.lookahead_tokens ?? base.lookaheadTokens,
+  };
+  if (c.window !== undefined) {
+    if (method.fixedWindow) return invalid(method.fixedWindow, "kv_compression.window");
+    if (!Number.isInteger(c.window) || c.window < 0) return invalid("window must be a non-negative integer", "kv_compression.window");
+    if (c.window > budget) return invalid(`window ${c.window} is larger than the budget ${budget}`, "kv_compression.window");
+    options.window = c.window;
+  } else {
+    // Defaults shrink to fit a small budget instead of failing.
+    options.window = Math.min(method.windowFor ? method.windowFor(budget, options) : base.window, budget);
+  }
+  if (c.method === "streaming_llm" && options.sinks > budget) {
+    return invalid(`sinks ${options.sinks} exceed the budget ${budget}`, "kv_compression.sinks");
+  }
+  return E.right({ options, compressed: budget < promptLength });
+}
+
+function checkTokens(tokens: number[], vocab: number, param: string): E.Either<JudgeQError, number[]> {
+  const bad = tokens.findIndex((t) => !Number.isInteger(t) || t < 0 || t >= vocab);
+  return bad >= 0 ? invalid(`token ${tokens[bad]} at ${bad} is outside the vocabulary`, param) : E.right(tokens);
+}
+
+/** Compiles a request into a plan, or a specific error naming the field at fault. */
+export function compilePlan(req: GenerateRequest, model: ModelFacts): E.Either<JudgeQError, Plan> {
+  const c = model.config;
+  const prompt = req.input.kind === "prompt" ? req.input.tokens : req.input.context;
+  const promptParam = req.input.kind === "prompt" ? "prompt" : "context";
+  if (prompt.length === 0) return invalid("must not be empty", promptParam);
+  const tokensOk = checkTokens(prompt, c.vocabSize, promptParam);
+  if (E.isLeft(tokensOk)) return tokensOk;
+  const L = prompt.length;
+  const d = req.decode;
+  if (!Number.isInteger(d.maxTokens) || d.maxTokens < 0) return invalid("must be a non-negative integer", "max_tokens");
+  if (!(d.sampling.temperature >= 0) || !Number.isFinite(d.sampling.temperature)) return invalid("must be >= 0", "temperature");
+  if (!(d.sampling.topP > 0 && d.sampling.topP <= 1)) return invalid("must be in (0, 1]", "top_p");
+  const questions = req.input.kind === "context" ? req.input.questions : [];
+  if (req.input.kind === "context" && questions.length === 0) return invalid("give at least one question", "questions");
+  for (let i = 0; i < questions.length; i++) {
+    if (questions[i].length === 0) return invalid("must not be empty", `questions.${i}`);
+    const ok = checkTokens(questions[i], c.vocabSize, `questions.${i}`);
+    if (E.isLeft(ok)) return ok;
+  }
+  const longestQuestion = Math.max(0, ...questions.map((q) => q.length));
+  if (L + longestQuestion >= c.maxSeqLen) {
+    return unprocessable(`${L + longestQuestion} tokens leave no room in the model's context of ${c.maxSeqLen}`, promptParam);
+  }
+  // Generation stops at the context's end: clamp rather than refuse.
+  const decode = { ...d, maxTokens: Math.min(d.maxTokens, c.maxSeqLen - L - longestQuestion) };
+
+  const comp = req.compression ?? { method: "full" };
+  const resolved = resolveOptions(comp, L);
+  if (E.isLeft(resolved)) return resolved;
+  const { options, compressed } = resolved.right;
+  const method = METHODS[comp.method];
+  const steps: Step[] = [];
+  let extra = 0;
+  if (!compressed) {
+    steps.push({ op: "prefill", scoreFrom: null, chunk: SCORE_CHUNK });
+  } else {
+    const source = method.source(options, L);
+    if (source.kind === "soft") {
+      if (comp.random_soft !== true && model.adapterTokens === null) {
+        return unprocessable("judgeq needs a Judge Q adapter for this model (or random_soft: true for the ablation)", "kv_compression.method");
+      }
+      const count = model.adapterTokens ?? 32;
+      if (L + count > c.maxSeqLen) {
+        return unprocessable(`prompt plus ${count} soft tokens exceed the context of ${c.maxSeqLen}`, promptParam);
+      }
+      extra = count;
+      steps.push({ op: "prefill", scoreFrom: null, chunk: SCORE_CHUNK });
+      steps.push({ op: "append_soft", count, randomSoft: comp.random_soft === true, seed: options.seed });
+    } else if (source.kind === "rows" || source.kind === "lookahead") {
+      steps.push({ op: "prefill", scoreFrom: source.from, chunk: SCORE_CHUNK });
+      if (source.kind === "lookahead") {
+        extra = options.lookaheadTokens;
+        steps.push({ op: "lookahead", tokens: options.lookaheadTokens, draftBudget: options.budget, draftWindow: options.window });
+      }
+    } else {
+      steps.push({ op: "prefill", scoreFrom: null, chunk: SCORE_CHUNK });
+      if (source.kind === "keys") steps.push({ op: "key_norms" });
+    }
+    steps.push({ op: "score", method: method.name, options });
+    steps.push({
+      op: "select",
+      allocation: method.allocation,
+      budget: options.budget,
+      window: options.window,
+      floor: options.floor,
+      beta: options.beta,
+    });
+    steps.push({ op: "prune" });
+    if (source.kind === "soft") steps.push({ op: "strip" });
+  }
+  if (req.input.kind === "prompt") steps.push({ op: "decode", decode });
+  else for (const question of questions) steps.push({ op: "answer", question, decode });
+  return E.right({
+    promptLength: L,
+    input: req.input,
+    method: method.name,
+    options: compressed ? options : null,
+    compressed,
+    capacity: Math.max(L + extra, L + longestQuestion + decode.maxTokens) + 1,
+    steps,
+  });
+}
