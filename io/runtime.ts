@@ -68,7 +68,7 @@ export async function loadModel(o: LoadOptions = {}): Promise<Model> {
   const warn = o.warn ?? ((m: string) => console.warn(`warning: ${m}`));
   const files = await loadModelDir(dir);
   const tokenizer = createTokenizer(files.tokenizerJson, files.tokenizerConfig);
-  if (E.isLeft(tokenizer)) throw fail("invalid_model_file", tokenizer.left.message, "tokenizer.json");
+  if (E.isLeft(tokenizer)) throw tokenizer.left;
   const defaultAdapter = dir.replace(/\/+$/, "") + "/judgeq.safetensors";
   const adapterPath = o.adapter === undefined ? ((await exists(defaultAdapter)) ? defaultAdapter : null) : o.adapter;
   const adapter = adapterPath ? await readAdapter(adapterPath, files.weights) : null;

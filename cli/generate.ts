@@ -1,0 +1,104 @@
+/**
+ * deno task generate: compress-then-generate from the command line.
+ *   deno task generate --prompt "Once upon a time" [--method snapkv --budget 64] [--json]
+ */
+import { JudgeQError } from "../core/errors.ts";
+import { generateText } from "../core/engine.ts";
+import type { CompressionRequest } from "../core/plan.ts";
+import { type ExecutorChoice, loadModel } from "../io/runtime.ts";
+import { parseFlags, usage, UsageError } from "./args.ts";
+
+const SPEC = {
+  model: { kind: "string", help: "model directory (default: the embedded stories260K)" },
+  prompt: { kind: "string", help: "prompt text (compressed as a whole)" },
+  context: { kind: "string", help: "context to compress once (use with --question)" },
+  question: { kind: "strings", help: "question appended after the compressed context (repeatable)" },
+  "max-tokens": { kind: "int", help: "tokens to generate (default 256)", default: 256 },
+  temperature: { kind: "number", help: "0 = greedy (default 0)", default: 0 },
+  "top-p": { kind: "number", help: "nucleus sampling mass (default 1)", default: 1 },
+  "top-k": { kind: "int", help: "keep the k likeliest tokens, 0 = all (default 0)", default: 0 },
+  seed: { kind: "int", help: "sampling seed (default 0)", default: 0 },
+  executor: { kind: "string", help: "cpu | gpu | auto (default auto: gpu, else cpu with a warning)", default: "auto" },
+  method: { kind: "string", help: "KV compression method (default full)" },
+  budget: { kind: "int", help: "prompt KV entries kept per KV head per layer, window included" },
+  ratio: { kind: "number", help: "compression ratio: fraction of prompt entries removed" },
+  window: { kind: "int", help: "last prompt positions always kept" },
+  pooling: { kind: "string", help: "max | avg | none" },
+  kernel: { kind: "int", help: "pooling kernel size" },
+  gqa: { kind: "string", help: "mean | max | sum over a KV head's query heads" },
+  adapter: { kind: "string", help: "Judge Q adapter (default: the model's judgeq.safetensors)" },
+  "random-soft": { kind: "boolean", help: "Judge Q ablation: untrained random soft tokens" },
+  json: { kind: "boolean", help: "print one JSON object" },
+  help: { kind: "boolean", help: "show this help" },
+} as const;
+
+function compressionFrom(f: Record<string, unknown>): CompressionRequest | null {
+  const keys = ["method", "budget", "ratio", "window", "pooling", "kernel", "gqa", "random-soft"];
+  if (!keys.some((k) => f[k] !== undefined)) return null;
+  const c: Record<string, unknown> = { method: f.method ?? "snapkv" };
+  if (f.budget !== undefined) c.budget = f.budget;
+  if (f.ratio !== undefined) c.compression_ratio = f.ratio;
+  for (const k of ["window", "pooling", "kernel", "gqa"]) if (f[k] !== undefined) c[k] = f[k];
+  if (f["random-soft"]) c.random_soft = true;
+  return c as CompressionRequest;
+}
+
+async function main(argv: string[]): Promise<number> {
+  const f = parseFlags(argv, SPEC);
+  if (f.help) {
+    console.log(usage("deno task generate", SPEC));
+    return 0;
+  }
+  if (f.prompt === undefined && f.context === undefined) throw new UsageError("give --prompt or --context");
+  if (f.context !== undefined && !(f.question as string[] | undefined)?.length) throw new UsageError("--context needs --question");
+  const executor = f.executor as ExecutorChoice;
+  if (!["cpu", "gpu", "auto"].includes(executor)) throw new UsageError(`--executor: expected cpu, gpu or auto, got '${executor}'`);
+  const model = await loadModel({ model: f.model as string | undefined, adapter: f.adapter as string | undefined, executor });
+  const compression = compressionFrom(f);
+  const result = await generateText(model, {
+    prompt: f.prompt as string | undefined,
+    context: f.context as string | undefined,
+    questions: f.question as string[] | undefined,
+    compression,
+    maxTokens: f["max-tokens"] as number,
+    temperature: f.temperature as number,
+    topP: f["top-p"] as number,
+    topK: f["top-k"] as number,
+    seed: f.seed as number,
+  });
+  model.executor.dispose();
+  if (f.json) {
+    const c = result.run.compression;
+    const outputs = result.outputs.map((o) => ({ text: o.text, tokens: o.tokens, finish_reason: o.finishReason }));
+    console.log(JSON.stringify({
+      ...(outputs.length === 1 && f.context === undefined ? outputs[0] : { answers: outputs }),
+      prompt_tokens: result.promptTokens,
+      executor: model.executor.kind,
+      compression: {
+        method: c.method,
+        budget: c.budget,
+        window: c.window,
+        kept: c.kept,
+        kv_bytes_before: c.kvBytesBefore,
+        kv_bytes_after: c.kvBytesAfter,
+      },
+      timings_ms: result.run.timings,
+    }));
+  } else if (result.outputs.length === 1 && f.context === undefined) {
+    console.log((f.prompt as string) + result.outputs[0].text);
+  } else {
+    result.outputs.forEach((o, i) => console.log(`Q${i + 1}: ${(f.question as string[])[i]}\nA${i + 1}: ${o.text}`));
+  }
+  return 0;
+}
+
+if (import.meta.main) {
+  try {
+    Deno.exit(await main(Deno.args));
+  } catch (e) {
+    if (e instanceof UsageError) console.error(`error: ${e.message}\n${usage("deno task generate", SPEC)}`);
+    else if (e instanceof JudgeQError) console.error(`error: ${e.message}`);
+    else throw e;
+    Deno.exit(2);
+  }
+}

@@ -1,0 +1,203 @@
+/**
+ * Text in, text out: tokenises a request, compiles its plan, runs it on an executor and decodes the
+ * outputs. Shared by the CLI, the HTTP server and the evaluation scripts.
+ */
+import * as E from "fp-ts/Either";
+import type { Adapter } from "./adapter.ts";
+import type { ModelConfig } from "./config.ts";
+import { JudgeQError } from "./errors.ts";
+import type { Executor, KvSession } from "./executor.ts";
+import { type PlanResult, runOnSession, runPlan } from "./interpret.ts";
+import { compilePlan, type CompressionRequest, type GenerateRequest, type Plan } from "./plan.ts";
+import type { TextTokenizer } from "./tokenizer.ts";
+
+export interface Model {
+  name: string;
+  config: ModelConfig;
+  tokenizer: TextTokenizer;
+  executor: Executor;
+  adapter: Adapter | null;
+  tokenEmbeddings: Float32Array;
+  /** Token ids that end generation (eos, plus generation_config's). */
+  stopTokenIds: number[];
+}
+
+export interface TextRequest {
+  prompt?: string;
+  context?: string;
+  questions?: string[];
+  compression?: CompressionRequest | null;
+  maxTokens: number;
+  temperature?: number;
+  topP?: number;
+  topK?: number;
+  seed?: number;
+  /** Extra stop token ids (model stops are always on unless ignoreEos). */
+  stopTokenIds?: number[];
+  ignoreEos?: boolean;
+}
+
+export interface TextOutput {
+  text: string;
+  tokens: number[];
+  finishReason: string;
+}
+
+export interface TextResult {
+  plan: Plan;
+  promptTokens: number[];
+  questionTokens: number[][];
+  outputs: TextOutput[];
+  run: PlanResult;
+}
+
+/** Tokenises a text request into the core's token-level request. */
+export function tokenizeRequest(model: Model, r: TextRequest): E.Either<JudgeQError, GenerateRequest> {
+  const tok = model.tokenizer;
+  const sampling = { temperature: r.temperature ?? 0, topP: r.topP ?? 1, topK: r.topK ?? 0, seed: r.seed ?? 0 };
+  const stopTokenIds = [...(r.ignoreEos ? [] : model.stopTokenIds), ...(r.stopTokenIds ?? [])];
+  const decode = { maxTokens: r.maxTokens, sampling, stopTokenIds };
+  if (r.prompt !== undefined && r.context !== undefined) {
+    return E.left(new JudgeQError("invalid_request", "give prompt, or context with questions, not both", "prompt"));
+  }
+  if (r.context !== undefined) {
+    return E.right({
+      input: {
+        kind: "context",
+        context: tok.encode(r.context, { addBos: true }),
+        questions: (r.questions ?? []).map((q) => tok.encode(q, { addBos: false })),
+      },
+      compression: r.compression,
+      decode,
+    });
+  }
+  if (r.prompt === undefined) return E.left(new JudgeQError("invalid_request", "prompt or context is required", "prompt"));
+  return E.right({ input: { kind: "prompt", tokens: tok.encode(r.prompt, { addBos: true }) }, compression: r.compression, decode });
+}
+
+export interface RunHooks {
+  onTokens?: (index: number, ids: number[]) => void | Promise<void>;
+  signal?: AbortSignal;
+}
+
+/** Compiles a token-level request against the model, or a specific error. */
+export function planFor(model: Model, req: GenerateRequest): E.Either<JudgeQError, Plan> {
+  return compilePlan(req, { config: model.config, adapterTokens: model.adapter?.n ?? null });
+}
+
+export async function generateTokens(model: Model, req: GenerateRequest, hooks: RunHooks = {}) {
+  const plan = planFor(model, req);
+  if (E.isLeft(plan)) throw plan.left;
+  const run = await runPlan(plan.right, {
+    executor: model.executor,
+    softEmbeddings: model.adapter?.softEmbeddings ?? null,
+    tokenEmbeddings: model.tokenEmbeddings,
+    ...hooks,
+  });
+  return { plan: plan.right, run };
+}
+
+/** The whole text path; throws JudgeQError for bad requests. */
+export async function generateText(model: Model, r: TextRequest, hooks: RunHooks = {}): Promise<TextResult> {
+  const req = tokenizeRequest(model, r);
+  if (E.isLeft(req)) throw req.left;
+  const { plan, run } = await generateTokens(model, req.right, hooks);
+  const input = req.right.input;
+  return {
+    plan,
+    promptTokens: input.kind === "prompt" ? input.tokens : input.context,
+    questionTokens: input.kind === "context" ? input.questions : [],
+    outputs: run.outputs.map((o) => ({
+      text: model.tokenizer.decode(o.tokens, { skipSpecial: true }),
+      tokens: o.tokens,
+      finishReason: o.finishReason,
+    })),
+    run,
+  };
+}
+
+/** A compressed context kept alive to answer many questions (kvpress's compress-once pipeline). */
+export interface CompressedContext {
+  plan: Plan;
+  session: KvSession;
+  contextTokens: number[];
+  stats: PlanResult["compression"];
+  timings: Record<string, number>;
+}
+
+/** Compresses a context once; the caller owns the returned session (dispose it when done). */
+export async function compressContext(
+  model: Model,
+  context: string,
+  compression: CompressionRequest | null,
+  hooks: RunHooks = {},
+): Promise<CompressedContext> {
+  const tokens = model.tokenizer.encode(context, { addBos: true });
+  // A placeholder question sizes nothing: the plan is compiled without its answer steps.
+  const plan = planFor(model, {
+    input: { kind: "context", context: tokens, questions: [[model.tokenizer.bosId ?? 0]] },
+    compression,
+    decode: { maxTokens: 0, sampling: { temperature: 0, topP: 1, topK: 0, seed: 0 }, stopTokenIds: [] },
+  });
+  if (E.isLeft(plan)) throw plan.left;
+  const compressOnly = { ...plan.right, steps: plan.right.steps.filter((s) => s.op !== "answer") };
+  // Room for questions and answers up to the model's context after the compressed prompt.
+  const session = model.executor.createSession(Math.max(plan.right.capacity, model.config.maxSeqLen + 1));
+  try {
+    const run = await runOnSession(compressOnly, {
+      executor: model.executor,
+      softEmbeddings: model.adapter?.softEmbeddings ?? null,
+      tokenEmbeddings: model.tokenEmbeddings,
+      ...hooks,
+    }, session);
+    return { plan: compressOnly, session, contextTokens: tokens, stats: run.compression, timings: run.timings };
+  } catch (e) {
+    session.dispose();
+    throw e;
+  }
+}
+
+export interface AnswerRequest {
+  question: string;
+  maxTokens: number;
+  temperature?: number;
+  topP?: number;
+  topK?: number;
+  seed?: number;
+  stopTokenIds?: number[];
+  ignoreEos?: boolean;
+}
+
+/** Answers one question against a compressed context; the cache is left exactly as before. */
+export async function answerOnContext(
+  model: Model,
+  ctx: CompressedContext,
+  r: AnswerRequest,
+  hooks: RunHooks = {},
+): Promise<TextOutput & { questionTokens: number[] }> {
+  const question = model.tokenizer.encode(r.question, { addBos: false });
+  const plan = planFor(model, {
+    input: { kind: "context", context: ctx.contextTokens, questions: [question] },
+    compression: null,
+    decode: {
+      maxTokens: r.maxTokens,
+      sampling: { temperature: r.temperature ?? 0, topP: r.topP ?? 1, topK: r.topK ?? 0, seed: r.seed ?? 0 },
+      stopTokenIds: [...(r.ignoreEos ? [] : model.stopTokenIds), ...(r.stopTokenIds ?? [])],
+    },
+  });
+  if (E.isLeft(plan)) throw plan.left;
+  const answer = plan.right.steps.filter((s) => s.op === "answer");
+  const run = await runOnSession({ ...plan.right, steps: answer }, {
+    executor: model.executor,
+    softEmbeddings: null,
+    tokenEmbeddings: model.tokenEmbeddings,
+    ...hooks,
+  }, ctx.session);
+  const o = run.outputs[0];
+  return {
+    text: model.tokenizer.decode(o.tokens, { skipSpecial: true }),
+    tokens: o.tokens,
+    finishReason: o.finishReason,
+    questionTokens: question,
+  };
+}

@@ -1,0 +1,42 @@
+/**
+ * Judge Q Serve: KV-cache compression with trained soft-token queries (Judge Q) and the standard
+ * baselines, on a CPU reference executor or WebGPU, for Llama-family models in Hugging Face format.
+ *
+ * ```ts
+ * import { generateText, loadModel } from "./mod.ts";
+ * const model = await loadModel({ executor: "auto" }); // the embedded stories260K
+ * const r = await generateText(model, {
+ *   prompt: "Once upon a time",
+ *   compression: { method: "judgeq", budget: 32 },
+ *   maxTokens: 64,
+ * });
+ * console.log(r.outputs[0].text, r.run.compression.kvBytesAfter);
+ * ```
+ * @module
+ */
+export { type ModelConfig, parseModelConfig } from "./core/config.ts";
+export { fail, JudgeQError } from "./core/errors.ts";
+export type * from "./core/executor.ts";
+export { CpuExecutor } from "./core/cpu/executor.ts";
+export {
+  answerOnContext,
+  type CompressedContext,
+  compressContext,
+  generateText,
+  generateTokens,
+  type Model,
+  planFor,
+  type TextRequest,
+  type TextResult,
+  tokenizeRequest,
+} from "./core/engine.ts";
+export { compilePlan, type CompressionRequest, compressionSchema, type GenerateRequest, type Plan, type Step } from "./core/plan.ts";
+export { type PlanResult, runOnSession, runPlan } from "./core/interpret.ts";
+export { GLOBAL_DEFAULTS, METHOD_NAMES, METHODS } from "./core/methods/registry.ts";
+export type { Method, MethodOptions } from "./core/methods/types.ts";
+export { type Adapter, checkAdapterFits, decodeAdapter, encodeAdapter } from "./core/adapter.ts";
+export { modelFingerprint } from "./core/fingerprint.ts";
+export { createTokenizer, type TextTokenizer } from "./core/tokenizer.ts";
+export { type ModelWeights } from "./core/weights.ts";
+export { EMBEDDED_MODEL_DIR, loadModelDir } from "./io/model_dir.ts";
+export { createExecutor, type ExecutorChoice, loadModel } from "./io/runtime.ts";
