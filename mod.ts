@@ -20,8 +20,8 @@ export type * from "./core/executor.ts";
 export { CpuExecutor } from "./core/cpu/executor.ts";
 export {
   answerOnContext,
-  type CompressedContext,
   compressContext,
+  type CompressedContext,
   generateText,
   generateTokens,
   type Model,
@@ -30,7 +30,14 @@ export {
   type TextResult,
   tokenizeRequest,
 } from "./core/engine.ts";
-export { compilePlan, type CompressionRequest, compressionSchema, type GenerateRequest, type Plan, type Step } from "./core/plan.ts";
+export {
+  compilePlan,
+  type CompressionRequest,
+  compressionSchema,
+  type GenerateRequest,
+  type Plan,
+  type Step,
+} from "./core/plan.ts";
 export { type PlanResult, runOnSession, runPlan } from "./core/interpret.ts";
 export { GLOBAL_DEFAULTS, METHOD_NAMES, METHODS } from "./core/methods/registry.ts";
 export type { Method, MethodOptions } from "./core/methods/types.ts";

@@ -27,7 +27,11 @@ export function parseFlags<S extends FlagSpec>(argv: string[], spec: S): Parsed<
     const eq = arg.indexOf("=");
     const name = arg.slice(2, eq >= 0 ? eq : undefined);
     const f = spec[name];
-    if (!f) throw new UsageError(`unknown flag --${name} (known: ${Object.keys(spec).map((k) => "--" + k).join(", ")})`);
+    if (!f) {
+      throw new UsageError(
+        `unknown flag --${name} (known: ${Object.keys(spec).map((k) => "--" + k).join(", ")})`,
+      );
+    }
     if (f.kind === "boolean" && eq < 0) {
       out[name] = true;
       continue;
@@ -50,12 +54,16 @@ function convert(name: string, kind: FlagKind, raw: string, previous: unknown): 
       throw new UsageError(`--${name}: expected true or false, got '${raw}'`);
     case "int": {
       const n = Number(raw);
-      if (raw.trim() === "" || !Number.isSafeInteger(n)) throw new UsageError(`--${name}: expected an integer, got '${raw}'`);
+      if (raw.trim() === "" || !Number.isSafeInteger(n)) {
+        throw new UsageError(`--${name}: expected an integer, got '${raw}'`);
+      }
       return n;
     }
     case "number": {
       const n = Number(raw);
-      if (raw.trim() === "" || !Number.isFinite(n)) throw new UsageError(`--${name}: expected a number, got '${raw}'`);
+      if (raw.trim() === "" || !Number.isFinite(n)) {
+        throw new UsageError(`--${name}: expected a number, got '${raw}'`);
+      }
       return n;
     }
   }

@@ -18,7 +18,11 @@ const SPEC = {
   "top-p": { kind: "number", help: "nucleus sampling mass (default 1)", default: 1 },
   "top-k": { kind: "int", help: "keep the k likeliest tokens, 0 = all (default 0)", default: 0 },
   seed: { kind: "int", help: "sampling seed (default 0)", default: 0 },
-  executor: { kind: "string", help: "cpu | gpu | auto (default auto: gpu, else cpu with a warning)", default: "auto" },
+  executor: {
+    kind: "string",
+    help: "cpu | gpu | auto (default auto: gpu, else cpu with a warning)",
+    default: "auto",
+  },
   method: { kind: "string", help: "KV compression method (default full)" },
   budget: { kind: "int", help: "prompt KV entries kept per KV head per layer, window included" },
   ratio: { kind: "number", help: "compression ratio: fraction of prompt entries removed" },
@@ -50,10 +54,18 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
   if (f.prompt === undefined && f.context === undefined) throw new UsageError("give --prompt or --context");
-  if (f.context !== undefined && !(f.question as string[] | undefined)?.length) throw new UsageError("--context needs --question");
+  if (f.context !== undefined && !(f.question as string[] | undefined)?.length) {
+    throw new UsageError("--context needs --question");
+  }
   const executor = f.executor as ExecutorChoice;
-  if (!["cpu", "gpu", "auto"].includes(executor)) throw new UsageError(`--executor: expected cpu, gpu or auto, got '${executor}'`);
-  const model = await loadModel({ model: f.model as string | undefined, adapter: f.adapter as string | undefined, executor });
+  if (!["cpu", "gpu", "auto"].includes(executor)) {
+    throw new UsageError(`--executor: expected cpu, gpu or auto, got '${executor}'`);
+  }
+  const model = await loadModel({
+    model: f.model as string | undefined,
+    adapter: f.adapter as string | undefined,
+    executor,
+  });
   const compression = compressionFrom(f);
   const result = await generateText(model, {
     prompt: f.prompt as string | undefined,
@@ -69,7 +81,11 @@ async function main(argv: string[]): Promise<number> {
   model.executor.dispose();
   if (f.json) {
     const c = result.run.compression;
-    const outputs = result.outputs.map((o) => ({ text: o.text, tokens: o.tokens, finish_reason: o.finishReason }));
+    const outputs = result.outputs.map((o) => ({
+      text: o.text,
+      tokens: o.tokens,
+      finish_reason: o.finishReason,
+    }));
     console.log(JSON.stringify({
       ...(outputs.length === 1 && f.context === undefined ? outputs[0] : { answers: outputs }),
       prompt_tokens: result.promptTokens,
@@ -87,7 +103,9 @@ async function main(argv: string[]): Promise<number> {
   } else if (result.outputs.length === 1 && f.context === undefined) {
     console.log((f.prompt as string) + result.outputs[0].text);
   } else {
-    result.outputs.forEach((o, i) => console.log(`Q${i + 1}: ${(f.question as string[])[i]}\nA${i + 1}: ${o.text}`));
+    result.outputs.forEach((o, i) =>
+      console.log(`Q${i + 1}: ${(f.question as string[])[i]}\nA${i + 1}: ${o.text}`)
+    );
   }
   return 0;
 }

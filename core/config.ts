@@ -4,9 +4,13 @@
  */
 import { z } from "zod";
 import * as E from "fp-ts/Either";
-import { fail, JudgeQError } from "./errors.ts";
+import { fail, type JudgeQError } from "./errors.ts";
 
-export const SUPPORTED_ARCHITECTURES = ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"] as const;
+export const SUPPORTED_ARCHITECTURES = [
+  "LlamaForCausalLM",
+  "MistralForCausalLM",
+  "Qwen2ForCausalLM",
+] as const;
 export type Architecture = typeof SUPPORTED_ARCHITECTURES[number];
 
 export type RopeScaling =
@@ -89,7 +93,9 @@ export function parseModelConfig(raw: unknown): E.Either<JudgeQError, ModelConfi
     return E.left(
       fail(
         "invalid_config",
-        `unsupported architecture ${JSON.stringify(architecture)} (supported: ${SUPPORTED_ARCHITECTURES.join(", ")})`,
+        `unsupported architecture ${JSON.stringify(architecture)} (supported: ${
+          SUPPORTED_ARCHITECTURES.join(", ")
+        })`,
         "config.architectures",
       ),
     );
@@ -132,7 +138,11 @@ function parseRopeScaling(s: z.infer<typeof ropeScalingSchema>): E.Either<JudgeQ
   if (kind === "default") return E.right({ type: "default" });
   if (kind !== "llama3") {
     return E.left(
-      fail("invalid_config", `unsupported rope scaling ${JSON.stringify(kind)} (supported: llama3)`, "config.rope_scaling"),
+      fail(
+        "invalid_config",
+        `unsupported rope scaling ${JSON.stringify(kind)} (supported: llama3)`,
+        "config.rope_scaling",
+      ),
     );
   }
   const { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } = s;

@@ -54,11 +54,18 @@ export interface TextResult {
 /** Tokenises a text request into the core's token-level request. */
 export function tokenizeRequest(model: Model, r: TextRequest): E.Either<JudgeQError, GenerateRequest> {
   const tok = model.tokenizer;
-  const sampling = { temperature: r.temperature ?? 0, topP: r.topP ?? 1, topK: r.topK ?? 0, seed: r.seed ?? 0 };
+  const sampling = {
+    temperature: r.temperature ?? 0,
+    topP: r.topP ?? 1,
+    topK: r.topK ?? 0,
+    seed: r.seed ?? 0,
+  };
   const stopTokenIds = [...(r.ignoreEos ? [] : model.stopTokenIds), ...(r.stopTokenIds ?? [])];
   const decode = { maxTokens: r.maxTokens, sampling, stopTokenIds };
   if (r.prompt !== undefined && r.context !== undefined) {
-    return E.left(new JudgeQError("invalid_request", "give prompt, or context with questions, not both", "prompt"));
+    return E.left(
+      new JudgeQError("invalid_request", "give prompt, or context with questions, not both", "prompt"),
+    );
   }
   if (r.context !== undefined) {
     return E.right({
@@ -71,8 +78,14 @@ export function tokenizeRequest(model: Model, r: TextRequest): E.Either<JudgeQEr
       decode,
     });
   }
-  if (r.prompt === undefined) return E.left(new JudgeQError("invalid_request", "prompt or context is required", "prompt"));
-  return E.right({ input: { kind: "prompt", tokens: tok.encode(r.prompt, { addBos: true }) }, compression: r.compression, decode });
+  if (r.prompt === undefined) {
+    return E.left(new JudgeQError("invalid_request", "prompt or context is required", "prompt"));
+  }
+  return E.right({
+    input: { kind: "prompt", tokens: tok.encode(r.prompt, { addBos: true }) },
+    compression: r.compression,
+    decode,
+  });
 }
 
 export interface RunHooks {
@@ -150,7 +163,13 @@ export async function compressContext(
       tokenEmbeddings: model.tokenEmbeddings,
       ...hooks,
     }, session);
-    return { plan: compressOnly, session, contextTokens: tokens, stats: run.compression, timings: run.timings };
+    return {
+      plan: compressOnly,
+      session,
+      contextTokens: tokens,
+      stats: run.compression,
+      timings: run.timings,
+    };
   } catch (e) {
     session.dispose();
     throw e;

@@ -60,7 +60,8 @@ interface State {
 const promptOf = (plan: Plan) => (plan.input.kind === "prompt" ? plan.input.tokens : plan.input.context);
 
 /** Full-precision KV bytes of `entries` prompt positions in every head of every layer. */
-export const kvBytesFor = (c: Executor["config"], entries: number) => entries * c.nLayers * c.nKvHeads * c.headDim * 2 * 4;
+export const kvBytesFor = (c: Executor["config"], entries: number) =>
+  entries * c.nLayers * c.nKvHeads * c.headDim * 2 * 4;
 
 export async function runPlan(plan: Plan, ctx: RunContext): Promise<PlanResult> {
   const session = ctx.executor.createSession(plan.capacity);
@@ -100,7 +101,9 @@ export async function runOnSession(plan: Plan, ctx: RunContext, session: KvSessi
       budget: plan.options?.budget ?? null,
       window: plan.options?.window ?? null,
       promptTokens: plan.promptLength,
-      kept: (st.kept ?? positions).map((heads) => heads.map((p) => Array.from(p).filter((x) => x < plan.promptLength))),
+      kept: (st.kept ?? positions).map((heads) =>
+        heads.map((p) => Array.from(p).filter((x) => x < plan.promptLength))
+      ),
       kvBytesBefore: kvBytesFor(c, plan.promptLength),
       kvBytesAfter: st.kvBytesAfter ?? kvBytesFor(c, plan.promptLength),
     },
@@ -125,11 +128,18 @@ async function runStep(step: Step, plan: Plan, ctx: RunContext, st: State): Prom
       const prompt = promptOf(plan);
       const from = step.scoreFrom ?? L;
       st.firstRow = from;
-      if (from > 0) await s.forward({ kind: "tokens", tokens: prompt.slice(0, from) }, { logits: from === L ? "last" : "none" });
+      if (from > 0) {
+        await s.forward({ kind: "tokens", tokens: prompt.slice(0, from) }, {
+          logits: from === L ? "last" : "none",
+        });
+      }
       // Scoring rows run in chunks: each chunk's queries see the cache up to themselves (causal).
       for (let at = from; at < L; at += step.chunk) {
         const chunk = prompt.slice(at, Math.min(L, at + step.chunk));
-        const r = await s.forward({ kind: "tokens", tokens: chunk }, { logits: at + chunk.length === L ? "last" : "none", captureQueries: true });
+        const r = await s.forward({ kind: "tokens", tokens: chunk }, {
+          logits: at + chunk.length === L ? "last" : "none",
+          captureQueries: true,
+        });
         await addMass(st, r.queries!, L);
       }
       return;
@@ -138,7 +148,10 @@ async function runStep(step: Step, plan: Plan, ctx: RunContext, st: State): Prom
       const rows = step.randomSoft || !ctx.softEmbeddings
         ? randomSoftTokens(ctx.tokenEmbeddings, c.dim, step.count, step.seed)
         : ctx.softEmbeddings;
-      const r = await s.forward({ kind: "embeddings", rows, count: step.count }, { logits: "none", captureQueries: true });
+      const r = await s.forward({ kind: "embeddings", rows, count: step.count }, {
+        logits: "none",
+        captureQueries: true,
+      });
       await addMass(st, r.queries!, L);
       return;
     }
@@ -147,7 +160,13 @@ async function runStep(step: Step, plan: Plan, ctx: RunContext, st: State): Prom
       const draft = await s.clone();
       try {
         const o = plan.options!;
-        const scores = METHODS.snapkv.score({ config: c, length: L, mass: st.mass, firstRow: st.firstRow, keyNorms: null }, o);
+        const scores = METHODS.snapkv.score({
+          config: c,
+          length: L,
+          mass: st.mass,
+          firstRow: st.firstRow,
+          keyNorms: null,
+        }, o);
         await draft.keepPositions(selectUniform(scores, c, L, step.draftBudget, step.draftWindow), L);
         const d = await draft.decode({
           maxTokens: step.tokens,
@@ -178,11 +197,17 @@ async function runStep(step: Step, plan: Plan, ctx: RunContext, st: State): Prom
       else if (step.allocation === "pyramid") {
         const budgets = pyramidBudgets(c.nLayers, L, step.budget, step.window, step.beta);
         st.kept = budgets.map((b, l) =>
-          Array.from({ length: c.nKvHeads }, (_, g) => topWithWindow(scores, (l * c.nKvHeads + g) * L, L, b, step.window))
+          Array.from(
+            { length: c.nKvHeads },
+            (_, g) => topWithWindow(scores, (l * c.nKvHeads + g) * L, L, b, step.window),
+          )
         );
       } else {
-        st.kept = Array.from({ length: c.nLayers }, (_, l) =>
-          adaptiveSelect(scores, l * c.nKvHeads * L, c.nKvHeads, L, step.budget, step.window, step.floor));
+        st.kept = Array.from(
+          { length: c.nLayers },
+          (_, l) =>
+            adaptiveSelect(scores, l * c.nKvHeads * L, c.nKvHeads, L, step.budget, step.window, step.floor),
+        );
       }
       return;
     }
@@ -221,7 +246,19 @@ async function runStep(step: Step, plan: Plan, ctx: RunContext, st: State): Prom
   }
 }
 
-function selectUniform(scores: Float32Array, c: Executor["config"], L: number, budget: number, window: number): Int32Array[][] {
-  return Array.from({ length: c.nLayers }, (_, l) =>
-    Array.from({ length: c.nKvHeads }, (_, g) => topWithWindow(scores, (l * c.nKvHeads + g) * L, L, budget, window)));
+function selectUniform(
+  scores: Float32Array,
+  c: Executor["config"],
+  L: number,
+  budget: number,
+  window: number,
+): Int32Array[][] {
+  return Array.from(
+    { length: c.nLayers },
+    (_, l) =>
+      Array.from(
+        { length: c.nKvHeads },
+        (_, g) => topWithWindow(scores, (l * c.nKvHeads + g) * L, L, budget, window),
+      ),
+  );
 }

@@ -5,7 +5,7 @@
 import * as E from "fp-ts/Either";
 import { z } from "zod";
 import type { ModelConfig } from "./config.ts";
-import { fail, JudgeQError } from "./errors.ts";
+import { fail, type JudgeQError } from "./errors.ts";
 import { GLOBAL_DEFAULTS, METHOD_NAMES, METHODS } from "./methods/registry.ts";
 import type { Allocation, MethodOptions } from "./methods/types.ts";
 
@@ -109,7 +109,12 @@ export function resolveOptions(
   promptLength: number,
 ): E.Either<JudgeQError, { options: MethodOptions; compressed: boolean }> {
   const method = METHODS[c.method];
-  if (!method) return invalid(`unknown method ${JSON.stringify(c.method)} (known: ${METHOD_NAMES.join(", ")})`, "kv_compression.method");
+  if (!method) {
+    return invalid(
+      `unknown method ${JSON.stringify(c.method)} (known: ${METHOD_NAMES.join(", ")})`,
+      "kv_compression.method",
+    );
+  }
   if (c.budget !== undefined && c.compression_ratio !== undefined) {
     return invalid("give budget or compression_ratio, not both", "kv_compression.budget");
   }
@@ -117,7 +122,9 @@ export function resolveOptions(
   if (c.method === "full") {
     budget = promptLength;
   } else if (c.budget !== undefined) {
-    if (!Number.isInteger(c.budget) || c.budget < 1) return invalid("budget must be a positive integer", "kv_compression.budget");
+    if (!Number.isInteger(c.budget) || c.budget < 1) {
+      return invalid("budget must be a positive integer", "kv_compression.budget");
+    }
     budget = c.budget;
   } else if (c.compression_ratio !== undefined) {
     if (!(c.compression_ratio >= 0 && c.compression_ratio < 1)) {
@@ -143,8 +150,12 @@ export function resolveOptions(
   };
   if (c.window !== undefined) {
     if (method.fixedWindow) return invalid(method.fixedWindow, "kv_compression.window");
-    if (!Number.isInteger(c.window) || c.window < 0) return invalid("window must be a non-negative integer", "kv_compression.window");
-    if (c.window > budget) return invalid(`window ${c.window} is larger than the budget ${budget}`, "kv_compression.window");
+    if (!Number.isInteger(c.window) || c.window < 0) {
+      return invalid("window must be a non-negative integer", "kv_compression.window");
+    }
+    if (c.window > budget) {
+      return invalid(`window ${c.window} is larger than the budget ${budget}`, "kv_compression.window");
+    }
     options.window = c.window;
   } else {
     // Defaults shrink to fit a small budget instead of failing.
@@ -158,7 +169,9 @@ export function resolveOptions(
 
 function checkTokens(tokens: number[], vocab: number, param: string): E.Either<JudgeQError, number[]> {
   const bad = tokens.findIndex((t) => !Number.isInteger(t) || t < 0 || t >= vocab);
-  return bad >= 0 ? invalid(`token ${tokens[bad]} at ${bad} is outside the vocabulary`, param) : E.right(tokens);
+  return bad >= 0
+    ? invalid(`token ${tokens[bad]} at ${bad} is outside the vocabulary`, param)
+    : E.right(tokens);
 }
 
 /** Compiles a request into a plan, or a specific error naming the field at fault. */
@@ -171,11 +184,17 @@ export function compilePlan(req: GenerateRequest, model: ModelFacts): E.Either<J
   if (E.isLeft(tokensOk)) return tokensOk;
   const L = prompt.length;
   const d = req.decode;
-  if (!Number.isInteger(d.maxTokens) || d.maxTokens < 0) return invalid("must be a non-negative integer", "max_tokens");
-  if (!(d.sampling.temperature >= 0) || !Number.isFinite(d.sampling.temperature)) return invalid("must be >= 0", "temperature");
+  if (!Number.isInteger(d.maxTokens) || d.maxTokens < 0) {
+    return invalid("must be a non-negative integer", "max_tokens");
+  }
+  if (!(d.sampling.temperature >= 0) || !Number.isFinite(d.sampling.temperature)) {
+    return invalid("must be >= 0", "temperature");
+  }
   if (!(d.sampling.topP > 0 && d.sampling.topP <= 1)) return invalid("must be in (0, 1]", "top_p");
   const questions = req.input.kind === "context" ? req.input.questions : [];
-  if (req.input.kind === "context" && questions.length === 0) return invalid("give at least one question", "questions");
+  if (req.input.kind === "context" && questions.length === 0) {
+    return invalid("give at least one question", "questions");
+  }
   for (let i = 0; i < questions.length; i++) {
     if (questions[i].length === 0) return invalid("must not be empty", `questions.${i}`);
     const ok = checkTokens(questions[i], c.vocabSize, `questions.${i}`);
@@ -183,7 +202,10 @@ export function compilePlan(req: GenerateRequest, model: ModelFacts): E.Either<J
   }
   const longestQuestion = Math.max(0, ...questions.map((q) => q.length));
   if (L + longestQuestion >= c.maxSeqLen) {
-    return unprocessable(`${L + longestQuestion} tokens leave no room in the model's context of ${c.maxSeqLen}`, promptParam);
+    return unprocessable(
+      `${L + longestQuestion} tokens leave no room in the model's context of ${c.maxSeqLen}`,
+      promptParam,
+    );
   }
   // Generation stops at the context's end: clamp rather than refuse.
   const decode = { ...d, maxTokens: Math.min(d.maxTokens, c.maxSeqLen - L - longestQuestion) };
@@ -201,11 +223,17 @@ export function compilePlan(req: GenerateRequest, model: ModelFacts): E.Either<J
     const source = method.source(options, L);
     if (source.kind === "soft") {
       if (comp.random_soft !== true && model.adapterTokens === null) {
-        return unprocessable("judgeq needs a Judge Q adapter for this model (or random_soft: true for the ablation)", "kv_compression.method");
+        return unprocessable(
+          "judgeq needs a Judge Q adapter for this model (or random_soft: true for the ablation)",
+          "kv_compression.method",
+        );
       }
       const count = model.adapterTokens ?? 32;
       if (L + count > c.maxSeqLen) {
-        return unprocessable(`prompt plus ${count} soft tokens exceed the context of ${c.maxSeqLen}`, promptParam);
+        return unprocessable(
+          `prompt plus ${count} soft tokens exceed the context of ${c.maxSeqLen}`,
+          promptParam,
+        );
       }
       extra = count;
       steps.push({ op: "prefill", scoreFrom: null, chunk: SCORE_CHUNK });
@@ -214,7 +242,12 @@ export function compilePlan(req: GenerateRequest, model: ModelFacts): E.Either<J
       steps.push({ op: "prefill", scoreFrom: source.from, chunk: SCORE_CHUNK });
       if (source.kind === "lookahead") {
         extra = options.lookaheadTokens;
-        steps.push({ op: "lookahead", tokens: options.lookaheadTokens, draftBudget: options.budget, draftWindow: options.window });
+        steps.push({
+          op: "lookahead",
+          tokens: options.lookaheadTokens,
+          draftBudget: options.budget,
+          draftWindow: options.window,
+        });
       }
     } else {
       steps.push({ op: "prefill", scoreFrom: null, chunk: SCORE_CHUNK });

@@ -4,7 +4,7 @@
  * Layout: u64 little-endian header length N, N bytes of JSON header, then the tensor data block.
  */
 import * as E from "fp-ts/Either";
-import { fail, JudgeQError } from "./errors.ts";
+import { fail, type JudgeQError } from "./errors.ts";
 
 export type Dtype = "F32" | "F16" | "BF16";
 const BYTES_PER_ELEMENT: Record<Dtype, number> = { F32: 4, F16: 2, BF16: 2 };
@@ -28,7 +28,11 @@ export interface SafetensorsHeader {
 }
 
 /** Reads the header length from the first 8 bytes, checking it against the file size. */
-export function headerLength(first8: Uint8Array, fileSize: number, file = "file"): E.Either<JudgeQError, number> {
+export function headerLength(
+  first8: Uint8Array,
+  fileSize: number,
+  file = "file",
+): E.Either<JudgeQError, number> {
   if (first8.length < 8 || fileSize < 8) {
     return E.left(fail("invalid_model_file", "truncated: shorter than the 8-byte header length", file));
   }
@@ -37,7 +41,9 @@ export function headerLength(first8: Uint8Array, fileSize: number, file = "file"
     return E.left(fail("invalid_model_file", `header length ${n} exceeds ${MAX_HEADER_BYTES} bytes`, file));
   }
   if (Number(n) + 8 > fileSize) {
-    return E.left(fail("invalid_model_file", `truncated: header of ${n} bytes runs past the end of the file`, file));
+    return E.left(
+      fail("invalid_model_file", `truncated: header of ${n} bytes runs past the end of the file`, file),
+    );
   }
   return E.right(Number(n));
 }
@@ -55,14 +61,18 @@ export function parseHeader(
   } catch (e) {
     return bad(`header is not valid JSON: ${(e as Error).message}`);
   }
-  if (typeof json !== "object" || json === null || Array.isArray(json)) return bad("header is not a JSON object");
+  if (typeof json !== "object" || json === null || Array.isArray(json)) {
+    return bad("header is not a JSON object");
+  }
   const dataOffset = 8 + headerBytes.length;
   const dataSize = fileSize - dataOffset;
   const tensors = new Map<string, TensorInfo>();
   let metadata: Record<string, string> = {};
   for (const [name, value] of Object.entries(json as Record<string, unknown>)) {
     if (name === "__metadata__") {
-      if (typeof value !== "object" || value === null || Object.values(value).some((v) => typeof v !== "string")) {
+      if (
+        typeof value !== "object" || value === null || Object.values(value).some((v) => typeof v !== "string")
+      ) {
         return bad("__metadata__ must map strings to strings", `${file}:__metadata__`);
       }
       metadata = value as Record<string, string>;
@@ -80,17 +90,23 @@ export function parseHeader(
     }
     const offsets = v.data_offsets;
     if (
-      !Array.isArray(offsets) || offsets.length !== 2 || offsets.some((o) => !Number.isSafeInteger(o) || o < 0)
+      !Array.isArray(offsets) || offsets.length !== 2 ||
+      offsets.some((o) => !Number.isSafeInteger(o) || o < 0)
     ) {
       return bad("data_offsets must be two non-negative integers", where);
     }
     const [begin, end] = offsets as number[];
     if (end < begin) return bad(`data_offsets end ${end} is before begin ${begin}`, where);
-    if (end > dataSize) return bad(`truncated: data ends at ${end} but the data block has ${dataSize} bytes`, where);
+    if (end > dataSize) {
+      return bad(`truncated: data ends at ${end} but the data block has ${dataSize} bytes`, where);
+    }
     const dtype = v.dtype as Dtype;
     const expected = shape.reduce((a: number, b: number) => a * b, 1) * BYTES_PER_ELEMENT[dtype];
     if (expected !== end - begin) {
-      return bad(`shape [${shape}] of ${dtype} needs ${expected} bytes but data_offsets span ${end - begin}`, where);
+      return bad(
+        `shape [${shape}] of ${dtype} needs ${expected} bytes but data_offsets span ${end - begin}`,
+        where,
+      );
     }
     tensors.set(name, { name, dtype, shape: shape as number[], begin, end });
   }

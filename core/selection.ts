@@ -4,7 +4,13 @@
  */
 
 /** Keeps the last `window` positions plus the `budget - window` best-scored of the rest. */
-export function topWithWindow(scores: Float32Array, offset: number, length: number, budget: number, window: number): Int32Array {
+export function topWithWindow(
+  scores: Float32Array,
+  offset: number,
+  length: number,
+  budget: number,
+  window: number,
+): Int32Array {
   if (budget >= length) return Int32Array.from({ length }, (_, i) => i);
   const w = Math.min(window, budget);
   const candidates = Array.from({ length: length - w }, (_, i) => i);
@@ -24,7 +30,13 @@ export function uniformBudgets(nLayers: number, nKvHeads: number, budget: number
  * the first layer (most) to the last (fewest), window included. Integer division leaves a remainder;
  * it goes to the earliest layers, one entry each, so the budgets sum to exactly nLayers x budget.
  */
-export function pyramidBudgets(nLayers: number, length: number, budget: number, window: number, beta = 20): number[] {
+export function pyramidBudgets(
+  nLayers: number,
+  length: number,
+  budget: number,
+  window: number,
+  beta = 20,
+): number[] {
   if (nLayers === 1 || budget >= length) return Array(nLayers).fill(Math.min(budget, length));
   const capacity = budget - window;
   let minNum = Math.floor(capacity / beta);
@@ -61,7 +73,9 @@ export function adaptiveSelect(
   window: number,
   floor: number,
 ): Int32Array[] {
-  if (budget >= length) return Array.from({ length: nKvHeads }, () => Int32Array.from({ length }, (_, i) => i));
+  if (budget >= length) {
+    return Array.from({ length: nKvHeads }, () => Int32Array.from({ length }, (_, i) => i));
+  }
   const free = budget - window;
   const guaranteed = Math.floor(floor * free);
   const chosen: Set<number>[] = [];

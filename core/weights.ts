@@ -4,7 +4,7 @@
  */
 import * as E from "fp-ts/Either";
 import type { ModelConfig } from "./config.ts";
-import { fail, JudgeQError } from "./errors.ts";
+import { fail, type JudgeQError } from "./errors.ts";
 
 export interface LayerWeights {
   attnNorm: Float32Array; // [dim]

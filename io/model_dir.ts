@@ -5,9 +5,15 @@
  */
 import * as E from "fp-ts/Either";
 import { type ModelConfig, parseModelConfig } from "../core/config.ts";
-import { fail, JudgeQError } from "../core/errors.ts";
+import { fail, type JudgeQError } from "../core/errors.ts";
 import { decodeToF32, headerLength, parseHeader, type SafetensorsHeader } from "../core/safetensors.ts";
-import { assembleWeights, checkTensorShape, expectedTensors, type ModelWeights, type NamedTensor } from "../core/weights.ts";
+import {
+  assembleWeights,
+  checkTensorShape,
+  expectedTensors,
+  type ModelWeights,
+  type NamedTensor,
+} from "../core/weights.ts";
 
 export interface ModelFiles {
   dir: string;
@@ -45,7 +51,10 @@ const orThrow = <A>(e: E.Either<JudgeQError, A>): A => {
 };
 
 /** Opens a safetensors file and validates its header without reading tensor data. */
-export async function openSafetensors(path: string, name: string): Promise<{ file: Deno.FsFile; header: SafetensorsHeader }> {
+export async function openSafetensors(
+  path: string,
+  name: string,
+): Promise<{ file: Deno.FsFile; header: SafetensorsHeader }> {
   const file = await Deno.open(path, { read: true });
   try {
     const size = (await file.stat()).size;
@@ -85,15 +94,27 @@ export async function readTensor(
 
 /** Which file holds each tensor: the index's weight_map, or the single model.safetensors. */
 async function shardMap(dir: string): Promise<Map<string, string> | null> {
-  const index = await readJson(join(dir, "model.safetensors.index.json"), "model.safetensors.index.json", true);
+  const index = await readJson(
+    join(dir, "model.safetensors.index.json"),
+    "model.safetensors.index.json",
+    true,
+  );
   if (index === null) return null;
   const map = (index as { weight_map?: unknown }).weight_map;
   if (typeof map !== "object" || map === null || Object.values(map).some((v) => typeof v !== "string")) {
-    throw fail("invalid_model_file", "weight_map must map tensor names to file names", "model.safetensors.index.json");
+    throw fail(
+      "invalid_model_file",
+      "weight_map must map tensor names to file names",
+      "model.safetensors.index.json",
+    );
   }
   for (const file of Object.values(map as Record<string, string>)) {
     if (file.includes("/") || file.includes("..")) {
-      throw fail("invalid_model_file", `shard ${JSON.stringify(file)} must be a file in the model directory`, "weight_map");
+      throw fail(
+        "invalid_model_file",
+        `shard ${JSON.stringify(file)} must be a file in the model directory`,
+        "weight_map",
+      );
     }
   }
   return new Map(Object.entries(map as Record<string, string>));
@@ -104,7 +125,11 @@ export async function loadModelDir(dir: string): Promise<ModelFiles> {
   const config = orThrow(parseModelConfig(await readJson(join(dir, "config.json"), "config.json", false)));
   const tokenizerJson = await readJson(join(dir, "tokenizer.json"), "tokenizer.json", false);
   const tokenizerConfig = await readJson(join(dir, "tokenizer_config.json"), "tokenizer_config.json", true);
-  const generationConfig = await readJson(join(dir, "generation_config.json"), "generation_config.json", true) as
+  const generationConfig = await readJson(
+    join(dir, "generation_config.json"),
+    "generation_config.json",
+    true,
+  ) as
     | Record<string, unknown>
     | null;
   const shards = (await shardMap(dir)) ?? null;
@@ -128,7 +153,9 @@ export async function loadModelDir(dir: string): Promise<ModelFiles> {
       orThrow(checkTensorShape(name, where(name)?.header.tensors.get(name)?.shape, config));
     }
     const tensors = new Map<string, NamedTensor>();
-    for (const name of expectedTensors(config).keys()) tensors.set(name, await readTensor(where(name)!, name));
+    for (const name of expectedTensors(config).keys()) {
+      tensors.set(name, await readTensor(where(name)!, name));
+    }
     const weights = orThrow(assembleWeights(config, (n) => tensors.get(n)));
     return { dir, config, weights, tokenizerJson, tokenizerConfig, generationConfig };
   } finally {

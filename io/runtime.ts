@@ -3,7 +3,7 @@
  * optional Judge Q adapter checked against the model's fingerprint.
  */
 import * as E from "fp-ts/Either";
-import { checkAdapterFits, decodeAdapter, type Adapter } from "../core/adapter.ts";
+import { type Adapter, checkAdapterFits, decodeAdapter } from "../core/adapter.ts";
 import type { Model } from "../core/engine.ts";
 import { fail } from "../core/errors.ts";
 import type { Executor } from "../core/executor.ts";
@@ -35,7 +35,9 @@ export async function createExecutor(
     const { GpuExecutor } = await import("../gpu/executor.ts");
     return await GpuExecutor.create(weights);
   } catch (e) {
-    if (choice === "gpu") throw fail("internal", `WebGPU executor unavailable: ${(e as Error).message}`, "executor");
+    if (choice === "gpu") {
+      throw fail("internal", `WebGPU executor unavailable: ${(e as Error).message}`, "executor");
+    }
     warn(`WebGPU executor unavailable (${(e as Error).message}); using the CPU reference executor`);
     return new CpuExecutor(weights);
   }
@@ -49,7 +51,9 @@ export async function readAdapter(path: string, weights: ModelWeights): Promise<
     throw fail("invalid_adapter", `cannot read: ${(e as Error).message}`, "adapter");
   }
   const fingerprint = await modelFingerprint(weights);
-  const a = E.flatMap((a: Adapter) => checkAdapterFits(a, fingerprint, weights.config.dim))(decodeAdapter(bytes, "adapter"));
+  const a = E.flatMap((a: Adapter) => checkAdapterFits(a, fingerprint, weights.config.dim))(
+    decodeAdapter(bytes, "adapter"),
+  );
   if (E.isLeft(a)) throw a.left;
   return a.right;
 }
@@ -70,7 +74,9 @@ export async function loadModel(o: LoadOptions = {}): Promise<Model> {
   const tokenizer = createTokenizer(files.tokenizerJson, files.tokenizerConfig);
   if (E.isLeft(tokenizer)) throw tokenizer.left;
   const defaultAdapter = dir.replace(/\/+$/, "") + "/judgeq.safetensors";
-  const adapterPath = o.adapter === undefined ? ((await exists(defaultAdapter)) ? defaultAdapter : null) : o.adapter;
+  const adapterPath = o.adapter === undefined
+    ? ((await exists(defaultAdapter)) ? defaultAdapter : null)
+    : o.adapter;
   const adapter = adapterPath ? await readAdapter(adapterPath, files.weights) : null;
   const executor = await createExecutor(files.weights, o.executor ?? "auto", warn);
   const eos = files.generationConfig?.eos_token_id;

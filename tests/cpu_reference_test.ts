@@ -1,7 +1,7 @@
 /** The CPU reference executor against llama2.c's own logits for the converted stories260K. */
 import { CpuExecutor } from "../core/cpu/executor.ts";
 import { GREEDY } from "../core/sampling.ts";
-import { assertEquals, assertClose, embeddedModel, GOLDEN, maxAbsDiff, readF32 } from "./helpers.ts";
+import { assertClose, assertEquals, embeddedModel, GOLDEN, maxAbsDiff, readF32 } from "./helpers.ts";
 
 const VOCAB = 512;
 
@@ -40,7 +40,12 @@ Deno.test("cpu reference: greedy decoding reproduces llama2.c's tokens and stops
   const { next } = await readGoldenTsv("bos_n512.tsv");
   const session = new CpuExecutor(weights).createSession(512);
   await session.forward({ kind: "tokens", tokens: [1] });
-  const d = await session.decode({ maxTokens: 511, sampling: GREEDY, stopTokenIds: [1, 2], returnLogits: true });
+  const d = await session.decode({
+    maxTokens: 511,
+    sampling: GREEDY,
+    stopTokenIds: [1, 2],
+    returnLogits: true,
+  });
   // run.c's last row samples BOS (id 1) and stops: every earlier choice is a generated token.
   assertEquals(next[next.length - 1], 1, "golden ends with BOS");
   assertEquals(d.tokens, next.slice(0, -1));

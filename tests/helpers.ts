@@ -3,7 +3,7 @@ import * as E from "fp-ts/Either";
 import { EMBEDDED_MODEL_DIR, loadModelDir, type ModelFiles } from "../io/model_dir.ts";
 import { parseModelConfig } from "../core/config.ts";
 import { assembleWeights, type ModelWeights } from "../core/weights.ts";
-import { randomTensors, type TestShape, testModelConfig } from "../fixtures/test_models.ts";
+import { randomTensors, testModelConfig, type TestShape } from "../fixtures/test_models.ts";
 
 export function assert(cond: unknown, message = "assertion failed"): asserts cond {
   if (!cond) throw new Error(message);
@@ -11,7 +11,11 @@ export function assert(cond: unknown, message = "assertion failed"): asserts con
 
 export function assertEquals<T>(actual: T, expected: T, message = "") {
   const a = JSON.stringify(actual), b = JSON.stringify(expected);
-  if (a !== b) throw new Error(`${message ? message + ": " : ""}expected ${b.slice(0, 2000)}\n     got ${a.slice(0, 2000)}`);
+  if (a !== b) {
+    throw new Error(
+      `${message ? message + ": " : ""}expected ${b.slice(0, 2000)}\n     got ${a.slice(0, 2000)}`,
+    );
+  }
 }
 
 export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
@@ -41,7 +45,9 @@ export async function assertRejects(fn: () => unknown, ...fragments: string[]): 
 /** Expects a Left whose message contains every fragment; returns the error. */
 export function assertLeft<L extends Error, R>(e: E.Either<L, R>, ...fragments: string[]): L {
   if (E.isRight(e)) throw new Error(`expected Left containing ${fragments.join(", ")}, got Right`);
-  for (const f of fragments) if (!e.left.message.includes(f)) throw new Error(`error "${e.left.message}" lacks "${f}"`);
+  for (const f of fragments) {
+    if (!e.left.message.includes(f)) throw new Error(`error "${e.left.message}" lacks "${f}"`);
+  }
   return e.left;
 }
 

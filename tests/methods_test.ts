@@ -22,7 +22,10 @@ async function attentionMatrices(rows: Float32Array | null) {
   const r1 = await s.forward({ kind: "tokens", tokens: PROMPT }, { captureQueries: true });
   const qs = [...(r1.queries as unknown as { data: Float32Array[] }).data];
   if (rows) {
-    const r2 = await s.forward({ kind: "embeddings", rows, count: rows.length / c.dim }, { captureQueries: true, logits: "none" });
+    const r2 = await s.forward({ kind: "embeddings", rows, count: rows.length / c.dim }, {
+      captureQueries: true,
+      logits: "none",
+    });
     qs.push(...(r2.queries as unknown as { data: Float32Array[] }).data);
   }
   const n = qs.length, hd = c.headDim, group = c.nHeads / c.nKvHeads;
@@ -69,12 +72,24 @@ function naiveMaxPool(v: number[], kernel: number): number[] {
 }
 
 /** Per KV head: mean over its query heads of the summed attention of rows [from, to) to keys < L. */
-function groupedMass(A: number[][][][], c: { nHeads: number; nKvHeads: number }, l: number, g: number, from: number, to: number, span: number, pool: (v: number[]) => number[] = (v) => v) {
+function groupedMass(
+  A: number[][][][],
+  c: { nHeads: number; nKvHeads: number },
+  l: number,
+  g: number,
+  from: number,
+  to: number,
+  span: number,
+  pool: (v: number[]) => number[] = (v) => v,
+) {
   const group = c.nHeads / c.nKvHeads;
   const out = Array(L).fill(0);
   for (let j = 0; j < group; j++) {
     const m = A[l][g * group + j];
-    const col = Array.from({ length: span }, (_, t) => m.slice(from, to).reduce((a, row) => a + (row[t] ?? 0), 0));
+    const col = Array.from(
+      { length: span },
+      (_, t) => m.slice(from, to).reduce((a, row) => a + (row[t] ?? 0), 0),
+    );
     const pooled = pool(col);
     for (let t = 0; t < span; t++) out[t] += pooled[t] / group;
   }
@@ -84,10 +99,18 @@ function groupedMass(A: number[][][][], c: { nHeads: number; nKvHeads: number },
 async function keptBy(compression: CompressionRequest, softRows: Float32Array | null = null) {
   const { weights } = await embeddedModel();
   const plan = right(compilePlan(
-    { input: { kind: "prompt", tokens: PROMPT }, compression, decode: { maxTokens: 0, sampling: GREEDY, stopTokenIds: [] } },
+    {
+      input: { kind: "prompt", tokens: PROMPT },
+      compression,
+      decode: { maxTokens: 0, sampling: GREEDY, stopTokenIds: [] },
+    },
     { config: weights.config, adapterTokens: softRows ? softRows.length / weights.config.dim : null },
   ));
-  const r = await runPlan(plan, { executor: new CpuExecutor(weights), softEmbeddings: softRows, tokenEmbeddings: weights.embed });
+  const r = await runPlan(plan, {
+    executor: new CpuExecutor(weights),
+    softEmbeddings: softRows,
+    tokenEmbeddings: weights.embed,
+  });
   return r.compression.kept;
 }
 
@@ -99,7 +122,16 @@ Deno.test("snapkv (pooled and unpooled) keeps the brute-force top positions plus
     const kept = await keptBy({ method: "snapkv", budget: B, window: w, pooling, kernel });
     for (let l = 0; l < c.nLayers; l++) {
       for (let g = 0; g < c.nKvHeads; g++) {
-        const s = groupedMass(A, c, l, g, L - w, L, L - w, (v) => (pooling === "max" ? naiveMaxPool(v, kernel) : v));
+        const s = groupedMass(
+          A,
+          c,
+          l,
+          g,
+          L - w,
+          L,
+          L - w,
+          (v) => (pooling === "max" ? naiveMaxPool(v, kernel) : v),
+        );
         assertEquals(kept[l][g], naiveTop(s, B - w, L - w), `layer ${l} head ${g} w${w} k${kernel}`);
       }
     }
@@ -124,7 +156,9 @@ Deno.test("tova keeps the last token's most attended positions", async () => {
   const { A, c } = await attentionMatrices(null);
   const kept = await keptBy({ method: "tova", budget: B });
   for (let l = 0; l < c.nLayers; l++) {
-    for (let g = 0; g < c.nKvHeads; g++) assertEquals(kept[l][g], naiveTop(groupedMass(A, c, l, g, L - 1, L, L), B, L));
+    for (let g = 0; g < c.nKvHeads; g++) {
+      assertEquals(kept[l][g], naiveTop(groupedMass(A, c, l, g, L - 1, L, L), B, L));
+    }
   }
 });
 
@@ -149,7 +183,10 @@ Deno.test("judgeq scores with the soft rows' attention over the prompt (soft row
     const kept = await keptBy({ method: "judgeq", budget: B, window }, soft);
     for (let l = 0; l < c.nLayers; l++) {
       for (let g = 0; g < c.nKvHeads; g++) {
-        assertEquals(kept[l][g], naiveTop(groupedMass(A, c, l, g, L, L + 8, L - window), B - window, L - window));
+        assertEquals(
+          kept[l][g],
+          naiveTop(groupedMass(A, c, l, g, L, L + 8, L - window), B - window, L - window),
+        );
       }
     }
   }
@@ -161,7 +198,9 @@ Deno.test("pyramidkv follows the pyramid formula per layer and sums to the total
   const budgets = pyramidBudgets(c.nLayers, L, B, 8, 20);
   assertEquals(budgets.reduce((a, b) => a + b, 0), c.nLayers * B, "sum");
   // The formula: min = (B - w) / beta, max = 2(B - w) - min, arithmetic steps from the first layer down.
-  const min = Math.floor((B - 8) / 20), max = 2 * (B - 8) - min, step = Math.floor((max - min) / (c.nLayers - 1));
+  const min = Math.floor((B - 8) / 20),
+    max = 2 * (B - 8) - min,
+    step = Math.floor((max - min) / (c.nLayers - 1));
   budgets.forEach((b, l) => assert(Math.abs(b - (max - l * step + 8)) <= 1, `layer ${l} budget ${b}`));
   assert(budgets[0] > budgets[c.nLayers - 1], "decreasing");
   for (let l = 0; l < c.nLayers; l++) {
@@ -184,7 +223,9 @@ Deno.test("adakv respects the floor per head and the layer total, picking the be
     const scores = Array.from({ length: c.nKvHeads }, (_, g) => groupedMass(A, c, l, g, L - w, L, L - w));
     // Brute force: each head's top `guaranteed`, then the best remaining (head, position) pairs.
     const chosen = scores.map((s) => new Set(naiveTop(s, guaranteed, L - w).filter((t) => t < L - w)));
-    const rest = scores.flatMap((s, g) => [...Array(L - w).keys()].filter((t) => !chosen[g].has(t)).map((t) => ({ g, t, v: s[t] })));
+    const rest = scores.flatMap((s, g) =>
+      [...Array(L - w).keys()].filter((t) => !chosen[g].has(t)).map((t) => ({ g, t, v: s[t] }))
+    );
     rest.sort((a, b) => b.v - a.v || a.t - b.t || a.g - b.g);
     for (const p of rest.slice(0, c.nKvHeads * (free - guaranteed))) chosen[p.g].add(p.t);
     for (let g = 0; g < c.nKvHeads; g++) {
@@ -199,9 +240,14 @@ Deno.test("adakv respects the floor per head and the layer total, picking the be
 Deno.test("random is seeded and lookahead keeps its window; every method keeps exactly the budget", async () => {
   const a = await keptBy({ method: "random", budget: B, seed: 3 });
   assertEquals(await keptBy({ method: "random", budget: B, seed: 3 }), a);
-  assert(JSON.stringify(await keptBy({ method: "random", budget: B, seed: 4 })) !== JSON.stringify(a), "seed matters");
+  assert(
+    JSON.stringify(await keptBy({ method: "random", budget: B, seed: 4 })) !== JSON.stringify(a),
+    "seed matters",
+  );
   const la = await keptBy({ method: "lookahead", budget: B });
-  for (const heads of la) for (const k of heads) for (let t = L - 8; t < L; t++) assert(k.includes(t), "window kept");
+  for (const heads of la) {
+    for (const k of heads) for (let t = L - 8; t < L; t++) assert(k.includes(t), "window kept");
+  }
   for (const method of ["random", "streaming_llm", "h2o", "snapkv", "tova", "knorm", "lookahead"]) {
     const kept = await keptBy({ method, budget: B });
     for (const heads of kept) for (const k of heads) assertEquals(k.length, B, method);
@@ -212,11 +258,19 @@ Deno.test("a budget at or above the prompt length is bitwise identical to the fu
   const { weights } = await embeddedModel();
   const run = async (compression: CompressionRequest | null) => {
     const plan = right(compilePlan(
-      { input: { kind: "prompt", tokens: PROMPT }, compression, decode: { maxTokens: 12, sampling: GREEDY, stopTokenIds: [] } },
+      {
+        input: { kind: "prompt", tokens: PROMPT },
+        compression,
+        decode: { maxTokens: 12, sampling: GREEDY, stopTokenIds: [] },
+      },
       { config: weights.config, adapterTokens: null },
     ));
     const s = new CpuExecutor(weights).createSession(plan.capacity);
-    const r = await runPlan(plan, { executor: { ...new CpuExecutor(weights), createSession: () => s } as never, softEmbeddings: null, tokenEmbeddings: weights.embed });
+    const r = await runPlan(plan, {
+      executor: { ...new CpuExecutor(weights), createSession: () => s } as never,
+      softEmbeddings: null,
+      tokenEmbeddings: weights.embed,
+    });
     return { tokens: r.outputs[0].tokens, logits: Array.from(await s.currentLogits()) };
   };
   const full = await run(null);
@@ -224,5 +278,13 @@ Deno.test("a budget at or above the prompt length is bitwise identical to the fu
     const same = await run({ method, budget: L, random_soft: method === "judgeq" ? true : undefined });
     assertEquals(same, full, method);
   }
-  assert(E.isRight(compilePlan({ input: { kind: "prompt", tokens: PROMPT }, compression: { method: "snapkv", compression_ratio: 0 }, decode: { maxTokens: 1, sampling: GREEDY, stopTokenIds: [] } }, { config: weights.config, adapterTokens: null })));
+  assert(
+    E.isRight(
+      compilePlan({
+        input: { kind: "prompt", tokens: PROMPT },
+        compression: { method: "snapkv", compression_ratio: 0 },
+        decode: { maxTokens: 1, sampling: GREEDY, stopTokenIds: [] },
+      }, { config: weights.config, adapterTokens: null }),
+    ),
+  );
 });

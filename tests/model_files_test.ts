@@ -4,7 +4,18 @@ import { CpuExecutor } from "../core/cpu/executor.ts";
 import { decodeToF32, encodeBf16, encodeF16, encodeSafetensors } from "../core/safetensors.ts";
 import { testModelConfig, testModelFiles, writeTestModel } from "../fixtures/test_models.ts";
 import { loadModelDir } from "../io/model_dir.ts";
-import { assert, assertClose, assertEquals, assertLeft, assertRejects, randomModel, right } from "./helpers.ts";
+import {
+  assert,
+  assertClose,
+  assertEquals,
+  assertLeft,
+  assertRejects,
+  randomModel,
+  right,
+} from "./helpers.ts";
+
+/** A parsed safetensors header, edited by the malformed-file cases. */
+type Header = Record<string, { dtype: string; shape: number[]; data_offsets: number[] }>;
 
 const tmp = await Deno.makeTempDir({ prefix: "judgeq-models-" });
 
@@ -18,7 +29,10 @@ for (const shape of ["llama3", "qwen2", "mistral"] as const) {
       : shape === "qwen2"
       ? (a: Float32Array) => decodeToF32("F16", encodeF16(a))
       : (a: Float32Array) => a;
-    assertEquals(Array.from(m.weights.layers[1].wk.slice(0, 50)), Array.from(round(original.layers[1].wk).slice(0, 50)));
+    assertEquals(
+      Array.from(m.weights.layers[1].wk.slice(0, 50)),
+      Array.from(round(original.layers[1].wk).slice(0, 50)),
+    );
     assertEquals(m.config.attentionBias, shape === "qwen2");
     assertEquals(m.config.tiedEmbeddings, shape === "qwen2");
     assertEquals(m.config.ropeScaling.type, shape === "llama3" ? "llama3" : "default");
@@ -26,7 +40,10 @@ for (const shape of ["llama3", "qwen2", "mistral"] as const) {
     const r = await s.forward({ kind: "tokens", tokens: [1, 5, 9, 200, 300] }, { logits: "all" });
     assert(r.logits!.every(Number.isFinite), "finite logits");
     // The float32 original gives nearly the same logits: the dtype conversion is right.
-    const ref = await new CpuExecutor(original).createSession(64).forward({ kind: "tokens", tokens: [1, 5, 9, 200, 300] }, { logits: "all" });
+    const ref = await new CpuExecutor(original).createSession(64).forward({
+      kind: "tokens",
+      tokens: [1, 5, 9, 200, 300],
+    }, { logits: "all" });
     assertClose(r.logits!, ref.logits!, shape === "mistral" ? 0 : 0.5, "vs float32 original");
   });
 }
@@ -71,12 +88,19 @@ Deno.test("sharded safetensors with an index load like one file", async () => {
   const sharded = await loadModelDir(dir);
   assertEquals(Array.from(sharded.weights.layers[1].wDown), Array.from(whole.weights.layers[1].wDown));
   // An index naming a shard that is not there.
-  await Deno.writeTextFile(`${dir}/model.safetensors.index.json`, JSON.stringify({ weight_map: { ...shards, "model.norm.weight": "gone.safetensors" } }));
+  await Deno.writeTextFile(
+    `${dir}/model.safetensors.index.json`,
+    JSON.stringify({ weight_map: { ...shards, "model.norm.weight": "gone.safetensors" } }),
+  );
   await assertRejects(() => loadModelDir(dir), "gone.safetensors", "missing");
 });
 
 /** A mistral-shaped directory whose model.safetensors (or config) is replaced by a broken one. */
-async function brokenDir(name: string, edit: (bytes: Uint8Array, header: Record<string, any>, n: number) => Uint8Array, config?: Record<string, unknown>) {
+async function brokenDir(
+  name: string,
+  edit: (bytes: Uint8Array, header: Header, n: number) => Uint8Array,
+  config?: Record<string, unknown>,
+) {
   const dir = `${tmp}/broken-${name}`;
   await writeTestModel("mistral", dir);
   const bytes = testModelFiles("mistral")["model.safetensors"] as Uint8Array;
@@ -98,7 +122,12 @@ function withHeader(bytes: Uint8Array, n: number, header: unknown): Uint8Array {
 }
 
 const cfg = testModelConfig("mistral");
-const malformed: [string, (b: Uint8Array, h: Record<string, any>, n: number) => Uint8Array, string[], Record<string, unknown>?][] = [
+const malformed: [
+  string,
+  (b: Uint8Array, h: Header, n: number) => Uint8Array,
+  string[],
+  Record<string, unknown>?,
+][] = [
   ["tiny", () => new Uint8Array(5), ["model.safetensors", "shorter than the 8-byte"]],
   ["truncated-data", (b) => b.subarray(0, b.length - 100), ["truncated", "data block"]],
   ["header-past-end", (b) => {
@@ -116,11 +145,22 @@ const malformed: [string, (b: Uint8Array, h: Record<string, any>, n: number) => 
     c[8] = "x".charCodeAt(0);
     return c.subarray(0, 8 + n + (b.length - 8 - n));
   }, ["not valid JSON"]],
-  ["bad-dtype", (b, h, n) => withHeader(b, n, { ...h, "model.norm.weight": { ...h["model.norm.weight"], dtype: "I8" } }), ["model.norm.weight", "unsupported dtype"]],
-  ["shape-bytes", (b, h, n) => withHeader(b, n, { ...h, "model.norm.weight": { ...h["model.norm.weight"], shape: [65] } }), ["model.norm.weight", "needs 260 bytes"]],
+  [
+    "bad-dtype",
+    (b, h, n) => withHeader(b, n, { ...h, "model.norm.weight": { ...h["model.norm.weight"], dtype: "I8" } }),
+    ["model.norm.weight", "unsupported dtype"],
+  ],
+  [
+    "shape-bytes",
+    (b, h, n) => withHeader(b, n, { ...h, "model.norm.weight": { ...h["model.norm.weight"], shape: [65] } }),
+    ["model.norm.weight", "needs 260 bytes"],
+  ],
   ["overlap", (b, h, n) => {
     const first = h["model.layers.0.input_layernorm.weight"];
-    return withHeader(b, n, { ...h, "model.norm.weight": { ...h["model.norm.weight"], data_offsets: first.data_offsets } });
+    return withHeader(b, n, {
+      ...h,
+      "model.norm.weight": { ...h["model.norm.weight"], data_offsets: first.data_offsets },
+    });
   }, ["overlaps"]],
   ["missing-tensor", (b, h, n) => {
     const { ["model.layers.1.mlp.up_proj.weight"]: _gone, ...rest } = h;
@@ -128,11 +168,20 @@ const malformed: [string, (b: Uint8Array, h: Record<string, any>, n: number) => 
   }, ["model.layers.1.mlp.up_proj.weight", "missing"]],
   ["wrong-shape", (b, h, n) => {
     const t = h["model.layers.0.self_attn.k_proj.weight"];
-    return withHeader(b, n, { ...h, "model.layers.0.self_attn.k_proj.weight": { ...t, shape: [t.shape[1], t.shape[0]] } });
+    return withHeader(b, n, {
+      ...h,
+      "model.layers.0.self_attn.k_proj.weight": { ...t, shape: [t.shape[1], t.shape[0]] },
+    });
   }, ["model.layers.0.self_attn.k_proj.weight", "the config needs"]],
-  ["architecture", (b) => b, ["config.architectures", "unsupported architecture"], { ...cfg, architectures: ["GPT2LMHeadModel"] }],
+  ["architecture", (b) => b, ["config.architectures", "unsupported architecture"], {
+    ...cfg,
+    architectures: ["GPT2LMHeadModel"],
+  }],
   ["hidden-size", (b) => b, ["config.hidden_size"], { ...cfg, hidden_size: "64" }],
-  ["rope-scaling", (b) => b, ["config.rope_scaling", "unsupported rope scaling"], { ...cfg, rope_scaling: { rope_type: "yarn", factor: 2 } }],
+  ["rope-scaling", (b) => b, ["config.rope_scaling", "unsupported rope scaling"], {
+    ...cfg,
+    rope_scaling: { rope_type: "yarn", factor: 2 },
+  }],
   ["kv-heads", (b) => b, ["config.num_key_value_heads"], { ...cfg, num_key_value_heads: 3 }],
 ];
 for (const [name, edit, fragments, config] of malformed) {

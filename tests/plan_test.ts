@@ -32,14 +32,21 @@ Deno.test("bad plans give specific errors naming the field", async () => {
     [req(null, []), "prompt", "must not be empty"],
     [req(null, [1, 99999]), "prompt", "outside the vocabulary"],
     [{ input: { kind: "context", context: prompt(50), questions: [] }, decode }, "questions", "at least one"],
-    [{ input: { kind: "prompt", tokens: prompt(10) }, decode: { ...decode, maxTokens: -1 } }, "max_tokens", "non-negative"],
+    [
+      { input: { kind: "prompt", tokens: prompt(10) }, decode: { ...decode, maxTokens: -1 } },
+      "max_tokens",
+      "non-negative",
+    ],
   ];
   for (const [r, param, fragment] of cases) {
     const e = assertLeft(compilePlan(r, facts), fragment);
     assertEquals((e as { param: string | null }).param, param, fragment);
   }
   // With soft tokens the prompt must leave room for them too.
-  assertLeft(compilePlan(req({ method: "judgeq", budget: 16 }, prompt(500)), { config, adapterTokens: 32 }), "soft tokens");
+  assertLeft(
+    compilePlan(req({ method: "judgeq", budget: 16 }, prompt(500)), { config, adapterTokens: 32 }),
+    "soft tokens",
+  );
   // A ratio-derived budget smaller than a default window shrinks the window instead of failing.
   const p = right(compilePlan(req({ method: "snapkv", compression_ratio: 0.95 }), facts));
   assertEquals([p.options!.budget, p.options!.window], [5, 5]);
@@ -53,12 +60,19 @@ Deno.test("compress once, answer three questions: same answers as compressing th
   const compression = { method: "snapkv", budget: 40 };
   const facts = { config: weights.config, adapterTokens: null };
   const ctx = { executor: ex, softEmbeddings: null, tokenEmbeddings: weights.embed };
-  const plan = right(compilePlan({ input: { kind: "context", context, questions }, compression, decode }, facts));
+  const plan = right(
+    compilePlan({ input: { kind: "context", context, questions }, compression, decode }, facts),
+  );
   const session = ex.createSession(plan.capacity);
-  const once = await runOnSession({ ...plan, steps: plan.steps.filter((s) => s.op !== "answer") }, ctx, session);
+  const once = await runOnSession(
+    { ...plan, steps: plan.steps.filter((s) => s.op !== "answer") },
+    ctx,
+    session,
+  );
   // The live entries of every head: keys, values and positions up to its count.
   const snapshot = () => {
-    const c = session.cache, live = (a: ArrayLike<number>, s: number, w: number) => Array.from(a).slice(0, c.counts[s] * w);
+    const c = session.cache,
+      live = (a: ArrayLike<number>, s: number, w: number) => Array.from(a).slice(0, c.counts[s] * w);
     return {
       counts: Array.from(c.counts),
       keys: c.keys.map((k, s) => live(k, s, c.headDim)),
@@ -77,7 +91,12 @@ Deno.test("compress once, answer three questions: same answers as compressing th
   }
   assert(once.compression.kvBytesAfter < once.compression.kvBytesBefore, "compressed");
   for (let i = 0; i < questions.length; i++) {
-    const single = right(compilePlan({ input: { kind: "context", context, questions: [questions[i]] }, compression, decode }, facts));
+    const single = right(
+      compilePlan(
+        { input: { kind: "context", context, questions: [questions[i]] }, compression, decode },
+        facts,
+      ),
+    );
     const s = ex.createSession(single.capacity);
     const r = await runOnSession(single, ctx, s);
     assertEquals(answers[i], r.outputs[0].tokens, `question ${i}`);

@@ -72,7 +72,9 @@ export class CpuSession implements KvSession {
     for (let r = 0; r < rows; r++) {
       if (input.kind === "tokens") {
         const t = input.tokens[r];
-        if (!Number.isInteger(t) || t < 0 || t >= c.vocabSize) throw new RangeError(`token id ${t} out of range`);
+        if (!Number.isInteger(t) || t < 0 || t >= c.vocabSize) {
+          throw new RangeError(`token id ${t} out of range`);
+        }
         this.s.x.set(this.weights.embed.subarray(t * c.dim, (t + 1) * c.dim));
       } else {
         this.s.x.set(input.rows.subarray(r * c.dim, (r + 1) * c.dim));

@@ -28,7 +28,9 @@ export class CpuKvCache {
   append(layer: number, head: number, position: number, key: Float32Array, value: Float32Array) {
     const s = this.slot(layer, head);
     const i = this.counts[s];
-    if (i >= this.capacity) throw new RangeError(`KV cache full: capacity ${this.capacity} positions per head`);
+    if (i >= this.capacity) {
+      throw new RangeError(`KV cache full: capacity ${this.capacity} positions per head`);
+    }
     this.keys[s].set(key, i * this.headDim);
     this.values[s].set(value, i * this.headDim);
     this.positions[s][i] = position;

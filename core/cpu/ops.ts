@@ -38,7 +38,13 @@ export function softmax(x: Float32Array | Float64Array, n = x.length) {
  * Rotates each head's vector in place, Hugging Face style: element i pairs with i + headDim/2
  * ("rotate half"), angle = position x invFreq[i].
  */
-export function applyRope(v: Float32Array, nHeads: number, headDim: number, position: number, invFreq: Float64Array) {
+export function applyRope(
+  v: Float32Array,
+  nHeads: number,
+  headDim: number,
+  position: number,
+  invFreq: Float64Array,
+) {
   const half = headDim / 2;
   for (let i = 0; i < half; i++) {
     const angle = position * invFreq[i];

@@ -5,7 +5,9 @@ import { adakv, pyramidkv, snapkv } from "./snapkv.ts";
 import type { Method, MethodOptions } from "./types.ts";
 
 export const METHODS: Record<string, Method> = Object.fromEntries(
-  [full, random, streamingLlm, h2o, snapkv, pyramidkv, adakv, tova, knorm, lookahead, judgeq].map((m) => [m.name, m]),
+  [full, random, streamingLlm, h2o, snapkv, pyramidkv, adakv, tova, knorm, lookahead, judgeq].map((
+    m,
+  ) => [m.name, m]),
 );
 
 export const METHOD_NAMES = Object.keys(METHODS);

@@ -2,7 +2,8 @@
 import { nextUniform, seedState } from "../sampling.ts";
 import type { Method } from "./types.ts";
 
-const perKvHead = (c: { nLayers: number; nKvHeads: number }, L: number) => new Float32Array(c.nLayers * c.nKvHeads * L);
+const perKvHead = (c: { nLayers: number; nKvHeads: number }, L: number) =>
+  new Float32Array(c.nLayers * c.nKvHeads * L);
 
 export const full: Method = {
   name: "full",

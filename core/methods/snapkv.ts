@@ -11,7 +11,17 @@ export const snapkv: Method = {
 };
 
 /** PyramidKV: SnapKV scores with per-layer budgets shrinking from the first layer to the last. */
-export const pyramidkv: Method = { ...snapkv, name: "pyramidkv", description: "SnapKV scores, pyramid layer budgets", allocation: "pyramid" };
+export const pyramidkv: Method = {
+  ...snapkv,
+  name: "pyramidkv",
+  description: "SnapKV scores, pyramid layer budgets",
+  allocation: "pyramid",
+};
 
 /** AdaKV: SnapKV scores with head-adaptive budgets inside each layer. */
-export const adakv: Method = { ...snapkv, name: "adakv", description: "SnapKV scores, head-adaptive budgets", allocation: "adaptive" };
+export const adakv: Method = {
+  ...snapkv,
+  name: "adakv",
+  description: "SnapKV scores, head-adaptive budgets",
+  allocation: "adaptive",
+};

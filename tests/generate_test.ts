@@ -1,0 +1,97 @@
+/** End to end on the embedded model: the converter, the text path and the generate CLI. */
+import { generateText } from "../core/engine.ts";
+import { convertLlama2c } from "../fixtures/convert_llama2c.ts";
+import { EMBEDDED_MODEL_DIR } from "../io/model_dir.ts";
+import { loadModel } from "../io/runtime.ts";
+import { assert, assertEquals, GOLDEN } from "./helpers.ts";
+
+const SHARED = Deno.env.get("JUDGEQ_SHARED_DATA") ?? new URL("../../shared/data/", import.meta.url).pathname;
+const hasShared = await Deno.stat(SHARED + "stories260K/stories260K.bin").then(() => true, () => false);
+
+Deno.test({
+  name: "converter: stories260K.bin + tok512.bin convert to exactly the committed model files",
+  ignore: !hasShared,
+  fn: async () => {
+    const out = convertLlama2c(
+      await Deno.readFile(SHARED + "stories260K/stories260K.bin"),
+      await Deno.readFile(SHARED + "stories260K/tok512.bin"),
+    );
+    for (const [name, data] of Object.entries(out.files)) {
+      const committed = await Deno.readFile(EMBEDDED_MODEL_DIR + name);
+      const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
+      assert(
+        bytes.length === committed.length && bytes.every((b, i) => b === committed[i]),
+        `${name} differs`,
+      );
+    }
+  },
+});
+
+Deno.test("greedy text from BOS equals llama2.c's documented sample byte for byte", async () => {
+  const model = await loadModel({ executor: "cpu", adapter: null });
+  // run.c -n 256 (its default): 256 forward passes from BOS, each printing the token it samples.
+  const r = await generateText(model, { prompt: "", maxTokens: 256 });
+  const expected = await Deno.readTextFile(GOLDEN + "upstream_doc_greedy_t0.txt");
+  assertEquals(r.outputs[0].text, expected.replace(/\n$/, ""));
+  assertEquals(r.promptTokens, [1]);
+});
+
+async function cli(...args: string[]) {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", new URL("../cli/generate.ts", import.meta.url).pathname, ...args],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  return {
+    code: out.code,
+    stdout: new TextDecoder().decode(out.stdout),
+    stderr: new TextDecoder().decode(out.stderr),
+  };
+}
+
+Deno.test("generate CLI: --json gives text, tokens, prompt ids and compression stats", async () => {
+  const r = await cli(
+    "--prompt",
+    "Once upon a time",
+    "--max-tokens",
+    "40",
+    "--executor",
+    "cpu",
+    "--json",
+    "--method",
+    "snapkv",
+    "--budget",
+    "4",
+    "--window",
+    "2",
+  );
+  assertEquals(r.code, 0, r.stderr);
+  const j = JSON.parse(r.stdout);
+  assertEquals(j.prompt_tokens, [1, 403, 407, 261, 378]);
+  assertEquals(j.tokens.length, 40);
+  assert(j.text.startsWith(", there was a little"), j.text);
+  assertEquals(j.compression.method, "snapkv");
+  assertEquals(j.compression.kept.length, 5);
+  for (const heads of j.compression.kept) for (const k of heads) assertEquals(k.length, 4);
+  assertEquals([j.compression.kv_bytes_before, j.compression.kv_bytes_after], [
+    5 * 5 * 4 * 8 * 2 * 4,
+    4 * 5 * 4 * 8 * 2 * 4,
+  ]);
+});
+
+Deno.test("generate CLI: bad flags and inputs are named, exit code 2", async () => {
+  for (
+    const [args, fragment] of [
+      [["--budget", "abc", "--prompt", "x"], "--budget: expected an integer"],
+      [["--prompt", "x", "--bogus", "1"], "unknown flag --bogus"],
+      [["--max-tokens", "5"], "give --prompt or --context"],
+      [["--prompt", "x", "--executor", "tpu"], "--executor"],
+      [["--prompt", "x", "--method", "nope", "--budget", "3", "--executor", "cpu"], "kv_compression.method"],
+      [["--prompt", "x", "--model", "/nonexistent-model-dir", "--executor", "cpu"], "config.json"],
+    ] as const
+  ) {
+    const r = await cli(...args);
+    assertEquals(r.code, 2, `${args.join(" ")}: ${r.stderr}`);
+    assert(r.stderr.includes(fragment), `${args.join(" ")}: ${r.stderr}`);
+  }
+});
