@@ -13,10 +13,10 @@ import {
   swigluBackward,
 } from "../core/train/ops.ts";
 import { attentionLoss, type LossKind } from "../core/train/loss.ts";
-import { gaussian, mulberry32 } from "../core/train/rng.ts";
+import { seededNormal } from "../core/train/rng.ts";
 
-const rand = mulberry32(42);
-const randn = (n: number, s = 1) => Float64Array.from({ length: n }, () => s * gaussian(rand));
+const normal = seededNormal(42);
+const randn = (n: number, s = 1) => Float64Array.from({ length: n }, () => s * normal());
 
 /** ||a - b|| / max(||a||, ||b||): the usual relative error of a gradient check. */
 function relError(a: Float64Array, b: Float64Array): number {
@@ -47,7 +47,12 @@ function numericGrad(f: (x: Float64Array) => number, x: Float64Array, h = 1e-5):
 const dot = (a: Float64Array, b: Float64Array) => a.reduce((s, v, i) => s + v * b[i], 0);
 
 /** Checks an op's backward against f(x) = <c, op(x)> for a random c. */
-function checkOp(name: string, x: Float64Array, fwd: (x: Float64Array) => Float64Array, bwd: (dy: Float64Array) => Float64Array) {
+function checkOp(
+  name: string,
+  x: Float64Array,
+  fwd: (x: Float64Array) => Float64Array,
+  bwd: (dy: Float64Array) => Float64Array,
+) {
   const c = randn(fwd(x).length);
   const err = relError(bwd(c), numericGrad((z) => dot(c, fwd(z)), x));
   assert(err < 1e-3, `${name}: relative error ${err}`);
@@ -61,7 +66,12 @@ Deno.test("train ops: linear backward matches finite differences", () => {
 Deno.test("train ops: rmsnorm backward matches finite differences", () => {
   const w = randn(6);
   const x = randn(4 * 6);
-  checkOp("rmsnorm", x, (z) => rmsNorm(z, w, 4, 6, 1e-5).y, (dy) => rmsNormBackward(dy, x, w, rmsNorm(x, w, 4, 6, 1e-5).inv, 4, 6));
+  checkOp(
+    "rmsnorm",
+    x,
+    (z) => rmsNorm(z, w, 4, 6, 1e-5).y,
+    (dy) => rmsNormBackward(dy, x, w, rmsNorm(x, w, 4, 6, 1e-5).inv, 4, 6),
+  );
 });
 
 Deno.test("train ops: rope backward matches finite differences and inverts rope", () => {
@@ -90,7 +100,9 @@ Deno.test("train ops: attention backward matches finite differences (q, soft k, 
     const r = attention(qq, kk, vv, prompt, s);
     let total = dot(cOut, r.out);
     for (let h = 0; h < 4; h++) {
-      for (let i = 0; i < 3; i++) for (let t = 0; t < 5; t++) total += cProbs[h * 5 + t] * r.probs[(h * 3 + i) * 8 + t];
+      for (let i = 0; i < 3; i++) {
+        for (let t = 0; t < 5; t++) total += cProbs[h * 5 + t] * r.probs[(h * 3 + i) * 8 + t];
+      }
     }
     return total;
   };
@@ -116,9 +128,12 @@ Deno.test("train ops: attention backward matches finite differences (q, soft k, 
 for (const kind of ["mse", "kl"] as LossKind[]) {
   Deno.test(`train loss: ${kind} gradient matches finite differences`, () => {
     const L = 7;
-    const soft = (n: number) => Float64Array.from({ length: n }, () => Math.exp(gaussian(rand)) / L);
+    const soft = (n: number) => Float64Array.from({ length: n }, () => Math.exp(normal()) / L);
     const target = soft(3 * L), pred = soft(3 * L);
-    const err = relError(attentionLoss(kind, pred, target, L).grad, numericGrad((z) => attentionLoss(kind, z, target, L).loss, pred, 1e-7));
+    const err = relError(
+      attentionLoss(kind, pred, target, L).grad,
+      numericGrad((z) => attentionLoss(kind, z, target, L).loss, pred, 1e-7),
+    );
     assert(err < 1e-3, `${kind}: relative error ${err}`);
   });
 }

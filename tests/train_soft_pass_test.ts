@@ -1,16 +1,15 @@
 import assert from "node:assert";
 import { attentionLoss, type LossKind } from "../core/train/loss.ts";
-import { meanEmbedding, promptKvFromCache, trainModel } from "../core/train/model.ts";
-import { gaussian, mulberry32 } from "../core/train/rng.ts";
+import { randomSoftTokens } from "../core/soft_tokens.ts";
+import { promptKvFromCache, trainModel } from "../core/train/model.ts";
+import type { ModelWeights } from "../core/weights.ts";
 import { softBackward, softForward } from "../core/train/soft_pass.ts";
 import { prefilled, tinyWeights } from "../train/testing.ts";
 
 const PROMPT = [1, 5, 9, 3, 17, 22, 4, 8, 30, 11, 6, 2, 19];
 
-function softRows(dim: number, n: number, seed: number, mean: Float64Array): Float64Array {
-  const rand = mulberry32(seed);
-  return Float64Array.from({ length: n * dim }, (_, i) => mean[i % dim] + 0.8 * gaussian(rand));
-}
+const softRows = (w: ModelWeights, n: number, seed: number) =>
+  Float64Array.from(randomSoftTokens(w.embed, w.config.dim, n, seed));
 
 for (const bias of [false, true]) {
   for (const kind of ["mse", "kl"] as LossKind[]) {
@@ -19,12 +18,18 @@ for (const bias of [false, true]) {
       const m = trainModel(w);
       const session = await prefilled(w, PROMPT);
       const prompt = promptKvFromCache(session.cache, PROMPT.length);
-      const n = 4, e = softRows(w.config.dim, n, 3, meanEmbedding(w));
+      const n = 4, e = softRows(w, n, 3);
       // Target: another set of soft rows' maps, so the loss is far from its minimum.
-      const target = softForward(m, prompt, softRows(w.config.dim, n, 99, meanEmbedding(w))).maps;
-      const loss = (x: Float64Array) => attentionLoss(kind, softForward(m, prompt, x).maps, target, PROMPT.length).loss;
+      const target = softForward(m, prompt, softRows(w, n, 99)).maps;
+      const loss = (x: Float64Array) =>
+        attentionLoss(kind, softForward(m, prompt, x).maps, target, PROMPT.length).loss;
       const pass = softForward(m, prompt, e);
-      const analytic = softBackward(m, prompt, pass, attentionLoss(kind, pass.maps, target, PROMPT.length).grad);
+      const analytic = softBackward(
+        m,
+        prompt,
+        pass,
+        attentionLoss(kind, pass.maps, target, PROMPT.length).grad,
+      );
       let d = 0, na = 0, nb = 0;
       for (let i = 0; i < e.length; i++) {
         const keep = e[i], h = 1e-5;
@@ -50,7 +55,7 @@ Deno.test("soft pass: attention maps equal the CPU executor's attentionMass of t
     const w = tinyWeights(bias);
     const session = await prefilled(w, PROMPT);
     const prompt = promptKvFromCache(session.cache, PROMPT.length);
-    const n = 5, e = softRows(w.config.dim, n, 5, meanEmbedding(w));
+    const n = 5, e = softRows(w, n, 5);
     const ours = softForward(trainModel(w), prompt, e).maps;
     const r = await session.forward(
       { kind: "embeddings", rows: Float32Array.from(e), count: n },
@@ -68,7 +73,10 @@ Deno.test("soft pass: attention maps equal the CPU executor's attentionMass of t
 Deno.test("soft pass: promptKvFromCache refuses a pruned cache", async () => {
   const w = tinyWeights();
   const session = await prefilled(w, PROMPT);
-  const keep = Array.from({ length: w.config.nLayers }, () => Array.from({ length: 2 }, () => Int32Array.from([0, 1, 2])));
+  const keep = Array.from(
+    { length: w.config.nLayers },
+    () => Array.from({ length: 2 }, () => Int32Array.from([0, 1, 2])),
+  );
   await session.keepPositions(keep, PROMPT.length);
   assert.throws(() => promptKvFromCache(session.cache, PROMPT.length), /does not hold positions/);
 });
