@@ -9,7 +9,7 @@ import { JudgeQError } from "./errors.ts";
 import type { Executor, KvSession } from "./executor.ts";
 import { type PlanResult, runOnSession, runPlan } from "./interpret.ts";
 import { compilePlan, type CompressionRequest, type GenerateRequest, type Plan } from "./plan.ts";
-import type { TextTokenizer } from "./tokenizer.ts";
+import { decodeContinuation, type TextTokenizer } from "./tokenizer.ts";
 
 export interface Model {
   name: string;
@@ -120,8 +120,8 @@ export async function generateText(model: Model, r: TextRequest, hooks: RunHooks
     plan,
     promptTokens: input.kind === "prompt" ? input.tokens : input.context,
     questionTokens: input.kind === "context" ? input.questions : [],
-    outputs: run.outputs.map((o) => ({
-      text: model.tokenizer.decode(o.tokens, { skipSpecial: true }),
+    outputs: run.outputs.map((o, i) => ({
+      text: decodeContinuation(model.tokenizer, input.kind === "prompt" ? input.tokens : input.questions[i], o.tokens),
       tokens: o.tokens,
       finishReason: o.finishReason,
     })),
@@ -214,7 +214,7 @@ export async function answerOnContext(
   }, ctx.session);
   const o = run.outputs[0];
   return {
-    text: model.tokenizer.decode(o.tokens, { skipSpecial: true }),
+    text: decodeContinuation(model.tokenizer, question, o.tokens),
     tokens: o.tokens,
     finishReason: o.finishReason,
     questionTokens: question,

@@ -109,6 +109,8 @@ export interface Executor {
   readonly config: ModelConfig;
   /** Human-readable backend description (adapter, features). */
   readonly description: string;
+  /** True once the device behind the executor is lost (GPU); requests then fail until a new one is made. */
+  readonly lost?: boolean;
   /** A new empty cache able to hold `capacity` positions per head. */
   createSession(capacity: number): KvSession;
   dispose(): void;

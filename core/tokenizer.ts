@@ -222,3 +222,14 @@ export function createStreamDecoder(
     flush: () => advance(true),
   };
 }
+
+/**
+ * Text of `ids` as it reads after `prefixIds` (the prompt or question): a first token's leading space
+ * is kept, so prefix text + continuation text reads as the whole sequence does.
+ */
+export function decodeContinuation(tok: TextTokenizer, prefixIds: readonly number[], ids: readonly number[]): string {
+  const stream = createStreamDecoder(tok, { prefixIds });
+  let text = "";
+  for (const id of ids) text += stream.push(id);
+  return text + stream.flush();
+}

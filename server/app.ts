@@ -1,0 +1,159 @@
+/**
+ * The HTTP application: a `(Request) => Promise<Response>` handler over one loaded Model, so tests and
+ * main.ts serve it alike. Here: the route table, auth, 404/405, and per-request metrics; endpoints are
+ * in endpoints.ts and openai.ts, the shared job plumbing in service.ts.
+ */
+import type { Model } from "../core/engine.ts";
+import type { ContextStore } from "./contexts.ts";
+import * as ep from "./endpoints.ts";
+import { errorResponse, HttpError, toHttpError } from "./errors.ts";
+import { hasKey } from "./http.ts";
+import type { ServerMetrics } from "./metrics.ts";
+import { chat, completions } from "./openai.ts";
+import type { JobQueue } from "./queue.ts";
+import { type AppOptions, DEFAULT_OPTIONS, Service } from "./service.ts";
+
+export { type AppOptions, DEFAULT_OPTIONS };
+
+export interface App {
+  handler: (req: Request) => Promise<Response>;
+  metrics: ServerMetrics;
+  queue: JobQueue;
+  contexts: ContextStore;
+  /** Refuse new work (503) while in-flight requests finish. */
+  drain(): void;
+  /** Frees the kept contexts and timers (the executor is the caller's). */
+  close(): void;
+}
+
+interface Route {
+  pattern: RegExp;
+  /** The metrics label: the route's template, never the raw path (unbounded cardinality). */
+  label: string;
+  methods: Record<string, ep.Handler>;
+  /** Served without the API key (health probes). */
+  open?: boolean;
+}
+
+export function createApp(model: Model, options: Partial<AppOptions> = {}): App {
+  const svc = new Service(model, {
+    ...DEFAULT_OPTIONS,
+    deviceLost: () => Boolean((model.executor as { lost?: unknown }).lost),
+    log: (m) => console.error(m),
+    ...options,
+  });
+  const { metrics, queue, contexts, o } = svc;
+  let httpInFlight = 0;
+
+  metrics.gauge("judgeq_queue_depth", "Jobs waiting for the executor.", () => queue.depth);
+  metrics.gauge("judgeq_jobs_in_flight", "Jobs running on the executor (0 or 1).", () => queue.inFlight);
+  metrics.gauge(
+    "judgeq_http_requests_in_flight",
+    "HTTP requests being handled, streams until they end (scrapes not counted).",
+    () => httpInFlight,
+  );
+  metrics.gauge("judgeq_contexts", "Compressed contexts kept.", () => contexts.size);
+  metrics.gauge("judgeq_contexts_kv_bytes", "KV bytes held by kept contexts.", () => contexts.bytes);
+  metrics.gauge(
+    "judgeq_contexts_evicted_total",
+    "Contexts evicted under the memory cap.",
+    () => contexts.evicted,
+    "counter",
+  );
+  metrics.gauge(
+    "judgeq_contexts_expired_total",
+    "Contexts expired by TTL.",
+    () => contexts.expired,
+    "counter",
+  );
+  metrics.gauge(
+    "judgeq_device_lost",
+    "1 once the executor's device is lost.",
+    () => (svc.deviceLost() ? 1 : 0),
+  );
+
+  const routes: Route[] = [
+    { pattern: /^\/v1\/generate$/, label: "/v1/generate", methods: { POST: ep.generate(svc) } },
+    { pattern: /^\/v1\/completions$/, label: "/v1/completions", methods: { POST: completions(svc) } },
+    { pattern: /^\/v1\/chat\/completions$/, label: "/v1/chat/completions", methods: { POST: chat(svc) } },
+    { pattern: /^\/v1\/contexts$/, label: "/v1/contexts", methods: { POST: ep.createContext(svc) } },
+    {
+      pattern: /^\/v1\/contexts\/([^/]+)$/,
+      label: "/v1/contexts/{id}",
+      methods: { GET: ep.getContext(svc), DELETE: ep.deleteContext(svc) },
+    },
+    {
+      pattern: /^\/v1\/contexts\/([^/]+)\/generate$/,
+      label: "/v1/contexts/{id}/generate",
+      methods: { POST: ep.contextGenerate(svc) },
+    },
+    { pattern: /^\/v1\/models$/, label: "/v1/models", methods: { GET: ep.models(svc) } },
+    { pattern: /^\/healthz$/, label: "/healthz", methods: { GET: ep.healthz(svc) }, open: true },
+    { pattern: /^\/metrics$/, label: "/metrics", methods: { GET: ep.metrics(svc) } },
+  ];
+
+  /** Finds the route and its handler; errors carry the route's label for the metrics. */
+  function match(req: Request): { label: string; run: () => Promise<Response> } {
+    const path = new URL(req.url).pathname;
+    for (const r of routes) {
+      const m = r.pattern.exec(path);
+      if (!m) continue;
+      const h = r.methods[req.method];
+      const fail = (e: HttpError) => ({ label: r.label, run: () => Promise.reject(e) });
+      if (!h) {
+        const allow = Object.keys(r.methods).join(", ");
+        return fail(
+          new HttpError(405, `${req.method} is not allowed on ${r.label} (allowed: ${allow})`, null, {
+            allow,
+          }),
+        );
+      }
+      if (!r.open && o.apiKey !== null && !hasKey(req, o.apiKey)) {
+        return fail(new HttpError(401, "a valid API key is required (Authorization: Bearer KEY)"));
+      }
+      let params: string[];
+      try {
+        params = m.slice(1).map(decodeURIComponent);
+      } catch {
+        return fail(new HttpError(404, `no route ${path}`));
+      }
+      return { label: r.label, run: () => h(req, params) };
+    }
+    return { label: "unmatched", run: () => Promise.reject(new HttpError(404, `no route ${path}`)) };
+  }
+
+  async function handler(req: Request): Promise<Response> {
+    const t0 = performance.now();
+    const { label, run } = match(req);
+    const counted = label !== "/metrics"; // a scrape would otherwise always see itself
+    if (counted) httpInFlight++;
+    let res: Response;
+    try {
+      res = await run();
+    } catch (e) {
+      res = errorResponse(toHttpError(e, o.log)); // never a stack trace on the wire
+    }
+    metrics.requests.inc({ route: label, method: req.method, status: String(res.status) });
+    const done = () => {
+      if (counted) httpInFlight--;
+      metrics.latency.observe((performance.now() - t0) / 1000, { route: label });
+    };
+    const streaming = svc.streams.get(res);
+    if (streaming) streaming.then(done);
+    else done();
+    return res;
+  }
+
+  return {
+    handler,
+    metrics,
+    queue,
+    contexts,
+    drain() {
+      svc.draining = true;
+    },
+    close() {
+      contexts.close();
+    },
+  };
+}

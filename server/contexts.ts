@@ -1,0 +1,158 @@
+/**
+ * Compressed contexts kept between requests. Each holds a KV session, so the store bounds them twice:
+ * a sliding TTL, and a cap on their KV bytes with least-recently-used eviction. An entry in use by a
+ * running job is only unlisted when evicted; its session is disposed when the job lets go of it.
+ */
+import type { CompressedContext } from "../core/engine.ts";
+import { HttpError } from "./errors.ts";
+
+export interface StoredContext {
+  readonly id: string;
+  readonly ctx: CompressedContext;
+  readonly bytes: number;
+  readonly createdAt: number;
+  lastUsed: number;
+  users: number;
+  removed: boolean;
+}
+
+export interface ContextStoreOptions {
+  ttlMs: number;
+  maxBytes: number;
+  /** Clock, for tests. */
+  now?: () => number;
+  /** How often expired entries are swept (0: only on access). */
+  sweepMs?: number;
+}
+
+export class ContextStore {
+  private readonly entries = new Map<string, StoredContext>(); // in LRU order: oldest first
+  private readonly now: () => number;
+  private timer: ReturnType<typeof setInterval> | null = null; // a number, or a Timeout under Node typings
+  evicted = 0;
+  expired = 0;
+
+  constructor(readonly opts: ContextStoreOptions) {
+    this.now = opts.now ?? Date.now;
+    if (opts.sweepMs) {
+      const timer = setInterval(() => this.sweep(), opts.sweepMs);
+      Deno.unrefTimer(timer); // never keeps the process alive on its own
+      this.timer = timer;
+    }
+  }
+
+  get size(): number {
+    return this.entries.size;
+  }
+
+  /** KV bytes of the listed contexts. */
+  get bytes(): number {
+    let b = 0;
+    for (const e of this.entries.values()) b += e.bytes;
+    return b;
+  }
+
+  expiresAt(e: StoredContext): number {
+    return e.lastUsed + this.opts.ttlMs;
+  }
+
+  /** Lists a new context, evicting the least recently used until it fits; 422 if it cannot fit alone. */
+  add(ctx: CompressedContext): StoredContext {
+    const bytes = ctx.session.kvBytes();
+    if (bytes > this.opts.maxBytes) {
+      ctx.session.dispose();
+      throw new HttpError(
+        422,
+        `the compressed context holds ${bytes} KV bytes, over the server's cap of ${this.opts.maxBytes}; compress harder`,
+        "kv_compression.budget",
+      );
+    }
+    this.sweep();
+    while (this.bytes + bytes > this.opts.maxBytes) {
+      const oldest = this.entries.values().next().value!;
+      this.remove(oldest);
+      this.evicted++;
+    }
+    const t = this.now();
+    const e: StoredContext = {
+      id: `ctx_${crypto.randomUUID().replaceAll("-", "")}`,
+      ctx,
+      bytes,
+      createdAt: t,
+      lastUsed: t,
+      users: 0,
+      removed: false,
+    };
+    this.entries.set(e.id, e);
+    return e;
+  }
+
+  /** Takes a context for a job (404 when unknown or expired); `release` it when done. */
+  acquire(id: string): StoredContext {
+    this.sweep();
+    const e = this.entries.get(id);
+    if (!e) {
+      throw new HttpError(
+        404,
+        `no context ${JSON.stringify(id)} (unknown, deleted, expired or evicted)`,
+        "id",
+      );
+    }
+    e.users++;
+    this.touch(e);
+    return e;
+  }
+
+  /** A listed, unexpired context without touching it (stats), or undefined. */
+  peek(id: string): StoredContext | undefined {
+    this.sweep();
+    return this.entries.get(id);
+  }
+
+  release(e: StoredContext) {
+    e.users--;
+    if (e.removed && e.users === 0) e.ctx.session.dispose();
+    else if (!e.removed) this.touch(e);
+  }
+
+  /** Unlists a context; false when it was not listed. */
+  delete(id: string): boolean {
+    const e = this.entries.get(id);
+    if (!e) return false;
+    this.remove(e);
+    return true;
+  }
+
+  /** Drops expired contexts; returns how many. */
+  sweep(): number {
+    const t = this.now();
+    let n = 0;
+    for (const e of [...this.entries.values()]) {
+      if (this.expiresAt(e) <= t) {
+        this.remove(e);
+        n++;
+      }
+    }
+    this.expired += n;
+    return n;
+  }
+
+  /** Disposes every context (shutdown); ones still in use go when released. */
+  close() {
+    if (this.timer !== null) clearInterval(this.timer);
+    this.timer = null;
+    for (const e of [...this.entries.values()]) this.remove(e);
+  }
+
+  private touch(e: StoredContext) {
+    e.lastUsed = this.now();
+    this.entries.delete(e.id); // re-insert: Map order is the LRU order
+    this.entries.set(e.id, e);
+  }
+
+  private remove(e: StoredContext) {
+    this.entries.delete(e.id);
+    e.removed = true;
+    if (e.users === 0) e.ctx.session.dispose();
+  }
+}

@@ -1,0 +1,215 @@
+/**
+ * The native endpoints: /v1/generate, the kept contexts, /v1/models, /healthz and /metrics.
+ */
+import { compressContext } from "../core/engine.ts";
+import { METHOD_NAMES } from "../core/methods/registry.ts";
+import type { CompressionRequest } from "../core/plan.ts";
+import type { StoredContext } from "./contexts.ts";
+import { Cancelled, HttpError, jsonResponse } from "./errors.ts";
+import {
+  type JobResult,
+  precheck,
+  precheckContext,
+  runAnswers,
+  runContext,
+  runPrompt,
+} from "./generation.ts";
+import { type Envelope, newEnvelope, usageOf } from "./openai.ts";
+import { contextCreateSchema, contextGenerateSchema, generateSchema } from "./schemas.ts";
+import type { Service, Shape } from "./service.ts";
+import { compressionJson, timingsJson } from "./wire.ts";
+
+export type Handler = (req: Request, params: string[]) => Promise<Response>;
+
+/** The JSON and stream shape of /v1/generate and of a kept context's generate. */
+function generateShape(
+  svc: Service,
+  env: Envelope,
+  questions: string[] | null,
+  b: { return_tokens?: boolean | null; return_positions?: boolean | null },
+  contextId: string | null = null,
+): Shape {
+  const body = (r: JobResult, queueMs: number, runMs: number) => ({
+    ...env,
+    object: "generation",
+    ...(contextId ? { context_id: contextId } : {}),
+    executor: svc.model.executor.kind,
+    ...(questions ? {} : { text: r.outputs[0].text, finish_reason: r.outputs[0].finishReason }),
+    outputs: r.outputs.map((out, index) => ({
+      index,
+      ...(questions ? { question: questions[index] } : {}),
+      text: out.text,
+      finish_reason: out.finishReason,
+      ...(b.return_tokens ? { tokens: out.tokens } : {}),
+    })),
+    usage: usageOf(r.promptTokens, r.completionTokens),
+    compression: compressionJson(r.compression, b.return_positions ?? false),
+    timings_ms: timingsJson(r.timings, queueMs, runMs),
+  });
+  return {
+    body,
+    streamText(sse, index, text, ids) {
+      if (!text && !b.return_tokens) return;
+      sse.send({
+        ...env,
+        object: "generation.chunk",
+        index,
+        text,
+        ...(b.return_tokens ? { tokens: ids } : {}),
+      });
+    },
+    streamEnd(sse, r, queueMs, runMs) {
+      sse.send({ ...body(r, queueMs, runMs), object: "generation.done" });
+    },
+  };
+}
+
+/** POST /v1/generate: a prompt, or a context with questions; compressed as kv_compression asks. */
+export const generate = (svc: Service): Handler => async (req) => {
+  const b = await svc.parse(req, generateSchema);
+  svc.checkModel(b.model);
+  if (b.prompt !== undefined && b.context !== undefined) {
+    throw new HttpError(400, "give prompt, or context with questions, not both", "context");
+  }
+  if (b.prompt === undefined && b.context === undefined) {
+    throw new HttpError(400, "prompt or context is required", "prompt");
+  }
+  if (b.prompt !== undefined && b.questions) {
+    throw new HttpError(400, "questions need a context, not a prompt", "questions");
+  }
+  if (b.context !== undefined && !b.questions) {
+    throw new HttpError(400, "a context needs questions", "questions");
+  }
+  const model = svc.model;
+  const p = svc.decodeParams(b, { maxTokens: 64, temperature: 0 });
+  const compression = (b.kv_compression ?? null) as CompressionRequest | null;
+  const env = newEnvelope("gen", model.name);
+  if (b.prompt !== undefined) {
+    const prompt = b.prompt;
+    precheck(model, { prompt }, compression, p);
+    const shape = generateShape(svc, env, null, b);
+    return svc.respond(req, b.stream ?? false, (h) => runPrompt(model, prompt, compression, p, h), shape);
+  }
+  const context = b.context!, questions = b.questions!;
+  precheck(model, { context, questions }, compression, p);
+  const shape = generateShape(svc, env, questions, b);
+  return svc.respond(
+    req,
+    b.stream ?? false,
+    (h) => runContext(model, context, questions, compression, p, h),
+    shape,
+  );
+};
+
+const contextJson = (svc: Service, e: StoredContext, withPositions: boolean) => ({
+  id: e.id,
+  object: "context",
+  model: svc.model.name,
+  created: Math.floor(e.createdAt / 1000),
+  expires_at: Math.floor(svc.contexts.expiresAt(e) / 1000),
+  context_tokens: e.ctx.contextTokens.length,
+  kv_bytes: e.bytes,
+  compression: compressionJson(e.ctx.stats, withPositions),
+});
+
+/** POST /v1/contexts: compress once, keep the cache, return its id and stats. */
+export const createContext = (svc: Service): Handler => async (req) => {
+  const b = await svc.parse(req, contextCreateSchema);
+  svc.checkModel(b.model);
+  const compression = (b.kv_compression ?? null) as CompressionRequest | null;
+  precheckContext(svc.model, b.context, compression);
+  const signal = req.signal;
+  const { value: ctx, queueMs, runMs } = await svc.enqueue(
+    signal,
+    () => compressContext(svc.model, b.context, compression, { signal }),
+  );
+  if (signal.aborted) {
+    ctx.session.dispose();
+    throw new Cancelled();
+  }
+  svc.metrics.promptTokens.inc({}, ctx.contextTokens.length);
+  svc.metrics.kvBytesSaved.inc({}, ctx.stats.kvBytesBefore - ctx.stats.kvBytesAfter);
+  const entry = svc.contexts.add(ctx); // may evict older contexts, or refuse one over the cap (422)
+  return jsonResponse({
+    ...contextJson(svc, entry, b.return_positions ?? false),
+    timings_ms: timingsJson(ctx.timings, queueMs, runMs),
+  });
+};
+
+/** POST /v1/contexts/{id}/generate: questions answered after the kept context, which stays as it was. */
+export const contextGenerate = (svc: Service): Handler => async (req, [id]) => {
+  const b = await svc.parse(req, contextGenerateSchema);
+  svc.checkModel(b.model);
+  if (b.question !== undefined && b.questions !== undefined) {
+    throw new HttpError(400, "give question or questions, not both", "questions");
+  }
+  const questions = b.questions ?? (b.question !== undefined ? [b.question] : null);
+  if (!questions) throw new HttpError(400, "question is required", "question");
+  const p = svc.decodeParams(b, { maxTokens: 64, temperature: 0 });
+  const entry = svc.contexts.acquire(id); // held until the job ends, so eviction cannot free it mid-answer
+  try {
+    precheck(svc.model, { contextTokens: entry.ctx.contextTokens, questions }, null, p);
+  } catch (e) {
+    svc.contexts.release(entry);
+    throw e;
+  }
+  return svc.respond(
+    req,
+    b.stream ?? false,
+    (h) => runAnswers(svc.model, entry.ctx, questions, p, h),
+    generateShape(svc, newEnvelope("gen", svc.model.name), questions, b, id),
+    () => svc.contexts.release(entry),
+  );
+};
+
+export const getContext = (svc: Service): Handler => (_req, [id]) => {
+  const e = svc.contexts.peek(id);
+  if (!e) return Promise.reject(new HttpError(404, `no context ${JSON.stringify(id)}`, "id"));
+  return Promise.resolve(jsonResponse(contextJson(svc, e, false)));
+};
+
+export const deleteContext = (svc: Service): Handler => (_req, [id]) => {
+  if (!svc.contexts.delete(id)) {
+    return Promise.reject(new HttpError(404, `no context ${JSON.stringify(id)}`, "id"));
+  }
+  return Promise.resolve(jsonResponse({ id, object: "context.deleted", deleted: true }));
+};
+
+export const models = (svc: Service): Handler => () => {
+  const m = svc.model;
+  return Promise.resolve(jsonResponse({
+    object: "list",
+    data: [{
+      id: m.name,
+      object: "model",
+      created: 0,
+      owned_by: "judgeq",
+      context_length: m.config.maxSeqLen,
+      vocab_size: m.config.vocabSize,
+      executor: m.executor.kind,
+      executor_description: m.executor.description,
+      judgeq_adapter: m.adapter ? { soft_tokens: m.adapter.n } : null,
+      methods: METHOD_NAMES,
+    }],
+  }));
+};
+
+/** GET /healthz: 200 while serving; 503 while draining or once the device is lost. */
+export const healthz = (svc: Service): Handler => () => {
+  const status = svc.deviceLost() ? "device_lost" : svc.draining ? "draining" : "ok";
+  return Promise.resolve(jsonResponse({
+    status,
+    model: svc.model.name,
+    executor: svc.model.executor.kind,
+    queue_depth: svc.queue.depth,
+    in_flight: svc.queue.inFlight,
+    contexts: svc.contexts.size,
+  }, status === "ok" ? 200 : 503));
+};
+
+export const metrics = (svc: Service): Handler => () =>
+  Promise.resolve(
+    new Response(svc.metrics.render(), {
+      headers: { "content-type": "text/plain; version=0.0.4; charset=utf-8" },
+    }),
+  );

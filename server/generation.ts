@@ -1,0 +1,244 @@
+/**
+ * The jobs the server runs on the executor, shaped for HTTP: a prompt, a context with questions, or
+ * questions against a kept context. Each output streams through an OutputText (stop strings end its
+ * decode early), and the decode loop yields to the event loop now and then so that, even on the
+ * synchronous CPU executor, the server keeps accepting requests and noticing disconnects.
+ */
+import * as E from "fp-ts/Either";
+import {
+  answerOnContext,
+  compressContext,
+  type CompressedContext,
+  generateText,
+  type Model,
+  planFor,
+  tokenizeRequest,
+} from "../core/engine.ts";
+import type { CompressionStats } from "../core/interpret.ts";
+import type { CompressionRequest } from "../core/plan.ts";
+import { Cancelled } from "./errors.ts";
+import { OutputText } from "./output.ts";
+
+export { Cancelled };
+
+export interface DecodeParams {
+  maxTokens: number;
+  temperature: number;
+  topP: number;
+  topK: number;
+  seed: number;
+  stopStrings: string[];
+  stopTokenIds: number[];
+  ignoreEos: boolean;
+}
+
+export interface JobHooks {
+  /** Aborted when the client goes away. */
+  signal: AbortSignal;
+  /** New text of output `index` (streaming); `ids` are the tokens that produced it. */
+  onText?: (index: number, text: string, ids: number[]) => void;
+}
+
+export interface JobOutput {
+  text: string;
+  tokens: number[];
+  finishReason: "stop" | "length";
+}
+
+export interface JobResult {
+  outputs: JobOutput[];
+  promptTokens: number;
+  completionTokens: number;
+  compression: CompressionStats;
+  /** Milliseconds per plan step, plus first_token. */
+  timings: Record<string, number>;
+}
+
+/**
+ * How often a running job lets the event loop poll I/O (accept requests, read bodies, flush streams,
+ * notice disconnects). Only a timer does: setImmediate and message channels run before the poll and
+ * starve the server. A timer turn costs 1-2 ms, so yielding every 16 ms costs about a tenth of a job.
+ */
+export const YIELD_EVERY_MS = 16;
+
+/** A job's hooks: yields to the event loop every YIELD_EVERY_MS, tracks outputs and first-token time. */
+class JobRun {
+  private lastYield = performance.now();
+  private readonly t0 = performance.now();
+  firstTokenMs: number | null = null;
+  readonly outputs: OutputText[] = [];
+  readonly stopControllers: AbortController[] = [];
+
+  constructor(readonly model: Model, readonly p: DecodeParams, readonly hooks: JobHooks) {}
+
+  /** A new output whose decode a matched stop string (or the client) can end. */
+  open(prefixIds: readonly number[]): { out: OutputText; signal: AbortSignal; index: number } {
+    const out = new OutputText(this.model.tokenizer, prefixIds, this.p.stopStrings);
+    const stop = new AbortController();
+    this.outputs.push(out);
+    this.stopControllers.push(stop);
+    return { out, signal: AbortSignal.any([this.hooks.signal, stop.signal]), index: this.outputs.length - 1 };
+  }
+
+  onTokens = async (index: number, ids: number[]) => {
+    this.firstTokenMs ??= performance.now() - this.t0;
+    const out = this.outputs[index];
+    for (const id of ids) {
+      if (out.stopped) break; // decode runs on a step past the stop; that token is not part of the output
+      const text = out.push(id); // not inside `onText?.(...)`: optional calls skip their arguments
+      this.hooks.onText?.(index, text, [id]);
+    }
+    if (out.stopped) this.stopControllers[index].abort();
+    if (performance.now() - this.lastYield >= YIELD_EVERY_MS) {
+      await new Promise((r) => setTimeout(r, 0));
+      this.lastYield = performance.now();
+    }
+  };
+
+  /** Closes output `index` after its decode ended with the core's finish reason. */
+  close(index: number, coreReason: string): JobOutput {
+    if (this.hooks.signal.aborted) throw new Cancelled();
+    const out = this.outputs[index];
+    const tail = out.finish();
+    if (tail) this.hooks.onText?.(index, tail, []);
+    return {
+      text: out.text,
+      tokens: out.tokens,
+      finishReason: out.stopped || coreReason === "stop" ? "stop" : "length",
+    };
+  }
+
+  timings(steps: Record<string, number>): Record<string, number> {
+    const t: Record<string, number> = { ...steps };
+    if (this.firstTokenMs !== null) t.first_token = this.firstTokenMs;
+    return t;
+  }
+}
+
+const coreSampling = (p: DecodeParams) => ({
+  maxTokens: p.maxTokens,
+  temperature: p.temperature,
+  topP: p.topP,
+  topK: p.topK,
+  seed: p.seed,
+  stopTokenIds: p.stopTokenIds,
+  ignoreEos: p.ignoreEos,
+});
+
+/**
+ * Checks a request against the model before it is queued (so 400/422 come before any streamed 200).
+ * Throws the core's JudgeQError.
+ */
+export function precheck(
+  model: Model,
+  input: { prompt: string } | { context: string; questions: string[] } | {
+    contextTokens: number[];
+    questions: string[];
+  },
+  compression: CompressionRequest | null,
+  p: DecodeParams,
+) {
+  if ("contextTokens" in input) {
+    const questions = input.questions.map((q) => model.tokenizer.encode(q, { addBos: false }));
+    const plan = planFor(model, {
+      input: { kind: "context", context: input.contextTokens, questions },
+      compression: null,
+      decode: { maxTokens: p.maxTokens, sampling: coreSampling(p), stopTokenIds: p.stopTokenIds },
+    });
+    if (E.isLeft(plan)) throw plan.left;
+    return;
+  }
+  const req = tokenizeRequest(model, { ...input, compression, ...coreSampling(p) });
+  if (E.isLeft(req)) throw req.left;
+  const plan = planFor(model, req.right);
+  if (E.isLeft(plan)) throw plan.left;
+}
+
+/** Checks a context to keep (POST /v1/contexts) as compressContext will compile it. */
+export function precheckContext(model: Model, context: string, compression: CompressionRequest | null) {
+  const plan = planFor(model, {
+    input: {
+      kind: "context",
+      context: model.tokenizer.encode(context, { addBos: true }),
+      questions: [[model.tokenizer.bosId ?? 0]],
+    },
+    compression,
+    decode: { maxTokens: 0, sampling: { temperature: 0, topP: 1, topK: 0, seed: 0 }, stopTokenIds: [] },
+  });
+  if (E.isLeft(plan)) throw plan.left;
+}
+
+/** Compress-then-generate from one prompt. */
+export async function runPrompt(
+  model: Model,
+  prompt: string,
+  compression: CompressionRequest | null,
+  p: DecodeParams,
+  hooks: JobHooks,
+): Promise<JobResult> {
+  const job = new JobRun(model, p, hooks);
+  const promptIds = model.tokenizer.encode(prompt, { addBos: true });
+  const { signal } = job.open(promptIds);
+  const r = await generateText(model, { prompt, compression, ...coreSampling(p) }, {
+    onTokens: job.onTokens,
+    signal,
+  });
+  const output = job.close(0, r.outputs[0]?.finishReason ?? "length");
+  return {
+    outputs: [output],
+    promptTokens: r.promptTokens.length,
+    completionTokens: output.tokens.length,
+    compression: r.run.compression,
+    timings: job.timings(r.run.timings),
+  };
+}
+
+/** Questions against an already compressed context; the context is left as it was. */
+export async function runAnswers(
+  model: Model,
+  ctx: CompressedContext,
+  questions: string[],
+  p: DecodeParams,
+  hooks: JobHooks,
+  compressTimings: Record<string, number> = {},
+): Promise<JobResult> {
+  const job = new JobRun(model, p, hooks);
+  const outputs: JobOutput[] = [];
+  let promptTokens = 0;
+  const answerStart = performance.now();
+  for (const question of questions) {
+    if (hooks.signal.aborted) throw new Cancelled();
+    const qIds = model.tokenizer.encode(question, { addBos: false });
+    promptTokens += qIds.length;
+    const { index, signal } = job.open(qIds);
+    const onTokens = (_: number, ids: number[]) => job.onTokens(index, ids);
+    const a = await answerOnContext(model, ctx, { question, ...coreSampling(p) }, { onTokens, signal });
+    outputs.push(job.close(index, a.finishReason));
+  }
+  return {
+    outputs,
+    promptTokens,
+    completionTokens: outputs.reduce((n, o) => n + o.tokens.length, 0),
+    compression: ctx.stats,
+    timings: job.timings({ ...compressTimings, answer: performance.now() - answerStart }),
+  };
+}
+
+/** Compresses a context once, answers every question after it, then frees it. */
+export async function runContext(
+  model: Model,
+  context: string,
+  questions: string[],
+  compression: CompressionRequest | null,
+  p: DecodeParams,
+  hooks: JobHooks,
+): Promise<JobResult> {
+  const ctx = await compressContext(model, context, compression, { signal: hooks.signal });
+  try {
+    if (hooks.signal.aborted) throw new Cancelled();
+    const r = await runAnswers(model, ctx, questions, p, hooks, ctx.timings);
+    return { ...r, promptTokens: r.promptTokens + ctx.contextTokens.length };
+  } finally {
+    ctx.session.dispose();
+  }
+}

@@ -1,0 +1,80 @@
+/**
+ * Request plumbing: API-key checks and JSON bodies bounded in size (413) and in time (408), parsed
+ * against a zod schema (400 naming the field).
+ */
+import type { z } from "zod";
+import { fromZod, HttpError } from "./errors.ts";
+
+/** `Authorization: Bearer KEY` or `x-api-key: KEY`, compared in constant time. */
+export function hasKey(req: Request, key: string): boolean {
+  const auth = req.headers.get("authorization") ?? "";
+  const given = auth.toLowerCase().startsWith("bearer ")
+    ? auth.slice(7).trim()
+    : req.headers.get("x-api-key") ?? "";
+  return timingSafeEqual(given, key);
+}
+
+/** Compares secrets in time independent of where they differ. */
+export function timingSafeEqual(a: string, b: string): boolean {
+  const x = new TextEncoder().encode(a), y = new TextEncoder().encode(b);
+  let diff = x.length ^ y.length;
+  for (let i = 0; i < Math.max(x.length, y.length); i++) diff |= (x[i] ?? 0) ^ (y[i] ?? 0);
+  return diff === 0;
+}
+
+export interface BodyLimits {
+  maxBytes: number;
+  timeoutMs: number;
+}
+
+/** The body as JSON; 413 past maxBytes (declared or streamed), 408 past timeoutMs, 400 if not JSON. */
+export async function readJson(req: Request, limits: BodyLimits): Promise<unknown> {
+  const tooLarge = () => new HttpError(413, `the body exceeds ${limits.maxBytes} bytes`);
+  if (Number(req.headers.get("content-length") ?? "NaN") > limits.maxBytes) throw tooLarge();
+  const chunks: Uint8Array[] = [];
+  let size = 0, timedOut = false;
+  if (req.body) {
+    // A body that trickles in forever would hold its connection: bounded in time as in size.
+    const reader = req.body.getReader();
+    const timer = setTimeout(() => {
+      timedOut = true;
+      reader.cancel().catch(() => {});
+    }, limits.timeoutMs);
+    try {
+      for (let r = await reader.read(); !r.done; r = await reader.read()) {
+        size += r.value.byteLength;
+        if (size > limits.maxBytes) {
+          reader.cancel().catch(() => {});
+          throw tooLarge();
+        }
+        chunks.push(r.value);
+      }
+    } finally {
+      clearTimeout(timer);
+    }
+    if (timedOut) throw new HttpError(408, `the body did not arrive within ${limits.timeoutMs} ms`);
+  }
+  const bytes = new Uint8Array(size);
+  let at = 0;
+  for (const c of chunks) {
+    bytes.set(c, at);
+    at += c.byteLength;
+  }
+  const text = new TextDecoder().decode(bytes);
+  if (text.trim() === "") throw new HttpError(400, "a JSON body is required");
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw new HttpError(400, `malformed JSON: ${(e as Error).message}`);
+  }
+}
+
+export async function parseBody<S extends z.ZodType>(
+  req: Request,
+  schema: S,
+  limits: BodyLimits,
+): Promise<z.infer<S>> {
+  const r = schema.safeParse(await readJson(req, limits));
+  if (!r.success) throw fromZod(r.error);
+  return r.data;
+}

@@ -1,0 +1,153 @@
+/**
+ * deno task start: serves one model over HTTP.
+ *   deno task start [--model DIR] [--adapter FILE|none] [--host 127.0.0.1] [--port 8000] [--api-key KEY]
+ *                   [--executor auto|cpu|gpu] [--queue-size 32] [--max-body-bytes 1048576]
+ *                   [--context-ttl 600] [--context-max-mb 256]
+ * The model and adapter are fixed here, at start-up; no request can choose files. SIGINT/SIGTERM stop
+ * accepting, let in-flight and queued requests finish, then exit.
+ */
+import { JudgeQError } from "../core/errors.ts";
+import { parseFlags, usage, UsageError } from "../cli/args.ts";
+import { type ExecutorChoice, loadModel } from "../io/runtime.ts";
+import { createApp, DEFAULT_OPTIONS } from "./app.ts";
+
+const SPEC = {
+  model: { kind: "string", help: "model directory (default: the embedded stories260K)" },
+  adapter: {
+    kind: "string",
+    help: "Judge Q adapter file, or 'none' (default: the model's judgeq.safetensors if present)",
+  },
+  host: { kind: "string", help: "address to bind (default 127.0.0.1: loopback only)", default: "127.0.0.1" },
+  port: { kind: "int", help: "port to bind, 0 = any free port (default 8000)", default: 8000 },
+  "api-key": {
+    kind: "string",
+    help: "require 'Authorization: Bearer KEY' (default: $JUDGEQ_API_KEY, else none)",
+  },
+  executor: {
+    kind: "string",
+    help: "auto | gpu | cpu (default auto: WebGPU, else CPU with a warning)",
+    default: "auto",
+  },
+  "queue-size": {
+    kind: "int",
+    help: `requests that may wait for the executor, 429 beyond (default ${DEFAULT_OPTIONS.queueSize})`,
+  },
+  "max-body-bytes": {
+    kind: "int",
+    help: `largest request body, 413 beyond (default ${DEFAULT_OPTIONS.maxBodyBytes})`,
+  },
+  "context-ttl": {
+    kind: "number",
+    help: `seconds a kept context lives unused (default ${DEFAULT_OPTIONS.contextTtlMs / 1000})`,
+  },
+  "context-max-mb": {
+    kind: "number",
+    help: `MiB of KV kept for contexts, least recently used evicted (default ${
+      DEFAULT_OPTIONS.contextMaxBytes / 2 ** 20
+    })`,
+  },
+  help: { kind: "boolean", help: "show this help" },
+} as const;
+
+/** How long connections may linger after the last job finished, once stopping. */
+const SHUTDOWN_GRACE_MS = 10_000;
+
+function positive(name: string, v: unknown, min = 1): number | undefined {
+  if (v === undefined) return undefined;
+  if (typeof v !== "number" || !(v >= min)) {
+    throw new UsageError(`--${name}: expected a number >= ${min}, got '${v}'`);
+  }
+  return v;
+}
+
+async function main(argv: string[]): Promise<number> {
+  const f = parseFlags(argv, SPEC);
+  if (f.help) {
+    console.log(usage("deno task start", SPEC));
+    return 0;
+  }
+  if (f._.length) throw new UsageError(`unexpected argument '${f._[0]}'`);
+  const executor = f.executor as ExecutorChoice;
+  if (!["cpu", "gpu", "auto"].includes(executor)) {
+    throw new UsageError(`--executor: expected auto, gpu or cpu, got '${executor}'`);
+  }
+  const port = f.port as number;
+  if (port < 0 || port > 65535) throw new UsageError(`--port: expected 0..65535, got '${port}'`);
+  const queueSize = positive("queue-size", f["queue-size"], 0);
+  const maxBodyBytes = positive("max-body-bytes", f["max-body-bytes"]);
+  const ttl = positive("context-ttl", f["context-ttl"]);
+  const maxMb = positive("context-max-mb", f["context-max-mb"], 0);
+  const apiKey = (f["api-key"] as string | undefined) ?? Deno.env.get("JUDGEQ_API_KEY") ?? null;
+  if (apiKey === "") throw new UsageError("--api-key: must not be empty");
+  const host = f.host as string;
+
+  const adapterFlag = f.adapter as string | undefined;
+  const model = await loadModel({
+    model: f.model as string | undefined,
+    adapter: adapterFlag === "none" ? null : adapterFlag,
+    executor,
+  });
+  const app = createApp(model, {
+    apiKey,
+    ...(queueSize !== undefined ? { queueSize } : {}),
+    ...(maxBodyBytes !== undefined ? { maxBodyBytes } : {}),
+    ...(ttl !== undefined ? { contextTtlMs: ttl * 1000 } : {}),
+    ...(maxMb !== undefined ? { contextMaxBytes: Math.floor(maxMb * 2 ** 20) } : {}),
+  });
+  if (!["127.0.0.1", "localhost", "::1"].includes(host) && apiKey === null) {
+    console.warn(
+      `warning: listening on ${host} without --api-key: anyone who can reach it can use the model`,
+    );
+  }
+
+  const listening = Promise.withResolvers<Deno.NetAddr>();
+  const server = Deno.serve({
+    hostname: host,
+    port,
+    onListen: (addr) => listening.resolve(addr as Deno.NetAddr),
+  }, app.handler);
+  const addr = await listening.promise;
+  const base = `http://${addr.hostname.includes(":") ? `[${addr.hostname}]` : addr.hostname}:${addr.port}`;
+  const auth = apiKey ? ` -H 'authorization: Bearer <key>'` : "";
+  const adapter = model.adapter ? `Judge Q adapter (${model.adapter.n} soft tokens)` : "no Judge Q adapter";
+  console.log(
+    `judgeq serving ${model.name} on ${model.executor.kind} with ${adapter} at ${base} - try: curl -s ${base}/v1/generate` +
+      `${auth} -H 'content-type: application/json' -d '{"prompt":"Once upon a time","max_tokens":32}'`,
+  );
+
+  // Graceful stop: refuse new work, let accepted requests (queued ones too) finish, then free and exit.
+  const stopped = Promise.withResolvers<void>();
+  let stopping = false;
+  const stop = (signal: Deno.Signal) => {
+    if (stopping) {
+      console.error(`${signal} again: exiting now`);
+      Deno.exit(130);
+    }
+    stopping = true;
+    console.error(`${signal}: draining ${app.queue.inFlight + app.queue.depth} job(s), then exiting`);
+    app.drain();
+    const closed = server.shutdown();
+    // Jobs finish; then connections get a grace period (a client trickling a body could hold one forever).
+    app.queue.idle()
+      .then(() => Promise.race([closed, new Promise((r) => setTimeout(r, SHUTDOWN_GRACE_MS))]))
+      .finally(() => stopped.resolve());
+  };
+  const signals: Deno.Signal[] = Deno.build.os === "windows" ? ["SIGINT"] : ["SIGINT", "SIGTERM"];
+  for (const s of signals) Deno.addSignalListener(s, () => stop(s));
+  await stopped.promise;
+  app.close();
+  model.executor.dispose();
+  console.error("stopped");
+  return 0;
+}
+
+if (import.meta.main) {
+  try {
+    Deno.exit(await main(Deno.args));
+  } catch (e) {
+    if (e instanceof UsageError) console.error(`error: ${e.message}\n${usage("deno task start", SPEC)}`);
+    else if (e instanceof JudgeQError) console.error(`error: ${e.message}`);
+    else console.error(`error: ${e instanceof Error ? e.message : String(e)}`);
+    Deno.exit(2);
+  }
+}

@@ -1,0 +1,155 @@
+/**
+ * A minimal Prometheus registry (text exposition format 0.0.4): counters, histograms and gauges read
+ * at scrape time. Small enough to own, so the server needs no client library.
+ */
+type Labels = Record<string, string>;
+
+const escape = (v: string) => v.replaceAll("\\", "\\\\").replaceAll("\n", "\\n").replaceAll('"', '\\"');
+const labelText = (l: Labels) => {
+  const parts = Object.entries(l).map(([k, v]) => `${k}="${escape(v)}"`);
+  return parts.length ? `{${parts.join(",")}}` : "";
+};
+const num = (n: number) => (Number.isFinite(n) ? String(n) : n > 0 ? "+Inf" : n < 0 ? "-Inf" : "NaN");
+
+interface Metric {
+  render(): string;
+}
+
+export class Counter implements Metric {
+  private readonly values = new Map<string, { labels: Labels; value: number }>();
+  constructor(readonly name: string, readonly help: string) {}
+
+  inc(labels: Labels = {}, by = 1) {
+    const key = labelText(labels);
+    const v = this.values.get(key) ?? { labels, value: 0 };
+    v.value += by;
+    this.values.set(key, v);
+  }
+
+  get(labels: Labels = {}): number {
+    return this.values.get(labelText(labels))?.value ?? 0;
+  }
+
+  render(): string {
+    const lines = [`# HELP ${this.name} ${this.help}`, `# TYPE ${this.name} counter`];
+    if (this.values.size === 0) lines.push(`${this.name} 0`);
+    for (const { labels, value } of this.values.values()) {
+      lines.push(`${this.name}${labelText(labels)} ${num(value)}`);
+    }
+    return lines.join("\n");
+  }
+}
+
+export class Histogram implements Metric {
+  private readonly series = new Map<
+    string,
+    { labels: Labels; counts: number[]; sum: number; count: number }
+  >();
+  constructor(readonly name: string, readonly help: string, readonly buckets: number[]) {}
+
+  observe(value: number, labels: Labels = {}) {
+    const key = labelText(labels);
+    let s = this.series.get(key);
+    if (!s) this.series.set(key, s = { labels, counts: this.buckets.map(() => 0), sum: 0, count: 0 });
+    this.buckets.forEach((b, i) => {
+      if (value <= b) s!.counts[i]++;
+    });
+    s.sum += value;
+    s.count++;
+  }
+
+  render(): string {
+    const lines = [`# HELP ${this.name} ${this.help}`, `# TYPE ${this.name} histogram`];
+    for (const s of this.series.values()) {
+      this.buckets.forEach((b, i) =>
+        lines.push(`${this.name}_bucket${labelText({ ...s.labels, le: num(b) })} ${s.counts[i]}`)
+      );
+      lines.push(`${this.name}_bucket${labelText({ ...s.labels, le: "+Inf" })} ${s.count}`);
+      lines.push(`${this.name}_sum${labelText(s.labels)} ${num(s.sum)}`);
+      lines.push(`${this.name}_count${labelText(s.labels)} ${s.count}`);
+    }
+    return lines.join("\n");
+  }
+}
+
+/** A value read when scraped: a gauge (queue depth) or a counter kept elsewhere (evictions). */
+export class Gauge implements Metric {
+  constructor(
+    readonly name: string,
+    readonly help: string,
+    readonly read: () => number,
+    readonly type: "gauge" | "counter" = "gauge",
+  ) {}
+  render(): string {
+    return [
+      `# HELP ${this.name} ${this.help}`,
+      `# TYPE ${this.name} ${this.type}`,
+      `${this.name} ${num(this.read())}`,
+    ].join("\n");
+  }
+}
+
+const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
+
+/** The server's metrics. Gauges are wired by the app, which owns the values they read. */
+export class ServerMetrics {
+  readonly requests = new Counter("judgeq_http_requests_total", "HTTP requests by route, method and status.");
+  readonly latency = new Histogram(
+    "judgeq_http_request_duration_seconds",
+    "Time from request to the end of the response body, by route.",
+    LATENCY_BUCKETS,
+  );
+  readonly queueWait = new Histogram(
+    "judgeq_queue_wait_seconds",
+    "Time jobs waited for the executor.",
+    LATENCY_BUCKETS,
+  );
+  readonly firstToken = new Histogram(
+    "judgeq_time_to_first_token_seconds",
+    "Time from a job's start on the executor to its first generated token.",
+    LATENCY_BUCKETS,
+  );
+  readonly promptTokens = new Counter(
+    "judgeq_prompt_tokens_total",
+    "Prompt, context and question tokens read.",
+  );
+  readonly completionTokens = new Counter("judgeq_completion_tokens_total", "Tokens generated.");
+  readonly kvBytesSaved = new Counter(
+    "judgeq_kv_bytes_saved_total",
+    "KV-cache bytes freed by compression (before minus after).",
+  );
+  readonly jobs = new Counter("judgeq_jobs_total", "Executor jobs by outcome (ok, error, cancelled).");
+  readonly rejected = new Counter(
+    "judgeq_queue_rejected_total",
+    "Requests refused with 429 because the queue was full.",
+  );
+  private readonly gauges: Gauge[] = [];
+
+  gauge(name: string, help: string, read: () => number, type: "gauge" | "counter" = "gauge") {
+    this.gauges.push(new Gauge(name, help, read, type));
+  }
+
+  render(): string {
+    const all: Metric[] = [
+      this.requests,
+      this.latency,
+      this.queueWait,
+      this.firstToken,
+      this.promptTokens,
+      this.completionTokens,
+      this.kvBytesSaved,
+      this.jobs,
+      this.rejected,
+      ...this.gauges,
+    ];
+    return all.map((m) => m.render()).join("\n") + "\n";
+  }
+}
+
+/** Reads one sample from exposition text (tests, load test): `name{labels}` exactly, or 0. */
+export function sampleValue(text: string, series: string): number {
+  for (const line of text.split("\n")) {
+    if (line.startsWith(series + " ")) return Number(line.slice(series.length + 1));
+  }
+  return 0;
+}

@@ -1,0 +1,172 @@
+/**
+ * The OpenAI-compatible surface: /v1/completions and /v1/chat/completions, chat prompts rendered with
+ * the model's Jinja template (or a plain one), and the response and stream-chunk shapes.
+ */
+import { Template } from "@huggingface/jinja";
+import type { CompressionRequest } from "../core/plan.ts";
+import type { TextTokenizer } from "../core/tokenizer.ts";
+import { HttpError } from "./errors.ts";
+import { type JobOutput, type JobResult, precheck, runPrompt } from "./generation.ts";
+import { type ChatMessage, chatSchema, completionSchema } from "./schemas.ts";
+import type { DecodeFields, Service, Shape } from "./service.ts";
+import { compressionJson } from "./wire.ts";
+
+const textOf = (c: ChatMessage["content"]): string =>
+  c === null ? "" : typeof c === "string" ? c : c.map((p) => p.text).join("");
+
+const templates = new Map<string, Template>();
+
+/**
+ * The prompt for a chat. With a chat_template (tokenizer_config.json) it is rendered as transformers
+ * does, generation prompt on. Without one (base models such as stories260K) the messages' contents are
+ * joined one per line, so the model simply continues the conversation's text.
+ */
+export function renderChat(tok: TextTokenizer, messages: ChatMessage[]): string {
+  const flat = messages.map((m) => ({
+    role: m.role,
+    content: textOf(m.content),
+    ...(m.name ? { name: m.name } : {}),
+  }));
+  if (!tok.chatTemplate) return flat.map((m) => m.content).join("\n");
+  try {
+    let t = templates.get(tok.chatTemplate);
+    if (!t) templates.set(tok.chatTemplate, t = new Template(tok.chatTemplate));
+    return t.render({
+      messages: flat,
+      bos_token: tok.bosToken ?? "",
+      eos_token: tok.eosToken ?? "",
+      add_generation_prompt: true,
+    });
+  } catch (e) {
+    // Templates refuse conversations they cannot format (raise_exception): the client's to fix.
+    throw new HttpError(400, `the chat template rejected the messages: ${(e as Error).message}`, "messages");
+  }
+}
+
+export interface Usage {
+  prompt_tokens: number;
+  completion_tokens: number;
+  total_tokens: number;
+}
+
+export const usageOf = (prompt: number, completion: number): Usage => ({
+  prompt_tokens: prompt,
+  completion_tokens: completion,
+  total_tokens: prompt + completion,
+});
+
+/** Fields every response and chunk of one request shares. */
+export interface Envelope {
+  id: string;
+  created: number;
+  model: string;
+}
+
+export const newEnvelope = (prefix: string, model: string): Envelope => ({
+  id: `${prefix}-${crypto.randomUUID().replaceAll("-", "").slice(0, 24)}`,
+  created: Math.floor(Date.now() / 1000),
+  model,
+});
+
+export function completionBody(env: Envelope, out: JobOutput, usage: Usage, extra: Record<string, unknown>) {
+  return {
+    ...env,
+    object: "text_completion",
+    choices: [{ index: 0, text: out.text, finish_reason: out.finishReason, logprobs: null }],
+    usage,
+    ...extra,
+  };
+}
+
+export function completionChunk(env: Envelope, text: string, finishReason: string | null) {
+  return {
+    ...env,
+    object: "text_completion",
+    choices: [{ index: 0, text, finish_reason: finishReason, logprobs: null }],
+  };
+}
+
+export function chatBody(env: Envelope, out: JobOutput, usage: Usage, extra: Record<string, unknown>) {
+  return {
+    ...env,
+    object: "chat.completion",
+    choices: [{
+      index: 0,
+      message: { role: "assistant", content: out.text, refusal: null },
+      finish_reason: out.finishReason,
+      logprobs: null,
+    }],
+    usage,
+    ...extra,
+  };
+}
+
+export function chatChunk(env: Envelope, delta: Record<string, unknown>, finishReason: string | null) {
+  return {
+    ...env,
+    object: "chat.completion.chunk",
+    choices: [{ index: 0, delta, finish_reason: finishReason, logprobs: null }],
+  };
+}
+
+/** The last chunk of a stream with `stream_options.include_usage`: no choices, only usage. */
+export function usageChunk(env: Envelope, object: string, usage: Usage) {
+  return { ...env, object, choices: [], usage };
+}
+
+type Handler = (req: Request) => Promise<Response>;
+
+/** POST /v1/completions (one prompt). */
+export const completions = (svc: Service): Handler => async (req) => {
+  const b = await svc.parse(req, completionSchema);
+  svc.checkModel(b.model);
+  return run(svc, req, b, typeof b.prompt === "string" ? b.prompt : b.prompt[0], false);
+};
+
+/** POST /v1/chat/completions. */
+export const chat = (svc: Service): Handler => async (req) => {
+  const b = await svc.parse(req, chatSchema);
+  svc.checkModel(b.model);
+  const prompt = renderChat(svc.model.tokenizer, b.messages);
+  if (prompt === "") throw new HttpError(400, "the messages render to an empty prompt", "messages");
+  return run(svc, req, { ...b, max_tokens: b.max_completion_tokens ?? b.max_tokens }, prompt, true);
+};
+
+interface OpenAiFields extends DecodeFields {
+  stream?: boolean | null;
+  stream_options?: { include_usage?: boolean | null } | null;
+  kv_compression?: CompressionRequest | null;
+}
+
+function run(
+  svc: Service,
+  req: Request,
+  b: OpenAiFields,
+  prompt: string,
+  isChat: boolean,
+): Promise<Response> {
+  // Chat runs to the end of the context by default (OpenAI sets no limit); completions default to 16.
+  const p = svc.decodeParams(b, { maxTokens: isChat ? svc.model.config.maxSeqLen : 16, temperature: 1 });
+  const compression = (b.kv_compression ?? null) as CompressionRequest | null;
+  precheck(svc.model, { prompt }, compression, p);
+  const env = newEnvelope(isChat ? "chatcmpl" : "cmpl", svc.model.name);
+  const usage = (r: JobResult) => usageOf(r.promptTokens, r.completionTokens);
+  const extra = (r: JobResult) => ({ compression: compressionJson(r.compression, false) });
+  const shape: Shape = {
+    body: (r) => (isChat ? chatBody : completionBody)(env, r.outputs[0], usage(r), extra(r)),
+    streamStart: isChat
+      ? (sse) => sse.send(chatChunk(env, { role: "assistant", content: "" }, null))
+      : undefined,
+    streamText(sse, _index, text) {
+      if (text) sse.send(isChat ? chatChunk(env, { content: text }, null) : completionChunk(env, text, null));
+    },
+    streamEnd(sse, r) {
+      const reason = r.outputs[0].finishReason;
+      sse.send(isChat ? chatChunk(env, {}, reason) : completionChunk(env, "", reason));
+      if (b.stream_options?.include_usage) {
+        sse.send(usageChunk(env, isChat ? "chat.completion.chunk" : "text_completion", usage(r)));
+      }
+    },
+  };
+  return svc.respond(req, b.stream ?? false, (h) => runPrompt(svc.model, prompt, compression, p, h), shape);
+}

@@ -1,0 +1,75 @@
+/**
+ * One executor, one job at a time: a bounded FIFO in front of it. Admission is decided synchronously, so
+ * a handler knows whether it got a place (or a 429) before it commits to a streaming 200.
+ */
+import { HttpError } from "./errors.ts";
+
+export class JobQueue {
+  private readonly waiting: { run: () => void }[] = [];
+  private running = 0;
+  private idleResolvers: (() => void)[] = [];
+  /** Jobs refused because the queue was full, since start. */
+  rejected = 0;
+
+  constructor(readonly maxWaiting: number, readonly concurrency = 1) {}
+
+  /** Jobs waiting for the executor. */
+  get depth(): number {
+    return this.waiting.length;
+  }
+
+  /** Jobs running on the executor now. */
+  get inFlight(): number {
+    return this.running;
+  }
+
+  /**
+   * Queues `job`; throws a 429 HttpError right away when the queue is full. A job whose signal aborts
+   * while it waits leaves the queue and its promise rejects with the signal's reason.
+   */
+  submit<T>(job: () => Promise<T>, signal?: AbortSignal): Promise<T> {
+    if (signal?.aborted) return Promise.reject(signal.reason);
+    if (this.running < this.concurrency) return this.start(job);
+    if (this.waiting.length >= this.maxWaiting) {
+      this.rejected++;
+      throw new HttpError(429, `the queue is full (${this.maxWaiting} waiting); retry later`, null, {
+        "retry-after": "1",
+      });
+    }
+    return new Promise<T>((resolve, reject) => {
+      const onAbort = () => {
+        const i = this.waiting.indexOf(waiter);
+        if (i >= 0) this.waiting.splice(i, 1);
+        reject(signal!.reason);
+      };
+      const waiter = {
+        run: () => {
+          signal?.removeEventListener("abort", onAbort);
+          this.start(job).then(resolve, reject);
+        },
+      };
+      signal?.addEventListener("abort", onAbort, { once: true });
+      this.waiting.push(waiter);
+    });
+  }
+
+  /** Resolves once nothing runs or waits (graceful shutdown). */
+  idle(): Promise<void> {
+    if (this.running === 0 && this.waiting.length === 0) return Promise.resolve();
+    return new Promise((r) => this.idleResolvers.push(r));
+  }
+
+  private async start<T>(job: () => Promise<T>): Promise<T> {
+    this.running++;
+    try {
+      return await job();
+    } finally {
+      this.running--;
+      const next = this.waiting.shift();
+      if (next) next.run();
+      else if (this.running === 0) {
+        for (const r of this.idleResolvers.splice(0)) r();
+      }
+    }
+  }
+}

@@ -1,0 +1,113 @@
+/**
+ * Request bodies as zod schemas. Shape and range errors are 400s naming the field; what only the model
+ * can judge (context length, budget against window, a missing adapter) is left to the core's compiler.
+ */
+import { z } from "zod";
+import { METHOD_NAMES } from "../core/methods/registry.ts";
+import { compressionSchema } from "../core/plan.ts";
+
+/** Upper bound on any count a client sends: far above any context, far below float trouble. */
+const BIG = 1_000_000_000;
+const count = () => z.number().int().min(0).max(BIG);
+
+/** The core's kv_compression object with the ranges a schema can check made explicit. */
+export const kvCompressionSchema = compressionSchema.extend({
+  method: z.enum(METHOD_NAMES as [string, ...string[]]),
+  budget: z.number().int().min(1).max(BIG).optional(),
+  compression_ratio: z.number().min(0).lt(1).optional(),
+  window: count().optional(),
+}).strict();
+
+/** `stop`: a string or a list of strings and token ids (OpenAI allows strings only; ids are ours). */
+export const stopSchema = z.union([
+  z.string().min(1),
+  z.array(z.union([z.string().min(1), count()])).max(16),
+]);
+
+/** Sampling and decoding fields shared by every generating endpoint. */
+const decodeFields = {
+  max_tokens: count().nullish(),
+  temperature: z.number().min(0).max(2).nullish(),
+  top_p: z.number().gt(0).max(1).nullish(),
+  top_k: count().nullish(),
+  seed: z.number().int().nullish(),
+  stop: stopSchema.nullish(),
+  stream: z.boolean().nullish(),
+  /** Decode to max_tokens even past the model's end-of-sequence token (benchmarks). */
+  ignore_eos: z.boolean().nullish(),
+};
+
+const extras = {
+  model: z.string().nullish(),
+  /** Include generated token ids in the outputs. */
+  return_tokens: z.boolean().nullish(),
+  /** Include the kept prompt positions per layer and KV head in `compression`. */
+  return_positions: z.boolean().nullish(),
+};
+
+/** POST /v1/generate: a prompt, or a context (compressed) with questions answered after it. */
+export const generateSchema = z.object({
+  prompt: z.string().min(1).optional(),
+  context: z.string().min(1).optional(),
+  questions: z.array(z.string().min(1)).min(1).max(64).optional(),
+  kv_compression: kvCompressionSchema.nullish(),
+  ...decodeFields,
+  ...extras,
+}).strict();
+export type GenerateBody = z.infer<typeof generateSchema>;
+
+/** POST /v1/contexts: compress once. */
+export const contextCreateSchema = z.object({
+  context: z.string().min(1),
+  kv_compression: kvCompressionSchema.nullish(),
+  model: z.string().nullish(),
+  return_positions: z.boolean().nullish(),
+}).strict();
+export type ContextCreateBody = z.infer<typeof contextCreateSchema>;
+
+/** POST /v1/contexts/{id}/generate: one question (or several) against a kept context. */
+export const contextGenerateSchema = z.object({
+  question: z.string().min(1).optional(),
+  questions: z.array(z.string().min(1)).min(1).max(64).optional(),
+  ...decodeFields,
+  ...extras,
+}).strict();
+export type ContextGenerateBody = z.infer<typeof contextGenerateSchema>;
+
+/**
+ * OpenAI bodies are not strict: clients send fields we do not use (user, presence_penalty, ...).
+ * Those that would change the result and are not implemented are refused explicitly.
+ */
+const openaiFields = {
+  ...decodeFields,
+  model: z.string().nullish(),
+  n: z.literal(1, { message: "only n = 1 is supported" }).nullish(),
+  stream_options: z.object({ include_usage: z.boolean().nullish() }).nullish(),
+  kv_compression: kvCompressionSchema.nullish(),
+  logprobs: z.union([z.literal(false), z.null()], { message: "logprobs are not supported" }).optional(),
+};
+
+export const completionSchema = z.object({
+  ...openaiFields,
+  prompt: z.union([z.string().min(1), z.array(z.string().min(1)).length(1, "give exactly one prompt")]),
+  echo: z.literal(false, { message: "echo is not supported" }).nullish(),
+  best_of: z.literal(1, { message: "only best_of = 1 is supported" }).nullish(),
+  suffix: z.null({ message: "suffix is not supported" }).optional(),
+});
+export type CompletionBody = z.infer<typeof completionSchema>;
+
+const textPart = z.object({ type: z.literal("text"), text: z.string() });
+export const chatMessageSchema = z.object({
+  role: z.enum(["system", "developer", "user", "assistant", "tool"]),
+  content: z.union([z.string(), z.array(textPart), z.null()]),
+  name: z.string().optional(),
+});
+export type ChatMessage = z.infer<typeof chatMessageSchema>;
+
+export const chatSchema = z.object({
+  ...openaiFields,
+  messages: z.array(chatMessageSchema).min(1).max(1024),
+  max_completion_tokens: count().nullish(),
+  top_logprobs: z.null({ message: "logprobs are not supported" }).optional(),
+});
+export type ChatBody = z.infer<typeof chatSchema>;

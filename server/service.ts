@@ -1,0 +1,226 @@
+/**
+ * What every endpoint shares: the model, the job queue in front of its executor, the kept contexts,
+ * the metrics, and the one way a job runs for a request (as JSON or as server-sent events).
+ */
+import type { z } from "zod";
+import type { Model } from "../core/engine.ts";
+import { ContextStore } from "./contexts.ts";
+import { Cancelled, errorBody, HttpError, isDeviceLost, jsonResponse, toHttpError } from "./errors.ts";
+import type { DecodeParams, JobHooks, JobResult } from "./generation.ts";
+import { parseBody } from "./http.ts";
+import { ServerMetrics } from "./metrics.ts";
+import { JobQueue } from "./queue.ts";
+import type { stopSchema } from "./schemas.ts";
+import { createSse, type SseStream } from "./sse.ts";
+
+export interface AppOptions {
+  /** Required as `Authorization: Bearer KEY` (or `x-api-key`) on every route but /healthz. */
+  apiKey: string | null;
+  /** Largest request body accepted, bytes (413 above). */
+  maxBodyBytes: number;
+  /** Time a request body may take to arrive (408 after). */
+  bodyTimeoutMs: number;
+  /** Jobs that may wait for the executor (429 beyond). */
+  queueSize: number;
+  /** Idle time after which a kept context expires. */
+  contextTtlMs: number;
+  /** Cap on the KV bytes of kept contexts (least recently used evicted first). */
+  contextMaxBytes: number;
+  /** Reports whether the executor's device is lost (503 while so); defaults to the executor's `lost`. */
+  deviceLost: () => boolean;
+  log: (message: string) => void;
+}
+
+export const DEFAULT_OPTIONS: Omit<AppOptions, "deviceLost" | "log"> = {
+  apiKey: null,
+  maxBodyBytes: 1 << 20,
+  bodyTimeoutMs: 30_000,
+  queueSize: 32,
+  contextTtlMs: 10 * 60_000,
+  contextMaxBytes: 256 << 20,
+};
+
+/** Sampling fields as the wire has them (every generating endpoint). */
+export interface DecodeFields {
+  max_tokens?: number | null;
+  temperature?: number | null;
+  top_p?: number | null;
+  top_k?: number | null;
+  seed?: number | null;
+  stop?: z.infer<typeof stopSchema> | null;
+  ignore_eos?: boolean | null;
+}
+
+/** An endpoint's defaults: ours are greedy; OpenAI's sample at temperature 1. */
+export interface DecodeDefaults {
+  maxTokens: number;
+  temperature: number;
+}
+
+/** What an endpoint makes of a job: its JSON body, and its stream events. */
+export interface Shape {
+  body(r: JobResult, queueMs: number, runMs: number): unknown;
+  streamStart?(sse: SseStream): void;
+  streamText(sse: SseStream, index: number, text: string, ids: number[]): void;
+  streamEnd(sse: SseStream, r: JobResult, queueMs: number, runMs: number): void;
+}
+
+export interface Timed<T> {
+  value: T;
+  queueMs: number;
+  runMs: number;
+}
+
+export class Service {
+  readonly metrics = new ServerMetrics();
+  readonly queue: JobQueue;
+  readonly contexts: ContextStore;
+  draining = false;
+  private lost = false;
+  /** Streaming responses, to the promise of their end (latency is measured to the last byte). */
+  readonly streams = new WeakMap<Response, Promise<unknown>>();
+
+  constructor(readonly model: Model, readonly o: AppOptions) {
+    this.queue = new JobQueue(o.queueSize);
+    this.contexts = new ContextStore({ ttlMs: o.contextTtlMs, maxBytes: o.contextMaxBytes, sweepMs: 30_000 });
+  }
+
+  deviceLost(): boolean {
+    return this.lost || this.o.deviceLost();
+  }
+
+  parse<S extends z.ZodType>(req: Request, schema: S): Promise<z.infer<S>> {
+    return parseBody(req, schema, { maxBytes: this.o.maxBodyBytes, timeoutMs: this.o.bodyTimeoutMs });
+  }
+
+  /** Requests may name the model; only the one loaded at start-up is served. */
+  checkModel(name: string | null | undefined) {
+    if (name !== null && name !== undefined && name !== this.model.name) {
+      const message = `model ${
+        JSON.stringify(name)
+      } is not served here (this server serves ${this.model.name})`;
+      throw new HttpError(404, message, "model");
+    }
+  }
+
+  decodeParams(b: DecodeFields, d: DecodeDefaults): DecodeParams {
+    const stops = b.stop === null || b.stop === undefined
+      ? []
+      : typeof b.stop === "string"
+      ? [b.stop]
+      : b.stop;
+    const stopTokenIds: number[] = [];
+    const stopStrings: string[] = [];
+    stops.forEach((s, i) => {
+      if (typeof s === "string") stopStrings.push(s);
+      else if (s >= this.model.config.vocabSize) {
+        throw new HttpError(400, `token id ${s} is outside the vocabulary`, `stop.${i}`);
+      } else stopTokenIds.push(s);
+    });
+    const temperature = b.temperature ?? d.temperature;
+    return {
+      maxTokens: b.max_tokens ?? d.maxTokens,
+      temperature,
+      topP: b.top_p ?? 1,
+      topK: b.top_k ?? 0,
+      // Sampling without a seed should vary between calls; greedy ignores it.
+      seed: b.seed ?? (temperature > 0 ? crypto.getRandomValues(new Uint32Array(1))[0] : 0),
+      stopStrings,
+      stopTokenIds,
+      ignoreEos: b.ignore_eos ?? false,
+    };
+  }
+
+  /**
+   * Runs `work` on the executor through the queue (429 when full and 503 when draining or lost, both
+   * thrown synchronously) and records its outcome. A job whose client left rejects with Cancelled.
+   */
+  enqueue<T>(signal: AbortSignal, work: () => Promise<T>): Promise<Timed<T>> {
+    if (this.draining) throw new HttpError(503, "the server is shutting down");
+    if (this.deviceLost()) throw new HttpError(503, "the GPU device was lost; restart the server");
+    const m = this.metrics;
+    const queued = performance.now();
+    let job: Promise<Timed<T>>;
+    try {
+      job = this.queue.submit(async () => {
+        const started = performance.now();
+        m.queueWait.observe((started - queued) / 1000);
+        try {
+          if (signal.aborted) throw new Cancelled();
+          const value = await work();
+          m.jobs.inc({ outcome: "ok" });
+          return { value, queueMs: started - queued, runMs: performance.now() - started };
+        } catch (e) {
+          const cancelled = e instanceof Cancelled || signal.aborted;
+          m.jobs.inc({ outcome: cancelled ? "cancelled" : "error" });
+          if (isDeviceLost(e)) this.lost = true;
+          throw cancelled ? new Cancelled() : e;
+        }
+      }, signal);
+    } catch (e) {
+      if (e instanceof HttpError && e.status === 429) m.rejected.inc();
+      throw e;
+    }
+    // Aborted while waiting: the queue rejects with the signal's reason.
+    return job.catch((e) => {
+      throw e instanceof Cancelled || signal.aborted ? new Cancelled() : e;
+    });
+  }
+
+  /** Token and KV counters of a finished generation. */
+  account(r: JobResult) {
+    const m = this.metrics;
+    m.promptTokens.inc({}, r.promptTokens);
+    m.completionTokens.inc({}, r.completionTokens);
+    m.kvBytesSaved.inc({}, r.compression.kvBytesBefore - r.compression.kvBytesAfter);
+    if (r.timings.first_token !== undefined) m.firstToken.observe(r.timings.first_token / 1000);
+  }
+
+  /**
+   * Runs a job for a request, as JSON or as server-sent events. Admission (429, 503) is decided before
+   * any status is sent; a stream's later failure becomes an error event before `[DONE]`. `cleanup`
+   * runs once the job is over, whatever happened.
+   */
+  async respond(
+    req: Request,
+    stream: boolean,
+    work: (hooks: JobHooks) => Promise<JobResult>,
+    shape: Shape,
+    cleanup: () => void = () => {},
+  ): Promise<Response> {
+    if (!stream) {
+      const signal = req.signal; // aborts when the client disconnects
+      try {
+        const { value, queueMs, runMs } = await this.enqueue(signal, () => work({ signal }));
+        this.account(value);
+        return jsonResponse(shape.body(value, queueMs, runMs));
+      } finally {
+        cleanup();
+      }
+    }
+    const sse = createSse();
+    const signal = AbortSignal.any([sse.signal, req.signal]);
+    let job: Promise<Timed<JobResult>>;
+    try {
+      job = this.enqueue(
+        signal,
+        () => work({ signal, onText: (i, text, ids) => shape.streamText(sse, i, text, ids) }),
+      );
+    } catch (e) {
+      cleanup();
+      throw e;
+    }
+    shape.streamStart?.(sse);
+    job.then(({ value, queueMs, runMs }) => {
+      this.account(value);
+      shape.streamEnd(sse, value, queueMs, runMs);
+    }, (e) => {
+      if (!(e instanceof Cancelled)) sse.send(errorBody(toHttpError(e, this.o.log)));
+    }).finally(() => {
+      sse.close();
+      cleanup();
+    });
+    this.streams.set(sse.response, sse.finished);
+    return sse.response;
+  }
+}

@@ -1,0 +1,234 @@
+/**
+ * Bad input, table-driven: each case's status, error type and `param`; never a stack trace, never a
+ * hung connection; and after all of them the server still answers correctly.
+ */
+import { generateText } from "../core/engine.ts";
+import { ERROR_TYPES } from "../server/errors.ts";
+import { startServer } from "../server/testing.ts";
+import { assert, assertEquals } from "./helpers.ts";
+
+const KEY = "test-key";
+const OK = { prompt: "Once upon a time", max_tokens: 4 };
+
+interface Case {
+  name: string;
+  method?: string;
+  path?: string;
+  /** A JSON-able body, or raw text (sent as is). */
+  body?: unknown;
+  raw?: string | ReadableStream<Uint8Array>;
+  headers?: Record<string, string>;
+  noKey?: boolean;
+  /** Cleanup once answered. */
+  after?: () => void;
+  status: number;
+  param: string | null;
+}
+
+const gen = (body: unknown, status: number, param: string | null, name: string): Case => ({
+  name,
+  body,
+  status,
+  param,
+});
+const comp = (kv: unknown, status: number, param: string | null, name: string) =>
+  gen({ ...OK, kv_compression: kv }, status, param, name);
+
+const CASES: Case[] = [
+  { name: "malformed JSON", raw: '{"prompt": "x",', status: 400, param: null },
+  { name: "empty body", raw: "", status: 400, param: null },
+  { name: "array instead of object", raw: "[1,2]", status: 400, param: null },
+  gen({ prompt: 42 }, 400, "prompt", "prompt of the wrong type"),
+  gen({ prompt: "" }, 400, "prompt", "empty prompt"),
+  gen({ ...OK, max_tokens: "4" }, 400, "max_tokens", "max_tokens as a string"),
+  gen({ ...OK, max_tokens: 1e300 }, 400, "max_tokens", "huge max_tokens"),
+  gen({ ...OK, max_tokens: -1 }, 400, "max_tokens", "negative max_tokens"),
+  gen({ ...OK, max_tokens: 1.5 }, 400, "max_tokens", "fractional max_tokens"),
+  gen({ ...OK, temperature: -0.5 }, 400, "temperature", "negative temperature"),
+  gen({ ...OK, top_p: 0 }, 400, "top_p", "top_p of zero"),
+  gen({ ...OK, seed: "x" }, 400, "seed", "seed of the wrong type"),
+  gen({ ...OK, stop: [12345] }, 400, "stop.0", "stop token id outside the vocabulary"),
+  gen({ ...OK, stop: { a: 1 } }, 400, "stop", "stop of the wrong type"),
+  gen({ ...OK, bogus: true }, 400, "bogus", "unknown field"),
+  gen({ ...OK, context: "a story" }, 400, "context", "prompt and context together"),
+  gen({ context: "a story", max_tokens: 2 }, 400, "questions", "context without questions"),
+  gen({ context: "a story", questions: [] }, 400, "questions", "empty questions"),
+  gen({ max_tokens: 2 }, 400, "prompt", "neither prompt nor context"),
+  gen({ ...OK, model: "gpt-4" }, 404, "model", "a model this server does not serve"),
+  comp({ method: "snapkv", budget: -8 }, 400, "kv_compression.budget", "negative budget"),
+  comp({ method: "snapkv", budget: 1e12 }, 400, "kv_compression.budget", "huge budget"),
+  comp({ method: "snapkv", budget: 2.5 }, 400, "kv_compression.budget", "fractional budget"),
+  comp({ method: "magic", budget: 8 }, 400, "kv_compression.method", "unknown method"),
+  comp({ budget: 8 }, 400, "kv_compression.method", "missing method"),
+  comp({ method: "snapkv", budget: 8, bogus: 1 }, 400, "kv_compression.bogus", "unknown compression option"),
+  comp({ method: "snapkv", compression_ratio: 1 }, 400, "kv_compression.compression_ratio", "ratio of 1"),
+  comp({ method: "snapkv", budget: 8, kernel: 100 }, 400, "kv_compression.kernel", "kernel out of range"),
+  comp({ method: "snapkv", budget: 8, window: 16 }, 422, "kv_compression.window", "window above the budget"),
+  comp(
+    { method: "snapkv", budget: 8, compression_ratio: 0.5 },
+    422,
+    "kv_compression.budget",
+    "budget and ratio together",
+  ),
+  comp(
+    { method: "streaming_llm", budget: 4, sinks: 8 },
+    422,
+    "kv_compression.sinks",
+    "sinks above the budget",
+  ),
+  comp({ method: "snapkv" }, 422, "kv_compression.budget", "neither budget nor ratio"),
+  comp({ method: "judgeq", budget: 2 }, 422, "kv_compression.method", "judgeq without an adapter"),
+  gen({ prompt: "Once upon a time ".repeat(200), max_tokens: 2 }, 422, "prompt", "prompt beyond the context"),
+  gen({ ...OK, stream: true, max_tokens: -3 }, 400, "max_tokens", "bad streaming request answers JSON"),
+  { name: "oversize body", body: { prompt: "x".repeat(10_000) }, status: 413, param: null },
+  {
+    name: "oversize chunked body (no content-length)",
+    raw: new ReadableStream({
+      start(c) {
+        for (let i = 0; i < 8; i++) c.enqueue(new TextEncoder().encode(" ".repeat(1024)));
+        c.close();
+      },
+    }),
+    status: 413,
+    param: null,
+  },
+  (() => {
+    let sending!: ReadableStreamDefaultController<Uint8Array>;
+    return {
+      name: "a body that never finishes",
+      raw: new ReadableStream({
+        start(c) {
+          sending = c;
+          c.enqueue(new TextEncoder().encode('{"prompt": "Once'));
+        },
+      }),
+      after: () => sending.close(), // lets the connection end, so the test server can shut down
+      status: 408,
+      param: null,
+    };
+  })(),
+  { name: "missing API key", body: OK, noKey: true, status: 401, param: null },
+  {
+    name: "wrong API key",
+    body: OK,
+    noKey: true,
+    headers: { authorization: "Bearer nope" },
+    status: 401,
+    param: null,
+  },
+  {
+    name: "unknown context id",
+    path: "/v1/contexts/ctx_nope/generate",
+    body: { question: "Who?" },
+    status: 404,
+    param: "id",
+  },
+  {
+    name: "delete an unknown context",
+    method: "DELETE",
+    path: "/v1/contexts/ctx_nope",
+    status: 404,
+    param: "id",
+  },
+  {
+    name: "bad escape in a context id",
+    method: "GET",
+    path: "/v1/contexts/%E0%A4%A",
+    status: 404,
+    param: null,
+  },
+  {
+    name: "question and questions together",
+    path: "/v1/contexts/ctx_nope/generate",
+    body: { question: "a", questions: ["b"] },
+    status: 400,
+    param: "questions",
+  },
+  {
+    name: "context of the wrong type",
+    path: "/v1/contexts",
+    body: { context: ["a"] },
+    status: 400,
+    param: "context",
+  },
+  {
+    name: "context beyond the model's context",
+    path: "/v1/contexts",
+    body: { context: "Once upon a time ".repeat(200) },
+    status: 422,
+    param: "context",
+  },
+  { name: "wrong method on /v1/generate", method: "GET", status: 405, param: null },
+  { name: "wrong method on /v1/models", method: "DELETE", path: "/v1/models", status: 405, param: null },
+  { name: "unknown route", method: "GET", path: "/v2/everything", status: 404, param: null },
+  {
+    name: "chat: unknown role",
+    path: "/v1/chat/completions",
+    body: { messages: [{ role: "wizard", content: "hi" }] },
+    status: 400,
+    param: "messages.0.role",
+  },
+  {
+    name: "chat: content of the wrong type",
+    path: "/v1/chat/completions",
+    body: { messages: [{ role: "user", content: 5 }] },
+    status: 400,
+    param: "messages.0.content",
+  },
+  {
+    name: "chat: no messages field",
+    path: "/v1/chat/completions",
+    body: { model: "stories260K" },
+    status: 400,
+    param: "messages",
+  },
+  {
+    name: "completions: echo unsupported",
+    path: "/v1/completions",
+    body: { prompt: "x", echo: true },
+    status: 400,
+    param: "echo",
+  },
+  {
+    name: "completions: two prompts",
+    path: "/v1/completions",
+    body: { prompt: ["a", "b"] },
+    status: 400,
+    param: "prompt",
+  },
+];
+
+Deno.test(`bad input: ${CASES.length} cases, each with its status and param; the server survives`, async () => {
+  assert(CASES.length >= 20);
+  const s = await startServer({ apiKey: KEY, maxBodyBytes: 4096, bodyTimeoutMs: 200 });
+  try {
+    for (const c of CASES) {
+      const method = c.method ?? "POST";
+      const headers: Record<string, string> = {
+        ...(c.noKey ? {} : { authorization: `Bearer ${KEY}` }),
+        ...c.headers,
+      };
+      if (method === "POST") headers["content-type"] = "application/json";
+      const body = c.raw !== undefined ? c.raw : c.body !== undefined ? JSON.stringify(c.body) : undefined;
+      const r = await fetch(s.base + (c.path ?? "/v1/generate"), { method, headers, body });
+      const text = await r.text();
+      c.after?.();
+      assertEquals(r.status, c.status, `${c.name}: ${text}`);
+      assert(r.headers.get("content-type")?.startsWith("application/json"), `${c.name}: JSON error`);
+      const err = JSON.parse(text).error;
+      assertEquals(err.param, c.param, `${c.name}: ${text}`);
+      assertEquals(err.type, ERROR_TYPES[c.status], c.name);
+      assert(typeof err.message === "string" && err.message.length > 0, c.name);
+      assert(!/\n\s+at /.test(err.message) && !text.includes(".ts:"), `${c.name}: no stack trace in ${text}`);
+      if (c.status === 405) assert(r.headers.get("allow"), `${c.name}: Allow header`);
+    }
+    // Still healthy and still right.
+    const want = await generateText(s.model, { prompt: OK.prompt, maxTokens: 4 });
+    const ok = await s.post("/v1/generate", OK, { authorization: `Bearer ${KEY}` });
+    assertEquals([ok.status, ok.json.text], [200, want.outputs[0].text]);
+    assertEquals(await s.metric("judgeq_jobs_in_flight"), 0);
+    assertEquals(await s.metric('judgeq_jobs_total{outcome="error"}'), 0); // every bad request was refused before the queue
+  } finally {
+    await s.close();
+  }
+});

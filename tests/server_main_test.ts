@@ -1,0 +1,76 @@
+/**
+ * The CLI edge as a real process: flags, the ready line, and a graceful SIGTERM that lets an in-flight
+ * stream finish before exiting 0.
+ */
+import { readSse } from "../server/sse.ts";
+import { assert, assertEquals } from "./helpers.ts";
+
+const ROOT = new URL("../", import.meta.url).pathname;
+
+function spawn(args: string[]) {
+  return new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "server/main.ts", ...args],
+    cwd: ROOT,
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  }).spawn();
+}
+
+async function readAll(s: ReadableStream<Uint8Array>): Promise<string> {
+  const decoder = new TextDecoder();
+  let text = "";
+  for await (const chunk of s) text += decoder.decode(chunk, { stream: true });
+  return text;
+}
+
+Deno.test({
+  name: "server/main.ts: ready line with a curl, then SIGTERM drains an in-flight stream and exits 0",
+  ignore: Deno.build.os === "windows",
+  fn: async () => {
+    const child = spawn(["--port", "0", "--executor", "cpu", "--adapter", "none", "--queue-size", "4"]);
+    const stderr = readAll(child.stderr);
+    const lines = child.stdout.getReader();
+    let out = "";
+    while (!out.includes("\n")) {
+      const { value, done } = await lines.read();
+      if (done) break;
+      out += new TextDecoder().decode(value);
+    }
+    const ready = out.split("\n")[0];
+    const base = /at (http:\/\/127\.0\.0\.1:\d+)/.exec(ready)?.[1];
+    if (!base) {
+      child.kill("SIGKILL");
+      throw new Error(`no ready line: ${ready} / ${await stderr}`);
+    }
+    assert(ready.includes(`curl -s ${base}/v1/generate`), ready);
+
+    const r = await fetch(`${base}/v1/generate`, {
+      method: "POST",
+      body: JSON.stringify({ prompt: "Once upon a time", max_tokens: 200, ignore_eos: true, stream: true }),
+    });
+    const events = readSse(r.body!);
+    assert((await events.next()).value, "first chunk");
+    child.kill("SIGTERM");
+    let last = "";
+    for await (const data of events) last = data === "[DONE]" ? last : data;
+    const done = JSON.parse(last);
+    assertEquals([done.object, done.usage.completion_tokens], ["generation.done", 200]); // finished, not cut
+    const status = await child.status;
+    assertEquals(status.code, 0);
+    await lines.cancel();
+    const err = await stderr;
+    assert(err.includes("SIGTERM: draining") && err.includes("stopped"), err);
+  },
+});
+
+Deno.test("server/main.ts: a bad flag is a usage error naming it", async () => {
+  const child = spawn(["--port", "abc"]);
+  const [status, stdout, stderr] = await Promise.all([
+    child.status,
+    readAll(child.stdout),
+    readAll(child.stderr),
+  ]);
+  assertEquals(status.code, 2);
+  assert(stderr.includes("--port: expected an integer, got 'abc'"), stderr + stdout);
+});
