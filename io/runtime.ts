@@ -7,7 +7,7 @@ import { type Adapter, checkAdapterFits, decodeAdapter } from "../core/adapter.t
 import type { Model } from "../core/engine.ts";
 import { fail } from "../core/errors.ts";
 import type { Executor } from "../core/executor.ts";
-import { CpuExecutor } from "../core/cpu/executor.ts";
+import { createBestExecutor, GpuExecutor } from "../gpu/mod.ts";
 import { modelFingerprint } from "../core/fingerprint.ts";
 import { createTokenizer } from "../core/tokenizer.ts";
 import type { ModelWeights } from "../core/weights.ts";
@@ -30,16 +30,11 @@ export async function createExecutor(
   choice: ExecutorChoice,
   warn: (m: string) => void,
 ): Promise<Executor> {
-  if (choice === "cpu") return new CpuExecutor(weights);
+  if (choice !== "gpu") return await createBestExecutor(weights, { prefer: choice === "cpu" ? "cpu" : "gpu", warn });
   try {
-    const { GpuExecutor } = await import("../gpu/executor.ts");
     return await GpuExecutor.create(weights);
   } catch (e) {
-    if (choice === "gpu") {
-      throw fail("internal", `WebGPU executor unavailable: ${(e as Error).message}`, "executor");
-    }
-    warn(`WebGPU executor unavailable (${(e as Error).message}); using the CPU reference executor`);
-    return new CpuExecutor(weights);
+    throw fail("internal", `WebGPU executor unavailable: ${(e as Error).message}`, "executor");
   }
 }
 

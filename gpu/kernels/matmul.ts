@@ -1,0 +1,162 @@
+/**
+ * The projection kernel, for prefill (TR rows per invocation) and decode (TR = 1) alike.
+ * Weights are stored transposed and blocked: per block of 32 output columns, [K][8 vec4] contiguous
+ * (N split into chunks when a tensor exceeds the binding limit), so adjacent invocations read adjacent
+ * vec4s and each SIMD group streams one contiguous region: on llvmpipe (SIMD across invocations) this
+ * is the access pattern that streams memory; workgroup reductions are slow there.
+ * Each invocation owns 4 output columns and TR rows. Optional fusions:
+ *  - norm: RMSNorm of the input rows (each invocation sums the squares itself: no extra dispatch);
+ *  - store: out row outRow + r (the LM head writes logits rows); the others write row r;
+ *  - residual: out += result (o and down projections);
+ *  - swiglu: two weights, out = silu(gate) * up;
+ *  - qkv: bias, RoPE (columns are pre-permuted so a vec4 holds two rotated pairs) and the K/V cache write.
+ */
+import { f, PARAMS_WGSL, rep } from "./common.ts";
+
+export type MatmulMode = "store" | "residual" | "swiglu" | "qkv";
+
+export interface MatmulSpec {
+  mode: MatmulMode;
+  /** Input width (multiple of 4). */
+  K: number;
+  /** Output row stride in floats (all chunks together). */
+  N: number;
+  /** Rows per invocation. */
+  TR: number;
+  norm: boolean;
+  eps: number;
+  bias: boolean;
+  nHeads: number;
+  nKvHeads: number;
+  headDim: number;
+  workgroup: number;
+}
+
+/** Binding kinds, in order, for `PipelineCache.get`. */
+export function matmulKinds(s: MatmulSpec): string {
+  let k = "durrw"; // params, static, W, X, OUT
+  if (s.norm) k += "r";
+  if (s.bias) k += "r";
+  if (s.mode === "swiglu") k += "r";
+  if (s.mode === "qkv") k += "wwrr"; // K cache, V cache, meta, rope table
+  return k;
+}
+
+export function matmulWgsl(s: MatmulSpec): string {
+  const K4 = s.K / 4, N4 = s.N / 4, TR = s.TR;
+  const hd = s.headDim, half = hd / 2, qd = s.nHeads * hd, kd = s.nKvHeads * hd;
+  let b = 5;
+  const decl: string[] = [
+    `@group(0) @binding(0) var<uniform> P: Params;`,
+    `@group(0) @binding(1) var<uniform> S: Static;`,
+    `@group(0) @binding(2) var<storage, read> W: array<vec4<f32>>;`,
+    `@group(0) @binding(3) var<storage, read> X: array<vec4<f32>>;`,
+    s.mode === "qkv"
+      ? `@group(0) @binding(4) var<storage, read_write> OUT: array<f32>;`
+      : `@group(0) @binding(4) var<storage, read_write> OUT: array<vec4<f32>>;`,
+  ];
+  if (s.norm) decl.push(`@group(0) @binding(${b++}) var<storage, read> G: array<vec4<f32>>;`);
+  if (s.bias) decl.push(`@group(0) @binding(${b++}) var<storage, read> BIAS: array<vec4<f32>>;`);
+  if (s.mode === "swiglu") decl.push(`@group(0) @binding(${b++}) var<storage, read> W2: array<vec4<f32>>;`);
+  if (s.mode === "qkv") {
+    decl.push(`@group(0) @binding(${b++}) var<storage, read_write> KC: array<f32>;`);
+    decl.push(`@group(0) @binding(${b++}) var<storage, read_write> VC: array<f32>;`);
+    decl.push(`@group(0) @binding(${b++}) var<storage, read> META: array<u32>;`);
+    decl.push(`@group(0) @binding(${b++}) var<storage, read> ROPE: array<vec2<f32>>;`);
+  }
+  const two = s.mode === "swiglu";
+  // Input rows clamp to the last valid row so loads stay in bounds; stores are skipped for them.
+  const rowsDecl = rep(TR, (i) => `let x${i} = (P.rowStart + min(r0 + ${i}u, P.rows - 1u)) * ${K4}u;`);
+  const normLoop = s.norm
+    ? `${rep(TR, (i) => `var ss${i} = 0.0;`)}
+  for (var k = 0u; k < ${K4}u; k++) {
+    ${rep(TR, (i) => `let v${i} = X[x${i} + k]; ss${i} += dot(v${i}, v${i});`, "\n    ")}
+  }
+  ${rep(TR, (i) => `let sc${i} = inverseSqrt(ss${i} / ${f(s.K)} + ${f(s.eps)});`, "\n  ")}`
+    : rep(TR, (i) => `let sc${i} = 1.0;`);
+  const mainLoop = `
+  ${rep(TR, (i) => `var a${i} = vec4<f32>(0.0);${two ? ` var u${i} = vec4<f32>(0.0);` : ""}`, "\n  ")}
+  // Blocked weights: 8 columns-vec4 x K rows contiguous, so each SIMD group streams one region.
+  var wb = (c4 >> 3u) * ${s.K * 8}u + (c4 & 7u);
+  for (var k = 0u; k < ${K4}u; k++) {
+    let w0 = W[wb]; let w1 = W[wb + 8u]; let w2 = W[wb + 16u]; let w3 = W[wb + 24u];
+    ${two ? "let q0 = W2[wb]; let q1 = W2[wb + 8u]; let q2 = W2[wb + 16u]; let q3 = W2[wb + 24u];" : ""}
+    ${s.norm ? "let g = G[k];" : ""}
+    ${
+    rep(TR, (i) =>
+      `{ let v = X[x${i} + k]${s.norm ? " * g" : ""};
+      a${i} += w0 * v.x + w1 * v.y + w2 * v.z + w3 * v.w;${
+        two ? `\n      u${i} += q0 * v.x + q1 * v.y + q2 * v.z + q3 * v.w;` : ""
+      } }`, "\n    ")
+  }
+    wb += 32u;
+  }`;
+  const n = "S.nOff + 4u * c4";
+  const epilogue = rep(TR, (i) => {
+    const r = `(r0 + ${i}u)`;
+    const y = `a${i} * sc${i}${s.bias ? " + BIAS[(S.nOff / 4u) + c4]" : ""}`;
+    let body: string;
+    switch (s.mode) {
+      case "store":
+        body = `OUT[(P.outRow + ${r}) * ${N4}u + S.nOff / 4u + c4] = ${y};`;
+        break;
+      case "residual":
+        body = `let o = ${r} * ${N4}u + S.nOff / 4u + c4; OUT[o] = OUT[o] + ${y};`;
+        break;
+      case "swiglu":
+        body = `let gt = ${y}; let up = u${i} * sc${i};
+      OUT[${r} * ${N4}u + S.nOff / 4u + c4] = gt / (vec4<f32>(1.0) + exp(-gt)) * up;`;
+        break;
+      case "qkv":
+        body = `qkvStore(${r}, ${n}, ${y});`;
+        break;
+    }
+    return `if (${r} < P.rows) { ${body} }`;
+  }, "\n  ");
+  const qkvFn = s.mode !== "qkv" ? "" : `
+fn qkvStore(r: u32, n: u32, y: vec4<f32>) {
+  let pos = P.pos0 + r;
+  if (n < ${qd + kd}u) {
+    let isK = n >= ${qd}u;
+    let local = select(n, n - ${qd}u, isK);
+    let head = local / ${hd}u;
+    let i0 = 2u * ((local % ${hd}u) / 4u);
+    // y = (x[i0], x[i0+1], x[i0+half], x[i0+1+half]): rotate both pairs ("rotate half").
+    let c0 = ROPE[pos * ${half}u + i0];
+    let c1 = ROPE[pos * ${half}u + i0 + 1u];
+    let o0 = y.x * c0.x - y.z * c0.y;
+    let o2 = y.x * c0.y + y.z * c0.x;
+    let o1 = y.y * c1.x - y.w * c1.y;
+    let o3 = y.y * c1.y + y.w * c1.x;
+    if (!isK) {
+      let base = r * ${qd}u + head * ${hd}u + i0;
+      OUT[base] = o0; OUT[base + 1u] = o1; OUT[base + ${half}u] = o2; OUT[base + ${half + 1}u] = o3;
+    } else {
+      let slot = S.layer * ${s.nKvHeads}u + head;
+      let base = (META[2u * slot] + META[2u * slot + 1u] + P.step + r) * ${hd}u + i0;
+      KC[base] = o0; KC[base + 1u] = o1; KC[base + ${half}u] = o2; KC[base + ${half + 1}u] = o3;
+    }
+  } else {
+    let local = n - ${qd + kd}u;
+    let head = local / ${hd}u;
+    let slot = S.layer * ${s.nKvHeads}u + head;
+    let base = (META[2u * slot] + META[2u * slot + 1u] + P.step + r) * ${hd}u + local % ${hd}u;
+    VC[base] = y.x; VC[base + 1u] = y.y; VC[base + 2u] = y.z; VC[base + 3u] = y.w;
+  }
+}`;
+  return `${PARAMS_WGSL}
+${decl.join("\n")}
+${qkvFn}
+@compute @workgroup_size(${s.workgroup})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  // Workgroups go over row groups first: consecutive ones reuse the same weight columns from cache.
+  let c4 = wid.y * ${s.workgroup}u + li;
+  let r0 = wid.x * ${TR}u;
+  if (c4 >= S.n4 || r0 >= P.rows) { return; }
+  ${rowsDecl}
+  ${normLoop}
+  ${mainLoop}
+  ${epilogue}
+}
+`;
+}

@@ -1,0 +1,183 @@
+/**
+ * Small kernels: embedding gather, greedy argmax, KV compaction gather, key norms and attention mass.
+ */
+import { PARAMS_WGSL, rep } from "./common.ts";
+
+/** x[r][d] = embed[token_r][d], reading one chunk of the transposed, blocked table (see weights.ts). */
+export const EMBED_KINDS = "durrw";
+export function embedWgsl(dim: number, workgroup: number): string {
+  return `${PARAMS_WGSL}
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<uniform> S: Static;
+@group(0) @binding(2) var<storage, read> E: array<f32>;
+@group(0) @binding(3) var<storage, read> TOK: array<u32>;
+@group(0) @binding(4) var<storage, read_write> X: array<f32>;
+@compute @workgroup_size(${workgroup})
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let d = gid.x;
+  let r = gid.y;
+  if (d >= ${dim}u || r >= P.rows) { return; }
+  let t = TOK[P.step + r];
+  let nc = 4u * S.n4;
+  if (t >= S.nOff && t < S.nOff + nc) {
+    let c = t - S.nOff;
+    X[r * ${dim}u + d] = E[((c >> 5u) * ${dim}u + d) * 32u + (c & 31u)];
+  }
+}`;
+}
+
+/** Greedy sampling: the first index of the largest logit of row inRow, written to TOK[step]. */
+export const ARGMAX_KINDS = "drw";
+export function argmaxWgsl(vocab: number, wg = 256): string {
+  return `${PARAMS_WGSL}
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> L: array<f32>;
+@group(0) @binding(2) var<storage, read_write> TOK: array<u32>;
+var<workgroup> BV: array<f32, ${wg}>;
+var<workgroup> BI: array<u32, ${wg}>;
+@compute @workgroup_size(${wg})
+fn main(@builtin(local_invocation_index) li: u32) {
+  let base = P.inRow * ${vocab}u;
+  var bv = -3.4e38;
+  var bi = 0xffffffffu;
+  for (var i = li; i < ${vocab}u; i += ${wg}u) {
+    let v = L[base + i];
+    if (v > bv) { bv = v; bi = i; }
+  }
+  BV[li] = bv;
+  BI[li] = bi;
+  workgroupBarrier();
+  for (var s = ${wg / 2}u; s > 0u; s >>= 1u) {
+    if (li < s) {
+      let v = BV[li + s];
+      let i = BI[li + s];
+      if (v > BV[li] || (v == BV[li] && i < BI[li])) { BV[li] = v; BI[li] = i; }
+    }
+    workgroupBarrier();
+  }
+  if (li == 0u) { TOK[P.step] = select(BI[0], 0u, BI[0] == 0xffffffffu); }
+}`;
+}
+
+/** New cache layout from old: entry e of the new buffer copies old entry MAP[e] (none when ~0). */
+export const GATHER_KINDS = "drrrww";
+export function kvGatherWgsl(headDim: number, workgroup: number): string {
+  const h4 = headDim / 4;
+  return `${PARAMS_WGSL}
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> MAP: array<u32>;
+@group(0) @binding(2) var<storage, read> KO: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> VO: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> KN: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read_write> VN: array<vec4<f32>>;
+@compute @workgroup_size(${workgroup})
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
+  let i = gid.y * nw.x * ${workgroup}u + gid.x;
+  let e = i / ${h4}u;
+  let j = i % ${h4}u;
+  if (e >= P.rows) { return; }
+  let src = MAP[e];
+  if (src == 0xffffffffu) { return; }
+  KN[e * ${h4}u + j] = KO[src * ${h4}u + j];
+  VN[e * ${h4}u + j] = VO[src * ${h4}u + j];
+}`;
+}
+
+/** OUT[task.out] = |K[task.entry]|, for the entries at prompt positions. */
+export const KEYNORM_KINDS = "drrw";
+export function keyNormWgsl(headDim: number, workgroup: number): string {
+  const h4 = headDim / 4;
+  return `${PARAMS_WGSL}
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> TASK: array<vec2<u32>>;
+@group(0) @binding(2) var<storage, read> KC: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> OUT: array<f32>;
+@compute @workgroup_size(${workgroup})
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  if (gid.x >= P.rows) { return; }
+  let t = TASK[gid.x];
+  var ss = 0.0;
+  ${rep(h4, (j) => `{ let k = KC[t.x * ${h4}u + ${j}u]; ss += dot(k, k); }`, "\n  ")}
+  OUT[t.y] = sqrt(ss);
+}`;
+}
+
+export interface MassSpec {
+  nHeads: number;
+  nKvHeads: number;
+  headDim: number;
+  workgroup: number;
+}
+
+/**
+ * Attention mass, pass 1: per (query row, head) the softmax maximum and normaliser over the row's
+ * visible entries (VIS[slot][row] of them). P.rows = query rows, P.a = layer, P.b = captured row stride.
+ */
+export const MASS_STATS_KINDS = "drrrrw";
+export function massStatsWgsl(s: MassSpec): string {
+  const h4 = s.headDim / 4, group = s.nHeads / s.nKvHeads, q4 = (s.nHeads * s.headDim) / 4;
+  return `${PARAMS_WGSL}
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> Q: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> KC: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> META: array<u32>;
+@group(0) @binding(4) var<storage, read> VIS: array<u32>;
+@group(0) @binding(5) var<storage, read_write> STATS: array<vec2<f32>>;
+@compute @workgroup_size(${s.workgroup})
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let r = gid.x;
+  let h = gid.y;
+  if (r >= P.rows) { return; }
+  let slot = P.a * ${s.nKvHeads}u + h / ${group}u;
+  let base = META[2u * slot];
+  let n = VIS[slot * P.rows + r];
+  let qo = (P.a * P.b + r) * ${q4}u + h * ${h4}u;
+  ${rep(h4, (j) => `let q${j} = Q[qo + ${j}u] * ${1 / Math.sqrt(s.headDim)};`, "\n  ")}
+  var m = -3.0e38;
+  var l = 0.0;
+  for (var t = 0u; t < n; t++) {
+    let e = (base + t) * ${h4}u;
+    let sc = ${rep(h4, (j) => `dot(q${j}, KC[e + ${j}u])`, " + ")};
+    if (sc > m) { l *= exp(m - sc); m = sc; }
+    l += exp(sc - m);
+  }
+  STATS[(P.a * ${s.nHeads}u + h) * P.rows + r] = vec2<f32>(m, l);
+}`;
+}
+
+/**
+ * Attention mass, pass 2: per (prompt entry, head of its group) the sum over query rows that see the
+ * entry of its softmax weight. TASK = (entry in layer buffer, kv head, index in head, position).
+ * P.rows = tasks, P.step = query rows, P.a = layer, P.b = captured row stride, P.pos0 = prompt length.
+ */
+export const MASS_KINDS = "drrrrrw";
+export function massWgsl(s: MassSpec): string {
+  const h4 = s.headDim / 4, group = s.nHeads / s.nKvHeads, q4 = (s.nHeads * s.headDim) / 4;
+  return `${PARAMS_WGSL}
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> Q: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> KC: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> TASK: array<vec4<u32>>;
+@group(0) @binding(4) var<storage, read> VIS: array<u32>;
+@group(0) @binding(5) var<storage, read> STATS: array<vec2<f32>>;
+@group(0) @binding(6) var<storage, read_write> OUT: array<f32>;
+@compute @workgroup_size(${s.workgroup})
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  if (gid.x >= P.rows) { return; }
+  let task = TASK[gid.x];
+  let h = task.y * ${group}u + gid.y;
+  let slot = P.a * ${s.nKvHeads}u + task.y;
+  let e = task.x * ${h4}u;
+  ${rep(h4, (j) => `let k${j} = KC[e + ${j}u];`, "\n  ")}
+  let rows = P.step;
+  var acc = 0.0;
+  for (var r = 0u; r < rows; r++) {
+    if (task.z >= VIS[slot * rows + r]) { continue; }
+    let qo = (P.a * P.b + r) * ${q4}u + h * ${h4}u;
+    let sc = ${rep(h4, (j) => `dot(Q[qo + ${j}u] * ${1 / Math.sqrt(s.headDim)}, k${j})`, " + ")};
+    let st = STATS[(P.a * ${s.nHeads}u + h) * rows + r];
+    acc += exp(sc - st.x) / st.y;
+  }
+  OUT[(P.a * ${s.nHeads}u + h) * P.pos0 + task.w] = acc;
+}`;
+}

@@ -1,0 +1,213 @@
+/**
+ * The WebGPU executor against the CPU reference: prefill and decode logits within 1e-3, identical greedy
+ * tokens, on the embedded stories260K model and on every random fixture shape; embeddings input,
+ * chunked prefill and weights split across bindings; GPU sampling; stops, streaming, abort, device loss.
+ */
+import assert from "node:assert/strict";
+import { CpuExecutor } from "../core/cpu/executor.ts";
+import type { DecodeOptions, KvSession } from "../core/executor.ts";
+import type { ModelWeights } from "../core/weights.ts";
+import { GpuExecutor, type GpuExecutorOptions } from "../gpu/executor.ts";
+import { createBestExecutor } from "../gpu/mod.ts";
+import { fixtureWeights, loadWeightsOnly, maxAbsDiff, promptTokens } from "../gpu/testing.ts";
+
+const adapter = await navigator.gpu?.requestAdapter().catch(() => null);
+const ignore = !adapter;
+if (ignore) console.warn("gpu_executor_test: no WebGPU adapter, GPU tests skipped");
+const opts = { ignore, sanitizeResources: false, sanitizeOps: false };
+const TOL = 1e-3;
+const greedy = (maxTokens: number, extra: Partial<DecodeOptions> = {}): DecodeOptions => ({
+  maxTokens,
+  sampling: { temperature: 0, topP: 1, topK: 0, seed: 0 },
+  stopTokenIds: [],
+  returnLogits: true,
+  ...extra,
+});
+
+async function compareModel(w: ModelWeights, promptLen: number, steps: number, o: GpuExecutorOptions = {}) {
+  const gx = await GpuExecutor.create(w, o);
+  try {
+    const cs = new CpuExecutor(w).createSession(promptLen + steps + 8);
+    const gs = gx.createSession(promptLen + steps + 8);
+    const toks = promptTokens(promptLen, w.config.vocabSize);
+    const cr = await cs.forward({ kind: "tokens", tokens: toks }, { logits: "all" });
+    const gr = await gs.forward({ kind: "tokens", tokens: toks }, { logits: "all" });
+    const prefillErr = maxAbsDiff(cr.logits!, gr.logits!);
+    assert.ok(prefillErr < TOL, `prefill logits differ by ${prefillErr}`);
+    const cd = await cs.decode(greedy(steps));
+    const gd = await gs.decode(greedy(steps));
+    assert.deepEqual(gd.tokens, cd.tokens);
+    let decodeErr = 0;
+    cd.logits!.forEach((l, i) => (decodeErr = Math.max(decodeErr, maxAbsDiff(l, gd.logits![i]))));
+    assert.ok(decodeErr < TOL, `decode logits differ by ${decodeErr}`);
+    assert.ok(gd.syncs <= Math.ceil(steps / gx.decodeBatch) + 1, `${gd.syncs} syncs`);
+    assert.equal(gs.nextPosition, cs.nextPosition);
+    assert.ok(maxAbsDiff(await cs.currentLogits(), await gs.currentLogits()) < TOL);
+    return { prefillErr, decodeErr };
+  } finally {
+    gx.dispose();
+  }
+}
+
+Deno.test({
+  name: "gpu: stories260K prefill and 64 greedy decode steps match the CPU reference",
+  ...opts,
+  fn: async () => {
+    await compareModel(await loadWeightsOnly(), 24, 64);
+  },
+});
+
+for (const shape of ["llama3", "qwen2", "mistral"] as const) {
+  Deno.test({
+    name: `gpu: random ${shape} model prefill and 64 decode steps match the CPU reference`,
+    ...opts,
+    fn: async () => {
+      await compareModel(fixtureWeights(shape), 19, 64);
+    },
+  });
+}
+
+Deno.test({
+  name: "gpu: weights split across bindings, chunked prefill, embeddings input",
+  ...opts,
+  fn: async () => {
+    const w = await loadWeightsOnly();
+    // 24 KiB bindings split the LM head/embedding into 6 chunks and every projection into several.
+    const gx = await GpuExecutor.create(w, { maxBindingBytes: 24576, prefillChunk: 7, decodeBatch: 5 });
+    try {
+      assert.ok(gx.gpuWeights.lmHead.chunks.length >= 5);
+      assert.ok(gx.gpuWeights.layers[0].down.chunks.length > 1);
+      const cs = new CpuExecutor(w).createSession(64), gs = gx.createSession(64);
+      const rows = new Float32Array(5 * w.config.dim).map((_, i) => Math.sin(i * 0.37) * 0.5);
+      const a = await cs.forward({ kind: "embeddings", rows, count: 5 }, { logits: "all" });
+      const b = await gs.forward({ kind: "embeddings", rows, count: 5 }, { logits: "all" });
+      assert.ok(maxAbsDiff(a.logits!, b.logits!) < TOL);
+      const toks = promptTokens(17, w.config.vocabSize, 3);
+      const c = await cs.forward({ kind: "tokens", tokens: toks }, { logits: "all" });
+      const d = await gs.forward({ kind: "tokens", tokens: toks }, { logits: "all" });
+      assert.ok(maxAbsDiff(c.logits!, d.logits!) < TOL);
+      const none = await gs.forward({ kind: "tokens", tokens: [3] }, { logits: "none" });
+      await cs.forward({ kind: "tokens", tokens: [3] }, { logits: "none" });
+      assert.equal(none.logits, null);
+      const cd = await cs.decode(greedy(12));
+      const gd = await gs.decode(greedy(12));
+      assert.deepEqual(gd.tokens, cd.tokens);
+      assert.ok(maxAbsDiff(cd.logits![0], gd.logits![0]) < TOL);
+    } finally {
+      gx.dispose();
+    }
+  },
+});
+
+Deno.test({
+  name: "gpu: temperature, top-k and top-p sampling on the GPU draw the reference's tokens",
+  ...opts,
+  fn: async () => {
+    const w = await loadWeightsOnly();
+    const gx = await GpuExecutor.create(w, { decodeBatch: 16 });
+    try {
+      const toks = promptTokens(12, w.config.vocabSize, 11);
+      const settings = [
+        { temperature: 1, topP: 1, topK: 0, seed: 1 },
+        { temperature: 0.8, topP: 0.9, topK: 0, seed: 2 },
+        { temperature: 1.2, topP: 1, topK: 5, seed: 3 },
+        { temperature: 0.7, topP: 0.5, topK: 40, seed: 4 },
+      ];
+      for (const sampling of settings) {
+        const cs = new CpuExecutor(w).createSession(80), gs = gx.createSession(80);
+        await cs.forward({ kind: "tokens", tokens: toks });
+        await gs.forward({ kind: "tokens", tokens: toks });
+        const o = { maxTokens: 40, sampling, stopTokenIds: [] };
+        const cd = await cs.decode(o);
+        const gd = await gs.decode(o);
+        assert.deepEqual(gd.tokens, cd.tokens, JSON.stringify(sampling));
+        gs.dispose();
+      }
+    } finally {
+      gx.dispose();
+    }
+  },
+});
+
+Deno.test({
+  name: "gpu: stop tokens and budgets inside a batch roll the cache back to the reference's",
+  ...opts,
+  fn: async () => {
+    const w = await loadWeightsOnly();
+    const gx = await GpuExecutor.create(w, { decodeBatch: 8 });
+    try {
+      const toks = promptTokens(10, w.config.vocabSize, 5);
+      const cx = new CpuExecutor(w);
+      const probe = cx.createSession(100);
+      await probe.forward({ kind: "tokens", tokens: toks });
+      const seq = (await probe.decode(greedy(30, { returnLogits: false }))).tokens;
+      // Stop at the first occurrence of the 11th token (mid-batch), and budgets ending mid-batch.
+      for (const o of [greedy(30, { stopTokenIds: [seq[10]] }), greedy(13), greedy(1), greedy(8)]) {
+        const cs: KvSession = cx.createSession(100), gs = gx.createSession(100);
+        await cs.forward({ kind: "tokens", tokens: toks });
+        await gs.forward({ kind: "tokens", tokens: toks });
+        const cd = await cs.decode(o), gd = await gs.decode(o);
+        assert.deepEqual(gd.tokens, cd.tokens);
+        assert.equal(gd.finishReason, cd.finishReason);
+        assert.equal(gd.logits!.length, cd.logits!.length);
+        assert.equal(gs.nextPosition, cs.nextPosition);
+        assert.deepEqual(await gs.positions(), await cs.positions());
+        assert.ok(maxAbsDiff(await cs.currentLogits(), await gs.currentLogits()) < TOL);
+        // Continuing after the stop gives the same tokens too.
+        const more = greedy(9, { returnLogits: false });
+        assert.deepEqual((await gs.decode(more)).tokens, (await cs.decode(more)).tokens);
+        gs.dispose();
+      }
+    } finally {
+      gx.dispose();
+    }
+  },
+});
+
+Deno.test({
+  name: "gpu: streaming callback, abort, and a clear error after device loss",
+  ...opts,
+  fn: async () => {
+    const w = await loadWeightsOnly();
+    const gx = await GpuExecutor.create(w, { decodeBatch: 8 });
+    const gs = gx.createSession(100);
+    await gs.forward({ kind: "tokens", tokens: [1, 5, 9] });
+    const seen: number[][] = [];
+    const ctl = new AbortController();
+    const r = await gs.decode(greedy(40, {
+      returnLogits: false,
+      onTokens: (ids) => {
+        seen.push(ids);
+        if (seen.flat().length >= 12) ctl.abort();
+      },
+      signal: ctl.signal,
+    }));
+    assert.equal(r.finishReason, "aborted");
+    assert.deepEqual(seen.flat(), r.tokens);
+    assert.equal(seen[0].length, 4, "the first streamed batch is small");
+    assert.ok(r.tokens.length >= 12 && r.tokens.length < 40);
+    // Device loss: the request in flight fails with a clear error, the executor refuses new work,
+    // and a new executor (new device) works.
+    const pending = gs.decode(greedy(64, { returnLogits: false }));
+    gx.device.destroy();
+    await assert.rejects(pending, /device lost|destroyed|GPU/i);
+    assert.throws(() => gx.createSession(10), /device lost/i);
+    const fresh = await createBestExecutor(w, { prefer: "gpu" });
+    assert.equal(fresh.kind, "gpu");
+    const s2 = fresh.createSession(20);
+    const out = await s2.forward({ kind: "tokens", tokens: [1, 2, 3] });
+    assert.equal(out.logits!.length, w.config.vocabSize);
+    fresh.dispose();
+    const cpu = await createBestExecutor(w, { prefer: "cpu" });
+    assert.equal(cpu.kind, "cpu");
+    // A model the kernels cannot run falls back to the CPU with a warning naming the reason.
+    const odd = fixtureWeights("mistral");
+    const warnings: string[] = [];
+    const fallback = await createBestExecutor(
+      { ...odd, config: { ...odd.config, hiddenDim: 190 } },
+      { warn: (m) => warnings.push(m) },
+    );
+    assert.equal(fallback.kind, "cpu");
+    assert.match(warnings[0], /falling back to the CPU.*intermediate_size 190/);
+  },
+});
