@@ -1,7 +1,7 @@
 /**
  * Tokenizers: llama2.c's tok512.bin converted to tokenizer.json must encode and decode exactly like
  * llama2.c's run.c (ported in fixtures/llama2c_tokenizer.ts), and core/tokenizer.ts must also serve a real
- * Llama 3 tokenizer.json. Tests that need ../shared/data (or $JUDGEQ_SHARED_DATA) are skipped without it.
+ * Llama 3 tokenizer.json. The essay texts come from ../shared/data (or $JUDGEQ_SHARED_DATA) when present.
  */
 import assert from "node:assert/strict";
 import * as E from "fp-ts/Either";
@@ -33,9 +33,10 @@ const exists = (p: string) => {
     return false;
   }
 };
-const TOK512 = SHARED + "stories260K/tok512.bin";
-const HAVE_SHARED = exists(TOK512);
-const GOLDEN = SHARED + "golden/stories260K/";
+// llama2.c's tokenizer and golden runs are committed with the tests; only the essays come from shared data.
+const GOLDEN = new URL("./golden/", import.meta.url).pathname;
+const TOK512 = GOLDEN + "tok512.bin";
+const HAVE_TOK512 = exists(TOK512);
 const ESSAYS = SHARED + "haystack/PaulGrahamEssays/";
 
 const modelDir = new URL("../fixtures/models/stories260K/", import.meta.url);
@@ -49,7 +50,7 @@ function right<A>(e: E.Either<Error, A>): A {
 }
 
 const stories: TextTokenizer = right(createTokenizer(storiesJson, storiesConfig));
-const llama2c: Llama2cTokenizer | null = HAVE_SHARED
+const llama2c: Llama2cTokenizer | null = HAVE_TOK512
   ? parseLlama2cTokenizer(Deno.readFileSync(TOK512), STORIES_VOCAB_SIZE)
   : null;
 
@@ -146,7 +147,7 @@ Deno.test("stories260K: golden prompt ids (committed tokenizer.json)", () => {
 
 Deno.test({
   name: "stories260K: golden tsv header and reference encoder agree",
-  ignore: !HAVE_SHARED,
+  ignore: !HAVE_TOK512,
   fn() {
     const header = Deno.readTextFileSync(GOLDEN + "once_upon_a_time_n64.tsv").split("\n")[0];
     const ids = header.split(":")[1].trim().split(/\s+/).map(Number);
@@ -160,7 +161,7 @@ Deno.test({
 
 Deno.test({
   name: "stories260K: committed tokenizer files are what tok512.bin converts to",
-  ignore: !HAVE_SHARED,
+  ignore: !HAVE_TOK512,
   fn() {
     const files = storiesTokenizerFiles(Deno.readFileSync(TOK512));
     for (const [name, text] of Object.entries(files)) {
@@ -175,7 +176,7 @@ Deno.test({
 
 Deno.test({
   name: "stories260K: HF ids == llama2.c ids, and decode round-trips, on varied texts",
-  ignore: !HAVE_SHARED,
+  ignore: !HAVE_TOK512,
   fn() {
     const texts = parityTexts();
     assert.ok(texts.length >= (exists(ESSAYS) ? 250 : 30), `only ${texts.length} texts`);
@@ -191,7 +192,7 @@ Deno.test({
 
 Deno.test({
   name: "stories260K: HF ids == llama2.c ids on whole essays and fuzzed piece soup",
-  ignore: !HAVE_SHARED,
+  ignore: !HAVE_TOK512,
   fn() {
     if (exists(ESSAYS)) {
       const names = [...Deno.readDirSync(ESSAYS)].map((e) => e.name).sort().slice(0, 3);
@@ -235,7 +236,7 @@ function goldenRun(file: string): { ids: number[]; text: string } {
 for (const file of ["once_upon_a_time_n64.tsv", "bos_n512.tsv"]) {
   Deno.test({
     name: `stories260K: decoding the golden run ${file} reproduces its text`,
-    ignore: !HAVE_SHARED,
+    ignore: !HAVE_TOK512,
     fn() {
       const { ids, text } = goldenRun(file);
       assert.equal(llama2cText(llama2c!, ids), text, "llama2.c decode port");
@@ -350,7 +351,7 @@ Deno.test("parseLlama2cTokenizer: clear errors on malformed bytes", () => {
 
 Deno.test({
   name: "parseLlama2cTokenizer: truncated tok512.bin",
-  ignore: !HAVE_SHARED,
+  ignore: !HAVE_TOK512,
   fn() {
     const bytes = Deno.readFileSync(TOK512);
     assert.throws(
