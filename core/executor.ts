@@ -90,6 +90,7 @@ export interface KvSession {
   /** Drops every entry at a position >= position and continues from it (strips soft tokens). */
   truncateFrom(position: number): Promise<void>;
   mark(): CacheMark;
+  /** Restores the cache to the mark; the current logits are unspecified until the next forward pass. */
   rewind(mark: CacheMark): Promise<void>;
   /** Samples from the current logits, feeds the token back, and repeats. */
   decode(options: DecodeOptions): Promise<DecodeResult>;
