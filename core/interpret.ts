@@ -5,7 +5,7 @@
 import type { DecodeResult, Executor, KvSession, QueryRows } from "./executor.ts";
 import { METHODS } from "./methods/registry.ts";
 import type { Plan, Step } from "./plan.ts";
-import { adaptiveSelect, pyramidBudgets, topWithWindow } from "./selection.ts";
+import { adaptiveSelect, pyramidBudgets, topPerHead } from "./selection.ts";
 import { randomSoftTokens } from "./soft_tokens.ts";
 
 export interface RunContext {
@@ -167,7 +167,8 @@ async function runStep(step: Step, plan: Plan, ctx: RunContext, st: State): Prom
           firstRow: st.firstRow,
           keyNorms: null,
         }, o);
-        await draft.keepPositions(selectUniform(scores, c, L, step.draftBudget, step.draftWindow), L);
+        const kept = topPerHead(scores, c.nLayers, c.nKvHeads, L, () => step.draftBudget, step.draftWindow);
+        await draft.keepPositions(kept, L);
         const d = await draft.decode({
           maxTokens: step.tokens,
           sampling: { temperature: 0, topP: 1, topK: 0, seed: 0 },
@@ -193,15 +194,11 @@ async function runStep(step: Step, plan: Plan, ctx: RunContext, st: State): Prom
       return;
     case "select": {
       const scores = st.scores!;
-      if (step.allocation === "uniform") st.kept = selectUniform(scores, c, L, step.budget, step.window);
-      else if (step.allocation === "pyramid") {
+      if (step.allocation === "uniform") {
+        st.kept = topPerHead(scores, c.nLayers, c.nKvHeads, L, () => step.budget, step.window);
+      } else if (step.allocation === "pyramid") {
         const budgets = pyramidBudgets(c.nLayers, L, step.budget, step.window, step.beta);
-        st.kept = budgets.map((b, l) =>
-          Array.from(
-            { length: c.nKvHeads },
-            (_, g) => topWithWindow(scores, (l * c.nKvHeads + g) * L, L, b, step.window),
-          )
-        );
+        st.kept = topPerHead(scores, c.nLayers, c.nKvHeads, L, (l) => budgets[l], step.window);
       } else {
         st.kept = Array.from(
           { length: c.nLayers },
@@ -244,21 +241,4 @@ async function runStep(step: Step, plan: Plan, ctx: RunContext, st: State): Prom
       return;
     }
   }
-}
-
-function selectUniform(
-  scores: Float32Array,
-  c: Executor["config"],
-  L: number,
-  budget: number,
-  window: number,
-): Int32Array[][] {
-  return Array.from(
-    { length: c.nLayers },
-    (_, l) =>
-      Array.from(
-        { length: c.nKvHeads },
-        (_, g) => topWithWindow(scores, (l * c.nKvHeads + g) * L, L, budget, window),
-      ),
-  );
 }

@@ -20,9 +20,23 @@ export function topWithWindow(
   return Int32Array.from(kept).sort();
 }
 
-/** Per-layer, per-head budgets in a uniform allocation. */
-export function uniformBudgets(nLayers: number, nKvHeads: number, budget: number): number[][] {
-  return Array.from({ length: nLayers }, () => Array(nKvHeads).fill(budget));
+/** `topWithWindow` for every layer and KV head of scores [layer][kvHead][L], budgets per layer. */
+export function topPerHead(
+  scores: Float32Array,
+  nLayers: number,
+  nKvHeads: number,
+  length: number,
+  budgetOfLayer: (layer: number) => number,
+  window: number,
+): Int32Array[][] {
+  return Array.from(
+    { length: nLayers },
+    (_, l) =>
+      Array.from(
+        { length: nKvHeads },
+        (_, g) => topWithWindow(scores, (l * nKvHeads + g) * length, length, budgetOfLayer(l), window),
+      ),
+  );
 }
 
 /**

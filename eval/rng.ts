@@ -3,17 +3,8 @@
  * (suite seed, task name, sample index), so adding a task or a sample never changes the others.
  */
 
-/** Mulberry32: small, fast, and good enough for picking words and depths; uniform in [0, 1). */
-export function rngFrom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** Mulberry32 (core/random.ts): small, fast, and good enough for picking words and depths. */
+export { mulberry32 as rngFrom } from "../core/random.ts";
 
 /** FNV-1a hash of a string, for deriving stream seeds from names. */
 export function hashString(s: string): number {

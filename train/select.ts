@@ -6,7 +6,7 @@
 import type { ModelConfig } from "../core/config.ts";
 import { GLOBAL_DEFAULTS, METHODS } from "../core/methods/registry.ts";
 import { aggregateGqa } from "../core/scoring.ts";
-import { topWithWindow } from "../core/selection.ts";
+import { topPerHead } from "../core/selection.ts";
 
 export interface Selection {
   /** Prompt positions always kept at the end of the prompt (counted in the budget). */
@@ -16,22 +16,13 @@ export interface Selection {
 }
 
 /** Top `budget` per [layer][kvHead] of scores [layer][kvHead][L], the last `window` always kept. */
-function keepTop(
+const keepTop = (
   c: ModelConfig,
   scores: Float32Array,
   L: number,
   budget: number,
   window: number,
-): Int32Array[][] {
-  return Array.from(
-    { length: c.nLayers },
-    (_, l) =>
-      Array.from(
-        { length: c.nKvHeads },
-        (_, g) => topWithWindow(scores, (l * c.nKvHeads + g) * L, L, budget, window),
-      ),
-  );
-}
+): Int32Array[][] => topPerHead(scores, c.nLayers, c.nKvHeads, L, () => budget, window);
 
 /**
  * Kept prompt positions of a registered attention method ("snapkv", "judgeq") from the summed
