@@ -121,7 +121,11 @@ export async function generateText(model: Model, r: TextRequest, hooks: RunHooks
     promptTokens: input.kind === "prompt" ? input.tokens : input.context,
     questionTokens: input.kind === "context" ? input.questions : [],
     outputs: run.outputs.map((o, i) => ({
-      text: decodeContinuation(model.tokenizer, input.kind === "prompt" ? input.tokens : input.questions[i], o.tokens),
+      text: decodeContinuation(
+        model.tokenizer,
+        input.kind === "prompt" ? input.tokens : input.questions[i],
+        o.tokens,
+      ),
       tokens: o.tokens,
       finishReason: o.finishReason,
     })),

@@ -227,7 +227,11 @@ export function createStreamDecoder(
  * Text of `ids` as it reads after `prefixIds` (the prompt or question): a first token's leading space
  * is kept, so prefix text + continuation text reads as the whole sequence does.
  */
-export function decodeContinuation(tok: TextTokenizer, prefixIds: readonly number[], ids: readonly number[]): string {
+export function decodeContinuation(
+  tok: TextTokenizer,
+  prefixIds: readonly number[],
+  ids: readonly number[],
+): string {
   const stream = createStreamDecoder(tok, { prefixIds });
   let text = "";
   for (const id of ids) text += stream.push(id);

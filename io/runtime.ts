@@ -30,7 +30,9 @@ export async function createExecutor(
   choice: ExecutorChoice,
   warn: (m: string) => void,
 ): Promise<Executor> {
-  if (choice !== "gpu") return await createBestExecutor(weights, { prefer: choice === "cpu" ? "cpu" : "gpu", warn });
+  if (choice !== "gpu") {
+    return await createBestExecutor(weights, { prefer: choice === "cpu" ? "cpu" : "gpu", warn });
+  }
   try {
     return await GpuExecutor.create(weights);
   } catch (e) {

@@ -42,10 +42,15 @@ Deno.test({
     try {
       for (const compression of METHODS) {
         const plan = right(compilePlan(
-          { input: { kind: "prompt", tokens: PROMPT }, compression, decode: { maxTokens: 16, sampling: GREEDY, stopTokenIds: [] } },
+          {
+            input: { kind: "prompt", tokens: PROMPT },
+            compression,
+            decode: { maxTokens: 16, sampling: GREEDY, stopTokenIds: [] },
+          },
           { config: weights.config, adapterTokens: 32 },
         ));
-        const run = (executor: Executor) => runPlan(plan, { executor, softEmbeddings: soft, tokenEmbeddings: weights.embed });
+        const run = (executor: Executor) =>
+          runPlan(plan, { executor, softEmbeddings: soft, tokenEmbeddings: weights.embed });
         const [c, g] = [await run(cpu), await run(gpu)];
         const label = JSON.stringify(compression);
         assertEquals(g.compression.kept, c.compression.kept, label);
@@ -60,7 +65,17 @@ Deno.test({
 
 async function generate(executor: string, prompt: string) {
   const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", new URL("../cli/generate.ts", import.meta.url).pathname, "--prompt", prompt, "--max-tokens", "64", "--executor", executor],
+    args: [
+      "run",
+      "-A",
+      new URL("../cli/generate.ts", import.meta.url).pathname,
+      "--prompt",
+      prompt,
+      "--max-tokens",
+      "64",
+      "--executor",
+      executor,
+    ],
     stdout: "piped",
     stderr: "piped",
   }).output();
