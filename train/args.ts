@@ -38,6 +38,8 @@ export interface TrainArgs {
   checkpointEvery: number;
   budgets: number[];
   resume: boolean;
+  /** Where fit computes gradients. */
+  executor: "cpu" | "gpu";
 }
 
 export const DEFAULT_OUT = "fixtures/models/stories260K/judgeq.safetensors";
@@ -65,6 +67,7 @@ export const DEFAULTS: Omit<TrainArgs, "command"> = {
   checkpointEvery: 50,
   budgets: [32, 64, 128],
   resume: false,
+  executor: "cpu",
 };
 
 export const USAGE = `Train a Judge Q adapter (soft tokens) on self-generated data, and evaluate it.
@@ -83,6 +86,7 @@ Flags:
   --work DIR             data, checkpoints and per-loss adapters (default ${DEFAULTS.work})
   --n N                  soft tokens (default ${DEFAULTS.n})
   --loss mse|kl          train/compare only this objective (default: both)
+  --executor cpu|gpu     fit's gradients on the CPU reference (default) or WebGPU
   --steps N --batch N --lr X --warmup N --clip X   optimiser (defaults ${DEFAULTS.steps}, ${DEFAULTS.batch}, ${DEFAULTS.lr}, ${DEFAULTS.warmup}, ${DEFAULTS.clip})
   --noise X              init noise std in units of the embedding RMS (default ${DEFAULTS.noise})
   --samples N            training samples (default ${DEFAULTS.samples}); --heldout N held-out (default ${DEFAULTS.heldout})
@@ -103,6 +107,7 @@ export class UsageError extends Error {
 }
 
 const VALUE_FLAGS = new Set([
+  "executor",
   "model",
   "out",
   "work",
@@ -195,6 +200,12 @@ export function parseArgs(argv: string[]): TrainArgs {
         break;
       case "work":
         a.work = v;
+        break;
+      case "executor":
+        if (v !== "cpu" && v !== "gpu") {
+          throw new UsageError(flag, `must be cpu or gpu (got ${JSON.stringify(v)})`);
+        }
+        a.executor = v;
         break;
       case "loss":
         if (!(LOSS_KINDS as readonly string[]).includes(v)) {

@@ -7,11 +7,11 @@ import type { LossKind } from "../core/train/loss.ts";
 import { randomSoftTokens } from "../core/soft_tokens.ts";
 import {
   batchIndices,
+  cpuFitBackend,
+  type FitBackend,
   type FitState,
   initFitState,
-  meanLoss,
   type TrainSample,
-  trainStep,
 } from "../core/train/loop.ts";
 import { promptKvFromCache, type TrainModel } from "../core/train/model.ts";
 import type { ModelWeights } from "../core/weights.ts";
@@ -99,6 +99,8 @@ export interface FitContext {
   progress?: boolean;
   /** Stop (with a checkpoint) once this many updates are done: a time-boxed or interrupted run. */
   stopAt?: number;
+  /** Where gradients are computed (default: the CPU reference). */
+  backend?: FitBackend;
 }
 
 async function readCheckpoint(path: string, cfg: FitConfig, dataHash: string): Promise<Checkpoint> {
@@ -123,6 +125,7 @@ async function readCheckpoint(path: string, cfg: FitConfig, dataHash: string): P
 
 export async function runFit(ctx: FitContext, cfg: FitConfig): Promise<FitResult> {
   const { model, train, heldout } = ctx;
+  const backend = ctx.backend ?? cpuFitBackend(model);
   const opts = {
     loss: cfg.loss,
     batch: cfg.batch,
@@ -138,8 +141,9 @@ export async function runFit(ctx: FitContext, cfg: FitConfig): Promise<FitResult
     state = { step: c.state.step, e: f(c.state.e), adam: { t: c.state.t, m: f(c.state.m), v: f(c.state.v) } };
     ({ steps, evals, seconds } = c);
   }
-  const evaluate = () =>
-    evals.push({ step: state.step, heldout: meanLoss(model, heldout, state.e, cfg.loss) });
+  const evaluate = async () => {
+    evals.push({ step: state.step, heldout: await backend.meanLoss(heldout, state.e, cfg.loss) });
+  };
   const save = () => {
     const c: Checkpoint = {
       format: CHECKPOINT_FORMAT,
@@ -160,14 +164,14 @@ export async function runFit(ctx: FitContext, cfg: FitConfig): Promise<FitResult
   };
   const bar = ctx.progress === false ? null : new Progress(`fit ${cfg.loss}`, cfg.steps);
   const started = performance.now() - seconds * 1000;
-  if (evals.length === 0) evaluate();
+  if (evals.length === 0) await evaluate();
   const stop = Math.min(cfg.steps, ctx.stopAt ?? cfg.steps);
   while (state.step < stop) {
     const batch = batchIndices(cfg.seed, state.step, train.length, cfg.batch).map((i) => train[i]);
-    const r = trainStep(model, state, batch, opts);
+    const r = await backend.step(state, batch, opts);
     steps.push({ step: state.step, ...r.report });
     state = r.state;
-    if (state.step % cfg.evalEvery === 0 || state.step === cfg.steps) evaluate();
+    if (state.step % cfg.evalEvery === 0 || state.step === cfg.steps) await evaluate();
     seconds = (performance.now() - started) / 1000;
     bar?.update(state.step, {
       loss: r.report.loss.toPrecision(4),
@@ -184,7 +188,7 @@ export async function runFit(ctx: FitContext, cfg: FitConfig): Promise<FitResult
     steps,
     evals,
     seconds,
-    finalTrain: meanLoss(model, train, e, cfg.loss),
-    finalHeldout: meanLoss(model, heldout, e, cfg.loss),
+    finalTrain: await backend.meanLoss(train, e, cfg.loss),
+    finalHeldout: await backend.meanLoss(heldout, e, cfg.loss),
   };
 }

@@ -160,16 +160,26 @@ async function fitOne(ctx: Ctx, d: LoadedData, loss: LossKind): Promise<History>
     throw new Error(`--resume: no checkpoint at ${p.checkpoint}`);
   }
   const cfg = fitConfig(args, loss);
-  const r = await runFit({
-    model: ctx.model,
-    weights: ctx.weights,
-    train: samples.train,
-    heldout: samples.heldout,
-    dataHash: d.hash,
-    checkpoint: p.checkpoint,
-    resume: args.resume,
-    progress: io.progress,
-  }, cfg);
+  // GPU code is loaded only when asked for, so CPU runs need no WebGPU.
+  const backend = args.executor === "gpu"
+    ? await (await import("../gpu/train/fit_gpu.ts")).gpuFitBackend(ctx.model)
+    : undefined;
+  let r: Awaited<ReturnType<typeof runFit>>;
+  try {
+    r = await runFit({
+      model: ctx.model,
+      weights: ctx.weights,
+      train: samples.train,
+      heldout: samples.heldout,
+      dataHash: d.hash,
+      checkpoint: p.checkpoint,
+      resume: args.resume,
+      progress: io.progress,
+      backend,
+    }, cfg);
+  } finally {
+    backend?.dispose();
+  }
   const initialHeldout = r.evals[0].heldout;
   // Only what the seed determines, so a rerun reproduces the file byte for byte (wall time is in the report).
   const info: Record<string, string> = {
@@ -185,6 +195,8 @@ async function fitOne(ctx: Ctx, d: LoadedData, loss: LossKind): Promise<History>
     final_heldout_loss: String(r.finalHeldout),
     trainer: "deno task train (judgeq-serve core/train)",
   };
+  // Recorded only for GPU runs, so a CPU run still reproduces the shipped file byte for byte.
+  if (args.executor === "gpu") info.executor = "gpu";
   const bytes = encodeAdapter({
     softEmbeddings: Float32Array.from(r.e),
     n: cfg.n,

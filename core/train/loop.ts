@@ -92,3 +92,22 @@ export function trainStep(
     report: { loss, gradNorm: norm, lr },
   };
 }
+
+/** Where a fit's gradients come from: the CPU reference here, or WebGPU (gpu/train/fit_gpu.ts). */
+export interface FitBackend {
+  readonly name: "cpu" | "gpu";
+  step(
+    state: FitState,
+    samples: TrainSample[],
+    o: FitOptions,
+  ): Promise<{ state: FitState; report: StepReport }>;
+  meanLoss(samples: TrainSample[], e: Float64Array, kind: LossKind): Promise<number>;
+  dispose(): void;
+}
+
+export const cpuFitBackend = (m: TrainModel): FitBackend => ({
+  name: "cpu",
+  step: (state, samples, o) => Promise.resolve(trainStep(m, state, samples, o)),
+  meanLoss: (samples, e, kind) => Promise.resolve(meanLoss(m, samples, e, kind)),
+  dispose: () => {},
+});
