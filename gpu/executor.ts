@@ -10,7 +10,7 @@ import type { Executor } from "../core/executor.ts";
 import type { ModelWeights } from "../core/weights.ts";
 import { BufferPool, bufferWith, STORAGE } from "./buffers.ts";
 import { acquireDevice, checkDevice, type GpuContext } from "./device.ts";
-import { MATMUL_WG, PREFILL_TR } from "./kernels/common.ts";
+import { matmulWorkgroup, PREFILL_TR } from "./kernels/common.ts";
 import {
   ATTENTION_KINDS,
   attentionCombineWgsl,
@@ -80,6 +80,8 @@ export class GpuExecutor implements Executor {
   rope: GPUBuffer;
   ropePositions = 0;
   ropeVersion = 0;
+  /** Last measured milliseconds per decode step (sessions speculate only when batches are cheap). */
+  decodeStepMs = Infinity;
   private readonly invFreq: Float64Array;
   private disposed = false;
 
@@ -128,9 +130,9 @@ export class GpuExecutor implements Executor {
         nHeads: c.nHeads,
         nKvHeads: c.nKvHeads,
         headDim: c.headDim,
-        workgroup: MATMUL_WG,
+        workgroup: matmulWorkgroup(N),
       };
-      return p.get(`mm_${mode}_${TR}`, matmulWgsl(spec), matmulKinds(spec), MATMUL_WG);
+      return p.get(`mm_${mode}_${TR}`, matmulWgsl(spec), matmulKinds(spec), spec.workgroup);
     };
     const qd = c.nHeads * c.headDim, nqkv = qd + 2 * c.nKvHeads * c.headDim;
     const bias = this.gpuWeights.layers[0]?.qkvBias !== null;
@@ -173,9 +175,9 @@ export class GpuExecutor implements Executor {
       nHeads: c.nHeads,
       nKvHeads: c.nKvHeads,
       headDim: c.headDim,
-      workgroup: MATMUL_WG,
+      workgroup: matmulWorkgroup(c.dim),
     };
-    return this.pipelines.get(`mm_down_${tr}`, matmulWgsl(spec), matmulKinds(spec), MATMUL_WG);
+    return this.pipelines.get(`mm_down_${tr}`, matmulWgsl(spec), matmulKinds(spec), spec.workgroup);
   }
 
   private buildRope(positions: number): GPUBuffer {

@@ -43,6 +43,20 @@ export class GpuQueryRows implements QueryRows {
   }
 }
 
+/** One submitted decode batch: B steps, F of them fed; `data` resolves with its readback. */
+interface DecodeBatch {
+  B: number;
+  F: number;
+  /** Logits row each step sampled from. */
+  inRows: number[];
+  /** Row of the logits after the last step (the current logits when every step was fed). */
+  lastOut: number;
+  tokBytes: number;
+  /** When its recording began (performance.now()). */
+  t0: number;
+  data: Promise<ArrayBuffer>;
+}
+
 interface LayerGroups {
   qkv: GPUBindGroup[];
   attn: GPUBindGroup;
@@ -64,6 +78,9 @@ interface Groups {
 
 /** Rows up to which attention uses the split (decode) kernels rather than the row-parallel one. */
 const SPLIT_ROWS = 4;
+
+/** Most estimated milliseconds of a speculative decode batch (the work wasted when the one before stops). */
+const SPECULATE_MS = 250;
 
 /** Records in the parameter buffer: enough for a few decode batches or many prefill chunks. */
 const PARAM_RECORDS = 512;
@@ -109,8 +126,9 @@ export class GpuSession implements KvSession {
     this.q = emptyBuffer(d, this.chunk * qd * 4, STORAGE, "q");
     this.att = emptyBuffer(d, this.chunk * qd * 4, STORAGE, "att");
     this.h = emptyBuffer(d, this.chunk * c.hiddenDim * 4, STORAGE, "h");
-    this.logits = emptyBuffer(d, (this.batch + 1) * c.vocabSize * 4, STORAGE, "logits");
-    this.toks = emptyBuffer(d, (capacity + this.batch + 4) * 4, STORAGE, "tokens");
+    // Three regions of batch + 1 rows, used in turn by decode batches (see decode).
+    this.logits = emptyBuffer(d, 3 * (this.batch + 1) * c.vocabSize * 4, STORAGE, "logits");
+    this.toks = emptyBuffer(d, (Math.max(capacity, 2 * this.batch) + this.batch + 4) * 4, STORAGE, "tokens");
     this.sampling = emptyBuffer(d, 16, UNIFORM, "sampling");
     this.rng = emptyBuffer(d, 16, STORAGE, "rng");
     this.prob = emptyBuffer(d, c.vocabSize * 4, STORAGE, "prob");
@@ -461,6 +479,15 @@ export class GpuSession implements KvSession {
     return { logits, queries };
   }
 
+  /**
+   * Decode runs in batches of steps recorded into one submission; the sampled tokens stay on the GPU.
+   * Batches are pipelined: batch k+1 is recorded and submitted (speculatively, continuing from batch k's
+   * last token on the GPU) before batch k's tokens are read back, and batch k's readback is started
+   * before that submit, so the readback latency (and, where submit is synchronous, the GPU time of the
+   * next batch) overlaps. Batch k+1 writes its K/V after batch k's (step offsets) and its logits to the
+   * next of three logits regions; when batch k stops, batch k+1 is discarded: its K/V entries lie past
+   * the mirrored counts (invisible, overwritten later) and the logits rows batch k read are intact.
+   */
   async decode(o: DecodeOptions): Promise<DecodeResult> {
     this.check();
     if (this.curRow < 0) throw new Error("decode: no current logits (run a forward pass first)");
@@ -486,37 +513,53 @@ export class GpuSession implements KvSession {
     let finishReason: DecodeResult["finishReason"] = "length";
     // Streaming callers get a first small batch quickly, then full batches.
     let size = o.onTokens ? Math.min(4, this.batch) : this.batch;
-    while (tokens.length < o.maxTokens) {
-      if (o.signal?.aborted) {
-        finishReason = "aborted";
-        break;
-      }
-      const remaining = o.maxTokens - tokens.length;
+    const region = this.batch + 1;
+    /** Logits row the next batch's first step samples from (on the GPU once its producer ran). */
+    let prevRow = this.curRow;
+    let inflight: DecodeBatch | null = null;
+    /** Tokens submitted (accepted or in flight) so far. */
+    let planned = 0;
+    const launch = (): DecodeBatch | null => {
+      const remaining = o.maxTokens - planned;
+      if (remaining <= 0 || o.signal?.aborted) return null;
       const B = Math.min(size, remaining);
-      size = Math.min(size * 2, this.batch);
       // The last token of the whole decode is sampled but not fed (as the reference does).
       const F = B < remaining ? B : B - 1;
-      this.ensureRoom(F);
-      ex.ensureRope(this.nextPosition + F);
+      const pending = inflight ? inflight.F : 0;
+      if (inflight) {
+        // A speculative batch is wasted work when the one before it stops: only speculate when a batch
+        // is cheap (where submit is synchronous, as on GL, the waste is paid before the stop is seen).
+        if (!(ex.decodeStepMs * B <= SPECULATE_MS)) return null;
+        if (this.needsGrowth(pending + F)) return null; // growing moves the cache: drain first
+      }
+      if (!inflight) {
+        // Room for this batch and, where capacity allows, the next one (so it needs no growth).
+        const next = Math.max(0, Math.min(Math.min(size * 2, this.batch), remaining - B));
+        const most = this.capacity - Math.max(...this.cache.counts);
+        this.ensureRoom(F + next <= most ? F + next : F);
+      } else this.ensureRoom(pending + F);
+      size = Math.min(size * 2, this.batch);
+      planned += B;
+      const t0 = performance.now();
+      ex.ensureRope(this.nextPosition + pending + F);
       const g = this.bindings();
       this.cache.writeMeta();
       const rec = this.recorder();
-      if (this.curRow !== 0) {
-        const tmp = ex.pool.acquire(V * 4, STORAGE);
-        rec.copy(this.logits, this.curRow * V * 4, tmp, 0, V * 4);
-        rec.copy(tmp, 0, this.logits, 0, V * 4);
-        ex.pool.release(tmp);
-        this.curRow = 0;
-      }
       if (!rec.fits(B)) rec.flush();
-      const splits = this.splits(B);
+      const splits = this.splits(pending + B);
+      // The region after the one the first step reads: with three regions, a batch launched while its
+      // predecessor is in flight never overwrites the row that predecessor's first step samples from.
+      const base = ((Math.floor(prevRow / region) + 1) % 3) * region;
+      const inRows: number[] = [];
       for (let s = 0; s < B; s++) {
+        const inRow = s === 0 ? prevRow : base + s;
+        inRows.push(inRow);
         const off = rec.param({
           rows: 1,
-          pos0: this.nextPosition + s,
-          step: s,
-          inRow: s,
-          outRow: s + 1,
+          pos0: this.nextPosition + pending + s,
+          step: pending + s,
+          inRow,
+          outRow: base + s + 1,
           a: splits,
         });
         if (greedy) rec.dispatch(ex.kernels.argmax, g.argmax, off, 1);
@@ -528,7 +571,7 @@ export class GpuSession implements KvSession {
           g,
           off,
           1,
-          capture ? { buf: capture, stride: capStride, row: captured.length + s } : null,
+          capture ? { buf: capture, stride: capStride, row: captured.length + pending + s } : null,
           splits,
         );
         this.matmul(rec, ex.kernels.mm.lm, g.lm, ex.gpuWeights.lmHead.chunks, off, 1);
@@ -536,38 +579,67 @@ export class GpuSession implements KvSession {
       const tokBytes = Math.ceil((B * 4) / 16) * 16;
       const bytes = tokBytes + (logits ? B * V * 4 : 0);
       const staging = ex.pool.acquire(bytes, READBACK);
-      rec.copy(this.toks, 0, staging, 0, B * 4);
-      if (logits) rec.copy(this.logits, 0, staging, tokBytes, B * V * 4);
-      rec.flush();
-      const data = await this.mapRead(staging, bytes);
-      const ids = new Uint32Array(data, 0, B);
-      // Accept tokens up to a stop or the budget; `fed` of them had their K/V appended.
-      const fresh: number[] = [];
-      let fed = F, stopped = false;
-      for (let s = 0; s < B; s++) {
-        logits?.push(new Float32Array(data, tokBytes + s * V * 4, V).slice());
-        const t = ids[s];
-        if (o.stopTokenIds.includes(t)) {
-          finishReason = "stop";
-          stopped = true;
-          fed = s;
-          this.curRow = s;
-          break;
-        }
-        tokens.push(t);
-        fresh.push(t);
-        if (tokens.length === o.maxTokens) {
-          fed = s;
-          this.curRow = s;
-          break;
-        }
+      rec.copy(this.toks, pending * 4, staging, 0, B * 4);
+      if (logits) {
+        rec.copy(this.logits, prevRow * V * 4, staging, tokBytes, V * 4);
+        if (B > 1) rec.copy(this.logits, (base + 1) * V * 4, staging, tokBytes + V * 4, (B - 1) * V * 4);
       }
-      if (!stopped && tokens.length < o.maxTokens) this.curRow = B;
-      for (let s = 0; s < fed; s++) captured.push(this.nextPosition + s);
-      this.cache.append(this.nextPosition, fed);
-      this.nextPosition += fed;
-      if (fresh.length) await o.onTokens?.(fresh);
-      if (stopped) break;
+      rec.flush();
+      prevRow = base + B;
+      // Start the readback now: its latency overlaps the next batch's recording and submission.
+      return { B, F, inRows, lastOut: base + B, tokBytes, t0, data: this.mapRead(staging, bytes) };
+    };
+    try {
+      inflight = launch();
+      while (inflight) {
+        const cur: DecodeBatch = inflight;
+        // Speculate: submit the next batch before reading this one back (null when out of budget, or
+        // when it would need the cache to grow while this batch's entries are not yet mirrored).
+        inflight = launch();
+        const data = await cur.data;
+        // Milliseconds per step, launch to readback (an overestimate when the next batch ran meanwhile).
+        ex.decodeStepMs = (performance.now() - cur.t0) / cur.B;
+        const ids = new Uint32Array(data, 0, cur.B);
+        // Accept tokens up to a stop or the budget; `fed` of them had their K/V appended.
+        const fresh: number[] = [];
+        let fed = cur.F, done = false;
+        this.curRow = cur.lastOut;
+        for (let s = 0; s < cur.B; s++) {
+          logits?.push(new Float32Array(data, cur.tokBytes + s * V * 4, V).slice());
+          const t = ids[s];
+          if (o.stopTokenIds.includes(t)) {
+            finishReason = "stop";
+            done = true;
+            fed = s;
+            this.curRow = cur.inRows[s];
+            break;
+          }
+          tokens.push(t);
+          fresh.push(t);
+          if (tokens.length === o.maxTokens) {
+            done = true;
+            fed = s;
+            this.curRow = cur.inRows[s];
+            break;
+          }
+        }
+        for (let s = 0; s < fed; s++) captured.push(this.nextPosition + s);
+        this.cache.append(this.nextPosition, fed);
+        this.nextPosition += fed;
+        if (fresh.length) await o.onTokens?.(fresh);
+        if (done) break;
+        if (o.signal?.aborted) {
+          finishReason = "aborted";
+          break;
+        }
+        inflight ??= launch();
+      }
+    } finally {
+      // A speculative batch past a stop (or an error) is discarded once its readback settles.
+      if (inflight) await inflight.data.catch(() => undefined);
+    }
+    if (o.signal?.aborted && finishReason === "length" && tokens.length < o.maxTokens) {
+      finishReason = "aborted";
     }
     return {
       tokens,
@@ -576,6 +648,13 @@ export class GpuSession implements KvSession {
       queries: capture ? new GpuQueryRows(captured, capture, capStride, ex) : null,
       syncs: this.syncs - syncs0,
     };
+  }
+
+  /** Whether `rows` more entries per head need a segment to grow (a cache relayout). */
+  private needsGrowth(rows: number): boolean {
+    const cache = this.cache;
+    for (let s = 0; s < cache.slots; s++) if (cache.counts[s] + rows > cache.caps[s]) return true;
+    return false;
   }
 
   async attentionMass(queries: QueryRows, promptLength: number): Promise<Float32Array> {

@@ -178,3 +178,38 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "gpu cache: pipelined decode (stop while the next batch is in flight, segment growth) matches",
+  ...opts,
+  fn: async () => {
+    const w = await loadWeightsOnly();
+    const gx = await GpuExecutor.create(w, { decodeBatch: 4 });
+    try {
+      const cx = new CpuExecutor(w);
+      const toks = promptTokens(20, w.config.vocabSize, 4);
+      const probe = cx.createSession(400);
+      await probe.forward({ kind: "tokens", tokens: toks });
+      const seq = (await probe.decode(greedy(40))).tokens;
+      // Stops in the second, third and a later batch (each with a speculative batch behind it), then a
+      // long decode that grows every segment past the initial 256 entries while batches are in flight.
+      for (const stopAt of [5, 9, 26]) {
+        const cs = cx.createSession(400) as CpuSession, gs = gx.createSession(400) as GpuSession;
+        await cs.forward({ kind: "tokens", tokens: toks });
+        await gs.forward({ kind: "tokens", tokens: toks });
+        const o = { ...greedy(40), stopTokenIds: [seq[stopAt]] };
+        const cd = await cs.decode(o), gd = await gs.decode(o);
+        assert.deepEqual(gd.tokens, cd.tokens);
+        assert.equal(gd.finishReason, cd.finishReason);
+        assert.ok(maxAbsDiff(await cs.currentLogits(), await gs.currentLogits()) < 1e-3);
+        await assertSameCache(cs, gs);
+        const more = { ...greedy(300), returnLogits: false };
+        assert.deepEqual((await gs.decode(more)).tokens, (await cs.decode(more)).tokens);
+        await assertSameCache(cs, gs);
+        gs.dispose();
+      }
+    } finally {
+      gx.dispose();
+    }
+  },
+});

@@ -26,6 +26,15 @@ export const PARAMS_WORDS = 8;
 
 /** Invocations per workgroup of the projection kernels, and rows per invocation in prefill. */
 export const MATMUL_WG = 64;
+
+/**
+ * Workgroup size of a projection with N output columns (N/4 invocations per row group). llvmpipe hands
+ * whole workgroups to its threads, so a narrow output (the o and down projections' 768 columns: 3
+ * groups of 64 for 2 threads) leaves a thread idle part of the time; 32-wide groups split it evenly.
+ */
+export function matmulWorkgroup(N: number): number {
+  return N / 4 / MATMUL_WG >= 8 ? MATMUL_WG : 32;
+}
 export const PREFILL_TR = 4;
 
 export function encodeParams(into: Uint32Array, at: number, p: StepParams) {
