@@ -8,7 +8,13 @@ import type { ModelConfig } from "./config.ts";
 import { JudgeQError } from "./errors.ts";
 import type { Executor, KvSession } from "./executor.ts";
 import { type PlanResult, runOnSession, runPlan } from "./interpret.ts";
-import { compilePlan, type CompressionRequest, type GenerateRequest, type Plan } from "./plan.ts";
+import {
+  compilePlan,
+  type CompressionRequest,
+  type DecodeSpec,
+  type GenerateRequest,
+  type Plan,
+} from "./plan.ts";
 import { decodeContinuation, type TextTokenizer } from "./tokenizer.ts";
 
 export interface Model {
@@ -22,12 +28,10 @@ export interface Model {
   stopTokenIds: number[];
 }
 
-export interface TextRequest {
-  prompt?: string;
-  context?: string;
-  questions?: string[];
-  compression?: CompressionRequest | null;
+/** How to decode: length, sampling and stops, with the defaults filled in by `decodeSpecOf`. */
+export interface DecodeParams {
   maxTokens: number;
+  /** 0 (the default) is greedy. */
   temperature?: number;
   topP?: number;
   topK?: number;
@@ -35,6 +39,22 @@ export interface TextRequest {
   /** Extra stop token ids (model stops are always on unless ignoreEos). */
   stopTokenIds?: number[];
   ignoreEos?: boolean;
+}
+
+export interface TextRequest extends DecodeParams {
+  prompt?: string;
+  context?: string;
+  questions?: string[];
+  compression?: CompressionRequest | null;
+}
+
+/** The core's decode step for a request: greedy by default, the model's stop tokens unless ignoreEos. */
+export function decodeSpecOf(model: Model, r: DecodeParams): DecodeSpec {
+  return {
+    maxTokens: r.maxTokens,
+    sampling: { temperature: r.temperature ?? 0, topP: r.topP ?? 1, topK: r.topK ?? 0, seed: r.seed ?? 0 },
+    stopTokenIds: [...(r.ignoreEos ? [] : model.stopTokenIds), ...(r.stopTokenIds ?? [])],
+  };
 }
 
 export interface TextOutput {
@@ -54,14 +74,7 @@ export interface TextResult {
 /** Tokenises a text request into the core's token-level request. */
 export function tokenizeRequest(model: Model, r: TextRequest): E.Either<JudgeQError, GenerateRequest> {
   const tok = model.tokenizer;
-  const sampling = {
-    temperature: r.temperature ?? 0,
-    topP: r.topP ?? 1,
-    topK: r.topK ?? 0,
-    seed: r.seed ?? 0,
-  };
-  const stopTokenIds = [...(r.ignoreEos ? [] : model.stopTokenIds), ...(r.stopTokenIds ?? [])];
-  const decode = { maxTokens: r.maxTokens, sampling, stopTokenIds };
+  const decode = decodeSpecOf(model, r);
   if (r.prompt !== undefined && r.context !== undefined) {
     return E.left(
       new JudgeQError("invalid_request", "give prompt, or context with questions, not both", "prompt"),
@@ -154,7 +167,7 @@ export async function compressContext(
   const plan = planFor(model, {
     input: { kind: "context", context: tokens, questions: [[model.tokenizer.bosId ?? 0]] },
     compression,
-    decode: { maxTokens: 0, sampling: { temperature: 0, topP: 1, topK: 0, seed: 0 }, stopTokenIds: [] },
+    decode: decodeSpecOf(model, { maxTokens: 0 }),
   });
   if (E.isLeft(plan)) throw plan.left;
   const compressOnly = { ...plan.right, steps: plan.right.steps.filter((s) => s.op !== "answer") };
@@ -180,15 +193,8 @@ export async function compressContext(
   }
 }
 
-export interface AnswerRequest {
+export interface AnswerRequest extends DecodeParams {
   question: string;
-  maxTokens: number;
-  temperature?: number;
-  topP?: number;
-  topK?: number;
-  seed?: number;
-  stopTokenIds?: number[];
-  ignoreEos?: boolean;
 }
 
 /** Answers one question against a compressed context; the cache is left exactly as before. */
@@ -202,11 +208,7 @@ export async function answerOnContext(
   const plan = planFor(model, {
     input: { kind: "context", context: ctx.contextTokens, questions: [question] },
     compression: null,
-    decode: {
-      maxTokens: r.maxTokens,
-      sampling: { temperature: r.temperature ?? 0, topP: r.topP ?? 1, topK: r.topK ?? 0, seed: r.seed ?? 0 },
-      stopTokenIds: [...(r.ignoreEos ? [] : model.stopTokenIds), ...(r.stopTokenIds ?? [])],
-    },
+    decode: decodeSpecOf(model, r),
   });
   if (E.isLeft(plan)) throw plan.left;
   const answer = plan.right.steps.filter((s) => s.op === "answer");
