@@ -18,12 +18,35 @@ import type { ModelWeights } from "../core/weights.ts";
 import { GpuExecutor } from "../gpu/executor.ts";
 import type { GpuSession } from "../gpu/session.ts";
 import { fixtureWeights, loadWeightsOnly, promptTokens } from "../gpu/testing.ts";
+import { parseFlags, usage, UsageError } from "../cli/args.ts";
 
-const args = Deno.args;
-const asJson = args.includes("--json");
-const quick = args.includes("--quick");
-const modelsArg = args[args.indexOf("--models") + 1];
-const models = args.includes("--models") && modelsArg ? modelsArg.split(",") : ["stories260K", "llama100m"];
+const SPEC = {
+  json: { kind: "boolean", help: "print one JSON object (progress goes to stderr)" },
+  quick: { kind: "boolean", help: "shorter runs, for a quick look" },
+  models: { kind: "string", help: "comma list of stories260K, llama100m (default both)" },
+  help: { kind: "boolean", help: "show this help" },
+} as const;
+let flags: ReturnType<typeof parseFlags<typeof SPEC>>;
+try {
+  flags = parseFlags(Deno.args, SPEC);
+} catch (e) {
+  if (!(e instanceof UsageError)) throw e;
+  console.error(`error: ${e.message}\n${usage("deno task bench", SPEC)}`);
+  Deno.exit(2);
+}
+if (flags.help) {
+  console.log(usage("deno task bench", SPEC));
+  Deno.exit(0);
+}
+const asJson = flags.json === true;
+const quick = flags.quick === true;
+const models = ((flags.models as string | undefined) ?? "stories260K,llama100m").split(",");
+for (const m of models) {
+  if (m !== "stories260K" && m !== "llama100m") {
+    console.error(`error: --models: unknown model '${m}' (known: stories260K, llama100m)`);
+    Deno.exit(2);
+  }
+}
 const log = (...m: unknown[]) => {
   if (!asJson) console.log(...m);
   else console.error(...m);
