@@ -3,7 +3,7 @@ import { generateText } from "../core/engine.ts";
 import { convertLlama2c } from "../fixtures/convert_llama2c.ts";
 import { EMBEDDED_MODEL_DIR } from "../io/model_dir.ts";
 import { loadModel } from "../io/runtime.ts";
-import { assert, assertEquals, GOLDEN } from "./helpers.ts";
+import { assert, assertEquals, assertRejects, GOLDEN } from "./helpers.ts";
 
 const SHARED = Deno.env.get("JUDGEQ_SHARED_DATA") ?? new URL("../../shared/data/", import.meta.url).pathname;
 const hasShared = await Deno.stat(SHARED + "stories260K/stories260K.bin").then(() => true, () => false);
@@ -94,4 +94,23 @@ Deno.test("generate CLI: bad flags and inputs are named, exit code 2", async () 
     assertEquals(r.code, 2, `${args.join(" ")}: ${r.stderr}`);
     assert(r.stderr.includes(fragment), `${args.join(" ")}: ${r.stderr}`);
   }
+});
+
+Deno.test("converter: truncated or malformed llama2.c checkpoints are refused with a clear error", async () => {
+  const tok = await Deno.readFile(GOLDEN + "tok512.bin");
+  const header = new Int32Array([64, 172, 5, 8, 4, 512, 512]);
+  const bytes = (floats: number, h = header) => {
+    const b = new Uint8Array(28 + floats * 4);
+    b.set(new Uint8Array(h.buffer));
+    return b;
+  };
+  await assertRejects(() => convertLlama2c(new Uint8Array(10), tok), "truncated header");
+  await assertRejects(() => convertLlama2c(bytes(1000), tok), "checkpoint: truncated");
+  await assertRejects(
+    () => convertLlama2c(bytes(10, new Int32Array([64, 0, 5, 8, 4, 512, 512])), tok),
+    "bad header",
+  );
+  // The real size converts: 264,128 floats for stories260K's shape.
+  const ok = convertLlama2c(bytes(264128), tok);
+  assert(ok.files["model.safetensors"] instanceof Uint8Array, "converted");
 });
