@@ -13,7 +13,6 @@ import {
   type StepReport,
   type TrainSample,
 } from "../../core/train/loop.ts";
-import type { LossKind } from "../../core/train/loss.ts";
 import type { TrainModel } from "../../core/train/model.ts";
 import { GpuTrainer, type GpuTrainerOptions } from "./trainer.ts";
 
