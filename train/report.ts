@@ -6,15 +6,8 @@ import type { LossKind } from "../core/train/loss.ts";
 import type { Measure } from "./evaluate.ts";
 import type { EvalPoint, FitConfig } from "./fit.ts";
 
-export interface Row {
-  method: string;
-  window: number;
-  kernel: number;
-  budget: number;
-  /** Means over held-out samples (KL and top-1: per-sample means over response positions first). */
-  hit: number;
-  kl: number;
-  top1: number;
+/** A Measure averaged over held-out samples (KL and top-1: per-sample means over positions first). */
+export interface Row extends Measure {
   samples: number;
 }
 

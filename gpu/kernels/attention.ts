@@ -18,7 +18,9 @@ export interface AttentionSpec {
 
 export const ATTENTION_KINDS = "durrrrw"; // params, static(layer), Q, K, V, meta, out
 
-function header(s: AttentionSpec) {
+/** Params, Q, the KV cache and its metadata at bindings 0-5, then the kernel's outputs from binding 6. */
+function header(s: AttentionSpec, outputs = ["OUT: array<vec4<f32>>"]) {
+  const out = outputs.map((o, i) => `@group(0) @binding(${6 + i}) var<storage, read_write> ${o};`).join("\n");
   return `${PARAMS_WGSL}
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<uniform> S: Static;
@@ -26,7 +28,7 @@ function header(s: AttentionSpec) {
 @group(0) @binding(3) var<storage, read> KC: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read> VC: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read> META: array<u32>;
-@group(0) @binding(6) var<storage, read_write> OUT: array<vec4<f32>>;
+${out}
 const SCALE = ${1 / Math.sqrt(s.headDim)};
 const NEG = -3.0e38;`;
 }
@@ -80,16 +82,7 @@ export function attentionPartialWgsl(s: AttentionSpec): string {
   // One invocation serves the G query heads of a KV head: each K/V entry is loaded once for all of
   // them (loads are what llvmpipe pays for; the accumulators spill to contiguous stack instead).
   const heads = (fn: (a: number) => string, sep = "\n  ") => rep(G, fn, sep);
-  return `${PARAMS_WGSL}
-@group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<uniform> S: Static;
-@group(0) @binding(2) var<storage, read> Q: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> KC: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read> VC: array<vec4<f32>>;
-@group(0) @binding(5) var<storage, read> META: array<u32>;
-@group(0) @binding(6) var<storage, read_write> PML: array<vec2<f32>>;
-@group(0) @binding(7) var<storage, read_write> PO: array<vec4<f32>>;
-const SCALE = ${1 / Math.sqrt(s.headDim)};
+  return `${header(s, ["PML: array<vec2<f32>>", "PO: array<vec4<f32>>"])}
 @compute @workgroup_size(${s.workgroup})
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   // Flattened (KV head, split): few, full workgroups (llvmpipe pays per workgroup).

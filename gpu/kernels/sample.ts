@@ -35,36 +35,9 @@ fn okey(v: f32) -> u32 {
 fn unkey(k: u32) -> f32 {
   return bitcast<f32>(select(~k, k & 0x7fffffffu, (k & 0x80000000u) != 0u));
 }
-fn sumF(v: f32) -> f32 {
-  RF[li] = v;
-  workgroupBarrier();
-  for (var s = ${wg / 2}u; s > 0u; s >>= 1u) {
-    if (li < s) { RF[li] += RF[li + s]; }
-    workgroupBarrier();
-  }
-  if (li == 0u) { SHF = RF[0]; }
-  return workgroupUniformLoad(&SHF);
-}
-fn maxF(v: f32) -> f32 {
-  RF[li] = v;
-  workgroupBarrier();
-  for (var s = ${wg / 2}u; s > 0u; s >>= 1u) {
-    if (li < s) { RF[li] = max(RF[li], RF[li + s]); }
-    workgroupBarrier();
-  }
-  if (li == 0u) { SHF = RF[0]; }
-  return workgroupUniformLoad(&SHF);
-}
-fn sumU(v: u32) -> u32 {
-  RU[li] = v;
-  workgroupBarrier();
-  for (var s = ${wg / 2}u; s > 0u; s >>= 1u) {
-    if (li < s) { RU[li] += RU[li + s]; }
-    workgroupBarrier();
-  }
-  if (li == 0u) { SHU = RU[0]; }
-  return workgroupUniformLoad(&SHU);
-}
+${treeReduce("sumF", "f32", "RF", "SHF", wg, (a, b) => `${a} + ${b}`)}
+${treeReduce("maxF", "f32", "RF", "SHF", wg, (a, b) => `max(${a}, ${b})`)}
+${treeReduce("sumU", "u32", "RU", "SHU", wg, (a, b) => `${a} + ${b}`)}
 /** Probability mass of the tokens whose key is >= k (k = 2^32 means none). */
 fn massGE(k: u32, none: bool) -> f32 {
   var s = 0.0;
@@ -202,5 +175,26 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     TOK[P.step] = token;
     RNG[0] = x;
   }
+}`;
+}
+
+/** WGSL for a workgroup tree reduction of one value per invocation, returned uniformly to all. */
+function treeReduce(
+  name: string,
+  type: string,
+  scratch: string,
+  shared: string,
+  wg: number,
+  op: (a: string, b: string) => string,
+): string {
+  return `fn ${name}(v: ${type}) -> ${type} {
+  ${scratch}[li] = v;
+  workgroupBarrier();
+  for (var s = ${wg / 2}u; s > 0u; s >>= 1u) {
+    if (li < s) { ${scratch}[li] = ${op(`${scratch}[li]`, `${scratch}[li + s]`)}; }
+    workgroupBarrier();
+  }
+  if (li == 0u) { ${shared} = ${scratch}[0]; }
+  return workgroupUniformLoad(&${shared});
 }`;
 }
