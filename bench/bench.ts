@@ -9,13 +9,16 @@
  * load average is recorded, since other processes share the machine. The `targets` block lists the
  * issue's targets with the measured values and whether each is met.
  *
- *   deno run -A bench/bench.ts [--json] [--quick] [--models stories260K,llama100m]
+ * Each GPU figure is measured with f32 weights and again (context 512) with packed f16 weights.
+ *
+ *   deno run -A bench/bench.ts [--json] [--quick] [--models stories260K,llama100m] [--formats f32,f16]
  */
 import { CpuExecutor, type CpuSession } from "../core/cpu/executor.ts";
 import type { DecodeOptions, KvSession } from "../core/executor.ts";
 import { parameterCount } from "../core/weights.ts";
 import type { ModelWeights } from "../core/weights.ts";
 import { GpuExecutor } from "../gpu/executor.ts";
+import type { WeightFormat } from "../gpu/weights.ts";
 import type { GpuSession } from "../gpu/session.ts";
 import { fixtureWeights, loadWeightsOnly, promptTokens } from "../gpu/testing.ts";
 import { parseFlags, usage, UsageError } from "../cli/args.ts";
@@ -24,6 +27,7 @@ const SPEC = {
   json: { kind: "boolean", help: "print one JSON object (progress goes to stderr)" },
   quick: { kind: "boolean", help: "shorter runs, for a quick look" },
   models: { kind: "string", help: "comma list of stories260K, llama100m (default both)" },
+  formats: { kind: "string", help: "GPU weight formats to measure: f32, f16 (default both)" },
   help: { kind: "boolean", help: "show this help" },
 } as const;
 let flags: ReturnType<typeof parseFlags<typeof SPEC>>;
@@ -44,6 +48,13 @@ const models = ((flags.models as string | undefined) ?? "stories260K,llama100m")
 for (const m of models) {
   if (m !== "stories260K" && m !== "llama100m") {
     console.error(`error: --models: unknown model '${m}' (known: stories260K, llama100m)`);
+    Deno.exit(2);
+  }
+}
+const formats = ((flags.formats as string | undefined) ?? "f32,f16").split(",") as WeightFormat[];
+for (const f of formats) {
+  if (f !== "f32" && f !== "f16") {
+    console.error(`error: --formats: unknown format '${f}' (known: f32, f16)`);
     Deno.exit(2);
   }
 }
@@ -73,11 +84,11 @@ function copyBandwidth(): number {
   return best;
 }
 
-/** Bytes a decode step reads: every projection and the LM head (f32), plus the cached K and V. */
-function weightBytesPerToken(w: ModelWeights): number {
+/** Weight bytes a decode step reads: every projection and the LM head (f32 or f16); K/V come on top. */
+function weightBytesPerToken(w: ModelWeights, format: WeightFormat = "f32"): number {
   const c = w.config, hd = c.headDim;
   const perLayer = (c.nHeads + 2 * c.nKvHeads) * hd * c.dim + c.dim * c.nHeads * hd + 3 * c.dim * c.hiddenDim;
-  return 4 * (c.nLayers * perLayer + c.vocabSize * c.dim);
+  return (format === "f16" ? 2 : 4) * (c.nLayers * perLayer + c.vocabSize * c.dim);
 }
 
 /** Keeps the last `fraction` of the prompt positions in every head. */
@@ -149,9 +160,16 @@ function summarize(runs: DecodeRun[]) {
  */
 const PAIRS = quick ? 3 : 5;
 
-async function benchGpu(w: ModelWeights, contexts: number[], decodeTokens: number, copyBw: number) {
-  const gx = await GpuExecutor.create(w);
-  const wb = weightBytesPerToken(w);
+async function benchGpu(
+  w: ModelWeights,
+  contexts: number[],
+  decodeTokens: number,
+  copyBw: number,
+  weightFormat: WeightFormat,
+) {
+  const gx = await GpuExecutor.create(w, { weightFormat });
+  const wb = weightBytesPerToken(w, weightFormat);
+  log(`  ${gx.description}`);
   const out: Record<string, unknown> = { description: gx.description };
   try {
     // Warm-up: the first dispatches of each pipeline compile on llvmpipe.
@@ -165,7 +183,7 @@ async function benchGpu(w: ModelWeights, contexts: number[], decodeTokens: numbe
       const t = performance.now();
       await s.forward({ kind: "tokens", tokens: toks });
       const prefillSec = (performance.now() - t) / 1000;
-      log(`  gpu prefill ${ctx}: ${(ctx / prefillSec).toFixed(1)} tok/s`);
+      log(`  gpu ${weightFormat} prefill ${ctx}: ${(ctx / prefillSec).toFixed(1)} tok/s`);
       // Decode with the context ending at `ctx`: drop the prompt's tail first. The compressed copy keeps
       // the last 10% of the prompt positions; runs alternate between the two, rewinding to the same
       // cache each time (PAIRS pairs, medians and pairwise ratios).
@@ -191,10 +209,10 @@ async function benchGpu(w: ModelWeights, contexts: number[], decodeTokens: numbe
       }
       const full = summarize(fullRuns), compressed = summarize(smallRuns);
       log(
-        `  gpu decode @${ctx} full: ${full.tokensPerSecond} tok/s (${full.runs.min}-${full.runs.max}), ${full.fractionOfCopyBandwidth} of copy bw`,
+        `  gpu ${weightFormat} decode @${ctx} full: ${full.tokensPerSecond} tok/s (${full.runs.min}-${full.runs.max}), ${full.fractionOfCopyBandwidth} of copy bw`,
       );
       log(
-        `  gpu decode @${ctx} 10%: ${compressed.tokensPerSecond} tok/s (${compressed.runs.min}-${compressed.runs.max}); pair ratios ${
+        `  gpu ${weightFormat} decode @${ctx} 10%: ${compressed.tokensPerSecond} tok/s (${compressed.runs.min}-${compressed.runs.max}); pair ratios ${
           ratios.map((r) => r.toFixed(3)).join(" ")
         }`,
       );
@@ -275,7 +293,12 @@ for (const name of models) {
   const contexts = name === "stories260K" ? [512] : quick ? [512] : [512, 2048];
   const decodeTokens = name === "stories260K" ? (quick ? 128 : 256) : quick ? 16 : 32;
   log(`${name}: ${(parameterCount(w) / 1e6).toFixed(2)}M parameters`);
-  const gpu = await benchGpu(w, contexts, decodeTokens, copyBw);
+  const gpuBy: Record<string, Record<string, unknown>> = {};
+  for (const f of formats) {
+    // The f16 pass measures context 512 only (the format changes the weight traffic, not the cache).
+    gpuBy[f] = await benchGpu(w, f === "f32" ? contexts : [512], decodeTokens, copyBw, f);
+  }
+  const gpu = gpuBy.f32 ?? gpuBy.f16;
   const cpuDecode = name === "stories260K" ? 64 : 4;
   const cpu = await benchCpu(w, 512, name === "stories260K" ? 64 : 4, cpuDecode, copyBw);
   const g512 = gpu.ctx512 as { decodeFull: DecodeRun; prefillTokensPerSecond: number };
@@ -284,10 +307,14 @@ for (const name of models) {
     parameters: parameterCount(w),
     decodeBytesPerTokenWeights: weightBytesPerToken(w),
     gpu,
+    ...(gpuBy.f16 && gpuBy.f32 ? { gpuF16: gpuBy.f16 } : {}),
     cpu,
     gpuOverCpu: {
       decodeCtx512: round(g512.decodeFull.tokensPerSecond / c512.tokensPerSecond),
       prefill: round(g512.prefillTokensPerSecond / cpu.prefillTokensPerSecond),
+      ...(gpuBy.f16 && gpuBy.f32
+        ? { decodeCtx512F16: round(f16Decode(gpuBy.f16).tokensPerSecond / c512.tokensPerSecond) }
+        : {}),
     },
   };
 }
@@ -296,7 +323,12 @@ report.targets = targets(report.models as Record<string, ModelReport>);
 if (asJson) console.log(JSON.stringify(report, null, 2));
 else console.log(JSON.stringify(report.targets, null, 2));
 
+function f16Decode(g: Record<string, unknown>): DecodeRun {
+  return (g.ctx512 as { decodeFull: DecodeRun }).decodeFull;
+}
+
 interface ModelReport {
+  gpuF16?: Record<string, { decodeFull: DecodeRun }>;
   gpu: Record<string, {
     decodeFull: DecodeRun;
     compressedSpeedup: number;
@@ -315,6 +347,10 @@ function targets(m: Record<string, ModelReport>) {
     out.llama100mGpuDecodeOverCpu = t("> 1", r, r > 1);
     const f = big.gpu.ctx512.decodeFull.fractionOfCopyBandwidth;
     out.llama100mFractionOfCopyBandwidth = t(">= 0.6", f, f >= 0.6);
+    if (big.gpuF16) {
+      const h = big.gpuF16.ctx512.decodeFull.fractionOfCopyBandwidth;
+      out.llama100mFractionOfCopyBandwidthF16 = t(">= 0.6", h, h >= 0.6);
+    }
     if (big.gpu.ctx2048) {
       const c = big.gpu.ctx2048;
       // Measurably faster: the median pair ratio above 1 and the compressed side faster in most pairs.
@@ -329,6 +365,10 @@ function targets(m: Record<string, ModelReport>) {
   if (small) {
     const v = small.gpu.ctx512.decodeFull.tokensPerSecond;
     out.stories260KGreedyDecodeTokensPerSecond = t(">= 500", v, v >= 500);
+    if (small.gpuF16) {
+      const h = small.gpuF16.ctx512.decodeFull.tokensPerSecond;
+      out.stories260KGreedyDecodeTokensPerSecondF16 = t(">= 500", h, h >= 500);
+    }
   }
   const syncs = Math.max(...Object.values(m).map((r) => r.gpu.ctx512.decodeFull.syncsPerToken));
   out.syncsPerGreedyToken = t("<= 0.1", syncs, syncs <= 0.1);

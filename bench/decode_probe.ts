@@ -2,15 +2,15 @@
  * One model's greedy decode tokens/s at one context (median of several runs), for paired before/after
  * comparisons of kernel or scheduling changes: prints one number.
  *
- *   deno run -A bench/decode_probe.ts [stories260K|llama100m] [context] [tokens] [runs]
+ *   deno run -A bench/decode_probe.ts [stories260K|llama100m] [context] [tokens] [runs] [f32|f16]
  */
-import { GpuExecutor } from "../gpu/executor.ts";
+import { GpuExecutor, type WeightFormatChoice } from "../gpu/executor.ts";
 import { fixtureWeights, loadWeightsOnly, promptTokens } from "../gpu/testing.ts";
 
-const [name = "stories260K", ctxArg = "512", tokArg = "256", runsArg = "3"] = Deno.args;
+const [name = "stories260K", ctxArg = "512", tokArg = "256", runsArg = "3", format = "f32"] = Deno.args;
 const ctx = Number(ctxArg), tokens = Number(tokArg), runs = Number(runsArg);
 const w = name === "stories260K" ? await loadWeightsOnly() : fixtureWeights("llama100m");
-const gx = await GpuExecutor.create(w);
+const gx = await GpuExecutor.create(w, { weightFormat: format as WeightFormatChoice });
 const s = gx.createSession(ctx + tokens + 8);
 const start = Math.max(1, ctx - tokens);
 await s.forward({ kind: "tokens", tokens: promptTokens(start, w.config.vocabSize, ctx) });

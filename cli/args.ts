@@ -2,6 +2,8 @@
  * A small flag parser for the project's commands: typed flags, repeatable ones, and an error that
  * names the flag ("--budget: expected an integer, got 'abc'").
  */
+import { WEIGHT_FORMATS, type WeightFormatChoice } from "../gpu/weights.ts";
+
 export type FlagKind = "string" | "int" | "number" | "boolean" | "strings";
 
 export type FlagSpec = Record<string, { kind: FlagKind; help: string; default?: unknown }>;
@@ -72,4 +74,12 @@ function convert(name: string, kind: FlagKind, raw: string, previous: unknown): 
 export function usage(command: string, spec: FlagSpec): string {
   const lines = Object.entries(spec).map(([k, f]) => `  --${k.padEnd(16)} ${f.help}`);
   return `usage: ${command} [flags]\n${lines.join("\n")}`;
+}
+
+/** The --gpu-weights flag, checked. */
+export function weightFormatFlag(v: unknown): WeightFormatChoice {
+  if (!WEIGHT_FORMATS.includes(v as WeightFormatChoice)) {
+    throw new UsageError(`--gpu-weights: expected auto, f32 or f16, got '${v}'`);
+  }
+  return v as WeightFormatChoice;
 }

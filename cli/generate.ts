@@ -6,7 +6,7 @@ import { JudgeQError } from "../core/errors.ts";
 import { generateText } from "../core/engine.ts";
 import type { CompressionRequest } from "../core/plan.ts";
 import { type ExecutorChoice, loadModel } from "../io/runtime.ts";
-import { parseFlags, usage, UsageError } from "./args.ts";
+import { parseFlags, usage, UsageError, weightFormatFlag } from "./args.ts";
 
 const SPEC = {
   model: { kind: "string", help: "model directory (default: the embedded stories260K)" },
@@ -21,6 +21,11 @@ const SPEC = {
   executor: {
     kind: "string",
     help: "cpu | gpu | auto (default auto: gpu, else cpu with a warning)",
+    default: "auto",
+  },
+  "gpu-weights": {
+    kind: "string",
+    help: "GPU weight storage: auto | f32 | f16 (default auto: f16 where the adapter has shader-f16)",
     default: "auto",
   },
   method: { kind: "string", help: "KV compression method (default full)" },
@@ -65,6 +70,7 @@ async function main(argv: string[]): Promise<number> {
     model: f.model as string | undefined,
     adapter: f.adapter as string | undefined,
     executor,
+    weightFormat: weightFormatFlag(f["gpu-weights"]),
   });
   const compression = compressionFrom(f);
   const result = await generateText(model, {

@@ -121,3 +121,54 @@ export function parameterCount(w: ModelWeights): number {
   }
   return n;
 }
+
+/** The matrices a GPU executor may store as f16 (norms and biases always stay f32), by HF name. */
+function projectionMatrices(w: ModelWeights): [string, Float32Array][] {
+  const out: [string, Float32Array][] = [["model.embed_tokens.weight", w.embed]];
+  w.layers.forEach((l, i) => {
+    const p = `model.layers.${i}.`;
+    out.push(
+      [`${p}self_attn.q_proj.weight`, l.wq],
+      [`${p}self_attn.k_proj.weight`, l.wk],
+      [`${p}self_attn.v_proj.weight`, l.wv],
+      [`${p}self_attn.o_proj.weight`, l.wo],
+      [`${p}mlp.gate_proj.weight`, l.wGate],
+      [`${p}mlp.up_proj.weight`, l.wUp],
+      [`${p}mlp.down_proj.weight`, l.wDown],
+    );
+  });
+  if (w.lmHead !== w.embed) out.push(["lm_head.weight", w.lmHead]);
+  return out;
+}
+
+/** Largest finite f16. */
+export const F16_MAX = 65504;
+
+/** The first projection matrix holding a weight f16 cannot represent (|w| > 65504 or not finite), or null. */
+export function tensorBeyondF16(w: ModelWeights): string | null {
+  for (const [name, t] of projectionMatrices(w)) {
+    for (let i = 0; i < t.length; i++) if (!(Math.abs(t[i]) <= F16_MAX)) return name;
+  }
+  return null;
+}
+
+/** The same model with every projection matrix rounded to f16 (the reference for f16 GPU weights). */
+export function roundProjectionsToF16(w: ModelWeights): ModelWeights {
+  const r = (t: Float32Array) => Float32Array.from(new Float16Array(t));
+  const embed = r(w.embed);
+  return {
+    ...w,
+    embed,
+    lmHead: w.lmHead === w.embed ? embed : r(w.lmHead),
+    layers: w.layers.map((l) => ({
+      ...l,
+      wq: r(l.wq),
+      wk: r(l.wk),
+      wv: r(l.wv),
+      wo: r(l.wo),
+      wGate: r(l.wGate),
+      wUp: r(l.wUp),
+      wDown: r(l.wDown),
+    })),
+  };
+}

@@ -7,7 +7,7 @@
 import { type ModelConfig, ropeInverseFrequencies } from "../core/config.ts";
 import { JudgeQError } from "../core/errors.ts";
 import type { Executor } from "../core/executor.ts";
-import type { ModelWeights } from "../core/weights.ts";
+import { type ModelWeights, tensorBeyondF16 } from "../core/weights.ts";
 import { BufferPool, bufferWith, STORAGE } from "./buffers.ts";
 import { acquireDevice, checkDevice, type GpuContext } from "./device.ts";
 import { matmulWorkgroup, PREFILL_TR } from "./kernels/common.ts";
@@ -37,7 +37,14 @@ import {
 import { SAMPLE_KINDS, sampleWgsl } from "./kernels/sample.ts";
 import { type Kernel, PipelineCache } from "./pipelines.ts";
 import { GpuSession } from "./session.ts";
-import { type GpuWeights, unsupportedShape, uploadWeights } from "./weights.ts";
+import {
+  type GpuWeights,
+  unsupportedShape,
+  uploadWeights,
+  WEIGHT_FORMATS,
+  type WeightFormat,
+  type WeightFormatChoice,
+} from "./weights.ts";
 
 export interface GpuExecutorOptions {
   /** Largest bytes of one weight binding; lower than the device limit to force splitting (tests). */
@@ -48,6 +55,31 @@ export interface GpuExecutorOptions {
   prefillChunk?: number;
   /** Reuse a device (otherwise a new one is acquired). */
   context?: GpuContext;
+  /**
+   * Projection/embedding storage: "auto" (default) is f16 when the adapter has shader-f16 and every
+   * weight fits f16's range, else f32. f16 is packed in u32 words, so it also works without shader-f16.
+   */
+  weightFormat?: WeightFormatChoice;
+}
+
+export { WEIGHT_FORMATS, type WeightFormatChoice };
+
+/** The format "auto" resolves to, or an error naming the tensor that cannot be f16. */
+export function resolveWeightFormat(choice: WeightFormatChoice, w: ModelWeights, features: Set<string>) {
+  if (!WEIGHT_FORMATS.includes(choice)) {
+    throw new JudgeQError("invalid_request", `expected auto, f32 or f16, got '${choice}'`, "weight_format");
+  }
+  if (choice === "f32") return "f32";
+  const beyond = tensorBeyondF16(w);
+  if (choice === "auto") return features.has("shader-f16") && !beyond ? "f16" : "f32";
+  if (beyond) {
+    throw new JudgeQError(
+      "invalid_model_file",
+      `f16 cannot hold tensor ${beyond}: a weight is beyond the f16 range (|w| > 65504)`,
+      "weight_format",
+    );
+  }
+  return "f16";
 }
 
 /** The compiled kernels of one model on one device. */
@@ -85,7 +117,12 @@ export class GpuExecutor implements Executor {
   private readonly invFreq: Float64Array;
   private disposed = false;
 
-  private constructor(readonly ctx: GpuContext, readonly weights: ModelWeights, o: GpuExecutorOptions) {
+  private constructor(
+    readonly ctx: GpuContext,
+    readonly weights: ModelWeights,
+    o: GpuExecutorOptions,
+    format: WeightFormat,
+  ) {
     const c = weights.config;
     this.config = c;
     this.device = ctx.device;
@@ -94,12 +131,12 @@ export class GpuExecutor implements Executor {
     this.pipelines = new PipelineCache(this.device);
     this.pool = new BufferPool(this.device);
     const maxBinding = Math.min(ctx.maxBinding, o.maxBindingBytes ?? Infinity);
-    this.gpuWeights = uploadWeights(this.device, weights, maxBinding);
+    this.gpuWeights = uploadWeights(this.device, weights, maxBinding, format);
     this.kernels = this.compile();
     this.invFreq = ropeInverseFrequencies(c);
     this.rope = this.buildRope(Math.min(Math.max(c.maxSeqLen, 256), 8192));
     const mb = (this.gpuWeights.bytes / 2 ** 20).toFixed(1);
-    this.description = `WebGPU: ${ctx.description}; weights f32 ${mb} MiB`;
+    this.description = `WebGPU: ${ctx.description}; weights ${format} ${mb} MiB`;
   }
 
   /** Acquires a device (or reuses `options.context`) and uploads the weights. */
@@ -109,7 +146,8 @@ export class GpuExecutor implements Executor {
       throw new JudgeQError("invalid_adapter", `the WebGPU executor does not support this model: ${bad}`);
     }
     const ctx = options.context ?? (await acquireDevice());
-    const ex = new GpuExecutor(ctx, weights, options);
+    const format = resolveWeightFormat(options.weightFormat ?? "auto", weights, ctx.features);
+    const ex = new GpuExecutor(ctx, weights, options, format);
     // Surface upload or compilation errors now rather than at the first request.
     await ctx.device.queue.onSubmittedWorkDone();
     checkDevice(ctx);
@@ -131,8 +169,14 @@ export class GpuExecutor implements Executor {
         nKvHeads: c.nKvHeads,
         headDim: c.headDim,
         workgroup: matmulWorkgroup(N),
+        f16: this.gpuWeights.format === "f16",
       };
-      return p.get(`mm_${mode}_${TR}`, matmulWgsl(spec), matmulKinds(spec), spec.workgroup);
+      return p.get(
+        `mm_${mode}_${TR}_${this.gpuWeights.format}`,
+        matmulWgsl(spec),
+        matmulKinds(spec),
+        spec.workgroup,
+      );
     };
     const qd = c.nHeads * c.headDim, nqkv = qd + 2 * c.nKvHeads * c.headDim;
     const bias = this.gpuWeights.layers[0]?.qkvBias !== null;
@@ -150,7 +194,7 @@ export class GpuExecutor implements Executor {
       attnRows: p.get("attn_rows", attentionRowsWgsl({ ...att, workgroup: 64 }), ATTENTION_KINDS, 64),
       attnPartial: p.get("attn_partial", attentionPartialWgsl({ ...att, workgroup: 32 }), PARTIAL_KINDS, 32),
       attnCombine: p.get("attn_combine", attentionCombineWgsl({ ...att, workgroup: 64 }), COMBINE_KINDS, 64),
-      embed: p.get("embed", embedWgsl(c.dim, 64), EMBED_KINDS, 64),
+      embed: p.get("embed", embedWgsl(c.dim, 64, this.gpuWeights.format === "f16"), EMBED_KINDS, 64),
       // Eight lanes: one SIMD group on llvmpipe, where wider workgroups make barriers expensive.
       argmax: p.get("argmax", argmaxWgsl(c.vocabSize, 8), ARGMAX_KINDS, 8),
       sample: p.get("sample", sampleWgsl(c.vocabSize, 8), SAMPLE_KINDS, 8),
@@ -176,8 +220,14 @@ export class GpuExecutor implements Executor {
       nKvHeads: c.nKvHeads,
       headDim: c.headDim,
       workgroup: matmulWorkgroup(c.dim),
+      f16: this.gpuWeights.format === "f16",
     };
-    return this.pipelines.get(`mm_down_${tr}`, matmulWgsl(spec), matmulKinds(spec), spec.workgroup);
+    return this.pipelines.get(
+      `mm_down_${tr}_${this.gpuWeights.format}`,
+      matmulWgsl(spec),
+      matmulKinds(spec),
+      spec.workgroup,
+    );
   }
 
   private buildRope(positions: number): GPUBuffer {

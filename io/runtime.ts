@@ -7,7 +7,7 @@ import { type Adapter, checkAdapterFits, decodeAdapter } from "../core/adapter.t
 import type { Model } from "../core/engine.ts";
 import { fail } from "../core/errors.ts";
 import type { Executor } from "../core/executor.ts";
-import { createBestExecutor, GpuExecutor } from "../gpu/mod.ts";
+import { createBestExecutor, GpuExecutor, type WeightFormatChoice } from "../gpu/mod.ts";
 import { modelFingerprint } from "../core/fingerprint.ts";
 import { createTokenizer } from "../core/tokenizer.ts";
 import type { ModelWeights } from "../core/weights.ts";
@@ -20,6 +20,8 @@ export interface LoadOptions {
   /** Adapter file; by default the model directory's judgeq.safetensors when present. */
   adapter?: string | null;
   executor?: ExecutorChoice;
+  /** GPU weight storage (default auto: f16 where the adapter has shader-f16). */
+  weightFormat?: WeightFormatChoice;
   /** Called with warnings (fallbacks); defaults to console.warn. */
   warn?: (message: string) => void;
 }
@@ -29,12 +31,17 @@ export async function createExecutor(
   weights: ModelWeights,
   choice: ExecutorChoice,
   warn: (m: string) => void,
+  weightFormat: WeightFormatChoice = "auto",
 ): Promise<Executor> {
   if (choice !== "gpu") {
-    return await createBestExecutor(weights, { prefer: choice === "cpu" ? "cpu" : "gpu", warn });
+    return await createBestExecutor(weights, {
+      prefer: choice === "cpu" ? "cpu" : "gpu",
+      warn,
+      weightFormat,
+    });
   }
   try {
-    return await GpuExecutor.create(weights);
+    return await GpuExecutor.create(weights, { weightFormat });
   } catch (e) {
     throw fail("internal", `WebGPU executor unavailable: ${(e as Error).message}`, "executor");
   }
@@ -75,7 +82,7 @@ export async function loadModel(o: LoadOptions = {}): Promise<Model> {
     ? ((await exists(defaultAdapter)) ? defaultAdapter : null)
     : o.adapter;
   const adapter = adapterPath ? await readAdapter(adapterPath, files.weights) : null;
-  const executor = await createExecutor(files.weights, o.executor ?? "auto", warn);
+  const executor = await createExecutor(files.weights, o.executor ?? "auto", warn, o.weightFormat);
   const eos = files.generationConfig?.eos_token_id;
   const stop = new Set<number>([
     ...files.config.eosTokenIds,

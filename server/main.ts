@@ -7,7 +7,7 @@
  * accepting, let in-flight and queued requests finish, then exit.
  */
 import { JudgeQError } from "../core/errors.ts";
-import { parseFlags, usage, UsageError } from "../cli/args.ts";
+import { parseFlags, usage, UsageError, weightFormatFlag } from "../cli/args.ts";
 import { type ExecutorChoice, loadModel } from "../io/runtime.ts";
 import { createApp, DEFAULT_OPTIONS } from "./app.ts";
 
@@ -26,6 +26,11 @@ const SPEC = {
   executor: {
     kind: "string",
     help: "auto | gpu | cpu (default auto: WebGPU, else CPU with a warning)",
+    default: "auto",
+  },
+  "gpu-weights": {
+    kind: "string",
+    help: "GPU weight storage: auto | f32 | f16 (default auto: f16 where the adapter has shader-f16)",
     default: "auto",
   },
   "queue-size": {
@@ -86,6 +91,7 @@ async function main(argv: string[]): Promise<number> {
     model: f.model as string | undefined,
     adapter: adapterFlag === "none" ? null : adapterFlag,
     executor,
+    weightFormat: weightFormatFlag(f["gpu-weights"]),
   });
   const app = createApp(model, {
     apiKey,

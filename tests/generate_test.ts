@@ -86,6 +86,7 @@ Deno.test("generate CLI: bad flags and inputs are named, exit code 2", async () 
       [["--prompt", "x", "--bogus", "1"], "unknown flag --bogus"],
       [["--max-tokens", "5"], "give --prompt or --context"],
       [["--prompt", "x", "--executor", "tpu"], "--executor"],
+      [["--prompt", "x", "--gpu-weights", "f8"], "--gpu-weights: expected auto, f32 or f16, got 'f8'"],
       [["--prompt", "x", "--method", "nope", "--budget", "3", "--executor", "cpu"], "kv_compression.method"],
       [["--prompt", "x", "--model", "/nonexistent-model-dir", "--executor", "cpu"], "config.json"],
     ] as const

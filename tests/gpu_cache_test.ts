@@ -52,7 +52,7 @@ for (const model of ["stories260K", "llama3"] as const) {
     fn: async () => {
       const w = model === "stories260K" ? await loadWeightsOnly() : fixtureWeights("llama3");
       const c = w.config;
-      const gx = await GpuExecutor.create(w, { decodeBatch: 16 });
+      const gx = await GpuExecutor.create(w, { weightFormat: "f32", decodeBatch: 16 });
       try {
         const P = 40;
         const cs = new CpuExecutor(w).createSession(200), gs = gx.createSession(200);
@@ -107,7 +107,7 @@ Deno.test({
   ...opts,
   fn: async () => {
     const w = fixtureWeights("qwen2");
-    const gx = await GpuExecutor.create(w, { decodeBatch: 8 });
+    const gx = await GpuExecutor.create(w, { weightFormat: "f32", decodeBatch: 8 });
     try {
       const gs = gx.createSession(300);
       await gs.forward({ kind: "tokens", tokens: promptTokens(30, w.config.vocabSize, 2) });
@@ -152,7 +152,7 @@ Deno.test({
   ...opts,
   fn: async () => {
     const w = await loadWeightsOnly();
-    const gx = await GpuExecutor.create(w);
+    const gx = await GpuExecutor.create(w, { weightFormat: "f32" });
     try {
       const gs = gx.createSession(8);
       await assert.rejects(gs.forward({ kind: "tokens", tokens: promptTokens(9, 512) }), /KV cache full/);
@@ -184,7 +184,7 @@ Deno.test({
   ...opts,
   fn: async () => {
     const w = await loadWeightsOnly();
-    const gx = await GpuExecutor.create(w, { decodeBatch: 4 });
+    const gx = await GpuExecutor.create(w, { weightFormat: "f32", decodeBatch: 4 });
     try {
       const cx = new CpuExecutor(w);
       const toks = promptTokens(20, w.config.vocabSize, 4);

@@ -6,8 +6,8 @@
 import assert from "node:assert/strict";
 import { CpuExecutor } from "../core/cpu/executor.ts";
 import type { DecodeOptions, KvSession } from "../core/executor.ts";
-import type { ModelWeights } from "../core/weights.ts";
-import { GpuExecutor, type GpuExecutorOptions } from "../gpu/executor.ts";
+import { type ModelWeights, roundProjectionsToF16 } from "../core/weights.ts";
+import { GpuExecutor, type GpuExecutorOptions, resolveWeightFormat } from "../gpu/executor.ts";
 import { createBestExecutor } from "../gpu/mod.ts";
 import { fixtureWeights, loadWeightsOnly, maxAbsDiff, promptTokens } from "../gpu/testing.ts";
 
@@ -24,10 +24,13 @@ const greedy = (maxTokens: number, extra: Partial<DecodeOptions> = {}): DecodeOp
   ...extra,
 });
 
+/** f32 unless asked: "auto" may pick f16 where the adapter has shader-f16, and the reference is f32. */
 async function compareModel(w: ModelWeights, promptLen: number, steps: number, o: GpuExecutorOptions = {}) {
-  const gx = await GpuExecutor.create(w, o);
+  const gx = await GpuExecutor.create(w, { weightFormat: "f32", ...o });
   try {
-    const cs = new CpuExecutor(w).createSession(promptLen + steps + 8);
+    // f16 weights are checked against the CPU reference running the same f16-rounded weights.
+    const ref = gx.gpuWeights.format === "f16" ? roundProjectionsToF16(w) : w;
+    const cs = new CpuExecutor(ref).createSession(promptLen + steps + 8);
     const gs = gx.createSession(promptLen + steps + 8);
     const toks = promptTokens(promptLen, w.config.vocabSize);
     const cr = await cs.forward({ kind: "tokens", tokens: toks }, { logits: "all" });
@@ -73,7 +76,12 @@ Deno.test({
   fn: async () => {
     const w = await loadWeightsOnly();
     // 24 KiB bindings split the LM head/embedding into 6 chunks and every projection into several.
-    const gx = await GpuExecutor.create(w, { maxBindingBytes: 24576, prefillChunk: 7, decodeBatch: 5 });
+    const gx = await GpuExecutor.create(w, {
+      weightFormat: "f32",
+      maxBindingBytes: 24576,
+      prefillChunk: 7,
+      decodeBatch: 5,
+    });
     try {
       assert.ok(gx.gpuWeights.lmHead.chunks.length >= 5);
       assert.ok(gx.gpuWeights.layers[0].down.chunks.length > 1);
@@ -99,12 +107,85 @@ Deno.test({
   },
 });
 
+for (
+  const [name, load] of [["stories260K", loadWeightsOnly], ["qwen2", () => fixtureWeights("qwen2")]] as const
+) {
+  Deno.test({
+    name: `gpu: f16 weights on ${name} match the CPU reference on the same f16-rounded weights`,
+    ...opts,
+    fn: async () => {
+      const w = await load();
+      // Small bindings also split the packed matrices (the embedding gather reads across chunks).
+      const { prefillErr, decodeErr } = await compareModel(w, 21, 64, {
+        weightFormat: "f16",
+        maxBindingBytes: 12288,
+      });
+      assert.ok(prefillErr < TOL && decodeErr < TOL);
+      // The format really changed the weights: f16 logits differ from the f32 model's, a little.
+      const gx = await GpuExecutor.create(w, { weightFormat: "f16" });
+      try {
+        assert.equal(gx.gpuWeights.format, "f16");
+        assert.match(gx.description, /weights f16/);
+        const toks = promptTokens(9, w.config.vocabSize, 5);
+        const cpu = await new CpuExecutor(w).createSession(16).forward({ kind: "tokens", tokens: toks });
+        const gpu = await gx.createSession(16).forward({ kind: "tokens", tokens: toks });
+        const d = maxAbsDiff(cpu.logits!, gpu.logits!);
+        assert.ok(d > 1e-6 && d < 0.05, `f16 vs f32 logits differ by ${d}`);
+      } finally {
+        gx.dispose();
+      }
+    },
+  });
+}
+
+Deno.test({
+  name: "gpu: weight format auto is f16 with shader-f16 and range, else f32; bad choices name the field",
+  fn: async () => {
+    const w = await loadWeightsOnly();
+    assert.equal(resolveWeightFormat("auto", w, new Set()), "f32");
+    assert.equal(resolveWeightFormat("auto", w, new Set(["shader-f16"])), "f16");
+    assert.equal(resolveWeightFormat("f16", w, new Set()), "f16", "packed f16 needs no shader-f16");
+    assert.throws(
+      () => resolveWeightFormat("f8" as "f16", w, new Set()),
+      /weight_format: expected auto, f32 or f16/,
+    );
+    // A weight beyond f16's range: auto keeps f32, an explicit f16 names the tensor.
+    const big = {
+      ...w,
+      layers: w.layers.map((l, i) => i === 2 ? { ...l, wUp: l.wUp.map((x, j) => j === 7 ? 7e4 : x) } : l),
+    };
+    assert.equal(resolveWeightFormat("auto", big, new Set(["shader-f16"])), "f32");
+    assert.throws(
+      () => resolveWeightFormat("f16", big, new Set()),
+      /weight_format: f16 cannot hold tensor model\.layers\.2\.mlp\.up_proj\.weight/,
+    );
+  },
+});
+
+const hasF16 = adapter?.features.has("shader-f16") ?? false;
+if (adapter && !hasF16) {
+  console.warn("gpu_executor_test: adapter lacks shader-f16, the auto-f16 test is skipped");
+}
+Deno.test({
+  name: "gpu: on an adapter with shader-f16 the default executor holds f16 weights",
+  ...opts,
+  ignore: !hasF16,
+  fn: async () => {
+    const gx = await GpuExecutor.create(await loadWeightsOnly());
+    try {
+      assert.equal(gx.gpuWeights.format, "f16");
+    } finally {
+      gx.dispose();
+    }
+  },
+});
+
 Deno.test({
   name: "gpu: temperature, top-k and top-p sampling on the GPU draw the reference's tokens",
   ...opts,
   fn: async () => {
     const w = await loadWeightsOnly();
-    const gx = await GpuExecutor.create(w, { decodeBatch: 16 });
+    const gx = await GpuExecutor.create(w, { weightFormat: "f32", decodeBatch: 16 });
     try {
       const toks = promptTokens(12, w.config.vocabSize, 11);
       const settings = [
@@ -134,7 +215,7 @@ Deno.test({
   ...opts,
   fn: async () => {
     const w = await loadWeightsOnly();
-    const gx = await GpuExecutor.create(w, { decodeBatch: 8 });
+    const gx = await GpuExecutor.create(w, { weightFormat: "f32", decodeBatch: 8 });
     try {
       const toks = promptTokens(10, w.config.vocabSize, 5);
       const cx = new CpuExecutor(w);
@@ -169,7 +250,7 @@ Deno.test({
   ...opts,
   fn: async () => {
     const w = await loadWeightsOnly();
-    const gx = await GpuExecutor.create(w, { decodeBatch: 8 });
+    const gx = await GpuExecutor.create(w, { weightFormat: "f32", decodeBatch: 8 });
     const gs = gx.createSession(100);
     await gs.forward({ kind: "tokens", tokens: [1, 5, 9] });
     const seen: number[][] = [];

@@ -37,7 +37,7 @@ Deno.test({
   fn: async () => {
     const { weights } = await embeddedModel();
     const soft = randomSoftTokens(weights.embed, weights.config.dim, 32, 11);
-    const gpu = await GpuExecutor.create(weights);
+    const gpu = await GpuExecutor.create(weights, { weightFormat: "f32" });
     const cpu = new CpuExecutor(weights);
     try {
       for (const compression of METHODS) {
@@ -75,6 +75,8 @@ async function generate(executor: string, prompt: string) {
       "64",
       "--executor",
       executor,
+      "--gpu-weights",
+      "f32", // the reference holds f32 weights ("auto" may pick f16)
     ],
     stdout: "piped",
     stderr: "piped",

@@ -65,12 +65,19 @@ Deno.test({
 });
 
 Deno.test("server/main.ts: a bad flag is a usage error naming it", async () => {
-  const child = spawn(["--port", "abc"]);
-  const [status, stdout, stderr] = await Promise.all([
-    child.status,
-    readAll(child.stdout),
-    readAll(child.stderr),
-  ]);
-  assertEquals(status.code, 2);
-  assert(stderr.includes("--port: expected an integer, got 'abc'"), stderr + stdout);
+  for (
+    const [args, message] of [
+      [["--port", "abc"], "--port: expected an integer, got 'abc'"],
+      [["--gpu-weights", "int4"], "--gpu-weights: expected auto, f32 or f16, got 'int4'"],
+    ] as [string[], string][]
+  ) {
+    const child = spawn(args);
+    const [status, stdout, stderr] = await Promise.all([
+      child.status,
+      readAll(child.stdout),
+      readAll(child.stderr),
+    ]);
+    assertEquals(status.code, 2);
+    assert(stderr.includes(message), stderr + stdout);
+  }
 });

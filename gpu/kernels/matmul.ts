@@ -30,6 +30,8 @@ export interface MatmulSpec {
   nKvHeads: number;
   headDim: number;
   workgroup: number;
+  /** Weights as f16 pairs packed in u32 (see weights.ts `packedIndex`) instead of f32. */
+  f16: boolean;
 }
 
 /** Binding kinds, in order, for `PipelineCache.get`. */
@@ -44,12 +46,13 @@ export function matmulKinds(s: MatmulSpec): string {
 
 export function matmulWgsl(s: MatmulSpec): string {
   const K4 = s.K / 4, N4 = s.N / 4, TR = s.TR;
+  const wTy = s.f16 ? "vec4<u32>" : "vec4<f32>";
   const hd = s.headDim, half = hd / 2, qd = s.nHeads * hd, kd = s.nKvHeads * hd;
   let b = 5;
   const decl: string[] = [
     `@group(0) @binding(0) var<uniform> P: Params;`,
     `@group(0) @binding(1) var<uniform> S: Static;`,
-    `@group(0) @binding(2) var<storage, read> W: array<vec4<f32>>;`,
+    `@group(0) @binding(2) var<storage, read> W: array<${wTy}>;`,
     `@group(0) @binding(3) var<storage, read> X: array<vec4<f32>>;`,
     s.mode === "qkv"
       ? `@group(0) @binding(4) var<storage, read_write> OUT: array<f32>;`
@@ -57,7 +60,7 @@ export function matmulWgsl(s: MatmulSpec): string {
   ];
   if (s.norm) decl.push(`@group(0) @binding(${b++}) var<storage, read> G: array<vec4<f32>>;`);
   if (s.bias) decl.push(`@group(0) @binding(${b++}) var<storage, read> BIAS: array<vec4<f32>>;`);
-  if (s.mode === "swiglu") decl.push(`@group(0) @binding(${b++}) var<storage, read> W2: array<vec4<f32>>;`);
+  if (s.mode === "swiglu") decl.push(`@group(0) @binding(${b++}) var<storage, read> W2: array<${wTy}>;`);
   if (s.mode === "qkv") {
     decl.push(`@group(0) @binding(${b++}) var<storage, read_write> KC: array<f32>;`);
     decl.push(`@group(0) @binding(${b++}) var<storage, read_write> VC: array<f32>;`);
@@ -77,10 +80,7 @@ export function matmulWgsl(s: MatmulSpec): string {
   const mainLoop = `
   ${rep(TR, (i) => `var a${i} = vec4<f32>(0.0);${two ? ` var u${i} = vec4<f32>(0.0);` : ""}`, "\n  ")}
   // Blocked weights: 8 columns-vec4 x K rows contiguous, so each SIMD group streams one region.
-  var wb = (c4 >> 3u) * ${s.K * 8}u + (c4 & 7u);
-  for (var k = 0u; k < ${K4}u; k++) {
-    let w0 = W[wb]; let w1 = W[wb + 8u]; let w2 = W[wb + 16u]; let w3 = W[wb + 24u];
-    ${two ? "let q0 = W2[wb]; let q1 = W2[wb + 8u]; let q2 = W2[wb + 16u]; let q3 = W2[wb + 24u];" : ""}
+  ${s.f16 ? loadF16(s.K, two) : loadF32(s.K, two)}
     ${s.norm ? "let g = G[k];" : ""}
     ${
     rep(TR, (i) =>
@@ -89,7 +89,7 @@ export function matmulWgsl(s: MatmulSpec): string {
         two ? `\n      u${i} += q0 * v.x + q1 * v.y + q2 * v.z + q3 * v.w;` : ""
       } }`, "\n    ")
   }
-    wb += 32u;
+    wb += ${s.f16 ? 16 : 32}u;
   }`;
   const n = "S.nOff + 4u * c4";
   const epilogue = rep(TR, (i) => {
@@ -146,6 +146,7 @@ fn qkvStore(r: u32, n: u32, y: vec4<f32>) {
 }`;
   return `${PARAMS_WGSL}
 ${decl.join("\n")}
+${s.f16 ? UNPACK_WGSL : ""}
 ${qkvFn}
 @compute @workgroup_size(${s.workgroup})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
@@ -159,4 +160,34 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   ${epilogue}
 }
 `;
+}
+
+/** Four columns of one input row from two packed words. */
+export const UNPACK_WGSL = `
+fn unpack4(u: vec2<u32>) -> vec4<f32> { return vec4<f32>(unpack2x16float(u.x), unpack2x16float(u.y)); }`;
+
+/** Loop head for f32 blocks: per block of 32 columns, [K][8 vec4]; 4 loads give 4 rows of 4 columns. */
+function loadF32(K: number, two: boolean): string {
+  return `var wb = (c4 >> 3u) * ${K * 8}u + (c4 & 7u);
+  for (var k = 0u; k < ${K / 4}u; k++) {
+    let w0 = W[wb]; let w1 = W[wb + 8u]; let w2 = W[wb + 16u]; let w3 = W[wb + 24u];
+    ${two ? "let q0 = W2[wb]; let q1 = W2[wb + 8u]; let q2 = W2[wb + 16u]; let q3 = W2[wb + 24u];" : ""}`;
+}
+
+/** Loop head for packed f16 blocks: per block, [K/2][8 vec4<u32>]; 2 loads give 4 rows of 4 columns. */
+function loadF16(K: number, two: boolean): string {
+  const pair = (a: string, v: string, i: number) =>
+    `let ${v}${i} = ${a}[wb + ${
+      8 * i
+    }u]; let ${v}0${i} = unpack4(${v}${i}.xy); let ${v}1${i} = unpack4(${v}${i}.zw);`;
+  return `var wb = (c4 >> 3u) * ${K * 4}u + (c4 & 7u);
+  for (var k = 0u; k < ${K / 4}u; k++) {
+    ${pair("W", "p", 0)} ${pair("W", "p", 1)}
+    let w0 = p00; let w1 = p10; let w2 = p01; let w3 = p11;
+    ${
+    two
+      ? `${pair("W2", "t", 0)} ${pair("W2", "t", 1)}
+    let q0 = t00; let q1 = t10; let q2 = t01; let q3 = t11;`
+      : ""
+  }`;
 }

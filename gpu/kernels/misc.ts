@@ -5,11 +5,20 @@ import { PARAMS_WGSL, rep } from "./common.ts";
 
 /** x[r][d] = embed[token_r][d], reading one chunk of the transposed, blocked table (see weights.ts). */
 export const EMBED_KINDS = "durrw";
-export function embedWgsl(dim: number, workgroup: number): string {
+export function embedWgsl(dim: number, workgroup: number, f16 = false): string {
+  // f16: the half at weights.ts `packedIndex(c, d, dim)`, two halves per u32 word.
+  const read = f16
+    ? `let cc = c & 31u;
+    let word = (((c >> 5u) * ${
+      dim / 2
+    }u + (d >> 1u)) * 8u + (cc >> 2u)) * 4u + (d & 1u) * 2u + ((cc & 3u) >> 1u);
+    let v = unpack2x16float(E[word]);
+    X[r * ${dim}u + d] = select(v.x, v.y, (cc & 1u) == 1u);`
+    : `X[r * ${dim}u + d] = E[((c >> 5u) * ${dim}u + d) * 32u + (c & 31u)];`;
   return `${PARAMS_WGSL}
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<uniform> S: Static;
-@group(0) @binding(2) var<storage, read> E: array<f32>;
+@group(0) @binding(2) var<storage, read> E: array<${f16 ? "u32" : "f32"}>;
 @group(0) @binding(3) var<storage, read> TOK: array<u32>;
 @group(0) @binding(4) var<storage, read_write> X: array<f32>;
 @compute @workgroup_size(${workgroup})
@@ -21,7 +30,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let nc = 4u * S.n4;
   if (t >= S.nOff && t < S.nOff + nc) {
     let c = t - S.nOff;
-    X[r * ${dim}u + d] = E[((c >> 5u) * ${dim}u + d) * 32u + (c & 31u)];
+    ${read}
   }
 }`;
 }
