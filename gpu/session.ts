@@ -58,6 +58,9 @@ interface DecodeBatch {
 }
 
 interface LayerGroups {
+  /** Separate RMSNorms (x -> xn) before the attention and the MLP; null when fused into the projections. */
+  attnNorm: GPUBindGroup | null;
+  mlpNorm: GPUBindGroup | null;
   qkv: GPUBindGroup[];
   attn: GPUBindGroup;
   partial: GPUBindGroup;
@@ -71,6 +74,7 @@ interface Groups {
   embed: GPUBindGroup[];
   layers: LayerGroups[];
   lm: GPUBindGroup[];
+  finalNorm: GPUBindGroup | null;
   combine: GPUBindGroup;
   argmax: GPUBindGroup;
   sample: GPUBindGroup;
@@ -99,6 +103,8 @@ export class GpuSession implements KvSession {
   private readonly batch: number;
   private readonly params: GPUBuffer;
   private readonly x: GPUBuffer;
+  /** Normalized rows of x, the projections' input when the norm is a separate dispatch (else x itself). */
+  private readonly xn: GPUBuffer;
   private readonly q: GPUBuffer;
   private readonly att: GPUBuffer;
   private readonly h: GPUBuffer;
@@ -123,6 +129,7 @@ export class GpuSession implements KvSession {
     const qd = c.nHeads * c.headDim;
     this.params = emptyBuffer(d, PARAM_RECORDS * this.stride, UNIFORM, "params");
     this.x = emptyBuffer(d, this.chunk * c.dim * 4, STORAGE, "x");
+    this.xn = ex.separateNorm ? emptyBuffer(d, this.chunk * c.dim * 4, STORAGE, "xn") : this.x;
     this.q = emptyBuffer(d, this.chunk * qd * 4, STORAGE, "q");
     this.att = emptyBuffer(d, this.chunk * qd * 4, STORAGE, "att");
     this.h = emptyBuffer(d, this.chunk * c.hiddenDim * 4, STORAGE, "h");
@@ -145,16 +152,19 @@ export class GpuSession implements KvSession {
     const ex = this.ex, k = ex.kernels, w = ex.gpuWeights, d = this.device, cache = this.cache;
     const bg = (kernel: Kernel, res: (GPUBuffer | null)[]) =>
       bindGroup(d, kernel, res.filter((r): r is GPUBuffer => r !== null), this.stride);
-    const P = this.params;
+    const P = this.params, sep = ex.separateNorm;
+    const norm = (g: GPUBuffer) => (sep ? bg(k.rmsNorm, [P, this.x, g, this.xn]) : null);
     const layers = w.layers.map((lw, l): LayerGroups => ({
+      attnNorm: norm(lw.attnNorm),
+      mlpNorm: norm(lw.mlpNorm),
       qkv: lw.qkv.chunks.map((ch) =>
         bg(k.mm.qkv[1], [
           P,
           ch.info,
           ch.buffer,
-          this.x,
+          this.xn,
           this.q,
-          lw.attnNorm,
+          sep ? null : lw.attnNorm,
           lw.qkvBias,
           cache.k[l],
           cache.v[l],
@@ -175,7 +185,15 @@ export class GpuSession implements KvSession {
       ]),
       o: lw.o.chunks.map((ch) => bg(k.mm.residual[1], [P, ch.info, ch.buffer, this.att, this.x])),
       ffn: lw.gate.chunks.map((ch, i) =>
-        bg(k.mm.swiglu[1], [P, ch.info, ch.buffer, this.x, this.h, lw.mlpNorm, lw.up.chunks[i].buffer])
+        bg(k.mm.swiglu[1], [
+          P,
+          ch.info,
+          ch.buffer,
+          this.xn,
+          this.h,
+          sep ? null : lw.mlpNorm,
+          lw.up.chunks[i].buffer,
+        ])
       ),
       down: lw.down.chunks.map((ch) => bg(ex.downKernel(1), [P, ch.info, ch.buffer, this.h, this.x])),
     }));
@@ -184,6 +202,7 @@ export class GpuSession implements KvSession {
       embed: w.embed.chunks.map((ch) => bg(k.embed, [P, ch.info, ch.buffer, this.toks, this.x])),
       layers,
       lm: this.lmGroups(this.logits),
+      finalNorm: norm(w.finalNorm),
       combine: bg(k.attnCombine, [P, this.partML, this.partO, this.att]),
       argmax: bg(k.argmax, [P, this.logits, this.toks]),
       sample: bg(k.sample, [P, this.sampling, this.logits, this.toks, this.rng, this.prob]),
@@ -193,15 +212,14 @@ export class GpuSession implements KvSession {
 
   private lmGroups(out: GPUBuffer): GPUBindGroup[] {
     const w = this.ex.gpuWeights;
+    const g = this.ex.separateNorm ? [] : [w.finalNorm];
     return w.lmHead.chunks.map((ch) =>
-      bindGroup(this.device, this.ex.kernels.mm.lm[1], [
-        this.params,
-        ch.info,
-        ch.buffer,
-        this.x,
-        out,
-        w.finalNorm,
-      ], this.stride)
+      bindGroup(
+        this.device,
+        this.ex.kernels.mm.lm[1],
+        [this.params, ch.info, ch.buffer, this.xn, out, ...g],
+        this.stride,
+      )
     );
   }
 
@@ -245,6 +263,7 @@ export class GpuSession implements KvSession {
     const qBytes = c.nHeads * c.headDim * 4;
     for (let l = 0; l < c.nLayers; l++) {
       const lw = w.layers[l], lg = g.layers[l];
+      if (lg.attnNorm) rec.dispatch(k.rmsNorm, lg.attnNorm, off, rows);
       this.matmul(rec, k.mm.qkv, lg.qkv, lw.qkv.chunks, off, rows);
       if (capture) {
         rec.copy(this.q, 0, capture.buf, (l * capture.stride + capture.row) * qBytes, rows * qBytes);
@@ -260,6 +279,7 @@ export class GpuSession implements KvSession {
         rec.dispatch(k.attnCombine, g.combine, off, Math.ceil((c.nHeads * c.headDim) / 4 / 64), rows);
       } else rec.dispatch(k.attnRows, lg.attn, off, Math.ceil(rows / k.attnRows.workgroupSize), c.nHeads);
       this.matmul(rec, k.mm.residual, lg.o, lw.o.chunks, off, rows);
+      if (lg.mlpNorm) rec.dispatch(k.rmsNorm, lg.mlpNorm, off, rows);
       this.matmul(rec, k.mm.swiglu, lg.ffn, lw.gate.chunks, off, rows);
       this.matmul(
         rec,
@@ -277,6 +297,12 @@ export class GpuSession implements KvSession {
     let most = 0;
     for (const n of this.cache.counts) most = Math.max(most, n);
     return Math.max(1, Math.min(MAX_SPLITS, Math.ceil((most + extra) / 32)));
+  }
+
+  /** Final norm (when separate) and the LM head over `rows` rows from the record's rowStart. */
+  private encodeLmHead(rec: Recorder, g: Groups, lm: GPUBindGroup[], off: number, rows: number) {
+    if (g.finalNorm) rec.dispatch(this.ex.kernels.rmsNorm, g.finalNorm, off, rows);
+    this.matmul(rec, this.ex.kernels.mm.lm, lm, this.ex.gpuWeights.lmHead.chunks, off, rows);
   }
 
   private encodeEmbed(rec: Recorder, g: Groups, off: number, rows: number) {
@@ -447,14 +473,14 @@ export class GpuSession implements KvSession {
         for (let r0 = 0; r0 < n; r0 += lmRows) {
           const m = Math.min(lmRows, n - r0);
           const o = rec.param({ rows: m, pos0: 0, step: 0, rowStart: r0, outRow: 0 });
-          this.matmul(rec, this.ex.kernels.mm.lm, allGroups, this.ex.gpuWeights.lmHead.chunks, o, m);
+          this.encodeLmHead(rec, g, allGroups, o, m);
           rec.copy(allChunk, 0, all, (c0 + r0) * V * 4, m * V * 4);
         }
       }
     }
     if (want !== "none") {
       const o = rec.param({ rows: 1, pos0: 0, step: 0, rowStart: last - 1, outRow: 0 });
-      this.matmul(rec, this.ex.kernels.mm.lm, g.lm, this.ex.gpuWeights.lmHead.chunks, o, 1);
+      this.encodeLmHead(rec, g, g.lm, o, 1);
       this.curRow = 0;
     }
     this.cache.append(first, rows);
@@ -574,7 +600,7 @@ export class GpuSession implements KvSession {
           capture ? { buf: capture, stride: capStride, row: captured.length + pending + s } : null,
           splits,
         );
-        this.matmul(rec, ex.kernels.mm.lm, g.lm, ex.gpuWeights.lmHead.chunks, off, 1);
+        this.encodeLmHead(rec, g, g.lm, off, 1);
       }
       const tokBytes = Math.ceil((B * 4) / 16) * 16;
       const bytes = tokBytes + (logits ? B * V * 4 : 0);
@@ -879,7 +905,10 @@ export class GpuSession implements KvSession {
         this.sampling,
         this.rng,
         this.prob,
+        this.partML,
+        this.partO,
       ]
     ) b.destroy();
+    if (this.xn !== this.x) this.xn.destroy();
   }
 }

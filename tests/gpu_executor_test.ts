@@ -138,6 +138,24 @@ for (
   });
 }
 
+for (
+  const [name, load] of [["stories260K", loadWeightsOnly], ["qwen2", () => fixtureWeights("qwen2")]] as const
+) {
+  Deno.test({
+    name: `gpu: RMSNorm as separate dispatches (the wide-model path) on ${name} matches the CPU reference`,
+    ...opts,
+    fn: async () => {
+      const w = await load();
+      // Chunked prefill and "all" logits in several LM-head passes exercise every norm's row offsets.
+      await compareModel(w, 23, 64, { separateNorm: true, prefillChunk: 7 });
+      await compareModel(w, 9, 16, { separateNorm: true, weightFormat: "f16" });
+      const gx = await GpuExecutor.create(w, { weightFormat: "f32" });
+      assert.equal(gx.separateNorm, false, "narrow models keep the norm fused");
+      gx.dispose();
+    },
+  });
+}
+
 Deno.test({
   name: "gpu: weight format auto is f16 with shader-f16 and range, else f32; bad choices name the field",
   fn: async () => {

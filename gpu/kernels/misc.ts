@@ -1,7 +1,7 @@
 /**
  * Small kernels: embedding gather, greedy argmax, KV compaction gather, key norms and attention mass.
  */
-import { PARAMS_WGSL, rep } from "./common.ts";
+import { f, PARAMS_WGSL, rep } from "./common.ts";
 
 /** x[r][d] = embed[token_r][d], reading one chunk of the transposed, blocked table (see weights.ts). */
 export const EMBED_KINDS = "durrw";
@@ -32,6 +32,32 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let c = t - S.nOff;
     ${read}
   }
+}`;
+}
+
+/**
+ * XN[r] = RMSNorm(X[r]) * G for rows rowStart .. rowStart + rows - 1, one workgroup per row. Each
+ * invocation sums the squares itself (no workgroup barrier: slow on llvmpipe) and writes its share;
+ * the executor uses 8 invocations, one llvmpipe SIMD group, which loads a row as cheaply as one lane.
+ * Used before the projections of wide models, so that their thousands of invocations stop recomputing
+ * the norm (see executor.ts `separateNorm`).
+ */
+export const RMSNORM_KINDS = "drrw";
+export function rmsNormWgsl(dim: number, eps: number, workgroup: number): string {
+  const d4 = dim / 4;
+  return `${PARAMS_WGSL}
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> X: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> G: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> XN: array<vec4<f32>>;
+@compute @workgroup_size(${workgroup})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  if (wid.x >= P.rows) { return; }
+  let base = (P.rowStart + wid.x) * ${d4}u;
+  var ss = 0.0;
+  for (var k = 0u; k < ${d4}u; k++) { let v = X[base + k]; ss += dot(v, v); }
+  let sc = inverseSqrt(ss / ${f(dim)} + ${f(eps)});
+  for (var k = li; k < ${d4}u; k += ${workgroup}u) { XN[base + k] = X[base + k] * sc * G[k]; }
 }`;
 }
 
