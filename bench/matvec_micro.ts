@@ -160,7 +160,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 /**
  * f16 weights packed in pairs into u32 (unpack2x16float: core WGSL, no shader-f16 needed). Blocks of 32
  * columns [K/2][8 vec4<u32>]: one vec4<u32> holds 4 columns of two consecutive input rows, so each load
- * carries 8 weights instead of 4 (llvmpipe pays per loaded component, not per byte).
+ * carries 8 weights instead of 4.
  */
 function blockedF16(wg: number): Variant {
   return {

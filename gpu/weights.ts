@@ -4,7 +4,7 @@
  * LM head are the ones that usually need it). The fused QKV matrix concatenates q, k and v with the
  * q/k columns permuted so each vec4 holds two RoPE pairs: (2j, 2j+1, 2j+half, 2j+1+half).
  * Matrices are held as f32, or as f16 packed in pairs into u32 words (see `packedIndex`): half the
- * memory and, on llvmpipe (which pays per loaded 32-bit component), about 1.5x faster decode.
+ * memory and bytes moved, with f32 arithmetic (unpack2x16float needs no shader-f16).
  */
 import type { ModelConfig } from "../core/config.ts";
 import { F16_MAX, type ModelWeights } from "../core/weights.ts";
