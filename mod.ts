@@ -46,4 +46,5 @@ export { modelFingerprint } from "./core/fingerprint.ts";
 export { createTokenizer, type TextTokenizer } from "./core/tokenizer.ts";
 export { type ModelWeights } from "./core/weights.ts";
 export { EMBEDDED_MODEL_DIR, loadModelDir } from "./io/model_dir.ts";
-export { createExecutor, type ExecutorChoice, loadModel } from "./io/runtime.ts";
+export { createExecutor, type ExecutorChoice, loadModel, type LoadOptions } from "./io/runtime.ts";
+export { GpuExecutor, type GpuExecutorOptions, WEIGHT_FORMATS, type WeightFormatChoice } from "./gpu/mod.ts";
