@@ -60,8 +60,9 @@ Deno.test({
   },
 });
 
-for (const shape of ["llama3", "qwen2", "mistral"] as const) {
+for (const shape of ["llama3", "qwen2", "mistral", "llama100m"] as const) {
   Deno.test({
+    // llama100m (87.5M parameters, hidden 768) also runs the wide-model path: RMSNorm as its own dispatch.
     name: `gpu: random ${shape} model prefill and 64 decode steps match the CPU reference`,
     ...opts,
     fn: async () => {
