@@ -30,10 +30,14 @@ export const MATMUL_WG = 64;
 /**
  * Workgroup size of a projection with N output columns (N/4 invocations per row group). llvmpipe hands
  * whole workgroups to its threads, so a narrow output (the o and down projections' 768 columns: 3
- * groups of 64 for 2 threads) leaves a thread idle part of the time; 32-wide groups split it evenly.
+ * groups of 64 for 2 threads) leaves a thread idle part of the time; 32-wide groups split it evenly,
+ * and the tiny projections of a model like stories260K (16 to 43 invocations) get groups of 8 (one
+ * SIMD group) so that they still spread over the threads.
  */
 export function matmulWorkgroup(N: number): number {
-  return N / 4 / MATMUL_WG >= 8 ? MATMUL_WG : 32;
+  const invocations = N / 4;
+  if (invocations / MATMUL_WG >= 8) return MATMUL_WG;
+  return invocations >= 4 * 32 ? 32 : 8;
 }
 export const PREFILL_TR = 4;
 
