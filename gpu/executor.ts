@@ -65,8 +65,8 @@ export interface GpuExecutorOptions {
   /**
    * RMSNorm as its own dispatch before the projections instead of inside them (default: hidden size
    * >= SEPARATE_NORM_MIN_DIM). Fused, every invocation of a projection recomputes the row's norm (a
-   * sixth of its loads); separate, one small dispatch per norm does it once (about 20% faster decode
-   * on the 87.5M model; on a tiny model the extra dispatches cost more than they save).
+   * sixth of its loads); separate, one small dispatch per norm does it once (16% faster decode on the
+   * 87.5M model in bench/decode_probe.ts; on a tiny model the extra dispatches cost more than they save).
    */
   separateNorm?: boolean;
 }
@@ -85,7 +85,7 @@ export function resolveWeightFormat(choice: WeightFormatChoice, w: ModelWeights,
   if (choice === "auto") return features.has("shader-f16") && !beyond ? "f16" : "f32";
   if (beyond) {
     throw new JudgeQError(
-      "invalid_model_file",
+      "unprocessable",
       `f16 cannot hold tensor ${beyond}: a weight is beyond the f16 range (|w| > 65504)`,
       "weight_format",
     );
