@@ -80,9 +80,9 @@ export function resolveWeightFormat(choice: WeightFormatChoice, w: ModelWeights,
   if (!WEIGHT_FORMATS.includes(choice)) {
     throw new JudgeQError("invalid_request", `expected auto, f32 or f16, got '${choice}'`, "weight_format");
   }
-  if (choice === "f32") return "f32";
-  const beyond = tensorBeyondF16(w);
-  if (choice === "auto") return features.has("shader-f16") && !beyond ? "f16" : "f32";
+  if (choice === "f32" || (choice === "auto" && !features.has("shader-f16"))) return "f32";
+  const beyond = tensorBeyondF16(w); // one pass over the weights, only when f16 is in question
+  if (choice === "auto") return beyond ? "f32" : "f16";
   if (beyond) {
     throw new JudgeQError(
       "unprocessable",

@@ -7,7 +7,7 @@
  * memory and bytes moved, with f32 arithmetic (unpack2x16float needs no shader-f16).
  */
 import type { ModelConfig } from "../core/config.ts";
-import { F16_MAX, type ModelWeights } from "../core/weights.ts";
+import type { ModelWeights } from "../core/weights.ts";
 import { bufferWith, STORAGE, UNIFORM } from "./buffers.ts";
 
 /** How projection and embedding matrices are stored on the GPU (norms and biases stay f32). */
@@ -115,7 +115,7 @@ export class WeightUploader {
    * Transposes row-major w [N][K] (rows taken in `order` when given) into chunks of n columns, n a
    * multiple of `align` (4, or the head size for QKV so no vec4 crosses a head), each stored blocked:
    * per 32 columns, [K][32] contiguous (the last block zero-padded). See `blockedIndex` and, for f16,
-   * `packedIndex`. A weight beyond the f16 range is an error naming the tensor (no silent infinities).
+   * `packedIndex` (the executor checks the f16 range first: `resolveWeightFormat`).
    */
   matrix(
     w: Float32Array,
@@ -144,14 +144,6 @@ export class WeightUploader {
       for (let c = 0; c < n; c++) {
         const src = (order ? order[nOff + c] : nOff + c) * K;
         for (let k = 0; k < K; k++) t[at(c, k, K)] = w[src + k];
-      }
-      if (t instanceof Float16Array) {
-        const bad = t.findIndex((x) => !Number.isFinite(x));
-        if (bad >= 0) {
-          throw new RangeError(
-            `${label}: a weight exceeds the f16 range (|w| > ${F16_MAX}); use f32 weights`,
-          );
-        }
       }
       const words = new Uint32Array(t.buffer);
       chunks.push({ buffer: this.upload(words, STORAGE, label), nOff, n, info: this.info(nOff, n, layer) });
