@@ -84,7 +84,20 @@ export function trainStep(
     loss += r.loss / samples.length;
     for (let i = 0; i < sum.length; i++) sum[i] += r.grad[i] / samples.length;
   }
-  const { grad, norm } = clipByNorm(sum, o.clip);
+  return applyGradient(state, loss, sum, o);
+}
+
+/**
+ * The update shared by every backend once the batch's mean loss and gradient are known: clip by norm,
+ * the scheduled learning rate, one Adam step.
+ */
+export function applyGradient(
+  state: FitState,
+  loss: number,
+  meanGrad: Float64Array,
+  o: FitOptions,
+): { state: FitState; report: StepReport } {
+  const { grad, norm } = clipByNorm(meanGrad, o.clip);
   const lr = scheduledLr(o.schedule, state.step);
   const next = adamStep(state.e, grad, state.adam, lr);
   return {

@@ -4,8 +4,8 @@
  * (they are O(n dim), and the state then has the CPU path's checkpoint format, so either executor
  * can resume the other's run; trajectories agree to float32 precision, not bit for bit).
  */
-import { adamStep, clipByNorm, scheduledLr } from "../../core/train/adam.ts";
 import {
+  applyGradient,
   cpuFitBackend,
   type FitBackend,
   type FitOptions,
@@ -23,14 +23,8 @@ export async function trainStepGpu(
   samples: TrainSample[],
   o: FitOptions,
 ): Promise<{ state: FitState; report: StepReport }> {
-  const { loss, grad: mean } = await trainer.batchGradient(samples, state.e, o.loss);
-  const { grad, norm } = clipByNorm(mean, o.clip);
-  const lr = scheduledLr(o.schedule, state.step);
-  const next = adamStep(state.e, grad, state.adam, lr);
-  return {
-    state: { step: state.step + 1, e: next.params, adam: next.state },
-    report: { loss, gradNorm: norm, lr },
-  };
+  const { loss, grad } = await trainer.batchGradient(samples, state.e, o.loss);
+  return applyGradient(state, loss, grad, o);
 }
 
 export async function gpuFitBackend(m: TrainModel, o?: GpuTrainerOptions): Promise<FitBackend> {
