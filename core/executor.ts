@@ -106,7 +106,7 @@ export interface KvSession {
 }
 
 export interface Executor {
-  readonly kind: "cpu" | "gpu";
+  readonly kind: "cpu" | "gpu" | "wasm";
   readonly config: ModelConfig;
   /** Human-readable backend description (adapter, features). */
   readonly description: string;

@@ -1,0 +1,65 @@
+/**
+ * The executors the contract suite (tests/executor_contract_test.ts) runs against the CPU reference.
+ * This list is the only place they are named: to test a new executor, append an entry whose `create`
+ * returns the executor for the given weights, or a sentence saying why it cannot run here (its tests are
+ * then skipped with that message).
+ */
+import { CpuExecutor } from "../core/cpu/executor.ts";
+import { JudgeQError } from "../core/errors.ts";
+import type { Executor } from "../core/executor.ts";
+import { type ModelWeights, roundProjectionsToF16 } from "../core/weights.ts";
+import { gpuAvailable } from "../gpu/device.ts";
+import { GpuExecutor } from "../gpu/executor.ts";
+import { WasmExecutor, type WasmExecutorOptions, wasmUnsupportedReason } from "../wasm/mod.ts";
+
+export interface ExecutorUnderTest {
+  /** "reference", "gpu", ... */
+  name: string;
+  /** An executor for these weights, or a string saying why it is unavailable here (the tests then skip with that message). */
+  create(weights: ModelWeights): Promise<Executor | string>;
+  /** The weights it runs, when not the model's own (f16-rounded, say); the oracle then runs them too. */
+  weights?(weights: ModelWeights): ModelWeights;
+}
+
+export const EXECUTORS_UNDER_TEST: ExecutorUnderTest[] = [
+  {
+    // The oracle itself: it must pass trivially, which checks the suite's own assumptions.
+    name: "reference",
+    create: (weights) => Promise.resolve(new CpuExecutor(weights)),
+  },
+  {
+    name: "gpu",
+    create: async (weights) => {
+      if (!gpuAvailable()) return "WebGPU is not available in this runtime";
+      const adapter = await navigator.gpu.requestAdapter().catch(() => null);
+      if (!adapter) return "no WebGPU adapter";
+      try {
+        // f32 weights: "auto" may pick f16 where the adapter has shader-f16, and the reference is f32.
+        return await GpuExecutor.create(weights, { weightFormat: "f32" });
+      } catch (e) {
+        // No usable device, or a model shape the kernels do not support: a skip. Anything else is a failure.
+        if (e instanceof JudgeQError && e.kind === "invalid_adapter") return e.message;
+        throw e;
+      }
+    },
+  },
+  {
+    // The fast CPU executor as a user gets it: small models run on the calling thread alone.
+    name: "wasm",
+    create: (weights) => wasmOrReason(weights, { threads: 2 }),
+  },
+  {
+    // Every step split over 3 threads in chunks, however small: the thread pool's own check.
+    name: "wasm-threads",
+    create: (weights) => wasmOrReason(weights, { threads: 3, parallelMinWork: 0 }),
+  },
+  {
+    name: "wasm-f16",
+    weights: roundProjectionsToF16,
+    create: (weights) => wasmOrReason(weights, { threads: 2, weightFormat: "f16" }),
+  },
+];
+
+async function wasmOrReason(weights: ModelWeights, o: WasmExecutorOptions): Promise<Executor | string> {
+  return wasmUnsupportedReason() ?? await WasmExecutor.create(weights, o);
+}

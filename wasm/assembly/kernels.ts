@@ -1,0 +1,516 @@
+// AssemblyScript source of the fast CPU executor's kernels (compiled by wasm/build.ts to
+// wasm/kernels.wasm: 128-bit SIMD, relaxed FMA, shared memory). Every kernel takes the calling
+// thread's index `t` and the thread count `nt` last and does only its share, so the same call runs
+// on one thread or on a pool. Each output element is computed the same way whatever the split
+// (same accumulation order), so results do not depend on the thread count.
+
+// ---- partitioning --------------------------------------------------------------------------
+
+/** Start of thread t's share of n items, in whole groups of `align`. */
+@inline function share(n: i32, t: i32, nt: i32, align: i32): i32 {
+  const groups = (n + align - 1) / align;
+  const g = <i32>((<i64>groups * t) / nt);
+  return min(g * align, n);
+}
+
+// ---- vector helpers ------------------------------------------------------------------------
+
+/** Horizontal sum in a fixed order: (l0 + l2) + (l1 + l3). */
+@inline function hsum(a: v128): f32 {
+  const s = f32x4.add(a, v128.shuffle<i32>(a, a, 2, 3, 0, 1));
+  return f32x4.extract_lane(s, 0) + f32x4.extract_lane(s, 1);
+}
+
+/** [hsum(a), hsum(b), hsum(c), hsum(d)] with the same association as hsum. */
+@inline function hsum4(a: v128, b: v128, c: v128, d: v128): v128 {
+  const ab = f32x4.add(v128.shuffle<i32>(a, b, 0, 4, 1, 5), v128.shuffle<i32>(a, b, 2, 6, 3, 7));
+  const cd = f32x4.add(v128.shuffle<i32>(c, d, 0, 4, 1, 5), v128.shuffle<i32>(c, d, 2, 6, 3, 7));
+  // ab = [a0+a2, b0+b2, a1+a3, b1+b3]
+  return f32x4.add(v128.shuffle<i32>(ab, cd, 0, 1, 4, 5), v128.shuffle<i32>(ab, cd, 2, 3, 6, 7));
+}
+
+/** Four f16 values (low 16 bits of each i32 lane, finite) to f32: shift into place and rescale. */
+@inline function halfToFloat(u: v128): v128 {
+  const sign = i32x4.shl(v128.and(u, i32x4.splat(0x8000)), 16);
+  const mag = i32x4.shl(v128.and(u, i32x4.splat(0x7fff)), 13);
+  return v128.or(f32x4.mul(mag, f32x4.splat(5.192296858534828e33)), sign); // x 2^112
+}
+
+@inline function halfToFloatScalar(h: u32): f32 {
+  const mag = reinterpret<f32>((h & 0x7fff) << 13) * <f32>5.192296858534828e33;
+  return reinterpret<f32>(reinterpret<u32>(mag) | ((h & 0x8000) << 16));
+}
+
+/** e^x for four lanes: 2^n x p(r), r = x - n ln2, |r| <= ln2/2, degree-6 polynomial (~2 ulp). */
+@inline function exp4(x: v128): v128 {
+  x = f32x4.max(f32x4.min(x, f32x4.splat(88.0)), f32x4.splat(-87.0));
+  const n = f32x4.nearest(f32x4.mul(x, f32x4.splat(1.4426950408889634)));
+  let r = f32x4.relaxed_nmadd(n, f32x4.splat(0.693145751953125), x);
+  r = f32x4.relaxed_nmadd(n, f32x4.splat(1.428606765330187e-6), r);
+  let p = f32x4.splat(1.3888889e-3);
+  p = f32x4.relaxed_madd(p, r, f32x4.splat(8.3333333e-3));
+  p = f32x4.relaxed_madd(p, r, f32x4.splat(4.1666667e-2));
+  p = f32x4.relaxed_madd(p, r, f32x4.splat(1.6666667e-1));
+  p = f32x4.relaxed_madd(p, r, f32x4.splat(0.5));
+  p = f32x4.relaxed_madd(p, r, f32x4.splat(1.0));
+  p = f32x4.relaxed_madd(p, r, f32x4.splat(1.0));
+  const scale = i32x4.shl(i32x4.add(i32x4.trunc_sat_f32x4_s(n), i32x4.splat(127)), 23);
+  return f32x4.mul(p, scale);
+}
+
+@inline function expScalar(x: f32): f32 {
+  return f32x4.extract_lane(exp4(f32x4.splat(x)), 0);
+}
+
+// ---- GEMM: y[m, n] (+)= sum_k x[m, k] w[n, k] + bias[n] ----------------------------------------
+
+/** Dot products of 4 weight rows with 2 input rows, stored at y (row stride ldy). */
+@inline function tile4x2(
+  x0: usize, x1: usize, w0: usize, kStride: usize, K: i32, y0: usize, y1: usize, bias: usize, acc: i32,
+): void {
+  const w1 = w0 + kStride, w2 = w1 + kStride, w3 = w2 + kStride;
+  let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
+  let b0 = f32x4.splat(0), b1 = f32x4.splat(0), b2 = f32x4.splat(0), b3 = f32x4.splat(0);
+  const K4 = K & ~3;
+  for (let k = 0; k < K4; k += 4) {
+    const o = <usize>k << 2;
+    const xa = v128.load(x0 + o), xb = v128.load(x1 + o);
+    const v0 = v128.load(w0 + o), v1 = v128.load(w1 + o), v2 = v128.load(w2 + o), v3 = v128.load(w3 + o);
+    a0 = f32x4.relaxed_madd(v0, xa, a0);
+    b0 = f32x4.relaxed_madd(v0, xb, b0);
+    a1 = f32x4.relaxed_madd(v1, xa, a1);
+    b1 = f32x4.relaxed_madd(v1, xb, b1);
+    a2 = f32x4.relaxed_madd(v2, xa, a2);
+    b2 = f32x4.relaxed_madd(v2, xb, b2);
+    a3 = f32x4.relaxed_madd(v3, xa, a3);
+    b3 = f32x4.relaxed_madd(v3, xb, b3);
+  }
+  let ra = hsum4(a0, a1, a2, a3), rb = hsum4(b0, b1, b2, b3);
+  if (K4 < K) {
+    let ta = f32x4.splat(0), tb = f32x4.splat(0);
+    for (let k = K4; k < K; k++) {
+      const o = <usize>k << 2;
+      const wv = f32x4(load<f32>(w0 + o), load<f32>(w1 + o), load<f32>(w2 + o), load<f32>(w3 + o));
+      ta = f32x4.relaxed_madd(wv, f32x4.splat(load<f32>(x0 + o)), ta);
+      tb = f32x4.relaxed_madd(wv, f32x4.splat(load<f32>(x1 + o)), tb);
+    }
+    ra = f32x4.add(ra, ta);
+    rb = f32x4.add(rb, tb);
+  }
+  if (bias) {
+    const bv = v128.load(bias);
+    ra = f32x4.add(ra, bv);
+    rb = f32x4.add(rb, bv);
+  }
+  if (acc) {
+    ra = f32x4.add(ra, v128.load(y0));
+    rb = f32x4.add(rb, v128.load(y1));
+  }
+  v128.store(y0, ra);
+  v128.store(y1, rb);
+}
+
+/** One weight row with one input row, the same arithmetic as one lane of tile4x2. */
+@inline function dot1(x0: usize, w0: usize, K: i32, y0: usize, bias: usize, acc: i32): void {
+  let a = f32x4.splat(0);
+  const K4 = K & ~3;
+  for (let k = 0; k < K4; k += 4) {
+    const o = <usize>k << 2;
+    a = f32x4.relaxed_madd(v128.load(w0 + o), v128.load(x0 + o), a);
+  }
+  let r = hsum(a);
+  if (K4 < K) {
+    let ta = f32x4.splat(0);
+    for (let k = K4; k < K; k++) {
+      const o = <usize>k << 2;
+      ta = f32x4.relaxed_madd(f32x4.splat(load<f32>(w0 + o)), f32x4.splat(load<f32>(x0 + o)), ta);
+    }
+    r += f32x4.extract_lane(ta, 0);
+  }
+  if (bias) r += load<f32>(bias);
+  if (acc) r += load<f32>(y0);
+  store<f32>(y0, r);
+}
+
+/** Rows [n0, n1) of an f32 weight panel against input rows [m0, m1). */
+function panelF32(
+  x: usize, w: usize, bias: usize, y: usize, m0: i32, m1: i32, n0: i32, n1: i32, K: i32, ldy: i32, acc: i32,
+): void {
+  const ks = <usize>K << 2, ys = <usize>ldy << 2;
+  let m = m0;
+  for (; m + 2 <= m1; m += 2) {
+    const x0 = x + <usize>m * ks, x1 = x0 + ks;
+    const y0 = y + <usize>m * ys, y1 = y0 + ys;
+    let n = n0;
+    for (; n + 4 <= n1; n += 4) {
+      tile4x2(x0, x1, w + <usize>n * ks, ks, K, y0 + (<usize>n << 2), y1 + (<usize>n << 2), bias ? bias + (<usize>n << 2) : 0, acc);
+    }
+    for (; n < n1; n++) {
+      const b = bias ? bias + (<usize>n << 2) : 0;
+      dot1(x0, w + <usize>n * ks, K, y0 + (<usize>n << 2), b, acc);
+      dot1(x1, w + <usize>n * ks, K, y1 + (<usize>n << 2), b, acc);
+    }
+  }
+  if (m < m1) {
+    const x0 = x + <usize>m * ks, y0 = y + <usize>m * ys;
+    let n = n0;
+    for (; n + 4 <= n1; n += 4) tile4x1(x0, w + <usize>n * ks, ks, K, y0 + (<usize>n << 2), bias ? bias + (<usize>n << 2) : 0, acc);
+    for (; n < n1; n++) dot1(x0, w + <usize>n * ks, K, y0 + (<usize>n << 2), bias ? bias + (<usize>n << 2) : 0, acc);
+  }
+}
+
+/** Four weight rows with one input row (decode's matvec), the arithmetic of tile4x2. */
+@inline function tile4x1(x0: usize, w0: usize, kStride: usize, K: i32, y0: usize, bias: usize, acc: i32): void {
+  const w1 = w0 + kStride, w2 = w1 + kStride, w3 = w2 + kStride;
+  let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
+  const K4 = K & ~3;
+  for (let k = 0; k < K4; k += 4) {
+    const o = <usize>k << 2;
+    const xa = v128.load(x0 + o);
+    a0 = f32x4.relaxed_madd(v128.load(w0 + o), xa, a0);
+    a1 = f32x4.relaxed_madd(v128.load(w1 + o), xa, a1);
+    a2 = f32x4.relaxed_madd(v128.load(w2 + o), xa, a2);
+    a3 = f32x4.relaxed_madd(v128.load(w3 + o), xa, a3);
+  }
+  let ra = hsum4(a0, a1, a2, a3);
+  if (K4 < K) {
+    let ta = f32x4.splat(0);
+    for (let k = K4; k < K; k++) {
+      const o = <usize>k << 2;
+      const wv = f32x4(load<f32>(w0 + o), load<f32>(w1 + o), load<f32>(w2 + o), load<f32>(w3 + o));
+      ta = f32x4.relaxed_madd(wv, f32x4.splat(load<f32>(x0 + o)), ta);
+    }
+    ra = f32x4.add(ra, ta);
+  }
+  if (bias) ra = f32x4.add(ra, v128.load(bias));
+  if (acc) ra = f32x4.add(ra, v128.load(y0));
+  v128.store(y0, ra);
+}
+
+/** Rows of X kept hot in L2 while weight panels stream through L1. */
+const ROW_BLOCK: i32 = 64;
+
+/**
+ * y[m, n] (+)= x[m, :] . w[n, :] (+ bias[n]) for m < M and thread t's share of n < N. w is f32
+ * [N, K] row-major; x [M, K]; y has row stride ldy. acc: add to y instead of overwriting it.
+ */
+export function gemmF32(
+  x: usize, w: usize, bias: usize, y: usize, M: i32, N: i32, K: i32, ldy: i32, acc: i32, t: i32, nt: i32,
+): void {
+  const n0 = share(N, t, nt, 4), n1 = share(N, t + 1, nt, 4);
+  if (n0 >= n1) return;
+  for (let mb = 0; mb < M; mb += ROW_BLOCK) {
+    const me = min(mb + ROW_BLOCK, M);
+    for (let n = n0; n < n1; n += 4) panelF32(x, w, bias, y, mb, me, n, min(n + 4, n1), K, ldy, acc);
+  }
+}
+
+/** Converts `count` f16 values at src to f32 at dst. */
+function halvesToFloats(src: usize, dst: usize, count: i32): void {
+  const c8 = count & ~7;
+  for (let i = 0; i < c8; i += 8) {
+    const h = v128.load(src + (<usize>i << 1));
+    v128.store(dst + (<usize>i << 2), halfToFloat(i32x4.extend_low_i16x8_u(h)));
+    v128.store(dst + (<usize>i << 2) + 16, halfToFloat(i32x4.extend_high_i16x8_u(h)));
+  }
+  for (let i = c8; i < count; i++) store<f32>(dst + (<usize>i << 2), halfToFloatScalar(load<u16>(src + (<usize>i << 1))));
+}
+
+/**
+ * gemmF32 with f16 weights [N, K]. Several rows: each 4-row weight panel is widened once into the
+ * thread's scratch (4 x K floats at scratch + t x 16 K bytes) and reused by every input row.
+ * One row (decode): the panel is widened the same way, then one pass; the weight traffic is halved.
+ */
+export function gemmF16(
+  x: usize, w: usize, bias: usize, y: usize, M: i32, N: i32, K: i32, ldy: i32, acc: i32, scratch: usize,
+  t: i32, nt: i32,
+): void {
+  const n0 = share(N, t, nt, 4), n1 = share(N, t + 1, nt, 4);
+  if (n0 >= n1) return;
+  const panel = scratch + <usize>t * (<usize>K << 4);
+  const hs = <usize>K << 1;
+  for (let mb = 0; mb < M; mb += ROW_BLOCK) {
+    const me = min(mb + ROW_BLOCK, M);
+    for (let n = n0; n < n1; n += 4) {
+      const ne = min(n + 4, n1);
+      halvesToFloats(w + <usize>n * hs, panel, (ne - n) * K);
+      // The panel holds rows n..ne-1; address it as if it began at row n of a full matrix.
+      panelF32(x, panel - <usize>n * (<usize>K << 2), bias, y, mb, me, n, ne, K, ldy, acc);
+    }
+  }
+}
+
+// ---- elementwise ---------------------------------------------------------------------------
+
+/** out[m] = x[m] / rms(x[m]) * weight, thread t's share of the M rows. */
+export function rmsNorm(x: usize, weight: usize, out: usize, M: i32, D: i32, eps: f32, t: i32, nt: i32): void {
+  const m0 = share(M, t, nt, 1), m1 = share(M, t + 1, nt, 1);
+  const D4 = D & ~3;
+  for (let m = m0; m < m1; m++) {
+    const xr = x + <usize>m * (<usize>D << 2), orow = out + <usize>m * (<usize>D << 2);
+    let a = f32x4.splat(0);
+    for (let i = 0; i < D4; i += 4) {
+      const v = v128.load(xr + (<usize>i << 2));
+      a = f32x4.relaxed_madd(v, v, a);
+    }
+    let ss = hsum(a);
+    for (let i = D4; i < D; i++) ss += load<f32>(xr + (<usize>i << 2)) * load<f32>(xr + (<usize>i << 2));
+    const scale = <f32>(1.0 / Math.sqrt(<f64>ss / <f64>D + <f64>eps));
+    const sv = f32x4.splat(scale);
+    for (let i = 0; i < D4; i += 4) {
+      const o = <usize>i << 2;
+      v128.store(orow + o, f32x4.mul(v128.load(weight + o), f32x4.mul(v128.load(xr + o), sv)));
+    }
+    for (let i = D4; i < D; i++) {
+      const o = <usize>i << 2;
+      store<f32>(orow + o, load<f32>(weight + o) * (load<f32>(xr + o) * scale));
+    }
+  }
+}
+
+/** gate[m, n] = silu(gate[m, n]) x up[m, n] for thread t's share of n (the same split as gemm's). */
+export function siluMul(gate: usize, up: usize, M: i32, N: i32, t: i32, nt: i32): void {
+  const n0 = share(N, t, nt, 4), n1 = share(N, t + 1, nt, 4);
+  for (let m = 0; m < M; m++) {
+    const row = <usize>m * (<usize>N << 2);
+    let n = n0;
+    for (; n + 4 <= n1; n += 4) {
+      const o = row + (<usize>n << 2);
+      const g = v128.load(gate + o);
+      const e = exp4(f32x4.neg(g));
+      v128.store(gate + o, f32x4.mul(f32x4.div(g, f32x4.add(f32x4.splat(1), e)), v128.load(up + o)));
+    }
+    for (; n < n1; n++) {
+      const o = row + (<usize>n << 2);
+      const g = load<f32>(gate + o);
+      store<f32>(gate + o, g / (1 + expScalar(-g)) * load<f32>(up + o));
+    }
+  }
+}
+
+/** Gathers token embeddings (f32 or f16 table [vocab, D]) into x rows: the share of M rows. */
+export function embed(table: usize, half: i32, tokens: usize, x: usize, M: i32, D: i32, t: i32, nt: i32): void {
+  const m0 = share(M, t, nt, 1), m1 = share(M, t + 1, nt, 1);
+  for (let m = m0; m < m1; m++) {
+    const tok = <usize>load<i32>(tokens + (<usize>m << 2));
+    const dst = x + <usize>m * (<usize>D << 2);
+    if (half) halvesToFloats(table + tok * (<usize>D << 1), dst, D);
+    else memory.copy(dst, table + tok * (<usize>D << 2), <usize>D << 2);
+  }
+}
+
+// ---- RoPE and the KV cache -----------------------------------------------------------------
+
+/** Rotate-half RoPE on `heads` heads of each row (row stride `stride` floats); cos/sin [M, hd/2]. */
+@inline function ropeRow(v: usize, heads: i32, hd: i32, cs: usize, sn: usize): void {
+  const half = hd >> 1;
+  for (let h = 0; h < heads; h++) {
+    const a = v + (<usize>(h * hd) << 2), b = a + (<usize>half << 2);
+    for (let i = 0; i < half; i++) {
+      const o = <usize>i << 2;
+      const c = load<f32>(cs + o), s = load<f32>(sn + o);
+      const x0 = load<f32>(a + o), x1 = load<f32>(b + o);
+      store<f32>(a + o, x0 * c - x1 * s);
+      store<f32>(b + o, x0 * s + x1 * c);
+    }
+  }
+}
+
+/**
+ * For thread t's share of the M rows: rotates q and k, then appends k and v to each KV head's
+ * entries of this layer at index counts[slot] + m, with position pos0 + m. Cache layout per slot
+ * (layer x nKv + head): keys [cap, hd], values [cap, hd], positions [cap].
+ */
+export function ropeAppend(
+  q: usize, k: usize, v: usize, M: i32, nHeads: i32, nKv: i32, hd: i32, cosT: usize, sinT: usize,
+  keys: usize, values: usize, positions: usize, counts: usize, slot0: i32, cap: i32, pos0: i32,
+  t: i32, nt: i32,
+): void {
+  const m0 = share(M, t, nt, 1), m1 = share(M, t + 1, nt, 1);
+  const half = <usize>(hd >> 1) << 2, kvw = nKv * hd, qw = nHeads * hd;
+  const hb = <usize>hd << 2;
+  for (let m = m0; m < m1; m++) {
+    const cs = cosT + <usize>m * half, sn = sinT + <usize>m * half;
+    ropeRow(q + <usize>(m * qw) * 4, nHeads, hd, cs, sn);
+    const kr = k + <usize>(m * kvw) * 4;
+    ropeRow(kr, nKv, hd, cs, sn);
+    for (let g = 0; g < nKv; g++) {
+      const slot = slot0 + g;
+      const idx = load<i32>(counts + (<usize>slot << 2)) + m;
+      const at = (<usize>slot * <usize>cap + <usize>idx);
+      memory.copy(keys + at * hb, kr + <usize>g * hb, hb);
+      memory.copy(values + at * hb, v + <usize>(m * kvw) * 4 + <usize>g * hb, hb);
+      store<i32>(positions + (at << 2), pos0 + m);
+    }
+  }
+}
+
+// ---- attention -----------------------------------------------------------------------------
+
+/** scores[j] = scale x q . key_j for j < n (keys contiguous [n, hd]); returns the maximum. */
+function scoreKeys(qv: usize, keys: usize, n: i32, hd: i32, scale: f32, scores: usize): f32 {
+  const hb = <usize>hd << 2;
+  const sv = f32x4.splat(scale);
+  let mx = f32x4.splat(-Infinity);
+  let j = 0;
+  if ((hd & 3) == 0) {
+    for (; j + 4 <= n; j += 4) {
+      const k0 = keys + <usize>j * hb, k1 = k0 + hb, k2 = k1 + hb, k3 = k2 + hb;
+      let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
+      for (let i = 0; i < hd; i += 4) {
+        const o = <usize>i << 2;
+        const qq = v128.load(qv + o);
+        a0 = f32x4.relaxed_madd(v128.load(k0 + o), qq, a0);
+        a1 = f32x4.relaxed_madd(v128.load(k1 + o), qq, a1);
+        a2 = f32x4.relaxed_madd(v128.load(k2 + o), qq, a2);
+        a3 = f32x4.relaxed_madd(v128.load(k3 + o), qq, a3);
+      }
+      const s = f32x4.mul(hsum4(a0, a1, a2, a3), sv);
+      v128.store(scores + (<usize>j << 2), s);
+      mx = f32x4.max(mx, s);
+    }
+  }
+  let m = max(max(f32x4.extract_lane(mx, 0), f32x4.extract_lane(mx, 1)), max(f32x4.extract_lane(mx, 2), f32x4.extract_lane(mx, 3)));
+  for (; j < n; j++) {
+    const kj = keys + <usize>j * hb;
+    let d: f32 = 0;
+    for (let i = 0; i < hd; i++) d += load<f32>(qv + (<usize>i << 2)) * load<f32>(kj + (<usize>i << 2));
+    const s = d * scale;
+    store<f32>(scores + (<usize>j << 2), s);
+    m = max(m, s);
+  }
+  return m;
+}
+
+/** scores[j] = exp(scores[j] - mx) for j < n; returns their sum. */
+function expScores(scores: usize, n: i32, mx: f32): f32 {
+  const mv = f32x4.splat(mx);
+  let a = f32x4.splat(0);
+  let j = 0;
+  for (; j + 4 <= n; j += 4) {
+    const p = scores + (<usize>j << 2);
+    const e = exp4(f32x4.sub(v128.load(p), mv));
+    v128.store(p, e);
+    a = f32x4.add(a, e);
+  }
+  let s = hsum(a);
+  for (; j < n; j++) {
+    const p = scores + (<usize>j << 2);
+    const e = expScalar(load<f32>(p) - mx);
+    store<f32>(p, e);
+    s += e;
+  }
+  return s;
+}
+
+/**
+ * Causal attention of M new rows over each KV head's entries: row m sees the first
+ * counts[slot] + m + 1 entries (everything cached before this call, then the new rows up to itself).
+ * Units of work are (KV head, row) pairs, split over threads; scores go to the thread's scratch
+ * (cap floats at scratch + t x cap x 4).
+ */
+export function attention(
+  q: usize, out: usize, M: i32, nHeads: i32, nKv: i32, hd: i32, scale: f32,
+  keys: usize, values: usize, counts: usize, slot0: i32, cap: i32, scratch: usize, t: i32, nt: i32,
+): void {
+  const units = nKv * M;
+  const u0 = share(units, t, nt, 1), u1 = share(units, t + 1, nt, 1);
+  const group = nHeads / nKv, hb = <usize>hd << 2, qw = nHeads * hd;
+  const scores = scratch + <usize>t * (<usize>cap << 2);
+  for (let u = u0; u < u1; u++) {
+    const g = u / M, m = u % M;
+    const slot = slot0 + g;
+    const n = load<i32>(counts + (<usize>slot << 2)) + m + 1;
+    const kb = keys + <usize>slot * <usize>cap * hb, vb = values + <usize>slot * <usize>cap * hb;
+    for (let h = g * group; h < (g + 1) * group; h++) {
+      const qv = q + <usize>(m * qw + h * hd) * 4;
+      const mx = scoreKeys(qv, kb, n, hd, scale, scores);
+      const inv = <f32>1 / expScores(scores, n, mx);
+      const ov = out + <usize>(m * qw + h * hd) * 4;
+      memory.fill(ov, 0, hb);
+      if ((hd & 3) == 0) {
+        for (let j = 0; j < n; j++) {
+          const p = f32x4.splat(load<f32>(scores + (<usize>j << 2)) * inv);
+          const vj = vb + <usize>j * hb;
+          for (let i = 0; i < hd; i += 4) {
+            const o = <usize>i << 2;
+            v128.store(ov + o, f32x4.relaxed_madd(p, v128.load(vj + o), v128.load(ov + o)));
+          }
+        }
+      } else {
+        for (let j = 0; j < n; j++) {
+          const p = load<f32>(scores + (<usize>j << 2)) * inv;
+          const vj = vb + <usize>j * hb;
+          for (let i = 0; i < hd; i++) {
+            const o = <usize>i << 2;
+            store<f32>(ov + o, load<f32>(ov + o) + p * load<f32>(vj + o));
+          }
+        }
+      }
+    }
+  }
+}
+
+/**
+ * Scoring: for R captured query rows ([R][nLayers][nHeads x hd], post-RoPE, absolute positions in
+ * rowPos ascending), adds each row's causal softmax attention over the cached entries at positions
+ * <= its own to mass[layer][head][position] for positions < promptLength. Units are (layer, head)
+ * pairs, so no two threads write the same output.
+ */
+export function attentionMass(
+  q: usize, rowPos: usize, R: i32, nLayers: i32, nHeads: i32, nKv: i32, hd: i32, scale: f32,
+  keys: usize, values: usize, positions: usize, counts: usize, cap: i32, promptLength: i32,
+  mass: usize, scratch: usize, t: i32, nt: i32,
+): void {
+  const units = nLayers * nHeads;
+  const u0 = share(units, t, nt, 1), u1 = share(units, t + 1, nt, 1);
+  const group = nHeads / nKv, hb = <usize>hd << 2;
+  const scores = scratch + <usize>t * (<usize>cap << 2);
+  for (let u = u0; u < u1; u++) {
+    const l = u / nHeads, h = u % nHeads;
+    const slot = l * nKv + h / group;
+    const count = load<i32>(counts + (<usize>slot << 2));
+    const kb = keys + <usize>slot * <usize>cap * hb;
+    const pb = positions + <usize>slot * <usize>cap * 4;
+    const outRow = mass + <usize>u * (<usize>promptLength << 2);
+    let seen = 0;
+    for (let r = 0; r < R; r++) {
+      const pos = load<i32>(rowPos + (<usize>r << 2));
+      while (seen < count && load<i32>(pb + (<usize>seen << 2)) <= pos) seen++;
+      const qv = q + <usize>((r * nLayers + l) * nHeads + h) * hb;
+      const mx = scoreKeys(qv, kb, seen, hd, scale, scores);
+      const inv = <f32>1 / expScores(scores, seen, mx);
+      for (let j = 0; j < seen; j++) {
+        const p = load<i32>(pb + (<usize>j << 2));
+        if (p < promptLength) {
+          const at = outRow + (<usize>p << 2);
+          store<f32>(at, load<f32>(at) + load<f32>(scores + (<usize>j << 2)) * inv);
+        }
+      }
+    }
+  }
+}
+
+/** L2 norms of cached keys at positions < promptLength: out[slot][position]; units are slots. */
+export function keyNorms(
+  keys: usize, positions: usize, counts: usize, slots: i32, hd: i32, cap: i32, promptLength: i32, out: usize,
+  t: i32, nt: i32,
+): void {
+  const s0 = share(slots, t, nt, 1), s1 = share(slots, t + 1, nt, 1);
+  const hb = <usize>hd << 2;
+  for (let s = s0; s < s1; s++) {
+    const n = load<i32>(counts + (<usize>s << 2));
+    for (let j = 0; j < n; j++) {
+      const at = <usize>s * <usize>cap + <usize>j;
+      const p = load<i32>(positions + (at << 2));
+      if (p >= promptLength) continue;
+      let ss: f64 = 0;
+      const k = keys + at * hb;
+      for (let i = 0; i < hd; i++) {
+        const v = <f64>load<f32>(k + (<usize>i << 2));
+        ss += v * v;
+      }
+      store<f32>(out + ((<usize>s * <usize>promptLength + <usize>p) << 2), <f32>Math.sqrt(ss));
+    }
+  }
+}

@@ -1,0 +1,13 @@
+/**
+ * The fast CPU executor (WebAssembly SIMD on worker threads). `wasmAvailable` says whether this
+ * runtime can run it; `WasmExecutor.create` builds one for a model.
+ */
+export { checkThreads, defaultThreads, WasmExecutor, type WasmExecutorOptions } from "./executor.ts";
+export { unsupportedReason as wasmUnsupportedReason } from "./kernels.ts";
+export { WasmQueryRows, WasmSession } from "./session.ts";
+export {
+  resolveWeightFormat,
+  WEIGHT_FORMATS,
+  type WeightFormat,
+  type WeightFormatChoice,
+} from "./weights.ts";

@@ -1,0 +1,117 @@
+/**
+ * Model weights in the shared memory, as the kernels read them: norms and biases f32, projection and
+ * embedding matrices f32 or f16 (row-major [out, in], as in ModelWeights).
+ */
+import type { ModelConfig } from "../core/config.ts";
+import { JudgeQError } from "../core/errors.ts";
+import { type ModelWeights, tensorBeyondF16 } from "../core/weights.ts";
+import { type Arena, MAX_BYTES } from "./arena.ts";
+
+export type WeightFormat = "f32" | "f16";
+export type WeightFormatChoice = "auto" | WeightFormat;
+export const WEIGHT_FORMATS: readonly WeightFormatChoice[] = ["auto", "f32", "f16"];
+
+/** Address of a matrix in the arena and its storage format. */
+export interface Matrix {
+  at: number;
+  rows: number;
+  cols: number;
+}
+
+export interface LayerPointers {
+  attnNorm: number;
+  wq: Matrix;
+  wk: Matrix;
+  wv: Matrix;
+  bq: number;
+  bk: number;
+  bv: number;
+  wo: Matrix;
+  mlpNorm: number;
+  wGate: Matrix;
+  wUp: Matrix;
+  wDown: Matrix;
+}
+
+export interface WasmWeights {
+  format: WeightFormat;
+  embed: Matrix;
+  lmHead: Matrix;
+  finalNorm: number;
+  layers: LayerPointers[];
+  bytes: number;
+}
+
+/** "auto" is f32 (the reference's arithmetic); f16 halves the weight traffic of decoding. */
+export function resolveWeightFormat(choice: WeightFormatChoice, w: ModelWeights): WeightFormat {
+  if (!WEIGHT_FORMATS.includes(choice)) {
+    throw new JudgeQError("invalid_request", `expected auto, f32 or f16, got '${choice}'`, "weights");
+  }
+  if (choice !== "f16") return "f32";
+  const beyond = tensorBeyondF16(w);
+  if (beyond) {
+    throw new JudgeQError(
+      "unprocessable",
+      `f16 cannot hold tensor ${beyond}: a weight is beyond the f16 range (|w| > 65504)`,
+      "weights",
+    );
+  }
+  return "f16";
+}
+
+/** Bytes the weights take in a format, computed from the config alone (before anything is allocated). */
+export function weightBytes(c: ModelConfig, format: WeightFormat): number {
+  const e = format === "f16" ? 2 : 4, q = c.nHeads * c.headDim, kv = c.nKvHeads * c.headDim;
+  const perLayer = e * (c.dim * (q + 2 * kv) + q * c.dim + 3 * c.dim * c.hiddenDim) +
+    4 * (2 * c.dim + (c.attentionBias ? q + 2 * kv : 0));
+  const tables = e * c.vocabSize * c.dim * (c.tiedEmbeddings ? 1 : 2);
+  return c.nLayers * perLayer + tables + 4 * c.dim;
+}
+
+/** Throws, naming the model, when weights plus the given working bytes cannot fit 4 GiB of wasm32 memory. */
+export function checkFits(c: ModelConfig, format: WeightFormat, working: number) {
+  const need = weightBytes(c, format) + working;
+  if (need > MAX_BYTES) {
+    const gib = (need / 2 ** 30).toFixed(2);
+    throw new JudgeQError(
+      "unprocessable",
+      `the model needs ${gib} GiB with ${format} weights, beyond the 4 GiB a WebAssembly memory can address` +
+        (format === "f32" ? " (try f16 weights)" : ""),
+      "model",
+    );
+  }
+}
+
+export function uploadWeights(arena: Arena, w: ModelWeights, format: WeightFormat): WasmWeights {
+  const start = arena.size;
+  const vector = (v: Float32Array): number => {
+    const at = arena.alloc(v.length * 4);
+    arena.f32.set(v, at / 4);
+    return at;
+  };
+  const matrix = (m: Float32Array, rows: number, cols: number): Matrix => {
+    if (format === "f32") return { at: vector(m), rows, cols };
+    const at = arena.alloc(m.length * 2);
+    arena.u16.set(new Uint16Array(new Float16Array(m).buffer), at / 2);
+    return { at, rows, cols };
+  };
+  const c = w.config, q = c.nHeads * c.headDim, kv = c.nKvHeads * c.headDim;
+  const embed = matrix(w.embed, c.vocabSize, c.dim);
+  const layers = w.layers.map((l) => ({
+    attnNorm: vector(l.attnNorm),
+    wq: matrix(l.wq, q, c.dim),
+    wk: matrix(l.wk, kv, c.dim),
+    wv: matrix(l.wv, kv, c.dim),
+    bq: l.bq ? vector(l.bq) : 0,
+    bk: l.bk ? vector(l.bk) : 0,
+    bv: l.bv ? vector(l.bv) : 0,
+    wo: matrix(l.wo, c.dim, q),
+    mlpNorm: vector(l.mlpNorm),
+    wGate: matrix(l.wGate, c.hiddenDim, c.dim),
+    wUp: matrix(l.wUp, c.hiddenDim, c.dim),
+    wDown: matrix(l.wDown, c.dim, c.hiddenDim),
+  }));
+  const finalNorm = vector(w.finalNorm);
+  const lmHead = w.lmHead === w.embed ? embed : matrix(w.lmHead, c.vocabSize, c.dim);
+  return { format, embed, lmHead, finalNorm, layers, bytes: arena.size - start };
+}

@@ -1,0 +1,62 @@
+/**
+ * Scratch memory shared by an executor's sessions (they run one operation at a time): activations of
+ * one chunk of rows, RoPE tables, and per dispatch chunk an f16 weight panel and a row of attention scores.
+ */
+import type { ModelConfig } from "../core/config.ts";
+import type { Arena } from "./arena.ts";
+
+/** Prompt rows run through the layers together (blocked GEMM); longer inputs go in chunks. */
+export const CHUNK_ROWS = 128;
+
+export class Workspace {
+  readonly x: number;
+  readonly xb: number;
+  readonly q: number;
+  readonly k: number;
+  readonly v: number;
+  readonly att: number;
+  readonly gate: number;
+  readonly up: number;
+  readonly logits: number;
+  readonly tokens: number;
+  readonly cos: number;
+  readonly sin: number;
+  readonly panels: number;
+  private scoresAt = 0;
+  private scoresCap = 0;
+
+  constructor(private readonly arena: Arena, c: ModelConfig, private readonly chunks: number) {
+    const rows = CHUNK_ROWS, qw = c.nHeads * c.headDim, kvw = c.nKvHeads * c.headDim;
+    const f32 = (n: number) => arena.alloc(n * 4);
+    this.x = f32(rows * c.dim);
+    this.xb = f32(rows * c.dim);
+    this.q = f32(rows * qw);
+    this.k = f32(rows * kvw);
+    this.v = f32(rows * kvw);
+    this.att = f32(rows * qw);
+    this.gate = f32(rows * c.hiddenDim);
+    this.up = f32(rows * c.hiddenDim);
+    this.logits = f32(rows * c.vocabSize);
+    this.tokens = f32(rows);
+    this.cos = f32(rows * c.headDim / 2);
+    this.sin = f32(rows * c.headDim / 2);
+    this.panels = f32(chunks * 4 * Math.max(c.dim, c.hiddenDim, qw));
+  }
+
+  /** Bytes a workspace needs, for the memory check before anything is allocated. */
+  static bytes(c: ModelConfig, chunks: number): number {
+    const rows = CHUNK_ROWS, qw = c.nHeads * c.headDim, kvw = c.nKvHeads * c.headDim;
+    return 4 * (rows * (2 * c.dim + 2 * qw + 2 * kvw + 2 * c.hiddenDim + c.vocabSize + 1 + c.headDim) +
+      chunks * 4 * Math.max(c.dim, c.hiddenDim, qw));
+  }
+
+  /** Attention score rows of `capacity` floats, one per dispatch chunk. */
+  scores(capacity: number): number {
+    if (capacity > this.scoresCap) {
+      if (this.scoresAt) this.arena.release(this.scoresAt);
+      this.scoresAt = this.arena.alloc(this.chunks * capacity * 4);
+      this.scoresCap = capacity;
+    }
+    return this.scoresAt;
+  }
+}
