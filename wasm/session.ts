@@ -19,6 +19,7 @@ import type { Job, ThreadPool } from "./pool.ts";
 import type { Matrix, WasmWeights } from "./weights.ts";
 import { CHUNK_ROWS, type Workspace } from "./workspace.ts";
 import type { ModelConfig } from "../core/config.ts";
+import { CpuKvCache } from "../core/cpu/kv_cache.ts";
 
 /** Captured post-RoPE queries: [row][layer][nHeads x headDim]. */
 export class WasmQueryRows implements QueryRows {
@@ -433,6 +434,21 @@ export class WasmSession implements KvSession {
     copy.nextPosition = this.nextPosition;
     copy.logits = this.logits;
     return Promise.resolve(copy);
+  }
+
+  /** A copy of the cache in the CPU reference's layout (training reads prompt K/V from it). */
+  toCpuCache(): CpuKvCache {
+    const c = this.config, from = this.regions(), hd = c.headDim, counts = this.counts();
+    const out = new CpuKvCache(c.nLayers, c.nKvHeads, hd, this.capacity);
+    const f = this.x.arena.f32, i = this.x.arena.i32;
+    for (let s = 0; s < this.slots; s++) {
+      const base = s * this.capacity, n = counts[s];
+      out.keys[s].set(f.subarray(from.keys / 4 + base * hd, from.keys / 4 + (base + n) * hd));
+      out.values[s].set(f.subarray(from.values / 4 + base * hd, from.values / 4 + (base + n) * hd));
+      out.positions[s].set(i.subarray(from.positions / 4 + base, from.positions / 4 + base + n));
+    }
+    out.counts.set(counts);
+    return out;
   }
 
   dispose() {
