@@ -1,6 +1,8 @@
 /**
  * Judge Q Serve: KV-cache compression with trained soft-token queries (Judge Q) and the standard
- * baselines, on a CPU reference executor or WebGPU, for Llama-family models in Hugging Face format.
+ * baselines, on WebGPU, a fast CPU executor (WebAssembly SIMD on threads) or the CPU reference, for
+ * Llama-family models in Hugging Face format. `executor: "auto"` picks WebGPU on a hardware adapter,
+ * else the fast CPU executor, else the CPU reference (see `chooseExecutor`).
  *
  * ```ts
  * import { generateText, loadModel } from "./mod.ts";
@@ -46,5 +48,22 @@ export { modelFingerprint } from "./core/fingerprint.ts";
 export { createTokenizer, type TextTokenizer } from "./core/tokenizer.ts";
 export { type ModelWeights } from "./core/weights.ts";
 export { EMBEDDED_MODEL_DIR, loadModelDir } from "./io/model_dir.ts";
-export { createExecutor, type ExecutorChoice, loadModel, type LoadOptions } from "./io/runtime.ts";
+export { createExecutor, loadModel, type LoadOptions } from "./io/runtime.ts";
+export {
+  chooseExecutor,
+  EXECUTOR_CHOICES,
+  type ExecutorChoice,
+  type ExecutorOptions,
+  hardwareGpuUnavailableReason,
+  isExecutorChoice,
+  softwareAdapterReason,
+} from "./io/executor_choice.ts";
 export { GpuExecutor, type GpuExecutorOptions, WEIGHT_FORMATS, type WeightFormatChoice } from "./gpu/mod.ts";
+export {
+  checkThreads,
+  defaultThreads,
+  WasmExecutor,
+  type WasmExecutorOptions,
+  WasmSession,
+  wasmUnsupportedReason,
+} from "./wasm/mod.ts";

@@ -1,50 +1,51 @@
 /**
- * Loads a runnable model: the directory's files, its tokenizer, an executor (WebGPU or CPU) and an
- * optional Judge Q adapter checked against the model's fingerprint.
+ * Loads a runnable model: the directory's files, its tokenizer, an executor (io/executor_choice.ts:
+ * WebGPU, the fast CPU executor or the CPU reference) and an optional Judge Q adapter checked against
+ * the model's fingerprint.
  */
 import * as E from "fp-ts/Either";
 import { type Adapter, checkAdapterFits, decodeAdapter } from "../core/adapter.ts";
 import type { Model } from "../core/engine.ts";
 import { fail } from "../core/errors.ts";
 import type { Executor } from "../core/executor.ts";
-import { createBestExecutor, GpuExecutor, type WeightFormatChoice } from "../gpu/mod.ts";
 import { modelFingerprint } from "../core/fingerprint.ts";
 import { createTokenizer } from "../core/tokenizer.ts";
 import type { ModelWeights } from "../core/weights.ts";
+import { chooseExecutor, type ExecutorChoice, type WeightFormatChoice } from "./executor_choice.ts";
 import { EMBEDDED_MODEL_DIR, loadModelDir } from "./model_dir.ts";
 
-export type ExecutorChoice = "cpu" | "gpu" | "auto";
+export {
+  chooseExecutor,
+  EXECUTOR_CHOICES,
+  type ExecutorChoice,
+  type ExecutorOptions,
+  isExecutorChoice,
+  type WeightFormatChoice,
+} from "./executor_choice.ts";
 
 export interface LoadOptions {
   model?: string;
   /** Adapter file; by default the model directory's judgeq.safetensors when present. */
   adapter?: string | null;
+  /** auto (default) | gpu | wasm | cpu | reference: see io/executor_choice.ts. */
   executor?: ExecutorChoice;
-  /** GPU weight storage (default auto: f16 where the adapter has shader-f16). */
+  /** Weight storage (default auto: WebGPU f16 where the adapter has shader-f16, the fast CPU executor f32). */
   weightFormat?: WeightFormatChoice;
+  /** Threads of the fast CPU executor (default: the cores available). */
+  threads?: number;
   /** Called with warnings (fallbacks); defaults to console.warn. */
   warn?: (message: string) => void;
 }
 
-/** The executor for a choice: "gpu" fails without an adapter, "auto" falls back to the CPU with a warning. */
-export async function createExecutor(
+/** The executor for a choice (kept for callers of the old signature; see chooseExecutor). */
+export function createExecutor(
   weights: ModelWeights,
   choice: ExecutorChoice,
   warn: (m: string) => void,
   weightFormat: WeightFormatChoice = "auto",
+  threads?: number,
 ): Promise<Executor> {
-  if (choice !== "gpu") {
-    return await createBestExecutor(weights, {
-      prefer: choice === "cpu" ? "cpu" : "gpu",
-      warn,
-      weightFormat,
-    });
-  }
-  try {
-    return await GpuExecutor.create(weights, { weightFormat });
-  } catch (e) {
-    throw fail("internal", `WebGPU executor unavailable: ${(e as Error).message}`, "executor");
-  }
+  return chooseExecutor(weights, choice, { warn, weightFormat, threads });
 }
 
 export async function readAdapter(path: string, weights: ModelWeights): Promise<Adapter> {
@@ -82,7 +83,11 @@ export async function loadModel(o: LoadOptions = {}): Promise<Model> {
     ? ((await exists(defaultAdapter)) ? defaultAdapter : null)
     : o.adapter;
   const adapter = adapterPath ? await readAdapter(adapterPath, files.weights) : null;
-  const executor = await createExecutor(files.weights, o.executor ?? "auto", warn, o.weightFormat);
+  const executor = await chooseExecutor(files.weights, o.executor ?? "auto", {
+    warn,
+    weightFormat: o.weightFormat,
+    threads: o.threads,
+  });
   const eos = files.generationConfig?.eos_token_id;
   const stop = new Set<number>([
     ...files.config.eosTokenIds,

@@ -1,0 +1,146 @@
+/**
+ * Which executor runs a model. The choices (`--executor`):
+ *   auto       WebGPU on a hardware adapter; else the fast CPU executor (WebAssembly SIMD on threads);
+ *              where the runtime lacks that too, the CPU reference, with a warning
+ *   gpu        WebGPU (any adapter, software ones included); an error naming `executor` without one
+ *   wasm       the fast CPU executor; an error naming `executor` where the runtime cannot run it
+ *   cpu        the CPU reference (plain TypeScript, float32; the oracle every executor is tested against)
+ *   reference  the same as cpu
+ * Software WebGPU adapters (llvmpipe, lavapipe, SwiftShader, WARP) run on the CPU, slower than the
+ * WebAssembly executor, so `auto` passes them over.
+ */
+import { CpuExecutor } from "../core/cpu/executor.ts";
+import { fail, JudgeQError } from "../core/errors.ts";
+import type { Executor } from "../core/executor.ts";
+import type { ModelWeights } from "../core/weights.ts";
+import { gpuAvailable, GpuExecutor } from "../gpu/mod.ts";
+import { checkThreads, WasmExecutor, wasmUnsupportedReason } from "../wasm/mod.ts";
+
+export const EXECUTOR_CHOICES = ["auto", "gpu", "wasm", "cpu", "reference"] as const;
+export type ExecutorChoice = typeof EXECUTOR_CHOICES[number];
+
+/** Weight storage of the projection and embedding matrices, for WebGPU and the fast CPU executor. */
+export type WeightFormatChoice = "auto" | "f32" | "f16";
+
+export interface ExecutorOptions {
+  /** Threads of the fast CPU executor, the calling one included (default: the cores available). */
+  threads?: number;
+  /**
+   * Weight storage (default auto: WebGPU f16 where the adapter has shader-f16, the fast CPU executor
+   * f32). The CPU reference always computes in f32 and ignores it.
+   */
+  weightFormat?: WeightFormatChoice;
+  /** Where fallback warnings go (console.warn by default). */
+  warn?: (message: string) => void;
+  /** The adapter `auto` judges (default: navigator.gpu's high-performance adapter); for tests. */
+  requestAdapter?: () => Promise<GPUAdapter | null>;
+}
+
+export const isExecutorChoice = (v: unknown): v is ExecutorChoice =>
+  (EXECUTOR_CHOICES as readonly unknown[]).includes(v);
+
+/** What an adapter says about itself: `adapter.info`, plus the older `adapter.isFallbackAdapter`. */
+export interface AdapterIdentity {
+  vendor?: string;
+  architecture?: string;
+  device?: string;
+  description?: string;
+  isFallbackAdapter?: boolean;
+}
+
+const SOFTWARE = /llvmpipe|lavapipe|swiftshader|software|basic render driver|\bwarp\b|\bcpu\b/i;
+
+/** Why an adapter runs on the CPU (a software rasteriser), or null for a hardware adapter. */
+export function softwareAdapterReason(info: AdapterIdentity): string | null {
+  if (info.isFallbackAdapter) return "it is a fallback adapter";
+  for (const k of ["vendor", "architecture", "device", "description"] as const) {
+    const m = SOFTWARE.exec(info[k] ?? "");
+    if (m) return `its ${k} '${info[k]}' names a software renderer (${m[0]})`;
+  }
+  return null;
+}
+
+const defaultAdapter = () =>
+  gpuAvailable()
+    ? navigator.gpu.requestAdapter({ powerPreference: "high-performance" }).catch(() => null)
+    : Promise.resolve(null);
+
+/** Null when a hardware WebGPU adapter exists, else why not ("no WebGPU adapter", "llvmpipe ..."). */
+export async function hardwareGpuUnavailableReason(
+  requestAdapter: () => Promise<GPUAdapter | null> = defaultAdapter,
+): Promise<string | null> {
+  const adapter = await requestAdapter();
+  if (!adapter) return gpuAvailable() ? "no WebGPU adapter" : "WebGPU is not available in this runtime";
+  const info = adapter.info as GPUAdapterInfo & { isFallbackAdapter?: boolean };
+  const legacy = (adapter as { isFallbackAdapter?: boolean }).isFallbackAdapter;
+  const why = softwareAdapterReason({
+    vendor: info.vendor,
+    architecture: info.architecture,
+    device: info.device,
+    description: info.description,
+    isFallbackAdapter: info.isFallbackAdapter || legacy === true,
+  });
+  return why ? `the WebGPU adapter is a software one: ${why}` : null;
+}
+
+async function gpu(weights: ModelWeights, o: ExecutorOptions): Promise<Executor> {
+  try {
+    return await GpuExecutor.create(weights, { weightFormat: o.weightFormat ?? "auto" });
+  } catch (e) {
+    throw fail("internal", `WebGPU executor unavailable: ${(e as Error).message}`, "executor");
+  }
+}
+
+function wasm(weights: ModelWeights, o: ExecutorOptions): Promise<Executor> {
+  const why = wasmUnsupportedReason();
+  if (why) {
+    throw fail("internal", `the fast CPU executor (wasm) cannot run in this runtime: ${why}`, "executor");
+  }
+  return WasmExecutor.create(weights, { threads: o.threads, weightFormat: o.weightFormat ?? "auto" });
+}
+
+/** The executor for a choice; see the module comment. `auto` never fails for want of a backend. */
+export async function chooseExecutor(
+  weights: ModelWeights,
+  choice: ExecutorChoice = "auto",
+  o: ExecutorOptions = {},
+): Promise<Executor> {
+  if (!isExecutorChoice(choice)) {
+    throw fail(
+      "invalid_request",
+      `expected ${EXECUTOR_CHOICES.join(", ")}, got '${choice}'`,
+      "executor",
+    );
+  }
+  if (o.threads !== undefined) checkThreads(o.threads);
+  switch (choice) {
+    case "gpu":
+      return await gpu(weights, o);
+    case "wasm":
+      return await wasm(weights, o);
+    case "cpu":
+    case "reference":
+      return new CpuExecutor(weights);
+  }
+  const warn = o.warn ?? console.warn;
+  if ((await hardwareGpuUnavailableReason(o.requestAdapter)) === null) {
+    try {
+      return await GpuExecutor.create(weights, { weightFormat: o.weightFormat ?? "auto" });
+    } catch (e) {
+      warn(`WebGPU unavailable, using the fast CPU executor instead: ${(e as Error).message}`);
+    }
+  }
+  const why = wasmUnsupportedReason();
+  if (why) {
+    warn(`the fast CPU executor (wasm) cannot run in this runtime (${why}): using the slower CPU reference`);
+    return new CpuExecutor(weights);
+  }
+  try {
+    return await WasmExecutor.create(weights, { threads: o.threads, weightFormat: o.weightFormat ?? "auto" });
+  } catch (e) {
+    // A bad thread count or weight format is the caller's to fix, not a reason to fall back.
+    if (e instanceof JudgeQError && (e.param === "threads" || e.param === "weights")) throw e;
+    warn(`the fast CPU executor (wasm) failed to start (${(e as Error).message}): using the CPU reference`);
+    return new CpuExecutor(weights);
+  }
+}
