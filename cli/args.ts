@@ -3,6 +3,8 @@
  * names the flag ("--budget: expected an integer, got 'abc'").
  */
 import { WEIGHT_FORMATS, type WeightFormatChoice } from "../gpu/weights.ts";
+import { EXECUTOR_CHOICES, type ExecutorChoice } from "../io/executor_choice.ts";
+import { defaultThreads } from "../wasm/mod.ts";
 
 export type FlagKind = "string" | "int" | "number" | "boolean" | "strings";
 
@@ -76,10 +78,72 @@ export function usage(command: string, spec: FlagSpec): string {
   return `usage: ${command} [flags]\n${lines.join("\n")}`;
 }
 
-/** The --gpu-weights flag, checked. */
-export function weightFormatFlag(v: unknown): WeightFormatChoice {
+/** A weight-format flag (--weights, or its alias --gpu-weights), checked. */
+export function weightFormatFlag(v: unknown, flag = "--gpu-weights"): WeightFormatChoice {
   if (!WEIGHT_FORMATS.includes(v as WeightFormatChoice)) {
-    throw new UsageError(`--gpu-weights: expected auto, f32 or f16, got '${v}'`);
+    throw new UsageError(`${flag}: expected auto, f32 or f16, got '${v}'`);
   }
   return v as WeightFormatChoice;
 }
+
+/** --weights, or --gpu-weights (its older name) where the command has it; both given must agree. */
+export function weightsFlag(f: { weights?: unknown; "gpu-weights"?: unknown }): WeightFormatChoice {
+  const weights = f.weights === undefined ? undefined : weightFormatFlag(f.weights, "--weights");
+  const gpu = f["gpu-weights"] === undefined
+    ? undefined
+    : weightFormatFlag(f["gpu-weights"], "--gpu-weights");
+  if (weights !== undefined && gpu !== undefined && weights !== gpu) {
+    throw new UsageError(
+      `--gpu-weights: is an alias of --weights, given '${gpu}' against --weights '${weights}'`,
+    );
+  }
+  return weights ?? gpu ?? "auto";
+}
+
+/** The --executor flag, checked. */
+export function executorFlag(v: unknown): ExecutorChoice {
+  if (!(EXECUTOR_CHOICES as readonly unknown[]).includes(v)) {
+    throw new UsageError(`--executor: expected auto, gpu, wasm or cpu (or reference), got '${v}'`);
+  }
+  return v as ExecutorChoice;
+}
+
+export const MAX_THREADS = 256;
+
+/** The --threads flag: undefined when not given (the executor then takes the cores available). */
+export function threadsFlag(v: unknown): number | undefined {
+  if (v === undefined) return undefined;
+  const raw = String(v), n = Number(raw);
+  if (!/^\s*\d+\s*$/.test(raw) || !Number.isSafeInteger(n) || n < 1 || n > MAX_THREADS) {
+    throw new UsageError(`--threads: expected a whole number from 1 to ${MAX_THREADS}, got '${raw}'`);
+  }
+  return n;
+}
+
+const EXECUTOR_HELP = "auto | gpu | wasm | cpu: auto = WebGPU on a hardware adapter, else wasm (the fast " +
+  "CPU executor), else cpu with a warning; cpu (alias reference) = the CPU reference";
+
+/** The flags of every command that loads a model: --executor, --threads and --weights. */
+export function executorFlags<D extends string>(defaultExecutor: D, why = "") {
+  return {
+    executor: {
+      kind: "string",
+      help: `${EXECUTOR_HELP} (default ${defaultExecutor}${why})`,
+      default: defaultExecutor,
+    },
+    threads: {
+      kind: "string",
+      help:
+        `threads of the wasm executor, 1..${MAX_THREADS} (default: the cores available, ${defaultThreads()} here)`,
+    },
+    weights: {
+      kind: "string",
+      help: "weight storage: auto | f32 | f16 (default auto: f16 on a GPU with shader-f16, else f32)",
+    },
+  } as const;
+}
+
+/** --gpu-weights, kept for existing commands: an alias of --weights. */
+export const GPU_WEIGHTS_ALIAS = {
+  "gpu-weights": { kind: "string", help: "alias of --weights" },
+} as const;

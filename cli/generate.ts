@@ -5,8 +5,17 @@
 import { JudgeQError } from "../core/errors.ts";
 import { generateText } from "../core/engine.ts";
 import type { CompressionRequest } from "../core/plan.ts";
-import { type ExecutorChoice, loadModel } from "../io/runtime.ts";
-import { parseFlags, usage, UsageError, weightFormatFlag } from "./args.ts";
+import { loadModel } from "../io/runtime.ts";
+import {
+  executorFlag,
+  executorFlags,
+  GPU_WEIGHTS_ALIAS,
+  parseFlags,
+  threadsFlag,
+  usage,
+  UsageError,
+  weightsFlag,
+} from "./args.ts";
 
 const SPEC = {
   model: { kind: "string", help: "model directory (default: the embedded stories260K)" },
@@ -18,16 +27,8 @@ const SPEC = {
   "top-p": { kind: "number", help: "nucleus sampling mass (default 1)", default: 1 },
   "top-k": { kind: "int", help: "keep the k likeliest tokens, 0 = all (default 0)", default: 0 },
   seed: { kind: "int", help: "sampling seed (default 0)", default: 0 },
-  executor: {
-    kind: "string",
-    help: "cpu | gpu | auto (default auto: gpu, else cpu with a warning)",
-    default: "auto",
-  },
-  "gpu-weights": {
-    kind: "string",
-    help: "GPU weight storage: auto | f32 | f16 (default auto: f16 where the adapter has shader-f16)",
-    default: "auto",
-  },
+  ...executorFlags("auto"),
+  ...GPU_WEIGHTS_ALIAS,
   method: { kind: "string", help: "KV compression method (default full)" },
   budget: { kind: "int", help: "prompt KV entries kept per KV head per layer, window included" },
   ratio: { kind: "number", help: "compression ratio: fraction of prompt entries removed" },
@@ -62,15 +63,14 @@ async function main(argv: string[]): Promise<number> {
   if (f.context !== undefined && !(f.question as string[] | undefined)?.length) {
     throw new UsageError("--context needs --question");
   }
-  const executor = f.executor as ExecutorChoice;
-  if (!["cpu", "gpu", "auto"].includes(executor)) {
-    throw new UsageError(`--executor: expected cpu, gpu or auto, got '${executor}'`);
-  }
+  const executor = executorFlag(f.executor);
+  const threads = threadsFlag(f.threads), weightFormat = weightsFlag(f);
   const model = await loadModel({
     model: f.model as string | undefined,
     adapter: f.adapter as string | undefined,
     executor,
-    weightFormat: weightFormatFlag(f["gpu-weights"]),
+    weightFormat,
+    threads,
   });
   const compression = compressionFrom(f);
   const result = await generateText(model, {

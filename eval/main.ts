@@ -6,9 +6,18 @@
  *   deno task eval --suite quick            # the CI check (~1 minute)
  *   deno task eval --suite full --jobs 2    # the stories260K sweep -> results/full/
  */
-import { parseFlags, usage, UsageError } from "../cli/args.ts";
+import {
+  executorFlag,
+  executorFlags,
+  parseFlags,
+  threadsFlag,
+  usage,
+  UsageError,
+  weightsFlag,
+} from "../cli/args.ts";
 import { JudgeQError } from "../core/errors.ts";
-import type { ExecutorChoice } from "../io/runtime.ts";
+import type { ExecutorChoice, WeightFormatChoice } from "../io/runtime.ts";
+import { defaultThreads } from "../wasm/mod.ts";
 import { parseBudget, type SuiteConfig, SUITES, VARIANT_IDS } from "./config.ts";
 import { loadEvalModel } from "./model.ts";
 import {
@@ -31,11 +40,7 @@ const DEFAULT_HAYSTACK = `${ROOT}../shared/data/haystack/PaulGrahamEssays`;
 export const SPEC = {
   suite: { kind: "string", help: "quick | full (default quick)", default: "quick" },
   model: { kind: "string", help: "model directory (default: the embedded stories260K)" },
-  executor: {
-    kind: "string",
-    help: "cpu | gpu | auto (default cpu: deterministic reference numbers)",
-    default: "cpu",
-  },
+  ...executorFlags("cpu", ": deterministic reference numbers"),
   haystack: {
     kind: "string",
     help: "directory of essay .txt files (default ../shared/data/haystack/PaulGrahamEssays)",
@@ -65,6 +70,9 @@ export interface EvalArgs {
   cfg: SuiteConfig;
   modelDir: string | undefined;
   executor: ExecutorChoice;
+  /** Threads of the wasm executor per model loaded (default: the cores available, shared out over --jobs). */
+  threads?: number;
+  weightFormat?: WeightFormatChoice;
   haystack: string | null;
   out: string;
   jobs: number;
@@ -100,10 +108,8 @@ export async function parseArgs(argv: string[]): Promise<EvalArgs | null> {
   if (!suiteFn) {
     throw new UsageError(`--suite: expected ${Object.keys(SUITES).join(" or ")}, got '${f.suite}'`);
   }
-  const executor = f.executor as ExecutorChoice;
-  if (!["cpu", "gpu", "auto"].includes(executor)) {
-    throw new UsageError(`--executor: expected cpu, gpu or auto, got '${executor}'`);
-  }
+  const executor = executorFlag(f.executor);
+  const threads = threadsFlag(f.threads), weightFormat = weightsFlag(f);
   if ((f.jobs as number) < 1) throw new UsageError("--jobs: expected at least 1");
   let cfg = suiteFn(f.seed as number);
   const tasks = list(f.tasks), variants = list(f.variants), placements = list(f.placements);
@@ -150,6 +156,10 @@ export async function parseArgs(argv: string[]): Promise<EvalArgs | null> {
     cfg,
     modelDir: f.model as string | undefined,
     executor,
+    // --jobs workers each load a model: by default they share the cores rather than each taking all.
+    threads: threads ??
+      ((f.jobs as number) > 1 ? Math.max(1, Math.floor(defaultThreads() / (f.jobs as number))) : undefined),
+    weightFormat,
     haystack,
     out: (f.out as string | undefined) ?? `${ROOT}results/${cfg.name}`,
     jobs: f.jobs as number,
@@ -178,7 +188,8 @@ export async function runEval(
     if (dropped.length) log(`no essay haystack (--haystack DIR): skipping ${dropped.join(", ")}`);
     cfg = { ...cfg, tasks: cfg.tasks.filter((t) => !ESSAY_TASKS.has(t.task)) };
   }
-  const model = await loadEvalModel(a.modelDir, a.executor, (m) => log(`warning: ${m}`));
+  const loadOptions = { threads: a.threads, weightFormat: a.weightFormat };
+  const model = await loadEvalModel(a.modelDir, a.executor, (m) => log(`warning: ${m}`), loadOptions);
   const corpus = a.haystack ? await loadCorpus(a.haystack) : null;
   log(
     `eval ${cfg.name}: ${model.model.name} on ${model.model.executor.description}; ` +
@@ -202,7 +213,7 @@ export async function runEval(
     storePath: `${a.out}/cells.jsonl`,
     fresh: a.fresh,
     jobs: a.jobs,
-    load: { modelDir: a.modelDir, executor: a.executor, haystack: a.haystack },
+    load: { modelDir: a.modelDir, executor: a.executor, ...loadOptions, haystack: a.haystack },
     quiet: a.quiet,
   });
   // Report order is the suite's, whatever order the cells finished in.

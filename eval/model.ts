@@ -3,7 +3,7 @@
  * adapter digest), and the token-level helpers every task needs.
  */
 import type { Model } from "../core/engine.ts";
-import { type ExecutorChoice, loadModel } from "../io/runtime.ts";
+import { type ExecutorChoice, loadModel, type LoadOptions } from "../io/runtime.ts";
 
 export interface EvalModel {
   model: Model;
@@ -25,8 +25,9 @@ export async function loadEvalModel(
   dir: string | undefined,
   executor: ExecutorChoice,
   warn?: (m: string) => void,
+  options: Pick<LoadOptions, "threads" | "weightFormat"> = {},
 ): Promise<EvalModel> {
-  const model = await loadModel({ model: dir, executor, warn });
+  const model = await loadModel({ model: dir, executor, warn, ...options });
   const base = dir ?? new URL("../fixtures/models/stories260K/", import.meta.url).pathname;
   return {
     model,

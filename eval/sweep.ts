@@ -2,7 +2,7 @@
  * The sweep: enumerates every cell of a suite (task x sample x placement x variant x budget), skips the
  * ones the store already holds, and runs the rest one sample at a time, in-process or on workers.
  */
-import type { ExecutorChoice } from "../io/runtime.ts";
+import type { ExecutorChoice, WeightFormatChoice } from "../io/runtime.ts";
 import { type BudgetSpec, type SuiteConfig, type TaskPlan, variantById } from "./config.ts";
 import type { EvalModel } from "./model.ts";
 import { Progress } from "./progress.ts";
@@ -114,7 +114,13 @@ export interface SweepOptions {
   fresh: boolean;
   jobs: number;
   /** For workers: how to load the same model and haystack. */
-  load: { modelDir: string | undefined; executor: ExecutorChoice; haystack: string | null };
+  load: {
+    modelDir: string | undefined;
+    executor: ExecutorChoice;
+    threads?: number;
+    weightFormat?: WeightFormatChoice;
+    haystack: string | null;
+  };
   quiet?: boolean;
 }
 

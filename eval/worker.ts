@@ -13,7 +13,10 @@ self.onmessage = async (ev: MessageEvent<ToWorker>) => {
   const msg = ev.data;
   try {
     if (msg.kind === "init") {
-      const m = await loadEvalModel(msg.load.modelDir, msg.load.executor, () => {});
+      const m = await loadEvalModel(msg.load.modelDir, msg.load.executor, () => {}, {
+        threads: msg.load.threads,
+        weightFormat: msg.load.weightFormat,
+      });
       // Cell keys carry the main thread's adapter digest: a worker must run that same adapter.
       if (m.adapterId !== msg.adapterId) {
         throw new Error(`the Judge Q adapter changed while starting (${msg.adapterId} -> ${m.adapterId})`);

@@ -5,8 +5,16 @@
  *   deno task loadtest [--requests 200] [--concurrency 8] [--max-tokens 32] [--method snapkv --budget 64]
  *                      [--endpoint generate|completions|chat] [--stream] [--url http://127.0.0.1:8000] [--json]
  */
-import { parseFlags, usage, UsageError } from "../cli/args.ts";
-import { type ExecutorChoice, loadModel } from "../io/runtime.ts";
+import {
+  executorFlag,
+  executorFlags,
+  parseFlags,
+  threadsFlag,
+  usage,
+  UsageError,
+  weightsFlag,
+} from "../cli/args.ts";
+import { loadModel } from "../io/runtime.ts";
 import { createApp } from "./app.ts";
 import { sampleValue } from "./metrics.ts";
 import { readSse } from "./sse.ts";
@@ -22,11 +30,7 @@ const SPEC = {
   method: { kind: "string", help: "KV compression method (default: none)" },
   budget: { kind: "int", help: "KV budget per head for --method" },
   "api-key": { kind: "string", help: "API key of the target server" },
-  executor: {
-    kind: "string",
-    help: "executor of the server it starts: auto | gpu | cpu (default auto)",
-    default: "auto",
-  },
+  ...executorFlags("auto", "; for the server it starts"),
   "queue-size": { kind: "int", help: "queue size of the server it starts (default 64)", default: 64 },
   json: { kind: "boolean", help: "print one JSON object" },
   help: { kind: "boolean", help: "show this help" },
@@ -131,6 +135,8 @@ async function main(argv: string[]): Promise<number> {
   if (!(duration > 0 && duration <= 3600)) {
     throw new UsageError(`--duration: expected (0, 3600] seconds, got '${duration}'`);
   }
+  const executorChoice = executorFlag(f.executor);
+  const threads = threadsFlag(f.threads), weightFormat = weightsFlag(f);
   const endpoint = f.endpoint as string;
   if (!["generate", "completions", "chat"].includes(endpoint)) {
     throw new UsageError(`--endpoint: expected generate, completions or chat, got '${endpoint}'`);
@@ -154,7 +160,9 @@ async function main(argv: string[]): Promise<number> {
     url = parsed.origin;
   } else {
     const model = await loadModel({
-      executor: f.executor as ExecutorChoice,
+      executor: executorChoice,
+      weightFormat,
+      threads,
       warn: (m) => console.error(`warning: ${m}`),
     });
     const app = createApp(model, { queueSize: f["queue-size"] as number });

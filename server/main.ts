@@ -1,14 +1,24 @@
 /**
  * deno task start: serves one model over HTTP.
  *   deno task start [--model DIR] [--adapter FILE|none] [--host 127.0.0.1] [--port 8000] [--api-key KEY]
- *                   [--executor auto|cpu|gpu] [--queue-size 32] [--max-body-bytes 1048576]
+ *                   [--executor auto|gpu|wasm|cpu] [--threads N] [--weights auto|f32|f16]
+ *                   [--queue-size 32] [--max-body-bytes 1048576]
  *                   [--context-ttl 600] [--context-max-mb 256]
  * The model and adapter are fixed here, at start-up; no request can choose files. SIGINT/SIGTERM stop
  * accepting, let in-flight and queued requests finish, then exit.
  */
 import { JudgeQError } from "../core/errors.ts";
-import { parseFlags, usage, UsageError, weightFormatFlag } from "../cli/args.ts";
-import { type ExecutorChoice, loadModel } from "../io/runtime.ts";
+import {
+  executorFlag,
+  executorFlags,
+  GPU_WEIGHTS_ALIAS,
+  parseFlags,
+  threadsFlag,
+  usage,
+  UsageError,
+  weightsFlag,
+} from "../cli/args.ts";
+import { loadModel } from "../io/runtime.ts";
 import { createApp, DEFAULT_OPTIONS } from "./app.ts";
 
 const SPEC = {
@@ -23,16 +33,8 @@ const SPEC = {
     kind: "string",
     help: "require 'Authorization: Bearer KEY' (default: $JUDGEQ_API_KEY, else none)",
   },
-  executor: {
-    kind: "string",
-    help: "auto | gpu | cpu (default auto: WebGPU, else CPU with a warning)",
-    default: "auto",
-  },
-  "gpu-weights": {
-    kind: "string",
-    help: "GPU weight storage: auto | f32 | f16 (default auto: f16 where the adapter has shader-f16)",
-    default: "auto",
-  },
+  ...executorFlags("auto"),
+  ...GPU_WEIGHTS_ALIAS,
   "queue-size": {
     kind: "int",
     help: `requests that may wait for the executor, 429 beyond (default ${DEFAULT_OPTIONS.queueSize})`,
@@ -72,10 +74,8 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
   if (f._.length) throw new UsageError(`unexpected argument '${f._[0]}'`);
-  const executor = f.executor as ExecutorChoice;
-  if (!["cpu", "gpu", "auto"].includes(executor)) {
-    throw new UsageError(`--executor: expected auto, gpu or cpu, got '${executor}'`);
-  }
+  const executor = executorFlag(f.executor);
+  const threads = threadsFlag(f.threads), weightFormat = weightsFlag(f);
   const port = f.port as number;
   if (port < 0 || port > 65535) throw new UsageError(`--port: expected 0..65535, got '${port}'`);
   const queueSize = positive("queue-size", f["queue-size"], 0);
@@ -91,7 +91,8 @@ async function main(argv: string[]): Promise<number> {
     model: f.model as string | undefined,
     adapter: adapterFlag === "none" ? null : adapterFlag,
     executor,
-    weightFormat: weightFormatFlag(f["gpu-weights"]),
+    weightFormat,
+    threads,
   });
   const app = createApp(model, {
     apiKey,

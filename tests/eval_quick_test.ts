@@ -4,8 +4,10 @@
  * resumes (computes nothing) while a changed configuration is refused.
  */
 import { type SuiteConfig, type TaskPlan, VARIANT_IDS } from "../eval/config.ts";
-import { type EvalArgs, runEval } from "../eval/main.ts";
+import { UsageError } from "../cli/args.ts";
+import { type EvalArgs, parseArgs, runEval } from "../eval/main.ts";
 import { loadEvalModel, tokenSpan } from "../eval/model.ts";
+import { defaultThreads } from "../wasm/mod.ts";
 import { assert, assertEquals, assertRejects } from "./helpers.ts";
 
 const plan = (task: string, over: Partial<TaskPlan>): TaskPlan => ({
@@ -124,4 +126,23 @@ Deno.test("tokenSpan finds the tokens of a substring in a real tokenization", as
   const covered = model.tokenizer.decode(tokens.slice(a, b), { skipSpecial: true });
   assert(covered.includes(needle.slice(1)) && covered.length <= needle.length + 2, `span text '${covered}'`);
   assertEquals(tokenSpan(model, tokens, "absent words"), null);
+});
+
+Deno.test("eval flags: --executor, --threads and --weights are checked; --jobs workers share the cores", async () => {
+  for (
+    const [argv, message] of [
+      [["--executor", "tpu"], "--executor: expected auto, gpu, wasm or cpu (or reference), got 'tpu'"],
+      [["--threads", "0"], "--threads: expected a whole number from 1 to 256, got '0'"],
+      [["--threads", "1.5"], "--threads: expected a whole number from 1 to 256, got '1.5'"],
+      [["--weights", "f8"], "--weights: expected auto, f32 or f16, got 'f8'"],
+    ] as [string[], string][]
+  ) {
+    const e = await assertRejects(() => parseArgs(argv), message);
+    assert(e instanceof UsageError, e.message);
+  }
+  const a = (await parseArgs(["--executor", "wasm", "--threads", "3", "--weights", "f16"]))!;
+  assertEquals([a.executor, a.threads, a.weightFormat], ["wasm", 3, "f16"]);
+  const shared = (await parseArgs(["--executor", "wasm", "--jobs", "2"]))!;
+  assertEquals(shared.threads, Math.max(1, Math.floor(defaultThreads() / 2)));
+  assertEquals((await parseArgs([]))!.executor, "cpu", "eval's default stays the CPU reference");
 });

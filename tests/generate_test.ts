@@ -3,6 +3,7 @@ import { generateText } from "../core/engine.ts";
 import { convertLlama2c } from "../fixtures/convert_llama2c.ts";
 import { EMBEDDED_MODEL_DIR } from "../io/model_dir.ts";
 import { loadModel } from "../io/runtime.ts";
+import { wasmUnsupportedReason } from "../wasm/mod.ts";
 import { assert, assertEquals, assertRejects, GOLDEN } from "./helpers.ts";
 
 const SHARED = Deno.env.get("JUDGEQ_SHARED_DATA") ?? new URL("../../shared/data/", import.meta.url).pathname;
@@ -87,6 +88,17 @@ Deno.test("generate CLI: bad flags and inputs are named, exit code 2", async () 
       [["--max-tokens", "5"], "give --prompt or --context"],
       [["--prompt", "x", "--executor", "tpu"], "--executor"],
       [["--prompt", "x", "--gpu-weights", "f8"], "--gpu-weights: expected auto, f32 or f16, got 'f8'"],
+      [["--prompt", "x", "--weights", "f8"], "--weights: expected auto, f32 or f16, got 'f8'"],
+      [
+        ["--prompt", "x", "--weights", "f32", "--gpu-weights", "f16"],
+        "--gpu-weights: is an alias of --weights",
+      ],
+      [["--prompt", "x", "--threads", "0"], "--threads: expected a whole number from 1 to 256, got '0'"],
+      [["--prompt", "x", "--threads", "-1"], "--threads: expected a whole number from 1 to 256, got '-1'"],
+      [["--prompt", "x", "--threads", "1.5"], "--threads: expected a whole number from 1 to 256, got '1.5'"],
+      [["--prompt", "x", "--threads", "abc"], "--threads: expected a whole number from 1 to 256, got 'abc'"],
+      [["--prompt", "x", "--threads", "257"], "--threads: expected a whole number from 1 to 256, got '257'"],
+      [["--prompt", "x", "--threads"], "--threads: missing value"],
       [["--prompt", "x", "--method", "nope", "--budget", "3", "--executor", "cpu"], "kv_compression.method"],
       [["--prompt", "x", "--model", "/nonexistent-model-dir", "--executor", "cpu"], "config.json"],
     ] as const
@@ -95,6 +107,33 @@ Deno.test("generate CLI: bad flags and inputs are named, exit code 2", async () 
     assertEquals(r.code, 2, `${args.join(" ")}: ${r.stderr}`);
     assert(r.stderr.includes(fragment), `${args.join(" ")}: ${r.stderr}`);
   }
+});
+
+Deno.test({
+  name: "generate CLI: --executor wasm prints the CPU reference's greedy text",
+  ignore: wasmUnsupportedReason() !== null,
+  fn: async () => {
+    const args = ["--prompt", "Once upon a time", "--max-tokens", "8"];
+    const ref = await cli(...args, "--executor", "cpu");
+    assertEquals(ref.code, 0, ref.stderr);
+    for (const extra of [[], ["--threads", "2"], ["--threads", "1", "--weights", "f32"]]) {
+      const r = await cli(...args, "--executor", "wasm", ...extra);
+      assertEquals(r.code, 0, r.stderr);
+      assertEquals(r.stdout, ref.stdout, extra.join(" "));
+    }
+    assert(ref.stdout.startsWith("Once upon a time, there was"), ref.stdout);
+    const j = await cli(...args, "--executor", "wasm", "--json");
+    assertEquals(JSON.parse(j.stdout).executor, "wasm");
+  },
+});
+
+Deno.test("generate CLI: --help lists --executor, --threads and --weights", async () => {
+  const r = await cli("--help");
+  assertEquals(r.code, 0, r.stderr);
+  for (const flag of ["--executor", "--threads", "--weights", "--gpu-weights"]) {
+    assert(r.stdout.includes(`  ${flag} `), `${flag} missing from: ${r.stdout}`);
+  }
+  assert(/auto \| gpu \| wasm \| cpu/.test(r.stdout), r.stdout);
 });
 
 Deno.test("converter: truncated or malformed llama2.c checkpoints are refused with a clear error", async () => {

@@ -3,6 +3,7 @@
  * stream finish before exiting 0.
  */
 import { readSse } from "../server/sse.ts";
+import { wasmUnsupportedReason } from "../wasm/mod.ts";
 import { assert, assertEquals } from "./helpers.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
@@ -69,6 +70,12 @@ Deno.test("server/main.ts: a bad flag is a usage error naming it", async () => {
     const [args, message] of [
       [["--port", "abc"], "--port: expected an integer, got 'abc'"],
       [["--gpu-weights", "int4"], "--gpu-weights: expected auto, f32 or f16, got 'int4'"],
+      [["--weights", "int4"], "--weights: expected auto, f32 or f16, got 'int4'"],
+      [["--executor", "tpu"], "--executor: expected auto, gpu, wasm or cpu (or reference), got 'tpu'"],
+      [["--threads", "0"], "--threads: expected a whole number from 1 to 256, got '0'"],
+      [["--threads", "-1"], "--threads: expected a whole number from 1 to 256, got '-1'"],
+      [["--threads", "1.5"], "--threads: expected a whole number from 1 to 256, got '1.5'"],
+      [["--threads", "abc"], "--threads: expected a whole number from 1 to 256, got 'abc'"],
     ] as [string[], string][]
   ) {
     const child = spawn(args);
@@ -79,5 +86,54 @@ Deno.test("server/main.ts: a bad flag is a usage error naming it", async () => {
     ]);
     assertEquals(status.code, 2);
     assert(stderr.includes(message), stderr + stdout);
+  }
+});
+
+Deno.test({
+  name: "server/main.ts: --executor wasm serves a request and reports executor wasm",
+  ignore: Deno.build.os === "windows" || wasmUnsupportedReason() !== null,
+  fn: async () => {
+    const child = spawn(["--port", "0", "--executor", "wasm", "--threads", "2", "--adapter", "none"]);
+    const stderr = readAll(child.stderr);
+    const lines = child.stdout.getReader();
+    let out = "";
+    while (!out.includes("\n")) {
+      const { value, done } = await lines.read();
+      if (done) break;
+      out += new TextDecoder().decode(value);
+    }
+    const ready = out.split("\n")[0];
+    const base = /at (http:\/\/127\.0\.0\.1:\d+)/.exec(ready)?.[1];
+    try {
+      assert(base, `no ready line: ${ready}`);
+      assert(ready.includes(" on wasm "), ready);
+      const r = await fetch(`${base}/v1/generate`, {
+        method: "POST",
+        body: JSON.stringify({ prompt: "Once upon a time", max_tokens: 8 }),
+      });
+      const j = await r.json();
+      assertEquals([r.status, j.executor, j.text], [200, "wasm", ", there was a little girl"]);
+      const health = await (await fetch(`${base}/healthz`)).json();
+      assertEquals([health.status, health.executor], ["ok", "wasm"]);
+      const models = await (await fetch(`${base}/v1/models`)).json();
+      assertEquals(models.data[0].executor, "wasm");
+      assert(
+        /WebAssembly SIMD, 2 threads/.test(models.data[0].executor_description),
+        models.data[0].executor_description,
+      );
+    } finally {
+      child.kill("SIGTERM");
+    }
+    assertEquals((await child.status).code, 0, await stderr);
+    await lines.cancel();
+  },
+});
+
+Deno.test("server/main.ts: --help lists --executor, --threads and --weights", async () => {
+  const child = spawn(["--help"]);
+  const [status, stdout] = await Promise.all([child.status, readAll(child.stdout), readAll(child.stderr)]);
+  assertEquals(status.code, 0);
+  for (const flag of ["--executor", "--threads", "--weights", "--gpu-weights"]) {
+    assert(stdout.includes(`  ${flag} `), `${flag} missing from: ${stdout}`);
   }
 });
