@@ -1,6 +1,16 @@
 /** Command-line flags of `deno task train`: parsed, range-checked, and every error names its flag. */
 import { LOSS_KINDS, type LossKind } from "../core/train/loss.ts";
 
+/**
+ * Where fit runs. auto: prompts prefilled on the fast CPU executor (wasm) where the runtime has it,
+ * else on the CPU reference; gradients in core/train (float64). wasm: the same, wasm required.
+ * cpu (alias reference): everything on the CPU reference. gpu: gradients on WebGPU, prompts as auto.
+ */
+export const TRAIN_EXECUTORS = ["auto", "wasm", "cpu", "gpu"] as const;
+export type TrainExecutor = typeof TRAIN_EXECUTORS[number];
+export const WEIGHT_CHOICES = ["auto", "f32", "f16"] as const;
+export const MAX_THREADS = 256;
+
 export const COMMANDS = ["all", "data", "fit", "report"] as const;
 export type Command = typeof COMMANDS[number];
 
@@ -38,8 +48,12 @@ export interface TrainArgs {
   checkpointEvery: number;
   budgets: number[];
   resume: boolean;
-  /** Where fit computes gradients. */
-  executor: "cpu" | "gpu";
+  /** Where fit prefills prompts and computes gradients (see TRAIN_EXECUTORS). */
+  executor: TrainExecutor;
+  /** Threads of the wasm prefill; null: the cores available. */
+  threads: number | null;
+  /** Weight storage of the wasm prefill (auto: f32). */
+  weights: typeof WEIGHT_CHOICES[number];
 }
 
 export const DEFAULT_OUT = "fixtures/models/stories260K/judgeq.safetensors";
@@ -67,7 +81,9 @@ export const DEFAULTS: Omit<TrainArgs, "command"> = {
   checkpointEvery: 50,
   budgets: [32, 64, 128],
   resume: false,
-  executor: "cpu",
+  executor: "auto",
+  threads: null,
+  weights: "auto",
 };
 
 export const USAGE = `Train a Judge Q adapter (soft tokens) on self-generated data, and evaluate it.
@@ -86,7 +102,13 @@ Flags:
   --work DIR             data, checkpoints and per-loss adapters (default ${DEFAULTS.work})
   --n N                  soft tokens (default ${DEFAULTS.n})
   --loss mse|kl          train/compare only this objective (default: both)
-  --executor cpu|gpu     fit's gradients on the CPU reference (default) or WebGPU
+  --executor auto|wasm|cpu|gpu
+                         auto (default): prompts prefilled on wasm (the fast CPU executor) where the
+                         runtime has it, else on the CPU reference; gradients on the CPU (float64).
+                         wasm: the same, wasm required. cpu (alias reference): all on the CPU reference,
+                         which reproduces the shipped adapter byte for byte. gpu: gradients on WebGPU
+  --threads N            threads of the wasm prefill, 1..${MAX_THREADS} (default: the cores available)
+  --weights auto|f32|f16 weight storage of the wasm prefill (default auto: f32)
   --steps N --batch N --lr X --warmup N --clip X   optimiser (defaults ${DEFAULTS.steps}, ${DEFAULTS.batch}, ${DEFAULTS.lr}, ${DEFAULTS.warmup}, ${DEFAULTS.clip})
   --noise X              init noise std in units of the embedding RMS (default ${DEFAULTS.noise})
   --samples N            training samples (default ${DEFAULTS.samples}); --heldout N held-out (default ${DEFAULTS.heldout})
@@ -108,6 +130,8 @@ export class UsageError extends Error {
 
 const VALUE_FLAGS = new Set([
   "executor",
+  "threads",
+  "weights",
   "model",
   "out",
   "work",
@@ -201,11 +225,28 @@ export function parseArgs(argv: string[]): TrainArgs {
       case "work":
         a.work = v;
         break;
-      case "executor":
-        if (v !== "cpu" && v !== "gpu") {
-          throw new UsageError(flag, `must be cpu or gpu (got ${JSON.stringify(v)})`);
+      case "executor": {
+        const e = v === "reference" ? "cpu" : v;
+        if (!(TRAIN_EXECUTORS as readonly string[]).includes(e)) {
+          throw new UsageError(flag, `must be auto, wasm, cpu or gpu (got ${JSON.stringify(v)})`);
         }
-        a.executor = v;
+        a.executor = e as TrainExecutor;
+        break;
+      }
+      case "threads":
+        if (!/^\d+$/.test(v.trim()) || Number(v) < 1 || Number(v) > MAX_THREADS) {
+          throw new UsageError(
+            flag,
+            `must be a whole number from 1 to ${MAX_THREADS} (got ${JSON.stringify(v)})`,
+          );
+        }
+        a.threads = Number(v);
+        break;
+      case "weights":
+        if (!(WEIGHT_CHOICES as readonly string[]).includes(v)) {
+          throw new UsageError(flag, `must be auto, f32 or f16 (got ${JSON.stringify(v)})`);
+        }
+        a.weights = v as TrainArgs["weights"];
         break;
       case "loss":
         if (!(LOSS_KINDS as readonly string[]).includes(v)) {

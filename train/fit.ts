@@ -2,7 +2,8 @@
  * `fit`: optimises the soft embeddings with the pure steps of core/train/loop.ts, evaluating the
  * held-out loss every few steps and writing a resumable checkpoint every N steps.
  */
-import { CpuExecutor } from "../core/cpu/executor.ts";
+import { CpuExecutor, CpuSession } from "../core/cpu/executor.ts";
+import type { Executor, KvSession } from "../core/executor.ts";
 import type { LossKind } from "../core/train/loss.ts";
 import { randomSoftTokens } from "../core/soft_tokens.ts";
 import {
@@ -13,8 +14,9 @@ import {
   initFitState,
   type TrainSample,
 } from "../core/train/loop.ts";
-import { promptKvFromCache, type TrainModel } from "../core/train/model.ts";
+import { type PromptKv, promptKvFromCache, type TrainModel } from "../core/train/model.ts";
 import type { ModelWeights } from "../core/weights.ts";
+import { WasmSession } from "../wasm/mod.ts";
 import type { Sample } from "./data.ts";
 import { Progress } from "./progress.ts";
 
@@ -66,13 +68,31 @@ const CHECKPOINT_FORMAT = "judgeq-fit-checkpoint-v1";
 export const untrainedEmbeddings = (w: ModelWeights, n: number, noise: number, seed: number): Float64Array =>
   Float64Array.from(randomSoftTokens(w.embed, w.config.dim, n, seed, noise));
 
-/** Prefills each prompt on the CPU reference and keeps its K/V: the constant half of every soft pass. */
-export async function trainSamples(w: ModelWeights, samples: Sample[]): Promise<TrainSample[]> {
-  const executor = new CpuExecutor(w), out: TrainSample[] = [];
+/** The K/V of positions 0..length-1 of a session holding an unpruned prompt, for the soft passes. */
+export function promptKvOf(session: KvSession, length: number): PromptKv {
+  if (session instanceof CpuSession) return promptKvFromCache(session.cache, length);
+  if (session instanceof WasmSession) return promptKvFromCache(session.toCpuCache(), length);
+  throw new Error("training reads prompt K/V from the CPU reference or the wasm executor only");
+}
+
+/**
+ * Prefills each prompt and keeps its K/V: the constant half of every soft pass. On the CPU reference
+ * by default; the wasm executor gives the same K/V within float32 rounding, faster.
+ */
+export async function trainSamples(
+  w: ModelWeights,
+  samples: Sample[],
+  executor: Executor = new CpuExecutor(w),
+): Promise<TrainSample[]> {
+  const out: TrainSample[] = [];
   for (const s of samples) {
     const session = executor.createSession(s.prompt.length);
-    await session.forward({ kind: "tokens", tokens: s.prompt }, { logits: "none" });
-    out.push({ prompt: promptKvFromCache(session.cache, s.prompt.length), target: s.target });
+    try {
+      await session.forward({ kind: "tokens", tokens: s.prompt }, { logits: "none" });
+      out.push({ prompt: promptKvOf(session, s.prompt.length), target: s.target });
+    } finally {
+      session.dispose();
+    }
   }
   return out;
 }

@@ -3,11 +3,15 @@
  * is in core/train/. `all` (the default) reproduces the shipped adapter from a fixed seed.
  */
 import { encodeAdapter } from "../core/adapter.ts";
+import { CpuExecutor } from "../core/cpu/executor.ts";
+import { JudgeQError } from "../core/errors.ts";
+import type { Executor } from "../core/executor.ts";
 import { modelFingerprint } from "../core/fingerprint.ts";
 import type { LossKind } from "../core/train/loss.ts";
 import { type TrainModel, trainModel } from "../core/train/model.ts";
 import type { TrainSample } from "../core/train/loop.ts";
 import type { ModelWeights } from "../core/weights.ts";
+import { WasmExecutor, wasmUnsupportedReason } from "../wasm/mod.ts";
 import { parseArgs, type TrainArgs, USAGE, UsageError } from "./args.ts";
 import {
   checkLengths,
@@ -55,8 +59,8 @@ interface Ctx {
 interface LoadedData {
   data: DataSet;
   hash: string;
-  /** Prompt K/V and targets, built once per process. */
-  samples?: { train: TrainSample[]; heldout: TrainSample[]; seconds: number };
+  /** Prompt K/V and targets, built once per process, and the executor kind that prefilled them. */
+  samples?: { train: TrainSample[]; heldout: TrainSample[]; seconds: number; prefill: Executor["kind"] };
 }
 
 const dataOptions = (a: TrainArgs): DataOptions => ({
@@ -133,14 +137,46 @@ async function dataFor(ctx: Ctx): Promise<LoadedData> {
   return stored;
 }
 
+/** The executor that prefills fit's prompts: wasm unless --executor cpu (see TRAIN_EXECUTORS). */
+async function prefillExecutor(ctx: Ctx): Promise<Executor> {
+  const { args } = ctx;
+  if (args.executor === "cpu") return new CpuExecutor(ctx.weights);
+  const why = wasmUnsupportedReason();
+  if (why) {
+    if (args.executor === "wasm") {
+      throw new UsageError("--executor", `the wasm executor cannot run in this runtime: ${why}`);
+    }
+    ctx.io.err(
+      `warning: the wasm executor cannot run in this runtime (${why}): prefilling on the CPU reference`,
+    );
+    return new CpuExecutor(ctx.weights);
+  }
+  try {
+    return await WasmExecutor.create(ctx.weights, {
+      threads: args.threads ?? undefined,
+      weightFormat: args.weights,
+    });
+  } catch (e) {
+    if (e instanceof JudgeQError && e.param) {
+      throw new UsageError(`--${e.param}`, e.message.replace(/^\w+: /, ""));
+    }
+    throw e;
+  }
+}
+
 async function samplesOf(ctx: Ctx, d: LoadedData) {
   if (!d.samples) {
-    const started = performance.now();
     const split = (s: "train" | "heldout") => d.data.samples.filter((x) => x.split === s);
     if (split("heldout").length === 0) throw new Error("data: no held-out samples (--heldout must be >= 1)");
-    const train = await trainSamples(ctx.weights, split("train"));
-    const heldout = await trainSamples(ctx.weights, split("heldout"));
-    d.samples = { train, heldout, seconds: (performance.now() - started) / 1000 };
+    const executor = await prefillExecutor(ctx);
+    try {
+      const started = performance.now();
+      const train = await trainSamples(ctx.weights, split("train"), executor);
+      const heldout = await trainSamples(ctx.weights, split("heldout"), executor);
+      d.samples = { train, heldout, seconds: (performance.now() - started) / 1000, prefill: executor.kind };
+    } finally {
+      executor.dispose();
+    }
   }
   return d.samples;
 }
@@ -195,8 +231,9 @@ async function fitOne(ctx: Ctx, d: LoadedData, loss: LossKind): Promise<History>
     final_heldout_loss: String(r.finalHeldout),
     trainer: "deno task train (judgeq-serve core/train)",
   };
-  // Recorded only for GPU runs, so a CPU run still reproduces the shipped file byte for byte.
+  // Recorded only where not the CPU reference, so a CPU run still reproduces the shipped file byte for byte.
   if (args.executor === "gpu") info.executor = "gpu";
+  if (samples.prefill !== "cpu") info.prefill = samples.prefill;
   const bytes = encodeAdapter({
     softEmbeddings: Float32Array.from(r.e),
     n: cfg.n,
