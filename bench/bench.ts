@@ -11,7 +11,14 @@
  *
  * Each GPU figure is measured with f32 weights and again (context 512) with packed f16 weights.
  *
- *   deno run -A bench/bench.ts [--json] [--quick] [--models stories260K,llama100m] [--formats f32,f16]
+ * The fast CPU executor (wasm/) is measured on the same weights in the same run as llama.cpp (npm
+ * node-llama-cpp 3.21.1, its CPU build, the weights exported to an F32 GGUF), with every figure also
+ * given as a ratio to llama.cpp's: prefill and decode at contexts 512 and 2048 on the 76M-parameter
+ * llama (the 87.5M one too when asked), stories260K at 512, f32 and f16 weights, and Judge Q's overhead.
+ * llama.cpp runs before and after ours; the ratios use its better run of the two.
+ *
+ *   deno run -A bench/bench.ts [--json] [--quick] [--models stories260K,llama76m,llama100m]
+ *     [--formats f32,f16] [--executors wasm,llamacpp,reference,gpu] [--threads N]
  */
 import { CpuExecutor, type CpuSession } from "../core/cpu/executor.ts";
 import type { DecodeOptions, KvSession } from "../core/executor.ts";
@@ -22,12 +29,23 @@ import type { WeightFormat } from "../gpu/weights.ts";
 import type { GpuSession } from "../gpu/session.ts";
 import { fixtureWeights, loadWeightsOnly, promptTokens } from "../gpu/testing.ts";
 import { parseFlags, usage, UsageError } from "../cli/args.ts";
+import { benchFastCpu, type FastCpuResult } from "./fast_cpu.ts";
+import { type LlamaCppMeasurement, measureLlamaCpp } from "./llamacpp.ts";
+import { checkThreads, defaultThreads } from "../wasm/mod.ts";
 
 const SPEC = {
   json: { kind: "boolean", help: "print one JSON object (progress goes to stderr)" },
   quick: { kind: "boolean", help: "shorter runs, for a quick look" },
-  models: { kind: "string", help: "comma list of stories260K, llama100m (default both)" },
-  formats: { kind: "string", help: "GPU weight formats to measure: f32, f16 (default both)" },
+  models: {
+    kind: "string",
+    help: "comma list of stories260K, llama76m, llama100m (default stories260K,llama76m)",
+  },
+  formats: { kind: "string", help: "weight formats to measure: f32, f16 (default both)" },
+  executors: {
+    kind: "string",
+    help: "comma list of wasm, llamacpp, reference, gpu (default all; llamacpp installs node-llama-cpp once)",
+  },
+  threads: { kind: "string", help: "threads of the fast CPU executor and llama.cpp (default: the cores)" },
   help: { kind: "boolean", help: "show this help" },
 } as const;
 let flags: ReturnType<typeof parseFlags<typeof SPEC>>;
@@ -44,12 +62,27 @@ if (flags.help) {
 }
 const asJson = flags.json === true;
 const quick = flags.quick === true;
-const models = ((flags.models as string | undefined) ?? "stories260K,llama100m").split(",");
+const models = ((flags.models as string | undefined) ?? "stories260K,llama76m").split(",");
 for (const m of models) {
-  if (m !== "stories260K" && m !== "llama100m") {
-    console.error(`error: --models: unknown model '${m}' (known: stories260K, llama100m)`);
+  if (m !== "stories260K" && m !== "llama100m" && m !== "llama76m") {
+    console.error(`error: --models: unknown model '${m}' (known: stories260K, llama76m, llama100m)`);
     Deno.exit(2);
   }
+}
+const EXECUTORS = ["wasm", "llamacpp", "reference", "gpu"];
+const executors = ((flags.executors as string | undefined) ?? EXECUTORS.join(",")).split(",");
+for (const e of executors) {
+  if (!EXECUTORS.includes(e)) {
+    console.error(`error: --executors: unknown executor '${e}' (known: ${EXECUTORS.join(", ")})`);
+    Deno.exit(2);
+  }
+}
+let threads: number;
+try {
+  threads = checkThreads(flags.threads === undefined ? defaultThreads() : Number(flags.threads));
+} catch {
+  console.error(`error: --threads: expected a whole number from 1 to 256, got '${flags.threads}'`);
+  Deno.exit(2);
 }
 const formats = ((flags.formats as string | undefined) ?? "f32,f16").split(",") as WeightFormat[];
 for (const f of formats) {
@@ -303,34 +336,117 @@ const report: Record<string, unknown> = {
   models: {},
 };
 for (const name of models) {
-  const w = name === "stories260K" ? await loadWeightsOnly() : fixtureWeights("llama100m");
+  const w = name === "stories260K"
+    ? await loadWeightsOnly()
+    : fixtureWeights(name as "llama76m" | "llama100m");
   const contexts = name === "stories260K" ? [512] : quick ? [512] : [512, 2048];
   const decodeTokens = name === "stories260K" ? (quick ? 128 : 256) : quick ? 16 : 32;
   log(`${name}: ${(parameterCount(w) / 1e6).toFixed(2)}M parameters`);
-  const gpuBy: Record<string, Record<string, unknown>> = {};
-  for (const f of formats) {
-    // The f16 pass measures context 512 only (the format changes the weight traffic, not the cache).
-    gpuBy[f] = await benchGpu(w, f === "f32" ? contexts : [512], decodeTokens, copyBw, f);
-  }
-  const gpu = gpuBy.f32 ?? gpuBy.f16;
-  const cpuDecode = name === "stories260K" ? 64 : 4;
-  const cpu = await benchCpu(w, 512, name === "stories260K" ? 64 : 4, cpuDecode, copyBw);
-  const g512 = gpu.ctx512 as { decodeFull: DecodeRun; prefillTokensPerSecond: number };
-  const c512 = cpu.decodeCtx512 as DecodeRun;
-  (report.models as Record<string, unknown>)[name] = {
+  const entry: Record<string, unknown> = {
     parameters: parameterCount(w),
     decodeBytesPerTokenWeights: weightBytesPerToken(w),
-    gpu,
-    ...(gpuBy.f16 && gpuBy.f32 ? { gpuF16: gpuBy.f16 } : {}),
-    cpu,
-    gpuOverCpu: {
-      decodeCtx512: round(g512.decodeFull.tokensPerSecond / c512.tokensPerSecond),
-      prefill: round(g512.prefillTokensPerSecond / cpu.prefillTokensPerSecond),
-      ...(gpuBy.f16 && gpuBy.f32
-        ? { decodeCtx512F16: round(f16Decode(gpuBy.f16).tokensPerSecond / c512.tokensPerSecond) }
-        : {}),
-    },
   };
+  (report.models as Record<string, unknown>)[name] = entry;
+  if (executors.includes("wasm") || executors.includes("llamacpp")) {
+    Object.assign(entry, await fastCpuVsLlamaCpp(w, name === "stories260K" ? [500] : contexts, decodeTokens));
+  }
+  if (executors.includes("gpu")) {
+    const gpuBy: Record<string, Record<string, unknown>> = {};
+    for (const f of formats) {
+      // The f16 pass measures context 512 only (the format changes the weight traffic, not the cache);
+      // the 76M model is measured at 512 only (its GPU figures complete the comparison, nothing more).
+      const gpuContexts = f === "f32" && name !== "llama76m" ? contexts : [512];
+      gpuBy[f] = await benchGpu(w, gpuContexts, decodeTokens, copyBw, f);
+    }
+    entry.gpu = gpuBy.f32 ?? gpuBy.f16;
+    if (gpuBy.f16 && gpuBy.f32) entry.gpuF16 = gpuBy.f16;
+  }
+  if (executors.includes("reference")) {
+    const cpuDecode = name === "stories260K" ? 64 : 4;
+    const cpu = await benchCpu(w, 512, name === "stories260K" ? 64 : 4, cpuDecode, copyBw);
+    entry.cpu = cpu;
+    const gpu = entry.gpu as Record<string, unknown> | undefined;
+    if (gpu) {
+      const g512 = gpu.ctx512 as { decodeFull: DecodeRun; prefillTokensPerSecond: number };
+      const c512 = cpu.decodeCtx512 as DecodeRun;
+      entry.gpuOverCpu = {
+        decodeCtx512: round(g512.decodeFull.tokensPerSecond / c512.tokensPerSecond),
+        prefill: round(g512.prefillTokensPerSecond / cpu.prefillTokensPerSecond),
+        ...(entry.gpuF16
+          ? {
+            decodeCtx512F16: round(
+              f16Decode(entry.gpuF16 as Record<string, unknown>).tokensPerSecond / c512.tokensPerSecond,
+            ),
+          }
+          : {}),
+      };
+    }
+  }
+}
+
+/**
+ * The fast CPU executor in each weight format, between two llama.cpp runs on the same weights; the
+ * ratios divide by llama.cpp's better run.
+ */
+async function fastCpuVsLlamaCpp(w: ModelWeights, contexts: number[], decodeTokens: number) {
+  const peer = () =>
+    measureLlamaCpp(w, {
+      contexts,
+      decodeTokens,
+      threads,
+      promptTokens: (n) => promptTokens(n, w.config.vocabSize, n),
+      log: (m) => log(`  llama.cpp: ${m}`),
+    });
+  const peers: LlamaCppMeasurement[] = [];
+  if (executors.includes("llamacpp")) {
+    peers.push(await peer());
+    logPeer(peers[0]);
+  }
+  const wasm: Record<string, FastCpuResult> = {};
+  if (executors.includes("wasm")) {
+    for (const f of formats) {
+      wasm[f] = await benchFastCpu(
+        w,
+        { contexts, decodeTokens, threads, format: f, runs: quick ? 3 : 5 },
+        log,
+      );
+    }
+  }
+  if (peers.length && peers[0].ok) {
+    peers.push(await peer());
+    logPeer(peers[1]);
+  }
+  const ok = peers.filter((p) => p.ok);
+  const best = (ctx: number, key: "prefillTokPerS" | "decodeTokPerS") =>
+    Math.max(...ok.map((p) => p.contexts.find((c) => c.context === ctx)?.[key] ?? 0));
+  const ratios: Record<string, Record<string, number>> = {};
+  if (ok.length) {
+    for (const [f, r] of Object.entries(wasm)) {
+      for (const c of r.contexts) {
+        ratios[`${f}Ctx${c.context}`] = {
+          prefill: round(c.prefillTokPerS / best(c.context, "prefillTokPerS"), 3),
+          decode: round(c.decodeTokPerS / best(c.context, "decodeTokPerS"), 3),
+        };
+      }
+    }
+    log(`  ours / llama.cpp: ${JSON.stringify(ratios)}`);
+  }
+  return {
+    wasm,
+    llamacpp: peers.length ? peers : { skipped: "not asked for (--executors)" },
+    wasmOverLlamaCpp: ok.length ? ratios : null,
+  };
+}
+
+function logPeer(p: LlamaCppMeasurement) {
+  if (!p.ok) log(`  llama.cpp unavailable: ${p.reason}`);
+  else {
+    for (const c of p.contexts) {
+      log(
+        `  llama.cpp ${p.version} @${c.context}: prefill ${c.prefillTokPerS} tok/s, decode ${c.decodeTokPerS} tok/s`,
+      );
+    }
+  }
 }
 (report.machine as Record<string, unknown>).loadAverageEnd = Deno.loadavg()[0];
 const copyBwEnd = copyBandwidth();
@@ -349,20 +465,23 @@ function f16Decode(g: Record<string, unknown>): DecodeRun {
 
 interface ModelReport {
   gpuF16?: Record<string, { decodeFull: DecodeRun }>;
-  gpu: Record<string, {
+  gpu?: Record<string, {
     decodeFull: DecodeRun;
     compressedSpeedup: number;
     compressedSpeedupPairs: { n: number; fasterInPairs: number };
   }>;
-  gpuOverCpu: { decodeCtx512: number };
+  gpuOverCpu?: { decodeCtx512: number };
+  wasm?: Record<string, FastCpuResult>;
+  wasmOverLlamaCpp?: Record<string, { prefill: number; decode: number }> | null;
+  llamacpp?: LlamaCppMeasurement[];
 }
 
-/** The issue's targets, measured values (medians) next to them, and whether each is met. */
+/** The issues' targets, measured values (medians) next to them, and whether each is met. */
 function targets(m: Record<string, ModelReport>) {
   const out: Record<string, unknown> = {};
   const t = (target: string, measured: number, met: boolean) => ({ target, measured, met });
   const big = m.llama100m, small = m.stories260K;
-  if (big) {
+  if (big?.gpu && big.gpuOverCpu) {
     const r = big.gpuOverCpu.decodeCtx512;
     out.llama100mGpuDecodeOverCpu = t("> 1", r, r > 1);
     const f = big.gpu.ctx512.decodeFull.fractionOfCopyBandwidth;
@@ -382,7 +501,7 @@ function targets(m: Record<string, ModelReport>) {
       };
     }
   }
-  if (small) {
+  if (small?.gpu) {
     const v = small.gpu.ctx512.decodeFull.tokensPerSecond;
     out.stories260KGreedyDecodeTokensPerSecond = t(">= 500", v, v >= 500);
     if (small.gpuF16) {
@@ -390,7 +509,43 @@ function targets(m: Record<string, ModelReport>) {
       out.stories260KGreedyDecodeTokensPerSecondF16 = t(">= 500", h, h >= 500);
     }
   }
-  const syncs = Math.max(...Object.values(m).map((r) => r.gpu.ctx512.decodeFull.syncsPerToken));
-  out.syncsPerGreedyToken = t("<= 0.1", syncs, syncs <= 0.1);
+  const gpus = Object.values(m).filter((r) => r.gpu);
+  if (gpus.length) {
+    const syncs = Math.max(...gpus.map((r) => r.gpu!.ctx512.decodeFull.syncsPerToken));
+    out.syncsPerGreedyToken = t("<= 0.1", syncs, syncs <= 0.1);
+  }
+  // The fast CPU executor (issue: 2 threads, f32, the 76M model, contexts 512 and 2048).
+  const mid = m.llama76m;
+  if (mid?.wasmOverLlamaCpp) {
+    for (const [key, r] of Object.entries(mid.wasmOverLlamaCpp)) {
+      if (key.startsWith("f32")) {
+        out[`llama76mWasmPrefillOverLlamaCpp${key}`] = t(">= 0.5 (aim 1.0)", r.prefill, r.prefill >= 0.5);
+        out[`llama76mWasmDecodeOverLlamaCpp${key}`] = t(">= 0.8 (aim 1.0)", r.decode, r.decode >= 0.8);
+      } else {
+        out[`llama76mWasmDecodeOverLlamaCppF32${key}`] = t(
+          ">= 1.3 (f16 or int8 weights)",
+          r.decode,
+          r.decode >= 1.3,
+        );
+      }
+    }
+  }
+  if (mid?.wasm?.f32) {
+    for (const c of mid.wasm.f32.contexts) {
+      out[`llama76mJudgeqOverheadCtx${c.context}`] = t(
+        "<= 1.5 x (32 / L) of prefill",
+        c.judgeqOverheadOverShare,
+        c.judgeqOverheadOverShare <= 1.5,
+      );
+    }
+  }
+  const smallWasm = small?.wasm?.f32?.contexts[0];
+  if (smallWasm) {
+    out.stories260KWasmDecodeTokensPerSecond = t(
+      ">= 2000",
+      smallWasm.decodeTokPerS,
+      smallWasm.decodeTokPerS >= 2000,
+    );
+  }
   return out;
 }

@@ -10,7 +10,12 @@ import type { Executor } from "../core/executor.ts";
 import { type ModelWeights, roundProjectionsToF16 } from "../core/weights.ts";
 import { gpuAvailable } from "../gpu/device.ts";
 import { GpuExecutor } from "../gpu/executor.ts";
-import { WasmExecutor, type WasmExecutorOptions, wasmUnsupportedReason } from "../wasm/mod.ts";
+import {
+  roundProjectionsToInt8,
+  WasmExecutor,
+  type WasmExecutorOptions,
+  wasmUnsupportedReason,
+} from "../wasm/mod.ts";
 
 export interface ExecutorUnderTest {
   /** "reference", "gpu", ... */
@@ -57,6 +62,11 @@ export const EXECUTORS_UNDER_TEST: ExecutorUnderTest[] = [
     name: "wasm-f16",
     weights: roundProjectionsToF16,
     create: (weights) => wasmOrReason(weights, { threads: 2, weightFormat: "f16" }),
+  },
+  {
+    name: "wasm-int8",
+    weights: roundProjectionsToInt8,
+    create: (weights) => wasmOrReason(weights, { threads: 2, weightFormat: "int8", parallelMinWork: 0 }),
   },
 ];
 

@@ -25,7 +25,7 @@ import { Workspace } from "./workspace.ts";
 export interface WasmExecutorOptions {
   /** Threads, the calling one included (default: the cores available). */
   threads?: number;
-  /** "auto" (f32), "f32" or "f16" storage of the projection and embedding matrices. */
+  /** "auto" (f32), "f32", "f16" or "int8" storage of the projection and embedding matrices. */
   weightFormat?: WeightFormatChoice;
   /**
    * Multiply-adds of work below which a step runs on one thread (default: per dispatch 65,536, and

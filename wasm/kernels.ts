@@ -10,6 +10,7 @@ type Fn = (...args: number[]) => void;
 export interface Kernels {
   gemmF32: Fn;
   gemmF16: Fn;
+  gemmI8: Fn;
   rmsNorm: Fn;
   siluMul: Fn;
   embed: Fn;
@@ -22,6 +23,7 @@ export type KernelName = keyof Kernels;
 export const KERNEL_NAMES: KernelName[] = [
   "gemmF32",
   "gemmF16",
+  "gemmI8",
   "rmsNorm",
   "siluMul",
   "embed",

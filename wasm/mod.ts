@@ -1,5 +1,5 @@
 /**
- * The fast CPU executor (WebAssembly SIMD on worker threads). `wasmAvailable` says whether this
+ * The fast CPU executor (WebAssembly SIMD on worker threads). `wasmUnsupportedReason` says whether this
  * runtime can run it; `WasmExecutor.create` builds one for a model.
  */
 export { checkThreads, defaultThreads, WasmExecutor, type WasmExecutorOptions } from "./executor.ts";
@@ -7,6 +7,7 @@ export { unsupportedReason as wasmUnsupportedReason } from "./kernels.ts";
 export { WasmQueryRows, WasmSession } from "./session.ts";
 export {
   resolveWeightFormat,
+  roundProjectionsToInt8,
   WEIGHT_FORMATS,
   type WeightFormat,
   type WeightFormatChoice,

@@ -84,11 +84,15 @@ export class WasmSession implements KvSession {
   }
 
   private gemm(w: Matrix, x: number, bias: number, y: number, M: number, acc: boolean): Job {
-    const args = [x, w.at, bias, y, M, w.rows, w.cols, w.rows, acc ? 1 : 0];
-    if (this.x.weights.format === "f16") {
-      return { kernel: "gemmF16", args: [...args, this.x.workspace.panels] };
+    const shape = [M, w.rows, w.cols, w.rows, acc ? 1 : 0];
+    switch (this.x.weights.format) {
+      case "f32":
+        return { kernel: "gemmF32", args: [x, w.at, bias, y, ...shape] };
+      case "f16":
+        return { kernel: "gemmF16", args: [x, w.at, bias, y, ...shape, this.x.workspace.panels] };
+      case "int8":
+        return { kernel: "gemmI8", args: [x, w.at, w.scales, bias, y, ...shape, this.x.workspace.panels] };
     }
-    return { kernel: "gemmF32", args };
   }
 
   async forward(input: ForwardInput, options: ForwardOptions = {}): Promise<ForwardResult> {
@@ -133,8 +137,8 @@ export class WasmSession implements KvSession {
     const c = this.config, ws = this.x.workspace, a = this.x.arena;
     if (input.kind === "tokens") {
       a.i32.set(input.tokens.slice(r0, r0 + M), ws.tokens / 4);
-      const half = this.x.weights.format === "f16" ? 1 : 0;
-      this.run([{ kernel: "embed", args: [this.x.weights.embed.at, half, ws.tokens, ws.x, M, c.dim] }], 0);
+      const e = this.x.weights.embed, format = ["f32", "f16", "int8"].indexOf(this.x.weights.format);
+      this.run([{ kernel: "embed", args: [e.at, format, e.scales, ws.tokens, ws.x, M, c.dim] }], 0);
     } else {
       a.f32.set(input.rows.subarray(r0 * c.dim, (r0 + M) * c.dim), ws.x / 4);
     }

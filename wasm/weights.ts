@@ -1,21 +1,22 @@
 /**
  * Model weights in the shared memory, as the kernels read them: norms and biases f32, projection and
- * embedding matrices f32 or f16 (row-major [out, in], as in ModelWeights).
+ * embedding matrices f32, f16, or int8 with one f32 scale per row (row-major [out, in], as in ModelWeights).
  */
 import type { ModelConfig } from "../core/config.ts";
 import { JudgeQError } from "../core/errors.ts";
 import { type ModelWeights, tensorBeyondF16 } from "../core/weights.ts";
 import { type Arena, MAX_BYTES } from "./arena.ts";
 
-export type WeightFormat = "f32" | "f16";
+export type WeightFormat = "f32" | "f16" | "int8";
 export type WeightFormatChoice = "auto" | WeightFormat;
-export const WEIGHT_FORMATS: readonly WeightFormatChoice[] = ["auto", "f32", "f16"];
+export const WEIGHT_FORMATS: readonly WeightFormatChoice[] = ["auto", "f32", "f16", "int8"];
 
-/** Address of a matrix in the arena and its storage format. */
+/** Address of a matrix in the arena, and of its row scales (int8; 0 otherwise). */
 export interface Matrix {
   at: number;
   rows: number;
   cols: number;
+  scales: number;
 }
 
 export interface LayerPointers {
@@ -42,11 +43,15 @@ export interface WasmWeights {
   bytes: number;
 }
 
-/** "auto" is f32 (the reference's arithmetic); f16 halves the weight traffic of decoding. */
+/**
+ * "auto" is f32 (the reference's arithmetic); f16 halves the weight bytes, int8 (a scale per row,
+ * max |w| / 127) quarters them: decoding streams every weight once per token.
+ */
 export function resolveWeightFormat(choice: WeightFormatChoice, w: ModelWeights): WeightFormat {
   if (!WEIGHT_FORMATS.includes(choice)) {
-    throw new JudgeQError("invalid_request", `expected auto, f32 or f16, got '${choice}'`, "weights");
+    throw new JudgeQError("invalid_request", `expected auto, f32, f16 or int8, got '${choice}'`, "weights");
   }
+  if (choice === "int8") return "int8";
   if (choice !== "f16") return "f32";
   const beyond = tensorBeyondF16(w);
   if (beyond) {
@@ -61,10 +66,14 @@ export function resolveWeightFormat(choice: WeightFormatChoice, w: ModelWeights)
 
 /** Bytes the weights take in a format, computed from the config alone (before anything is allocated). */
 export function weightBytes(c: ModelConfig, format: WeightFormat): number {
-  const e = format === "f16" ? 2 : 4, q = c.nHeads * c.headDim, kv = c.nKvHeads * c.headDim;
+  const e = format === "f16" ? 2 : format === "int8" ? 1 : 4,
+    q = c.nHeads * c.headDim,
+    kv = c.nKvHeads * c.headDim;
+  const scales = format === "int8" ? 4 : 0;
   const perLayer = e * (c.dim * (q + 2 * kv) + q * c.dim + 3 * c.dim * c.hiddenDim) +
+    scales * (q + 2 * kv + c.dim + 2 * c.hiddenDim + c.dim) +
     4 * (2 * c.dim + (c.attentionBias ? q + 2 * kv : 0));
-  const tables = e * c.vocabSize * c.dim * (c.tiedEmbeddings ? 1 : 2);
+  const tables = (e * c.dim + scales) * c.vocabSize * (c.tiedEmbeddings ? 1 : 2);
   return c.nLayers * perLayer + tables + 4 * c.dim;
 }
 
@@ -90,10 +99,16 @@ export function uploadWeights(arena: Arena, w: ModelWeights, format: WeightForma
     return at;
   };
   const matrix = (m: Float32Array, rows: number, cols: number): Matrix => {
-    if (format === "f32") return { at: vector(m), rows, cols };
+    if (format === "f32") return { at: vector(m), rows, cols, scales: 0 };
+    if (format === "int8") {
+      const { q, scales } = quantizeRows(m, rows, cols);
+      const at = arena.alloc(q.length);
+      new Int8Array(arena.memory.buffer, at, q.length).set(q);
+      return { at, rows, cols, scales: vector(scales) };
+    }
     const at = arena.alloc(m.length * 2);
     arena.u16.set(new Uint16Array(new Float16Array(m).buffer), at / 2);
-    return { at, rows, cols };
+    return { at, rows, cols, scales: 0 };
   };
   const c = w.config, q = c.nHeads * c.headDim, kv = c.nKvHeads * c.headDim;
   const embed = matrix(w.embed, c.vocabSize, c.dim);
@@ -114,4 +129,49 @@ export function uploadWeights(arena: Arena, w: ModelWeights, format: WeightForma
   const finalNorm = vector(w.finalNorm);
   const lmHead = w.lmHead === w.embed ? embed : matrix(w.lmHead, c.vocabSize, c.dim);
   return { format, embed, lmHead, finalNorm, layers, bytes: arena.size - start };
+}
+
+/** Symmetric int8 per row: scale = max |w| / 127, q = round(w / scale). */
+export function quantizeRows(
+  m: Float32Array,
+  rows: number,
+  cols: number,
+): { q: Int8Array; scales: Float32Array } {
+  const q = new Int8Array(m.length), scales = new Float32Array(rows);
+  for (let r = 0; r < rows; r++) {
+    let max = 0;
+    for (let k = 0; k < cols; k++) max = Math.max(max, Math.abs(m[r * cols + k]));
+    const s = Math.fround(max / 127) || 1;
+    scales[r] = s;
+    for (let k = 0; k < cols; k++) {
+      q[r * cols + k] = Math.max(-127, Math.min(127, Math.round(m[r * cols + k] / s)));
+    }
+  }
+  return { q, scales };
+}
+
+/** The weights an int8 executor computes with, as f32 (q x scale): the reference runs these to compare. */
+export function roundProjectionsToInt8(w: ModelWeights): ModelWeights {
+  const c = w.config;
+  const r = (m: Float32Array, rows: number, cols: number) => {
+    const { q, scales } = quantizeRows(m, rows, cols);
+    return Float32Array.from(q, (v, i) => v * scales[Math.floor(i / cols)]);
+  };
+  const q = c.nHeads * c.headDim, kv = c.nKvHeads * c.headDim;
+  const embed = r(w.embed, c.vocabSize, c.dim);
+  return {
+    ...w,
+    embed,
+    lmHead: w.lmHead === w.embed ? embed : r(w.lmHead, c.vocabSize, c.dim),
+    layers: w.layers.map((l) => ({
+      ...l,
+      wq: r(l.wq, q, c.dim),
+      wk: r(l.wk, kv, c.dim),
+      wv: r(l.wv, kv, c.dim),
+      wo: r(l.wo, c.dim, q),
+      wGate: r(l.wGate, c.hiddenDim, c.dim),
+      wUp: r(l.wUp, c.hiddenDim, c.dim),
+      wDown: r(l.wDown, c.dim, c.hiddenDim),
+    })),
+  };
 }

@@ -1,6 +1,6 @@
 /**
  * Scratch memory shared by an executor's sessions (they run one operation at a time): activations of
- * one chunk of rows, RoPE tables, and per dispatch chunk an f16 weight panel and a row of attention scores.
+ * one chunk of rows, RoPE tables, and per dispatch chunk an f16 weight panel and two rows of attention scores.
  */
 import type { ModelConfig } from "../core/config.ts";
 import type { Arena } from "./arena.ts";
@@ -50,11 +50,11 @@ export class Workspace {
       chunks * 4 * Math.max(c.dim, c.hiddenDim, qw));
   }
 
-  /** Attention score rows of `capacity` floats, one per dispatch chunk. */
+  /** Attention score rows of `capacity` floats, two per dispatch chunk. */
   scores(capacity: number): number {
     if (capacity > this.scoresCap) {
       if (this.scoresAt) this.arena.release(this.scoresAt);
-      this.scoresAt = this.arena.alloc(this.chunks * capacity * 4);
+      this.scoresAt = this.arena.alloc(this.chunks * capacity * 8);
       this.scoresCap = capacity;
     }
     return this.scoresAt;

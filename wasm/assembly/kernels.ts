@@ -66,13 +66,67 @@
 
 /** Dot products of 4 weight rows with 2 input rows, stored at y (row stride ldy). */
 @inline function tile4x2(
-  x0: usize, x1: usize, w0: usize, kStride: usize, K: i32, y0: usize, y1: usize, bias: usize, acc: i32,
+  x0: usize, x1: usize, w0: usize, kStride: usize, K: i32, y0: usize, y1: usize, scale: usize, bias: usize,
+  acc: i32,
 ): void {
   const w1 = w0 + kStride, w2 = w1 + kStride, w3 = w2 + kStride;
   let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
   let b0 = f32x4.splat(0), b1 = f32x4.splat(0), b2 = f32x4.splat(0), b3 = f32x4.splat(0);
-  const K4 = K & ~3;
-  for (let k = 0; k < K4; k += 4) {
+  const K4 = K & ~3, K16 = K & ~15;
+  // 16 floats per step: one address computation per row, immediate offsets for the four vectors.
+  for (let k = 0; k < K16; k += 16) {
+    const o = <usize>k << 2;
+    const pa = x0 + o, pb = x1 + o, p0 = w0 + o, p1 = w1 + o, p2 = w2 + o, p3 = w3 + o;
+    {
+      const xa = v128.load(pa, 0), xb = v128.load(pb, 0);
+      const v0 = v128.load(p0, 0), v1 = v128.load(p1, 0), v2 = v128.load(p2, 0), v3 = v128.load(p3, 0);
+      a0 = f32x4.relaxed_madd(v0, xa, a0);
+      b0 = f32x4.relaxed_madd(v0, xb, b0);
+      a1 = f32x4.relaxed_madd(v1, xa, a1);
+      b1 = f32x4.relaxed_madd(v1, xb, b1);
+      a2 = f32x4.relaxed_madd(v2, xa, a2);
+      b2 = f32x4.relaxed_madd(v2, xb, b2);
+      a3 = f32x4.relaxed_madd(v3, xa, a3);
+      b3 = f32x4.relaxed_madd(v3, xb, b3);
+    }
+    {
+      const xa = v128.load(pa, 16), xb = v128.load(pb, 16);
+      const v0 = v128.load(p0, 16), v1 = v128.load(p1, 16), v2 = v128.load(p2, 16), v3 = v128.load(p3, 16);
+      a0 = f32x4.relaxed_madd(v0, xa, a0);
+      b0 = f32x4.relaxed_madd(v0, xb, b0);
+      a1 = f32x4.relaxed_madd(v1, xa, a1);
+      b1 = f32x4.relaxed_madd(v1, xb, b1);
+      a2 = f32x4.relaxed_madd(v2, xa, a2);
+      b2 = f32x4.relaxed_madd(v2, xb, b2);
+      a3 = f32x4.relaxed_madd(v3, xa, a3);
+      b3 = f32x4.relaxed_madd(v3, xb, b3);
+    }
+    {
+      const xa = v128.load(pa, 32), xb = v128.load(pb, 32);
+      const v0 = v128.load(p0, 32), v1 = v128.load(p1, 32), v2 = v128.load(p2, 32), v3 = v128.load(p3, 32);
+      a0 = f32x4.relaxed_madd(v0, xa, a0);
+      b0 = f32x4.relaxed_madd(v0, xb, b0);
+      a1 = f32x4.relaxed_madd(v1, xa, a1);
+      b1 = f32x4.relaxed_madd(v1, xb, b1);
+      a2 = f32x4.relaxed_madd(v2, xa, a2);
+      b2 = f32x4.relaxed_madd(v2, xb, b2);
+      a3 = f32x4.relaxed_madd(v3, xa, a3);
+      b3 = f32x4.relaxed_madd(v3, xb, b3);
+    }
+    {
+      const xa = v128.load(pa, 48), xb = v128.load(pb, 48);
+      const v0 = v128.load(p0, 48), v1 = v128.load(p1, 48), v2 = v128.load(p2, 48), v3 = v128.load(p3, 48);
+      a0 = f32x4.relaxed_madd(v0, xa, a0);
+      b0 = f32x4.relaxed_madd(v0, xb, b0);
+      a1 = f32x4.relaxed_madd(v1, xa, a1);
+      b1 = f32x4.relaxed_madd(v1, xb, b1);
+      a2 = f32x4.relaxed_madd(v2, xa, a2);
+      b2 = f32x4.relaxed_madd(v2, xb, b2);
+      a3 = f32x4.relaxed_madd(v3, xa, a3);
+      b3 = f32x4.relaxed_madd(v3, xb, b3);
+    }
+  }
+  for (let k = K16; k < K4; k += 4) {
     const o = <usize>k << 2;
     const xa = v128.load(x0 + o), xb = v128.load(x1 + o);
     const v0 = v128.load(w0 + o), v1 = v128.load(w1 + o), v2 = v128.load(w2 + o), v3 = v128.load(w3 + o);
@@ -97,6 +151,11 @@
     ra = f32x4.add(ra, ta);
     rb = f32x4.add(rb, tb);
   }
+  if (scale) {
+    const sv = v128.load(scale);
+    ra = f32x4.mul(ra, sv);
+    rb = f32x4.mul(rb, sv);
+  }
   if (bias) {
     const bv = v128.load(bias);
     ra = f32x4.add(ra, bv);
@@ -111,7 +170,7 @@
 }
 
 /** One weight row with one input row, the same arithmetic as one lane of tile4x2. */
-@inline function dot1(x0: usize, w0: usize, K: i32, y0: usize, bias: usize, acc: i32): void {
+@inline function dot1(x0: usize, w0: usize, K: i32, y0: usize, scale: usize, bias: usize, acc: i32): void {
   let a = f32x4.splat(0);
   const K4 = K & ~3;
   for (let k = 0; k < K4; k += 4) {
@@ -127,14 +186,19 @@
     }
     r += f32x4.extract_lane(ta, 0);
   }
+  if (scale) r *= load<f32>(scale);
   if (bias) r += load<f32>(bias);
   if (acc) r += load<f32>(y0);
   store<f32>(y0, r);
 }
 
-/** Rows [n0, n1) of an f32 weight panel against input rows [m0, m1). */
+/**
+ * Rows [n0, n1) of an f32 weight panel against input rows [m0, m1); each dot product is multiplied by
+ * the row's scale (int8 weights; none when scales is 0) before the bias is added.
+ */
 function panelF32(
-  x: usize, w: usize, bias: usize, y: usize, m0: i32, m1: i32, n0: i32, n1: i32, K: i32, ldy: i32, acc: i32,
+  x: usize, w: usize, scales: usize, bias: usize, y: usize, m0: i32, m1: i32, n0: i32, n1: i32, K: i32, ldy: i32,
+  acc: i32,
 ): void {
   const ks = <usize>K << 2, ys = <usize>ldy << 2;
   let m = m0;
@@ -143,28 +207,69 @@ function panelF32(
     const y0 = y + <usize>m * ys, y1 = y0 + ys;
     let n = n0;
     for (; n + 4 <= n1; n += 4) {
-      tile4x2(x0, x1, w + <usize>n * ks, ks, K, y0 + (<usize>n << 2), y1 + (<usize>n << 2), bias ? bias + (<usize>n << 2) : 0, acc);
+      const o = <usize>n << 2;
+      tile4x2(x0, x1, w + <usize>n * ks, ks, K, y0 + o, y1 + o, scales ? scales + o : 0, bias ? bias + o : 0, acc);
     }
     for (; n < n1; n++) {
-      const b = bias ? bias + (<usize>n << 2) : 0;
-      dot1(x0, w + <usize>n * ks, K, y0 + (<usize>n << 2), b, acc);
-      dot1(x1, w + <usize>n * ks, K, y1 + (<usize>n << 2), b, acc);
+      const o = <usize>n << 2, sc = scales ? scales + o : 0, b = bias ? bias + o : 0;
+      dot1(x0, w + <usize>n * ks, K, y0 + o, sc, b, acc);
+      dot1(x1, w + <usize>n * ks, K, y1 + o, sc, b, acc);
     }
   }
   if (m < m1) {
     const x0 = x + <usize>m * ks, y0 = y + <usize>m * ys;
     let n = n0;
-    for (; n + 4 <= n1; n += 4) tile4x1(x0, w + <usize>n * ks, ks, K, y0 + (<usize>n << 2), bias ? bias + (<usize>n << 2) : 0, acc);
-    for (; n < n1; n++) dot1(x0, w + <usize>n * ks, K, y0 + (<usize>n << 2), bias ? bias + (<usize>n << 2) : 0, acc);
+    for (; n + 4 <= n1; n += 4) {
+      const o = <usize>n << 2;
+      tile4x1(x0, w + <usize>n * ks, ks, K, y0 + o, scales ? scales + o : 0, bias ? bias + o : 0, acc);
+    }
+    for (; n < n1; n++) {
+      const o = <usize>n << 2;
+      dot1(x0, w + <usize>n * ks, K, y0 + o, scales ? scales + o : 0, bias ? bias + o : 0, acc);
+    }
   }
 }
 
 /** Four weight rows with one input row (decode's matvec), the arithmetic of tile4x2. */
-@inline function tile4x1(x0: usize, w0: usize, kStride: usize, K: i32, y0: usize, bias: usize, acc: i32): void {
+@inline function tile4x1(
+  x0: usize, w0: usize, kStride: usize, K: i32, y0: usize, scale: usize, bias: usize, acc: i32,
+): void {
   const w1 = w0 + kStride, w2 = w1 + kStride, w3 = w2 + kStride;
   let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
-  const K4 = K & ~3;
-  for (let k = 0; k < K4; k += 4) {
+  const K4 = K & ~3, K16 = K & ~15;
+  for (let k = 0; k < K16; k += 16) {
+    const o = <usize>k << 2;
+    const pa = x0 + o, p0 = w0 + o, p1 = w1 + o, p2 = w2 + o, p3 = w3 + o;
+    {
+      const xa = v128.load(pa, 0);
+      a0 = f32x4.relaxed_madd(v128.load(p0, 0), xa, a0);
+      a1 = f32x4.relaxed_madd(v128.load(p1, 0), xa, a1);
+      a2 = f32x4.relaxed_madd(v128.load(p2, 0), xa, a2);
+      a3 = f32x4.relaxed_madd(v128.load(p3, 0), xa, a3);
+    }
+    {
+      const xa = v128.load(pa, 16);
+      a0 = f32x4.relaxed_madd(v128.load(p0, 16), xa, a0);
+      a1 = f32x4.relaxed_madd(v128.load(p1, 16), xa, a1);
+      a2 = f32x4.relaxed_madd(v128.load(p2, 16), xa, a2);
+      a3 = f32x4.relaxed_madd(v128.load(p3, 16), xa, a3);
+    }
+    {
+      const xa = v128.load(pa, 32);
+      a0 = f32x4.relaxed_madd(v128.load(p0, 32), xa, a0);
+      a1 = f32x4.relaxed_madd(v128.load(p1, 32), xa, a1);
+      a2 = f32x4.relaxed_madd(v128.load(p2, 32), xa, a2);
+      a3 = f32x4.relaxed_madd(v128.load(p3, 32), xa, a3);
+    }
+    {
+      const xa = v128.load(pa, 48);
+      a0 = f32x4.relaxed_madd(v128.load(p0, 48), xa, a0);
+      a1 = f32x4.relaxed_madd(v128.load(p1, 48), xa, a1);
+      a2 = f32x4.relaxed_madd(v128.load(p2, 48), xa, a2);
+      a3 = f32x4.relaxed_madd(v128.load(p3, 48), xa, a3);
+    }
+  }
+  for (let k = K16; k < K4; k += 4) {
     const o = <usize>k << 2;
     const xa = v128.load(x0 + o);
     a0 = f32x4.relaxed_madd(v128.load(w0 + o), xa, a0);
@@ -182,6 +287,7 @@ function panelF32(
     }
     ra = f32x4.add(ra, ta);
   }
+  if (scale) ra = f32x4.mul(ra, v128.load(scale));
   if (bias) ra = f32x4.add(ra, v128.load(bias));
   if (acc) ra = f32x4.add(ra, v128.load(y0));
   v128.store(y0, ra);
@@ -201,7 +307,7 @@ export function gemmF32(
   if (n0 >= n1) return;
   for (let mb = 0; mb < M; mb += ROW_BLOCK) {
     const me = min(mb + ROW_BLOCK, M);
-    for (let n = n0; n < n1; n += 4) panelF32(x, w, bias, y, mb, me, n, min(n + 4, n1), K, ldy, acc);
+    for (let n = n0; n < n1; n += 4) panelF32(x, w, 0, bias, y, mb, me, n, min(n + 4, n1), K, ldy, acc);
   }
 }
 
@@ -235,7 +341,127 @@ export function gemmF16(
       const ne = min(n + 4, n1);
       halvesToFloats(w + <usize>n * hs, panel, (ne - n) * K);
       // The panel holds rows n..ne-1; address it as if it began at row n of a full matrix.
-      panelF32(x, panel - <usize>n * (<usize>K << 2), bias, y, mb, me, n, ne, K, ldy, acc);
+      panelF32(x, panel - <usize>n * (<usize>K << 2), 0, bias, y, mb, me, n, ne, K, ldy, acc);
+    }
+  }
+}
+
+/** Converts `count` int8 values at src to f32 at dst (unscaled). */
+function bytesToFloats(src: usize, dst: usize, count: i32): void {
+  const c16 = count & ~15;
+  for (let i = 0; i < c16; i += 16) {
+    const b = v128.load(src + <usize>i);
+    const lo = i16x8.extend_low_i8x16_s(b), hi = i16x8.extend_high_i8x16_s(b);
+    const d = dst + (<usize>i << 2);
+    v128.store(d, f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(lo)));
+    v128.store(d + 16, f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(lo)));
+    v128.store(d + 32, f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(hi)));
+    v128.store(d + 48, f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(hi)));
+  }
+  for (let i = c16; i < count; i++) store<f32>(dst + (<usize>i << 2), <f32>load<i8>(src + <usize>i));
+}
+
+/**
+ * x (K floats) as 16-bit integers with one scale (max |x| / 32767) into q; returns the scale. The
+ * rounding error is at most 1.5e-5 of max |x|, well inside float32 tolerances of the dot products.
+ */
+function quantizeRow16(x: usize, K: i32, q: usize): f32 {
+  let mv = f32x4.splat(0);
+  for (let k = 0; k < K; k += 4) mv = f32x4.max(mv, f32x4.abs(v128.load(x + (<usize>k << 2))));
+  const mx = max(max(f32x4.extract_lane(mv, 0), f32x4.extract_lane(mv, 1)), max(f32x4.extract_lane(mv, 2), f32x4.extract_lane(mv, 3)));
+  const scale: f32 = mx > 0 ? mx / 32767 : 1;
+  const inv = f32x4.splat(1 / scale);
+  for (let k = 0; k < K; k += 8) {
+    const a = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v128.load(x + (<usize>k << 2)), inv)));
+    const b = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v128.load(x + (<usize>k << 2), 16), inv)));
+    v128.store(q + (<usize>k << 1), i16x8.narrow_i32x4_s(a, b));
+  }
+  return scale;
+}
+
+/** 16 int8 weights of a row times 16 int16 inputs, added to the row's i32 lanes (pmaddwd). */
+@inline function dot16(p: usize, q: usize, acc: v128): v128 {
+  const b = v128.load(p);
+  acc = i32x4.add(acc, i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_s(b), v128.load(q)));
+  return i32x4.add(acc, i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_s(b), v128.load(q, 16)));
+}
+
+/** Inputs per integer block: |sum| <= 2048 x 127 x 32767 < 2^31, so the i32 lanes cannot overflow. */
+const INT_BLOCK: i32 = 2048;
+
+/**
+ * Decode's int8 matvec, rows [n0, n1): x quantized once to int16, then integer dot products (two
+ * multiply-adds per instruction, no conversion per weight), flushed to float every INT_BLOCK inputs.
+ */
+function gemvI8(
+  x: usize, w: usize, scales: usize, bias: usize, y: usize, K: i32, acc: i32, q: usize, n0: i32, n1: i32,
+): void {
+  const sx = quantizeRow16(x, K, q), ks = <usize>K;
+  let n = n0;
+  for (; n + 4 <= n1; n += 4) {
+    const w0 = w + <usize>n * ks, w1 = w0 + ks, w2 = w1 + ks, w3 = w2 + ks;
+    let f0 = f32x4.splat(0), f1 = f32x4.splat(0), f2 = f32x4.splat(0), f3 = f32x4.splat(0);
+    for (let kb = 0; kb < K; kb += INT_BLOCK) {
+      const ke = min(kb + INT_BLOCK, K);
+      let a0 = i32x4.splat(0), a1 = i32x4.splat(0), a2 = i32x4.splat(0), a3 = i32x4.splat(0);
+      for (let k = kb; k < ke; k += 16) {
+        const qk = q + (<usize>k << 1), o = <usize>k;
+        a0 = dot16(w0 + o, qk, a0);
+        a1 = dot16(w1 + o, qk, a1);
+        a2 = dot16(w2 + o, qk, a2);
+        a3 = dot16(w3 + o, qk, a3);
+      }
+      f0 = f32x4.add(f0, f32x4.convert_i32x4_s(a0));
+      f1 = f32x4.add(f1, f32x4.convert_i32x4_s(a1));
+      f2 = f32x4.add(f2, f32x4.convert_i32x4_s(a2));
+      f3 = f32x4.add(f3, f32x4.convert_i32x4_s(a3));
+    }
+    const yo = <usize>n << 2;
+    let r = f32x4.mul(f32x4.mul(hsum4(f0, f1, f2, f3), v128.load(scales + yo)), f32x4.splat(sx));
+    if (bias) r = f32x4.add(r, v128.load(bias + yo));
+    if (acc) r = f32x4.add(r, v128.load(y + yo));
+    v128.store(y + yo, r);
+  }
+  for (; n < n1; n++) {
+    const wn = w + <usize>n * ks;
+    let f = f32x4.splat(0);
+    for (let kb = 0; kb < K; kb += INT_BLOCK) {
+      const ke = min(kb + INT_BLOCK, K);
+      let a = i32x4.splat(0);
+      for (let k = kb; k < ke; k += 16) a = dot16(wn + <usize>k, q + (<usize>k << 1), a);
+      f = f32x4.add(f, f32x4.convert_i32x4_s(a));
+    }
+    const yo = <usize>n << 2;
+    let r = hsum(f) * load<f32>(scales + yo) * sx;
+    if (bias) r += load<f32>(bias + yo);
+    if (acc) r += load<f32>(y + yo);
+    store<f32>(y + yo, r);
+  }
+}
+
+/**
+ * gemmF32 with int8 weights [N, K] and a scale per row (y = scale x sum q x + bias). Several rows: each
+ * 4-row panel is widened once into the chunk's scratch, as for f16. One row with K a multiple of 16
+ * (decode): integer dot products against the row quantized to int16 (gemvI8), a quarter of the f32 bytes.
+ */
+export function gemmI8(
+  x: usize, w: usize, scales: usize, bias: usize, y: usize, M: i32, N: i32, K: i32, ldy: i32, acc: i32,
+  scratch: usize, t: i32, nt: i32,
+): void {
+  const n0 = share(N, t, nt, 4), n1 = share(N, t + 1, nt, 4);
+  if (n0 >= n1) return;
+  const ks = <usize>K;
+  const panel = scratch + <usize>t * (<usize>K << 4);
+  if (M == 1 && (K & 15) == 0) {
+    gemvI8(x, w, scales, bias, y, K, acc, panel, n0, n1);
+    return;
+  }
+  for (let mb = 0; mb < M; mb += ROW_BLOCK) {
+    const me = min(mb + ROW_BLOCK, M);
+    for (let n = n0; n < n1; n += 4) {
+      const ne = min(n + 4, n1);
+      bytesToFloats(w + <usize>n * ks, panel, (ne - n) * K);
+      panelF32(x, panel - <usize>n * (<usize>K << 2), scales, bias, y, mb, me, n, ne, K, ldy, acc);
     }
   }
 }
@@ -288,14 +514,23 @@ export function siluMul(gate: usize, up: usize, M: i32, N: i32, t: i32, nt: i32)
   }
 }
 
-/** Gathers token embeddings (f32 or f16 table [vocab, D]) into x rows: the share of M rows. */
-export function embed(table: usize, half: i32, tokens: usize, x: usize, M: i32, D: i32, t: i32, nt: i32): void {
+/**
+ * Gathers token embeddings into x rows, the share of M rows; the table [vocab, D] is f32 (format 0),
+ * f16 (1) or int8 with a scale per row (2).
+ */
+export function embed(
+  table: usize, format: i32, scales: usize, tokens: usize, x: usize, M: i32, D: i32, t: i32, nt: i32,
+): void {
   const m0 = share(M, t, nt, 1), m1 = share(M, t + 1, nt, 1);
   for (let m = m0; m < m1; m++) {
     const tok = <usize>load<i32>(tokens + (<usize>m << 2));
     const dst = x + <usize>m * (<usize>D << 2);
-    if (half) halvesToFloats(table + tok * (<usize>D << 1), dst, D);
-    else memory.copy(dst, table + tok * (<usize>D << 2), <usize>D << 2);
+    if (format == 1) halvesToFloats(table + tok * (<usize>D << 1), dst, D);
+    else if (format == 2) {
+      bytesToFloats(table + tok * <usize>D, dst, D);
+      const s = load<f32>(scales + (tok << 2));
+      for (let i = 0; i < D; i++) store<f32>(dst + (<usize>i << 2), load<f32>(dst + (<usize>i << 2)) * s);
+    } else memory.copy(dst, table + tok * (<usize>D << 2), <usize>D << 2);
   }
 }
 
@@ -403,50 +638,177 @@ function expScores(scores: usize, n: i32, mx: f32): f32 {
   return s;
 }
 
+/** out = softmax(scale x q . keys[0..n)) . values[0..n): one query (any head size). */
+function attend1(
+  qv: usize, ov: usize, n: i32, hd: i32, scale: f32, kb: usize, vb: usize, scores: usize,
+): void {
+  const hb = <usize>hd << 2;
+  const mx = scoreKeys(qv, kb, n, hd, scale, scores);
+  const inv = <f32>1 / expScores(scores, n, mx);
+  memory.fill(ov, 0, hb);
+  if ((hd & 3) == 0) {
+    for (let j = 0; j < n; j++) {
+      const p = f32x4.splat(load<f32>(scores + (<usize>j << 2)) * inv);
+      const vj = vb + <usize>j * hb;
+      for (let i = 0; i < hd; i += 4) {
+        const o = <usize>i << 2;
+        v128.store(ov + o, f32x4.relaxed_madd(p, v128.load(vj + o), v128.load(ov + o)));
+      }
+    }
+  } else {
+    for (let j = 0; j < n; j++) {
+      const p = load<f32>(scores + (<usize>j << 2)) * inv;
+      const vj = vb + <usize>j * hb;
+      for (let i = 0; i < hd; i++) {
+        const o = <usize>i << 2;
+        store<f32>(ov + o, load<f32>(ov + o) + p * load<f32>(vj + o));
+      }
+    }
+  }
+}
+
+/** Byte offset of row `row`, head `h` in a [rows][heads x hd] matrix. */
+@inline function qat(row: i32, h: i32, qw: i32, hd: i32): usize {
+  return <usize>(row * qw + h * hd) << 2;
+}
+
+/** Largest of s[0..n). */
+function maxOf(s: usize, n: i32): f32 {
+  let mv = f32x4.splat(-Infinity);
+  let j = 0;
+  for (; j + 4 <= n; j += 4) mv = f32x4.max(mv, v128.load(s + (<usize>j << 2)));
+  let m = max(max(f32x4.extract_lane(mv, 0), f32x4.extract_lane(mv, 1)), max(f32x4.extract_lane(mv, 2), f32x4.extract_lane(mv, 3)));
+  for (; j < n; j++) m = max(m, load<f32>(s + (<usize>j << 2)));
+  return m;
+}
+
+/**
+ * Two queries over the same keys (head size a multiple of 4): query a sees keys [0, na), b sees
+ * [0, nb), na <= nb. Each key and value row is loaded once for both. The arithmetic of each query
+ * matches attend1's up to the order of the max and of the output accumulation.
+ */
+function attend2(
+  qa: usize, qb: usize, oa: usize, ob: usize, na: i32, nb: i32, hd: i32, scale: f32, kb: usize, vb: usize,
+  sa: usize, sb: usize,
+): void {
+  const hb = <usize>hd << 2;
+  const sv = f32x4.splat(scale);
+  let j = 0;
+  for (; j + 4 <= nb; j += 4) {
+    const k0 = kb + <usize>j * hb, k1 = k0 + hb, k2 = k1 + hb, k3 = k2 + hb;
+    let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
+    let b0 = f32x4.splat(0), b1 = f32x4.splat(0), b2 = f32x4.splat(0), b3 = f32x4.splat(0);
+    for (let i = 0; i < hd; i += 4) {
+      const o = <usize>i << 2;
+      const x = v128.load(qa + o), y = v128.load(qb + o);
+      const v0 = v128.load(k0 + o), v1 = v128.load(k1 + o), v2 = v128.load(k2 + o), v3 = v128.load(k3 + o);
+      a0 = f32x4.relaxed_madd(v0, x, a0);
+      b0 = f32x4.relaxed_madd(v0, y, b0);
+      a1 = f32x4.relaxed_madd(v1, x, a1);
+      b1 = f32x4.relaxed_madd(v1, y, b1);
+      a2 = f32x4.relaxed_madd(v2, x, a2);
+      b2 = f32x4.relaxed_madd(v2, y, b2);
+      a3 = f32x4.relaxed_madd(v3, x, a3);
+      b3 = f32x4.relaxed_madd(v3, y, b3);
+    }
+    v128.store(sa + (<usize>j << 2), f32x4.mul(hsum4(a0, a1, a2, a3), sv));
+    v128.store(sb + (<usize>j << 2), f32x4.mul(hsum4(b0, b1, b2, b3), sv));
+  }
+  for (; j < nb; j++) {
+    const kj = kb + <usize>j * hb;
+    let a = f32x4.splat(0), b = f32x4.splat(0);
+    for (let i = 0; i < hd; i += 4) {
+      const o = <usize>i << 2;
+      const k = v128.load(kj + o);
+      a = f32x4.relaxed_madd(k, v128.load(qa + o), a);
+      b = f32x4.relaxed_madd(k, v128.load(qb + o), b);
+    }
+    store<f32>(sa + (<usize>j << 2), hsum(a) * scale);
+    store<f32>(sb + (<usize>j << 2), hsum(b) * scale);
+  }
+  const invA = <f32>1 / expScores(sa, na, maxOf(sa, na));
+  const invB = <f32>1 / expScores(sb, nb, maxOf(sb, nb));
+  for (let k = na; k < nb; k++) store<f32>(sa + (<usize>k << 2), 0);
+  // P.V in column blocks of 16 floats held in registers, then of 4.
+  let i = 0;
+  for (; i + 16 <= hd; i += 16) {
+    const o = <usize>i << 2;
+    let x0 = f32x4.splat(0), x1 = f32x4.splat(0), x2 = f32x4.splat(0), x3 = f32x4.splat(0);
+    let y0 = f32x4.splat(0), y1 = f32x4.splat(0), y2 = f32x4.splat(0), y3 = f32x4.splat(0);
+    for (let k = 0; k < nb; k++) {
+      const vk = vb + <usize>k * hb + o;
+      const pa = f32x4.splat(load<f32>(sa + (<usize>k << 2))), pb = f32x4.splat(load<f32>(sb + (<usize>k << 2)));
+      const v0 = v128.load(vk), v1 = v128.load(vk + 16), v2 = v128.load(vk + 32), v3 = v128.load(vk + 48);
+      x0 = f32x4.relaxed_madd(pa, v0, x0);
+      y0 = f32x4.relaxed_madd(pb, v0, y0);
+      x1 = f32x4.relaxed_madd(pa, v1, x1);
+      y1 = f32x4.relaxed_madd(pb, v1, y1);
+      x2 = f32x4.relaxed_madd(pa, v2, x2);
+      y2 = f32x4.relaxed_madd(pb, v2, y2);
+      x3 = f32x4.relaxed_madd(pa, v3, x3);
+      y3 = f32x4.relaxed_madd(pb, v3, y3);
+    }
+    const ia = f32x4.splat(invA), ib = f32x4.splat(invB);
+    v128.store(oa + o, f32x4.mul(x0, ia));
+    v128.store(oa + o + 16, f32x4.mul(x1, ia));
+    v128.store(oa + o + 32, f32x4.mul(x2, ia));
+    v128.store(oa + o + 48, f32x4.mul(x3, ia));
+    v128.store(ob + o, f32x4.mul(y0, ib));
+    v128.store(ob + o + 16, f32x4.mul(y1, ib));
+    v128.store(ob + o + 32, f32x4.mul(y2, ib));
+    v128.store(ob + o + 48, f32x4.mul(y3, ib));
+  }
+  for (; i < hd; i += 4) {
+    const o = <usize>i << 2;
+    let x0 = f32x4.splat(0), y0 = f32x4.splat(0);
+    for (let k = 0; k < nb; k++) {
+      const v0 = v128.load(vb + <usize>k * hb + o);
+      x0 = f32x4.relaxed_madd(f32x4.splat(load<f32>(sa + (<usize>k << 2))), v0, x0);
+      y0 = f32x4.relaxed_madd(f32x4.splat(load<f32>(sb + (<usize>k << 2))), v0, y0);
+    }
+    v128.store(oa + o, f32x4.mul(x0, f32x4.splat(invA)));
+    v128.store(ob + o, f32x4.mul(y0, f32x4.splat(invB)));
+  }
+}
+
 /**
  * Causal attention of M new rows over each KV head's entries: row m sees the first
  * counts[slot] + m + 1 entries (everything cached before this call, then the new rows up to itself).
- * Units of work are (KV head, row) pairs, split over threads; scores go to the thread's scratch
- * (cap floats at scratch + t x cap x 4).
+ * Units of work are (KV head, pair of rows), split over threads; the two rows of a pair share every
+ * key and value load. A single row (decoding) pairs the heads of its group instead. Scores go to the
+ * chunk's scratch (2 x cap floats at scratch + t x 2 cap x 4).
  */
 export function attention(
   q: usize, out: usize, M: i32, nHeads: i32, nKv: i32, hd: i32, scale: f32,
   keys: usize, values: usize, counts: usize, slot0: i32, cap: i32, scratch: usize, t: i32, nt: i32,
 ): void {
-  const units = nKv * M;
+  const pairs = (M + 1) >> 1, units = nKv * pairs;
   const u0 = share(units, t, nt, 1), u1 = share(units, t + 1, nt, 1);
   const group = nHeads / nKv, hb = <usize>hd << 2, qw = nHeads * hd;
-  const scores = scratch + <usize>t * (<usize>cap << 2);
+  const sa = scratch + <usize>t * (<usize>cap << 3), sb = sa + (<usize>cap << 2);
+  const paired = (hd & 3) == 0;
   for (let u = u0; u < u1; u++) {
-    const g = u / M, m = u % M;
+    const g = u / pairs, m = (u % pairs) << 1;
     const slot = slot0 + g;
     const n = load<i32>(counts + (<usize>slot << 2)) + m + 1;
     const kb = keys + <usize>slot * <usize>cap * hb, vb = values + <usize>slot * <usize>cap * hb;
-    for (let h = g * group; h < (g + 1) * group; h++) {
-      const qv = q + <usize>(m * qw + h * hd) * 4;
-      const mx = scoreKeys(qv, kb, n, hd, scale, scores);
-      const inv = <f32>1 / expScores(scores, n, mx);
-      const ov = out + <usize>(m * qw + h * hd) * 4;
-      memory.fill(ov, 0, hb);
-      if ((hd & 3) == 0) {
-        for (let j = 0; j < n; j++) {
-          const p = f32x4.splat(load<f32>(scores + (<usize>j << 2)) * inv);
-          const vj = vb + <usize>j * hb;
-          for (let i = 0; i < hd; i += 4) {
-            const o = <usize>i << 2;
-            v128.store(ov + o, f32x4.relaxed_madd(p, v128.load(vj + o), v128.load(ov + o)));
-          }
-        }
-      } else {
-        for (let j = 0; j < n; j++) {
-          const p = load<f32>(scores + (<usize>j << 2)) * inv;
-          const vj = vb + <usize>j * hb;
-          for (let i = 0; i < hd; i++) {
-            const o = <usize>i << 2;
-            store<f32>(ov + o, load<f32>(ov + o) + p * load<f32>(vj + o));
-          }
+    if (m + 1 < M && paired) {
+      for (let h = g * group; h < (g + 1) * group; h++) {
+        attend2(q + qat(m, h, qw, hd), q + qat(m + 1, h, qw, hd), out + qat(m, h, qw, hd), out + qat(m + 1, h, qw, hd), n, n + 1, hd, scale, kb, vb, sa, sb);
+      }
+    } else if (m + 1 < M) {
+      for (let h = g * group; h < (g + 1) * group; h++) {
+        attend1(q + qat(m, h, qw, hd), out + qat(m, h, qw, hd), n, hd, scale, kb, vb, sa);
+        attend1(q + qat(m + 1, h, qw, hd), out + qat(m + 1, h, qw, hd), n + 1, hd, scale, kb, vb, sa);
+      }
+    } else {
+      let h = g * group;
+      if (paired) {
+        for (; h + 2 <= (g + 1) * group; h += 2) {
+          attend2(q + qat(m, h, qw, hd), q + qat(m, h + 1, qw, hd), out + qat(m, h, qw, hd), out + qat(m, h + 1, qw, hd), n, n, hd, scale, kb, vb, sa, sb);
         }
       }
+      for (; h < (g + 1) * group; h++) attend1(q + qat(m, h, qw, hd), out + qat(m, h, qw, hd), n, hd, scale, kb, vb, sa);
     }
   }
 }

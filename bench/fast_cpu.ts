@@ -1,0 +1,122 @@
+/**
+ * The fast CPU executor's benchmark, against llama.cpp on the same weights in the same run: prefill of a
+ * whole prompt of each context length, greedy decode that ends at that length (the prompt's last
+ * `decodeTokens` entries are dropped first, as the llama.cpp peer erases its last cells), and Judge Q's
+ * overhead (append 32 soft rows, score them, keep the budget, strip them) as a multiple of 32 / L of the
+ * prefill time. Decode figures are medians of several runs from the same cache (rewound each time).
+ */
+import type { DecodeOptions, KvSession } from "../core/executor.ts";
+import type { ModelWeights } from "../core/weights.ts";
+import { promptTokens } from "../gpu/testing.ts";
+import { WasmExecutor, type WasmQueryRows } from "../wasm/mod.ts";
+import type { WeightFormat } from "../wasm/weights.ts";
+
+const greedy = (maxTokens: number): DecodeOptions => ({
+  maxTokens,
+  sampling: { temperature: 0, topP: 1, topK: 0, seed: 0 },
+  stopTokenIds: [],
+});
+const round = (x: number, d = 2) => Math.round(x * 10 ** d) / 10 ** d;
+const median = (xs: number[]) => {
+  const a = [...xs].sort((x, y) => x - y), m = a.length >> 1;
+  return a.length % 2 ? a[m] : (a[m - 1] + a[m]) / 2;
+};
+
+export interface FastCpuContext {
+  context: number;
+  prefillTokPerS: number;
+  decodeTokPerS: number;
+  decodeRuns: number[];
+  /** Soft-token append + scoring + keep + strip, in ms, and as a multiple of (32 / L) x prefill time. */
+  judgeqOverheadMs: number;
+  judgeqOverheadOverShare: number;
+}
+
+export interface FastCpuResult {
+  description: string;
+  format: WeightFormat;
+  threads: number;
+  contexts: FastCpuContext[];
+}
+
+/** Judge Q's extra steps after a prefill of L: what a compress-then-generate request adds to prefill. */
+async function judgeqOverhead(s: KvSession, w: ModelWeights, L: number, budget: number): Promise<number> {
+  const c = w.config, n = 32;
+  const rows = new Float32Array(n * c.dim).map((_, i) => Math.sin(i) * 0.5);
+  const t = performance.now();
+  const r = await s.forward({ kind: "embeddings", rows, count: n }, { logits: "none", captureQueries: true });
+  const mass = await s.attentionMass(r.queries as WasmQueryRows, L);
+  // Keep the top `budget` positions of every KV head (GQA mean over its query heads), then strip.
+  const group = c.nHeads / c.nKvHeads, kept: Int32Array[][] = [];
+  for (let l = 0; l < c.nLayers; l++) {
+    kept.push([]);
+    for (let g = 0; g < c.nKvHeads; g++) {
+      const score = new Float32Array(L);
+      for (let h = g * group; h < (g + 1) * group; h++) {
+        const at = (l * c.nHeads + h) * L;
+        for (let p = 0; p < L; p++) score[p] += mass[at + p];
+      }
+      const order = Array.from({ length: L }, (_, p) => p).sort((a, b) => score[b] - score[a] || a - b);
+      kept[l].push(Int32Array.from(order.slice(0, budget)).sort());
+    }
+  }
+  await s.keepPositions(kept, L);
+  await s.truncateFrom(L);
+  return performance.now() - t;
+}
+
+export async function benchFastCpu(
+  w: ModelWeights,
+  o: { contexts: number[]; decodeTokens: number; threads: number; format: WeightFormat; runs: number },
+  log: (m: string) => void,
+): Promise<FastCpuResult> {
+  const x = await WasmExecutor.create(w, { threads: o.threads, weightFormat: o.format });
+  log(`  ${x.description}`);
+  const out: FastCpuContext[] = [];
+  try {
+    // Warm-up: compiles the kernels' hot paths and starts the workers.
+    const warm = x.createSession(160);
+    await warm.forward({ kind: "tokens", tokens: promptTokens(128, w.config.vocabSize) });
+    await warm.decode(greedy(8));
+    warm.dispose();
+    for (const L of o.contexts) {
+      const s = x.createSession(L + 64);
+      const toks = promptTokens(L, w.config.vocabSize, L);
+      let t = performance.now();
+      await s.forward({ kind: "tokens", tokens: toks }, { logits: "last" });
+      const prefillMs = performance.now() - t;
+      const judgeq = await judgeqOverhead(await s.clone(), w, L, Math.round(L / 10));
+      // Decoding ends at L: drop the prompt's last rows, keep a mark before the last kept one, and
+      // before each run rewind and run that row again, so every run starts from the same logits.
+      const start = L - o.decodeTokens;
+      await s.truncateFrom(start - 1);
+      const mark = s.mark();
+      const runs: number[] = [];
+      for (let i = 0; i < o.runs; i++) {
+        await s.rewind(mark);
+        await s.forward({ kind: "tokens", tokens: [toks[start - 1]] });
+        t = performance.now();
+        const r = await s.decode(greedy(o.decodeTokens));
+        runs.push(r.tokens.length / ((performance.now() - t) / 1000));
+      }
+      s.dispose();
+      const row: FastCpuContext = {
+        context: L,
+        prefillTokPerS: round(L / (prefillMs / 1000)),
+        decodeTokPerS: round(median(runs)),
+        decodeRuns: runs.map((r) => round(r)),
+        judgeqOverheadMs: round(judgeq),
+        judgeqOverheadOverShare: round(judgeq / (prefillMs * 32 / L), 3),
+      };
+      log(
+        `  wasm ${o.format} @${L}: prefill ${row.prefillTokPerS} tok/s, decode ${row.decodeTokPerS} tok/s ` +
+          `(${runs.map((r) => r.toFixed(1)).join(" ")}), judgeq overhead ${row.judgeqOverheadMs} ms = ` +
+          `${row.judgeqOverheadOverShare} x (32/L) of prefill`,
+      );
+      out.push(row);
+    }
+  } finally {
+    x.dispose();
+  }
+  return { description: x.description, format: o.format, threads: o.threads, contexts: out };
+}
