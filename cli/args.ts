@@ -2,7 +2,7 @@
  * A small flag parser for the project's commands: typed flags, repeatable ones, and an error that
  * names the flag ("--budget: expected an integer, got 'abc'").
  */
-import { WEIGHT_FORMATS, type WeightFormatChoice } from "../gpu/weights.ts";
+import { WEIGHT_CHOICES, type WeightFormatChoice } from "../io/executor_choice.ts";
 import { EXECUTOR_CHOICES, type ExecutorChoice } from "../io/executor_choice.ts";
 import { defaultThreads } from "../wasm/mod.ts";
 
@@ -80,8 +80,8 @@ export function usage(command: string, spec: FlagSpec): string {
 
 /** A weight-format flag (--weights, or its alias --gpu-weights), checked. */
 export function weightFormatFlag(v: unknown, flag = "--gpu-weights"): WeightFormatChoice {
-  if (!WEIGHT_FORMATS.includes(v as WeightFormatChoice)) {
-    throw new UsageError(`${flag}: expected auto, f32 or f16, got '${v}'`);
+  if (!WEIGHT_CHOICES.includes(v as WeightFormatChoice)) {
+    throw new UsageError(`${flag}: expected auto, f32, f16 or int8, got '${v}'`);
   }
   return v as WeightFormatChoice;
 }
@@ -138,7 +138,8 @@ export function executorFlags<D extends string>(defaultExecutor: D, why = "") {
     },
     weights: {
       kind: "string",
-      help: "weight storage: auto | f32 | f16 (default auto: f16 on a GPU with shader-f16, else f32)",
+      help:
+        "weight storage: auto | f32 | f16 | int8 (default auto: f16 on a GPU with shader-f16, else f32; int8: CPU only)",
     },
   } as const;
 }

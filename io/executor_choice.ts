@@ -19,8 +19,12 @@ import { checkThreads, WasmExecutor, wasmUnsupportedReason } from "../wasm/mod.t
 export const EXECUTOR_CHOICES = ["auto", "gpu", "wasm", "cpu", "reference"] as const;
 export type ExecutorChoice = typeof EXECUTOR_CHOICES[number];
 
-/** Weight storage of the projection and embedding matrices, for WebGPU and the fast CPU executor. */
-export type WeightFormatChoice = "auto" | "f32" | "f16";
+/**
+ * Weight storage of the projection and embedding matrices: auto, f32 and f16 for WebGPU and the fast
+ * CPU executor; int8 (a scale per row) for the fast CPU executor only, so `auto` then skips WebGPU.
+ */
+export const WEIGHT_CHOICES = ["auto", "f32", "f16", "int8"] as const;
+export type WeightFormatChoice = typeof WEIGHT_CHOICES[number];
 
 export interface ExecutorOptions {
   /** Threads of the fast CPU executor, the calling one included (default: the cores available). */
@@ -84,6 +88,13 @@ export async function hardwareGpuUnavailableReason(
 }
 
 async function gpu(weights: ModelWeights, o: ExecutorOptions): Promise<Executor> {
+  if (o.weightFormat === "int8") {
+    throw fail(
+      "invalid_request",
+      "int8 weights are for the fast CPU executor (wasm); WebGPU takes auto, f32 or f16",
+      "weights",
+    );
+  }
   try {
     return await GpuExecutor.create(weights, { weightFormat: o.weightFormat ?? "auto" });
   } catch (e) {
@@ -123,7 +134,7 @@ export async function chooseExecutor(
       return new CpuExecutor(weights);
   }
   const warn = o.warn ?? console.warn;
-  if ((await hardwareGpuUnavailableReason(o.requestAdapter)) === null) {
+  if (o.weightFormat !== "int8" && (await hardwareGpuUnavailableReason(o.requestAdapter)) === null) {
     try {
       return await GpuExecutor.create(weights, { weightFormat: o.weightFormat ?? "auto" });
     } catch (e) {

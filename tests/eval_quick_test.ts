@@ -134,7 +134,7 @@ Deno.test("eval flags: --executor, --threads and --weights are checked; --jobs w
       [["--executor", "tpu"], "--executor: expected auto, gpu, wasm or cpu (or reference), got 'tpu'"],
       [["--threads", "0"], "--threads: expected a whole number from 1 to 256, got '0'"],
       [["--threads", "1.5"], "--threads: expected a whole number from 1 to 256, got '1.5'"],
-      [["--weights", "f8"], "--weights: expected auto, f32 or f16, got 'f8'"],
+      [["--weights", "f8"], "--weights: expected auto, f32, f16 or int8, got 'f8'"],
     ] as [string[], string][]
   ) {
     const e = await assertRejects(() => parseArgs(argv), message);

@@ -128,3 +128,28 @@ Deno.test({
     assertEquals(await kindOf(chooseExecutor(w, "gpu", { weightFormat: "f32" })), "gpu");
   },
 });
+
+Deno.test({
+  name:
+    "executor choice: int8 weights are the fast CPU executor's: auto passes WebGPU over, gpu refuses them",
+  ignore: noWasm !== null,
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    const w = randomModel("llama3");
+    const hardware = fakeAdapter({ vendor: "nvidia", description: "NVIDIA H200" });
+    const x = await chooseExecutor(w, "auto", { requestAdapter: hardware, weightFormat: "int8", threads: 1 });
+    try {
+      assertEquals(x.kind, "wasm");
+      assert(x.description.includes("int8"), x.description);
+    } finally {
+      x.dispose();
+    }
+    const e = await assertRejects(
+      () => chooseExecutor(w, "gpu", { weightFormat: "int8" }),
+      "weights",
+      "int8",
+    );
+    assert(e instanceof JudgeQError && e.param === "weights", e.message);
+  },
+});

@@ -8,7 +8,7 @@ import { LOSS_KINDS, type LossKind } from "../core/train/loss.ts";
  */
 export const TRAIN_EXECUTORS = ["auto", "wasm", "cpu", "gpu"] as const;
 export type TrainExecutor = typeof TRAIN_EXECUTORS[number];
-export const WEIGHT_CHOICES = ["auto", "f32", "f16"] as const;
+export const WEIGHT_CHOICES = ["auto", "f32", "f16", "int8"] as const;
 export const MAX_THREADS = 256;
 
 export const COMMANDS = ["all", "data", "fit", "report"] as const;
@@ -108,7 +108,7 @@ Flags:
                          wasm: the same, wasm required. cpu (alias reference): all on the CPU reference,
                          which reproduces the shipped adapter byte for byte. gpu: gradients on WebGPU
   --threads N            threads of the wasm prefill, 1..${MAX_THREADS} (default: the cores available)
-  --weights auto|f32|f16 weight storage of the wasm prefill (default auto: f32)
+  --weights auto|f32|f16|int8 weight storage of the wasm prefill (default auto: f32)
   --steps N --batch N --lr X --warmup N --clip X   optimiser (defaults ${DEFAULTS.steps}, ${DEFAULTS.batch}, ${DEFAULTS.lr}, ${DEFAULTS.warmup}, ${DEFAULTS.clip})
   --noise X              init noise std in units of the embedding RMS (default ${DEFAULTS.noise})
   --samples N            training samples (default ${DEFAULTS.samples}); --heldout N held-out (default ${DEFAULTS.heldout})
@@ -244,7 +244,7 @@ export function parseArgs(argv: string[]): TrainArgs {
         break;
       case "weights":
         if (!(WEIGHT_CHOICES as readonly string[]).includes(v)) {
-          throw new UsageError(flag, `must be auto, f32 or f16 (got ${JSON.stringify(v)})`);
+          throw new UsageError(flag, `must be auto, f32, f16 or int8 (got ${JSON.stringify(v)})`);
         }
         a.weights = v as TrainArgs["weights"];
         break;
