@@ -18,7 +18,7 @@
  * llama.cpp runs before and after ours; the ratios use its better run of the two.
  *
  *   deno run -A bench/bench.ts [--json] [--quick] [--models stories260K,llama76m,llama100m]
- *     [--formats f32,f16] [--executors wasm,llamacpp,reference,gpu] [--threads N]
+ *     [--formats f32,f16,int8] [--executors wasm,llamacpp,reference,gpu] [--threads N]
  */
 import { CpuExecutor, type CpuSession } from "../core/cpu/executor.ts";
 import type { DecodeOptions, KvSession } from "../core/executor.ts";
@@ -31,7 +31,7 @@ import { fixtureWeights, loadWeightsOnly, promptTokens } from "../gpu/testing.ts
 import { parseFlags, usage, UsageError } from "../cli/args.ts";
 import { benchFastCpu, type FastCpuResult } from "./fast_cpu.ts";
 import { type LlamaCppMeasurement, measureLlamaCpp } from "./llamacpp.ts";
-import { checkThreads, defaultThreads } from "../wasm/mod.ts";
+import { checkThreads, defaultThreads, type WeightFormat as CpuWeightFormat } from "../wasm/mod.ts";
 
 const SPEC = {
   json: { kind: "boolean", help: "print one JSON object (progress goes to stderr)" },
@@ -40,7 +40,10 @@ const SPEC = {
     kind: "string",
     help: "comma list of stories260K, llama76m, llama100m (default stories260K,llama76m)",
   },
-  formats: { kind: "string", help: "weight formats to measure: f32, f16 (default both)" },
+  formats: {
+    kind: "string",
+    help: "weight formats to measure: f32, f16, int8 (int8: CPU only; default all)",
+  },
   executors: {
     kind: "string",
     help: "comma list of wasm, llamacpp, reference, gpu (default all; llamacpp installs node-llama-cpp once)",
@@ -84,10 +87,10 @@ try {
   console.error(`error: --threads: expected a whole number from 1 to 256, got '${flags.threads}'`);
   Deno.exit(2);
 }
-const formats = ((flags.formats as string | undefined) ?? "f32,f16").split(",") as WeightFormat[];
+const formats = ((flags.formats as string | undefined) ?? "f32,f16,int8").split(",") as CpuWeightFormat[];
 for (const f of formats) {
-  if (f !== "f32" && f !== "f16") {
-    console.error(`error: --formats: unknown format '${f}' (known: f32, f16)`);
+  if (f !== "f32" && f !== "f16" && f !== "int8") {
+    console.error(`error: --formats: unknown format '${f}' (known: f32, f16, int8)`);
     Deno.exit(2);
   }
 }
@@ -352,7 +355,7 @@ for (const name of models) {
   }
   if (executors.includes("gpu")) {
     const gpuBy: Record<string, Record<string, unknown>> = {};
-    for (const f of formats) {
+    for (const f of formats.filter((f): f is WeightFormat => f !== "int8")) {
       // The f16 pass measures context 512 only (the format changes the weight traffic, not the cache);
       // the 76M model is measured at 512 only (its GPU figures complete the comparison, nothing more).
       const gpuContexts = f === "f32" && name !== "llama76m" ? contexts : [512];

@@ -24,6 +24,8 @@ export interface ExecutorUnderTest {
   create(weights: ModelWeights): Promise<Executor | string>;
   /** The weights it runs, when not the model's own (f16-rounded, say); the oracle then runs them too. */
   weights?(weights: ModelWeights): ModelWeights;
+  /** Looser tolerances than 1e-3 on logits and 1e-4 on attention mass and key norms, with the reason. */
+  tolerance?: { logits: number; mass: number; why: string };
 }
 
 export const EXECUTORS_UNDER_TEST: ExecutorUnderTest[] = [
@@ -66,6 +68,12 @@ export const EXECUTORS_UNDER_TEST: ExecutorUnderTest[] = [
   {
     name: "wasm-int8",
     weights: roundProjectionsToInt8,
+    tolerance: {
+      logits: 5e-3,
+      mass: 5e-4,
+      why:
+        "decoding's integer dot products round each activation row to 16 bits (1.5e-5 of its largest value)",
+    },
     create: (weights) => wasmOrReason(weights, { threads: 2, weightFormat: "int8", parallelMinWork: 0 }),
   },
 ];

@@ -1,8 +1,8 @@
 /**
- * The fast CPU executor beyond the contract suite: the random 87.5M llama against the CPU reference,
- * results independent of the thread count (bitwise), int8/f16 weights against the reference on the same
- * rounded weights, and bad options (threads, weight format, a model beyond 4 GiB) refused before any
- * allocation with an error naming the field.
+ * The fast CPU executor beyond the contract suite (which also covers its f16 and int8 weights): the random
+ * 87.5M llama and the Mistral fixture against the CPU reference, results independent of the thread count
+ * (bitwise), and bad options (threads, weight format, a model beyond 4 GiB) refused before any allocation
+ * with an error naming the field.
  */
 import { CpuExecutor } from "../core/cpu/executor.ts";
 import type { ModelConfig } from "../core/config.ts";
@@ -23,28 +23,34 @@ const greedy = (maxTokens: number): DecodeOptions => ({
   returnLogits: true,
 });
 
-Deno.test({
-  ...opts,
-  name: "wasm executor: the random 87.5M llama within 1e-3 of the CPU reference (prefill + 64 decode steps)",
-  fn: async () => {
-    const w = fixtureWeights("llama100m");
-    const x = await WasmExecutor.create(w, { threads: 2 });
-    try {
-      const L = 200, cs = new CpuExecutor(w).createSession(L + 80), ws = x.createSession(L + 80);
-      const toks = promptTokens(L, w.config.vocabSize);
-      const cr = await cs.forward({ kind: "tokens", tokens: toks }, { logits: "last" });
-      const wr = await ws.forward({ kind: "tokens", tokens: toks }, { logits: "last" });
-      const prefill = maxAbsDiff(cr.logits!, wr.logits!);
-      assert(prefill < 1e-3, `prefill logits differ by ${prefill}`);
-      const cd = await cs.decode(greedy(64)), wd = await ws.decode(greedy(64));
-      assertEquals(wd.tokens, cd.tokens, "greedy tokens");
-      const decode = Math.max(...cd.logits!.map((l, i) => maxAbsDiff(l, wd.logits![i])));
-      assert(decode < 1e-3, `decode logits differ by ${decode}`);
-    } finally {
-      x.dispose();
-    }
-  },
-});
+for (const [shape, L] of [["llama100m", 200], ["mistral", 120]] as const) {
+  Deno.test({
+    ...opts,
+    name:
+      `wasm executor: the random ${shape} model within 1e-3 of the CPU reference (prefill + 64 decode steps)`,
+    fn: async () => {
+      const w = fixtureWeights(shape);
+      const x = await WasmExecutor.create(w, {
+        threads: 2,
+        parallelMinWork: shape === "mistral" ? 0 : undefined,
+      });
+      try {
+        const cs = new CpuExecutor(w).createSession(L + 80), ws = x.createSession(L + 80);
+        const toks = promptTokens(L, w.config.vocabSize);
+        const cr = await cs.forward({ kind: "tokens", tokens: toks }, { logits: "last" });
+        const wr = await ws.forward({ kind: "tokens", tokens: toks }, { logits: "last" });
+        const prefill = maxAbsDiff(cr.logits!, wr.logits!);
+        assert(prefill < 1e-3, `prefill logits differ by ${prefill}`);
+        const cd = await cs.decode(greedy(64)), wd = await ws.decode(greedy(64));
+        assertEquals(wd.tokens, cd.tokens, "greedy tokens");
+        const decode = Math.max(...cd.logits!.map((l, i) => maxAbsDiff(l, wd.logits![i])));
+        assert(decode < 1e-3, `decode logits differ by ${decode}`);
+      } finally {
+        x.dispose();
+      }
+    },
+  });
+}
 
 Deno.test({
   ...opts,
