@@ -27,9 +27,13 @@ export interface FastCpuContext {
   prefillTokPerS: number;
   decodeTokPerS: number;
   decodeRuns: number[];
-  /** Soft-token append + scoring + keep + strip, in ms, and as a multiple of (32 / L) x prefill time. */
+  /**
+   * Judge Q's soft-token append and scoring (forward of the 32 soft rows, their attention mass), in ms and
+   * as a multiple of (32 / L) x the prefill time; then with the selection, prune and strip added.
+   */
   judgeqOverheadMs: number;
   judgeqOverheadOverShare: number;
+  judgeqWithPruneMs: number;
 }
 
 export interface FastCpuResult {
@@ -39,13 +43,22 @@ export interface FastCpuResult {
   contexts: FastCpuContext[];
 }
 
-/** Judge Q's extra steps after a prefill of L: what a compress-then-generate request adds to prefill. */
-async function judgeqOverhead(s: KvSession, w: ModelWeights, L: number, budget: number): Promise<number> {
+/**
+ * Judge Q's extra steps after a prefill of L, what a compress-then-generate request adds to prefill: the
+ * append and scoring, and the whole (with the top-B selection, prune and strip), in ms.
+ */
+async function judgeqOverhead(
+  s: KvSession,
+  w: ModelWeights,
+  L: number,
+  budget: number,
+): Promise<{ scoring: number; total: number }> {
   const c = w.config, n = 32;
   const rows = new Float32Array(n * c.dim).map((_, i) => Math.sin(i) * 0.5);
   const t = performance.now();
   const r = await s.forward({ kind: "embeddings", rows, count: n }, { logits: "none", captureQueries: true });
   const mass = await s.attentionMass(r.queries as WasmQueryRows, L);
+  const scoring = performance.now() - t;
   // Keep the top `budget` positions of every KV head (GQA mean over its query heads), then strip.
   const group = c.nHeads / c.nKvHeads, kept: Int32Array[][] = [];
   for (let l = 0; l < c.nLayers; l++) {
@@ -62,7 +75,7 @@ async function judgeqOverhead(s: KvSession, w: ModelWeights, L: number, budget: 
   }
   await s.keepPositions(kept, L);
   await s.truncateFrom(L);
-  return performance.now() - t;
+  return { scoring, total: performance.now() - t };
 }
 
 export async function benchFastCpu(
@@ -105,13 +118,16 @@ export async function benchFastCpu(
         prefillTokPerS: round(L / (prefillMs / 1000)),
         decodeTokPerS: round(median(runs)),
         decodeRuns: runs.map((r) => round(r)),
-        judgeqOverheadMs: round(judgeq),
-        judgeqOverheadOverShare: round(judgeq / (prefillMs * 32 / L), 3),
+        judgeqOverheadMs: round(judgeq.scoring),
+        judgeqOverheadOverShare: round(judgeq.scoring / (prefillMs * 32 / L), 3),
+        judgeqWithPruneMs: round(judgeq.total),
       };
       log(
         `  wasm ${o.format} @${L}: prefill ${row.prefillTokPerS} tok/s, decode ${row.decodeTokPerS} tok/s ` +
-          `(${runs.map((r) => r.toFixed(1)).join(" ")}), judgeq overhead ${row.judgeqOverheadMs} ms = ` +
-          `${row.judgeqOverheadOverShare} x (32/L) of prefill`,
+          `(${
+            runs.map((r) => r.toFixed(1)).join(" ")
+          }), judgeq append + scoring ${row.judgeqOverheadMs} ms = ` +
+          `${row.judgeqOverheadOverShare} x (32/L) of prefill (${row.judgeqWithPruneMs} ms with select, prune, strip)`,
       );
       out.push(row);
     }

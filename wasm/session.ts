@@ -23,8 +23,24 @@ import { CpuKvCache } from "../core/cpu/kv_cache.ts";
 
 /** Captured post-RoPE queries: [row][layer][nHeads x headDim]. */
 export class WasmQueryRows implements QueryRows {
-  constructor(readonly positions: number[], readonly data: Float32Array) {}
+  constructor(
+    readonly positions: number[],
+    readonly data: Float32Array,
+    /** Their attention mass, summed by the forward pass that captured them (see `attentionMass`). */
+    readonly fused: FusedMass | null = null,
+  ) {}
   dispose() {}
+}
+
+/**
+ * Captured rows' attention summed during their own forward pass: [layer][query head][position < stride],
+ * valid for the session that made it while its cache has not been pruned, cut or rewound since.
+ */
+interface FusedMass {
+  mass: Float32Array;
+  stride: number;
+  owner: WasmSession;
+  version: number;
 }
 
 /** What a session needs of its executor. */
@@ -53,6 +69,8 @@ export class WasmSession implements KvSession {
   private readonly invFreq: Float64Array;
   private readonly slots: number;
   private cache: CacheRegions | null;
+  /** Bumped whenever entries leave the cache (prune, cut, rewind): fused masses before it are stale. */
+  private version = 0;
 
   constructor(private readonly x: SessionContext, readonly capacity: number) {
     const c = x.config;
@@ -116,20 +134,32 @@ export class WasmSession implements KvSession {
     const qw = c.nHeads * c.headDim;
     const captured = options.captureQueries ? new Float32Array(rows * c.nLayers * qw) : null;
     const firstPosition = this.nextPosition;
-    for (let r0 = 0; r0 < rows; r0 += CHUNK_ROWS) {
-      const M = Math.min(CHUNK_ROWS, rows - r0);
-      this.loadRows(input, r0, M);
-      this.layers(M, cache, captured, r0);
-      if (all) all.set(this.logitsOf(0, M), r0 * c.vocabSize);
-      else if (want === "last" && r0 + M === rows) this.logits = this.logitsOf(M - 1, 1);
-      this.nextPosition += M;
+    // Captured rows (Judge Q's soft rows, scoring windows, H2O's chunks) have their attention summed by
+    // the forward pass itself, so scoring them needs no second pass over the keys.
+    const stride = this.nextPosition + rows, massLength = c.nLayers * c.nHeads * stride;
+    const mass = captured && rows > 1 ? this.x.arena.alloc(massLength * 4) : 0;
+    try {
+      if (mass) this.x.arena.f32.fill(0, mass / 4, mass / 4 + massLength);
+      for (let r0 = 0; r0 < rows; r0 += CHUNK_ROWS) {
+        const M = Math.min(CHUNK_ROWS, rows - r0);
+        this.loadRows(input, r0, M);
+        this.layers(M, cache, captured, r0, mass, stride);
+        if (all) all.set(this.logitsOf(0, M), r0 * c.vocabSize);
+        else if (want === "last" && r0 + M === rows) this.logits = this.logitsOf(M - 1, 1);
+        this.nextPosition += M;
+      }
+      if (all && rows > 0) this.logits = all.slice((rows - 1) * c.vocabSize);
+      const positions = Array.from({ length: rows }, (_, i) => firstPosition + i);
+      const fused = mass
+        ? { mass: this.x.arena.f32At(mass, massLength).slice(), stride, owner: this, version: this.version }
+        : null;
+      return {
+        logits: want === "all" ? all : want === "last" ? this.logits : null,
+        queries: captured ? new WasmQueryRows(positions, captured, fused) : null,
+      };
+    } finally {
+      if (mass) this.x.arena.release(mass);
     }
-    if (all && rows > 0) this.logits = all.slice((rows - 1) * c.vocabSize);
-    const positions = Array.from({ length: rows }, (_, i) => firstPosition + i);
-    return {
-      logits: want === "all" ? all : want === "last" ? this.logits : null,
-      queries: captured ? new WasmQueryRows(positions, captured) : null,
-    };
   }
 
   /** Input rows r0..r0+M into the workspace's x, and their RoPE angles. */
@@ -154,7 +184,14 @@ export class WasmSession implements KvSession {
   }
 
   /** The transformer layers over the M rows in x (residual stream), appending their K/V. */
-  private layers(M: number, cache: CacheRegions, captured: Float32Array | null, r0: number) {
+  private layers(
+    M: number,
+    cache: CacheRegions,
+    captured: Float32Array | null,
+    r0: number,
+    mass: number,
+    stride: number,
+  ) {
     const c = this.config, ws = this.x.workspace, hd = c.headDim;
     const qw = c.nHeads * hd, kvw = c.nKvHeads * hd;
     const counts = this.counts();
@@ -212,6 +249,9 @@ export class WasmSession implements KvSession {
           slot0,
           this.capacity,
           scores,
+          mass ? mass + l * c.nHeads * stride * 4 : 0,
+          cache.positions,
+          stride,
         ],
       }], M * c.nHeads * seen * hd * 2);
       for (let g = 0; g < c.nKvHeads; g++) counts[slot0 + g] += M;
@@ -245,6 +285,14 @@ export class WasmSession implements KvSession {
   async attentionMass(queries: QueryRows, promptLength: number): Promise<Float32Array> {
     const c = this.config, cache = this.regions(), a = this.x.arena;
     const rows = queries as WasmQueryRows;
+    const f = rows.fused;
+    if (f && f.owner === this && f.version === this.version) {
+      const out = new Float32Array(c.nLayers * c.nHeads * promptLength), n = Math.min(promptLength, f.stride);
+      for (let r = 0; r < c.nLayers * c.nHeads; r++) {
+        out.set(f.mass.subarray(r * f.stride, r * f.stride + n), r * promptLength);
+      }
+      return out;
+    }
     const R = rows.positions.length, hd = c.headDim;
     if (this.x.parallel) await this.x.pool.ready();
     const outLength = c.nLayers * c.nHeads * promptLength;
@@ -310,6 +358,7 @@ export class WasmSession implements KvSession {
 
   /** Keeps, in order, the entries of a slot whose position passes `keep`, compacted to the front. */
   private filter(slot: number, keep: (position: number) => boolean) {
+    this.version++;
     const c = this.regions(), a = this.x.arena, hd = this.config.headDim;
     const counts = this.counts(), f = a.f32, p = a.i32;
     const base = slot * this.capacity, pos0 = c.positions / 4 + base;
@@ -358,6 +407,7 @@ export class WasmSession implements KvSession {
     }
     counts.set(mark.counts);
     this.nextPosition = mark.nextPosition;
+    this.version++;
     return Promise.resolve();
   }
 

@@ -638,6 +638,13 @@ function expScores(scores: usize, n: i32, mx: f32): f32 {
   return s;
 }
 
+/**
+ * 1 / (sum of exps) of the last attend1 (query a) and attend2 (a and b) call: the scores scratch then
+ * holds the unnormalised exps, so p_j = scores[j] x inverse. Globals are per instance, so per thread.
+ */
+let inverseA: f32 = 0;
+let inverseB: f32 = 0;
+
 /** out = softmax(scale x q . keys[0..n)) . values[0..n): one query (any head size). */
 function attend1(
   qv: usize, ov: usize, n: i32, hd: i32, scale: f32, kb: usize, vb: usize, scores: usize,
@@ -645,6 +652,7 @@ function attend1(
   const hb = <usize>hd << 2;
   const mx = scoreKeys(qv, kb, n, hd, scale, scores);
   const inv = <f32>1 / expScores(scores, n, mx);
+  inverseA = inv;
   memory.fill(ov, 0, hb);
   if ((hd & 3) == 0) {
     for (let j = 0; j < n; j++) {
@@ -728,6 +736,8 @@ function attend2(
   }
   const invA = <f32>1 / expScores(sa, na, maxOf(sa, na));
   const invB = <f32>1 / expScores(sb, nb, maxOf(sb, nb));
+  inverseA = invA;
+  inverseB = invB;
   for (let k = na; k < nb; k++) store<f32>(sa + (<usize>k << 2), 0);
   // P.V in column blocks of 16 floats held in registers, then of 4.
   let i = 0;
@@ -771,22 +781,71 @@ function attend2(
   }
 }
 
+/** Adds p_j = scores[j] x inv to row[position_j] for j < n (positions ascending, all cached). */
+function addMass(row: usize, scores: usize, positions: usize, n: i32, inv: f32): void {
+  if (n > 0 && load<i32>(positions + (<usize>(n - 1) << 2)) == n - 1) {
+    // Positions 0..n-1 in order (nothing pruned): entry j is position j.
+    const iv = f32x4.splat(inv);
+    let j = 0;
+    for (; j + 4 <= n; j += 4) {
+      const o = <usize>j << 2;
+      v128.store(row + o, f32x4.relaxed_madd(v128.load(scores + o), iv, v128.load(row + o)));
+    }
+    for (; j < n; j++) {
+      const o = <usize>j << 2;
+      store<f32>(row + o, load<f32>(row + o) + load<f32>(scores + o) * inv);
+    }
+    return;
+  }
+  for (let j = 0; j < n; j++) {
+    const at = row + (<usize>load<i32>(positions + (<usize>j << 2)) << 2);
+    store<f32>(at, load<f32>(at) + load<f32>(scores + (<usize>j << 2)) * inv);
+  }
+}
+
 /**
  * Causal attention of M new rows over each KV head's entries: row m sees the first
  * counts[slot] + m + 1 entries (everything cached before this call, then the new rows up to itself).
  * Units of work are (KV head, pair of rows), split over threads; the two rows of a pair share every
  * key and value load. A single row (decoding) pairs the heads of its group instead. Scores go to the
  * chunk's scratch (2 x cap floats at scratch + t x 2 cap x 4).
+ *
+ * With `mass` (not 0), the rows' attention is also summed per query head and cached position into
+ * mass[head][position] (row stride massStride floats): the scoring of captured rows comes out of the
+ * forward pass itself. Units are then query heads, so no two threads add to the same row of mass.
  */
 export function attention(
   q: usize, out: usize, M: i32, nHeads: i32, nKv: i32, hd: i32, scale: f32,
-  keys: usize, values: usize, counts: usize, slot0: i32, cap: i32, scratch: usize, t: i32, nt: i32,
+  keys: usize, values: usize, counts: usize, slot0: i32, cap: i32, scratch: usize,
+  mass: usize, positions: usize, massStride: i32, t: i32, nt: i32,
 ): void {
-  const pairs = (M + 1) >> 1, units = nKv * pairs;
-  const u0 = share(units, t, nt, 1), u1 = share(units, t + 1, nt, 1);
-  const group = nHeads / nKv, hb = <usize>hd << 2, qw = nHeads * hd;
+  const pairs = (M + 1) >> 1, group = nHeads / nKv, hb = <usize>hd << 2, qw = nHeads * hd;
   const sa = scratch + <usize>t * (<usize>cap << 3), sb = sa + (<usize>cap << 2);
   const paired = (hd & 3) == 0;
+  if (mass) {
+    const h0 = share(nHeads, t, nt, 1), h1 = share(nHeads, t + 1, nt, 1);
+    for (let h = h0; h < h1; h++) {
+      const slot = slot0 + h / group;
+      const kb = keys + <usize>slot * <usize>cap * hb, vb = values + <usize>slot * <usize>cap * hb;
+      const pb = positions + <usize>slot * <usize>cap * 4, row = mass + <usize>h * (<usize>massStride << 2);
+      const base = load<i32>(counts + (<usize>slot << 2));
+      let m = 0;
+      for (; paired && m + 1 < M; m += 2) {
+        const n = base + m + 1;
+        attend2(q + qat(m, h, qw, hd), q + qat(m + 1, h, qw, hd), out + qat(m, h, qw, hd), out + qat(m + 1, h, qw, hd), n, n + 1, hd, scale, kb, vb, sa, sb);
+        addMass(row, sa, pb, n, inverseA);
+        addMass(row, sb, pb, n + 1, inverseB);
+      }
+      for (; m < M; m++) {
+        const n = base + m + 1;
+        attend1(q + qat(m, h, qw, hd), out + qat(m, h, qw, hd), n, hd, scale, kb, vb, sa);
+        addMass(row, sa, pb, n, inverseA);
+      }
+    }
+    return;
+  }
+  const units = nKv * pairs;
+  const u0 = share(units, t, nt, 1), u1 = share(units, t + 1, nt, 1);
   for (let u = u0; u < u1; u++) {
     const g = u / pairs, m = (u % pairs) << 1;
     const slot = slot0 + g;
