@@ -13,7 +13,7 @@ import type {
   KvSession,
   QueryRows,
 } from "../core/executor.ts";
-import { sampleToken, seedState } from "../core/sampling.ts";
+import { decodeTokens } from "../core/decode_loop.ts";
 import type { Arena } from "./arena.ts";
 import type { Job, ThreadPool } from "./pool.ts";
 import type { Matrix, WasmWeights } from "./weights.ts";
@@ -411,47 +411,20 @@ export class WasmSession implements KvSession {
     return Promise.resolve();
   }
 
-  async decode(o: DecodeOptions): Promise<DecodeResult> {
+  decode(o: DecodeOptions): Promise<DecodeResult> {
     if (!this.logits) throw new Error("decode: no current logits (run a forward pass first)");
-    const tokens: number[] = [];
-    const logits: Float32Array[] | null = o.returnLogits ? [] : null;
-    const positions: number[] = [];
-    const queries: Float32Array[] = [];
-    let state = seedState(o.sampling.seed);
-    let finishReason: DecodeResult["finishReason"] = "length";
-    while (tokens.length < o.maxTokens) {
-      if (o.signal?.aborted) {
-        finishReason = "aborted";
-        break;
-      }
-      logits?.push(this.logits);
-      const [token, next] = sampleToken(this.logits, o.sampling, state);
-      state = next;
-      if (o.stopTokenIds.includes(token)) {
-        finishReason = "stop";
-        break;
-      }
-      tokens.push(token);
-      await o.onTokens?.([token]);
-      if (tokens.length === o.maxTokens) break;
-      const r = await this.forward({ kind: "tokens", tokens: [token] }, {
-        logits: "last",
-        captureQueries: o.captureQueries,
-      });
-      if (r.queries) {
-        positions.push(...r.queries.positions);
-        queries.push((r.queries as WasmQueryRows).data);
-      }
-    }
-    const data = new Float32Array(queries.reduce((n, q) => n + q.length, 0));
-    queries.reduce((at, q) => (data.set(q, at), at + q.length), 0);
-    return {
-      tokens,
-      finishReason,
-      logits,
-      queries: o.captureQueries ? new WasmQueryRows(positions, data) : null,
-      syncs: 0,
-    };
+    return decodeTokens(o, {
+      logits: () => this.logits!,
+      feed: async (token, captureQueries) =>
+        (await this.forward({ kind: "tokens", tokens: [token] }, { logits: "last", captureQueries })).queries,
+    }, (rows) => {
+      const data = new Float32Array(rows.reduce((n, r) => n + (r as WasmQueryRows).data.length, 0));
+      rows.reduce(
+        (at, r) => (data.set((r as WasmQueryRows).data, at), at + (r as WasmQueryRows).data.length),
+        0,
+      );
+      return new WasmQueryRows(rows.flatMap((r) => r.positions), data);
+    });
   }
 
   currentLogits(): Promise<Float32Array> {

@@ -14,7 +14,7 @@ import type {
   KvSession,
   QueryRows,
 } from "../executor.ts";
-import { sampleToken, seedState } from "../sampling.ts";
+import { decodeTokens } from "../decode_loop.ts";
 import type { ModelWeights } from "../weights.ts";
 import { CpuKvCache } from "./kv_cache.ts";
 import { applyRope, matvec, rmsNorm, silu, softmax } from "./ops.ts";
@@ -232,45 +232,17 @@ export class CpuSession implements KvSession {
     return Promise.resolve();
   }
 
-  async decode(o: DecodeOptions): Promise<DecodeResult> {
+  decode(o: DecodeOptions): Promise<DecodeResult> {
     if (!this.logits) throw new Error("decode: no current logits (run a forward pass first)");
-    const tokens: number[] = [];
-    const logits: Float32Array[] | null = o.returnLogits ? [] : null;
-    const positions: number[] = [];
-    const queries: Float32Array[] = [];
-    let state = seedState(o.sampling.seed);
-    let finishReason: DecodeResult["finishReason"] = "length";
-    while (tokens.length < o.maxTokens) {
-      if (o.signal?.aborted) {
-        finishReason = "aborted";
-        break;
-      }
-      logits?.push(this.logits);
-      const [token, next] = sampleToken(this.logits, o.sampling, state);
-      state = next;
-      if (o.stopTokenIds.includes(token)) {
-        finishReason = "stop";
-        break;
-      }
-      tokens.push(token);
-      await o.onTokens?.([token]);
-      if (tokens.length === o.maxTokens) break;
-      const r = await this.forward({ kind: "tokens", tokens: [token] }, {
-        logits: "last",
-        captureQueries: o.captureQueries,
-      });
-      if (r.queries) {
-        positions.push(...r.queries.positions);
-        queries.push(...(r.queries as CpuQueryRows).data);
-      }
-    }
-    return {
-      tokens,
-      finishReason,
-      logits,
-      queries: o.captureQueries ? new CpuQueryRows(positions, queries) : null,
-      syncs: 0,
-    };
+    return decodeTokens(o, {
+      logits: () => this.logits!,
+      feed: async (token, captureQueries) =>
+        (await this.forward({ kind: "tokens", tokens: [token] }, { logits: "last", captureQueries })).queries,
+    }, (rows) =>
+      new CpuQueryRows(
+        rows.flatMap((r) => r.positions),
+        rows.flatMap((r) => (r as CpuQueryRows).data),
+      ));
   }
 
   currentLogits(): Promise<Float32Array> {
