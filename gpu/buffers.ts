@@ -3,9 +3,16 @@
  * by size class (powers of two), so a decode loop or a scoring call allocates nothing after warm-up.
  */
 
-export const STORAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
-export const UNIFORM = GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST;
-export const READBACK = GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST;
+// The WebGPU specification's GPUBufferUsage bits, as numbers: reading the `GPUBufferUsage` global at
+// module load would make importing this module (and mod.ts) fail wherever WebGPU is absent.
+const MAP_READ = 0x0001;
+const COPY_SRC = 0x0004;
+const COPY_DST = 0x0008;
+const USAGE_UNIFORM = 0x0040;
+const USAGE_STORAGE = 0x0080;
+export const STORAGE = USAGE_STORAGE | COPY_SRC | COPY_DST;
+export const UNIFORM = USAGE_UNIFORM | COPY_DST;
+export const READBACK = MAP_READ | COPY_DST;
 
 /** Size rounded up to 16 bytes (vec4 bindings) and at least 16. */
 export const align16 = (n: number) => Math.max(16, Math.ceil(n / 16) * 16);

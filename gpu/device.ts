@@ -31,6 +31,29 @@ export function gpuAvailable(): boolean {
   return typeof navigator !== "undefined" && "gpu" in navigator && !!navigator.gpu;
 }
 
+/**
+ * Deno's WebGPU backend override (`DENO_WEBGPU_BACKEND`), for the adapter description only. Never
+ * throws: outside Deno (a browser, workerd) it is the runtime's own choice, and without env permission
+ * the text says so instead of failing after a device was created.
+ */
+export function webgpuBackendName(): string {
+  const deno = (globalThis as {
+    Deno?: {
+      env: { get(k: string): string | undefined };
+      permissions?: { querySync?(d: { name: "env"; variable: string }): { state: string } };
+    };
+  }).Deno;
+  if (!deno) return "default";
+  const variable = "DENO_WEBGPU_BACKEND";
+  try {
+    const state = deno.permissions?.querySync?.({ name: "env", variable }).state ?? "granted";
+    if (state !== "granted") return "default (env permission for DENO_WEBGPU_BACKEND not granted)";
+    return deno.env.get(variable) ?? "default";
+  } catch (e) {
+    return `default (DENO_WEBGPU_BACKEND not readable: ${e instanceof Error ? e.message : String(e)})`;
+  }
+}
+
 /** Requests an adapter and a device with the limits raised to what the adapter allows. */
 export async function acquireDevice(o: DeviceOptions = {}): Promise<GpuContext> {
   if (!gpuAvailable()) throw new JudgeQError("invalid_adapter", "WebGPU is not available in this runtime");
@@ -59,7 +82,7 @@ export async function acquireDevice(o: DeviceOptions = {}): Promise<GpuContext> 
   }
   const device = await adapter.requestDevice({ requiredLimits, requiredFeatures: features });
   const info = adapter.info;
-  const backend = Deno.env.get("DENO_WEBGPU_BACKEND") ?? "default";
+  const backend = webgpuBackendName();
   const description = [
     info.description || `${info.vendor} ${info.architecture} ${info.device}`.trim() || "unknown adapter",
     `backend ${backend}`,

@@ -25,6 +25,7 @@ var<workgroup> RF: array<f32, ${wg}>;
 var<workgroup> RU: array<u32, ${wg}>;
 var<workgroup> SHF: f32;
 var<workgroup> SHU: u32;
+var<workgroup> SEED: u32;
 var<private> base: u32;
 var<private> li: u32;
 
@@ -142,8 +143,11 @@ fn main(@builtin(local_invocation_index) lid: u32) {
   if (keep < ${V}u) {
     kept = massGE(kc + 1u, kc == 0xffffffffu) + f32(jc) * probOfKey(kc, mx);
   }
-  // The draw (the reference's xorshift32).
-  var x = RNG[0];
+  // The draw (the reference's xorshift32). The state is read once into workgroup memory and loaded
+  // uniformly: a read_write storage read is non-uniform to Tint (Chromium), and the draw steers the
+  // searches below, whose reductions hold barriers.
+  if (li == 0u) { SEED = RNG[0]; }
+  var x = workgroupUniformLoad(&SEED);
   x ^= x << 13u;
   x ^= x >> 17u;
   x ^= x << 5u;
