@@ -41,8 +41,14 @@ export interface DecodeParams {
   ignoreEos?: boolean;
 }
 
-export interface TextRequest extends DecodeParams {
-  prompt?: string;
+/** How text is read: special-token text ("</s>") is plain text unless allowSpecialTokens (core/tokenizer.ts). */
+export interface TextOptions {
+  allowSpecialTokens?: boolean;
+}
+
+export interface TextRequest extends DecodeParams, TextOptions {
+  /** Text, or token ids already encoded (a chat template's: see encodeTemplate). */
+  prompt?: string | readonly number[];
   context?: string;
   questions?: string[];
   compression?: CompressionRequest | null;
@@ -75,6 +81,7 @@ export interface TextResult {
 export function tokenizeRequest(model: Model, r: TextRequest): E.Either<JudgeQError, GenerateRequest> {
   const tok = model.tokenizer;
   const decode = decodeSpecOf(model, r);
+  const allowSpecial = r.allowSpecialTokens ?? false;
   if (r.prompt !== undefined && r.context !== undefined) {
     return E.left(
       new JudgeQError("invalid_request", "give prompt, or context with questions, not both", "prompt"),
@@ -84,8 +91,8 @@ export function tokenizeRequest(model: Model, r: TextRequest): E.Either<JudgeQEr
     return E.right({
       input: {
         kind: "context",
-        context: tok.encode(r.context, { addBos: true }),
-        questions: (r.questions ?? []).map((q) => tok.encode(q, { addBos: false })),
+        context: tok.encode(r.context, { addBos: true, allowSpecial }),
+        questions: (r.questions ?? []).map((q) => tok.encode(q, { addBos: false, allowSpecial })),
       },
       compression: r.compression,
       decode,
@@ -95,7 +102,12 @@ export function tokenizeRequest(model: Model, r: TextRequest): E.Either<JudgeQEr
     return E.left(new JudgeQError("invalid_request", "prompt or context is required", "prompt"));
   }
   return E.right({
-    input: { kind: "prompt", tokens: tok.encode(r.prompt, { addBos: true }) },
+    input: {
+      kind: "prompt",
+      tokens: typeof r.prompt === "string"
+        ? tok.encode(r.prompt, { addBos: true, allowSpecial })
+        : [...r.prompt],
+    },
     compression: r.compression,
     decode,
   });
@@ -161,8 +173,10 @@ export async function compressContext(
   context: string,
   compression: CompressionRequest | null,
   hooks: RunHooks = {},
+  text: TextOptions = {},
 ): Promise<CompressedContext> {
-  const tokens = model.tokenizer.encode(context, { addBos: true });
+  const allowSpecial = text.allowSpecialTokens ?? false;
+  const tokens = model.tokenizer.encode(context, { addBos: true, allowSpecial });
   // A placeholder question sizes nothing: the plan is compiled without its answer steps.
   const plan = planFor(model, {
     input: { kind: "context", context: tokens, questions: [[model.tokenizer.bosId ?? 0]] },
@@ -193,7 +207,7 @@ export async function compressContext(
   }
 }
 
-export interface AnswerRequest extends DecodeParams {
+export interface AnswerRequest extends DecodeParams, TextOptions {
   question: string;
 }
 
@@ -204,7 +218,10 @@ export async function answerOnContext(
   r: AnswerRequest,
   hooks: RunHooks = {},
 ): Promise<TextOutput & { questionTokens: number[] }> {
-  const question = model.tokenizer.encode(r.question, { addBos: false });
+  const question = model.tokenizer.encode(r.question, {
+    addBos: false,
+    allowSpecial: r.allowSpecialTokens ?? false,
+  });
   const plan = planFor(model, {
     input: { kind: "context", context: ctx.contextTokens, questions: [question] },
     compression: null,

@@ -5,6 +5,11 @@
  * The wrapper owns BOS handling (the HF post-processor is never asked to add specials) so that every
  * tokenizer behaves alike, and it never "cleans up" spaces when decoding, so decode(encode(x)) == x and
  * streamed text equals the full decode.
+ *
+ * Text is text: by default the literal text of a special token ("<s>", "</s>", "<|eot_id|>") is
+ * tokenized as ordinary characters, never as the control token (HF's `split_special_tokens`), so user
+ * text cannot end a turn or fake a role. `allowSpecial: true` parses it as HF's plain encode does;
+ * encodeTemplate lets a chat template's own control tokens through while the values it formats stay text.
  */
 import { Tokenizer } from "@huggingface/tokenizers";
 import * as E from "fp-ts/Either";
@@ -17,8 +22,11 @@ export interface SpecialToken {
 }
 
 export interface TextTokenizer {
-  /** Token ids of `text`. BOS is prepended when `addBos` (default: `addBosDefault`) unless already first. */
-  encode(text: string, opts?: { addBos?: boolean }): number[];
+  /**
+   * Token ids of `text`. BOS is prepended when `addBos` (default: `addBosDefault`) unless already first.
+   * Special-token text becomes control tokens only with `allowSpecial` (default false: see above).
+   */
+  encode(text: string, opts?: { addBos?: boolean; allowSpecial?: boolean }): number[];
   /** Text of `ids`; throws RangeError on an id that is not in the vocabulary. */
   decode(ids: readonly number[], opts?: { skipSpecial?: boolean }): string;
   readonly bosId: number | null;
@@ -146,9 +154,35 @@ export function createTokenizer(
   const addBosDefault = cfg.add_bos_token ?? bosId !== null;
 
   const idToToken = (id: number) => hf.id_to_token(id) ?? undefined;
+  // The same tokenizer without its special added tokens: their text is then read by the model's own
+  // pieces. Built on first need: text that yields no control token is encoded alike by both.
+  let plain: Tokenizer | null = null;
+  const plainTokenizer = () =>
+    plain ??= new Tokenizer({
+      normalizer: null,
+      pre_tokenizer: null,
+      post_processor: null,
+      decoder: null,
+      ...tj.data,
+      added_tokens: added.filter((t) => !t.special),
+    }, cfg);
+  /** Whether token `i` is a control token read from its own text (not an unknown piece's <unk>). */
+  const isControl = (e: { ids: number[]; tokens: string[] }, i: number) =>
+    specialIds.has(e.ids[i]) && idToToken(e.ids[i]) === e.tokens[i];
+  const textIds = (text: string): number[] => {
+    const e = hf.encode(text, { add_special_tokens: false });
+    if (!e.ids.some((_, i) => isControl(e, i))) return e.ids;
+    const p = plainTokenizer().encode(text, { add_special_tokens: false });
+    const at = p.ids.findIndex((_, i) => isControl(p, i));
+    if (at >= 0) {
+      // A model whose pieces spell a special token whole (none known): refuse rather than obey it.
+      throw fail("invalid_request", `the text ${JSON.stringify(p.tokens[at])} reads as a control token`);
+    }
+    return p.ids;
+  };
   const tokenizer: TextTokenizer = {
     encode(text, opts) {
-      const ids = hf.encode(text, { add_special_tokens: false }).ids;
+      const ids = opts?.allowSpecial ? hf.encode(text, { add_special_tokens: false }).ids : textIds(text);
       const addBos = (opts?.addBos ?? addBosDefault) && bosId !== null && ids[0] !== bosId;
       return addBos ? [bosId, ...ids] : ids;
     },
@@ -236,4 +270,54 @@ export function decodeContinuation(
   let text = "";
   for (const id of ids) text += stream.push(id);
   return text + stream.flush();
+}
+
+/** Code points standing for hidden text while a template renders (Supplementary Private Use Area-B). */
+const HIDDEN_FIRST = 0x100000, HIDDEN_LAST = 0x10fffd;
+const escapeRegExp = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+const hiders = new WeakMap<TextTokenizer, RegExp>();
+
+/**
+ * Token ids of a template rendered around untrusted values (a chat template around messages): the
+ * template's own special-token text becomes control tokens, the values' never. `render` gets `hide`,
+ * to apply to every untrusted value before the template sees it: it swaps each special token's text
+ * (and any code point of the range it uses itself) for a private code point, so the rendered text
+ * holds no special token from a value; each hidden run is then encoded as plain text. Values without
+ * special-token text render and tokenize exactly as without `hide` (as transformers would).
+ */
+export function encodeTemplate(
+  tok: TextTokenizer,
+  render: (hide: (value: string) => string) => string,
+  opts: { addBos?: boolean } = {},
+): number[] {
+  let re = hiders.get(tok);
+  if (!re) {
+    const specials = tok.specialTokens.map((t) => t.content).filter((c) => c !== "")
+      .sort((a, b) => b.length - a.length).map(escapeRegExp);
+    re = new RegExp([...specials, "[\\u{100000}-\\u{10FFFD}]"].join("|"), "gu");
+    hiders.set(tok, re);
+  }
+  const hidden: string[] = [];
+  const hide = (value: string) =>
+    value.replace(re, (m) => {
+      if (hidden.length > HIDDEN_LAST - HIDDEN_FIRST) {
+        throw fail("invalid_request", "too many special tokens");
+      }
+      hidden.push(m);
+      return String.fromCodePoint(HIDDEN_FIRST + hidden.length - 1);
+    });
+  const text = render(hide);
+  const ids: number[] = [];
+  // split() with a capturing group: text at even indices, one hidden code point at odd ones.
+  text.split(/([\u{100000}-\u{10FFFD}])/u).forEach((part, i) => {
+    const h = i % 2 === 1 ? hidden[part.codePointAt(0)! - HIDDEN_FIRST] : undefined;
+    const add = h !== undefined
+      ? tok.encode(h, { addBos: false })
+      : part
+      ? tok.encode(part, { addBos: false, allowSpecial: true })
+      : [];
+    for (const id of add) ids.push(id); // not push(...add): a long text would overflow the stack
+  });
+  const addBos = (opts.addBos ?? tok.addBosDefault) && tok.bosId !== null && ids[0] !== tok.bosId;
+  return addBos ? [tok.bosId!, ...ids] : ids;
 }

@@ -117,11 +117,12 @@ export const createContext = (svc: Service): Handler => async (req) => {
   const b = await svc.parse(req, contextCreateSchema);
   svc.checkModel(b.model);
   const compression = (b.kv_compression ?? null) as CompressionRequest | null;
-  precheckContext(svc.model, b.context, compression);
+  const allowSpecialTokens = b.allow_special_tokens ?? false;
+  precheckContext(svc.model, b.context, compression, allowSpecialTokens);
   const signal = req.signal;
   const { value: ctx, queueMs, runMs } = await svc.enqueue(
     signal,
-    () => compressContext(svc.model, b.context, compression, { signal }),
+    () => compressContext(svc.model, b.context, compression, { signal }, { allowSpecialTokens }),
   );
   if (signal.aborted) {
     ctx.session.dispose();

@@ -30,6 +30,8 @@ export interface DecodeParams {
   stopStrings: string[];
   stopTokenIds: number[];
   ignoreEos: boolean;
+  /** Special-token text in the request's text is read as control tokens (default: plain text). */
+  allowSpecialTokens: boolean;
 }
 
 export interface JobHooks {
@@ -123,6 +125,7 @@ const coreSampling = (p: DecodeParams) => ({
   seed: p.seed,
   stopTokenIds: p.stopTokenIds,
   ignoreEos: p.ignoreEos,
+  allowSpecialTokens: p.allowSpecialTokens,
 });
 
 /**
@@ -131,7 +134,7 @@ const coreSampling = (p: DecodeParams) => ({
  */
 export function precheck(
   model: Model,
-  input: { prompt: string } | { context: string; questions: string[] } | {
+  input: { prompt: string | number[] } | { context: string; questions: string[] } | {
     contextTokens: number[];
     questions: string[];
   },
@@ -139,7 +142,9 @@ export function precheck(
   p: DecodeParams,
 ) {
   if ("contextTokens" in input) {
-    const questions = input.questions.map((q) => model.tokenizer.encode(q, { addBos: false }));
+    const questions = input.questions.map((q) =>
+      model.tokenizer.encode(q, { addBos: false, allowSpecial: p.allowSpecialTokens })
+    );
     const plan = planFor(model, {
       input: { kind: "context", context: input.contextTokens, questions },
       compression: null,
@@ -155,11 +160,16 @@ export function precheck(
 }
 
 /** Checks a context to keep (POST /v1/contexts) as compressContext will compile it. */
-export function precheckContext(model: Model, context: string, compression: CompressionRequest | null) {
+export function precheckContext(
+  model: Model,
+  context: string,
+  compression: CompressionRequest | null,
+  allowSpecial = false,
+) {
   const plan = planFor(model, {
     input: {
       kind: "context",
-      context: model.tokenizer.encode(context, { addBos: true }),
+      context: model.tokenizer.encode(context, { addBos: true, allowSpecial }),
       questions: [[model.tokenizer.bosId ?? 0]],
     },
     compression,
@@ -168,18 +178,20 @@ export function precheckContext(model: Model, context: string, compression: Comp
   if (E.isLeft(plan)) throw plan.left;
 }
 
-/** Compress-then-generate from one prompt. */
+/** Compress-then-generate from one prompt (text, or ids already encoded: a chat's). */
 export async function runPrompt(
   model: Model,
-  prompt: string,
+  prompt: string | number[],
   compression: CompressionRequest | null,
   p: DecodeParams,
   hooks: JobHooks,
 ): Promise<JobResult> {
   const job = new JobRun(model, p, hooks);
-  const promptIds = model.tokenizer.encode(prompt, { addBos: true });
+  const promptIds = typeof prompt === "string"
+    ? model.tokenizer.encode(prompt, { addBos: true, allowSpecial: p.allowSpecialTokens })
+    : prompt;
   const { signal } = job.open(promptIds);
-  const r = await generateText(model, { prompt, compression, ...coreSampling(p) }, {
+  const r = await generateText(model, { prompt: promptIds, compression, ...coreSampling(p) }, {
     onTokens: job.onTokens,
     signal,
   });
@@ -208,7 +220,7 @@ export async function runAnswers(
   const answerStart = performance.now();
   for (const question of questions) {
     if (hooks.signal.aborted) throw new Cancelled();
-    const qIds = model.tokenizer.encode(question, { addBos: false });
+    const qIds = model.tokenizer.encode(question, { addBos: false, allowSpecial: p.allowSpecialTokens });
     promptTokens += qIds.length;
     const { index, signal } = job.open(qIds);
     const onTokens = (_: number, ids: number[]) => job.onTokens(index, ids);
@@ -233,7 +245,7 @@ export async function runContext(
   p: DecodeParams,
   hooks: JobHooks,
 ): Promise<JobResult> {
-  const ctx = await compressContext(model, context, compression, { signal: hooks.signal });
+  const ctx = await compressContext(model, context, compression, { signal: hooks.signal }, p);
   try {
     if (hooks.signal.aborted) throw new Cancelled();
     const r = await runAnswers(model, ctx, questions, p, hooks, ctx.timings);

@@ -4,7 +4,7 @@
  */
 import { Template } from "@huggingface/jinja";
 import type { CompressionRequest } from "../core/plan.ts";
-import type { TextTokenizer } from "../core/tokenizer.ts";
+import { encodeTemplate, type TextTokenizer } from "../core/tokenizer.ts";
 import { HttpError } from "./errors.ts";
 import { type JobOutput, type JobResult, precheck, runPrompt } from "./generation.ts";
 import { type ChatMessage, chatSchema, completionSchema } from "./schemas.ts";
@@ -21,11 +21,15 @@ const templates = new Map<string, Template>();
  * does, generation prompt on. Without one (base models such as stories260K) the messages' contents are
  * joined one per line, so the model simply continues the conversation's text.
  */
-export function renderChat(tok: TextTokenizer, messages: ChatMessage[]): string {
+export function renderChat(
+  tok: TextTokenizer,
+  messages: ChatMessage[],
+  hide: (value: string) => string = (v) => v,
+): string {
   const flat = messages.map((m) => ({
     role: m.role,
-    content: textOf(m.content),
-    ...(m.name ? { name: m.name } : {}),
+    content: hide(textOf(m.content)),
+    ...(m.name ? { name: hide(m.name) } : {}),
   }));
   if (!tok.chatTemplate) return flat.map((m) => m.content).join("\n");
   try {
@@ -41,6 +45,19 @@ export function renderChat(tok: TextTokenizer, messages: ChatMessage[]): string 
     // Templates refuse conversations they cannot format (raise_exception): the client's to fix.
     throw new HttpError(400, `the chat template rejected the messages: ${(e as Error).message}`, "messages");
   }
+}
+
+/**
+ * A chat's prompt ids. The template's own special tokens are control tokens; special-token text in the
+ * messages stays text (a "</s>" or "<|im_start|>" typed by a user ends no turn) unless `allowSpecial`.
+ */
+export function encodeChat(tok: TextTokenizer, messages: ChatMessage[], allowSpecial: boolean): number[] {
+  let text = "";
+  const ids = allowSpecial || !tok.chatTemplate
+    ? tok.encode(text = renderChat(tok, messages), { addBos: true, allowSpecial })
+    : encodeTemplate(tok, (hide) => text = renderChat(tok, messages, hide), { addBos: true });
+  if (text === "") throw new HttpError(400, "the messages render to an empty prompt", "messages");
+  return ids;
 }
 
 export interface Usage {
@@ -127,8 +144,7 @@ export const completions = (svc: Service): Handler => async (req) => {
 export const chat = (svc: Service): Handler => async (req) => {
   const b = await svc.parse(req, chatSchema);
   svc.checkModel(b.model);
-  const prompt = renderChat(svc.model.tokenizer, b.messages);
-  if (prompt === "") throw new HttpError(400, "the messages render to an empty prompt", "messages");
+  const prompt = encodeChat(svc.model.tokenizer, b.messages, b.allow_special_tokens ?? false);
   return run(svc, req, { ...b, max_tokens: b.max_completion_tokens ?? b.max_tokens }, prompt, true);
 };
 
@@ -142,7 +158,7 @@ function run(
   svc: Service,
   req: Request,
   b: OpenAiFields,
-  prompt: string,
+  prompt: string | number[],
   isChat: boolean,
 ): Promise<Response> {
   // Chat runs to the end of the context by default (OpenAI sets no limit); completions default to 16.

@@ -35,6 +35,8 @@ const decodeFields = {
   stream: z.boolean().nullish(),
   /** Decode to max_tokens even past the model's end-of-sequence token (benchmarks). */
   ignore_eos: z.boolean().nullish(),
+  /** Read special-token text ("</s>") in the request's text as control tokens (default: as plain text). */
+  allow_special_tokens: z.boolean().nullish(),
 };
 
 const extras = {
@@ -59,6 +61,7 @@ export type GenerateBody = z.infer<typeof generateSchema>;
 /** POST /v1/contexts: compress once. */
 export const contextCreateSchema = z.object({
   context: z.string().min(1),
+  allow_special_tokens: z.boolean().nullish(),
   kv_compression: kvCompressionSchema.nullish(),
   model: z.string().nullish(),
   return_positions: z.boolean().nullish(),

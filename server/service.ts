@@ -49,6 +49,7 @@ export interface DecodeFields {
   seed?: number | null;
   stop?: z.infer<typeof stopSchema> | null;
   ignore_eos?: boolean | null;
+  allow_special_tokens?: boolean | null;
 }
 
 /** An endpoint's defaults: ours are greedy; OpenAI's sample at temperature 1. */
@@ -128,6 +129,7 @@ export class Service {
       stopStrings,
       stopTokenIds,
       ignoreEos: b.ignore_eos ?? false,
+      allowSpecialTokens: b.allow_special_tokens ?? false,
     };
   }
 
