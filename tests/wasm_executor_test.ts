@@ -1,8 +1,8 @@
 /**
  * The fast CPU executor beyond the contract suite (which also covers its f16 and int8 weights): the random
  * 87.5M llama and the Mistral fixture against the CPU reference, results independent of the thread count
- * (bitwise), and bad options (threads, weight format, a model beyond 4 GiB) refused before any allocation
- * with an error naming the field.
+ * (bitwise), bad options (threads, weight format, a model beyond 4 GiB) refused before any allocation
+ * with an error naming the field, and a trapping kernel raised on the caller instead of hanging the pool.
  */
 import { CpuExecutor } from "../core/cpu/executor.ts";
 import type { ModelConfig } from "../core/config.ts";
@@ -11,6 +11,10 @@ import type { DecodeOptions } from "../core/executor.ts";
 import type { ModelWeights } from "../core/weights.ts";
 import { fixtureWeights, maxAbsDiff, promptTokens } from "../gpu/testing.ts";
 import { WasmExecutor, wasmUnsupportedReason } from "../wasm/mod.ts";
+import { Arena } from "../wasm/arena.ts";
+import { kernelModule } from "../wasm/kernels.ts";
+import { ThreadPool } from "../wasm/pool.ts";
+import { CONTROL_BYTES } from "../wasm/pool_protocol.ts";
 import { assert, assertEquals, assertRejects } from "./helpers.ts";
 
 const why = wasmUnsupportedReason();
@@ -123,5 +127,28 @@ Deno.test({
       "4 GiB",
     );
     assert(e instanceof JudgeQError && e.kind === "unprocessable", e.message);
+  },
+});
+
+Deno.test({
+  ...opts,
+  name: "wasm thread pool: a kernel that traps on any thread raises on the caller, and the pool goes on",
+  fn: async () => {
+    const arena = new Arena(CONTROL_BYTES);
+    const pool = new ThreadPool(await kernelModule(), arena, 3, 0);
+    try {
+      await pool.ready();
+      const x = arena.alloc(64 * 64 * 4), w = arena.alloc(64 * 4);
+      arena.f32.fill(1, x / 4, x / 4 + 64 * 64 + 64);
+      // Rows past the end of memory: every chunk's rows trap, whichever thread claims them.
+      await assertRejects(
+        () => pool.run([{ kernel: "rmsNorm", args: [0xfff00000, w, x, 64, 64, 1e-5] }], 1 << 30),
+        "wasm kernel failed (rmsNorm)",
+      );
+      pool.run([{ kernel: "rmsNorm", args: [x, w, x, 64, 64, 1e-5] }], 1 << 30);
+      assert(arena.f32.subarray(x / 4, x / 4 + 64 * 64).every((v) => Math.abs(v - 1) < 1e-5), "rows after");
+    } finally {
+      pool.dispose();
+    }
   },
 });

@@ -12,6 +12,7 @@ import {
   CHUNKS,
   CLAIM,
   claimChunk,
+  FAILED,
   FINISHED,
   GENERATION,
   JOB_SLOTS,
@@ -107,16 +108,31 @@ export class ThreadPool {
     Atomics.store(ctrl, JOBS, jobs.length);
     Atomics.store(ctrl, CHUNKS, chunks);
     Atomics.store(ctrl, FINISHED, 0);
+    Atomics.store(ctrl, FAILED, 0);
     Atomics.store(ctrl, CLAIM, (generation & 0xffff) << 16);
     Atomics.store(ctrl, GENERATION, generation);
     Atomics.notify(ctrl, GENERATION);
+    let failure: unknown = null;
     for (let c = claimChunk(ctrl, generation); c >= 0; c = claimChunk(ctrl, generation)) {
-      runChunk(this.fns, table, jobs.length, c, chunks);
+      try {
+        runChunk(this.fns, table, jobs.length, c, chunks);
+      } catch (e) {
+        failure ??= e;
+      }
       Atomics.add(ctrl, FINISHED, 1);
     }
     let spins = 0;
     for (let done = Atomics.load(ctrl, FINISHED); done < chunks; done = Atomics.load(ctrl, FINISHED)) {
       if (++spins > SPINS) Atomics.wait(ctrl, FINISHED, done, 1);
+    }
+    const failed = Atomics.load(ctrl, FAILED);
+    if (failure || failed) {
+      const what = jobs.map((j) => j.kernel).join(", ");
+      throw new Error(
+        `wasm kernel failed (${what}): ${
+          failure ? (failure as Error).message : `in a worker, chunk ${failed - 1}`
+        }`,
+      );
     }
     this.armIdleStop();
   }

@@ -11,6 +11,7 @@ export const FINISHED = 2; // chunks completed in the current dispatch
 export const STOP = 3; // 1: workers exit
 export const JOBS = 4; // jobs in the current dispatch
 export const CHUNKS = 5; // chunks in the current dispatch
+export const FAILED = 6; // 1 + the index of a chunk whose kernel threw (a trap) in the current dispatch
 /** Float64 job table: per job, the kernel index, the argument count, then the arguments. */
 export const JOB_TABLE_BYTES = 64;
 export const JOB_SLOTS = 24;

@@ -6,6 +6,7 @@ import { instantiate, KERNEL_NAMES } from "./kernels.ts";
 import {
   CHUNKS,
   claimChunk,
+  FAILED,
   FINISHED,
   GENERATION,
   JOB_SLOTS,
@@ -35,7 +36,12 @@ self.onmessage = (e: MessageEvent<WorkerInit>) => {
     seen = Atomics.load(ctrl, GENERATION);
     if (Atomics.load(ctrl, STOP)) break;
     for (let c = claimChunk(ctrl, seen); c >= 0; c = claimChunk(ctrl, seen)) {
-      runChunk(fns, table, Atomics.load(ctrl, JOBS), c, Atomics.load(ctrl, CHUNKS));
+      try {
+        runChunk(fns, table, Atomics.load(ctrl, JOBS), c, Atomics.load(ctrl, CHUNKS));
+      } catch {
+        // Counted as finished all the same, so the dispatch ends; the main thread raises the failure.
+        Atomics.compareExchange(ctrl, FAILED, 0, c + 1);
+      }
       if (Atomics.add(ctrl, FINISHED, 1) + 1 === Atomics.load(ctrl, CHUNKS)) Atomics.notify(ctrl, FINISHED);
     }
   }
