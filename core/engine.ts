@@ -228,7 +228,7 @@ export async function answerOnContext(
     decode: decodeSpecOf(model, r),
   });
   if (E.isLeft(plan)) throw plan.left;
-  const answer = plan.right.steps.filter((s) => s.op === "answer");
+  const answer = plan.right.steps.filter((s) => s.op === "answer" || s.op === "bound_decode");
   const run = await runOnSession({ ...plan.right, steps: answer }, {
     executor: model.executor,
     softEmbeddings: null,

@@ -2,9 +2,15 @@
  * The plan interpreter: runs a Plan's steps on any executor (CPU reference or WebGPU). The only effects
  * are the executor's; scoring and selection are the pure functions of methods/ and selection.ts.
  */
+import {
+  boundedDecode,
+  type BoundedDecodeContext,
+  type DecodeCompression,
+  type DecodeCompressionStats,
+} from "./decode_compression.ts";
 import type { DecodeResult, Executor, KvSession, QueryRows } from "./executor.ts";
 import { METHODS } from "./methods/registry.ts";
-import type { Plan, Step } from "./plan.ts";
+import type { DecodeSpec, Plan, Step } from "./plan.ts";
 import { adaptiveSelect, pyramidBudgets, topPerHead } from "./selection.ts";
 import { randomSoftTokens } from "./soft_tokens.ts";
 
@@ -17,6 +23,8 @@ export interface RunContext {
   /** Streaming: new tokens of output `index` as soon as they are known. */
   onTokens?: (index: number, ids: number[]) => void | Promise<void>;
   signal?: AbortSignal;
+  /** Decode-time compression: called at each segment boundary, before compressing (tests). */
+  onDecodeBoundary?: BoundedDecodeContext["onBoundary"];
 }
 
 export interface GenerationOutput {
@@ -33,6 +41,8 @@ export interface CompressionStats {
   kept: number[][][];
   kvBytesBefore: number;
   kvBytesAfter: number;
+  /** Compression during decoding, when the plan bounds the cache. */
+  decode?: DecodeCompressionStats;
 }
 
 export interface PlanResult {
@@ -55,6 +65,8 @@ interface State {
   kvBytesAfter: number | null;
   outputs: GenerationOutput[];
   syncs: number;
+  bounded: DecodeCompression | null;
+  decodeStats: DecodeCompressionStats | null;
 }
 
 const promptOf = (plan: Plan) => (plan.input.kind === "prompt" ? plan.input.tokens : plan.input.context);
@@ -85,6 +97,8 @@ export async function runOnSession(plan: Plan, ctx: RunContext, session: KvSessi
     kvBytesAfter: null,
     outputs: [],
     syncs: 0,
+    bounded: null,
+    decodeStats: null,
   };
   for (const step of plan.steps) {
     if (ctx.signal?.aborted) break;
@@ -106,6 +120,7 @@ export async function runOnSession(plan: Plan, ctx: RunContext, session: KvSessi
       ),
       kvBytesBefore: kvBytesFor(c, plan.promptLength),
       kvBytesAfter: st.kvBytesAfter ?? kvBytesFor(c, plan.promptLength),
+      ...(st.decodeStats ? { decode: st.decodeStats } : {}),
     },
     timings,
     syncs: st.syncs,
@@ -216,7 +231,25 @@ async function runStep(step: Step, plan: Plan, ctx: RunContext, st: State): Prom
       await s.truncateFrom(L);
       st.kvBytesAfter = s.kvBytes();
       return;
+    case "bound_decode": {
+      const b = step.compression;
+      st.bounded = b;
+      st.decodeStats = {
+        method: b.method,
+        budget: b.budget,
+        fraction: b.fraction,
+        interval: b.interval,
+        buffer: b.buffer,
+        events: [],
+        kvBytesEnd: [],
+      };
+      return;
+    }
     case "decode": {
+      if (st.bounded) {
+        await decodeBounded(s, step.decode, null, ctx, st);
+        return;
+      }
       const d = await s.decode({
         ...step.decode,
         onTokens: ctx.onTokens ? (ids) => ctx.onTokens!(0, ids) : undefined,
@@ -227,6 +260,16 @@ async function runStep(step: Step, plan: Plan, ctx: RunContext, st: State): Prom
       return;
     }
     case "answer": {
+      if (st.bounded) {
+        // Pruning reaches into the context, so the answer runs on a copy: the context stays as it was.
+        const copy = await s.clone();
+        try {
+          await decodeBounded(copy, step.decode, step.question, ctx, st);
+        } finally {
+          copy.dispose();
+        }
+        return;
+      }
       const index = st.outputs.length;
       const mark = s.mark();
       await s.forward({ kind: "tokens", tokens: step.question }, { logits: "last" });
@@ -241,4 +284,32 @@ async function runStep(step: Step, plan: Plan, ctx: RunContext, st: State): Prom
       return;
     }
   }
+}
+
+/** A decode (after a question, if any) with the cache bounded by the plan's decode-time compression. */
+async function decodeBounded(
+  s: KvSession,
+  decode: DecodeSpec,
+  question: number[] | null,
+  ctx: RunContext,
+  st: State,
+) {
+  const index = st.outputs.length, b = st.bounded!;
+  const c = ctx.executor.config;
+  let rows: QueryRows | null = null;
+  if (question) {
+    const r = await s.forward({ kind: "tokens", tokens: question }, { logits: "last", captureQueries: true });
+    rows = r.queries;
+  }
+  const d = await boundedDecode(s, decode, b, {
+    softEmbeddings: ctx.softEmbeddings,
+    randomSoft: () => randomSoftTokens(ctx.tokenEmbeddings, c.dim, b.softCount, b.options.seed),
+    onTokens: ctx.onTokens ? (ids) => ctx.onTokens!(index, ids) : undefined,
+    signal: ctx.signal,
+    onBoundary: ctx.onDecodeBoundary,
+  }, rows);
+  st.syncs += d.syncs;
+  st.outputs.push({ tokens: d.tokens, finishReason: d.finishReason });
+  st.decodeStats!.events.push(...d.events.map((e) => ({ output: index, ...e })));
+  st.decodeStats!.kvBytesEnd.push(d.kvBytesEnd);
 }

@@ -5,6 +5,12 @@
 import * as E from "fp-ts/Either";
 import { z } from "zod";
 import type { ModelConfig } from "./config.ts";
+import {
+  type DecodeCompression,
+  decodeCompressionSchema,
+  decodePeak,
+  resolveDecodeCompression,
+} from "./decode_compression.ts";
 import { fail, type JudgeQError } from "./errors.ts";
 import { GLOBAL_DEFAULTS, METHOD_NAMES, METHODS } from "./methods/registry.ts";
 import type { Allocation, MethodOptions } from "./methods/types.ts";
@@ -26,6 +32,8 @@ export const compressionSchema = z.object({
   lookahead_tokens: z.number().int().min(1).max(64).optional(),
   /** Judge Q ablation: untrained soft tokens (mean embedding plus seeded noise). */
   random_soft: z.boolean().optional(),
+  /** Compression during decoding: the cache bounded to budget + interval entries per KV head. */
+  decode: decodeCompressionSchema.optional(),
 }).strict();
 export type CompressionRequest = z.infer<typeof compressionSchema>;
 
@@ -74,6 +82,8 @@ export type Step =
   | { op: "prune" }
   /** Drops the soft tokens' own entries; decoding resumes at the prompt length. */
   | { op: "strip" }
+  /** Bounds the cache of every later decode and answer: compress during decoding (see decode_compression.ts). */
+  | { op: "bound_decode"; compression: DecodeCompression }
   | { op: "decode"; decode: DecodeSpec }
   /** Appends a question after the compressed context, decodes, then cuts its entries off again. */
   | { op: "answer"; question: number[]; decode: DecodeSpec };
@@ -213,6 +223,12 @@ export function compilePlan(req: GenerateRequest, model: ModelFacts): E.Either<J
   const comp = req.compression ?? { method: "full" };
   const resolved = resolveOptions(comp, L);
   if (E.isLeft(resolved)) return resolved;
+  let bounded: DecodeCompression | null = null;
+  if (comp.decode) {
+    const d = resolveDecodeCompression(comp.decode, comp, model.adapterTokens);
+    if (E.isLeft(d)) return d;
+    bounded = d.right;
+  }
   const { options, compressed } = resolved.right;
   const method = METHODS[comp.method];
   const steps: Step[] = [];
@@ -265,15 +281,20 @@ export function compilePlan(req: GenerateRequest, model: ModelFacts): E.Either<J
     steps.push({ op: "prune" });
     if (source.kind === "soft") steps.push({ op: "strip" });
   }
+  if (bounded) steps.push({ op: "bound_decode", compression: bounded });
   if (req.input.kind === "prompt") steps.push({ op: "decode", decode });
   else for (const question of questions) steps.push({ op: "answer", question, decode });
+  const unbounded = L + longestQuestion + decode.maxTokens;
+  const decoding = bounded
+    ? Math.min(unbounded + bounded.softCount, decodePeak(bounded, L + longestQuestion, unbounded))
+    : unbounded;
   return E.right({
     promptLength: L,
     input: req.input,
     method: method.name,
     options: compressed ? options : null,
     compressed,
-    capacity: Math.max(L + extra, L + longestQuestion + decode.maxTokens) + 1,
+    capacity: Math.max(L + extra, decoding) + 1,
     steps,
   });
 }
