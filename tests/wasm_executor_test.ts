@@ -12,7 +12,7 @@ import type { ModelWeights } from "../core/weights.ts";
 import { fixtureWeights, maxAbsDiff, promptTokens } from "../gpu/testing.ts";
 import { WasmExecutor, wasmUnsupportedReason } from "../wasm/mod.ts";
 import { Arena } from "../wasm/arena.ts";
-import { kernelModule } from "../wasm/kernels.ts";
+import { instantiate, kernelModule } from "../wasm/kernels.ts";
 import { ThreadPool } from "../wasm/pool.ts";
 import { CONTROL_BYTES } from "../wasm/pool_protocol.ts";
 import { assert, assertEquals, assertRejects } from "./helpers.ts";
@@ -150,5 +150,28 @@ Deno.test({
     } finally {
       pool.dispose();
     }
+  },
+});
+
+Deno.test({
+  ...opts,
+  name: "wasm kernels: every finite f16 value widens to exactly its f32 value (subnormals and signs too)",
+  fn: async () => {
+    const arena = new Arena(CONTROL_BYTES);
+    const k = instantiate(await kernelModule(), arena.memory);
+    const D = 64, V = 65536 / D;
+    const table = arena.alloc(65536 * 2), tokens = arena.alloc(V * 4), x = arena.alloc(65536 * 4);
+    arena.u16.set(Uint16Array.from({ length: 65536 }, (_, i) => i), table / 2);
+    arena.i32.set(Int32Array.from({ length: V }, (_, i) => i), tokens / 4);
+    k.embed(table, 1, 0, tokens, x, V, D, 0, 1);
+    const want = new Float16Array(Uint16Array.from({ length: 65536 }, (_, i) => i).buffer);
+    const got = arena.f32.subarray(x / 4, x / 4 + 65536);
+    let checked = 0;
+    for (let i = 0; i < 65536; i++) {
+      if (!Number.isFinite(want[i])) continue; // weights are checked finite before upload
+      assert(Object.is(got[i], want[i]), `half 0x${i.toString(16)}: ${got[i]} != ${want[i]}`);
+      checked++;
+    }
+    assertEquals(checked, 65536 - 2048, "finite halves checked");
   },
 });

@@ -29,11 +29,14 @@
   return f32x4.add(v128.shuffle<i32>(ab, cd, 0, 1, 4, 5), v128.shuffle<i32>(ab, cd, 2, 3, 6, 7));
 }
 
-/** Four f16 values (low 16 bits of each i32 lane, finite) to f32: shift into place and rescale. */
-@inline function halfToFloat(u: v128): v128 {
-  const sign = i32x4.shl(v128.and(u, i32x4.splat(0x8000)), 16);
-  const mag = i32x4.shl(v128.and(u, i32x4.splat(0x7fff)), 13);
-  return v128.or(f32x4.mul(mag, f32x4.splat(5.192296858534828e33)), sign); // x 2^112
+/**
+ * Four f16 values (finite), sign-extended to i32 lanes, to f32: shifted left 13, the sign's copies in bits
+ * 30..28 cleared, leaving sign | exponent | mantissa in f32 places with the exponent 112 short; a multiply
+ * by 2^112 rebiases it (subnormal halves come out right as well).
+ */
+@inline function halfToFloat(s: v128): v128 {
+  const bits = v128.and(i32x4.shl(s, 13), i32x4.splat(0x8fffe000));
+  return f32x4.mul(bits, f32x4.splat(5.192296858534828e33));
 }
 
 @inline function halfToFloatScalar(h: u32): f32 {
@@ -316,8 +319,8 @@ function halvesToFloats(src: usize, dst: usize, count: i32): void {
   const c8 = count & ~7;
   for (let i = 0; i < c8; i += 8) {
     const h = v128.load(src + (<usize>i << 1));
-    v128.store(dst + (<usize>i << 2), halfToFloat(i32x4.extend_low_i16x8_u(h)));
-    v128.store(dst + (<usize>i << 2) + 16, halfToFloat(i32x4.extend_high_i16x8_u(h)));
+    v128.store(dst + (<usize>i << 2), halfToFloat(i32x4.extend_low_i16x8_s(h)));
+    v128.store(dst + (<usize>i << 2) + 16, halfToFloat(i32x4.extend_high_i16x8_s(h)));
   }
   for (let i = c8; i < count; i++) store<f32>(dst + (<usize>i << 2), halfToFloatScalar(load<u16>(src + (<usize>i << 1))));
 }
