@@ -77,11 +77,52 @@ export const contextGenerateSchema = z.object({
 }).strict();
 export type ContextGenerateBody = z.infer<typeof contextGenerateSchema>;
 
+/** A field accepted only at its no-op values: anything else is a 400 naming it (the output would differ). */
+const noOp =
+  <T extends z.ZodType>(schema: T, isNoOp: (v: z.infer<T>) => boolean, noOpText: string) => (name: string) =>
+    schema.nullish().refine((v) => v === null || v === undefined || isNoOp(v as z.infer<T>), {
+      message: `${name} is not supported by this server (only ${noOpText} is accepted)`,
+    });
+const zero = noOp(z.number(), (v) => v === 0, "0");
+const noneOrAuto = noOp(z.unknown(), (v) => v === "none" || v === "auto", '"none" or "auto"');
+const emptyList = noOp(z.array(z.unknown()), (v) => v.length === 0, "an empty list");
+const absent = noOp(z.unknown(), () => false, "null");
+
+/** Fields of the OpenAI API (and of common OpenAI-compatible servers) that change outputs and are not implemented. */
+const UNSUPPORTED = {
+  logit_bias: noOp(z.record(z.string(), z.number()), (v) => Object.values(v).every((x) => x === 0), "{}"),
+  presence_penalty: zero,
+  frequency_penalty: zero,
+  response_format: noOp(
+    z.object({ type: z.string() }).passthrough(),
+    (v) => v.type === "text",
+    '{"type": "text"}',
+  ),
+  tools: emptyList,
+  tool_choice: noneOrAuto,
+  functions: emptyList,
+  function_call: noneOrAuto,
+  audio: absent,
+  modalities: noOp(z.array(z.string()), (v) => v.every((m) => m === "text"), '["text"]'),
+  web_search_options: absent,
+  repetition_penalty: noOp(z.number(), (v) => v === 1, "1"),
+  min_p: zero,
+  min_tokens: zero,
+  guided_json: absent,
+  guided_regex: absent,
+  guided_choice: absent,
+  guided_grammar: absent,
+};
+const unsupportedFields = Object.fromEntries(
+  Object.entries(UNSUPPORTED).map(([name, field]) => [name, field(name)]),
+) as { [K in keyof typeof UNSUPPORTED]: ReturnType<(typeof UNSUPPORTED)[K]> };
+
 /**
- * OpenAI bodies are not strict: clients send fields we do not use (user, presence_penalty, ...).
+ * OpenAI bodies are not strict: clients send fields we do not use (user, metadata, store, ...).
  * Those that would change the result and are not implemented are refused explicitly.
  */
 const openaiFields = {
+  ...unsupportedFields,
   ...decodeFields,
   model: z.string().nullish(),
   n: z.literal(1, { message: "only n = 1 is supported" }).nullish(),

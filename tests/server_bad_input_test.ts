@@ -34,7 +34,42 @@ const gen = (body: unknown, status: number, param: string | null, name: string):
 const comp = (kv: unknown, status: number, param: string | null, name: string) =>
   gen({ ...OK, kv_compression: kv }, status, param, name);
 
+/** OpenAI fields that would change the output and are not implemented (issue 14, finding 5). */
+const chatMsgs = [{ role: "user", content: "Hi" }];
+const unsupported = (field: string, value: unknown, path = "/v1/chat/completions"): Case => ({
+  name: `openai: ${field} = ${JSON.stringify(value)} is refused, naming it`,
+  path,
+  body: path === "/v1/completions"
+    ? { prompt: "Once", [field]: value }
+    : { messages: chatMsgs, [field]: value },
+  status: 400,
+  param: field,
+});
+const UNSUPPORTED: Case[] = [
+  unsupported("logit_bias", { "50256": -100 }),
+  unsupported("logit_bias", { "13": 5 }, "/v1/completions"),
+  unsupported("presence_penalty", 0.5),
+  unsupported("frequency_penalty", 1),
+  unsupported("frequency_penalty", -1, "/v1/completions"),
+  unsupported("presence_penalty", 3),
+  unsupported("response_format", { type: "json_object" }),
+  unsupported("response_format", { type: "json_schema", json_schema: { name: "x", schema: {} } }),
+  unsupported("tools", [{ type: "function", function: { name: "f", parameters: {} } }]),
+  unsupported("tool_choice", "required"),
+  unsupported("tool_choice", { type: "function", function: { name: "f" } }),
+  unsupported("functions", [{ name: "f", parameters: {} }]),
+  unsupported("function_call", { name: "f" }),
+  unsupported("n", 2),
+  unsupported("logprobs", true),
+  unsupported("audio", { voice: "alloy", format: "wav" }),
+  unsupported("modalities", ["text", "audio"]),
+  unsupported("repetition_penalty", 1.3),
+  unsupported("min_p", 0.1),
+  unsupported("guided_json", { type: "object" }),
+];
+
 const CASES: Case[] = [
+  ...UNSUPPORTED,
   { name: "malformed JSON", raw: '{"prompt": "x",', status: 400, param: null },
   { name: "empty body", raw: "", status: 400, param: null },
   { name: "array instead of object", raw: "[1,2]", status: 400, param: null },
@@ -290,6 +325,44 @@ Deno.test("attack: literal <s>, </s>, <unk> in prompts, questions, contexts and 
       200,
       tok.encode(q, { addBos: false, allowSpecial: true }).length,
     ]);
+  } finally {
+    await s.close();
+  }
+});
+
+/** The same fields at their no-op values are accepted, and the output is unchanged. */
+Deno.test("openai: unsupported fields at their no-op values are accepted and change nothing", async () => {
+  const s = await startServer();
+  try {
+    const base = { messages: chatMsgs, max_tokens: 4, temperature: 0 };
+    const plain = await s.post("/v1/chat/completions", base);
+    assertEquals(plain.status, 200);
+    const noOps = await s.post("/v1/chat/completions", {
+      ...base,
+      logit_bias: {},
+      presence_penalty: 0,
+      frequency_penalty: 0,
+      response_format: { type: "text" },
+      tools: [],
+      tool_choice: "none",
+      parallel_tool_calls: false,
+      modalities: ["text"],
+      n: 1,
+      logprobs: false,
+      user: "someone",
+      store: false,
+      metadata: { a: "b" },
+    });
+    assertEquals(noOps.status, 200, JSON.stringify(noOps.json));
+    assertEquals(noOps.json.choices[0].message.content, plain.json.choices[0].message.content);
+    const c = await s.post("/v1/completions", {
+      prompt: "Once",
+      max_tokens: 4,
+      temperature: 0,
+      logit_bias: { "13": 0 },
+      presence_penalty: null,
+    });
+    assertEquals(c.status, 200, JSON.stringify(c.json));
   } finally {
     await s.close();
   }
