@@ -4,8 +4,10 @@
  */
 import { JudgeQError } from "../core/errors.ts";
 import { generateText } from "../core/engine.ts";
+import type { DecodeCompressionRequest } from "../core/decode_compression.ts";
 import type { CompressionRequest } from "../core/plan.ts";
 import { loadModel } from "../io/runtime.ts";
+import { decodeJson } from "../server/wire.ts";
 import {
   executorFlag,
   executorFlags,
@@ -38,14 +40,53 @@ const SPEC = {
   gqa: { kind: "string", help: "mean | max | sum over a KV head's query heads" },
   adapter: { kind: "string", help: "Judge Q adapter (default: the model's judgeq.safetensors)" },
   "random-soft": { kind: "boolean", help: "Judge Q ablation: untrained random soft tokens" },
+  "decode-budget": {
+    kind: "int",
+    help: "compress during decoding: KV entries kept per KV head after each compression",
+  },
+  "decode-fraction": {
+    kind: "number",
+    help: "compress during decoding: budget as a share of the positions seen, (0, 1]",
+  },
+  "decode-interval": { kind: "int", help: "tokens generated between decode-time compressions (default 32)" },
+  "decode-buffer": {
+    kind: "int",
+    help: "most recent positions never evicted during decoding (default min(8, budget - 1))",
+  },
+  "decode-method": { kind: "string", help: "decode-time method (default: --method, else snapkv)" },
   json: { kind: "boolean", help: "print one JSON object" },
   help: { kind: "boolean", help: "show this help" },
 } as const;
 
+const DECODE_FLAGS = [
+  "decode-budget",
+  "decode-fraction",
+  "decode-interval",
+  "decode-buffer",
+  "decode-method",
+];
+
+/** kv_compression.decode from the --decode-* flags, or undefined without any. */
+function decodeFrom(f: Record<string, unknown>): DecodeCompressionRequest | undefined {
+  if (!DECODE_FLAGS.some((k) => f[k] !== undefined)) return undefined;
+  if (f["decode-budget"] === undefined && f["decode-fraction"] === undefined) {
+    throw new UsageError("--decode-* needs --decode-budget or --decode-fraction");
+  }
+  const d: DecodeCompressionRequest = { interval: (f["decode-interval"] as number | undefined) ?? 32 };
+  if (f["decode-budget"] !== undefined) d.budget = f["decode-budget"] as number;
+  if (f["decode-fraction"] !== undefined) d.fraction = f["decode-fraction"] as number;
+  if (f["decode-buffer"] !== undefined) d.buffer = f["decode-buffer"] as number;
+  d.method = (f["decode-method"] as string | undefined) ??
+    (f.method !== undefined && f.method !== "full" ? f.method as string : "snapkv");
+  return d;
+}
+
 function compressionFrom(f: Record<string, unknown>): CompressionRequest | null {
   const keys = ["method", "budget", "ratio", "window", "pooling", "kernel", "gqa", "random-soft"];
-  if (!keys.some((k) => f[k] !== undefined)) return null;
+  const decode = decodeFrom(f);
+  if (!keys.some((k) => f[k] !== undefined)) return decode ? { method: "full", decode } : null;
   const c: Record<string, unknown> = { method: f.method ?? "snapkv" };
+  if (decode) c.decode = decode;
   if (f.budget !== undefined) c.budget = f.budget;
   if (f.ratio !== undefined) c.compression_ratio = f.ratio;
   for (const k of ["window", "pooling", "kernel", "gqa"]) if (f[k] !== undefined) c[k] = f[k];
@@ -103,6 +144,7 @@ async function main(argv: string[]): Promise<number> {
         kept: c.kept,
         kv_bytes_before: c.kvBytesBefore,
         kv_bytes_after: c.kvBytesAfter,
+        ...(c.decode ? { decode: decodeJson(c.decode) } : {}),
       },
       timings_ms: result.run.timings,
     }));

@@ -7,6 +7,7 @@ import type { Adapter } from "./adapter.ts";
 import type { ModelConfig } from "./config.ts";
 import { JudgeQError } from "./errors.ts";
 import type { Executor, KvSession } from "./executor.ts";
+import type { DecodeCompressionRequest, DecodeCompressionStats } from "./decode_compression.ts";
 import { type PlanResult, runOnSession, runPlan } from "./interpret.ts";
 import {
   compilePlan,
@@ -165,6 +166,20 @@ export interface CompressedContext {
   contextTokens: number[];
   stats: PlanResult["compression"];
   timings: Record<string, number>;
+  /** Decode-time compression of its answers unless a question asks otherwise (kv_compression.decode). */
+  decode: DecodeCompressionRequest | null;
+}
+
+/**
+ * The decode-time compression of an answer against a kept context: the request's own, else the context's.
+ * Without a method it takes the context's compression method.
+ */
+export function answerDecode(
+  ctx: CompressedContext,
+  requested: DecodeCompressionRequest | null | undefined,
+): DecodeCompressionRequest | null {
+  const d = requested ?? ctx.decode;
+  return d ? { ...d, method: d.method ?? ctx.plan.method } : null;
 }
 
 /** Compresses a context once; the caller owns the returned session (dispose it when done). */
@@ -200,6 +215,9 @@ export async function compressContext(
       contextTokens: tokens,
       stats: run.compression,
       timings: run.timings,
+      decode: compression?.decode
+        ? { ...compression.decode, method: compression.decode.method ?? compression.method }
+        : null,
     };
   } catch (e) {
     session.dispose();
@@ -209,6 +227,8 @@ export async function compressContext(
 
 export interface AnswerRequest extends DecodeParams, TextOptions {
   question: string;
+  /** Decode-time compression for this answer (default: the context's, see `answerDecode`). */
+  decodeCompression?: DecodeCompressionRequest | null;
 }
 
 /** Answers one question against a compressed context; the cache is left exactly as before. */
@@ -217,14 +237,14 @@ export async function answerOnContext(
   ctx: CompressedContext,
   r: AnswerRequest,
   hooks: RunHooks = {},
-): Promise<TextOutput & { questionTokens: number[] }> {
+): Promise<TextOutput & { questionTokens: number[]; decode: DecodeCompressionStats | null }> {
   const question = model.tokenizer.encode(r.question, {
     addBos: false,
     allowSpecial: r.allowSpecialTokens ?? false,
   });
   const plan = planFor(model, {
     input: { kind: "context", context: ctx.contextTokens, questions: [question] },
-    compression: null,
+    compression: answerCompression(ctx, r.decodeCompression),
     decode: decodeSpecOf(model, r),
   });
   if (E.isLeft(plan)) throw plan.left;
@@ -241,5 +261,15 @@ export async function answerOnContext(
     tokens: o.tokens,
     finishReason: o.finishReason,
     questionTokens: question,
+    decode: run.compression.decode ?? null,
   };
+}
+
+/** The compression request an answer compiles with: nothing but its decode-time compression, if any. */
+export function answerCompression(
+  ctx: CompressedContext,
+  requested?: DecodeCompressionRequest | null,
+): CompressionRequest | null {
+  const decode = answerDecode(ctx, requested);
+  return decode ? { method: "full", decode } : null;
 }

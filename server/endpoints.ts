@@ -1,7 +1,8 @@
 /**
  * The native endpoints: /v1/generate, the kept contexts, /v1/models, /healthz and /metrics.
  */
-import { compressContext } from "../core/engine.ts";
+import { DECODE_METHOD_NAMES, type DecodeCompressionRequest } from "../core/decode_compression.ts";
+import { answerCompression, compressContext } from "../core/engine.ts";
 import { METHOD_NAMES } from "../core/methods/registry.ts";
 import type { CompressionRequest } from "../core/plan.ts";
 import type { StoredContext } from "./contexts.ts";
@@ -148,8 +149,10 @@ export const contextGenerate = (svc: Service): Handler => async (req, [id]) => {
   if (!questions) throw new HttpError(400, "question is required", "question");
   const p = svc.decodeParams(b, { maxTokens: 64, temperature: 0 });
   const entry = svc.contexts.acquire(id); // held until the job ends, so eviction cannot free it mid-answer
+  const decode = (b.kv_compression?.decode ?? null) as DecodeCompressionRequest | null;
   try {
-    precheck(svc.model, { contextTokens: entry.ctx.contextTokens, questions }, null, p);
+    const compression = answerCompression(entry.ctx, decode);
+    precheck(svc.model, { contextTokens: entry.ctx.contextTokens, questions }, compression, p);
   } catch (e) {
     svc.contexts.release(entry);
     throw e;
@@ -157,7 +160,7 @@ export const contextGenerate = (svc: Service): Handler => async (req, [id]) => {
   return svc.respond(
     req,
     b.stream ?? false,
-    (h) => runAnswers(svc.model, entry.ctx, questions, p, h),
+    (h) => runAnswers(svc.model, entry.ctx, questions, p, h, {}, decode),
     generateShape(svc, newEnvelope("gen", svc.model.name), questions, b, id),
     () => svc.contexts.release(entry),
   );
@@ -191,6 +194,7 @@ export const models = (svc: Service): Handler => () => {
       executor_description: m.executor.description,
       judgeq_adapter: m.adapter ? { soft_tokens: m.adapter.n } : null,
       methods: METHOD_NAMES,
+      decode_methods: DECODE_METHOD_NAMES,
     }],
   }));
 };

@@ -14,6 +14,7 @@ import {
   planFor,
   tokenizeRequest,
 } from "../core/engine.ts";
+import type { DecodeCompressionRequest, DecodeCompressionStats } from "../core/decode_compression.ts";
 import type { CompressionStats } from "../core/interpret.ts";
 import type { CompressionRequest } from "../core/plan.ts";
 import { Cancelled } from "./errors.ts";
@@ -147,7 +148,7 @@ export function precheck(
     );
     const plan = planFor(model, {
       input: { kind: "context", context: input.contextTokens, questions },
-      compression: null,
+      compression, // an answer's: its decode-time compression alone (answerCompression)
       decode: { maxTokens: p.maxTokens, sampling: coreSampling(p), stopTokenIds: p.stopTokenIds },
     });
     if (E.isLeft(plan)) throw plan.left;
@@ -213,9 +214,11 @@ export async function runAnswers(
   p: DecodeParams,
   hooks: JobHooks,
   compressTimings: Record<string, number> = {},
+  decode: DecodeCompressionRequest | null = null,
 ): Promise<JobResult> {
   const job = new JobRun(model, p, hooks);
   const outputs: JobOutput[] = [];
+  let decodeStats: DecodeCompressionStats | null = null;
   let promptTokens = 0;
   const answerStart = performance.now();
   for (const question of questions) {
@@ -224,14 +227,24 @@ export async function runAnswers(
     promptTokens += qIds.length;
     const { index, signal } = job.open(qIds);
     const onTokens = (_: number, ids: number[]) => job.onTokens(index, ids);
-    const a = await answerOnContext(model, ctx, { question, ...coreSampling(p) }, { onTokens, signal });
+    const a = await answerOnContext(
+      model,
+      ctx,
+      { question, decodeCompression: decode, ...coreSampling(p) },
+      { onTokens, signal },
+    );
     outputs.push(job.close(index, a.finishReason));
+    if (a.decode) {
+      decodeStats ??= { ...a.decode, events: [], kvBytesEnd: [] };
+      decodeStats.events.push(...a.decode.events.map((e) => ({ ...e, output: index })));
+      decodeStats.kvBytesEnd.push(...a.decode.kvBytesEnd);
+    }
   }
   return {
     outputs,
     promptTokens,
     completionTokens: outputs.reduce((n, o) => n + o.tokens.length, 0),
-    compression: ctx.stats,
+    compression: decodeStats ? { ...ctx.stats, decode: decodeStats } : ctx.stats,
     timings: job.timings({ ...compressTimings, answer: performance.now() - answerStart }),
   };
 }

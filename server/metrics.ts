@@ -118,6 +118,10 @@ export class ServerMetrics {
     "judgeq_kv_bytes_saved_total",
     "KV-cache bytes freed by compression (before minus after).",
   );
+  readonly decodeCompressions = new Counter(
+    "judgeq_decode_compressions_total",
+    "Compressions of the KV cache during decoding (kv_compression.decode).",
+  );
   readonly jobs = new Counter("judgeq_jobs_total", "Executor jobs by outcome (ok, error, cancelled).");
   readonly rejected = new Counter(
     "judgeq_queue_rejected_total",
@@ -138,6 +142,7 @@ export class ServerMetrics {
       this.promptTokens,
       this.completionTokens,
       this.kvBytesSaved,
+      this.decodeCompressions,
       this.jobs,
       this.rejected,
       ...this.gauges,

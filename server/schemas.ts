@@ -4,11 +4,33 @@
  */
 import { z } from "zod";
 import { METHOD_NAMES } from "../core/methods/registry.ts";
+import { DECODE_METHOD_NAMES } from "../core/decode_compression.ts";
 import { compressionSchema } from "../core/plan.ts";
 
 /** Upper bound on any count a client sends: far above any context, far below float trouble. */
 const BIG = 1_000_000_000;
 const count = () => z.number().int().min(0).max(BIG);
+
+/** `kv_compression.decode`: compression during decoding, the same shape on every endpoint. */
+export const decodeCompressionWireSchema = z.object({
+  method: z.enum(DECODE_METHOD_NAMES as [string, ...string[]]).optional(),
+  budget: z.number().int().min(1).max(BIG).optional(),
+  fraction: z.number().gt(0).max(1).optional(),
+  interval: z.number().int().min(1).max(BIG),
+  buffer: count().optional(),
+}).strict().superRefine((d, ctx) => {
+  if (d.budget !== undefined && d.fraction !== undefined) {
+    ctx.addIssue({ code: "custom", message: "give budget or fraction, not both", path: ["budget"] });
+  } else if (d.budget === undefined && d.fraction === undefined) {
+    ctx.addIssue({ code: "custom", message: "give budget or fraction", path: ["budget"] });
+  } else if (d.budget !== undefined && d.buffer !== undefined && d.buffer >= d.budget) {
+    ctx.addIssue({
+      code: "custom",
+      message: `buffer ${d.buffer} must be smaller than the budget ${d.budget}`,
+      path: ["buffer"],
+    });
+  }
+});
 
 /** The core's kv_compression object with the ranges a schema can check made explicit. */
 export const kvCompressionSchema = compressionSchema.extend({
@@ -16,7 +38,11 @@ export const kvCompressionSchema = compressionSchema.extend({
   budget: z.number().int().min(1).max(BIG).optional(),
   compression_ratio: z.number().min(0).lt(1).optional(),
   window: count().optional(),
+  decode: decodeCompressionWireSchema.optional(),
 }).strict();
+
+/** kv_compression of an answer against a kept context: the context is compressed already, decoding is not. */
+export const answerCompressionSchema = z.object({ decode: decodeCompressionWireSchema.nullish() }).strict();
 
 /** `stop`: a string or a list of strings and token ids (OpenAI allows strings only; ids are ours). */
 export const stopSchema = z.union([
@@ -71,6 +97,7 @@ export type ContextCreateBody = z.infer<typeof contextCreateSchema>;
 /** POST /v1/contexts/{id}/generate: one question (or several) against a kept context. */
 export const contextGenerateSchema = z.object({
   question: z.string().min(1).optional(),
+  kv_compression: answerCompressionSchema.nullish(),
   questions: z.array(z.string().min(1)).min(1).max(64).optional(),
   ...decodeFields,
   ...extras,

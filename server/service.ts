@@ -175,6 +175,7 @@ export class Service {
     m.promptTokens.inc({}, r.promptTokens);
     m.completionTokens.inc({}, r.completionTokens);
     m.kvBytesSaved.inc({}, r.compression.kvBytesBefore - r.compression.kvBytesAfter);
+    if (r.compression.decode) m.decodeCompressions.inc({}, r.compression.decode.events.length);
     if (r.timings.first_token !== undefined) m.firstToken.observe(r.timings.first_token / 1000);
   }
 
