@@ -14,6 +14,10 @@
  * });
  * console.log(r.outputs[0].text, r.run.compression.kvBytesAfter);
  * ```
+ *
+ * Without a filesystem (browsers, edge functions, Deno with no permissions), load from bytes or a URL:
+ * `loadModelFromBytes({ config, tokenizer, safetensors: [bytes], adapter, executor: "wasm" })` or
+ * `loadModelFromUrl("https://example.com/stories260K/")`.
  * @module
  */
 export { type ModelConfig, parseModelConfig } from "./core/config.ts";
@@ -47,7 +51,18 @@ export { type Adapter, checkAdapterFits, decodeAdapter, encodeAdapter } from "./
 export { modelFingerprint } from "./core/fingerprint.ts";
 export { createTokenizer, type TextTokenizer } from "./core/tokenizer.ts";
 export { type ModelWeights } from "./core/weights.ts";
-export { EMBEDDED_MODEL_DIR, loadModelDir } from "./io/model_dir.ts";
+export { EMBEDDED_MODEL_DIR, embeddedModelLocation, loadModelDir } from "./io/model_dir.ts";
+export {
+  adapterFromBytes,
+  type BytesLoadOptions,
+  type JsonInput,
+  loadModelFromBytes,
+  loadModelFromUrl,
+  type ModelBytes,
+  type ModelFiles,
+  parseModelBytes,
+  type UrlLoadOptions,
+} from "./io/from_bytes.ts";
 export { createExecutor, loadModel, type LoadOptions } from "./io/runtime.ts";
 export {
   chooseExecutor,

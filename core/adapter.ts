@@ -28,10 +28,16 @@ export function encodeAdapter(a: Adapter): Uint8Array {
 /** Parses adapter bytes; the error names what is wrong. */
 export function decodeAdapter(bytes: Uint8Array, file = "adapter"): E.Either<JudgeQError, Adapter> {
   const bad = (m: string, param = file) => E.left(fail("invalid_adapter", m, param));
+  // The safetensors reader's error, as an adapter error: its message already names the param once.
+  const rewrap = (e: JudgeQError) =>
+    bad(
+      e.param && e.message.startsWith(`${e.param}: `) ? e.message.slice(e.param.length + 2) : e.message,
+      e.param ?? file,
+    );
   const n = headerLength(bytes.subarray(0, 8), bytes.length, file);
-  if (E.isLeft(n)) return bad(n.left.message);
+  if (E.isLeft(n)) return rewrap(n.left);
   const header = parseHeader(bytes.subarray(8, 8 + n.right), bytes.length, file);
-  if (E.isLeft(header)) return bad(header.left.message);
+  if (E.isLeft(header)) return rewrap(header.left);
   const { tensors, metadata, dataOffset } = header.right;
   if (metadata.format !== ADAPTER_FORMAT) {
     return bad(`format must be ${ADAPTER_FORMAT}`, `${file}:__metadata__.format`);

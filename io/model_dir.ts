@@ -1,32 +1,35 @@
 /**
  * Loading a Hugging Face model directory from disk: config.json, one or sharded safetensors files,
  * tokenizer.json and the optional configs. Tensors are read one at a time at their offsets, so the
- * extra memory is bounded by the largest tensor, not the file.
+ * extra memory is bounded by the largest tensor, not the file. Only the reading is here: validation and
+ * assembly are io/from_bytes.ts's (`weightsFromTensors`), shared with `loadModelFromBytes`.
  */
 import * as E from "fp-ts/Either";
-import { type ModelConfig, parseModelConfig } from "../core/config.ts";
+import { parseModelConfig } from "../core/config.ts";
 import { fail, type JudgeQError } from "../core/errors.ts";
 import { decodeToF32, headerLength, parseHeader, type SafetensorsHeader } from "../core/safetensors.ts";
-import {
-  assembleWeights,
-  checkTensorShape,
-  expectedTensors,
-  type ModelWeights,
-  type NamedTensor,
-} from "../core/weights.ts";
+import type { NamedTensor } from "../core/weights.ts";
+import { type ModelFiles, pathFromFileUrl, weightsFromTensors } from "./from_bytes.ts";
 
-export interface ModelFiles {
-  dir: string;
-  config: ModelConfig;
-  weights: ModelWeights;
-  /** Parsed tokenizer.json, tokenizer_config.json and generation_config.json (null when absent). */
-  tokenizerJson: unknown;
-  tokenizerConfig: unknown | null;
-  generationConfig: Record<string, unknown> | null;
+export type { ModelFiles } from "./from_bytes.ts";
+
+/**
+ * Where the embedded default model is: a path when this module was loaded from disk (percent-decoded:
+ * a directory with a space works), else its URL (an https import: `loadModel` then fetches it), or ""
+ * where the runtime gives modules no URL. Never throws.
+ */
+export function embeddedModelLocation(): string {
+  let url: URL;
+  try {
+    url = new URL("../fixtures/models/stories260K/", import.meta.url);
+  } catch {
+    return "";
+  }
+  return pathFromFileUrl(url) ?? url.href;
 }
 
-/** The embedded default model shipped with the project. */
-export const EMBEDDED_MODEL_DIR = new URL("../fixtures/models/stories260K/", import.meta.url).pathname;
+/** The embedded default model shipped with the project (see `embeddedModelLocation`). */
+export const EMBEDDED_MODEL_DIR: string = embeddedModelLocation();
 
 const join = (dir: string, name: string) => dir.replace(/\/+$/, "") + "/" + name;
 
@@ -148,15 +151,12 @@ export async function loadModelDir(dir: string): Promise<ModelFiles> {
       const f = shards ? shards.get(name) : "model.safetensors";
       return f ? opened.get(f) : undefined;
     };
-    // Check every name and shape first, so a bad file fails before megabytes are read.
-    for (const name of expectedTensors(config).keys()) {
-      orThrow(checkTensorShape(name, where(name)?.header.tensors.get(name)?.shape, config));
-    }
-    const tensors = new Map<string, NamedTensor>();
-    for (const name of expectedTensors(config).keys()) {
-      tensors.set(name, await readTensor(where(name)!, name));
-    }
-    const weights = orThrow(assembleWeights(config, (n) => tensors.get(n)));
+    // Every name and shape is checked first, so a bad file fails before megabytes are read.
+    const weights = await weightsFromTensors(
+      config,
+      (name) => where(name)?.header,
+      (name) => readTensor(where(name)!, name),
+    );
     return { dir, config, weights, tokenizerJson, tokenizerConfig, generationConfig };
   } finally {
     for (const o of opened.values()) o.file.close();

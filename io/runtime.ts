@@ -9,10 +9,10 @@ import type { Model } from "../core/engine.ts";
 import { fail } from "../core/errors.ts";
 import type { Executor } from "../core/executor.ts";
 import { modelFingerprint } from "../core/fingerprint.ts";
-import { createTokenizer } from "../core/tokenizer.ts";
 import type { ModelWeights } from "../core/weights.ts";
 import { chooseExecutor, type ExecutorChoice, type WeightFormatChoice } from "./executor_choice.ts";
-import { EMBEDDED_MODEL_DIR, loadModelDir } from "./model_dir.ts";
+import { loadModelFromUrl, modelFromFiles } from "./from_bytes.ts";
+import { embeddedModelLocation, loadModelDir } from "./model_dir.ts";
 
 export {
   chooseExecutor,
@@ -24,6 +24,7 @@ export {
 } from "./executor_choice.ts";
 
 export interface LoadOptions {
+  /** A model directory, or an http(s) URL of one (fetched: see loadModelFromUrl); default the embedded model. */
   model?: string;
   /** Adapter file; by default the model directory's judgeq.safetensors when present. */
   adapter?: string | null;
@@ -48,12 +49,41 @@ export function createExecutor(
   return chooseExecutor(weights, choice, { warn, weightFormat, threads });
 }
 
+/** Room for an adapter's safetensors header (a real one is a few hundred bytes). */
+const ADAPTER_HEADER_BYTES = 1 << 20;
+
+/**
+ * The most bytes an adapter for `weights` can take: fewer soft tokens than the model's context, each of
+ * `dim` numbers of at most 8 bytes, and a header. Anything larger is refused before it is read.
+ */
+export const maxAdapterBytes = (weights: ModelWeights): number =>
+  8 + ADAPTER_HEADER_BYTES + weights.config.maxSeqLen * weights.config.dim * 8;
+
+/**
+ * Reads and checks an adapter file. Its type and size are checked first: a FIFO or a device would
+ * block or never end, and a huge file would be read whole before its header could be refused.
+ */
 export async function readAdapter(path: string, weights: ModelWeights): Promise<Adapter> {
+  const bad = (m: string) => fail("invalid_adapter", m, "adapter");
+  let info: Deno.FileInfo;
+  try {
+    info = await Deno.stat(path);
+  } catch (e) {
+    throw bad(`cannot read: ${(e as Error).message}`);
+  }
+  if (!info.isFile) {
+    const kind = info.isDirectory ? "a directory" : info.isFifo ? "a FIFO" : "not a regular file";
+    throw bad(`${JSON.stringify(path)} is ${kind.startsWith("not") ? kind : `${kind}, not a regular file`}`);
+  }
+  const limit = maxAdapterBytes(weights);
+  if (info.size > limit) {
+    throw bad(`${info.size} bytes is more than an adapter for this model can be (at most ${limit})`);
+  }
   let bytes: Uint8Array;
   try {
-    bytes = await Deno.readFile(path);
+    bytes = await readAtMost(path, limit);
   } catch (e) {
-    throw fail("invalid_adapter", `cannot read: ${(e as Error).message}`, "adapter");
+    throw e instanceof RangeError ? bad(e.message) : bad(`cannot read: ${(e as Error).message}`);
   }
   const fingerprint = await modelFingerprint(weights);
   const a = E.flatMap((a: Adapter) => checkAdapterFits(a, fingerprint, weights.config.dim))(
@@ -61,6 +91,28 @@ export async function readAdapter(path: string, weights: ModelWeights): Promise<
   );
   if (E.isLeft(a)) throw a.left;
   return a.right;
+}
+
+/** A file's bytes, RangeError past `limit` (it may grow after the size was checked). */
+async function readAtMost(path: string, limit: number): Promise<Uint8Array> {
+  using f = await Deno.open(path);
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for (;;) {
+    const buf = new Uint8Array(Math.min(1 << 20, limit + 1 - size));
+    const n = await f.read(buf);
+    if (n === null) break;
+    chunks.push(buf.subarray(0, n));
+    size += n;
+    if (size > limit) throw new RangeError(`the file grew past ${limit} bytes while being read`);
+  }
+  const out = new Uint8Array(size);
+  let at = 0;
+  for (const c of chunks) {
+    out.set(c, at);
+    at += c.length;
+  }
+  return out;
 }
 
 async function exists(path: string): Promise<boolean> {
@@ -72,35 +124,19 @@ async function exists(path: string): Promise<boolean> {
   }
 }
 
+const isUrl = (s: string) => /^(https?|blob|data):/i.test(s);
+
 export async function loadModel(o: LoadOptions = {}): Promise<Model> {
-  const dir = o.model ?? EMBEDDED_MODEL_DIR;
-  const warn = o.warn ?? ((m: string) => console.warn(`warning: ${m}`));
+  const dir = o.model ?? embeddedModelLocation();
+  const assembly = { executor: o.executor, weightFormat: o.weightFormat, threads: o.threads, warn: o.warn };
+  if (isUrl(dir)) {
+    return await loadModelFromUrl(dir, { ...assembly, adapter: o.adapter });
+  }
   const files = await loadModelDir(dir);
-  const tokenizer = createTokenizer(files.tokenizerJson, files.tokenizerConfig);
-  if (E.isLeft(tokenizer)) throw tokenizer.left;
   const defaultAdapter = dir.replace(/\/+$/, "") + "/judgeq.safetensors";
   const adapterPath = o.adapter === undefined
     ? ((await exists(defaultAdapter)) ? defaultAdapter : null)
     : o.adapter;
   const adapter = adapterPath ? await readAdapter(adapterPath, files.weights) : null;
-  const executor = await chooseExecutor(files.weights, o.executor ?? "auto", {
-    warn,
-    weightFormat: o.weightFormat,
-    threads: o.threads,
-  });
-  const eos = files.generationConfig?.eos_token_id;
-  const stop = new Set<number>([
-    ...files.config.eosTokenIds,
-    ...tokenizer.right.eosIds,
-    ...(Array.isArray(eos) ? eos : typeof eos === "number" ? [eos] : []),
-  ]);
-  return {
-    name: dir.replace(/\/+$/, "").split("/").pop() ?? "model",
-    config: files.config,
-    tokenizer: tokenizer.right,
-    executor,
-    adapter,
-    tokenEmbeddings: files.weights.embed,
-    stopTokenIds: [...stop],
-  };
+  return await modelFromFiles(files, adapter, assembly);
 }

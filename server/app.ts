@@ -35,6 +35,24 @@ interface Route {
   open?: boolean;
 }
 
+/**
+ * The path as the client sent it, without query or fragment. Not `new URL(url).pathname`: that resolves
+ * "%2e%2e" and "\\" as ".." and "/", so "/v1/contexts/%2e%2e/generate" would read as "/v1/generate".
+ */
+export function rawPath(url: string): string {
+  const start = url.indexOf("/", url.indexOf("://") + 3);
+  if (start < 0) return "/";
+  const end = url.slice(start).search(/[?#]/);
+  return end < 0 ? url.slice(start) : url.slice(start, start + end);
+}
+
+/** HEAD where GET is served: the GET's status and headers, without its body. */
+const headOf = (get: ep.Handler): ep.Handler => async (req, params) => {
+  const res = await get(req, params);
+  await res.body?.cancel();
+  return new Response(null, { status: res.status, headers: res.headers });
+};
+
 export function createApp(model: Model, options: Partial<AppOptions> = {}): App {
   const svc = new Service(model, {
     ...DEFAULT_OPTIONS,
@@ -92,39 +110,47 @@ export function createApp(model: Model, options: Partial<AppOptions> = {}): App 
     { pattern: /^\/metrics$/, label: "/metrics", methods: { GET: ep.metrics(svc) } },
   ];
 
-  /** Finds the route and its handler; errors carry the route's label for the metrics. */
+  /**
+   * Finds the route and its handler; errors carry the route's label for the metrics. The key is checked
+   * before anything else (without it, 401 whatever the path or method: routes cannot be mapped), and
+   * routes match the path as sent: no dot-segment or backslash normalisation turns one route into another.
+   */
   function match(req: Request): { label: string; run: () => Promise<Response> } {
-    const path = new URL(req.url).pathname;
-    for (const r of routes) {
-      const m = r.pattern.exec(path);
-      if (!m) continue;
-      const h = r.methods[req.method];
-      const fail = (e: HttpError) => ({ label: r.label, run: () => Promise.reject(e) });
-      if (!h) {
-        const allow = Object.keys(r.methods).join(", ");
-        return fail(
-          new HttpError(405, `${req.method} is not allowed on ${r.label} (allowed: ${allow})`, null, {
-            allow,
-          }),
-        );
-      }
-      if (!r.open && o.apiKey !== null && !hasKey(req, o.apiKey)) {
-        return fail(new HttpError(401, "a valid API key is required (Authorization: Bearer KEY)"));
-      }
-      let params: string[];
-      try {
-        params = m.slice(1).map(decodeURIComponent);
-      } catch {
-        return fail(new HttpError(404, `no route ${path}`));
-      }
-      return { label: r.label, run: () => h(req, params) };
+    const path = rawPath(req.url);
+    const found = routes.map((r) => ({ r, m: r.pattern.exec(path) })).find((x) => x.m !== null);
+    const label = found?.r.label ?? "unmatched";
+    const fail = (e: HttpError) => ({ label, run: () => Promise.reject(e) });
+    if (!found?.r.open && o.apiKey !== null && !hasKey(req, o.apiKey)) {
+      return fail(new HttpError(401, "a valid API key is required (Authorization: Bearer KEY)"));
     }
-    return { label: "unmatched", run: () => Promise.reject(new HttpError(404, `no route ${path}`)) };
+    if (!found) return fail(new HttpError(404, `no route ${path}`));
+    const { r, m } = found;
+    const get = r.methods.GET;
+    const h = r.methods[req.method] ?? (req.method === "HEAD" && get ? headOf(get) : undefined);
+    if (!h) {
+      const allow = [...Object.keys(r.methods), ...(get ? ["HEAD"] : [])].join(", ");
+      return fail(
+        new HttpError(405, `${req.method} is not allowed on ${r.label} (allowed: ${allow})`, null, { allow }),
+      );
+    }
+    let params: string[];
+    try {
+      params = m!.slice(1).map(decodeURIComponent);
+    } catch {
+      return fail(new HttpError(404, `no route ${path}`));
+    }
+    return { label, run: () => h(req, params) };
   }
 
   async function handler(req: Request): Promise<Response> {
     const t0 = performance.now();
-    const { label, run } = match(req);
+    let matched: ReturnType<typeof match>;
+    try {
+      matched = match(req);
+    } catch (e) {
+      matched = { label: "unmatched", run: () => Promise.reject(e) };
+    }
+    const { label, run } = matched;
     const counted = label !== "/metrics"; // a scrape would otherwise always see itself
     if (counted) httpInFlight++;
     let res: Response;

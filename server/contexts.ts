@@ -36,7 +36,11 @@ export class ContextStore {
     this.now = opts.now ?? Date.now;
     if (opts.sweepMs) {
       const timer = setInterval(() => this.sweep(), opts.sweepMs);
-      Deno.unrefTimer(timer); // never keeps the process alive on its own
+      // Never keeps the process alive on its own: Deno's unrefTimer, Node's timer.unref(); a browser or
+      // an edge runtime has neither and needs neither.
+      const deno = (globalThis as { Deno?: { unrefTimer?: (id: number) => void } }).Deno;
+      if (typeof timer === "number") deno?.unrefTimer?.(timer);
+      else (timer as { unref?: () => void }).unref?.();
       this.timer = timer;
     }
   }

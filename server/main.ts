@@ -1,6 +1,7 @@
 /**
  * deno task start: serves one model over HTTP.
- *   deno task start [--model DIR] [--adapter FILE|none] [--host 127.0.0.1] [--port 8000] [--api-key KEY]
+ *   deno task start [--model DIR] [--adapter FILE|none] [--host 127.0.0.1] [--port 8000]
+ *                   [--api-key-file FILE | --api-key KEY (visible in ps: prefer $JUDGEQ_API_KEY or the file)]
  *                   [--executor auto|gpu|wasm|cpu] [--threads N] [--weights auto|f32|f16]
  *                   [--queue-size 32] [--max-body-bytes 1048576]
  *                   [--context-ttl 600] [--context-max-mb 256]
@@ -20,6 +21,7 @@ import {
 } from "../cli/args.ts";
 import { loadModel } from "../io/runtime.ts";
 import { createApp, DEFAULT_OPTIONS } from "./app.ts";
+import { errorResponse, toHttpError } from "./errors.ts";
 
 const SPEC = {
   model: { kind: "string", help: "model directory (default: the embedded stories260K)" },
@@ -31,7 +33,12 @@ const SPEC = {
   port: { kind: "int", help: "port to bind, 0 = any free port (default 8000)", default: 8000 },
   "api-key": {
     kind: "string",
-    help: "require 'Authorization: Bearer KEY' (default: $JUDGEQ_API_KEY, else none)",
+    help: "require 'Authorization: Bearer KEY' (default: $JUDGEQ_API_KEY, else none); " +
+      "a flag is visible in ps: prefer the variable or --api-key-file",
+  },
+  "api-key-file": {
+    kind: "string",
+    help: "read the API key from FILE (its first line)",
   },
   ...executorFlags("auto"),
   ...GPU_WEIGHTS_ALIAS,
@@ -67,6 +74,34 @@ function positive(name: string, v: unknown, min = 1): number | undefined {
   return v;
 }
 
+/** Largest API key file read (a key is a line; this bounds a mistaken path to a big file). */
+const MAX_KEY_FILE_BYTES = 64 << 10;
+
+/** The API key: --api-key, else --api-key-file's first line, else $JUDGEQ_API_KEY, else none. */
+export async function apiKeyOf(flag: string | undefined, file: string | undefined): Promise<string | null> {
+  if (flag !== undefined && file !== undefined) {
+    throw new UsageError("give --api-key or --api-key-file, not both");
+  }
+  let key = flag ?? Deno.env.get("JUDGEQ_API_KEY") ?? null;
+  let from = flag !== undefined ? "--api-key" : "$JUDGEQ_API_KEY";
+  if (file !== undefined) {
+    from = "--api-key-file";
+    let info: Deno.FileInfo;
+    try {
+      info = await Deno.stat(file);
+    } catch (e) {
+      throw new UsageError(`--api-key-file: cannot read: ${(e as Error).message}`);
+    }
+    if (!info.isFile) throw new UsageError("--api-key-file: not a regular file");
+    if (info.size > MAX_KEY_FILE_BYTES) {
+      throw new UsageError(`--api-key-file: larger than ${MAX_KEY_FILE_BYTES} bytes`);
+    }
+    key = (await Deno.readTextFile(file)).split(/\r?\n/)[0].trim();
+  }
+  if (key !== null && key.trim() === "") throw new UsageError(`${from}: the key must not be empty`);
+  return key;
+}
+
 async function main(argv: string[]): Promise<number> {
   const f = parseFlags(argv, SPEC);
   if (f.help) {
@@ -82,8 +117,7 @@ async function main(argv: string[]): Promise<number> {
   const maxBodyBytes = positive("max-body-bytes", f["max-body-bytes"]);
   const ttl = positive("context-ttl", f["context-ttl"]);
   const maxMb = positive("context-max-mb", f["context-max-mb"], 0);
-  const apiKey = (f["api-key"] as string | undefined) ?? Deno.env.get("JUDGEQ_API_KEY") ?? null;
-  if (apiKey === "") throw new UsageError("--api-key: must not be empty");
+  const apiKey = await apiKeyOf(f["api-key"] as string | undefined, f["api-key-file"] as string | undefined);
   const host = f.host as string;
 
   const adapterFlag = f.adapter as string | undefined;
@@ -111,6 +145,7 @@ async function main(argv: string[]): Promise<number> {
   const server = Deno.serve({
     hostname: host,
     port,
+    onError: (e) => errorResponse(toHttpError(e)), // a JSON body, never a stack trace
     onListen: (addr) => listening.resolve(addr as Deno.NetAddr),
   }, app.handler);
   const addr = await listening.promise;

@@ -6,6 +6,7 @@
 import type { Model } from "../core/engine.ts";
 import { loadModel } from "../io/runtime.ts";
 import { type App, type AppOptions, createApp } from "./app.ts";
+import { errorResponse, toHttpError } from "./errors.ts";
 import { sampleValue } from "./metrics.ts";
 import { readSse } from "./sse.ts";
 
@@ -44,7 +45,12 @@ export async function startServer(options: Partial<AppOptions> = {}, model?: Mod
   const app = createApp(m, { log: () => {}, ...options });
   const listening = Promise.withResolvers<Deno.NetAddr>();
   const server = Deno.serve(
-    { hostname: "127.0.0.1", port: 0, onListen: (a) => listening.resolve(a as Deno.NetAddr) },
+    {
+      hostname: "127.0.0.1",
+      port: 0,
+      onListen: (a) => listening.resolve(a as Deno.NetAddr),
+      onError: (e) => errorResponse(toHttpError(e, () => {})),
+    },
     app.handler,
   );
   const addr = await listening.promise;

@@ -4,7 +4,7 @@ import { generateText } from "../core/engine.ts";
 import { modelFingerprint } from "../core/fingerprint.ts";
 import { encodeSafetensors } from "../core/safetensors.ts";
 import { randomSoftTokens } from "../core/soft_tokens.ts";
-import { loadModel, readAdapter } from "../io/runtime.ts";
+import { loadModel, maxAdapterBytes, readAdapter } from "../io/runtime.ts";
 import { assert, assertEquals, assertLeft, assertRejects, embeddedModel, randomModel } from "./helpers.ts";
 
 const tmp = await Deno.makeTempDir({ prefix: "judgeq-adapter-" });
@@ -127,4 +127,29 @@ Deno.test("adapter round trip keeps embeddings and info", async () => {
     fp,
     "kl",
   ]);
+});
+
+Deno.test("adapter files: a FIFO, a directory or an oversized file are refused before reading; one prefix", async () => {
+  const { weights } = await embeddedModel();
+  // A directory, and (where mkfifo exists) a FIFO: reading either would block start-up or fail oddly.
+  await assertRejects(() => readAdapter(tmp, weights), "adapter: ", "a directory, not a regular file");
+  if (Deno.build.os !== "windows") {
+    const fifo = `${tmp}/fifo.safetensors`;
+    const made = await new Deno.Command("mkfifo", { args: [fifo] }).output().catch(() => null);
+    if (made?.success) {
+      const t0 = performance.now();
+      await assertRejects(() => readAdapter(fifo, weights), "a FIFO, not a regular file");
+      assert(performance.now() - t0 < 5000, "refused without waiting for a writer");
+    }
+  }
+  // Larger than any adapter for this model can be: refused on its size, not read (a sparse file).
+  const big = `${tmp}/big.safetensors`;
+  const f = await Deno.open(big, { write: true, create: true });
+  await f.truncate(maxAdapterBytes(weights) + 1);
+  f.close();
+  await assertRejects(() => readAdapter(big, weights), "more than an adapter for this model can be");
+  // The safetensors reader's errors carry one "adapter:" prefix, not two.
+  const garbage = await writeAdapter("garbage", new TextEncoder().encode("garbage!garbage"));
+  const e = await assertRejects(() => readAdapter(garbage, weights), "adapter: ");
+  assert(!e.message.includes("adapter: adapter:"), e.message);
 });

@@ -193,6 +193,24 @@ const CASES: Case[] = [
     status: 422,
     param: "context",
   },
+  // Issue 14, finding 7: the key before the route, so routes and methods cannot be mapped without it.
+  {
+    name: "unknown route without the key",
+    method: "GET",
+    path: "/v2/everything",
+    noKey: true,
+    status: 401,
+    param: null,
+  },
+  {
+    name: "wrong method without the key",
+    method: "DELETE",
+    path: "/v1/models",
+    noKey: true,
+    status: 401,
+    param: null,
+  },
+  { name: "HEAD on a POST route", method: "HEAD", status: 405, param: null },
   { name: "wrong method on /v1/generate", method: "GET", status: 405, param: null },
   { name: "wrong method on /v1/models", method: "DELETE", path: "/v1/models", status: 405, param: null },
   { name: "unknown route", method: "GET", path: "/v2/everything", status: 404, param: null },
@@ -249,6 +267,11 @@ Deno.test(`bad input: ${CASES.length} cases, each with its status and param; the
       const text = await r.text();
       c.after?.();
       assertEquals(r.status, c.status, `${c.name}: ${text}`);
+      if (method === "HEAD") {
+        assertEquals(text, "", `${c.name}: no body`);
+        assert(r.headers.get("allow")?.includes("POST"), `${c.name}: Allow header`);
+        continue;
+      }
       assert(r.headers.get("content-type")?.startsWith("application/json"), `${c.name}: JSON error`);
       const err = JSON.parse(text).error;
       assertEquals(err.param, c.param, `${c.name}: ${text}`);
@@ -363,6 +386,70 @@ Deno.test("openai: unsupported fields at their no-op values are accepted and cha
       presence_penalty: null,
     });
     assertEquals(c.status, 200, JSON.stringify(c.json));
+  } finally {
+    await s.close();
+  }
+});
+
+/** A request written byte for byte (fetch would resolve "%2e%2e" and "\\" itself): status, headers, body. */
+async function rawHttp(base: string, head: string): Promise<{ status: number; head: string; body: string }> {
+  const port = Number(new URL(base).port);
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  await conn.write(new TextEncoder().encode(head));
+  let text = "";
+  const buf = new Uint8Array(4096);
+  for (let n = await conn.read(buf); n !== null; n = await conn.read(buf)) {
+    text += new TextDecoder().decode(buf.subarray(0, n));
+  }
+  conn.close();
+  const [top, body = ""] = text.split("\r\n\r\n");
+  return { status: Number(top.split(" ")[1]), head: top.toLowerCase(), body };
+}
+
+Deno.test("attack: paths as sent, the key before the route, HEAD where GET is served", async () => {
+  const s = await startServer({ apiKey: KEY });
+  const req = (line: string, key = true) =>
+    rawHttp(
+      s.base,
+      `${line} HTTP/1.1\r\nhost: x\r\n${key ? `authorization: Bearer ${KEY}\r\n` : ""}` +
+        `content-type: application/json\r\ncontent-length: 16\r\nconnection: close\r\n\r\n{"question":"a"}`,
+    );
+  try {
+    // POST /v1/contexts/%2e%2e/generate is a context called "..", not /v1/generate.
+    const dots = await req("POST /v1/contexts/%2e%2e/generate");
+    assertEquals(dots.status, 404, dots.body);
+    assertEquals(JSON.parse(dots.body).error.param, "id");
+    const dotsNoKey = await req("POST /v1/contexts/%2e%2e/generate", false);
+    assertEquals(dotsNoKey.status, 401, dotsNoKey.body);
+    for (
+      const line of [
+        "POST /v1\\generate",
+        "POST /v1/x/../generate",
+        "POST /v1/%2e/generate",
+        "POST //v1/generate",
+      ]
+    ) {
+      const r = await req(line);
+      assertEquals(r.status, 404, `${line}: ${r.body}`);
+      assertEquals(JSON.parse(r.body).error.type, "not_found_error", line);
+    }
+    // HEAD where GET is served: the GET's status and headers, no body; /healthz needs no key.
+    const head = await rawHttp(s.base, "HEAD /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+    assertEquals([head.status, head.body], [200, ""]);
+    assert(head.head.includes("content-type: application/json"), head.head);
+    const models = await fetch(s.base + "/v1/models", {
+      method: "HEAD",
+      headers: { authorization: `Bearer ${KEY}` },
+    });
+    assertEquals([models.status, await models.text()], [200, ""]);
+    const modelsNoKey = await fetch(s.base + "/v1/models", { method: "HEAD" });
+    assertEquals([modelsNoKey.status, await modelsNoKey.text()], [401, ""]);
+    const allow = await fetch(s.base + "/v1/models", {
+      method: "PUT",
+      headers: { authorization: `Bearer ${KEY}` },
+    });
+    assertEquals([allow.status, allow.headers.get("allow")], [405, "GET, HEAD"]);
+    await allow.body?.cancel();
   } finally {
     await s.close();
   }

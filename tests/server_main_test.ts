@@ -8,13 +8,13 @@ import { assert, assertEquals } from "./helpers.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 
-function spawn(args: string[]) {
+function spawn(args: string[], env: Record<string, string> = {}) {
   return new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", "server/main.ts", ...args],
     cwd: ROOT,
     stdout: "piped",
     stderr: "piped",
-    env: { NO_COLOR: "1" },
+    env: { NO_COLOR: "1", ...env },
   }).spawn();
 }
 
@@ -76,6 +76,10 @@ Deno.test("server/main.ts: a bad flag is a usage error naming it", async () => {
       [["--threads", "-1"], "--threads: expected a whole number from 1 to 256, got '-1'"],
       [["--threads", "1.5"], "--threads: expected a whole number from 1 to 256, got '1.5'"],
       [["--threads", "abc"], "--threads: expected a whole number from 1 to 256, got 'abc'"],
+      [["--api-key", "a", "--api-key-file", "key.txt"], "give --api-key or --api-key-file, not both"],
+      [["--api-key", ""], "--api-key: the key must not be empty"],
+      [["--api-key-file", "no-such-key-file"], "--api-key-file: cannot read"],
+      [["--api-key-file", "tests"], "--api-key-file: not a regular file"],
     ] as [string[], string][]
   ) {
     const child = spawn(args);
@@ -136,4 +140,44 @@ Deno.test("server/main.ts: --help lists --executor, --threads and --weights", as
   for (const flag of ["--executor", "--threads", "--weights", "--gpu-weights"]) {
     assert(stdout.includes(`  ${flag} `), `${flag} missing from: ${stdout}`);
   }
+});
+
+Deno.test({
+  name: "server/main.ts: the API key from --api-key-file or $JUDGEQ_API_KEY, never on the command line",
+  ignore: Deno.build.os === "windows",
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "judgeq-key-" });
+    await Deno.writeTextFile(`${dir}/key`, "from-file\n");
+    for (
+      const [args, env, key] of [
+        [["--api-key-file", `${dir}/key`], {}, "from-file"],
+        [[], { JUDGEQ_API_KEY: "from-env" }, "from-env"],
+      ] as [string[], Record<string, string>, string][]
+    ) {
+      const child = spawn(["--port", "0", "--executor", "cpu", "--adapter", "none", ...args], env);
+      const stderr = readAll(child.stderr);
+      const lines = child.stdout.getReader();
+      let out = "";
+      while (!out.includes("\n")) {
+        const { value, done } = await lines.read();
+        if (done) break;
+        out += new TextDecoder().decode(value);
+      }
+      const base = /at (http:\/\/127\.0\.0\.1:\d+)/.exec(out)?.[1];
+      try {
+        assert(base, `no ready line: ${out}`);
+        assert(!out.includes(key), "the key is not printed");
+        const without = await fetch(`${base}/v1/models`);
+        assertEquals([without.status, (await without.json()).error.type], [401, "authentication_error"]);
+        const withKey = await fetch(`${base}/v1/models`, { headers: { authorization: `Bearer ${key}` } });
+        assertEquals(withKey.status, 200);
+        await withKey.body?.cancel();
+      } finally {
+        child.kill("SIGTERM");
+      }
+      assertEquals((await child.status).code, 0, await stderr);
+      await lines.cancel();
+    }
+    await Deno.remove(dir, { recursive: true });
+  },
 });
