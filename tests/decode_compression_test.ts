@@ -11,7 +11,7 @@ import type { Executor, KvSession } from "../core/executor.ts";
 import { kvBytesFor, type PlanResult, runOnSession, runPlan } from "../core/interpret.ts";
 import { compilePlan, type CompressionRequest, type GenerateRequest, type PlanInput } from "../core/plan.ts";
 import { GREEDY } from "../core/sampling.ts";
-import { WasmExecutor, wasmUnsupportedReason } from "../wasm/mod.ts";
+import { EXECUTORS_UNDER_TEST } from "./executors.ts";
 import { assert, assertEquals, assertLeft, embeddedModel, right } from "./helpers.ts";
 
 const prompt = (n: number) => Array.from({ length: n }, (_, i) => (i === 0 ? 1 : 10 + ((i * 37) % 400)));
@@ -37,6 +37,8 @@ interface RunOptions {
   temperature?: number;
   /** Checked at every generated token and every segment boundary. */
   check?: (session: KvSession, generated: number) => Promise<void>;
+  /** Check at segment boundaries only. */
+  boundariesOnly?: boolean;
 }
 
 async function run(ex: Executor, soft: Float32Array | null, tokEmb: Float32Array, o: RunOptions) {
@@ -63,7 +65,7 @@ async function run(ex: Executor, soft: Float32Array | null, tokEmb: Float32Array
       await o.check?.(s, generated);
     },
     onTokens: async (_i, ids) => {
-      if (session && o.check) await o.check(session, ids.length);
+      if (session && o.check && !o.boundariesOnly) await o.check(session, ids.length);
     },
   });
   return { plan, result };
@@ -204,40 +206,42 @@ Deno.test("decode-time compression on a context: each answer is bounded, the con
   }
 });
 
-Deno.test("decode-time compression keeps the same positions on the CPU reference and the fast CPU executor", async () => {
-  const why = wasmUnsupportedReason();
-  if (why) {
-    console.log(`skipped: ${why}`);
-    return;
-  }
-  const { files } = await setup();
-  const ref = new CpuExecutor(files.weights);
-  const wasm = await WasmExecutor.create(files.weights, { threads: 2 });
-  const { adapter, emb } = await setup();
-  const soft = adapter.soft;
-  try {
-    for (const method of ["judgeq", "snapkv", "h2o", "knorm"]) {
-      const seen: string[][] = [[], []];
-      for (const [i, ex] of [ref, wasm].entries()) {
-        const r = await run(ex, soft, emb, {
-          compression: {
-            method: "full",
-            decode: { method, budget: 20, interval: 6, buffer: 3 },
-          },
-          maxTokens: 40,
-          check: async (s, generated) => {
-            if (generated === 1) return; // per-token calls: boundaries are enough here
-            seen[i].push(JSON.stringify((await s.positions()).map((h) => h.map((p) => Array.from(p)))));
-          },
-        });
-        seen[i].push(JSON.stringify(r.result.outputs[0].tokens));
-      }
-      assertEquals(seen[1], seen[0], method);
+for (const under of EXECUTORS_UNDER_TEST.filter((e) => e.name !== "reference")) {
+  Deno.test(`decode-time compression keeps the same positions on ${under.name} as on the CPU reference`, async () => {
+    const { files, adapter, emb } = await setup();
+    const weights = under.weights?.(files.weights) ?? files.weights;
+    const ex = await under.create(weights);
+    if (typeof ex === "string") {
+      console.log(`skipped: ${ex}`);
+      return;
     }
-  } finally {
-    wasm.dispose();
-  }
-});
+    const ref = new CpuExecutor(weights);
+    try {
+      for (const method of ["judgeq", "snapkv", "h2o", "knorm"]) {
+        const seen: string[][] = [[], []];
+        for (const [i, e] of [ref, ex].entries()) {
+          const r = await run(e, adapter.soft, emb, {
+            compression: { method: "full", decode: { method, budget: 20, interval: 6, buffer: 3 } },
+            maxTokens: 40,
+            boundariesOnly: true,
+            check: async (s) => {
+              // Looser executors (int8 activations) may rank near-ties differently: their counts must still match.
+              const held = (await s.positions()).map((h) =>
+                h.map((p) => under.tolerance ? p.length : Array.from(p))
+              );
+              seen[i].push(JSON.stringify(held));
+            },
+          });
+          if (!under.tolerance) seen[i].push(JSON.stringify(r.result.outputs[0].tokens));
+        }
+        assert(seen[0].length > 4, `${method}: too few boundaries`);
+        assertEquals(seen[1], seen[0], `${under.name} ${method}`);
+      }
+    } finally {
+      ex.dispose();
+    }
+  });
+}
 
 Deno.test("decode-time compression: bad input names the field; unknown methods list the known ones", async () => {
   const { files } = await setup();
