@@ -125,8 +125,9 @@ export function createApp(model: Model, options: Partial<AppOptions> = {}): App 
     }
     if (!found) return fail(new HttpError(404, `no route ${path}`));
     const { r, m } = found;
-    const get = r.methods.GET;
-    const h = r.methods[req.method] ?? (req.method === "HEAD" && get ? headOf(get) : undefined);
+    const get = r.methods.GET as ep.Handler | undefined;
+    const h = (r.methods[req.method] as ep.Handler | undefined) ??
+      (req.method === "HEAD" && get ? headOf(get) : undefined);
     if (!h) {
       const allow = [...Object.keys(r.methods), ...(get ? ["HEAD"] : [])].join(", ");
       return fail(
