@@ -235,6 +235,13 @@ export interface BoundedDecodeContext {
   signal?: AbortSignal;
   /** Called at each segment boundary, before any compression (tests assert the cap here). */
   onBoundary?: (session: KvSession, generated: number) => void | Promise<void>;
+  /** Called after each compression with the kept positions per layer and KV head (evaluation). */
+  onCompress?: (event: Omit<DecodeCompressionEvent, "output">, kept: Int32Array[][]) => void;
+  /**
+   * Teacher forcing (evaluation): these tokens are fed instead of sampled, with the same segments and
+   * compressions, and the next-token logits before each of them are returned.
+   */
+  forced?: number[];
 }
 
 export interface BoundedDecodeResult {
@@ -243,6 +250,8 @@ export interface BoundedDecodeResult {
   syncs: number;
   events: Omit<DecodeCompressionEvent, "output">[];
   kvBytesEnd: number;
+  /** With `forced`: the logits before each forced token (computed on the bounded cache). */
+  logits: Float32Array[] | null;
 }
 
 const maxCount = (held: Int32Array[][]) => Math.max(...held.flatMap((hs) => hs.map((p) => p.length)));
@@ -270,6 +279,9 @@ export async function boundedDecode(
     if (needsRows) await mass.add(s, initialRows);
     else initialRows.dispose();
   }
+  const forced = ctx.forced ? ctx.forced.slice(0, spec.maxTokens) : null;
+  if (forced) spec = { ...spec, maxTokens: forced.length };
+  const logits: Float32Array[] | null = forced ? [await s.currentLogits()] : null;
   const tokens: number[] = [];
   const events: BoundedDecodeResult["events"] = [];
   let finishReason: BoundedDecodeResult["finishReason"] = "length";
@@ -285,13 +297,15 @@ export async function boundedDecode(
       await s.keepPositions(kept, P);
       if (dc.source === "rows") mass.clear();
       held = kept;
-      events.push({
+      const event = {
         step: tokens.length,
         position: P,
         entriesBefore: before,
         entriesAfter: maxCount(kept),
         ms: performance.now() - t0,
-      });
+      };
+      events.push(event);
+      ctx.onCompress?.(event, kept);
       budget = budgetAt(dc, P);
     }
     const length = Math.min(budget + dc.interval - maxCount(held), spec.maxTokens - tokens.length);
@@ -300,14 +314,17 @@ export async function boundedDecode(
     const seed = segment === 0
       ? spec.sampling.seed
       : (spec.sampling.seed + Math.imul(segment, 0x9e3779b1)) | 0;
-    const d = await s.decode({
-      maxTokens: length,
-      sampling: { ...spec.sampling, seed },
-      stopTokenIds: spec.stopTokenIds,
-      captureQueries: dc.source === "rows" || dc.source === "running",
-      onTokens: ctx.onTokens,
-      signal: ctx.signal,
-    });
+    const captureQueries = dc.source === "rows" || dc.source === "running";
+    const d = forced
+      ? await forcedSegment(s, forced.slice(tokens.length, tokens.length + length), captureQueries, logits!)
+      : await s.decode({
+        maxTokens: length,
+        sampling: { ...spec.sampling, seed },
+        stopTokenIds: spec.stopTokenIds,
+        captureQueries,
+        onTokens: ctx.onTokens,
+        signal: ctx.signal,
+      });
     segment++;
     syncs += d.syncs;
     tokens.push(...d.tokens);
@@ -324,13 +341,29 @@ export async function boundedDecode(
         logits: "last",
         captureQueries: needsRows,
       });
+      logits?.push(r.logits!);
       if (r.queries) {
         if (dc.source === "last_row") mass.clear();
         await mass.add(s, r.queries);
       }
     }
   }
-  return { tokens, finishReason, syncs, events, kvBytesEnd: s.kvBytes() };
+  return { tokens, finishReason, syncs, events, kvBytesEnd: s.kvBytes(), logits };
+}
+
+/** A teacher-forced segment: runs all but the last token (as `decode` would), keeping their logits. */
+async function forcedSegment(s: KvSession, seg: number[], captureQueries: boolean, logits: Float32Array[]) {
+  let queries: QueryRows | null = null;
+  if (seg.length > 1) {
+    const r = await s.forward({ kind: "tokens", tokens: seg.slice(0, -1) }, {
+      logits: "all",
+      captureQueries,
+    });
+    const V = s.config.vocabSize;
+    for (let i = 0; i < seg.length - 1; i++) logits.push(r.logits!.slice(i * V, (i + 1) * V));
+    queries = r.queries;
+  }
+  return { tokens: seg, finishReason: "length" as const, queries, syncs: 0 };
 }
 
 /** Scores every position below the next one: [layer][kvHead][P]. */

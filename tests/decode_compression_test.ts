@@ -6,11 +6,11 @@
  */
 import { decodeAdapter } from "../core/adapter.ts";
 import { CpuExecutor } from "../core/cpu/executor.ts";
-import { DECODE_METHOD_NAMES } from "../core/decode_compression.ts";
+import { boundedDecode, DECODE_METHOD_NAMES } from "../core/decode_compression.ts";
 import type { Executor, KvSession } from "../core/executor.ts";
 import { kvBytesFor, type PlanResult, runOnSession, runPlan } from "../core/interpret.ts";
 import { compilePlan, type CompressionRequest, type GenerateRequest, type PlanInput } from "../core/plan.ts";
-import { GREEDY } from "../core/sampling.ts";
+import { argmax, GREEDY } from "../core/sampling.ts";
 import { EXECUTORS_UNDER_TEST } from "./executors.ts";
 import { assert, assertEquals, assertLeft, embeddedModel, right } from "./helpers.ts";
 
@@ -277,4 +277,45 @@ Deno.test("decode-time compression: bad input names the field; unknown methods l
     facts,
   ));
   assertEquals(bounded.capacity, 20 + 1);
+});
+
+Deno.test("decode-time compression, teacher-forced: the same compressions and logits whose argmax is the greedy output", async () => {
+  const { files, adapter, emb } = await setup();
+  const ex = new CpuExecutor(files.weights);
+  for (const method of ["judgeq", "tova", "h2o"]) {
+    const plan = right(compilePlan({
+      input: { kind: "prompt", tokens: prompt(30) },
+      compression: { method: "full", decode: { method, budget: 20, interval: 6, buffer: 3 } },
+      decode: { maxTokens: 40, sampling: GREEDY, stopTokenIds: [] },
+    }, { config: files.config, adapterTokens: adapter.n }));
+    const bound = plan.steps.find((s) => s.op === "bound_decode")!;
+    assert(bound.op === "bound_decode");
+    const runOnce = async (forced?: number[]) => {
+      const s = ex.createSession(plan.capacity);
+      try {
+        await s.forward({ kind: "tokens", tokens: prompt(30) }, { logits: "last" });
+        const kept: string[] = [];
+        const r = await boundedDecode(
+          s,
+          { maxTokens: 40, sampling: GREEDY, stopTokenIds: [] },
+          bound.compression,
+          {
+            softEmbeddings: adapter.soft,
+            randomSoft: () => new Float32Array(0),
+            forced,
+            onCompress: (_e, k) => kept.push(JSON.stringify(k.map((h) => h.map((p) => Array.from(p))))),
+          },
+        );
+        return { ...r, kept };
+      } finally {
+        s.dispose();
+      }
+    };
+    const free = await runOnce();
+    const tf = await runOnce(free.tokens);
+    assertEquals(tf.kept, free.kept, method);
+    assert(free.kept.length > 2, method);
+    assertEquals(tf.logits!.length, free.tokens.length, method);
+    assertEquals(tf.logits!.map((l) => argmax(l)), free.tokens, method);
+  }
 });
