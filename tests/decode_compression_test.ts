@@ -280,7 +280,7 @@ Deno.test("decode-time compression: bad input names the field; unknown methods l
 });
 
 Deno.test("decode-time compression, teacher-forced: the same compressions and logits whose argmax is the greedy output", async () => {
-  const { files, adapter, emb } = await setup();
+  const { files, adapter } = await setup();
   const ex = new CpuExecutor(files.weights);
   for (const method of ["judgeq", "tova", "h2o"]) {
     const plan = right(compilePlan({
