@@ -82,7 +82,7 @@ export const generate = (svc: Service): Handler => async (req) => {
     throw new HttpError(400, "a context needs questions", "questions");
   }
   const model = svc.model;
-  const p = svc.decodeParams(b, { maxTokens: 64, temperature: 0 });
+  const p = svc.decodeParams(b, { maxTokens: 64, temperature: 0, outputs: b.questions?.length ?? 1 });
   const compression = (b.kv_compression ?? null) as CompressionRequest | null;
   const env = newEnvelope("gen", model.name);
   if (b.prompt !== undefined) {
@@ -147,7 +147,7 @@ export const contextGenerate = (svc: Service): Handler => async (req, [id]) => {
   }
   const questions = b.questions ?? (b.question !== undefined ? [b.question] : null);
   if (!questions) throw new HttpError(400, "question is required", "question");
-  const p = svc.decodeParams(b, { maxTokens: 64, temperature: 0 });
+  const p = svc.decodeParams(b, { maxTokens: 64, temperature: 0, outputs: questions.length });
   const entry = svc.contexts.acquire(id); // held until the job ends, so eviction cannot free it mid-answer
   const decode = (b.kv_compression?.decode ?? null) as DecodeCompressionRequest | null;
   try {

@@ -4,7 +4,7 @@
  *                   [--api-key-file FILE | --api-key KEY (visible in ps: prefer $JUDGEQ_API_KEY or the file)]
  *                   [--executor auto|gpu|wasm|cpu] [--threads N] [--weights auto|f32|f16]
  *                   [--queue-size 32] [--max-body-bytes 1048576]
- *                   [--context-ttl 600] [--context-max-mb 256]
+ *                   [--context-ttl 600] [--context-max-mb 256] [--max-tokens-per-request N] [--max-questions 64]
  * The model and adapter are fixed here, at start-up; no request can choose files. SIGINT/SIGTERM stop
  * accepting, let in-flight and queued requests finish, then exit.
  */
@@ -59,6 +59,15 @@ const SPEC = {
     help: `MiB of KV kept for contexts, least recently used evicted (default ${
       DEFAULT_OPTIONS.contextMaxBytes / 2 ** 20
     })`,
+  },
+  "max-tokens-per-request": {
+    kind: "int",
+    help: "tokens one request may generate over all its outputs (max_tokens x questions), 400 beyond " +
+      "(default: no limit)",
+  },
+  "max-questions": {
+    kind: "int",
+    help: `questions one request may ask, 1 to 64, 400 beyond (default ${DEFAULT_OPTIONS.maxQuestions})`,
   },
   help: { kind: "boolean", help: "show this help" },
 } as const;
@@ -117,6 +126,11 @@ async function main(argv: string[]): Promise<number> {
   const maxBodyBytes = positive("max-body-bytes", f["max-body-bytes"]);
   const ttl = positive("context-ttl", f["context-ttl"]);
   const maxMb = positive("context-max-mb", f["context-max-mb"], 0);
+  const maxTokensPerRequest = positive("max-tokens-per-request", f["max-tokens-per-request"]);
+  const maxQuestions = positive("max-questions", f["max-questions"]);
+  if (maxQuestions !== undefined && maxQuestions > 64) {
+    throw new UsageError(`--max-questions: expected 1 to 64, got '${maxQuestions}'`);
+  }
   const apiKey = await apiKeyOf(f["api-key"] as string | undefined, f["api-key-file"] as string | undefined);
   const host = f.host as string;
 
@@ -134,6 +148,8 @@ async function main(argv: string[]): Promise<number> {
     ...(maxBodyBytes !== undefined ? { maxBodyBytes } : {}),
     ...(ttl !== undefined ? { contextTtlMs: ttl * 1000 } : {}),
     ...(maxMb !== undefined ? { contextMaxBytes: Math.floor(maxMb * 2 ** 20) } : {}),
+    ...(maxTokensPerRequest !== undefined ? { maxTokensPerRequest } : {}),
+    ...(maxQuestions !== undefined ? { maxQuestions } : {}),
   });
   if (!["127.0.0.1", "localhost", "::1"].includes(host) && apiKey === null) {
     console.warn(

@@ -161,8 +161,10 @@ function run(
   prompt: string | number[],
   isChat: boolean,
 ): Promise<Response> {
-  // Chat runs to the end of the context by default (OpenAI sets no limit); completions default to 16.
-  const p = svc.decodeParams(b, { maxTokens: isChat ? svc.model.config.maxSeqLen : 16, temperature: 1 });
+  // Chat runs to the end of the context by default (OpenAI sets no limit): what the prompt leaves of it.
+  // Completions default to 16.
+  const left = svc.model.config.maxSeqLen - (typeof prompt === "string" ? 0 : prompt.length);
+  const p = svc.decodeParams(b, { maxTokens: isChat ? Math.max(0, left) : 16, temperature: 1 });
   const compression = (b.kv_compression ?? null) as CompressionRequest | null;
   precheck(svc.model, { prompt }, compression, p);
   const env = newEnvelope(isChat ? "chatcmpl" : "cmpl", svc.model.name);

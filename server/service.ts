@@ -26,6 +26,10 @@ export interface AppOptions {
   contextTtlMs: number;
   /** Cap on the KV bytes of kept contexts (least recently used evicted first). */
   contextMaxBytes: number;
+  /** Tokens one request may generate over all its outputs (max_tokens x questions); null: no limit. */
+  maxTokensPerRequest: number | null;
+  /** Questions one request may ask (the schemas allow at most 64). */
+  maxQuestions: number;
   /** Reports whether the executor's device is lost (503 while so); defaults to the executor's `lost`. */
   deviceLost: () => boolean;
   log: (message: string) => void;
@@ -38,6 +42,8 @@ export const DEFAULT_OPTIONS: Omit<AppOptions, "deviceLost" | "log"> = {
   queueSize: 32,
   contextTtlMs: 10 * 60_000,
   contextMaxBytes: 256 << 20,
+  maxTokensPerRequest: null,
+  maxQuestions: 64,
 };
 
 /** Sampling fields as the wire has them (every generating endpoint). */
@@ -56,6 +62,8 @@ export interface DecodeFields {
 export interface DecodeDefaults {
   maxTokens: number;
   temperature: number;
+  /** Outputs the request asks for (its questions; default 1): the per-request limits count them. */
+  outputs?: number;
 }
 
 /** What an endpoint makes of a job: its JSON body, and its stream events. */
@@ -120,7 +128,7 @@ export class Service {
     });
     const temperature = b.temperature ?? d.temperature;
     return {
-      maxTokens: b.max_tokens ?? d.maxTokens,
+      maxTokens: this.limitTokens(b.max_tokens ?? null, d.maxTokens, d.outputs ?? 1),
       temperature,
       topP: b.top_p ?? 1,
       topK: b.top_k ?? 0,
@@ -131,6 +139,41 @@ export class Service {
       ignoreEos: b.ignore_eos ?? false,
       allowSpecialTokens: b.allow_special_tokens ?? false,
     };
+  }
+
+  /**
+   * Per-request limits (--max-questions, --max-tokens-per-request), before any work: a request over
+   * them is a 400 naming the field. A default max_tokens is lowered to fit instead.
+   */
+  limitTokens(asked: number | null, fallback: number, outputs: number): number {
+    const { maxQuestions, maxTokensPerRequest: limit } = this.o;
+    if (outputs > maxQuestions) {
+      throw new HttpError(
+        400,
+        `${outputs} questions exceed this server's limit of ${maxQuestions} per request`,
+        "questions",
+      );
+    }
+    if (limit === null) return asked ?? fallback;
+    const per = `this server's limit of ${limit} generated tokens per request`;
+    if (asked !== null) {
+      if (asked * outputs > limit) {
+        const total = outputs > 1
+          ? `max_tokens ${asked} x ${outputs} questions = ${asked * outputs} tokens`
+          : null;
+        throw new HttpError(
+          400,
+          `${total ?? `max_tokens ${asked}`} exceed${total ? "" : "s"} ${per}`,
+          "max_tokens",
+        );
+      }
+      return asked;
+    }
+    const each = Math.floor(limit / outputs);
+    if (each < 1) {
+      throw new HttpError(400, `${outputs} questions leave no token each under ${per}`, "questions");
+    }
+    return Math.min(fallback, each);
   }
 
   /**

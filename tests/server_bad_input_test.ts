@@ -68,8 +68,49 @@ const UNSUPPORTED: Case[] = [
   unsupported("guided_json", { type: "object" }),
 ];
 
+/** Per-request limits of the table's server (issue 14, finding 4): --max-tokens-per-request, --max-questions. */
+const LIMIT_TOKENS = 256, LIMIT_QUESTIONS = 8;
+const who = (n: number) => Array.from({ length: n }, () => "Who?");
+const LIMITS: Case[] = [
+  gen(
+    { context: "a story", questions: who(9), max_tokens: 2 },
+    400,
+    "questions",
+    "more questions than --max-questions",
+  ),
+  gen(
+    { context: "a story", questions: who(8), max_tokens: 64, ignore_eos: true },
+    400,
+    "max_tokens",
+    "8 questions x 64 tokens over --max-tokens-per-request 256",
+  ),
+  gen({ ...OK, max_tokens: 257 }, 400, "max_tokens", "max_tokens over --max-tokens-per-request"),
+  {
+    name: "a kept context's questions over --max-questions (before the context is looked up)",
+    path: "/v1/contexts/ctx_nope/generate",
+    body: { questions: who(9) },
+    status: 400,
+    param: "questions",
+  },
+  {
+    name: "chat max_tokens over --max-tokens-per-request",
+    path: "/v1/chat/completions",
+    body: { messages: chatMsgs, max_tokens: 300 },
+    status: 400,
+    param: "max_tokens",
+  },
+  {
+    name: "completions max_tokens over --max-tokens-per-request",
+    path: "/v1/completions",
+    body: { prompt: "Once", max_tokens: 1000 },
+    status: 400,
+    param: "max_tokens",
+  },
+];
+
 const CASES: Case[] = [
   ...UNSUPPORTED,
+  ...LIMITS,
   { name: "malformed JSON", raw: '{"prompt": "x",', status: 400, param: null },
   { name: "empty body", raw: "", status: 400, param: null },
   { name: "array instead of object", raw: "[1,2]", status: 400, param: null },
@@ -253,7 +294,13 @@ const CASES: Case[] = [
 
 Deno.test(`bad input: ${CASES.length} cases, each with its status and param; the server survives`, async () => {
   assert(CASES.length >= 20);
-  const s = await startServer({ apiKey: KEY, maxBodyBytes: 4096, bodyTimeoutMs: 200 });
+  const s = await startServer({
+    apiKey: KEY,
+    maxBodyBytes: 4096,
+    bodyTimeoutMs: 200,
+    maxTokensPerRequest: LIMIT_TOKENS,
+    maxQuestions: LIMIT_QUESTIONS,
+  });
   try {
     for (const c of CASES) {
       const method = c.method ?? "POST";
@@ -452,5 +499,29 @@ Deno.test("attack: paths as sent, the key before the route, HEAD where GET is se
     await allow.body?.cancel();
   } finally {
     await s.close();
+  }
+});
+
+Deno.test("limits: default max_tokens lowered to fit the per-request limit; chat's bounded by the context left", async () => {
+  const s = await startServer({ maxTokensPerRequest: LIMIT_TOKENS, maxQuestions: LIMIT_QUESTIONS });
+  const free = await startServer();
+  try {
+    // {"context": "a story", "questions": ["Who?" x 8], "ignore_eos": true}: 64 each by default, 32 fit.
+    const many = await s.post("/v1/generate", { context: "a story", questions: who(8), ignore_eos: true });
+    assertEquals(many.status, 200, JSON.stringify(many.json));
+    assertEquals(many.json.usage.completion_tokens, LIMIT_TOKENS);
+    assert(many.json.outputs.every((o: { finish_reason: string }) => o.finish_reason === "length"));
+    // Chat without max_tokens: what the context leaves after the prompt, then the server's limit.
+    const chat = { messages: chatMsgs, ignore_eos: true, temperature: 0 };
+    const unlimited = await free.post("/v1/chat/completions", chat);
+    assertEquals(unlimited.status, 200, JSON.stringify(unlimited.json));
+    const u = unlimited.json.usage;
+    assertEquals(u.prompt_tokens + u.completion_tokens, s.model.config.maxSeqLen);
+    assertEquals(unlimited.json.choices[0].finish_reason, "length");
+    const limited = await s.post("/v1/chat/completions", chat);
+    assertEquals([limited.status, limited.json.usage.completion_tokens], [200, LIMIT_TOKENS]);
+  } finally {
+    await s.close();
+    await free.close();
   }
 });

@@ -80,6 +80,8 @@ Deno.test("server/main.ts: a bad flag is a usage error naming it", async () => {
       [["--api-key", ""], "--api-key: the key must not be empty"],
       [["--api-key-file", "no-such-key-file"], "--api-key-file: cannot read"],
       [["--api-key-file", "tests"], "--api-key-file: not a regular file"],
+      [["--max-questions", "65"], "--max-questions: expected 1 to 64, got '65'"],
+      [["--max-tokens-per-request", "0"], "--max-tokens-per-request: expected a number >= 1, got '0'"],
     ] as [string[], string][]
   ) {
     const child = spawn(args);
