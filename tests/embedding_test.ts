@@ -77,6 +77,8 @@ const DENO_ALLOWED: Record<string, string> = {
   "eval/": "`deno task eval`: results and caches on disk",
   "fixtures/": "converters and test-model generators (entry points writing files)",
   "tests/": "tests",
+  "web/build.ts": "`deno task bundle`: runs deno bundle, writes the bundle",
+  "web/serve_static.ts": "the demo's static file server",
 };
 /** Files under allowed folders that browsers and edge runtimes load all the same. */
 const MUST_STAY_PORTABLE = ["io/from_bytes.ts", "io/executor_choice.ts"];
@@ -85,7 +87,9 @@ async function* sourceFiles(dir: URL, rel = ""): AsyncGenerator<string> {
   for await (const e of Deno.readDir(dir)) {
     const path = rel + e.name;
     if (e.isDirectory) {
-      if ([".git", ".cache", "node_modules", "scratch", "assembly", "models"].includes(e.name)) continue;
+      if ([".git", ".cache", "node_modules", "scratch", "assembly", "models", "dist"].includes(e.name)) {
+        continue;
+      }
       yield* sourceFiles(new URL(e.name + "/", dir), path + "/");
     } else if (/\.(ts|js|mjs)$/.test(e.name)) {
       yield path;
