@@ -6,6 +6,8 @@ export type ErrorKind =
   | "invalid_request"
   | "unprocessable"
   | "not_found"
+  /** The accelerator was lost (driver reset, unplugged): nothing on it can be used again (503). */
+  | "device_lost"
   | "internal";
 
 export class JudgeQError extends Error {

@@ -100,7 +100,7 @@ export async function acquireDevice(o: DeviceOptions = {}): Promise<GpuContext> 
     error: null,
   };
   device.lost.then((l) => {
-    ctx.lost = new JudgeQError("internal", `GPU device lost (${l.reason}): ${l.message || "no message"}`);
+    ctx.lost = new JudgeQError("device_lost", `GPU device lost (${l.reason}): ${l.message || "no message"}`);
   });
   device.addEventListener("uncapturederror", (e) => {
     // Handled here (reported at the next sync) rather than crashing the process.

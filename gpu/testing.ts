@@ -4,6 +4,7 @@
  */
 import * as E from "fp-ts/Either";
 import { parseModelConfig } from "../core/config.ts";
+import { JudgeQError } from "../core/errors.ts";
 import { assembleWeights, expectedTensors, type ModelWeights, type NamedTensor } from "../core/weights.ts";
 import { randomTensors, testModelConfig, type TestShape } from "../fixtures/test_models.ts";
 import { EMBEDDED_MODEL_DIR, openSafetensors, readTensor } from "../io/model_dir.ts";
@@ -34,7 +35,7 @@ export function fixtureWeights(shape: TestShape, seed = 1234): ModelWeights {
 }
 
 export function maxAbsDiff(a: Float32Array, b: Float32Array): number {
-  if (a.length !== b.length) throw new Error(`length ${a.length} vs ${b.length}`);
+  if (a.length !== b.length) throw new JudgeQError("internal", `length ${a.length} vs ${b.length}`);
   let m = 0;
   for (let i = 0; i < a.length; i++) {
     const d = Math.abs(a[i] - b[i]);

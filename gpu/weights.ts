@@ -6,6 +6,7 @@
  * Matrices are held as f32, or as f16 packed in pairs into u32 words (see `packedIndex`): half the
  * memory and bytes moved, with f32 arithmetic (unpack2x16float needs no shader-f16).
  */
+import { JudgeQError } from "../core/errors.ts";
 import type { ModelConfig } from "../core/config.ts";
 import type { ModelWeights } from "../core/weights.ts";
 import { bufferWith, STORAGE, UNIFORM } from "./buffers.ts";
@@ -133,7 +134,10 @@ export class WeightUploader {
       Math.ceil(N / unit) * unit,
     );
     if (maxCols < unit) {
-      throw new Error(`${label}: ${unit} columns of ${K * unit * bytes} bytes exceed the binding limit`);
+      throw new JudgeQError(
+        "unprocessable",
+        `${label}: ${unit} columns of ${K * unit * bytes} bytes exceed the binding limit`,
+      );
     }
     const chunks: Chunk[] = [];
     for (let nOff = 0; nOff < N; nOff += maxCols) {

@@ -39,9 +39,10 @@ export class Cancelled extends Error {
   }
 }
 
-/** A device-lost error from an executor (the WebGPU executor words it so). */
+/** A device-lost error from an executor: kind device_lost (or, from elsewhere, worded so). */
 export const isDeviceLost = (e: unknown): boolean =>
-  e instanceof Error && /device (was )?lost/i.test(e.message);
+  (e instanceof JudgeQError && e.kind === "device_lost") ||
+  (e instanceof Error && /device (was )?lost/i.test(e.message));
 
 /**
  * Core errors by kind. A core `invalid_request` about kv_compression passed the schema, so it is

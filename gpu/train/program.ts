@@ -4,6 +4,7 @@
  * drift apart. Kept apart from gpu/pipelines.ts (the inference executor's): the training kernels bind
  * one uniform record per layer at a fixed offset, no dynamic offsets.
  */
+import { JudgeQError } from "../../core/errors.ts";
 
 /** u: the per-layer uniform record; r: read-only storage; w: read-write storage. */
 export type BindingKind = "u" | "r" | "w";
@@ -84,7 +85,7 @@ export function bind(device: GPUDevice, k: Kernel, res: Record<string, Resource 
     layout: k.layout,
     entries: k.bindings.map((b, binding) => {
       const x = res[b.name];
-      if (!x) throw new Error(`${k.name}: no buffer for binding ${b.name}`);
+      if (!x) throw new JudgeQError("internal", `${k.name}: no buffer for binding ${b.name}`);
       return { binding, resource: x instanceof GPUBuffer ? { buffer: x } : x };
     }),
   });

@@ -4,6 +4,7 @@
  * a batch as one submission (one compute pass: forward, loss, backward), accumulates the gradient on
  * the GPU, and reads the batch's gradient and per-map losses back once.
  */
+import { JudgeQError } from "../../core/errors.ts";
 import type { TrainSample } from "../../core/train/loop.ts";
 import type { LossKind } from "../../core/train/loss.ts";
 import type { PromptKv, TrainModel } from "../../core/train/model.ts";
@@ -67,7 +68,7 @@ export class GpuTrainer {
 
   static async create(model: TrainModel, o: GpuTrainerOptions = {}): Promise<GpuTrainer> {
     const why = unsupported(model.config);
-    if (why) throw new Error(`GPU training: unsupported model shape: ${why}`);
+    if (why) throw new JudgeQError("invalid_adapter", `GPU training: unsupported model shape: ${why}`);
     const ctx = o.context ?? await acquireDevice();
     const device = ctx.device;
     device.pushErrorScope("validation");
@@ -77,7 +78,7 @@ export class GpuTrainer {
     const err = await device.popErrorScope();
     if (err) {
       for (const b of weights.buffers) b.destroy();
-      throw new Error(`GPU training: kernel or upload failed: ${err.message}`);
+      throw new JudgeQError("internal", `GPU training: kernel or upload failed: ${err.message}`);
     }
     return new GpuTrainer(ctx, model, shape, kernels, weights, !o.context);
   }
@@ -131,15 +132,21 @@ export class GpuTrainer {
 
   private validate(samples: TrainSample[], e: Float64Array): number {
     const s = this.shape;
-    if (samples.length === 0) throw new RangeError("GPU training: no samples");
+    if (samples.length === 0) throw new JudgeQError("invalid_request", "GPU training: no samples");
     if (e.length === 0 || e.length % s.D !== 0) {
-      throw new RangeError(`GPU training: E has ${e.length} values, not a multiple of dim ${s.D}`);
+      throw new JudgeQError(
+        "invalid_request",
+        `GPU training: E has ${e.length} values, not a multiple of dim ${s.D}`,
+      );
     }
     for (const x of samples) {
       const L = x.prompt.length;
-      if (L < 1 || x.prompt.layers.length !== s.NL) throw new RangeError("GPU training: bad prompt K/V");
+      if (L < 1 || x.prompt.layers.length !== s.NL) {
+        throw new JudgeQError("invalid_request", "GPU training: bad prompt K/V");
+      }
       if (x.target.length !== s.NL * s.H * L) {
-        throw new RangeError(
+        throw new JudgeQError(
+          "invalid_request",
           `GPU training: target has ${x.target.length} values, expected ${s.NL * s.H * L}`,
         );
       }

@@ -5,6 +5,7 @@
  * folded into the projections that follow them (W diag(w)), which makes the norm a per-row scale in
  * the forward and leaves the backward a per-row formula on (w * dxn).
  */
+import { JudgeQError } from "../../core/errors.ts";
 import type { TrainModel } from "../../core/train/model.ts";
 import { qkvColumn, swigluColumn } from "./matmul.ts";
 
@@ -57,7 +58,8 @@ export function uploadTrainWeights(device: GPUDevice, m: TrainModel, maxBinding:
   let bytes = 0;
   const upload = (data: Float32Array, label: string) => {
     if (data.byteLength > maxBinding) {
-      throw new Error(
+      throw new JudgeQError(
+        "unprocessable",
         `GPU training: ${label} (${data.byteLength} bytes) exceeds the binding limit ${maxBinding}`,
       );
     }
