@@ -4,8 +4,37 @@
  * a copy ends it. When the parameter buffer is full the recording is submitted and a new one begins
  * (queue order keeps each submission's parameters intact).
  */
-import { encodeParams, type StepParams } from "./kernels/common.ts";
-import type { Kernel } from "./pipelines.ts";
+import { emptyBuffer, UNIFORM } from "./buffers.ts";
+import { encodeParams, PARAMS_WORDS, type StepParams } from "./kernels/common.ts";
+import { bindGroup, type Kernel, type Resource } from "./pipelines.ts";
+
+/**
+ * A session's parameter buffer: `records` per-dispatch records `stride` bytes apart. Every recorder
+ * and every bind group of the session goes through it (bind groups bind `P` to it).
+ */
+export class ParamRecords {
+  readonly buffer: GPUBuffer;
+  /** Bytes between records (the uniform offset alignment, at least one record). */
+  readonly stride: number;
+
+  constructor(readonly device: GPUDevice, records: number) {
+    this.stride = Math.max(PARAMS_WORDS * 4, device.limits.minUniformBufferOffsetAlignment);
+    this.buffer = emptyBuffer(device, records * this.stride, UNIFORM, "params");
+  }
+
+  recorder(): Recorder {
+    return new Recorder(this.device, this.buffer, this.stride);
+  }
+
+  /** A bind group of `kernel` from named buffers, `P` being this parameter buffer. */
+  bind(kernel: Kernel, resources: Record<string, Resource | null | undefined>): GPUBindGroup {
+    return bindGroup(this.device, kernel, { ...resources, P: this.buffer }, this.stride);
+  }
+
+  dispose() {
+    this.buffer.destroy();
+  }
+}
 
 export class Recorder {
   private enc: GPUCommandEncoder;

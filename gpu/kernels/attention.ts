@@ -7,7 +7,8 @@
  *  - partial + combine: for decode (few rows, long caches) the entries of each (row, head) are split
  *    over invocations that each keep a partial softmax state, merged by a second small dispatch.
  */
-import { PARAMS_WGSL, rep } from "./common.ts";
+import { chunkInfo, type KernelDef, params, read, write } from "../pipelines.ts";
+import { rep } from "./common.ts";
 
 export interface AttentionSpec {
   nHeads: number;
@@ -16,26 +17,28 @@ export interface AttentionSpec {
   workgroup: number;
 }
 
-export const ATTENTION_KINDS = "durrrrw"; // params, static(layer), Q, K, V, meta, out
+/** Params, the layer's static record, Q, the KV cache and its metadata; then the kernel's outputs. */
+const inputs = () => [
+  params(),
+  chunkInfo(),
+  read("Q", "vec4<f32>"),
+  read("KC", "vec4<f32>"),
+  read("VC", "vec4<f32>"),
+  read("META", "u32"),
+];
 
-/** Params, Q, the KV cache and its metadata at bindings 0-5, then the kernel's outputs from binding 6. */
-function header(s: AttentionSpec, outputs = ["OUT: array<vec4<f32>>"]) {
-  const out = outputs.map((o, i) => `@group(0) @binding(${6 + i}) var<storage, read_write> ${o};`).join("\n");
-  return `${PARAMS_WGSL}
-@group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<uniform> S: Static;
-@group(0) @binding(2) var<storage, read> Q: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> KC: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read> VC: array<vec4<f32>>;
-@group(0) @binding(5) var<storage, read> META: array<u32>;
-${out}
-const SCALE = ${1 / Math.sqrt(s.headDim)};
+const constants = (s: AttentionSpec) =>
+  `const SCALE = ${1 / Math.sqrt(s.headDim)};
 const NEG = -3.0e38;`;
-}
 
-export function attentionRowsWgsl(s: AttentionSpec): string {
+export function attentionRows(s: AttentionSpec): KernelDef {
   const h4 = s.headDim / 4, group = s.nHeads / s.nKvHeads, q4 = (s.nHeads * s.headDim) / 4;
-  return `${header(s)}
+  const bindings = [...inputs(), write("OUT", "vec4<f32>")];
+  return {
+    name: "attn_rows",
+    bindings,
+    workgroupSize: s.workgroup,
+    body: `${constants(s)}
 @compute @workgroup_size(${s.workgroup})
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let r = gid.x;
@@ -64,25 +67,29 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   }
   let inv = 1.0 / l;
   ${rep(h4, (j) => `OUT[qo + ${j}u] = o${j} * inv;`, "\n  ")}
-}`;
+}`,
+  };
 }
 
 /** Most entry splits of the decode attention (P.a holds the count used). */
 export const MAX_SPLITS = 64;
-
-export const PARTIAL_KINDS = "durrrrww"; // params, static(layer), Q, K, V, meta, partial (m, l), partial o
 
 /**
  * Decode attention, pass 1: invocation (head h, split j; row r) runs the online softmax over its
  * contiguous share of the row's entries and stores the partial state (max, sum, weighted values).
  * llvmpipe pays dearly for workgroup barriers, so the merge is a second, tiny dispatch.
  */
-export function attentionPartialWgsl(s: AttentionSpec): string {
+export function attentionPartial(s: AttentionSpec): KernelDef {
   const h4 = s.headDim / 4, G = s.nHeads / s.nKvHeads, q4 = (s.nHeads * s.headDim) / 4;
   // One invocation serves the G query heads of a KV head: each K/V entry is loaded once for all of
   // them (loads are what llvmpipe pays for; the accumulators spill to contiguous stack instead).
   const heads = (fn: (a: number) => string, sep = "\n  ") => rep(G, fn, sep);
-  return `${header(s, ["PML: array<vec2<f32>>", "PO: array<vec4<f32>>"])}
+  const bindings = [...inputs(), write("PML", "vec2<f32>"), write("PO", "vec4<f32>")];
+  return {
+    name: "attn_partial",
+    bindings,
+    workgroupSize: s.workgroup,
+    body: `${constants(s)}
 @compute @workgroup_size(${s.workgroup})
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   // Flattened (KV head, split): few, full workgroups (llvmpipe pays per workgroup).
@@ -104,45 +111,47 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let e = (base + t) * ${h4}u;
     ${rep(h4, (i) => `let k${i} = KC[e + ${i}u];`, "\n    ")}
     ${
-    heads((a) =>
-      `let s${a} = ${rep(h4, (i) => `dot(q${a * h4 + i}, k${i})`, " + ")};
+      heads((a) =>
+        `let s${a} = ${rep(h4, (i) => `dot(q${a * h4 + i}, k${i})`, " + ")};
     let n${a} = max(m${a}, s${a});
     let c${a} = exp(m${a} - n${a});
     let p${a} = exp(s${a} - n${a});
     l${a} = l${a} * c${a} + p${a};
     m${a} = n${a};`, "\n    ")
-  }
+    }
     ${
-    rep(h4, (i) =>
-      `{ let v = VC[e + ${i}u]; ${
-        heads((a) =>
-          `o${a * h4 + i} = o${a * h4 + i} * c${a} + p${a} * v;`, " ")
-      } }`, "\n    ")
-  }
+      rep(
+        h4,
+        (i) =>
+          `{ let v = VC[e + ${i}u]; ${
+            heads((a) => `o${a * h4 + i} = o${a * h4 + i} * c${a} + p${a} * v;`, " ")
+          } }`,
+        "\n    ",
+      )
+    }
   }
   ${
-    heads((a) =>
-      `{
+      heads((a) =>
+        `{
     let at = (r * ${s.nHeads}u + g * ${G}u + ${a}u) * splits + j;
     PML[at] = vec2<f32>(m${a}, l${a});
     ${rep(h4, (i) => `PO[at * ${h4}u + ${i}u] = o${a * h4 + i};`, " ")}
   }`
-    )
-  }
-}`;
+      )
+    }
+}`,
+  };
 }
 
-export const COMBINE_KINDS = "drrw"; // params, partial (m, l), partial o, out
-
 /** Decode attention, pass 2: invocation (vec4 d of head h, row r) merges the splits' states. */
-export function attentionCombineWgsl(s: AttentionSpec): string {
+export function attentionCombine(s: AttentionSpec): KernelDef {
   const h4 = s.headDim / 4, q4 = (s.nHeads * s.headDim) / 4;
-  return `${PARAMS_WGSL}
-@group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> PML: array<vec2<f32>>;
-@group(0) @binding(2) var<storage, read> PO: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read_write> OUT: array<vec4<f32>>;
-@compute @workgroup_size(${s.workgroup})
+  const bindings = [params(), read("PML", "vec2<f32>"), read("PO", "vec4<f32>"), write("OUT", "vec4<f32>")];
+  return {
+    name: "attn_combine",
+    bindings,
+    workgroupSize: s.workgroup,
+    body: `@compute @workgroup_size(${s.workgroup})
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let i = gid.x;
   let r = gid.y;
@@ -162,5 +171,6 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     acc += PO[(first + j) * ${h4}u + d] * c;
   }
   OUT[r * ${q4}u + i] = acc / lt;
-}`;
+}`,
+  };
 }

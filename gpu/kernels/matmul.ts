@@ -11,7 +11,8 @@
  *  - swiglu: two weights, out = silu(gate) * up;
  *  - qkv: bias, RoPE (columns are pre-permuted so a vec4 holds two rotated pairs) and the K/V cache write.
  */
-import { f, PARAMS_WGSL, rep } from "./common.ts";
+import { type Binding, chunkInfo, type KernelDef, params, read, write } from "../pipelines.ts";
+import { f, rep } from "./common.ts";
 
 export type MatmulMode = "store" | "residual" | "swiglu" | "qkv";
 
@@ -34,39 +35,30 @@ export interface MatmulSpec {
   f16: boolean;
 }
 
-/** Binding kinds, in order, for `PipelineCache.get`. */
-export function matmulKinds(s: MatmulSpec): string {
-  let k = "durrw"; // params, static, W, X, OUT
-  if (s.norm) k += "r";
-  if (s.bias) k += "r";
-  if (s.mode === "swiglu") k += "r";
-  if (s.mode === "qkv") k += "wwrr"; // K cache, V cache, meta, rope table
-  return k;
+/**
+ * Params, the chunk's static record, weights W, input rows X, output OUT; then, as the spec asks, the
+ * norm's gain G, the bias, the up weights W2 (swiglu), and the KV cache, its metadata and the RoPE table
+ * (qkv).
+ */
+function matmulBindings(s: MatmulSpec): Binding[] {
+  const wElem = s.f16 ? "vec4<u32>" : "vec4<f32>";
+  const b = [
+    params(),
+    chunkInfo(),
+    read("W", wElem),
+    read("X", "vec4<f32>"),
+    write("OUT", s.mode === "qkv" ? "f32" : "vec4<f32>"),
+  ];
+  if (s.norm) b.push(read("G", "vec4<f32>"));
+  if (s.bias) b.push(read("BIAS", "vec4<f32>"));
+  if (s.mode === "swiglu") b.push(read("W2", wElem));
+  if (s.mode === "qkv") b.push(write("KC"), write("VC"), read("META", "u32"), read("ROPE", "vec2<f32>"));
+  return b;
 }
 
-export function matmulWgsl(s: MatmulSpec): string {
+export function matmul(name: string, s: MatmulSpec): KernelDef {
   const K4 = s.K / 4, N4 = s.N / 4, TR = s.TR;
-  const wTy = s.f16 ? "vec4<u32>" : "vec4<f32>";
   const hd = s.headDim, half = hd / 2, qd = s.nHeads * hd, kd = s.nKvHeads * hd;
-  let b = 5;
-  const decl: string[] = [
-    `@group(0) @binding(0) var<uniform> P: Params;`,
-    `@group(0) @binding(1) var<uniform> S: Static;`,
-    `@group(0) @binding(2) var<storage, read> W: array<${wTy}>;`,
-    `@group(0) @binding(3) var<storage, read> X: array<vec4<f32>>;`,
-    s.mode === "qkv"
-      ? `@group(0) @binding(4) var<storage, read_write> OUT: array<f32>;`
-      : `@group(0) @binding(4) var<storage, read_write> OUT: array<vec4<f32>>;`,
-  ];
-  if (s.norm) decl.push(`@group(0) @binding(${b++}) var<storage, read> G: array<vec4<f32>>;`);
-  if (s.bias) decl.push(`@group(0) @binding(${b++}) var<storage, read> BIAS: array<vec4<f32>>;`);
-  if (s.mode === "swiglu") decl.push(`@group(0) @binding(${b++}) var<storage, read> W2: array<${wTy}>;`);
-  if (s.mode === "qkv") {
-    decl.push(`@group(0) @binding(${b++}) var<storage, read_write> KC: array<f32>;`);
-    decl.push(`@group(0) @binding(${b++}) var<storage, read_write> VC: array<f32>;`);
-    decl.push(`@group(0) @binding(${b++}) var<storage, read> META: array<u32>;`);
-    decl.push(`@group(0) @binding(${b++}) var<storage, read> ROPE: array<vec2<f32>>;`);
-  }
   const two = s.mode === "swiglu";
   // Input rows clamp to the last valid row so loads stay in bounds; stores are skipped for them.
   const rowsDecl = rep(TR, (i) => `let x${i} = (P.rowStart + min(r0 + ${i}u, P.rows - 1u)) * ${K4}u;`);
@@ -144,9 +136,7 @@ fn qkvStore(r: u32, n: u32, y: vec4<f32>) {
     VC[base] = y.x; VC[base + 1u] = y.y; VC[base + 2u] = y.z; VC[base + 3u] = y.w;
   }
 }`;
-  return `${PARAMS_WGSL}
-${decl.join("\n")}
-${s.f16 ? UNPACK_WGSL : ""}
+  const body = `${s.f16 ? UNPACK_WGSL : ""}
 ${qkvFn}
 @compute @workgroup_size(${s.workgroup})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
@@ -160,6 +150,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   ${epilogue}
 }
 `;
+  return { name, bindings: matmulBindings(s), body, workgroupSize: s.workgroup };
 }
 
 /** Four columns of one input row from two packed words. */

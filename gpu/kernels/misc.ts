@@ -1,13 +1,13 @@
 /**
  * Small kernels: embedding gather, greedy argmax, KV compaction gather, key norms and attention mass.
  */
-import { f, PARAMS_WGSL, rep } from "./common.ts";
+import { chunkInfo, type KernelDef, params, read, write } from "../pipelines.ts";
+import { f, rep } from "./common.ts";
 
 /** x[r][d] = embed[token_r][d], reading one chunk of the transposed, blocked table (see weights.ts). */
-export const EMBED_KINDS = "durrw";
-export function embedWgsl(dim: number, workgroup: number, f16 = false): string {
+export function embed(dim: number, workgroup: number, f16 = false): KernelDef {
   // f16: the half at weights.ts `packedIndex(c, d, dim)`, two halves per u32 word.
-  const read = f16
+  const load = f16
     ? `let cc = c & 31u;
     let word = (((c >> 5u) * ${
       dim / 2
@@ -15,13 +15,12 @@ export function embedWgsl(dim: number, workgroup: number, f16 = false): string {
     let v = unpack2x16float(E[word]);
     X[r * ${dim}u + d] = select(v.x, v.y, (cc & 1u) == 1u);`
     : `X[r * ${dim}u + d] = E[((c >> 5u) * ${dim}u + d) * 32u + (c & 31u)];`;
-  return `${PARAMS_WGSL}
-@group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<uniform> S: Static;
-@group(0) @binding(2) var<storage, read> E: array<${f16 ? "u32" : "f32"}>;
-@group(0) @binding(3) var<storage, read> TOK: array<u32>;
-@group(0) @binding(4) var<storage, read_write> X: array<f32>;
-@compute @workgroup_size(${workgroup})
+  const bindings = [params(), chunkInfo(), read("E", f16 ? "u32" : "f32"), read("TOK", "u32"), write("X")];
+  return {
+    name: "embed",
+    bindings,
+    workgroupSize: workgroup,
+    body: `@compute @workgroup_size(${workgroup})
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let d = gid.x;
   let r = gid.y;
@@ -30,9 +29,10 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let nc = 4u * S.n4;
   if (t >= S.nOff && t < S.nOff + nc) {
     let c = t - S.nOff;
-    ${read}
+    ${load}
   }
-}`;
+}`,
+  };
 }
 
 /**
@@ -42,15 +42,14 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
  * Used before the projections of wide models, so that their thousands of invocations stop recomputing
  * the norm (see executor.ts `separateNorm`).
  */
-export const RMSNORM_KINDS = "drrw";
-export function rmsNormWgsl(dim: number, eps: number, workgroup: number): string {
+export function rmsNorm(dim: number, eps: number, workgroup: number): KernelDef {
   const d4 = dim / 4;
-  return `${PARAMS_WGSL}
-@group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> X: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> G: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read_write> XN: array<vec4<f32>>;
-@compute @workgroup_size(${workgroup})
+  const bindings = [params(), read("X", "vec4<f32>"), read("G", "vec4<f32>"), write("XN", "vec4<f32>")];
+  return {
+    name: "rms_norm",
+    bindings,
+    workgroupSize: workgroup,
+    body: `@compute @workgroup_size(${workgroup})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
   if (wid.x >= P.rows) { return; }
   let base = (P.rowStart + wid.x) * ${d4}u;
@@ -58,17 +57,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   for (var k = 0u; k < ${d4}u; k++) { let v = X[base + k]; ss += dot(v, v); }
   let sc = inverseSqrt(ss / ${f(dim)} + ${f(eps)});
   for (var k = li; k < ${d4}u; k += ${workgroup}u) { XN[base + k] = X[base + k] * sc * G[k]; }
-}`;
+}`,
+  };
 }
 
 /** Greedy sampling: the first index of the largest logit of row inRow, written to TOK[step]. */
-export const ARGMAX_KINDS = "drw";
-export function argmaxWgsl(vocab: number, wg = 256): string {
-  return `${PARAMS_WGSL}
-@group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> L: array<f32>;
-@group(0) @binding(2) var<storage, read_write> TOK: array<u32>;
-var<workgroup> BV: array<f32, ${wg}>;
+export function argmax(vocab: number, wg = 256): KernelDef {
+  const bindings = [params(), read("L"), write("TOK", "u32")];
+  return {
+    name: "argmax",
+    bindings,
+    workgroupSize: wg,
+    body: `var<workgroup> BV: array<f32, ${wg}>;
 var<workgroup> BI: array<u32, ${wg}>;
 @compute @workgroup_size(${wg})
 fn main(@builtin(local_invocation_index) li: u32) {
@@ -91,21 +91,27 @@ fn main(@builtin(local_invocation_index) li: u32) {
     workgroupBarrier();
   }
   if (li == 0u) { TOK[P.step] = select(BI[0], 0u, BI[0] == 0xffffffffu); }
-}`;
+}`,
+  };
 }
 
 /** New cache layout from old: entry e of the new buffer copies old entry MAP[e] (none when ~0). */
-export const GATHER_KINDS = "drrrww";
-export function kvGatherWgsl(headDim: number, workgroup: number): string {
+export function kvGather(headDim: number, workgroup: number): KernelDef {
   const h4 = headDim / 4;
-  return `${PARAMS_WGSL}
-@group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> MAP: array<u32>;
-@group(0) @binding(2) var<storage, read> KO: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> VO: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read_write> KN: array<vec4<f32>>;
-@group(0) @binding(5) var<storage, read_write> VN: array<vec4<f32>>;
-@compute @workgroup_size(${workgroup})
+  const v4 = "vec4<f32>";
+  const bindings = [
+    params(),
+    read("MAP", "u32"),
+    read("KO", v4),
+    read("VO", v4),
+    write("KN", v4),
+    write("VN", v4),
+  ];
+  return {
+    name: "kv_gather",
+    bindings,
+    workgroupSize: workgroup,
+    body: `@compute @workgroup_size(${workgroup})
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
   let i = gid.y * nw.x * ${workgroup}u + gid.x;
   let e = i / ${h4}u;
@@ -115,26 +121,27 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   if (src == 0xffffffffu) { return; }
   KN[e * ${h4}u + j] = KO[src * ${h4}u + j];
   VN[e * ${h4}u + j] = VO[src * ${h4}u + j];
-}`;
+}`,
+  };
 }
 
 /** OUT[task.out] = |K[task.entry]|, for the entries at prompt positions. */
-export const KEYNORM_KINDS = "drrw";
-export function keyNormWgsl(headDim: number, workgroup: number): string {
+export function keyNorm(headDim: number, workgroup: number): KernelDef {
   const h4 = headDim / 4;
-  return `${PARAMS_WGSL}
-@group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> TASK: array<vec2<u32>>;
-@group(0) @binding(2) var<storage, read> KC: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read_write> OUT: array<f32>;
-@compute @workgroup_size(${workgroup})
+  const bindings = [params(), read("TASK", "vec2<u32>"), read("KC", "vec4<f32>"), write("OUT")];
+  return {
+    name: "key_norm",
+    bindings,
+    workgroupSize: workgroup,
+    body: `@compute @workgroup_size(${workgroup})
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   if (gid.x >= P.rows) { return; }
   let t = TASK[gid.x];
   var ss = 0.0;
   ${rep(h4, (j) => `{ let k = KC[t.x * ${h4}u + ${j}u]; ss += dot(k, k); }`, "\n  ")}
   OUT[t.y] = sqrt(ss);
-}`;
+}`,
+  };
 }
 
 export interface MassSpec {
@@ -148,17 +155,22 @@ export interface MassSpec {
  * Attention mass, pass 1: per (query row, head) the softmax maximum and normaliser over the row's
  * visible entries (VIS[slot][row] of them). P.rows = query rows, P.a = layer, P.b = captured row stride.
  */
-export const MASS_STATS_KINDS = "drrrrw";
-export function massStatsWgsl(s: MassSpec): string {
+export function massStats(s: MassSpec): KernelDef {
   const h4 = s.headDim / 4, group = s.nHeads / s.nKvHeads, q4 = (s.nHeads * s.headDim) / 4;
-  return `${PARAMS_WGSL}
-@group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> Q: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> KC: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> META: array<u32>;
-@group(0) @binding(4) var<storage, read> VIS: array<u32>;
-@group(0) @binding(5) var<storage, read_write> STATS: array<vec2<f32>>;
-@compute @workgroup_size(${s.workgroup})
+  const v4 = "vec4<f32>";
+  const bindings = [
+    params(),
+    read("Q", v4),
+    read("KC", v4),
+    read("META", "u32"),
+    read("VIS", "u32"),
+    write("STATS", "vec2<f32>"),
+  ];
+  return {
+    name: "mass_stats",
+    bindings,
+    workgroupSize: s.workgroup,
+    body: `@compute @workgroup_size(${s.workgroup})
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let r = gid.x;
   let h = gid.y;
@@ -177,7 +189,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     l += exp(sc - m);
   }
   STATS[(P.a * ${s.nHeads}u + h) * P.rows + r] = vec2<f32>(m, l);
-}`;
+}`,
+  };
 }
 
 /**
@@ -185,18 +198,23 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
  * entry of its softmax weight. TASK = (entry in layer buffer, kv head, index in head, position).
  * P.rows = tasks, P.step = query rows, P.a = layer, P.b = captured row stride, P.pos0 = prompt length.
  */
-export const MASS_KINDS = "drrrrrw";
-export function massWgsl(s: MassSpec): string {
+export function mass(s: MassSpec): KernelDef {
   const h4 = s.headDim / 4, group = s.nHeads / s.nKvHeads, q4 = (s.nHeads * s.headDim) / 4;
-  return `${PARAMS_WGSL}
-@group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> Q: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> KC: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> TASK: array<vec4<u32>>;
-@group(0) @binding(4) var<storage, read> VIS: array<u32>;
-@group(0) @binding(5) var<storage, read> STATS: array<vec2<f32>>;
-@group(0) @binding(6) var<storage, read_write> OUT: array<f32>;
-@compute @workgroup_size(${s.workgroup})
+  const v4 = "vec4<f32>";
+  const bindings = [
+    params(),
+    read("Q", v4),
+    read("KC", v4),
+    read("TASK", "vec4<u32>"),
+    read("VIS", "u32"),
+    read("STATS", "vec2<f32>"),
+    write("OUT"),
+  ];
+  return {
+    name: "mass",
+    bindings,
+    workgroupSize: s.workgroup,
+    body: `@compute @workgroup_size(${s.workgroup})
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   if (gid.x >= P.rows) { return; }
   let task = TASK[gid.x];
@@ -214,5 +232,6 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     acc += exp(sc - st.x) / st.y;
   }
   OUT[(P.a * ${s.nHeads}u + h) * P.pos0 + task.w] = acc;
-}`;
+}`,
+  };
 }

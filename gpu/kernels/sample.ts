@@ -7,20 +7,24 @@
  * float64 there: a draw can differ only when it lands within rounding of a boundary).
  * One workgroup; its lanes stride over the vocabulary and reduce through workgroup memory.
  */
-import { PARAMS_WGSL } from "./common.ts";
+import { type KernelDef, params, read, uniform, write } from "../pipelines.ts";
 
-export const SAMPLE_KINDS = "durwww"; // params, sampling, logits, tokens, rng state, probabilities
-
-export function sampleWgsl(vocab: number, wg = 256): string {
+export function sample(vocab: number, wg = 256): KernelDef {
   const V = vocab;
-  return `${PARAMS_WGSL}
+  const bindings = [
+    params(),
+    uniform("SP", "Sampling"),
+    read("L"),
+    write("TOK", "u32"),
+    write("RNG", "u32"),
+    write("PROB"),
+  ];
+  return {
+    name: "sample",
+    bindings,
+    workgroupSize: wg,
+    body: `
 struct Sampling { temperature: f32, topP: f32, topK: u32, pad: u32 }
-@group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<uniform> SP: Sampling;
-@group(0) @binding(2) var<storage, read> L: array<f32>;
-@group(0) @binding(3) var<storage, read_write> TOK: array<u32>;
-@group(0) @binding(4) var<storage, read_write> RNG: array<u32>;
-@group(0) @binding(5) var<storage, read_write> PROB: array<f32>;
 var<workgroup> RF: array<f32, ${wg}>;
 var<workgroup> RU: array<u32, ${wg}>;
 var<workgroup> SHF: f32;
@@ -179,7 +183,8 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     TOK[P.step] = token;
     RNG[0] = x;
   }
-}`;
+}`,
+  };
 }
 
 /** WGSL for a workgroup tree reduction of one value per invocation, returned uniformly to all. */
