@@ -273,10 +273,11 @@ export async function boundedDecode(
   initialRows: QueryRows | null = null,
 ): Promise<BoundedDecodeResult> {
   const c = s.config;
-  const mass = new MassSums(c, s.nextPosition + spec.maxTokens + 1);
   const needsRows = dc.source === "rows" || dc.source === "running" || dc.source === "last_row";
+  // Row-based scores only: attention sums by absolute position (never past the last decoded one).
+  const mass = needsRows ? new MassSums(c, s.nextPosition + spec.maxTokens + 1) : null;
   if (initialRows) {
-    if (needsRows) await mass.add(s, initialRows);
+    if (mass) await mass.add(s, initialRows);
     else initialRows.dispose();
   }
   const forced = ctx.forced ? ctx.forced.slice(0, spec.maxTokens) : null;
@@ -295,7 +296,7 @@ export async function boundedDecode(
       const scores = await scoreCached(s, dc, mass, ctx, events.length);
       const kept = selectHeld(scores, held, P, budget, dc.buffer);
       await s.keepPositions(kept, P);
-      if (dc.source === "rows") mass.clear();
+      if (dc.source === "rows") mass!.clear();
       held = kept;
       const event = {
         step: tokens.length,
@@ -328,7 +329,7 @@ export async function boundedDecode(
     segment++;
     syncs += d.syncs;
     tokens.push(...d.tokens);
-    if (d.queries) await mass.add(s, d.queries);
+    if (d.queries) await mass!.add(s, d.queries);
     if (d.finishReason !== "length") {
       finishReason = d.finishReason;
       break;
@@ -343,8 +344,8 @@ export async function boundedDecode(
       });
       logits?.push(r.logits!);
       if (r.queries) {
-        if (dc.source === "last_row") mass.clear();
-        await mass.add(s, r.queries);
+        if (dc.source === "last_row") mass!.clear();
+        await mass!.add(s, r.queries);
       }
     }
   }
@@ -370,7 +371,7 @@ async function forcedSegment(s: KvSession, seg: number[], captureQueries: boolea
 async function scoreCached(
   s: KvSession,
   dc: DecodeCompression,
-  mass: MassSums,
+  mass: MassSums | null,
   ctx: BoundedDecodeContext,
   event: number,
 ): Promise<Float32Array> {
@@ -396,7 +397,7 @@ async function scoreCached(
     case "rows":
     case "running":
     case "last_row":
-      inputs.mass = mass.view(P);
+      inputs.mass = mass!.view(P);
       scores = scoreFromMass(inputs, dc.options);
       break;
     case "keys":

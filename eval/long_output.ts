@@ -286,7 +286,10 @@ async function main(argv: string[]): Promise<number> {
     `executor ${m.model.executor.kind}, ${((performance.now() - t0) / 1000).toFixed(0)} s.\n\n` +
     longOutputMarkdown(rows);
   await Deno.writeTextFile(`${out}/results.md`, md);
-  await Deno.writeTextFile(`${out}/results.json`, JSON.stringify({ config: { ...f }, rows }, null, 1) + "\n");
+  await Deno.writeTextFile(
+    `${out}/results.json`,
+    JSON.stringify({ config: { ...f, out: undefined }, rows }, null, 1) + "\n",
+  );
   console.log(md);
   return 0;
 }
