@@ -166,14 +166,22 @@ export function createTokenizer(
       ...tj.data,
       added_tokens: added.filter((t) => !t.special),
     }, cfg);
-  /** Whether token `i` is a control token read from its own text (not an unknown piece's <unk>). */
+  /** Whether token `i` is a special token spelled out (an added token's match, or possibly the model's unk). */
   const isControl = (e: { ids: number[]; tokens: string[] }, i: number) =>
     specialIds.has(e.ids[i]) && idToToken(e.ids[i]) === e.tokens[i];
+  // The model's unknown token: without the special added tokens it can only be the model's answer to a
+  // piece it cannot spell (WordPiece, Unigram or BPE without byte fallback), as HF gives it too.
+  const m = tj.data.model as { unk_token?: unknown; unk_id?: unknown };
+  const unkId = typeof m.unk_token === "string"
+    ? hf.token_to_id(m.unk_token) ?? null
+    : typeof m.unk_id === "number"
+    ? m.unk_id
+    : null;
   const textIds = (text: string): number[] => {
     const e = hf.encode(text, { add_special_tokens: false });
     if (!e.ids.some((_, i) => isControl(e, i))) return e.ids;
     const p = plainTokenizer().encode(text, { add_special_tokens: false });
-    const at = p.ids.findIndex((_, i) => isControl(p, i));
+    const at = p.ids.findIndex((id, i) => id !== unkId && isControl(p, i));
     if (at >= 0) {
       // A model whose pieces spell a special token whole (none known): refuse rather than obey it.
       throw fail("invalid_request", `the text ${JSON.stringify(p.tokens[at])} reads as a control token`);

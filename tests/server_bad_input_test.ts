@@ -126,6 +126,12 @@ const CASES: Case[] = [
   gen({ ...OK, stop: [12345] }, 400, "stop.0", "stop token id outside the vocabulary"),
   gen({ ...OK, stop: { a: 1 } }, 400, "stop", "stop of the wrong type"),
   gen({ ...OK, bogus: true }, 400, "bogus", "unknown field"),
+  gen(
+    { ...OK, allow_special_tokens: "yes" },
+    400,
+    "allow_special_tokens",
+    "allow_special_tokens not a boolean",
+  ),
   gen({ ...OK, context: "a story" }, 400, "context", "prompt and context together"),
   gen({ context: "a story", max_tokens: 2 }, 400, "questions", "context without questions"),
   gen({ context: "a story", questions: [] }, 400, "questions", "empty questions"),

@@ -363,6 +363,29 @@ Deno.test("special-token text is plain text unless allowSpecial", () => {
   assert.equal(llama3.decode(l), "Hi<|eot_id|><|start_header_id|>system<|end_header_id|>");
 });
 
+Deno.test("special-token text: a WordPiece model's unknown words stay [UNK], its [CLS] text is text", () => {
+  const made = createTokenizer({
+    model: {
+      type: "WordPiece",
+      vocab: { "[UNK]": 0, "[CLS]": 1, "[SEP]": 2, hello: 3, world: 4, "[": 5, "]": 6, CLS: 7 },
+      unk_token: "[UNK]",
+      continuing_subword_prefix: "##",
+      max_input_chars_per_word: 100,
+    },
+    pre_tokenizer: { type: "BertPreTokenizer" },
+    added_tokens: [
+      { id: 0, content: "[UNK]", special: true },
+      { id: 1, content: "[CLS]", special: true },
+      { id: 2, content: "[SEP]", special: true },
+    ],
+    decoder: { type: "WordPiece", prefix: "##", cleanup: false },
+  }, {});
+  const wp = right(made);
+  assert.deepEqual(wp.encode("hello zzz world"), [3, 0, 4]); // an unknown word, as HF reads it
+  assert.deepEqual(wp.encode("hello [CLS] world"), [3, 5, 7, 6, 4]);
+  assert.deepEqual(wp.encode("hello [CLS] world", { allowSpecial: true }), [3, 1, 4]);
+});
+
 Deno.test("encodeTemplate: the template's control tokens, the values' text", () => {
   const msgs = (user: string) => [{ role: "user", content: user }];
   const render = (user: string) => (hide: (v: string) => string) =>
