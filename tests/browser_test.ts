@@ -80,6 +80,8 @@ async function openDemo(browser: Browser, base: string, executor: string): Promi
     };
   });
   await page.goto(`${base}/web/?executor=${executor}`);
+  // demo.js imports the bundle with top-level await: judgeqDemo appears after the load event.
+  await page.waitForFunction(() => "judgeqDemo" in globalThis, { timeout: 60_000 });
   const ready = await page.evaluate(async () => {
     try {
       await (globalThis as unknown as { judgeqDemo: { ready: Promise<unknown> } }).judgeqDemo.ready;

@@ -1,6 +1,8 @@
 // The demo page: loads stories260K and its Judge Q adapter over HTTP with the browser bundle, compresses
 // the story with Judge Q and with SnapKV at the same budget, and draws which KV entries each kept.
-import { generateText, loadModelFromUrl } from "./dist/judgeq.js";
+// The bundle is build output (`deno task bundle`), imported by URL so that checking the sources does
+// not need it.
+const { generateText, loadModelFromUrl } = await import(new URL("./dist/judgeq.js", import.meta.url).href);
 
 const $ = (sel, root = document) => root.querySelector(sel);
 const METHODS = ["judgeq", "snapkv"];
