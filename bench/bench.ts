@@ -27,7 +27,7 @@ import type { ModelWeights } from "../core/weights.ts";
 import { GpuExecutor } from "../gpu/executor.ts";
 import type { WeightFormat } from "../gpu/weights.ts";
 import type { GpuSession } from "../gpu/session.ts";
-import { fixtureWeights, loadWeightsOnly, promptTokens } from "../gpu/testing.ts";
+import { fixtureWeights, loadWeightsOnly, promptTokens } from "../fixtures/testing.ts";
 import { parseFlags, usage, UsageError } from "../cli/args.ts";
 import { benchFastCpu, type FastCpuResult } from "./fast_cpu.ts";
 import { type LlamaCppMeasurement, measureLlamaCpp } from "./llamacpp.ts";

@@ -12,7 +12,7 @@
 import { GpuExecutor, type GpuExecutorOptions } from "../gpu/executor.ts";
 import type { GpuSession } from "../gpu/session.ts";
 import type { CacheMark } from "../core/executor.ts";
-import { fixtureWeights, loadWeightsOnly, promptTokens } from "../gpu/testing.ts";
+import { fixtureWeights, loadWeightsOnly, promptTokens } from "../fixtures/testing.ts";
 
 const [name = "stories260K", ctxArg = "512", tokArg = "256", runsArg = "3", ...configArgs] = Deno.args;
 const ctx = Number(ctxArg), tokens = Number(tokArg), runs = Number(runsArg);

@@ -7,7 +7,7 @@
  */
 import type { DecodeOptions, KvSession } from "../core/executor.ts";
 import type { ModelWeights } from "../core/weights.ts";
-import { promptTokens } from "../gpu/testing.ts";
+import { promptTokens } from "../fixtures/testing.ts";
 import { WasmExecutor, type WasmQueryRows } from "../wasm/mod.ts";
 import type { WeightFormat } from "../wasm/weights.ts";
 

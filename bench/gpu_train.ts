@@ -1,20 +1,20 @@
 /**
  * Time per gradient, GPU (this device) vs the float64 CPU reference, on the embedded stories260K:
  *
- *   deno run -A gpu/train/bench.ts [--prompt 300] [--n 32] [--rounds 7] [--batch 8]
+ *   deno run -A bench/gpu_train.ts [--prompt 300] [--n 32] [--rounds 7] [--batch 8]
  *
  * GPU and CPU calls alternate within each round (so a busy machine slows both alike); medians over
  * rounds are printed with the load average, which matters on a shared 2-core box.
  */
 import { parseArgs } from "node:util";
-import { randomSoftTokens } from "../../core/soft_tokens.ts";
-import { meanLoss, sampleLossAndGrad, type TrainSample } from "../../core/train/loop.ts";
-import type { LossKind } from "../../core/train/loss.ts";
-import { promptKvFromCache, trainModel } from "../../core/train/model.ts";
-import { softForward } from "../../core/train/soft_pass.ts";
-import { EMBEDDED_MODEL_DIR, loadModelDir } from "../../io/model_dir.ts";
-import { prefilled } from "../../train/testing.ts";
-import { GpuTrainer } from "./trainer.ts";
+import { randomSoftTokens } from "../core/soft_tokens.ts";
+import { meanLoss, sampleLossAndGrad, type TrainSample } from "../core/train/loop.ts";
+import type { LossKind } from "../core/train/loss.ts";
+import { promptKvFromCache, trainModel } from "../core/train/model.ts";
+import { softForward } from "../core/train/soft_pass.ts";
+import { EMBEDDED_MODEL_DIR, loadModelDir } from "../io/model_dir.ts";
+import { prefilled } from "../train/testing.ts";
+import { GpuTrainer } from "../gpu/train/trainer.ts";
 
 const { values } = parseArgs({
   args: Deno.args,

@@ -20,7 +20,7 @@ import { METHODS } from "../core/methods/registry.ts";
 import { compilePlan, type CompressionRequest } from "../core/plan.ts";
 import { GREEDY } from "../core/sampling.ts";
 import type { ModelWeights } from "../core/weights.ts";
-import { fixtureWeights, loadWeightsOnly, promptTokens } from "../gpu/testing.ts";
+import { fixtureWeights, loadWeightsOnly, promptTokens } from "../fixtures/testing.ts";
 import { EXECUTORS_UNDER_TEST } from "./executors.ts";
 import { assert, assertClose, assertEquals, assertRejects, right } from "./helpers.ts";
 

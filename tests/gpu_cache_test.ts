@@ -8,7 +8,7 @@ import { CpuExecutor, type CpuSession } from "../core/cpu/executor.ts";
 import type { DecodeOptions } from "../core/executor.ts";
 import { GpuExecutor } from "../gpu/executor.ts";
 import type { GpuSession } from "../gpu/session.ts";
-import { fixtureWeights, loadWeightsOnly, maxAbsDiff, promptTokens } from "../gpu/testing.ts";
+import { fixtureWeights, loadWeightsOnly, maxAbsDiff, promptTokens } from "../fixtures/testing.ts";
 
 const adapter = await navigator.gpu?.requestAdapter().catch(() => null);
 const ignore = !adapter;

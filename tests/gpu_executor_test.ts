@@ -9,7 +9,7 @@ import type { DecodeOptions, KvSession } from "../core/executor.ts";
 import { type ModelWeights, roundProjectionsToF16 } from "../core/weights.ts";
 import { GpuExecutor, type GpuExecutorOptions, resolveWeightFormat } from "../gpu/executor.ts";
 import { createBestExecutor } from "../gpu/mod.ts";
-import { fixtureWeights, loadWeightsOnly, maxAbsDiff, promptTokens } from "../gpu/testing.ts";
+import { fixtureWeights, loadWeightsOnly, maxAbsDiff, promptTokens } from "../fixtures/testing.ts";
 
 const adapter = await navigator.gpu?.requestAdapter().catch(() => null);
 const ignore = !adapter;

@@ -9,7 +9,7 @@
 import { CpuExecutor } from "../core/cpu/executor.ts";
 import type { ModelWeights } from "../core/weights.ts";
 import { permuteRopeRows } from "../fixtures/convert_llama2c.ts";
-import { fixtureWeights, loadWeightsOnly, promptTokens } from "../gpu/testing.ts";
+import { fixtureWeights, loadWeightsOnly, promptTokens } from "../fixtures/testing.ts";
 import { EMBEDDED_MODEL_DIR } from "../io/model_dir.ts";
 import {
   encodeGgufF32,

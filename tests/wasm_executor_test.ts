@@ -9,7 +9,7 @@ import type { ModelConfig } from "../core/config.ts";
 import { JudgeQError } from "../core/errors.ts";
 import type { DecodeOptions } from "../core/executor.ts";
 import type { ModelWeights } from "../core/weights.ts";
-import { fixtureWeights, maxAbsDiff, promptTokens } from "../gpu/testing.ts";
+import { fixtureWeights, maxAbsDiff, promptTokens } from "../fixtures/testing.ts";
 import { WasmExecutor, wasmUnsupportedReason } from "../wasm/mod.ts";
 import { Arena } from "../wasm/arena.ts";
 import { instantiate, kernelModule } from "../wasm/kernels.ts";
