@@ -36,6 +36,19 @@ Deno.test("kv_compression.decode on every endpoint: the cache bounded, events re
     });
     assertEquals(g.json.outputs[0].tokens, want.outputs[0].tokens);
 
+    // Streamed: the same tokens, the stats in the last event.
+    const st = await s.stream("/v1/generate", {
+      prompt: STORY,
+      max_tokens: 40,
+      ignore_eos: true,
+      stream: true,
+      kv_compression: { method: "full", decode: DECODE },
+    });
+    assertEquals(st.status, 200);
+    const done = st.events.find((e) => e.object === "generation.done");
+    assertEquals(done.compression.decode.compressions, d.compressions);
+    assertEquals(done.text, g.json.text);
+
     const c = await s.post("/v1/completions", {
       prompt: STORY,
       max_tokens: 30,
@@ -78,7 +91,7 @@ Deno.test("kv_compression.decode on every endpoint: the cache bounded, events re
       kv_compression: { method: "full", decode: { method: "knorm", budget: 16, interval: 4 } },
     });
     assertEquals(q.status, 200, JSON.stringify(q.json));
-    const total = [g, c, chat, a1, a2, q].reduce(
+    const total = d.compressions + [g, c, chat, a1, a2, q].reduce(
       (n, r) => n + (r.json.compression.decode?.compressions ?? 0),
       0,
     );
