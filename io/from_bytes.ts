@@ -55,6 +55,8 @@ export interface ModelBytes {
   tokenizerConfig?: JsonInput | null;
   /** generation_config.json (extra eos ids), optional. */
   generationConfig?: JsonInput | null;
+  /** A Jinja chat template, replacing tokenizer_config.json's `chat_template`. */
+  chatTemplate?: string;
   /**
    * The safetensors file, or every shard of a sharded model in any order (each tensor is looked up in
    * the shard that has it; no index file needed).
@@ -133,7 +135,10 @@ export async function parseModelBytes(b: ModelBytes): Promise<ModelFiles> {
   const config = orThrow(parseModelConfig(parseJsonInput(b.config, "config.json")));
   const tokenizerJson = parseJsonInput(b.tokenizer, "tokenizer.json");
   if (tokenizerJson === null) throw fail("invalid_model_file", "is missing", "tokenizer.json");
-  const tokenizerConfig = parseJsonInput(b.tokenizerConfig, "tokenizer_config.json");
+  const parsedTokenizerConfig = parseJsonInput(b.tokenizerConfig, "tokenizer_config.json");
+  const tokenizerConfig = b.chatTemplate === undefined
+    ? parsedTokenizerConfig
+    : { ...(parsedTokenizerConfig ?? {}) as Record<string, unknown>, chat_template: b.chatTemplate };
   const generationConfig = parseJsonInput(b.generationConfig, "generation_config.json") as
     | Record<string, unknown>
     | null;

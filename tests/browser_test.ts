@@ -8,7 +8,10 @@
  * with apt-get when it runs as root; CHROMIUM_PATH names another binary).
  */
 import puppeteer, { type Browser, type Page } from "puppeteer-core";
+import { parseModelConfig } from "../core/config.ts";
 import { generateText } from "../core/engine.ts";
+import { encodeSafetensors } from "../core/safetensors.ts";
+import { randomTensors, testModelConfig } from "../fixtures/test_models.ts";
 import { loadModel } from "../io/runtime.ts";
 import { buildBundle } from "../web/build.ts";
 import { serveStatic } from "../web/serve_static.ts";
@@ -244,6 +247,90 @@ Deno.test({
         assertEquals(compiled.errors, [], "WGSL compilation errors in Chromium (Tint)");
         await page.close();
       });
+
+      await t.step(
+        "WebGPU kernel variants (q/k/v bias, separate RMSNorm, f16 weights) compile and match",
+        async () => {
+          // A random Qwen2-shaped model (bias, GQA), given to the page as bytes.
+          const config = testModelConfig("qwen2");
+          const parsed = parseModelConfig(config);
+          assert(parsed._tag === "Right", "qwen2 config");
+          const tensors = Object.fromEntries(
+            [...randomTensors(parsed.right, 5)].map(([n, t]) => [n, { dtype: "F32" as const, ...t }]),
+          );
+          const weights = btoa(
+            Array.from(encodeSafetensors(tensors), (b) => String.fromCharCode(b)).join(""),
+          );
+          const page = await openDemo(browser!, base, "cpu");
+          const got = await page.evaluate(
+            async (config: Record<string, unknown>, b64: string) => {
+              const lib = await import(`${location.origin}/web/dist/judgeq.js`);
+              const safetensors = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+              const tokenizer = await (await fetch("/fixtures/models/stories260K/tokenizer.json")).text();
+              const files = await lib.parseModelBytes({ config, tokenizer, safetensors });
+              const request = (method: string) => ({
+                input: { kind: "prompt", tokens: Array.from({ length: 40 }, (_, i) => 1 + (i * 37) % 500) },
+                compression: { method, budget: 12 },
+                decode: {
+                  maxTokens: 12,
+                  sampling: { temperature: 0, topP: 1, topK: 0, seed: 0 },
+                  stopTokenIds: [],
+                },
+              });
+              const run = async (executor: unknown, method: string) => {
+                const model = {
+                  name: "qwen2",
+                  config: files.config,
+                  tokenizer: null,
+                  executor,
+                  adapter: null,
+                  tokenEmbeddings: files.weights.embed,
+                  stopTokenIds: [],
+                };
+                const r = await lib.generateTokens(model, request(method));
+                return { tokens: r.run.outputs[0].tokens, kept: r.run.compression.kept };
+              };
+              const cpu = new lib.CpuExecutor(files.weights);
+              const out: Record<string, unknown> = {};
+              const variants: [string, Record<string, unknown>][] = [
+                ["f32, separate norm", { weightFormat: "f32", separateNorm: true }],
+                ["f32, fused norm", { weightFormat: "f32", separateNorm: false }],
+                ["f16, separate norm", { weightFormat: "f16", separateNorm: true }],
+              ];
+              for (const method of ["snapkv", "h2o"]) out[`cpu ${method}`] = await run(cpu, method);
+              for (const [name, o] of variants) {
+                const gpu = await lib.GpuExecutor.create(files.weights, o);
+                for (const method of ["snapkv", "h2o"]) out[`${name} ${method}`] = await run(gpu, method);
+                gpu.dispose();
+              }
+              return out;
+            },
+            config,
+            weights,
+          ) as Record<string, { tokens: number[]; kept: number[][][] }>;
+          for (const name of ["f32, separate norm", "f32, fused norm"]) {
+            for (const method of ["snapkv", "h2o"]) {
+              assertEquals(
+                got[`${name} ${method}`],
+                got[`cpu ${method}`],
+                `${name}, ${method}: tokens and kept positions`,
+              );
+            }
+          }
+          assertEquals(got["f16, separate norm snapkv"].tokens.length, 12, "f16 decodes");
+          const errors = await page.evaluate(async () => {
+            const out: string[] = [];
+            for (const m of (globalThis as unknown as { __shaders: GPUShaderModule[] }).__shaders) {
+              for (const msg of (await m.getCompilationInfo()).messages) {
+                if (msg.type === "error") out.push(`${m.label}: ${msg.message}`);
+              }
+            }
+            return out;
+          });
+          assertEquals(errors, [], "WGSL compilation errors in Chromium (Tint)");
+          await page.close();
+        },
+      );
     } finally {
       await browser?.close();
       await server.shutdown();

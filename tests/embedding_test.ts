@@ -220,6 +220,18 @@ Deno.test("embedding: loadModelFromBytes takes sharded safetensors in any order;
     model.executor.dispose();
   }
 
+  const templated = await loadModelFromBytes({
+    ...b,
+    chatTemplate: "{{ messages[0].content }}",
+    executor: "cpu",
+  });
+  assertEquals(
+    templated.tokenizer.chatTemplate,
+    "{{ messages[0].content }}",
+    "chatTemplate replaces the file's",
+  );
+  templated.executor.dispose();
+
   await assertRejects(() => parseModelBytes({ ...b, safetensors: [s0] }), "model.layers.");
   await assertRejects(() => parseModelBytes({ ...b, safetensors: [s0, s0] }), "more than one shard");
   await assertRejects(() => parseModelBytes({ ...b, safetensors: [] }), "safetensors");
