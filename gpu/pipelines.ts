@@ -1,9 +1,10 @@
 /**
- * The kernel-definition layer. A kernel is a name, its named bindings and a WGSL body, declared once
- * (`KernelDef`); the WGSL declarations, the explicit bind group layout and every bind group come from
- * that one list, so they cannot drift apart. Kernels are WGSL generated with the model's sizes baked in
- * as constants; each is compiled once per device and reused by every session. The per-dispatch
- * parameter record is bound with a dynamic uniform offset (many decode steps in one command buffer).
+ * The kernel-definition layer, for inference and training (gpu/train/program.ts) alike. A kernel is a
+ * name, its named bindings and a WGSL body, declared once (`KernelDef`); the WGSL declarations, the
+ * explicit bind group layout and every bind group come from that one list, so they cannot drift apart.
+ * Kernels are WGSL generated with the model's sizes baked in as constants; each is compiled once per
+ * device and reused by every session. The per-dispatch parameter record is bound with a dynamic uniform
+ * offset (many decode steps in one command buffer).
  */
 import { JudgeQError } from "../core/errors.ts";
 import { PARAMS_WGSL } from "./kernels/common.ts";
@@ -29,6 +30,8 @@ export interface KernelDef {
   body: string;
   /** Invocations per workgroup (the body's @workgroup_size). */
   workgroupSize: number;
+  /** WGSL before the declarations (the structs the bindings use); inference's Params and Static by default. */
+  prelude?: string;
 }
 
 /** The per-dispatch parameter record, always binding 0. */
@@ -53,7 +56,7 @@ const VAR: Record<BindingKind, string> = {
 /** The whole WGSL module of a kernel: shared structs, one declaration per binding, the body. */
 export function kernelWgsl(def: KernelDef): string {
   const decl = def.bindings.map((b, i) => `@group(0) @binding(${i}) ${VAR[b.kind]} ${b.name}: ${b.type};`);
-  return `${PARAMS_WGSL}\n${decl.join("\n")}\n${def.body}`;
+  return `${def.prelude ?? PARAMS_WGSL}\n${decl.join("\n")}\n${def.body}`;
 }
 
 export interface Kernel {

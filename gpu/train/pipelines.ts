@@ -3,6 +3,7 @@ import type { LossKind } from "../../core/train/loss.ts";
 import { attentionBackDef, attentionDef, keyValueBackDef, mapDef, softScoresBackDef } from "./attention.ts";
 import { matmulDef, type MatmulSpec } from "./matmul.ts";
 import { lossDef, rmsBackDef } from "./misc.ts";
+import { PipelineCache } from "../pipelines.ts";
 import { compile, type Kernel } from "./program.ts";
 import { qkvWidth, type Shape } from "./shape.ts";
 
@@ -37,7 +38,8 @@ export interface TrainKernels {
 }
 
 export function compileKernels(device: GPUDevice, s: Shape, bias: boolean): TrainKernels {
-  const c = (d: Parameters<typeof compile>[1]) => compile(device, d);
+  const cache = new PipelineCache(device);
+  const c = (d: Parameters<typeof compile>[1]) => compile(cache, d);
   const mm = (spec: MatmulSpec): Product => ({ kernel: c(matmulDef(s, spec)), spec });
   const nq = qkvWidth(s), qw = s.H * s.HD;
   return {
