@@ -57,8 +57,7 @@ function matmulBindings(s: MatmulSpec): Binding[] {
 }
 
 export function matmul(name: string, s: MatmulSpec): KernelDef {
-  const K4 = s.K / 4, N4 = s.N / 4, TR = s.TR;
-  const hd = s.headDim, half = hd / 2, qd = s.nHeads * hd, kd = s.nKvHeads * hd;
+  const K4 = s.K / 4, TR = s.TR;
   const two = s.mode === "swiglu";
   // Input rows clamp to the last valid row so loads stay in bounds; stores are skipped for them.
   const rowsDecl = rep(TR, (i) => `let x${i} = (P.rowStart + min(r0 + ${i}u, P.rows - 1u)) * ${K4}u;`);
@@ -83,8 +82,29 @@ export function matmul(name: string, s: MatmulSpec): KernelDef {
   }
     wb += ${s.f16 ? 16 : 32}u;
   }`;
+  const epilogue = epilogueWgsl(s);
+  const body = `${s.f16 ? UNPACK_WGSL : ""}
+${s.mode === "qkv" ? qkvStoreWgsl(s) : ""}
+@compute @workgroup_size(${s.workgroup})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  // Workgroups go over row groups first: consecutive ones reuse the same weight columns from cache.
+  let c4 = wid.y * ${s.workgroup}u + li;
+  let r0 = wid.x * ${TR}u;
+  if (c4 >= S.n4 || r0 >= P.rows) { return; }
+  ${rowsDecl}
+  ${normLoop}
+  ${mainLoop}
+  ${epilogue}
+}
+`;
+  return { name, bindings: matmulBindings(s), body, workgroupSize: s.workgroup };
+}
+
+/** Per row: the result (scaled by the row's norm, plus the bias) stored as the mode asks. */
+function epilogueWgsl(s: MatmulSpec): string {
+  const N4 = s.N / 4;
   const n = "S.nOff + 4u * c4";
-  const epilogue = rep(TR, (i) => {
+  return rep(s.TR, (i) => {
     const r = `(r0 + ${i}u)`;
     const y = `a${i} * sc${i}${s.bias ? " + BIAS[(S.nOff / 4u) + c4]" : ""}`;
     let body: string;
@@ -105,8 +125,15 @@ export function matmul(name: string, s: MatmulSpec): KernelDef {
     }
     return `if (${r} < P.rows) { ${body} }`;
   }, "\n  ");
-  const qkvFn = s.mode !== "qkv" ? "" : `
-fn qkvStore(r: u32, n: u32, y: vec4<f32>) {
+}
+
+/**
+ * The QKV epilogue: output column n of row r is a query (RoPE, to OUT), a key (RoPE, appended to its
+ * head's cache segment) or a value (appended).
+ */
+function qkvStoreWgsl(s: MatmulSpec): string {
+  const hd = s.headDim, half = hd / 2, qd = s.nHeads * hd, kd = s.nKvHeads * hd;
+  return `fn qkvStore(r: u32, n: u32, y: vec4<f32>) {
   let pos = P.pos0 + r;
   if (n < ${qd + kd}u) {
     let isK = n >= ${qd}u;
@@ -136,21 +163,6 @@ fn qkvStore(r: u32, n: u32, y: vec4<f32>) {
     VC[base] = y.x; VC[base + 1u] = y.y; VC[base + 2u] = y.z; VC[base + 3u] = y.w;
   }
 }`;
-  const body = `${s.f16 ? UNPACK_WGSL : ""}
-${qkvFn}
-@compute @workgroup_size(${s.workgroup})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-  // Workgroups go over row groups first: consecutive ones reuse the same weight columns from cache.
-  let c4 = wid.y * ${s.workgroup}u + li;
-  let r0 = wid.x * ${TR}u;
-  if (c4 >= S.n4 || r0 >= P.rows) { return; }
-  ${rowsDecl}
-  ${normLoop}
-  ${mainLoop}
-  ${epilogue}
-}
-`;
-  return { name, bindings: matmulBindings(s), body, workgroupSize: s.workgroup };
 }
 
 /** Four columns of one input row from two packed words. */

@@ -25,6 +25,26 @@ interface LayerWork {
   backward: Dispatch[];
 }
 
+/** Per-sample activations and gradients that only the recorded dispatches touch. */
+interface Tape {
+  qkv: GPUBuffer[];
+  probs: GPUBuffer[];
+  x1: GPUBuffer[];
+  gu: GPUBuffer[];
+  att: GPUBuffer[];
+  a: GPUBuffer;
+  dMaps: GPUBuffer;
+  /** Two layer-input gradients, used in turn. */
+  dxs: GPUBuffer[];
+  dgu: GPUBuffer;
+  dn: GPUBuffer;
+  dx1: GPUBuffer;
+  dOut: GPUBuffer;
+  dsp: GPUBuffer;
+  pdp: GPUBuffer;
+  dqkv: GPUBuffer;
+}
+
 const groups = (n: number) => Math.max(1, Math.ceil(n / WG));
 
 export class Workspace {
@@ -68,104 +88,111 @@ export class Workspace {
       GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
     );
     this.x = perLayer(R * s.D, "x");
-    const qkv = perLayer(R * NQ, "qkv"), probs = perLayer(s.H * (lCap + R) * Math.ceil(R / 4) * 4, "probs");
-    const x1 = perLayer(R * s.D, "x1", s.NL - 1), gu = perLayer(R * 2 * s.F, "gu", s.NL - 1);
+    const t: Tape = {
+      qkv: perLayer(R * NQ, "qkv"),
+      probs: perLayer(s.H * (lCap + R) * Math.ceil(R / 4) * 4, "probs"),
+      x1: perLayer(R * s.D, "x1", s.NL - 1),
+      gu: perLayer(R * 2 * s.F, "gu", s.NL - 1),
+      // The attention output is kept per layer: its backward uses dOut . out.
+      att: perLayer(R * QW, "att", s.NL - 1),
+      a: f32(R * s.F, "a"),
+      dMaps: f32(mapSize, "dmaps"),
+      dxs: [f32(R * s.D, "dx.0"), f32(R * s.D, "dx.1")],
+      dgu: f32(R * 2 * s.F, "dgu"),
+      dn: f32(R * s.D, "dn"),
+      dx1: f32(R * s.D, "dx1"),
+      dOut: f32(R * QW, "dout"),
+      dsp: f32(s.H * R * R, "dsp"),
+      pdp: f32(s.H * R, "pdp"),
+      dqkv: f32(R * NQ, "dqkv"),
+    };
     this.pk = perLayer(s.G * lCap * s.HD, "pk");
     this.pv = perLayer(s.G * lCap * s.HD, "pv");
-    // The attention output is kept per layer: its backward uses dOut . out.
-    const att = perLayer(R * QW, "att", s.NL - 1), a = f32(R * s.F, "a");
     this.rope = f32(R * s.HD, "rope");
     this.maps = f32(mapSize, "maps");
     this.target = f32(mapSize, "target");
-    const dMaps = f32(mapSize, "dmaps");
     this.parts = f32(s.NL * s.H, "parts");
-    const dxs = [f32(R * s.D, "dx.0"), f32(R * s.D, "dx.1")];
-    const dgu = f32(R * 2 * s.F, "dgu"), dn = f32(R * s.D, "dn"), dx1 = f32(R * s.D, "dx1");
-    const dOut = f32(R * QW, "dout"),
-      dsp = f32(s.H * R * R, "dsp"),
-      pdp = f32(s.H * R, "pdp"),
-      dqkv = f32(R * NQ, "dqkv");
     this.grad = f32(R * s.D, "grad");
-
-    const uni = (l: number): Resource => ({
-      buffer: this.uniform,
-      offset: l * this.uniformStride,
-      size: UNIFORM_BYTES,
-    });
-    const op = (
-      kernel: Kernel,
-      res: Record<string, Resource | undefined>,
-      size: [number, number],
-    ): Dispatch => ({
-      kernel,
-      group: bind(device, kernel, res),
-      size,
-    });
-    const mm = (p: Product, res: Record<string, Resource | undefined>) =>
-      op(p.kernel, res, matmulGroups(p.spec, R));
-    const attn = attentionGroups(s, R), perRow: [number, number] = [groups(R), 1];
-    for (let l = 0; l < s.NL; l++) {
-      const w = wts.layers[l], u = uni(l), mlp = w.mlp;
-      // Attention tensors of this layer, forward and backward.
-      const at = {
-        u,
-        QKV: qkv[l],
-        PK: this.pk[l],
-        PV: this.pv[l],
-        P: probs[l],
-        MAPS: this.maps,
-        ATT: att[l],
-        DMAPS: dMaps,
-        ROPE: this.rope,
-        DOUT: dOut,
-        DQKV: dqkv,
-        DSP: dsp,
-        PDP: pdp,
-      };
-      const forward = [
-        mm(k.qkv, { u, X: this.x[l], B: w.qkvT, BIAS: w.bias ?? undefined, ROPE: this.rope, Y: qkv[l] }),
-        op(mlp ? k.attention : k.attentionLast, at, attn),
-        op(k.map, at, [groups(lCap), s.H]),
-      ];
-      // This layer's input gradient goes to dxs[l % 2]; its output's gradient is in the other one.
-      const dIn = dxs[l % 2], dNext = dxs[(l + 1) % 2];
-      const backward: Dispatch[] = [];
-      if (mlp) {
-        forward.push(
-          mm(k.o, { u, X: att[l], B: mlp.oT, RES: this.x[l], Y: x1[l] }),
-          mm(k.gu, { u, X: x1[l], B: mlp.guT, Y: gu[l], A: a }),
-          mm(k.down, { u, X: a, B: mlp.downT, RES: x1[l], Y: this.x[l + 1] }),
-        );
-        backward.push(
-          mm(k.swigluBack, { u, X: dNext, B: mlp.down, GU: gu[l], Y: dgu }),
-          mm(k.guBack, { u, X: dgu, B: mlp.gu, Y: dn }),
-          op(k.rmsBack.res, { u, GW: dn, X: x1[l], RES: dNext, OUT: dx1 }, perRow),
-          mm(k.oBack, { u, X: dx1, B: mlp.o, Y: dOut }),
-        );
-      }
-      const norm = l === 0
-        ? (mlp ? k.rmsBack.resAcc : k.rmsBack.acc)
-        : (mlp ? k.rmsBack.res : k.rmsBack.plain);
-      backward.push(
-        op(mlp ? k.attentionBack : k.attentionBackLast, at, attn),
-        op(mlp ? k.softBack : k.softBackLast, at, [groups(R), s.H]),
-        op(mlp ? k.kvBack : k.kvBackLast, at, [groups((s.G * s.HD) / 2), R]),
-        mm(k.qkvBack, { u, X: dqkv, B: w.qkv, Y: dn }),
-        op(
-          norm,
-          { u, GW: dn, X: this.x[l], RES: mlp ? dx1 : undefined, OUT: l === 0 ? this.grad : dIn },
-          perRow,
-        ),
-      );
-      this.layers.push({ forward, backward });
-    }
+    for (let l = 0; l < s.NL; l++) this.layers.push(this.layerWork(l, k, wts, t));
     const loss = (kind: LossKind) =>
-      op(
+      this.op(
         k.loss[kind],
-        { u: uni(0), MAPS: this.maps, TGT: this.target, DMAPS: dMaps, PARTS: this.parts },
+        { u: this.uni(0), MAPS: this.maps, TGT: this.target, DMAPS: t.dMaps, PARTS: this.parts },
         [groups(s.NL * s.H), 1],
       );
     this.lossWork = { mse: loss("mse"), kl: loss("kl") };
+  }
+
+  /** The uniform record of layer l. */
+  private uni(l: number): Resource {
+    return { buffer: this.uniform, offset: l * this.uniformStride, size: UNIFORM_BYTES };
+  }
+
+  private op(kernel: Kernel, res: Record<string, Resource | undefined>, size: [number, number]): Dispatch {
+    return { kernel, group: bind(this.device, kernel, res), size };
+  }
+
+  private mm(p: Product, res: Record<string, Resource | undefined>): Dispatch {
+    return this.op(p.kernel, res, matmulGroups(p.spec, this.rows));
+  }
+
+  /** Layer l's dispatches with their bind groups, forward and backward. */
+  private layerWork(l: number, k: TrainKernels, wts: GpuTrainWeights, t: Tape): LayerWork {
+    const s = this.shape, R = this.rows, w = wts.layers[l], u = this.uni(l), mlp = w.mlp;
+    const attn = attentionGroups(s, R), perRow: [number, number] = [groups(R), 1];
+    // Attention tensors of this layer, forward and backward.
+    const at = {
+      u,
+      QKV: t.qkv[l],
+      PK: this.pk[l],
+      PV: this.pv[l],
+      P: t.probs[l],
+      MAPS: this.maps,
+      ATT: t.att[l],
+      DMAPS: t.dMaps,
+      ROPE: this.rope,
+      DOUT: t.dOut,
+      DQKV: t.dqkv,
+      DSP: t.dsp,
+      PDP: t.pdp,
+    };
+    const forward = [
+      this.mm(k.qkv, { u, X: this.x[l], B: w.qkvT, BIAS: w.bias ?? undefined, ROPE: this.rope, Y: t.qkv[l] }),
+      this.op(mlp ? k.attention : k.attentionLast, at, attn),
+      this.op(k.map, at, [groups(this.lCap), s.H]),
+    ];
+    // This layer's input gradient goes to dxs[l % 2]; its output's gradient is in the other one.
+    const dIn = t.dxs[l % 2], dNext = t.dxs[(l + 1) % 2];
+    const backward: Dispatch[] = [];
+    if (mlp) {
+      forward.push(
+        this.mm(k.o, { u, X: t.att[l], B: mlp.oT, RES: this.x[l], Y: t.x1[l] }),
+        this.mm(k.gu, { u, X: t.x1[l], B: mlp.guT, Y: t.gu[l], A: t.a }),
+        this.mm(k.down, { u, X: t.a, B: mlp.downT, RES: t.x1[l], Y: this.x[l + 1] }),
+      );
+      backward.push(
+        this.mm(k.swigluBack, { u, X: dNext, B: mlp.down, GU: t.gu[l], Y: t.dgu }),
+        this.mm(k.guBack, { u, X: t.dgu, B: mlp.gu, Y: t.dn }),
+        this.op(k.rmsBack.res, { u, GW: t.dn, X: t.x1[l], RES: dNext, OUT: t.dx1 }, perRow),
+        this.mm(k.oBack, { u, X: t.dx1, B: mlp.o, Y: t.dOut }),
+      );
+    }
+    const norm = l === 0 ? (mlp ? k.rmsBack.resAcc : k.rmsBack.acc) : (mlp ? k.rmsBack.res : k.rmsBack.plain);
+    const normRes = {
+      u,
+      GW: t.dn,
+      X: this.x[l],
+      RES: mlp ? t.dx1 : undefined,
+      OUT: l === 0 ? this.grad : dIn,
+    };
+    backward.push(
+      this.op(mlp ? k.attentionBack : k.attentionBackLast, at, attn),
+      this.op(mlp ? k.softBack : k.softBackLast, at, [groups(R), s.H]),
+      this.op(mlp ? k.kvBack : k.kvBackLast, at, [groups((s.G * s.HD) / 2), R]),
+      this.mm(k.qkvBack, { u, X: t.dqkv, B: w.qkv, Y: t.dn }),
+      this.op(norm, normRes, perRow),
+    );
+    return { forward, backward };
   }
 
   /** Writes the per-layer uniform records for a sample of prompt length L weighted by `scale`. */
