@@ -188,26 +188,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   };
 }
 
-/** The soft-token map of one layer: maps[layer, h, t] = mean over rows of P[h, t, rows], t < L. */
-export function mapDef(s: Shape): KernelDef {
-  return {
-    name: "map",
-    bindings: [u(), r("P", v4), w("MAPS")],
-    body: `${consts(s)}
-@compute @workgroup_size(${WG})
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-  let t = gid.x;
-  let h = gid.y;
-  if (t >= u.L) { return; }
-  let R4 = (u.R + 3u) / 4u;
-  let at = (h * (u.L + u.R) + t) * R4;
-  var acc = vec4<f32>(0.0);
-  for (var i = 0u; i < R4; i++) { acc += P[at + i]; }
-  MAPS[(u.layer * H + h) * u.L + t] = (acc.x + acc.y + acc.z + acc.w) / f32(u.R);
-}`,
-  };
-}
-
 /** The inverse RoPE rotation of the register vector `v` (v0, v1, ... vec4s) at soft row `row`. */
 function unrope(s: Shape, v: string, row: string): string {
   const half = s.HD / 2;
@@ -217,6 +197,43 @@ function unrope(s: Shape, v: string, row: string): string {
       `{ let cs = ROPE[${row} * HALF + ${i}u]; let a = ${comp(v, i)}; let b = ${comp(v, i + half)};
     ${comp(v, i)} = a * cs.x + b * cs.y; ${comp(v, i + half)} = b * cs.x - a * cs.y; }`,
   );
+}
+
+/**
+ * attentionBackDef's pass B: per staged chunk of entries, each row's score gradients
+ * ds = p (dmaps / R + dO . v - pdp) scale, accumulated into dq.
+ */
+function scoreGradPass(s: Shape, withOut: boolean, stageDm: string, dp: (a: number, h: number) => string) {
+  return `// Pass B: score gradients and dq.
+  ${queries(s, (a, h) => vecs(s, (j) => `var dq${a}_${h}_${j} = vec4<f32>(0.0);`))}
+  for (var t0 = 0u; t0 < total; t0 += TT) {
+    ${stage(withOut)}
+    ${stageDm}
+    workgroupBarrier();
+    ${counts(s, (a) => `seen${a}`)}
+    for (var tt = 0u; tt < n; tt++) {
+      ${loadKv(s, withOut)}
+      ${
+    heads(s, (h) =>
+      `{
+        let pv = P[${pAt(h)}];
+        let dm = DM[${h}u * TT + tt];
+        ${
+        rows(
+          s,
+          (a) =>
+            `if (tt < n${a}) {
+          let ds = pv${lane(s, a)} * (${dp(a, h)} - pdp${a}_${h}) * SCALE;
+          ${vecs(s, (j) => `dq${a}_${h}_${j} += ds * k${j};`)}
+        }`,
+          "\n        ",
+        )
+      }
+      }`, "\n      ")
+  }
+    }
+    workgroupBarrier();
+  }`;
 }
 
 /**
@@ -272,36 +289,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     workgroupBarrier();
   }
-  // Pass B: score gradients and dq.
-  ${queries(s, (a, h) => vecs(s, (j) => `var dq${a}_${h}_${j} = vec4<f32>(0.0);`))}
-  for (var t0 = 0u; t0 < total; t0 += TT) {
-    ${stage(withOut)}
-    ${stageDm}
-    workgroupBarrier();
-    ${counts(s, (a) => `seen${a}`)}
-    for (var tt = 0u; tt < n; tt++) {
-      ${loadKv(s, withOut)}
-      ${
-      heads(s, (h) =>
-        `{
-        let pv = P[${pAt(h)}];
-        let dm = DM[${h}u * TT + tt];
-        ${
-          rows(
-            s,
-            (a) =>
-              `if (tt < n${a}) {
-          let ds = pv${lane(s, a)} * (${dp(a, h)} - pdp${a}_${h}) * SCALE;
-          ${vecs(s, (j) => `dq${a}_${h}_${j} += ds * k${j};`)}
-        }`,
-            "\n        ",
-          )
-        }
-      }`, "\n      ")
-    }
-    }
-    workgroupBarrier();
-  }
+  ${scoreGradPass(s, withOut, stageDm, dp)}
   ${
       rows(s, (a) =>
         `if (live${a}) {

@@ -1,7 +1,27 @@
-/** The loss on the soft-token maps and the RMSNorm backward. */
+/** The soft-token maps, the loss on them and the RMSNorm backward. */
 import type { LossKind } from "../../core/train/loss.ts";
 import { consts, type Shape } from "./shape.ts";
 import { type KernelDef, lit, r, u, v4, w, WG } from "./program.ts";
+
+/** The soft-token map of one layer: maps[layer, h, t] = mean over rows of P[h, t, rows], t < L. */
+export function mapDef(s: Shape): KernelDef {
+  return {
+    name: "map",
+    bindings: [u(), r("P", v4), w("MAPS")],
+    body: `${consts(s)}
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let t = gid.x;
+  let h = gid.y;
+  if (t >= u.L) { return; }
+  let R4 = (u.R + 3u) / 4u;
+  let at = (h * (u.L + u.R) + t) * R4;
+  var acc = vec4<f32>(0.0);
+  for (var i = 0u; i < R4; i++) { acc += P[at + i]; }
+  MAPS[(u.layer * H + h) * u.L + t] = (acc.x + acc.y + acc.z + acc.w) / f32(u.R);
+}`,
+  };
+}
 
 /**
  * Invocation per (layer, head) map: the loss share of this map (PARTS, read back and summed in

@@ -1,8 +1,8 @@
 /** Every kernel of the soft-row pass and its reverse mode for one model, compiled once per trainer. */
 import type { LossKind } from "../../core/train/loss.ts";
-import { attentionBackDef, attentionDef, keyValueBackDef, mapDef, softScoresBackDef } from "./attention.ts";
+import { attentionBackDef, attentionDef, keyValueBackDef, softScoresBackDef } from "./attention.ts";
 import { matmulDef, type MatmulSpec } from "./matmul.ts";
-import { lossDef, rmsBackDef } from "./misc.ts";
+import { lossDef, mapDef, rmsBackDef } from "./misc.ts";
 import { PipelineCache } from "../pipelines.ts";
 import { compile, type Kernel } from "./program.ts";
 import { qkvWidth, type Shape } from "./shape.ts";
