@@ -143,7 +143,7 @@ Deno.test("embedding: the modules mod.ts and serve.ts load use Deno only in io/m
   }
 });
 
-Deno.test("embedding: mod.ts with zero permissions and no WebGPU loads from bytes and generates on the CPU reference, wasm and auto like loadModel", async () => {
+Deno.test("embedding: mod.ts and serve.ts with zero permissions, no WebGPU and no Deno namespace load from bytes and generate on the CPU reference, wasm and auto like loadModel", async () => {
   const parts: Uint8Array[] = [new Uint8Array(new Uint32Array([MODEL_FILES.length]).buffer)];
   for (const name of MODEL_FILES) {
     const n = new TextEncoder().encode(name), bytes = await Deno.readFile(`${MODEL}/${name}`);
@@ -164,7 +164,8 @@ Deno.test("embedding: mod.ts with zero permissions and no WebGPU loads from byte
   const out = await child.output();
   const stderr = new TextDecoder().decode(out.stderr);
   assert(out.success, `zero-permission run failed: ${stderr}`);
-  const { results, warnings } = JSON.parse(new TextDecoder().decode(out.stdout));
+  const { results, warnings, served, denoGone } = JSON.parse(new TextDecoder().decode(out.stdout));
+  assert(denoGone, "the script ran without the Deno namespace");
   const ref = await referenceRun();
   for (const [choice, kind] of [["cpu", "cpu"], ["wasm", "wasm"], ["auto", "wasm"]]) {
     assertEquals(results[choice].executor, kind, `${choice}: executor`);
@@ -172,6 +173,8 @@ Deno.test("embedding: mod.ts with zero permissions and no WebGPU loads from byte
     assertEquals(results[choice].kept, ref.kept, `${choice}: kept positions`);
   }
   assertEquals(warnings, [], "warnings");
+  assertEquals(served.status, 200, JSON.stringify(served.body));
+  assertEquals(served.body.text, ref.text, "createServeHandler's answer");
 });
 
 // ---- loading from bytes and URLs ------------------------------------------------------------------
