@@ -5,10 +5,12 @@
  */
 import assert from "node:assert/strict";
 import { CpuExecutor } from "../core/cpu/executor.ts";
+import { JudgeQError } from "../core/errors.ts";
 import type { DecodeOptions, KvSession } from "../core/executor.ts";
 import { type ModelWeights, roundProjectionsToF16 } from "../core/weights.ts";
 import { GpuExecutor, type GpuExecutorOptions, resolveWeightFormat } from "../gpu/executor.ts";
 import { createBestExecutor } from "../gpu/mod.ts";
+import { isDeviceLost } from "../server/errors.ts";
 import { fixtureWeights, loadWeightsOnly, maxAbsDiff, promptTokens } from "../fixtures/testing.ts";
 
 const adapter = await navigator.gpu?.requestAdapter().catch(() => null);
@@ -292,6 +294,9 @@ Deno.test({
     gx.device.destroy();
     await assert.rejects(pending, /device lost|destroyed|GPU/i);
     assert.throws(() => gx.createSession(10), /device lost/i);
+    // Typed: kind device_lost (the server answers 503 by kind, not by the message).
+    assert.throws(() => gx.createSession(10), (e) => e instanceof JudgeQError && e.kind === "device_lost");
+    assert.ok(isDeviceLost(await pending.catch((e) => e)));
     const fresh = await createBestExecutor(w, { prefer: "gpu" });
     assert.equal(fresh.kind, "gpu");
     const s2 = fresh.createSession(20);
