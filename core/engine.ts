@@ -200,8 +200,12 @@ export async function compressContext(
   });
   if (E.isLeft(plan)) throw plan.left;
   const compressOnly = { ...plan.right, steps: plan.right.steps.filter((s) => s.op !== "answer") };
-  // Room for questions and answers up to the model's context after the compressed prompt.
-  const session = model.executor.createSession(Math.max(plan.right.capacity, model.config.maxSeqLen + 1));
+  // Room for questions and answers up to the model's context after the compressed prompt, plus the soft rows
+  // Judge Q appends on top of a full cache when it compresses during an answer.
+  const softRows = (model.adapter?.softEmbeddings.length ?? 0) / model.config.dim;
+  const session = model.executor.createSession(
+    Math.max(plan.right.capacity, model.config.maxSeqLen + 1 + softRows),
+  );
   try {
     const run = await runOnSession(compressOnly, {
       executor: model.executor,
