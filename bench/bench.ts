@@ -28,7 +28,7 @@ import { GpuExecutor } from "../gpu/executor.ts";
 import type { WeightFormat } from "../gpu/weights.ts";
 import type { GpuSession } from "../gpu/session.ts";
 import { fixtureWeights, loadWeightsOnly, promptTokens } from "../fixtures/testing.ts";
-import { parseFlags, usage, UsageError } from "../cli/args.ts";
+import { parseFlags, usage, UsageError } from "../io/flags.ts";
 import { benchFastCpu, type FastCpuResult } from "./fast_cpu.ts";
 import { type LlamaCppMeasurement, measureLlamaCpp } from "./llamacpp.ts";
 import { checkThreads, defaultThreads, type WeightFormat as CpuWeightFormat } from "../wasm/mod.ts";

@@ -24,7 +24,7 @@ import {
   usage,
   UsageError,
   weightsFlag,
-} from "../cli/args.ts";
+} from "../io/flags.ts";
 import {
   boundedDecode,
   type DecodeCompression,

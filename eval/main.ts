@@ -14,7 +14,7 @@ import {
   usage,
   UsageError,
   weightsFlag,
-} from "../cli/args.ts";
+} from "../io/flags.ts";
 import { JudgeQError } from "../core/errors.ts";
 import type { ExecutorChoice, WeightFormatChoice } from "../io/runtime.ts";
 import { defaultThreads } from "../wasm/mod.ts";

@@ -13,7 +13,7 @@ import {
   usage,
   UsageError,
   weightsFlag,
-} from "../cli/args.ts";
+} from "../io/flags.ts";
 import { loadModel } from "../io/runtime.ts";
 import { createApp } from "./app.ts";
 import { sampleValue } from "./metrics.ts";

@@ -18,7 +18,7 @@ import {
   usage,
   UsageError,
   weightsFlag,
-} from "../cli/args.ts";
+} from "../io/flags.ts";
 import { loadModel } from "../io/runtime.ts";
 import { createApp, DEFAULT_OPTIONS } from "./app.ts";
 import { errorResponse, toHttpError } from "./errors.ts";

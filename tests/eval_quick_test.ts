@@ -4,7 +4,7 @@
  * resumes (computes nothing) while a changed configuration is refused.
  */
 import { type SuiteConfig, type TaskPlan, VARIANT_IDS } from "../eval/config.ts";
-import { UsageError } from "../cli/args.ts";
+import { UsageError } from "../io/flags.ts";
 import { type EvalArgs, parseArgs, runEval } from "../eval/main.ts";
 import { loadEvalModel, tokenSpan } from "../eval/model.ts";
 import { defaultThreads } from "../wasm/mod.ts";
