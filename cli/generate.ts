@@ -38,6 +38,10 @@ const SPEC = {
   pooling: { kind: "string", help: "max | avg | none" },
   kernel: { kind: "int", help: "pooling kernel size" },
   gqa: { kind: "string", help: "mean | max | sum over a KV head's query heads" },
+  allocation: {
+    kind: "string",
+    help: "uniform | pyramid | adaptive: the budget shared out over layers and heads (attention methods)",
+  },
   adapter: { kind: "string", help: "Judge Q adapter (default: the model's judgeq.safetensors)" },
   "random-soft": { kind: "boolean", help: "Judge Q ablation: untrained random soft tokens" },
   "decode-budget": {
@@ -82,14 +86,24 @@ function decodeFrom(f: Record<string, unknown>): DecodeCompressionRequest | unde
 }
 
 function compressionFrom(f: Record<string, unknown>): CompressionRequest | null {
-  const keys = ["method", "budget", "ratio", "window", "pooling", "kernel", "gqa", "random-soft"];
+  const keys = [
+    "method",
+    "budget",
+    "ratio",
+    "window",
+    "pooling",
+    "kernel",
+    "gqa",
+    "allocation",
+    "random-soft",
+  ];
   const decode = decodeFrom(f);
   if (!keys.some((k) => f[k] !== undefined)) return decode ? { method: "full", decode } : null;
   const c: Record<string, unknown> = { method: f.method ?? "snapkv" };
   if (decode) c.decode = decode;
   if (f.budget !== undefined) c.budget = f.budget;
   if (f.ratio !== undefined) c.compression_ratio = f.ratio;
-  for (const k of ["window", "pooling", "kernel", "gqa"]) if (f[k] !== undefined) c[k] = f[k];
+  for (const k of ["window", "pooling", "kernel", "gqa", "allocation"]) if (f[k] !== undefined) c[k] = f[k];
   if (f["random-soft"]) c.random_soft = true;
   return c as CompressionRequest;
 }

@@ -13,7 +13,7 @@ import {
 } from "./decode_compression.ts";
 import { fail, type JudgeQError } from "./errors.ts";
 import { GLOBAL_DEFAULTS, METHOD_NAMES, METHODS } from "./methods/registry.ts";
-import type { Allocation, MethodOptions } from "./methods/types.ts";
+import { type Allocation, ALLOCATIONS, type MethodOptions } from "./methods/types.ts";
 
 /** The `kv_compression` object of a request (snake_case, as on the wire). */
 export const compressionSchema = z.object({
@@ -30,6 +30,11 @@ export const compressionSchema = z.object({
   beta: z.number().positive().optional(),
   floor: z.number().min(0).max(1).optional(),
   lookahead_tokens: z.number().int().min(1).max(64).optional(),
+  /**
+   * `uniform` (default), `pyramid` or `adaptive`: how an attention method's budget is shared out over
+   * layers and heads. Checked by `resolveOptions` (400 naming `kv_compression.allocation`).
+   */
+  allocation: z.string().optional(),
   /** Judge Q ablation: untrained soft tokens (mean embedding plus seeded noise). */
   random_soft: z.boolean().optional(),
   /** Compression during decoding: the cache bounded to budget + interval entries per KV head. */
@@ -113,6 +118,30 @@ export const SCORE_CHUNK = 128;
 const invalid = (message: string, param: string) => E.left(fail("invalid_request", message, param));
 const unprocessable = (message: string, param: string) => E.left(fail("unprocessable", message, param));
 
+/**
+ * Why `allocation` cannot go with `method` (an unknown value, a method that does not score by
+ * attention, an alias fixed to another allocation), or null when it can. Shared by the compiler and
+ * the server's request schema.
+ */
+export function allocationError(methodName: string, allocation: string): string | null {
+  if (!(ALLOCATIONS as readonly string[]).includes(allocation)) {
+    return `unknown allocation ${JSON.stringify(allocation)} (known: ${ALLOCATIONS.join(", ")})`;
+  }
+  const method = METHODS[methodName];
+  if (!method) return null;
+  if (!method.allocatable) {
+    const names = METHOD_NAMES.filter((n) => METHODS[n].allocatable);
+    return `method ${methodName} does not score by attention, so it has no allocation (methods with one: ${
+      names.join(", ")
+    })`;
+  }
+  const fixed = method.defaults.allocation;
+  if (fixed !== undefined && allocation !== fixed) {
+    return `${methodName} is snapkv with allocation ${fixed}; for allocation ${allocation} use method snapkv`;
+  }
+  return null;
+}
+
 /** Resolves the method's options: global defaults, then the method's, then the request's. */
 export function resolveOptions(
   c: CompressionRequest,
@@ -157,7 +186,13 @@ export function resolveOptions(
     beta: c.beta ?? base.beta,
     floor: c.floor ?? base.floor,
     lookaheadTokens: c.lookahead_tokens ?? base.lookaheadTokens,
+    allocation: base.allocation,
   };
+  if (c.allocation !== undefined) {
+    const refused = allocationError(c.method, c.allocation);
+    if (refused) return invalid(refused, "kv_compression.allocation");
+    options.allocation = c.allocation as Allocation;
+  }
   if (c.window !== undefined) {
     if (method.fixedWindow) return invalid(method.fixedWindow, "kv_compression.window");
     if (!Number.isInteger(c.window) || c.window < 0) {
@@ -272,7 +307,7 @@ export function compilePlan(req: GenerateRequest, model: ModelFacts): E.Either<J
     steps.push({ op: "score", method: method.name, options });
     steps.push({
       op: "select",
-      allocation: method.allocation,
+      allocation: options.allocation,
       budget: options.budget,
       window: options.window,
       floor: options.floor,

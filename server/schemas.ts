@@ -5,7 +5,7 @@
 import { z } from "zod";
 import { METHOD_NAMES } from "../core/methods/registry.ts";
 import { DECODE_METHOD_NAMES } from "../core/decode_compression.ts";
-import { compressionSchema } from "../core/plan.ts";
+import { allocationError, compressionSchema } from "../core/plan.ts";
 
 /** Upper bound on any count a client sends: far above any context, far below float trouble. */
 const BIG = 1_000_000_000;
@@ -39,7 +39,10 @@ export const kvCompressionSchema = compressionSchema.extend({
   compression_ratio: z.number().min(0).lt(1).optional(),
   window: count().optional(),
   decode: decodeCompressionWireSchema.optional(),
-}).strict();
+}).strict().superRefine((c, ctx) => {
+  const refused = c.allocation === undefined ? null : allocationError(c.method, c.allocation);
+  if (refused) ctx.addIssue({ code: "custom", message: refused, path: ["allocation"] });
+});
 
 /** kv_compression of an answer against a kept context: the context is compressed already, decoding is not. */
 export const answerCompressionSchema = z.object({ decode: decodeCompressionWireSchema.nullish() }).strict();

@@ -658,7 +658,7 @@ async function methodsContract({ ex, oracle, w, m }: Ctx) {
     if (!runs.has(label)) runs.set(label, oracleWithScores(request.method, () => run(oracle)));
     const { result: want, scores } = await runs.get(label)!;
     const got = await run(ex);
-    const adaptive = METHODS[request.method].allocation === "adaptive";
+    const adaptive = plan.options?.allocation === "adaptive";
     const same = assertKeptMatches(got.compression.kept, want.compression.kept, scores, adaptive, L, label);
     if (!same) ties.push(label);
     assertEquals(got.compression.kvBytesAfter, want.compression.kvBytesAfter, `${label}: kvBytes after`);

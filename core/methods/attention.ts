@@ -18,7 +18,7 @@ export const h2o: Method = {
     }
     return scoreFromMass(inputs, o, mass);
   },
-  allocation: "uniform",
+  allocatable: true,
 };
 
 /** TOVA: the last prompt token's attention. */
@@ -28,7 +28,7 @@ export const tova: Method = {
   defaults: { window: 0, pooling: "none" },
   source: (_o, L) => ({ kind: "rows", from: L - 1 }),
   score: scoreFromMass,
-  allocation: "uniform",
+  allocatable: true,
 };
 
 /**
@@ -41,7 +41,7 @@ export const lookahead: Method = {
   defaults: { window: 8, pooling: "none", lookaheadTokens: 8 },
   source: (o, L) => ({ kind: "lookahead", from: L - Math.min(o.window, L) }),
   score: scoreFromMass,
-  allocation: "uniform",
+  allocatable: true,
 };
 
 /** Judge Q: the trained soft tokens' attention over the prompt. */
@@ -51,5 +51,5 @@ export const judgeq: Method = {
   defaults: { window: 0, pooling: "none" },
   source: () => ({ kind: "soft" }),
   score: scoreFromMass,
-  allocation: "uniform",
+  allocatable: true,
 };

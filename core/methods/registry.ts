@@ -24,4 +24,5 @@ export const GLOBAL_DEFAULTS: Omit<MethodOptions, "budget"> = {
   beta: 20,
   floor: 0.2,
   lookaheadTokens: 8,
+  allocation: "uniform",
 };

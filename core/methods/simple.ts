@@ -11,7 +11,6 @@ export const full: Method = {
   defaults: { window: 0 },
   source: () => ({ kind: "none" }),
   score: (i) => perKvHead(i.config, i.length),
-  allocation: "uniform",
 };
 
 export const random: Method = {
@@ -25,7 +24,6 @@ export const random: Method = {
     for (let k = 0; k < s.length; k++) [s[k], state] = nextUniform(state);
     return s;
   },
-  allocation: "uniform",
 };
 
 /** StreamingLLM: the first `sinks` positions score highest; the window (budget - sinks) keeps the recent. */
@@ -41,7 +39,6 @@ export const streamingLlm: Method = {
     for (let k = 0; k < s.length; k++) s[k] = k % i.length < o.sinks ? 1 : 0;
     return s;
   },
-  allocation: "uniform",
 };
 
 /** K-norm: keys with a low L2 norm draw attention; keep the lowest norms. */
@@ -51,5 +48,4 @@ export const knorm: Method = {
   defaults: { window: 0 },
   source: () => ({ kind: "keys" }),
   score: (i) => i.keyNorms!.map((n) => -n),
-  allocation: "uniform",
 };

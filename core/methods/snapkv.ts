@@ -7,21 +7,25 @@ export const snapkv: Method = {
   defaults: { window: 16, pooling: "none", kernel: 7 },
   source: (o, L) => ({ kind: "rows", from: L - Math.min(o.window, L) }),
   score: scoreFromMass,
-  allocation: "uniform",
+  allocatable: true,
 };
 
-/** PyramidKV: SnapKV scores with per-layer budgets shrinking from the first layer to the last. */
+/**
+ * PyramidKV: SnapKV with the `pyramid` allocation (per-layer budgets shrinking from the first layer to
+ * the last). An alias: `{ method: "pyramidkv" }` keeps exactly what `{ method: "snapkv", allocation:
+ * "pyramid" }` keeps.
+ */
 export const pyramidkv: Method = {
   ...snapkv,
   name: "pyramidkv",
-  description: "SnapKV scores, pyramid layer budgets",
-  allocation: "pyramid",
+  description: "SnapKV scores, pyramid layer budgets (snapkv + allocation pyramid)",
+  defaults: { ...snapkv.defaults, allocation: "pyramid" },
 };
 
-/** AdaKV: SnapKV scores with head-adaptive budgets inside each layer. */
+/** AdaKV: SnapKV with the `adaptive` allocation (head-adaptive budgets inside each layer). An alias. */
 export const adakv: Method = {
   ...snapkv,
   name: "adakv",
-  description: "SnapKV scores, head-adaptive budgets",
-  allocation: "adaptive",
+  description: "SnapKV scores, head-adaptive budgets (snapkv + allocation adaptive)",
+  defaults: { ...snapkv.defaults, allocation: "adaptive" },
 };

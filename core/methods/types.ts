@@ -22,6 +22,12 @@ export interface MethodOptions {
   floor: number;
   /** Lookahead: pseudo tokens decoded from the draft-compressed cache. */
   lookaheadTokens: number;
+  /**
+   * How the total budget is shared out: the same per KV head (`uniform`), per layer (`pyramid`,
+   * PyramidKV), or across the heads of a layer (`adaptive`, AdaKV). A wrapper over any scorer with
+   * `allocatable` set, as kvpress's `AdaKVPress(press=...)`.
+   */
+  allocation: Allocation;
 }
 
 /**
@@ -47,7 +53,8 @@ export interface ScoreInputs {
   keyNorms: Float32Array | null;
 }
 
-export type Allocation = "uniform" | "pyramid" | "adaptive";
+export const ALLOCATIONS = ["uniform", "pyramid", "adaptive"] as const;
+export type Allocation = typeof ALLOCATIONS[number];
 
 export interface Method {
   name: string;
@@ -61,7 +68,11 @@ export interface Method {
   source(o: MethodOptions, length: number): ScoreSource;
   /** Scores [layer][kvHead][length]; higher is kept first. */
   score(inputs: ScoreInputs, o: MethodOptions): Float32Array;
-  allocation: Allocation;
+  /**
+   * Set for the attention-based scorers, whose per-head scores are comparable across heads and layers,
+   * so any allocation applies to them. Without it a request's `allocation` is refused.
+   */
+  allocatable?: true;
 }
 
 /** The common attention path: pool each query head's mass outside the window, then combine GQA groups. */
