@@ -10,11 +10,17 @@ export type FlagKind = "string" | "int" | "number" | "boolean" | "strings";
 
 export type FlagSpec = Record<string, { kind: FlagKind; help: string; default?: unknown }>;
 
+/** A bad command line; `flag` names the flag at fault ("--budget", or "command"), where one is. */
 export class UsageError extends Error {
-  constructor(message: string) {
+  constructor(message: string, readonly flag?: string) {
     super(message);
     this.name = "UsageError";
   }
+}
+
+/** A UsageError that names its flag: "--steps: must be an integer >= 1 (got \"0\")". */
+export function flagError(flag: string, message: string): UsageError {
+  return new UsageError(`${flag}: ${message}`, flag);
 }
 
 type Parsed<S extends FlagSpec> = { [K in keyof S]?: unknown } & { _: string[] };
@@ -34,6 +40,7 @@ export function parseFlags<S extends FlagSpec>(argv: string[], spec: S): Parsed<
     if (!f) {
       throw new UsageError(
         `unknown flag --${name} (known: ${Object.keys(spec).map((k) => "--" + k).join(", ")})`,
+        `--${name}`,
       );
     }
     if (f.kind === "boolean" && eq < 0) {
@@ -41,7 +48,8 @@ export function parseFlags<S extends FlagSpec>(argv: string[], spec: S): Parsed<
       continue;
     }
     const raw = eq >= 0 ? arg.slice(eq + 1) : argv[++i];
-    if (raw === undefined) throw new UsageError(`--${name}: missing value`);
+    // A value that looks like the next flag is a forgotten value (--flag=--x passes one on purpose).
+    if (raw === undefined || (eq < 0 && raw.startsWith("--"))) throw flagError(`--${name}`, "missing value");
     out[name] = convert(name, f.kind, raw, out[name]);
   }
   return out as Parsed<S>;
@@ -55,18 +63,18 @@ function convert(name: string, kind: FlagKind, raw: string, previous: unknown): 
       return [...((previous as string[] | undefined) ?? []), raw];
     case "boolean":
       if (raw === "true" || raw === "false") return raw === "true";
-      throw new UsageError(`--${name}: expected true or false, got '${raw}'`);
+      throw flagError(`--${name}`, `expected true or false, got '${raw}'`);
     case "int": {
       const n = Number(raw);
       if (raw.trim() === "" || !Number.isSafeInteger(n)) {
-        throw new UsageError(`--${name}: expected an integer, got '${raw}'`);
+        throw flagError(`--${name}`, `expected an integer, got '${raw}'`);
       }
       return n;
     }
     case "number": {
       const n = Number(raw);
       if (raw.trim() === "" || !Number.isFinite(n)) {
-        throw new UsageError(`--${name}: expected a number, got '${raw}'`);
+        throw flagError(`--${name}`, `expected a number, got '${raw}'`);
       }
       return n;
     }
@@ -81,7 +89,7 @@ export function usage(command: string, spec: FlagSpec): string {
 /** A weight-format flag (--weights, or its alias --gpu-weights), checked. */
 export function weightFormatFlag(v: unknown, flag = "--gpu-weights"): WeightFormatChoice {
   if (!WEIGHT_CHOICES.includes(v as WeightFormatChoice)) {
-    throw new UsageError(`${flag}: expected auto, f32, f16 or int8, got '${v}'`);
+    throw flagError(flag, `expected auto, f32, f16 or int8, got '${v}'`);
   }
   return v as WeightFormatChoice;
 }
@@ -93,8 +101,9 @@ export function weightsFlag(f: { weights?: unknown; "gpu-weights"?: unknown }): 
     ? undefined
     : weightFormatFlag(f["gpu-weights"], "--gpu-weights");
   if (weights !== undefined && gpu !== undefined && weights !== gpu) {
-    throw new UsageError(
-      `--gpu-weights: is an alias of --weights, given '${gpu}' against --weights '${weights}'`,
+    throw flagError(
+      "--gpu-weights",
+      `is an alias of --weights, given '${gpu}' against --weights '${weights}'`,
     );
   }
   return weights ?? gpu ?? "auto";
@@ -103,7 +112,7 @@ export function weightsFlag(f: { weights?: unknown; "gpu-weights"?: unknown }): 
 /** The --executor flag, checked. */
 export function executorFlag(v: unknown): ExecutorChoice {
   if (!(EXECUTOR_CHOICES as readonly unknown[]).includes(v)) {
-    throw new UsageError(`--executor: expected auto, gpu, wasm or cpu (or reference), got '${v}'`);
+    throw flagError("--executor", `expected auto, gpu, wasm or cpu (or reference), got '${v}'`);
   }
   return v as ExecutorChoice;
 }
@@ -115,7 +124,7 @@ export function threadsFlag(v: unknown): number | undefined {
   if (v === undefined) return undefined;
   const raw = String(v), n = Number(raw);
   if (!/^\s*\d+\s*$/.test(raw) || !Number.isSafeInteger(n) || n < 1 || n > MAX_THREADS) {
-    throw new UsageError(`--threads: expected a whole number from 1 to ${MAX_THREADS}, got '${raw}'`);
+    throw flagError("--threads", `expected a whole number from 1 to ${MAX_THREADS}, got '${raw}'`);
   }
   return n;
 }

@@ -15,7 +15,8 @@ import { trainModel } from "../core/train/model.ts";
 import { softForward } from "../core/train/soft_pass.ts";
 import type { ModelWeights } from "../core/weights.ts";
 import { EMBEDDED_MODEL_DIR, loadModelDir } from "../io/model_dir.ts";
-import { parseArgs, UsageError } from "../train/args.ts";
+import { UsageError } from "../io/flags.ts";
+import { parseArgs } from "../train/args.ts";
 import { trainSamples } from "../train/fit.ts";
 import { main } from "../train/main.ts";
 import { tinyWeights } from "../train/testing.ts";
@@ -104,7 +105,7 @@ Deno.test("train cli: --executor, --threads and --weights are parsed and checked
   ) {
     assert.throws(() => parseArgs(argv), (e) => e instanceof UsageError && e.flag === flag, argv.join(" "));
   }
-  assert.throws(() => parseArgs(["--threads", "0"]), /--threads: must be a whole number from 1 to 256/);
+  assert.throws(() => parseArgs(["--threads", "0"]), /--threads: expected a whole number from 1 to 256/);
 });
 
 Deno.test({

@@ -1,5 +1,14 @@
 /** Command-line flags of `deno task train`: parsed, range-checked, and every error names its flag. */
 import { LOSS_KINDS, type LossKind } from "../core/train/loss.ts";
+import type { WeightFormatChoice } from "../io/executor_choice.ts";
+import {
+  flagError,
+  type FlagSpec,
+  MAX_THREADS,
+  parseFlags,
+  threadsFlag,
+  weightFormatFlag,
+} from "../io/flags.ts";
 
 /**
  * Where fit runs. auto: prompts prefilled on the fast CPU executor (wasm) where the runtime has it,
@@ -8,8 +17,6 @@ import { LOSS_KINDS, type LossKind } from "../core/train/loss.ts";
  */
 export const TRAIN_EXECUTORS = ["auto", "wasm", "cpu", "gpu"] as const;
 export type TrainExecutor = typeof TRAIN_EXECUTORS[number];
-export const WEIGHT_CHOICES = ["auto", "f32", "f16", "int8"] as const;
-export const MAX_THREADS = 256;
 
 export const COMMANDS = ["all", "data", "fit", "report"] as const;
 export type Command = typeof COMMANDS[number];
@@ -53,7 +60,7 @@ export interface TrainArgs {
   /** Threads of the wasm prefill; null: the cores available. */
   threads: number | null;
   /** Weight storage of the wasm prefill (auto: f32). */
-  weights: typeof WEIGHT_CHOICES[number];
+  weights: WeightFormatChoice;
 }
 
 export const DEFAULT_OUT = "fixtures/models/stories260K/judgeq.safetensors";
@@ -121,43 +128,40 @@ Flags:
   --resume               continue fits from their checkpoints
 `;
 
-export class UsageError extends Error {
-  constructor(readonly flag: string, message: string) {
-    super(`${flag}: ${message}`);
-    this.name = "UsageError";
-  }
-}
+const value = (help: string) => ({ kind: "string", help }) as const;
 
-const VALUE_FLAGS = new Set([
-  "executor",
-  "threads",
-  "weights",
-  "model",
-  "out",
-  "work",
-  "n",
-  "loss",
-  "steps",
-  "batch",
-  "lr",
-  "warmup",
-  "clip",
-  "noise",
-  "samples",
-  "heldout",
-  "seed",
-  "prompt-len",
-  "heldout-len",
-  "response-len",
-  "eval-every",
-  "checkpoint-every",
-  "budgets",
-]);
+/** The flags (values as strings: each is range-checked below, with the bound in its message). */
+const FLAGS = {
+  model: value("model directory"),
+  out: value("shipped adapter (.safetensors)"),
+  work: value("data, checkpoints and per-loss adapters"),
+  n: value("soft tokens"),
+  loss: value("train/compare only this objective"),
+  executor: value("auto | wasm | cpu | gpu"),
+  threads: value("threads of the wasm prefill"),
+  weights: value("weight storage of the wasm prefill"),
+  steps: value("optimiser steps"),
+  batch: value("batch size"),
+  lr: value("learning rate"),
+  warmup: value("warmup steps"),
+  clip: value("gradient clip"),
+  noise: value("init noise std"),
+  samples: value("training samples"),
+  heldout: value("held-out samples"),
+  seed: value("seed of everything"),
+  "prompt-len": value("training prompt lengths A-B"),
+  "heldout-len": value("held-out prompt lengths A-B"),
+  "response-len": value("greedy response lengths A-B"),
+  "eval-every": value("held-out loss every N steps"),
+  "checkpoint-every": value("checkpoint every N steps"),
+  budgets: value("report budgets A,B,.."),
+  resume: { kind: "boolean", help: "continue fits from their checkpoints" },
+} as const satisfies FlagSpec;
 
 function int(flag: string, v: string, min: number): number {
   const x = Number(v);
   if (!/^-?\d+$/.test(v.trim()) || !Number.isSafeInteger(x) || x < min) {
-    throw new UsageError(flag, `must be an integer >= ${min} (got ${JSON.stringify(v)})`);
+    throw flagError(flag, `must be an integer >= ${min} (got ${JSON.stringify(v)})`);
   }
   return x;
 }
@@ -165,10 +169,7 @@ function int(flag: string, v: string, min: number): number {
 function num(flag: string, v: string, min: number, exclusive: boolean): number {
   const x = Number(v);
   if (v.trim() === "" || !Number.isFinite(x) || x < min || (exclusive && x === min)) {
-    throw new UsageError(
-      flag,
-      `must be a number ${exclusive ? ">" : ">="} ${min} (got ${JSON.stringify(v)})`,
-    );
+    throw flagError(flag, `must be a number ${exclusive ? ">" : ">="} ${min} (got ${JSON.stringify(v)})`);
   }
   return x;
 }
@@ -176,137 +177,78 @@ function num(flag: string, v: string, min: number, exclusive: boolean): number {
 function range(flag: string, v: string): Range {
   const m = /^(\d+)-(\d+)$/.exec(v.trim());
   if (!m || Number(m[1]) < 1 || Number(m[1]) > Number(m[2])) {
-    throw new UsageError(flag, `must be MIN-MAX with 1 <= MIN <= MAX (got ${JSON.stringify(v)})`);
+    throw flagError(flag, `must be MIN-MAX with 1 <= MIN <= MAX (got ${JSON.stringify(v)})`);
   }
   return { min: Number(m[1]), max: Number(m[2]) };
 }
 
-/** Parses argv; throws UsageError naming the flag at fault. */
+function executor(v: string): TrainExecutor {
+  const e = v === "reference" ? "cpu" : v;
+  if (!(TRAIN_EXECUTORS as readonly string[]).includes(e)) {
+    throw flagError("--executor", `must be auto, wasm, cpu or gpu (got ${JSON.stringify(v)})`);
+  }
+  return e as TrainExecutor;
+}
+
+function out(v: string): string {
+  if (!v.endsWith(".safetensors")) {
+    throw flagError("--out", `must end with .safetensors (got ${JSON.stringify(v)})`);
+  }
+  return v;
+}
+
+function loss(v: string): LossKind[] {
+  if (!(LOSS_KINDS as readonly string[]).includes(v)) {
+    throw flagError("--loss", `must be one of ${LOSS_KINDS.join(", ")} (got ${JSON.stringify(v)})`);
+  }
+  return [v as LossKind];
+}
+
+/** Parses argv (an optional command, then flags: io/flags.ts); throws UsageError naming the flag at fault. */
 export function parseArgs(argv: string[]): TrainArgs {
-  let command: Command = "all";
-  const a: TrainArgs = { ...DEFAULTS, command, losses: [...DEFAULTS.losses], budgets: [...DEFAULTS.budgets] };
-  let i = 0;
-  if (argv.length > 0 && !argv[0].startsWith("-")) {
-    if (!(COMMANDS as readonly string[]).includes(argv[0])) {
-      throw new UsageError(
-        "command",
-        `unknown command ${JSON.stringify(argv[0])} (use ${COMMANDS.join(", ")})`,
-      );
-    }
-    command = argv[0] as Command;
-    i = 1;
+  const hasCommand = argv.length > 0 && !argv[0].startsWith("-");
+  if (hasCommand && !(COMMANDS as readonly string[]).includes(argv[0])) {
+    throw flagError("command", `unknown command ${JSON.stringify(argv[0])} (use ${COMMANDS.join(", ")})`);
   }
-  for (; i < argv.length; i++) {
-    const arg = argv[i];
-    if (!arg.startsWith("--")) throw new UsageError(arg, "unexpected argument (flags start with --)");
-    const [name, inline] = arg.slice(2).split(/=(.*)/s, 2);
-    const flag = `--${name}`;
-    if (name === "resume") {
-      if (inline !== undefined) throw new UsageError(flag, "takes no value");
-      a.resume = true;
-      continue;
-    }
-    if (!VALUE_FLAGS.has(name)) throw new UsageError(flag, "unknown flag (see --help)");
-    const v = inline ?? argv[++i];
-    if (v === undefined || (inline === undefined && v.startsWith("--"))) {
-      throw new UsageError(flag, "needs a value");
-    }
-    switch (name) {
-      case "model":
-        a.model = v;
-        break;
-      case "out":
-        if (!v.endsWith(".safetensors")) {
-          throw new UsageError(flag, `must end with .safetensors (got ${JSON.stringify(v)})`);
-        }
-        a.out = v;
-        a.outGiven = true;
-        break;
-      case "work":
-        a.work = v;
-        break;
-      case "executor": {
-        const e = v === "reference" ? "cpu" : v;
-        if (!(TRAIN_EXECUTORS as readonly string[]).includes(e)) {
-          throw new UsageError(flag, `must be auto, wasm, cpu or gpu (got ${JSON.stringify(v)})`);
-        }
-        a.executor = e as TrainExecutor;
-        break;
-      }
-      case "threads":
-        if (!/^\d+$/.test(v.trim()) || Number(v) < 1 || Number(v) > MAX_THREADS) {
-          throw new UsageError(
-            flag,
-            `must be a whole number from 1 to ${MAX_THREADS} (got ${JSON.stringify(v)})`,
-          );
-        }
-        a.threads = Number(v);
-        break;
-      case "weights":
-        if (!(WEIGHT_CHOICES as readonly string[]).includes(v)) {
-          throw new UsageError(flag, `must be auto, f32, f16 or int8 (got ${JSON.stringify(v)})`);
-        }
-        a.weights = v as TrainArgs["weights"];
-        break;
-      case "loss":
-        if (!(LOSS_KINDS as readonly string[]).includes(v)) {
-          throw new UsageError(flag, `must be one of ${LOSS_KINDS.join(", ")} (got ${JSON.stringify(v)})`);
-        }
-        a.losses = [v as LossKind];
-        break;
-      case "n":
-        a.n = int(flag, v, 1);
-        break;
-      case "steps":
-        a.steps = int(flag, v, 1);
-        break;
-      case "batch":
-        a.batch = int(flag, v, 1);
-        break;
-      case "lr":
-        a.lr = num(flag, v, 0, true);
-        break;
-      case "warmup":
-        a.warmup = int(flag, v, 0);
-        break;
-      case "clip":
-        a.clip = num(flag, v, 0, false);
-        break;
-      case "noise":
-        a.noise = num(flag, v, 0, false);
-        break;
-      case "samples":
-        a.samples = int(flag, v, 1);
-        break;
-      case "heldout":
-        a.heldout = int(flag, v, 1);
-        break;
-      case "seed":
-        a.seed = int(flag, v, 0);
-        break;
-      case "prompt-len":
-        a.promptLen = range(flag, v);
-        break;
-      case "heldout-len":
-        a.heldoutLen = range(flag, v);
-        break;
-      case "response-len":
-        a.responseLen = range(flag, v);
-        break;
-      case "eval-every":
-        a.evalEvery = int(flag, v, 1);
-        break;
-      case "checkpoint-every":
-        a.checkpointEvery = int(flag, v, 1);
-        break;
-      case "budgets":
-        a.budgets = v.split(",").map((b) => int(flag, b, 1));
-        break;
-    }
-  }
-  if (a.warmup >= a.steps) throw new UsageError("--warmup", `must be below --steps (${a.steps})`);
+  const command: Command = hasCommand ? argv[0] as Command : "all";
+  const f = parseFlags(hasCommand ? argv.slice(1) : argv, FLAGS) as
+    & { [K in keyof typeof FLAGS]?: string }
+    & { resume?: boolean; _: string[] };
+  if (f._.length > 0) throw flagError(f._[0], "unexpected argument (flags start with --)");
+  const d = DEFAULTS;
+  const opt = <T>(v: string | undefined, parse: (v: string) => T, fallback: T): T =>
+    v === undefined ? fallback : parse(v);
+  const a: TrainArgs = {
+    command,
+    model: f.model ?? d.model,
+    out: opt(f.out, out, d.out),
+    outGiven: f.out !== undefined,
+    work: f.work ?? d.work,
+    n: opt(f.n, (v) => int("--n", v, 1), d.n),
+    losses: opt(f.loss, loss, [...d.losses]),
+    steps: opt(f.steps, (v) => int("--steps", v, 1), d.steps),
+    batch: opt(f.batch, (v) => int("--batch", v, 1), d.batch),
+    lr: opt(f.lr, (v) => num("--lr", v, 0, true), d.lr),
+    warmup: opt(f.warmup, (v) => int("--warmup", v, 0), d.warmup),
+    clip: opt(f.clip, (v) => num("--clip", v, 0, false), d.clip),
+    noise: opt(f.noise, (v) => num("--noise", v, 0, false), d.noise),
+    samples: opt(f.samples, (v) => int("--samples", v, 1), d.samples),
+    heldout: opt(f.heldout, (v) => int("--heldout", v, 1), d.heldout),
+    seed: opt(f.seed, (v) => int("--seed", v, 0), d.seed),
+    promptLen: opt(f["prompt-len"], (v) => range("--prompt-len", v), d.promptLen),
+    heldoutLen: opt(f["heldout-len"], (v) => range("--heldout-len", v), d.heldoutLen),
+    responseLen: opt(f["response-len"], (v) => range("--response-len", v), d.responseLen),
+    evalEvery: opt(f["eval-every"], (v) => int("--eval-every", v, 1), d.evalEvery),
+    checkpointEvery: opt(f["checkpoint-every"], (v) => int("--checkpoint-every", v, 1), d.checkpointEvery),
+    budgets: opt(f.budgets, (v) => v.split(",").map((b) => int("--budgets", b, 1)), [...d.budgets]),
+    resume: f.resume ?? d.resume,
+    executor: opt(f.executor, executor, d.executor),
+    threads: threadsFlag(f.threads) ?? null,
+    weights: f.weights === undefined ? d.weights : weightFormatFlag(f.weights, "--weights"),
+  };
+  if (a.warmup >= a.steps) throw flagError("--warmup", `must be below --steps (${a.steps})`);
   if (command === "fit" && a.outGiven && a.losses.length > 1) {
-    throw new UsageError("--out", "fit writes one adapter there: pass a single --loss");
+    throw flagError("--out", "fit writes one adapter there: pass a single --loss");
   }
-  return { ...a, command };
+  return a;
 }

@@ -12,7 +12,8 @@ import { type TrainModel, trainModel } from "../core/train/model.ts";
 import type { TrainSample } from "../core/train/loop.ts";
 import type { ModelWeights } from "../core/weights.ts";
 import { WasmExecutor, wasmUnsupportedReason } from "../wasm/mod.ts";
-import { parseArgs, type TrainArgs, USAGE, UsageError } from "./args.ts";
+import { flagError, UsageError } from "../io/flags.ts";
+import { parseArgs, type TrainArgs, USAGE } from "./args.ts";
 import {
   checkLengths,
   type DataOptions,
@@ -89,7 +90,7 @@ const fitConfig = (a: TrainArgs, loss: LossKind): FitConfig => ({
 async function makeData(ctx: Ctx): Promise<LoadedData> {
   const { args, io } = ctx, file = workPaths(args.work).data;
   const bad = checkLengths(ctx.weights.config, dataOptions(args), args.n);
-  if (bad) throw new UsageError(bad.flag, bad.message);
+  if (bad) throw flagError(bad.flag, bad.message);
   const bar = io.progress ? new Progress("data", args.samples + args.heldout) : null;
   const started = performance.now();
   const data = await generateData(ctx.weights, ctx.fingerprint, dataOptions(args), (d) => bar?.update(d));
@@ -144,7 +145,7 @@ async function prefillExecutor(ctx: Ctx): Promise<Executor> {
   const why = wasmUnsupportedReason();
   if (why) {
     if (args.executor === "wasm") {
-      throw new UsageError("--executor", `the wasm executor cannot run in this runtime: ${why}`);
+      throw flagError("--executor", `the wasm executor cannot run in this runtime: ${why}`);
     }
     ctx.io.err(
       `warning: the wasm executor cannot run in this runtime (${why}): prefilling on the CPU reference`,
@@ -158,7 +159,7 @@ async function prefillExecutor(ctx: Ctx): Promise<Executor> {
     });
   } catch (e) {
     if (e instanceof JudgeQError && e.param) {
-      throw new UsageError(`--${e.param}`, e.message.replace(/^\w+: /, ""));
+      throw flagError(`--${e.param}`, e.message.replace(/^\w+: /, ""));
     }
     throw e;
   }
@@ -185,7 +186,7 @@ async function fitOne(ctx: Ctx, d: LoadedData, loss: LossKind): Promise<History>
   const { args, io } = ctx, p = workPaths(args.work).fit(loss);
   const tooLong = d.data.samples.find((s) => s.prompt.length + args.n > ctx.weights.config.maxSeqLen);
   if (tooLong) {
-    throw new UsageError(
+    throw flagError(
       "--n",
       `${args.n} soft tokens after a ${tooLong.prompt.length}-token prompt exceed the context`,
     );
@@ -338,7 +339,7 @@ export async function main(argv: string[], io: Io = defaultIo): Promise<number> 
   try {
     const args = parseArgs(argv);
     const weights = await loadWeights(modelDirOf(args.model)).catch((e) => {
-      throw new UsageError("--model", (e as Error).message);
+      throw flagError("--model", (e as Error).message);
     });
     const ctx: Ctx = {
       args,
