@@ -246,8 +246,9 @@ export function reportJson(r: ReportInput) {
         "mean over positions, then over samples",
       top1: "argmax agreement at the same positions",
       selection:
-        "train/select.ts (local until core/methods lands): per query head scores, max-pool before the " +
-        "window, GQA mean, top (B - window) + window; ties -> earlier position",
+        "the product's plan (compilePlan + runOnSession, as the HTTP API and deno task eval): per query " +
+        "head scores, max-pool before the window, GQA mean, top (B - window) + window; ties -> earlier " +
+        "position; metrics from eval/metrics.ts, so a cell equals the evaluation harness's",
       random: "the untrained initial soft tokens (mean token embedding + noise, same seed)",
     },
     reportSeconds: r.seconds,
