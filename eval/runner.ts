@@ -25,7 +25,7 @@ import {
   spanRetention,
 } from "./metrics.ts";
 import { encodeContinuation, encodePrompt, type EvalModel, outputText, tokenSpan } from "./model.ts";
-import { randInt, rngFrom, streamSeed } from "./rng.ts";
+import { mulberry32, randInt, streamSeed } from "../core/random.ts";
 import { scoreOutput } from "./scores.ts";
 import { buildNameRecall } from "./stories.ts";
 import type { Corpus } from "./tasks/haystack.ts";
@@ -120,7 +120,11 @@ export async function buildSamples(
     }];
   }
   const ctx: GenContext = { seed: cfg.seed, count: (t) => encodePrompt(m.model, t).length, corpus };
-  const target = randInt(rngFrom(streamSeed(cfg.seed, `${p.task}/length`, index)), p.minTokens, p.maxTokens);
+  const target = randInt(
+    mulberry32(streamSeed(cfg.seed, `${p.task}/length`, index)),
+    p.minTokens,
+    p.maxTokens,
+  );
   const inst = p.task === "needle"
     ? needleInstance(cfg.needle, ctx, index)
     : TEXT_TASKS[p.task]?.(ctx, index, target);

@@ -5,7 +5,7 @@
  */
 import type { KvSession } from "../core/executor.ts";
 import { GREEDY, sampleToken, seedState } from "../core/sampling.ts";
-import { streamSeed } from "./rng.ts";
+import { streamSeed } from "../core/random.ts";
 import { encodeContinuation, type EvalModel, outputText } from "./model.ts";
 import {
   countName,

@@ -2,7 +2,7 @@ import assert from "node:assert";
 import * as E from "fp-ts/Either";
 import { decodeAdapter } from "../core/adapter.ts";
 import { trainModel } from "../core/train/model.ts";
-import { seededNormal, seededUniform } from "../core/train/rng.ts";
+import { seededNormal, seededUniform } from "../core/random.ts";
 import { softForward } from "../core/train/soft_pass.ts";
 import { UsageError } from "../io/flags.ts";
 import { parseArgs } from "../train/args.ts";

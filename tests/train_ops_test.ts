@@ -13,7 +13,7 @@ import {
   swigluBackward,
 } from "../core/train/ops.ts";
 import { attentionLoss, type LossKind } from "../core/train/loss.ts";
-import { seededNormal } from "../core/train/rng.ts";
+import { seededNormal } from "../core/random.ts";
 
 const normal = seededNormal(42);
 const randn = (n: number, s = 1) => Float64Array.from({ length: n }, () => s * normal());

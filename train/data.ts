@@ -6,7 +6,7 @@
 import type { ModelConfig } from "../core/config.ts";
 import { CpuExecutor } from "../core/cpu/executor.ts";
 import { GREEDY } from "../core/sampling.ts";
-import { deriveSeed, seededUniform, uniformInt } from "../core/train/rng.ts";
+import { deriveSeed, randInt, seededUniform } from "../core/random.ts";
 import type { ModelWeights } from "../core/weights.ts";
 import type { Range } from "./args.ts";
 
@@ -116,9 +116,9 @@ export async function generateData(
     const split = k < o.samples ? "train" : "heldout";
     const lengths = split === "train" ? o.promptLen : o.heldoutLen;
     const rand = seededUniform(deriveSeed(o.seed, 7000 + k));
-    const promptLength = uniformInt(rand, lengths.min, lengths.max);
+    const promptLength = randInt(rand, lengths.min, lengths.max);
     const responseLength = Math.min(
-      uniformInt(rand, o.responseLen.min, o.responseLen.max),
+      randInt(rand, o.responseLen.min, o.responseLen.max),
       w.config.maxSeqLen - promptLength,
     );
     const s = await generateSample(

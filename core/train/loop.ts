@@ -6,7 +6,7 @@
 import { adamInit, type AdamState, adamStep, clipByNorm, type Schedule, scheduledLr } from "./adam.ts";
 import { attentionLoss, type LossKind } from "./loss.ts";
 import type { PromptKv, TrainModel } from "./model.ts";
-import { deriveSeed, permutation, seededUniform } from "./rng.ts";
+import { deriveSeed, permutation, seededUniform } from "../random.ts";
 import { softBackward, softForward } from "./soft_pass.ts";
 
 export interface TrainSample {
@@ -59,7 +59,7 @@ export function batchIndices(seed: number, step: number, count: number, batch: n
   const size = Math.min(batch, count), out: number[] = [];
   for (let k = step * size; k < (step + 1) * size; k++) {
     const epoch = Math.floor(k / count);
-    out.push(permutation(count, seededUniform(deriveSeed(seed, 1000 + epoch)))[k % count]);
+    out.push(permutation(seededUniform(deriveSeed(seed, 1000 + epoch)), count)[k % count]);
   }
   return out;
 }

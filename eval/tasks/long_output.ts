@@ -2,7 +2,7 @@
  * Long outputs with a bounded cache (issue 12): a short story opening that introduces two named
  * characters, continued to the model's context end. Pure: (seed, index) -> opening and its names.
  */
-import { pick, randInt, rngFrom, streamSeed } from "../rng.ts";
+import { mulberry32, pick, randInt, streamSeed } from "../../core/random.ts";
 import { countName } from "./name_recall.ts";
 import { STORY_CHARACTERS, STORY_NAMES } from "./words.ts";
 
@@ -16,7 +16,7 @@ export interface LongOutputSpec {
 const PLACES = ["the park", "a big forest", "a small town", "the sea", "a farm", "the garden"];
 
 export function longOutputSpec(seed: number, index: number): LongOutputSpec {
-  const r = rngFrom(streamSeed(seed, "long_output", index));
+  const r = mulberry32(streamSeed(seed, "long_output", index));
   const first = randInt(r, 0, STORY_NAMES.length - 1);
   const a = STORY_NAMES[first],
     b = STORY_NAMES[(first + 1 + randInt(r, 0, STORY_NAMES.length - 2)) % STORY_NAMES.length];

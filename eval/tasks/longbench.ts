@@ -4,7 +4,7 @@
  * paragraph a sentence comes from). Excerpts are short and live only in memory.
  */
 import { clip, takeSentences } from "./haystack.ts";
-import { randInt, rngFrom, shuffle, streamSeed } from "../rng.ts";
+import { mulberry32, randInt, shuffle, streamSeed } from "../../core/random.ts";
 import { type GenContext, longestPrompt, needCorpus, type TaskInstance } from "./types.ts";
 
 /**
@@ -59,12 +59,12 @@ export function passageCount(
   maxChars = 90,
 ): TaskInstance {
   const task = "passage_count";
-  const r = rngFrom(streamSeed(ctx.seed, task, index));
+  const r = mulberry32(streamSeed(ctx.seed, task, index));
   const pool = paragraphs(ctx, task, r, 12, maxChars);
   const share = 0.5 + 0.4 * r(), order = Math.floor(r() * 2 ** 32);
   const build = (m: number): TaskInstance => {
     const k = Math.max(1, Math.min(m - 1, Math.round(m * share)));
-    const rr = rngFrom(order + m);
+    const rr = mulberry32(order + m);
     const slots = shuffle(rr, [
       ...pool.slice(0, k),
       ...Array.from({ length: m - k }, () => pool[randInt(rr, 0, k - 1)]),
@@ -94,7 +94,7 @@ export function passageRetrieval(
   maxChars = 90,
 ): TaskInstance {
   const task = "passage_retrieval";
-  const r = rngFrom(streamSeed(ctx.seed, task, index));
+  const r = mulberry32(streamSeed(ctx.seed, task, index));
   const pool = paragraphs(ctx, task, r, 12, maxChars);
   const pickShare = r();
   const build = (m: number): TaskInstance => {

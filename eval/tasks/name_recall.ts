@@ -3,7 +3,7 @@
  * and the full-cache continuation reuses it. The pruned continuation is scored on reusing it too.
  * This module holds the pure part (what to sample); stories.ts samples it with the model.
  */
-import { pick, randInt, rngFrom, streamSeed } from "../rng.ts";
+import { mulberry32, pick, randInt, streamSeed } from "../../core/random.ts";
 import { STORY_CHARACTERS, STORY_NAMES } from "./words.ts";
 
 export interface NameRecallOptions {
@@ -41,7 +41,7 @@ export interface NameRecallSpec {
 }
 
 export function nameRecallSpec(seed: number, index: number, o: NameRecallOptions): NameRecallSpec {
-  const r = rngFrom(streamSeed(seed, "name_recall", index));
+  const r = mulberry32(streamSeed(seed, "name_recall", index));
   const length = randInt(r, o.minTokens, o.maxTokens);
   const depth = o.depths[index % o.depths.length];
   const first = randInt(r, 0, STORY_NAMES.length - 1);

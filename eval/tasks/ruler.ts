@@ -4,7 +4,7 @@
  * templates keep RULER's structure (needle sentence, question, answer prefix) in fewer words.
  */
 import { insertAtBoundaries, largestFitting, noiseSentences, takeWords } from "./haystack.ts";
-import { randDigits, randInt, rngFrom, sample, shuffle, streamSeed } from "../rng.ts";
+import { mulberry32, randDigits, randInt, sample, shuffle, streamSeed } from "../../core/random.ts";
 import { type GenContext, type Generator, longestPrompt, needCorpus, type TaskInstance } from "./types.ts";
 import { KEY_WORDS, LIST_WORDS, VAR_LETTERS } from "./words.ts";
 
@@ -35,7 +35,7 @@ export function niah(
   index: number,
   targetTokens: number,
 ): TaskInstance {
-  const r = rngFrom(streamSeed(ctx.seed, task, index));
+  const r = mulberry32(streamSeed(ctx.seed, task, index));
   const keys: string[] = sample(r, KEY_WORDS, o.keys);
   const queried = keys.slice(0, o.queries);
   const needles: { text: string; depth: number; key: string; value: string }[] = [];
@@ -80,7 +80,7 @@ export function variableTracking(
   index: number,
   targetTokens: number,
 ): TaskInstance {
-  const r = rngFrom(streamSeed(ctx.seed, task, index));
+  const r = mulberry32(streamSeed(ctx.seed, task, index));
   const names = new Set<string>();
   while (names.size < hops + 1) names.add(varName(r));
   const vars = [...names];
@@ -116,12 +116,12 @@ export function commonWords(
   index: number,
   targetTokens: number,
 ): TaskInstance {
-  const r = rngFrom(streamSeed(ctx.seed, task, index));
+  const r = mulberry32(streamSeed(ctx.seed, task, index));
   const words = shuffle(r, LIST_WORDS);
   const frequent = words.slice(0, common), rare = words.slice(common);
   const order = r();
   const build = (nRare: number): TaskInstance => {
-    const entries = shuffle(rngFrom(Math.floor(order * 2 ** 32)), [
+    const entries = shuffle(mulberry32(Math.floor(order * 2 ** 32)), [
       ...frequent.flatMap((w) => Array(freq).fill(w)),
       ...rare.slice(0, nRare),
     ]);
@@ -158,7 +158,7 @@ export function frequentWords(
   index: number,
   targetTokens: number,
 ): TaskInstance {
-  const r = rngFrom(streamSeed(ctx.seed, task, index));
+  const r = mulberry32(streamSeed(ctx.seed, task, index));
   const vocab = new Set<string>();
   while (vocab.size < 20) vocab.add(codedWord(r));
   const words = [...vocab];
@@ -169,7 +169,7 @@ export function frequentWords(
     const z = raw.reduce((a, b) => a + b, 0) / total;
     const counts = raw.map((x) => Math.floor(x / z));
     for (let k = 2; k >= 0; k--) counts[k] = Math.max(counts[k], (counts[k + 1] ?? 0) + 1);
-    const stream = shuffle(rngFrom(order), words.flatMap((w, k) => Array(counts[k]).fill(w)));
+    const stream = shuffle(mulberry32(order), words.flatMap((w, k) => Array(counts[k]).fill(w)));
     return {
       task,
       index,
