@@ -13,7 +13,7 @@ import type { LossKind } from "../core/train/loss.ts";
 import { promptKvFromCache, trainModel } from "../core/train/model.ts";
 import { softForward } from "../core/train/soft_pass.ts";
 import { EMBEDDED_MODEL_DIR, loadModelDir } from "../io/model_dir.ts";
-import { prefilled } from "../train/testing.ts";
+import { prefilled } from "../fixtures/tiny_models.ts";
 import { GpuTrainer } from "../gpu/train/trainer.ts";
 
 const { values } = parseArgs({

@@ -10,7 +10,7 @@ import { METHODS } from "../core/methods/registry.ts";
 import { compilePlan, type CompressionRequest, type GenerateRequest } from "../core/plan.ts";
 import { GREEDY } from "../core/sampling.ts";
 import { pyramidBudgets } from "../core/selection.ts";
-import { startServer } from "../server/testing.ts";
+import { startServer } from "./server_testing.ts";
 import { assert, assertEquals, assertLeft, embeddedModel, right } from "./helpers.ts";
 
 const L = 72;

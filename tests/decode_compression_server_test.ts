@@ -4,7 +4,7 @@
  * stats per compression; the /metrics counter; bad input is a 400 naming the field.
  */
 import { generateText } from "../core/engine.ts";
-import { startServer } from "../server/testing.ts";
+import { startServer } from "./server_testing.ts";
 import { assert, assertEquals } from "./helpers.ts";
 
 const STORY = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park.";

@@ -68,8 +68,6 @@ const DENO_ALLOWED: Record<string, string> = {
   "cli/": "command-line entry points (args, exit codes, files)",
   "server/main.ts": "the `deno task start` entry (Deno.serve, signals, exit)",
   "server/loadtest.ts": "the `deno task loadtest` entry",
-  "server/testing.ts": "test helper: serves an app on a loopback port",
-  "gpu/testing.ts": "test helper: loads test models from disk",
   "gpu/train/bench.ts": "a benchmark entry point",
   "wasm/build.ts": "`deno task build:wasm`: compiles and writes the kernels",
   "bench/": "`deno task bench` and its probes (entry points, files, subprocesses)",

@@ -25,7 +25,7 @@ import { acquireDevice, type GpuContext } from "../gpu/device.ts";
 import { trainStepGpu } from "../gpu/train/fit_gpu.ts";
 import { GpuTrainer } from "../gpu/train/trainer.ts";
 import { EMBEDDED_MODEL_DIR, loadModelDir } from "../io/model_dir.ts";
-import { prefilled, tinyConfigJson, tinyWeights } from "../train/testing.ts";
+import { prefilled, tinyConfigJson, tinyWeights } from "../fixtures/tiny_models.ts";
 
 const adapter = await navigator.gpu?.requestAdapter().catch(() => null);
 const ignore = !adapter;

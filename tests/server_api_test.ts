@@ -5,7 +5,7 @@
  */
 import { generateText } from "../core/engine.ts";
 import { loadModel } from "../io/runtime.ts";
-import { continuation, startServer, testModel } from "../server/testing.ts";
+import { continuation, startServer, testModel } from "./server_testing.ts";
 import { assert, assertEquals } from "./helpers.ts";
 
 const STORY =

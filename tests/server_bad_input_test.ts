@@ -4,7 +4,7 @@
  */
 import { generateText } from "../core/engine.ts";
 import { ERROR_TYPES } from "../server/errors.ts";
-import { startServer } from "../server/testing.ts";
+import { startServer } from "./server_testing.ts";
 import { assert, assertEquals } from "./helpers.ts";
 
 const KEY = "test-key";

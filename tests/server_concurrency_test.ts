@@ -4,7 +4,7 @@
  */
 import { generateText } from "../core/engine.ts";
 import { readSse } from "../server/sse.ts";
-import { continuation, startServer, type TestServer } from "../server/testing.ts";
+import { continuation, startServer, type TestServer } from "./server_testing.ts";
 import { assert, assertEquals } from "./helpers.ts";
 
 const LONG = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. "

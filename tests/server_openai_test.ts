@@ -5,7 +5,7 @@
 import OpenAI from "openai";
 import { generateText } from "../core/engine.ts";
 import { renderChat } from "../server/openai.ts";
-import { continuation, startServer } from "../server/testing.ts";
+import { continuation, startServer } from "./server_testing.ts";
 import { assert, assertEquals } from "./helpers.ts";
 
 const client = (base: string, apiKey = "unused") =>

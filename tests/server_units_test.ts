@@ -12,7 +12,7 @@ import { createTokenizer } from "../core/tokenizer.ts";
 import { encodeChat, renderChat } from "../server/openai.ts";
 import { heldSuffix, OutputText } from "../server/output.ts";
 import { JobQueue } from "../server/queue.ts";
-import { testModel } from "../server/testing.ts";
+import { testModel } from "./server_testing.ts";
 import { assert, assertEquals, assertRejects } from "./helpers.ts";
 
 const tick = () => new Promise((r) => setTimeout(r, 0));

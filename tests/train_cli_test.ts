@@ -10,7 +10,7 @@ import { decodeData } from "../train/data.ts";
 import { type FitConfig, runFit, trainSamples, untrainedEmbeddings } from "../train/fit.ts";
 import { main } from "../train/main.ts";
 import { reportPaths } from "../train/workdir.ts";
-import { tinyWeights } from "../train/testing.ts";
+import { tinyWeights } from "../fixtures/tiny_models.ts";
 
 function quiet() {
   const out: string[] = [], err: string[] = [];

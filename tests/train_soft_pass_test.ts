@@ -4,7 +4,7 @@ import { randomSoftTokens } from "../core/soft_tokens.ts";
 import { promptKvFromCache, trainModel } from "../core/train/model.ts";
 import type { ModelWeights } from "../core/weights.ts";
 import { softBackward, softForward } from "../core/train/soft_pass.ts";
-import { prefilled, tinyWeights } from "../train/testing.ts";
+import { prefilled, tinyWeights } from "../fixtures/tiny_models.ts";
 
 const PROMPT = [1, 5, 9, 3, 17, 22, 4, 8, 30, 11, 6, 2, 19];
 

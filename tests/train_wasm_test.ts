@@ -19,7 +19,7 @@ import { UsageError } from "../io/flags.ts";
 import { parseArgs } from "../train/args.ts";
 import { trainSamples } from "../train/fit.ts";
 import { main } from "../train/main.ts";
-import { tinyWeights } from "../train/testing.ts";
+import { tinyWeights } from "../fixtures/tiny_models.ts";
 import { workPaths } from "../train/workdir.ts";
 import { WasmExecutor, type WasmExecutorOptions, wasmUnsupportedReason } from "../wasm/mod.ts";
 import { randomModel } from "./helpers.ts";

@@ -5,10 +5,10 @@
  */
 import type { Model } from "../core/engine.ts";
 import { loadModel } from "../io/runtime.ts";
-import { type App, type AppOptions, createApp } from "./app.ts";
-import { errorResponse, toHttpError } from "./errors.ts";
-import { sampleValue } from "./metrics.ts";
-import { readSse } from "./sse.ts";
+import { type App, type AppOptions, createApp } from "../server/app.ts";
+import { errorResponse, toHttpError } from "../server/errors.ts";
+import { sampleValue } from "../server/metrics.ts";
+import { readSse } from "../server/sse.ts";
 
 let shared: Promise<Model> | null = null;
 
