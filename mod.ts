@@ -39,11 +39,11 @@ export {
 export {
   compilePlan,
   type CompressionRequest,
-  compressionSchema,
   type GenerateRequest,
   type Plan,
   type Step,
 } from "./core/plan.ts";
+export { compressionSchema } from "./server/schemas.ts";
 export { type PlanResult, runOnSession, runPlan } from "./core/interpret.ts";
 export { GLOBAL_DEFAULTS, METHOD_NAMES, METHODS } from "./core/methods/registry.ts";
 export type { Method, MethodOptions } from "./core/methods/types.ts";

@@ -6,7 +6,6 @@
  * executor than the KvSession interface: segments are plain `decode` calls.
  */
 import * as E from "fp-ts/Either";
-import { z } from "zod";
 import type { ModelConfig } from "./config.ts";
 import { fail, type JudgeQError } from "./errors.ts";
 import type { KvSession, QueryRows } from "./executor.ts";
@@ -14,20 +13,22 @@ import { GLOBAL_DEFAULTS, METHODS } from "./methods/registry.ts";
 import { type MethodOptions, scoreFromMass } from "./methods/types.ts";
 import { nextUniform, seedState } from "./sampling.ts";
 
-/** `kv_compression.decode` as on the wire (ranges checked by `resolveDecodeCompression`). */
-export const decodeCompressionSchema = z.object({
+/**
+ * `kv_compression.decode` as on the wire (ranges checked by `resolveDecodeCompression`; its zod
+ * schema is server/schemas.ts's `decodeCompressionWireSchema`).
+ */
+export type DecodeCompressionRequest = {
   /** Defaults to the prefill method (kv_compression.method) when that one can run at decode time. */
-  method: z.string().optional(),
+  method?: string;
   /** Entries kept per KV head per layer after each compression (prompt and generated together). */
-  budget: z.number().optional(),
+  budget?: number;
   /** The budget as a share of all positions seen so far, in (0, 1]. */
-  fraction: z.number().optional(),
+  fraction?: number;
   /** Tokens generated between compressions: a head never holds more than budget + interval entries. */
-  interval: z.number(),
+  interval: number;
   /** The most recent positions never evicted (default min(8, budget - 1)). */
-  buffer: z.number().optional(),
-}).strict();
-export type DecodeCompressionRequest = z.infer<typeof decodeCompressionSchema>;
+  buffer?: number;
+};
 
 /** Where a method's decode-time scores come from. */
 export type DecodeSource = "soft" | "rows" | "last_row" | "running" | "keys" | "sinks" | "random";

@@ -3,11 +3,10 @@
  * compiled into a Plan: a JSON-serialisable list of steps that an executor-backed interpreter runs.
  */
 import * as E from "fp-ts/Either";
-import { z } from "zod";
 import type { ModelConfig } from "./config.ts";
 import {
   type DecodeCompression,
-  decodeCompressionSchema,
+  type DecodeCompressionRequest,
   decodePeak,
   resolveDecodeCompression,
 } from "./decode_compression.ts";
@@ -15,32 +14,35 @@ import { fail, type JudgeQError } from "./errors.ts";
 import { GLOBAL_DEFAULTS, METHOD_NAMES, METHODS } from "./methods/registry.ts";
 import { type Allocation, ALLOCATIONS, type MethodOptions } from "./methods/types.ts";
 
-/** The `kv_compression` object of a request (snake_case, as on the wire). */
-export const compressionSchema = z.object({
-  method: z.string(),
-  budget: z.number().optional(),
-  compression_ratio: z.number().optional(),
-  window: z.number().optional(),
-  pooling: z.enum(["max", "avg", "none"]).optional(),
-  kernel: z.number().int().min(1).max(63).optional(),
-  gqa: z.enum(["mean", "max", "sum"]).optional(),
-  sinks: z.number().int().min(0).optional(),
-  normalize: z.boolean().optional(),
-  seed: z.number().int().optional(),
-  beta: z.number().positive().optional(),
-  floor: z.number().min(0).max(1).optional(),
-  lookahead_tokens: z.number().int().min(1).max(64).optional(),
+/**
+ * The `kv_compression` object of a request (snake_case, as on the wire; its zod schema, with the
+ * ranges a schema can check, is server/schemas.ts's `compressionSchema`). A type, not an interface,
+ * so that it reads as a Record<string, unknown> where method options are looked up by name.
+ */
+export type CompressionRequest = {
+  method: string;
+  budget?: number;
+  compression_ratio?: number;
+  window?: number;
+  pooling?: "max" | "avg" | "none";
+  kernel?: number;
+  gqa?: "mean" | "max" | "sum";
+  sinks?: number;
+  normalize?: boolean;
+  seed?: number;
+  beta?: number;
+  floor?: number;
+  lookahead_tokens?: number;
   /**
    * `uniform` (default), `pyramid` or `adaptive`: how an attention method's budget is shared out over
    * layers and heads. Checked by `resolveOptions` (400 naming `kv_compression.allocation`).
    */
-  allocation: z.string().optional(),
+  allocation?: string;
   /** Judge Q ablation: untrained soft tokens (mean embedding plus seeded noise). */
-  random_soft: z.boolean().optional(),
+  random_soft?: boolean;
   /** Compression during decoding: the cache bounded to budget + interval entries per KV head. */
-  decode: decodeCompressionSchema.optional(),
-}).strict();
-export type CompressionRequest = z.infer<typeof compressionSchema>;
+  decode?: DecodeCompressionRequest;
+};
 
 export interface SamplingSpec {
   temperature: number;

@@ -4,12 +4,63 @@
  */
 import { z } from "zod";
 import { METHOD_NAMES } from "../core/methods/registry.ts";
-import { DECODE_METHOD_NAMES } from "../core/decode_compression.ts";
-import { allocationError, compressionSchema } from "../core/plan.ts";
+import { DECODE_METHOD_NAMES, type DecodeCompressionRequest } from "../core/decode_compression.ts";
+import { allocationError, type CompressionRequest } from "../core/plan.ts";
 
 /** Upper bound on any count a client sends: far above any context, far below float trouble. */
 const BIG = 1_000_000_000;
 const count = () => z.number().int().min(0).max(BIG);
+
+/** `kv_compression.decode` as core/decode_compression.ts reads it (ranges: decodeCompressionWireSchema). */
+export const decodeCompressionSchema = z.object({
+  /** Defaults to the prefill method (kv_compression.method) when that one can run at decode time. */
+  method: z.string().optional(),
+  /** Entries kept per KV head per layer after each compression (prompt and generated together). */
+  budget: z.number().optional(),
+  /** The budget as a share of all positions seen so far, in (0, 1]. */
+  fraction: z.number().optional(),
+  /** Tokens generated between compressions: a head never holds more than budget + interval entries. */
+  interval: z.number(),
+  /** The most recent positions never evicted (default min(8, budget - 1)). */
+  buffer: z.number().optional(),
+}).strict();
+
+/**
+ * The `kv_compression` object of a request (snake_case, as on the wire): what core/plan.ts reads as a
+ * CompressionRequest. Requests are checked with kvCompressionSchema, which adds the method names and
+ * the ranges of budget, compression_ratio, window and decode.
+ */
+export const compressionSchema = z.object({
+  method: z.string(),
+  budget: z.number().optional(),
+  compression_ratio: z.number().optional(),
+  window: z.number().optional(),
+  pooling: z.enum(["max", "avg", "none"]).optional(),
+  kernel: z.number().int().min(1).max(63).optional(),
+  gqa: z.enum(["mean", "max", "sum"]).optional(),
+  sinks: z.number().int().min(0).optional(),
+  normalize: z.boolean().optional(),
+  seed: z.number().int().optional(),
+  beta: z.number().positive().optional(),
+  floor: z.number().min(0).max(1).optional(),
+  lookahead_tokens: z.number().int().min(1).max(64).optional(),
+  /**
+   * `uniform` (default), `pyramid` or `adaptive`: how an attention method's budget is shared out over
+   * layers and heads. Checked by `resolveOptions` (400 naming `kv_compression.allocation`).
+   */
+  allocation: z.string().optional(),
+  /** Judge Q ablation: untrained soft tokens (mean embedding plus seeded noise). */
+  random_soft: z.boolean().optional(),
+  /** Compression during decoding: the cache bounded to budget + interval entries per KV head. */
+  decode: decodeCompressionSchema.optional(),
+}).strict();
+
+/** The schemas and the core's types describe the same objects (a compile-time check). */
+type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;
+const _sameShapes: [
+  Same<z.infer<typeof compressionSchema>, CompressionRequest>,
+  Same<z.infer<typeof decodeCompressionSchema>, DecodeCompressionRequest>,
+] = [true, true];
 
 /** `kv_compression.decode`: compression during decoding, the same shape on every endpoint. */
 export const decodeCompressionWireSchema = z.object({
