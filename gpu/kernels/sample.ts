@@ -23,7 +23,13 @@ export function sample(vocab: number, wg = 256): KernelDef {
     name: "sample",
     bindings,
     workgroupSize: wg,
-    body: `
+    body: `${declarations(wg)}${searches(V, wg)}${mainCut(V, wg)}${mainDraw(V)}`,
+  };
+}
+
+/** The sampler's uniforms, workgroup scratch, order-preserving keys and workgroup reductions. */
+function declarations(wg: number): string {
+  return `
 struct Sampling { temperature: f32, topP: f32, topK: u32, pad: u32 }
 var<workgroup> RF: array<f32, ${wg}>;
 var<workgroup> RU: array<u32, ${wg}>;
@@ -43,7 +49,15 @@ fn unkey(k: u32) -> f32 {
 ${treeReduce("sumF", "f32", "RF", "SHF", wg, (a, b) => `${a} + ${b}`)}
 ${treeReduce("maxF", "f32", "RF", "SHF", wg, (a, b) => `max(${a}, ${b})`)}
 ${treeReduce("sumU", "u32", "RU", "SHU", wg, (a, b) => `${a} + ${b}`)}
-/** Probability mass of the tokens whose key is >= k (k = 2^32 means none). */
+`;
+}
+
+/**
+ * Prefix searches over the keys: mass and count of the tokens at or above a key, binary searches for a
+ * key by mass or count, and the j-th token (by index) of one key.
+ */
+function searches(V: number, wg: number): string {
+  return `/** Probability mass of the tokens whose key is >= k (k = 2^32 means none). */
 fn massGE(k: u32, none: bool) -> f32 {
   var s = 0.0;
   if (!none) {
@@ -100,7 +114,12 @@ fn probOfKey(k: u32, mx: f32) -> f32 {
   return exp((unkey(k) - mx) / SP.temperature);
 }
 
-@compute @workgroup_size(${wg})
+`;
+}
+
+/** The entry point's first half: softmax at the temperature, then the kept prefix (top-p, top-k). */
+function mainCut(V: number, wg: number): string {
+  return `@compute @workgroup_size(${wg})
 fn main(@builtin(local_invocation_index) lid: u32) {
   li = lid;
   base = P.inRow * ${V}u;
@@ -147,7 +166,12 @@ fn main(@builtin(local_invocation_index) lid: u32) {
   if (keep < ${V}u) {
     kept = massGE(kc + 1u, kc == 0xffffffffu) + f32(jc) * probOfKey(kc, mx);
   }
-  // The draw (the reference's xorshift32). The state is read once into workgroup memory and loaded
+`;
+}
+
+/** The entry point's second half: the draw, its key and rank within the key, the token written. */
+function mainDraw(V: number): string {
+  return `  // The draw (the reference's xorshift32). The state is read once into workgroup memory and loaded
   // uniformly: a read_write storage read is non-uniform to Tint (Chromium), and the draw steers the
   // searches below, whose reductions hold barriers.
   if (li == 0u) { SEED = RNG[0]; }
@@ -183,8 +207,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     TOK[P.step] = token;
     RNG[0] = x;
   }
-}`,
-  };
+}`;
 }
 
 /** WGSL for a workgroup tree reduction of one value per invocation, returned uniformly to all. */
