@@ -208,6 +208,16 @@ export function resolveOptions(
     // Defaults shrink to fit a small budget instead of failing.
     options.window = Math.min(method.windowFor ? method.windowFor(budget, options) : base.window, budget);
   }
+  // SnapKV's window rows are its queries (and Lookahead's draft's): none means nothing to score with.
+  const source = method.source(options, promptLength);
+  const windowless = (source.kind === "rows" && source.from >= promptLength) ||
+    (source.kind === "lookahead" && options.window < 1);
+  if (budget < promptLength && windowless) {
+    return invalid(
+      `window ${options.window} leaves ${c.method} no observation rows to score with (at least 1)`,
+      "kv_compression.window",
+    );
+  }
   if (c.method === "streaming_llm" && options.sinks > budget) {
     return invalid(`sinks ${options.sinks} exceed the budget ${budget}`, "kv_compression.sinks");
   }

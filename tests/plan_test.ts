@@ -28,6 +28,11 @@ Deno.test("bad plans give specific errors naming the field", async () => {
     [req({ method: "bogus", budget: 16 }), "kv_compression.method", "unknown method"],
     [req({ method: "judgeq", budget: 16 }), "kv_compression.method", "needs a Judge Q adapter"],
     [req({ method: "streaming_llm", budget: 16, window: 4 }), "kv_compression.window", "sinks"],
+    // SnapKV's queries are its window rows (Lookahead's draft is SnapKV): window 0 leaves none.
+    [req({ method: "snapkv", budget: 16, window: 0 }), "kv_compression.window", "no observation rows"],
+    [req({ method: "pyramidkv", budget: 16, window: 0 }), "kv_compression.window", "no observation rows"],
+    [req({ method: "adakv", budget: 16, window: 0 }), "kv_compression.window", "no observation rows"],
+    [req({ method: "lookahead", budget: 16, window: 0 }), "kv_compression.window", "no observation rows"],
     [req(null, prompt(600)), "prompt", "context of 512"],
     [req(null, []), "prompt", "must not be empty"],
     [req(null, [1, 99999]), "prompt", "outside the vocabulary"],
