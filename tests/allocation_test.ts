@@ -11,7 +11,7 @@ import { compilePlan, type CompressionRequest, type GenerateRequest } from "../c
 import { GREEDY } from "../core/sampling.ts";
 import { pyramidBudgets } from "../core/selection.ts";
 import { startServer } from "./server_testing.ts";
-import { assert, assertEquals, assertLeft, embeddedModel, right } from "./helpers.ts";
+import { assert, assertEquals, assertLeft, embeddedModel, right, runScript } from "./helpers.ts";
 
 const L = 72;
 const PROMPT = Array.from({ length: L }, (_, i) => (i === 0 ? 1 : 3 + ((i * 29 + (i * i) % 13) % 500)));
@@ -137,15 +137,7 @@ Deno.test("allocation over HTTP: judgeq + adaptive is served, bad values are a 4
 });
 
 Deno.test("allocation on the CLI: --allocation adaptive works, a bad value names allocation", async () => {
-  const cli = async (...args: string[]) => {
-    const out = await new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", new URL("../cli/generate.ts", import.meta.url).pathname, ...args],
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    const dec = new TextDecoder();
-    return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-  };
+  const cli = (...args: string[]) => runScript("cli/generate.ts", ...args);
   const base = ["--prompt", "Once upon a time, there was a little girl named Lily.", "--max-tokens", "2"];
   const good = await cli(
     ...base,

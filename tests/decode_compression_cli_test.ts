@@ -1,25 +1,7 @@
 /** deno task generate with --decode-*: decode-time compression from the command line, bad values named. */
-import { assert, assertEquals } from "./helpers.ts";
+import { assert, assertEquals, runScript } from "./helpers.ts";
 
-async function cli(...args: string[]) {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "-A",
-      new URL("../cli/generate.ts", import.meta.url).pathname,
-      "--executor",
-      "cpu",
-      ...args,
-    ],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  return {
-    code: out.code,
-    stdout: new TextDecoder().decode(out.stdout),
-    stderr: new TextDecoder().decode(out.stderr),
-  };
-}
+const cli = (...args: string[]) => runScript("cli/generate.ts", "--executor", "cpu", ...args);
 
 Deno.test("generate CLI: --decode-budget and --decode-interval bound the cache; --json reports each compression", async () => {
   const r = await cli(

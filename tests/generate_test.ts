@@ -4,7 +4,7 @@ import { convertLlama2c } from "../fixtures/convert_llama2c.ts";
 import { EMBEDDED_MODEL_DIR } from "../io/model_dir.ts";
 import { loadModel } from "../io/runtime.ts";
 import { wasmUnsupportedReason } from "../wasm/mod.ts";
-import { assert, assertEquals, assertRejects, GOLDEN } from "./helpers.ts";
+import { assert, assertEquals, assertRejects, GOLDEN, runScript } from "./helpers.ts";
 
 const SHARED = Deno.env.get("JUDGEQ_SHARED_DATA") ?? new URL("../../shared/data/", import.meta.url).pathname;
 const hasShared = await Deno.stat(SHARED + "stories260K/stories260K.bin").then(() => true, () => false);
@@ -37,18 +37,7 @@ Deno.test("greedy text from BOS equals llama2.c's documented sample byte for byt
   assertEquals(r.promptTokens, [1]);
 });
 
-async function cli(...args: string[]) {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", new URL("../cli/generate.ts", import.meta.url).pathname, ...args],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  return {
-    code: out.code,
-    stdout: new TextDecoder().decode(out.stdout),
-    stderr: new TextDecoder().decode(out.stderr),
-  };
-}
+const cli = (...args: string[]) => runScript("cli/generate.ts", ...args);
 
 Deno.test("generate CLI: --json gives text, tokens, prompt ids and compression stats", async () => {
   const r = await cli(

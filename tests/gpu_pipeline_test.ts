@@ -3,31 +3,26 @@
  * and tokens on every executor are checked by tests/executor_contract_test.ts.)
  */
 import { gpuAvailable } from "../gpu/device.ts";
-import { assertEquals } from "./helpers.ts";
+import { assertEquals, runScript } from "./helpers.ts";
 
 const hasGpu = gpuAvailable() && (await navigator.gpu.requestAdapter()) !== null;
 if (!hasGpu) console.warn("gpu_pipeline_test: no WebGPU adapter, tests skipped");
 
 async function generate(executor: string, prompt: string) {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "-A",
-      new URL("../cli/generate.ts", import.meta.url).pathname,
-      "--prompt",
-      prompt,
-      "--max-tokens",
-      "64",
-      "--executor",
-      executor,
-      "--gpu-weights",
-      "f32", // the reference holds f32 weights ("auto" may pick f16)
-    ],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  assertEquals(out.code, 0, new TextDecoder().decode(out.stderr));
-  return new TextDecoder().decode(out.stdout);
+  // f32 weights: the reference holds f32 weights ("auto" may pick f16).
+  const out = await runScript(
+    "cli/generate.ts",
+    "--prompt",
+    prompt,
+    "--max-tokens",
+    "64",
+    "--executor",
+    executor,
+    "--gpu-weights",
+    "f32",
+  );
+  assertEquals(out.code, 0, out.stderr);
+  return out.stdout;
 }
 
 Deno.test({

@@ -74,3 +74,17 @@ export const GOLDEN = new URL("./golden/", import.meta.url).pathname;
 export async function readF32(path: string): Promise<Float32Array> {
   return new Float32Array((await Deno.readFile(path)).buffer);
 }
+
+/** Runs a project script as `deno run -A` and collects its exit code and output. */
+export async function runScript(
+  script: string,
+  ...args: string[]
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", new URL(`../${script}`, import.meta.url).pathname, ...args],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder();
+  return { code: out.code, stdout: text.decode(out.stdout), stderr: text.decode(out.stderr) };
+}

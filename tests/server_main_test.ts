@@ -18,6 +18,17 @@ function spawn(args: string[], env: Record<string, string> = {}) {
   }).spawn();
 }
 
+/** What the process has printed up to the end of its first line (the ready line), at least. */
+async function untilNewline(lines: ReadableStreamDefaultReader<Uint8Array>): Promise<string> {
+  let out = "";
+  while (!out.includes("\n")) {
+    const { value, done } = await lines.read();
+    if (done) break;
+    out += new TextDecoder().decode(value);
+  }
+  return out;
+}
+
 async function readAll(s: ReadableStream<Uint8Array>): Promise<string> {
   const decoder = new TextDecoder();
   let text = "";
@@ -32,12 +43,7 @@ Deno.test({
     const child = spawn(["--port", "0", "--executor", "cpu", "--adapter", "none", "--queue-size", "4"]);
     const stderr = readAll(child.stderr);
     const lines = child.stdout.getReader();
-    let out = "";
-    while (!out.includes("\n")) {
-      const { value, done } = await lines.read();
-      if (done) break;
-      out += new TextDecoder().decode(value);
-    }
+    const out = await untilNewline(lines);
     const ready = out.split("\n")[0];
     const base = /at (http:\/\/127\.0\.0\.1:\d+)/.exec(ready)?.[1];
     if (!base) {
@@ -102,12 +108,7 @@ Deno.test({
     const child = spawn(["--port", "0", "--executor", "wasm", "--threads", "2", "--adapter", "none"]);
     const stderr = readAll(child.stderr);
     const lines = child.stdout.getReader();
-    let out = "";
-    while (!out.includes("\n")) {
-      const { value, done } = await lines.read();
-      if (done) break;
-      out += new TextDecoder().decode(value);
-    }
+    const out = await untilNewline(lines);
     const ready = out.split("\n")[0];
     const base = /at (http:\/\/127\.0\.0\.1:\d+)/.exec(ready)?.[1];
     try {
@@ -159,12 +160,7 @@ Deno.test({
       const child = spawn(["--port", "0", "--executor", "cpu", "--adapter", "none", ...args], env);
       const stderr = readAll(child.stderr);
       const lines = child.stdout.getReader();
-      let out = "";
-      while (!out.includes("\n")) {
-        const { value, done } = await lines.read();
-        if (done) break;
-        out += new TextDecoder().decode(value);
-      }
+      const out = await untilNewline(lines);
       const base = /at (http:\/\/127\.0\.0\.1:\d+)/.exec(out)?.[1];
       try {
         assert(base, `no ready line: ${out}`);
