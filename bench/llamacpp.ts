@@ -335,13 +335,3 @@ export async function llamaCppLogProbs(
     greedy: out.check.greedy,
   };
 }
-
-/** Log-softmax in float64 (to compare our logits with llama.cpp's log-probabilities). */
-export function logSoftmax(logits: ArrayLike<number>): Float64Array {
-  let max = -Infinity;
-  for (let i = 0; i < logits.length; i++) max = Math.max(max, logits[i]);
-  let sum = 0;
-  for (let i = 0; i < logits.length; i++) sum += Math.exp(logits[i] - max);
-  const lse = max + Math.log(sum);
-  return Float64Array.from(logits as ArrayLike<number>, (v) => v - lse);
-}

@@ -18,12 +18,8 @@ import {
   unpermuteRopeRows,
   vocabFromTokenizerJson,
 } from "../bench/gguf.ts";
-import {
-  ensureLlamaCppPeer,
-  llamaCppLogProbs,
-  llamaCppPeerInstalled,
-  logSoftmax,
-} from "../bench/llamacpp.ts";
+import { ensureLlamaCppPeer, llamaCppLogProbs, llamaCppPeerInstalled } from "../bench/llamacpp.ts";
+import { logSoftmax } from "../eval/metrics.ts";
 import { assert, assertEquals, assertRejects } from "./helpers.ts";
 
 // ---- a small GGUF reader (independent of the writer) ----
