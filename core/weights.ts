@@ -152,23 +152,43 @@ export function tensorBeyondF16(w: ModelWeights): string | null {
   return null;
 }
 
-/** The same model with every projection matrix rounded to f16 (the reference for f16 GPU weights). */
-export function roundProjectionsToF16(w: ModelWeights): ModelWeights {
-  const r = (t: Float32Array) => Float32Array.from(new Float16Array(t));
-  const embed = r(w.embed);
+/**
+ * The same model with every projection and embedding matrix replaced by `f(matrix, cols)` (row-major, rows =
+ * length / cols); norms and biases are kept, and a tied LM head stays tied.
+ */
+export function mapProjections(
+  w: ModelWeights,
+  f: (m: Float32Array, cols: number) => Float32Array,
+): ModelWeights {
+  const c = w.config, dim = c.dim;
+  const embed = f(w.embed, dim);
   return {
     ...w,
     embed,
-    lmHead: w.lmHead === w.embed ? embed : r(w.lmHead),
+    lmHead: w.lmHead === w.embed ? embed : f(w.lmHead, dim),
     layers: w.layers.map((l) => ({
       ...l,
-      wq: r(l.wq),
-      wk: r(l.wk),
-      wv: r(l.wv),
-      wo: r(l.wo),
-      wGate: r(l.wGate),
-      wUp: r(l.wUp),
-      wDown: r(l.wDown),
+      wq: f(l.wq, dim),
+      wk: f(l.wk, dim),
+      wv: f(l.wv, dim),
+      wo: f(l.wo, c.nHeads * c.headDim),
+      wGate: f(l.wGate, dim),
+      wUp: f(l.wUp, dim),
+      wDown: f(l.wDown, c.hiddenDim),
     })),
   };
+}
+
+/** The same model with every projection matrix rounded to f16 (the reference for f16 weights). */
+export function roundProjectionsToF16(w: ModelWeights): ModelWeights {
+  return mapProjections(w, (t) => Float32Array.from(new Float16Array(t)));
+}
+
+/** Why weights cannot be stored as f16 (a weight of `tensor` is out of range), as an error naming `param`. */
+export function beyondF16Error(tensor: string, param: string): JudgeQError {
+  return fail(
+    "unprocessable",
+    `f16 cannot hold tensor ${tensor}: a weight is beyond the f16 range (|w| > 65504)`,
+    param,
+  );
 }

@@ -6,7 +6,7 @@
 import type { ModelConfig } from "../core/config.ts";
 import { JudgeQError } from "../core/errors.ts";
 import type { Executor } from "../core/executor.ts";
-import { type ModelWeights, tensorBeyondF16 } from "../core/weights.ts";
+import { beyondF16Error, type ModelWeights, tensorBeyondF16 } from "../core/weights.ts";
 import { acquireDevice, checkDevice, type GpuContext } from "./device.ts";
 import { GpuModel } from "./model.ts";
 import { GpuSession } from "./session.ts";
@@ -53,13 +53,7 @@ export function resolveWeightFormat(choice: WeightFormatChoice, w: ModelWeights,
   if (choice === "f32" || (choice === "auto" && !features.has("shader-f16"))) return "f32";
   const beyond = tensorBeyondF16(w); // one pass over the weights, only when f16 is in question
   if (choice === "auto") return beyond ? "f32" : "f16";
-  if (beyond) {
-    throw new JudgeQError(
-      "unprocessable",
-      `f16 cannot hold tensor ${beyond}: a weight is beyond the f16 range (|w| > 65504)`,
-      "weight_format",
-    );
-  }
+  if (beyond) throw beyondF16Error(beyond, "weight_format");
   return "f16";
 }
 

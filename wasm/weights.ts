@@ -4,7 +4,7 @@
  */
 import type { ModelConfig } from "../core/config.ts";
 import { JudgeQError } from "../core/errors.ts";
-import { type ModelWeights, tensorBeyondF16 } from "../core/weights.ts";
+import { beyondF16Error, mapProjections, type ModelWeights, tensorBeyondF16 } from "../core/weights.ts";
 import { type Arena, MAX_BYTES } from "./arena.ts";
 
 export type WeightFormat = "f32" | "f16" | "int8";
@@ -54,13 +54,7 @@ export function resolveWeightFormat(choice: WeightFormatChoice, w: ModelWeights)
   if (choice === "int8") return "int8";
   if (choice !== "f16") return "f32";
   const beyond = tensorBeyondF16(w);
-  if (beyond) {
-    throw new JudgeQError(
-      "unprocessable",
-      `f16 cannot hold tensor ${beyond}: a weight is beyond the f16 range (|w| > 65504)`,
-      "weights",
-    );
-  }
+  if (beyond) throw beyondF16Error(beyond, "weights");
   return "f16";
 }
 
@@ -152,26 +146,8 @@ export function quantizeRows(
 
 /** The weights an int8 executor computes with, as f32 (q x scale): the reference runs these to compare. */
 export function roundProjectionsToInt8(w: ModelWeights): ModelWeights {
-  const c = w.config;
-  const r = (m: Float32Array, rows: number, cols: number) => {
-    const { q, scales } = quantizeRows(m, rows, cols);
+  return mapProjections(w, (m, cols) => {
+    const { q, scales } = quantizeRows(m, m.length / cols, cols);
     return Float32Array.from(q, (v, i) => v * scales[Math.floor(i / cols)]);
-  };
-  const q = c.nHeads * c.headDim, kv = c.nKvHeads * c.headDim;
-  const embed = r(w.embed, c.vocabSize, c.dim);
-  return {
-    ...w,
-    embed,
-    lmHead: w.lmHead === w.embed ? embed : r(w.lmHead, c.vocabSize, c.dim),
-    layers: w.layers.map((l) => ({
-      ...l,
-      wq: r(l.wq, q, c.dim),
-      wk: r(l.wk, kv, c.dim),
-      wv: r(l.wv, kv, c.dim),
-      wo: r(l.wo, c.dim, q),
-      wGate: r(l.wGate, c.hiddenDim, c.dim),
-      wUp: r(l.wUp, c.hiddenDim, c.dim),
-      wDown: r(l.wDown, c.dim, c.hiddenDim),
-    })),
-  };
+  });
 }
