@@ -6,6 +6,8 @@
  * prefill time. Decode figures are medians of several runs from the same cache (rewound each time).
  */
 import type { DecodeOptions, KvSession } from "../core/executor.ts";
+import { aggregateGqa } from "../core/scoring.ts";
+import { topPerHead } from "../core/selection.ts";
 import type { ModelWeights } from "../core/weights.ts";
 import { promptTokens } from "../fixtures/testing.ts";
 import { WasmExecutor, type WasmQueryRows } from "../wasm/mod.ts";
@@ -60,19 +62,8 @@ async function judgeqOverhead(
   const mass = await s.attentionMass(r.queries as WasmQueryRows, L);
   const scoring = performance.now() - t;
   // Keep the top `budget` positions of every KV head (GQA mean over its query heads), then strip.
-  const group = c.nHeads / c.nKvHeads, kept: Int32Array[][] = [];
-  for (let l = 0; l < c.nLayers; l++) {
-    kept.push([]);
-    for (let g = 0; g < c.nKvHeads; g++) {
-      const score = new Float32Array(L);
-      for (let h = g * group; h < (g + 1) * group; h++) {
-        const at = (l * c.nHeads + h) * L;
-        for (let p = 0; p < L; p++) score[p] += mass[at + p];
-      }
-      const order = Array.from({ length: L }, (_, p) => p).sort((a, b) => score[b] - score[a] || a - b);
-      kept[l].push(Int32Array.from(order.slice(0, budget)).sort());
-    }
-  }
+  const scores = aggregateGqa(mass, c.nLayers, c.nHeads, c.nKvHeads, L, "mean");
+  const kept = topPerHead(scores, c.nLayers, c.nKvHeads, L, () => budget, 0);
   await s.keepPositions(kept, L);
   await s.truncateFrom(L);
   return { scoring, total: performance.now() - t };

@@ -45,6 +45,8 @@ export class ThreadPool {
   private starting: Promise<void> | null = null;
   private idleTimer: ReturnType<typeof setTimeout> | null = null;
   private readonly ctrl: Int32Array;
+  /** The job table: below any growth of the memory, so one view serves for good (as in the workers). */
+  private readonly table: Float64Array;
   private readonly fns: ((...a: number[]) => void)[];
   private disposed = false;
   /** Chunks per dispatch: a few per thread, so a late thread's share is taken over by the others. */
@@ -58,6 +60,7 @@ export class ThreadPool {
   ) {
     this.kernels = instantiate(module, arena.memory);
     this.ctrl = new Int32Array(arena.memory.buffer, 0, 16);
+    this.table = new Float64Array(arena.memory.buffer, JOB_TABLE_BYTES, MAX_JOBS * JOB_SLOTS);
     this.fns = KERNEL_NAMES.map((n) => this.kernels[n]);
     this.chunks = chunksFor(threads);
   }
@@ -97,7 +100,7 @@ export class ThreadPool {
       return;
     }
     if (jobs.length > MAX_JOBS) throw new RangeError(`at most ${MAX_JOBS} jobs per dispatch`);
-    const table = new Float64Array(this.arena.memory.buffer, JOB_TABLE_BYTES, jobs.length * JOB_SLOTS);
+    const table = this.table;
     jobs.forEach((j, i) => {
       table[i * JOB_SLOTS] = KERNEL_NAMES.indexOf(j.kernel);
       table[i * JOB_SLOTS + 1] = j.args.length;
