@@ -100,6 +100,12 @@ export interface KvSession {
   positions(): Promise<Int32Array[][]>;
   /** Bytes of K and V held (entries x headDim x 2 x 4 bytes, f32). */
   kvBytes(): number;
+  /**
+   * Bytes this session holds allocated: its cache's storage (room included) and current logits, the figure a
+   * memory cap must count. Storage grows as entries are appended and is cut back to what the heads hold
+   * after `keepPositions`, `truncateFrom` and `rewind`, so a compressed cache holds only what it keeps.
+   */
+  allocatedBytes(): number;
   /** A deep copy with its own cache. */
   clone(): Promise<KvSession>;
   dispose(): void;

@@ -87,6 +87,13 @@ export class ForwardPass {
     this.partO = emptyBuffer(d, parts * c.headDim * 4, STORAGE, "attn-o");
   }
 
+  /** Bytes of this pass's own buffers (activations of one chunk, logits rows, token ids, attention partials). */
+  bytes(): number {
+    const own = [this.x, this.q, this.att, this.h, this.logits, this.toks, this.partML, this.partO];
+    if (this.xn !== this.x) own.push(this.xn);
+    return own.reduce((n, b) => n + b.size, 0);
+  }
+
   // ---- the pass, top to bottom --------------------------------------------------------------
 
   /** One whole pass over `rows` rows: embed (unless x already holds them), layers, LM head. */

@@ -246,6 +246,12 @@ export class GpuSession implements KvSession, DecodeHost {
     return this.cache.entries() * this.config.headDim * 2 * 4;
   }
 
+  /** GPU: K/V segments (headroom included) and the pass's buffers; host: the positions mirror. */
+  allocatedBytes(): number {
+    if (this.disposed) return 0;
+    return this.cache.allocatedBytes() + this.fwd.bytes() + this.cache.slots * this.capacity * 4;
+  }
+
   /** The cached keys and values per (layer, KV head), [count][headDim] each (tests, debugging). */
   async readCache(): Promise<{ keys: Float32Array[]; values: Float32Array[] }> {
     this.check();

@@ -71,7 +71,11 @@ export function createApp(model: Model, options: Partial<AppOptions> = {}): App 
     () => httpInFlight,
   );
   metrics.gauge("judgeq_contexts", "Compressed contexts kept.", () => contexts.size);
-  metrics.gauge("judgeq_contexts_kv_bytes", "KV bytes held by kept contexts.", () => contexts.bytes);
+  metrics.gauge(
+    "judgeq_contexts_kv_bytes",
+    "Bytes kept contexts hold allocated (KV storage with its room, positions, logits): what --context-max-mb caps.",
+    () => contexts.bytes,
+  );
   metrics.gauge(
     "judgeq_contexts_evicted_total",
     "Contexts evicted under the memory cap.",

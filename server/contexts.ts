@@ -1,7 +1,9 @@
 /**
  * Compressed contexts kept between requests. Each holds a KV session, so the store bounds them twice:
- * a sliding TTL, and a cap on their KV bytes with least-recently-used eviction. An entry in use by a
- * running job is only unlisted when evicted; its session is disposed when the job lets go of it.
+ * a sliding TTL, and a cap on the bytes their sessions hold allocated (storage as allocated, not entries
+ * kept: `KvSession.allocatedBytes`) with least-recently-used eviction. An entry in use by a running job is
+ * only unlisted when evicted; its session is disposed when the job lets go of it, and re-measured when
+ * released (an answer grows the cache for a while; the room it took is given back on rewind).
  */
 import type { CompressedContext } from "../core/engine.ts";
 import { HttpError } from "./errors.ts";
@@ -9,7 +11,8 @@ import { HttpError } from "./errors.ts";
 export interface StoredContext {
   readonly id: string;
   readonly ctx: CompressedContext;
-  readonly bytes: number;
+  /** Bytes its session holds allocated, as last measured (when listed, and when a job releases it). */
+  bytes: number;
   readonly createdAt: number;
   lastUsed: number;
   users: number;
@@ -49,7 +52,7 @@ export class ContextStore {
     return this.entries.size;
   }
 
-  /** KV bytes of the listed contexts. */
+  /** Bytes allocated by the listed contexts' sessions: what the cap counts. */
   get bytes(): number {
     let b = 0;
     for (const e of this.entries.values()) b += e.bytes;
@@ -62,21 +65,17 @@ export class ContextStore {
 
   /** Lists a new context, evicting the least recently used until it fits; 422 if it cannot fit alone. */
   add(ctx: CompressedContext): StoredContext {
-    const bytes = ctx.session.kvBytes();
+    const bytes = ctx.session.allocatedBytes();
     if (bytes > this.opts.maxBytes) {
       ctx.session.dispose();
       throw new HttpError(
         422,
-        `the compressed context holds ${bytes} KV bytes, over the server's cap of ${this.opts.maxBytes}; compress harder`,
+        `the compressed context holds ${bytes} bytes, over the server's cap of ${this.opts.maxBytes}; compress harder`,
         "kv_compression.budget",
       );
     }
     this.sweep();
-    while (this.bytes + bytes > this.opts.maxBytes) {
-      const oldest = this.entries.values().next().value!;
-      this.remove(oldest);
-      this.evicted++;
-    }
+    this.makeRoom(bytes);
     const t = this.now();
     const e: StoredContext = {
       id: `ctx_${crypto.randomUUID().replaceAll("-", "")}`,
@@ -116,7 +115,22 @@ export class ContextStore {
   release(e: StoredContext) {
     e.users--;
     if (e.removed && e.users === 0) e.ctx.session.dispose();
-    else if (!e.removed) this.touch(e);
+    else if (!e.removed) {
+      this.touch(e);
+      // Still over the cap after the answer gave its room back (a GPU keeps some headroom): evict others.
+      e.bytes = e.ctx.session.allocatedBytes();
+      this.makeRoom(0, e);
+    }
+  }
+
+  /** Evicts least recently used contexts until `bytes` more fit under the cap (never `keep`). */
+  private makeRoom(bytes: number, keep?: StoredContext) {
+    for (const e of [...this.entries.values()]) {
+      if (this.bytes + bytes <= this.opts.maxBytes) return;
+      if (e === keep) continue;
+      this.remove(e);
+      this.evicted++;
+    }
   }
 
   /** Unlists a context; false when it was not listed. */

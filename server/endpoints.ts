@@ -109,7 +109,8 @@ const contextJson = (svc: Service, e: StoredContext, withPositions: boolean) => 
   created: Math.floor(e.createdAt / 1000),
   expires_at: Math.floor(svc.contexts.expiresAt(e) / 1000),
   context_tokens: e.ctx.contextTokens.length,
-  kv_bytes: e.bytes,
+  kv_bytes: e.ctx.session.kvBytes(),
+  allocated_bytes: e.bytes,
   compression: compressionJson(e.ctx.stats, withPositions),
 });
 

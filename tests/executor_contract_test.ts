@@ -519,6 +519,54 @@ async function cacheContract({ ex, oracle, w, m, toks }: Ctx) {
 }
 
 /** The compression requests of a model: every registered method at both budgets, plus a few options. */
+/**
+ * Memory: a session allocates for what it holds, not for its capacity. On the CPU executors storage is at
+ * most the fullest head's entries per head (uniform per-slot room, as the wasm layout has) plus logits, and
+ * pruning, cutting and rewinding give the room back; the GPU keeps a little headroom per head, so there the
+ * figures are only checked to follow the entries.
+ */
+async function allocationContract({ ex, w, m, toks }: Ctx) {
+  const c = w.config, P = m.prompt, slots = c.nLayers * c.nKvHeads;
+  const perEntry = c.headDim * 8 + 4;
+  const most = async (s: KvSession) => Math.max(1, ...(await s.positions()).flat().map((h) => h.length));
+  const bound = async (s: KvSession) => slots * (await most(s)) * perEntry + slots * 4 + c.vocabSize * 4;
+  const capacity = c.maxSeqLen + 64;
+  const s = ex.createSession(capacity);
+  try {
+    await s.forward(tokens(toks), { logits: "last" });
+    const full = s.allocatedBytes();
+    assert(full >= s.kvBytes(), `allocated ${full} bytes hold the ${s.kvBytes()} KV bytes`);
+    if (ex.kind !== "gpu") {
+      // Room grows by half again at most, so a prompt of P rows holds < 1.5 x P (+ 16) entries per head.
+      const most = slots * Math.ceil(Math.max(P * 1.5, P + 16)) * perEntry + slots * 4 + c.vocabSize * 4;
+      assert(full <= most, `after a ${P}-token prompt: ${full} bytes allocated, over ${most}`);
+      assert(full < slots * capacity * perEntry, "a session does not allocate its whole capacity up front");
+    }
+    const kept = subset(c.nLayers, c.nKvHeads, P).map((heads) => heads.map((h) => h.slice(0, 3)));
+    await s.keepPositions(kept, P);
+    const pruned = s.allocatedBytes();
+    assert(pruned <= full, `pruning does not grow the allocation (${full} -> ${pruned})`);
+    assert(pruned >= s.kvBytes(), "what is allocated holds what is kept");
+    if (ex.kind !== "gpu") {
+      assert(pruned <= await bound(s), `after keeping 3 per head: ${pruned} bytes, over ${await bound(s)}`);
+    }
+    const mark = s.mark();
+    await s.forward(tokens([3, 4, 5]), { logits: "last" });
+    await s.decode(greedy(24));
+    assert(s.allocatedBytes() >= s.kvBytes(), "decoding grows the allocation with the entries");
+    await s.rewind(mark);
+    if (ex.kind !== "gpu") {
+      assertEquals(s.allocatedBytes(), pruned, "rewind gives back the room the answer took");
+    }
+    await s.truncateFrom(2);
+    if (ex.kind !== "gpu") {
+      assert(s.allocatedBytes() <= await bound(s), "truncateFrom gives the room back");
+    }
+  } finally {
+    s.dispose();
+  }
+}
+
 function requests(m: ModelCase): { request: CompressionRequest; adapter: boolean }[] {
   const out: { request: CompressionRequest; adapter: boolean }[] = [];
   for (const name of Object.keys(METHODS)) {
@@ -682,6 +730,7 @@ const CONTRACT: [string, (ctx: Ctx) => Promise<void>][] = [
   ["decode: stop tokens, maxTokens, streaming order, abort", stopsContract],
   ["attentionMass and keyNorms of prompt, embedding and decode rows", queriesContract],
   ["cache: keepPositions, positions, kvBytes, truncateFrom, mark/rewind, clone, dispose", cacheContract],
+  ["allocation follows the entries held, not the capacity", allocationContract],
   ["every registered method through the plan interpreter, at two budgets", methodsContract],
 ];
 

@@ -196,6 +196,10 @@ Deno.test("contexts: compress once, answers equal one-shot compress+answer, GET,
       Array.from({ length: c.nLayers }, () => Array(c.nKvHeads).fill(48)),
     );
     assertEquals(created.json.kv_bytes, 48 * c.nLayers * c.nKvHeads * c.headDim * 8);
+    assertEquals(
+      created.json.allocated_bytes,
+      48 * c.nLayers * c.nKvHeads * (c.headDim * 8 + 4) + c.vocabSize * 4,
+    );
     assert(created.json.expires_at > Date.now() / 1000, "expires in the future");
 
     for (const question of [" Who had the ball?", " Where did Lily play?"]) {
@@ -234,10 +238,11 @@ Deno.test("contexts: compress once, answers equal one-shot compress+answer, GET,
   }
 });
 
-Deno.test("contexts: least recently used evicted under the KV byte cap; TTL expiry", async () => {
+Deno.test("contexts: least recently used evicted under the byte cap; TTL expiry", async () => {
   const model = await testModel();
   const c = model.config;
-  const perContext = 32 * c.nLayers * c.nKvHeads * c.headDim * 8;
+  // What a budget-32 context holds allocated on the CPU: 32 entries (K, V, position) per head, and its logits.
+  const perContext = 32 * c.nLayers * c.nKvHeads * (c.headDim * 8 + 4) + c.vocabSize * 4;
   const s = await startServer({ contextMaxBytes: perContext * 2, contextTtlMs: 60_000 });
   try {
     const make = async () =>

@@ -54,7 +54,11 @@ export interface SessionContext {
   parallel: boolean;
 }
 
-/** The KV cache's regions: keys and values [slot][capacity][headDim], positions [slot][capacity], counts [slot]. */
+/**
+ * The KV cache's regions: keys and values [slot][stride][headDim], positions [slot][stride], counts [slot].
+ * `stride` (entries each slot has room for) grows on demand up to the session's capacity and is cut back to
+ * the fullest slot after pruning, so a compressed cache allocates what it keeps, not its capacity.
+ */
 interface CacheRegions {
   keys: number;
   values: number;
@@ -69,6 +73,8 @@ export class WasmSession implements KvSession {
   private readonly invFreq: Float64Array;
   private readonly slots: number;
   private cache: CacheRegions | null;
+  /** Entries each slot has room for (the kernels' `cap`). */
+  private stride: number;
   /** Bumped whenever entries leave the cache (prune, cut, rewind): fused masses before it are stale. */
   private version = 0;
 
@@ -77,14 +83,56 @@ export class WasmSession implements KvSession {
     this.config = c;
     this.invFreq = ropeInverseFrequencies(c);
     this.slots = c.nLayers * c.nKvHeads;
-    const entries = this.slots * capacity;
-    this.cache = {
-      keys: x.arena.alloc(entries * c.headDim * 4),
-      values: x.arena.alloc(entries * c.headDim * 4),
-      positions: x.arena.alloc(entries * 4),
-      counts: x.arena.alloc(this.slots * 4),
-    };
+    this.stride = Math.min(capacity, 16);
+    this.cache = { ...this.allocEntries(this.stride), counts: x.arena.alloc(this.slots * 4) };
     x.arena.i32.fill(0, this.cache.counts / 4, this.cache.counts / 4 + this.slots);
+  }
+
+  private allocEntries(stride: number) {
+    const entries = this.slots * stride, a = this.x.arena;
+    return {
+      keys: a.alloc(entries * this.config.headDim * 4),
+      values: a.alloc(entries * this.config.headDim * 4),
+      positions: a.alloc(entries * 4),
+    };
+  }
+
+  /** Moves every slot's entries into regions of `stride` entries per slot. */
+  private relayout(stride: number) {
+    const from = this.regions(), to = this.allocEntries(stride), a = this.x.arena, hd = this.config.headDim;
+    const counts = this.counts();
+    for (let s = 0; s < this.slots; s++) {
+      const n = counts[s], src = s * this.stride, dst = s * stride;
+      a.f32.copyWithin(to.keys / 4 + dst * hd, from.keys / 4 + src * hd, from.keys / 4 + (src + n) * hd);
+      a.f32.copyWithin(
+        to.values / 4 + dst * hd,
+        from.values / 4 + src * hd,
+        from.values / 4 + (src + n) * hd,
+      );
+      a.i32.copyWithin(to.positions / 4 + dst, from.positions / 4 + src, from.positions / 4 + src + n);
+    }
+    a.release(from.keys);
+    a.release(from.values);
+    a.release(from.positions);
+    this.cache = { ...to, counts: from.counts };
+    this.stride = stride;
+  }
+
+  /** Room for `rows` more entries in every slot (a RangeError past capacity); grows by half again at least. */
+  private reserve(rows: number) {
+    const need = Math.max(...this.counts()) + rows;
+    if (need > this.capacity) {
+      throw new RangeError(`KV cache full: capacity ${this.capacity} positions per head`);
+    }
+    if (need > this.stride) {
+      this.relayout(Math.min(this.capacity, Math.max(need, Math.ceil(this.stride * 1.5))));
+    }
+  }
+
+  /** Frees the room no slot uses. */
+  private trim() {
+    const most = Math.max(1, ...this.counts());
+    if (most < this.stride) this.relayout(most);
   }
 
   private regions(): CacheRegions {
@@ -114,7 +162,7 @@ export class WasmSession implements KvSession {
   }
 
   async forward(input: ForwardInput, options: ForwardOptions = {}): Promise<ForwardResult> {
-    const c = this.config, cache = this.regions();
+    const c = this.config;
     const rows = input.kind === "tokens" ? input.tokens.length : input.count;
     if (input.kind === "tokens") {
       for (const t of input.tokens) {
@@ -125,10 +173,9 @@ export class WasmSession implements KvSession {
     } else if (input.rows.length < rows * c.dim) {
       throw new RangeError(`embeddings: ${input.rows.length} values for ${rows} rows of ${c.dim}`);
     }
-    if (Math.max(...this.counts()) + rows > this.capacity) {
-      throw new RangeError(`KV cache full: capacity ${this.capacity} positions per head`);
-    }
+    this.reserve(rows);
     if (this.x.parallel) await this.x.pool.ready();
+    const cache = this.regions();
     const want = options.logits ?? "last";
     const all = want === "all" ? new Float32Array(rows * c.vocabSize) : null;
     const qw = c.nHeads * c.headDim;
@@ -195,7 +242,7 @@ export class WasmSession implements KvSession {
     const c = this.config, ws = this.x.workspace, hd = c.headDim;
     const qw = c.nHeads * hd, kvw = c.nKvHeads * hd;
     const counts = this.counts();
-    const scores = ws.scores(this.capacity);
+    const scores = ws.scores(this.stride);
     for (let l = 0; l < c.nLayers; l++) {
       const w = this.x.weights.layers[l], slot0 = l * c.nKvHeads;
       // Attention: normalise, project, rotate and cache K/V, attend over each KV head's own entries.
@@ -222,7 +269,7 @@ export class WasmSession implements KvSession {
           cache.positions,
           cache.counts,
           slot0,
-          this.capacity,
+          this.stride,
           this.nextPosition,
         ],
       }], M * (qw + kvw));
@@ -247,7 +294,7 @@ export class WasmSession implements KvSession {
           cache.values,
           cache.counts,
           slot0,
-          this.capacity,
+          this.stride,
           scores,
           mass ? mass + l * c.nHeads * stride * 4 : 0,
           cache.positions,
@@ -301,7 +348,7 @@ export class WasmSession implements KvSession {
       a.f32.set(rows.data, q / 4);
       a.i32.set(rows.positions, pos / 4);
       a.f32.fill(0, mass / 4, mass / 4 + outLength);
-      const scores = this.x.workspace.scores(this.capacity);
+      const scores = this.x.workspace.scores(this.stride);
       const work = R * c.nLayers * c.nHeads * Math.max(...this.counts()) * hd;
       this.run([{
         kernel: "attentionMass",
@@ -318,7 +365,7 @@ export class WasmSession implements KvSession {
           cache.values,
           cache.positions,
           cache.counts,
-          this.capacity,
+          this.stride,
           promptLength,
           mass,
           scores,
@@ -345,7 +392,7 @@ export class WasmSession implements KvSession {
           cache.counts,
           this.slots,
           c.headDim,
-          this.capacity,
+          this.stride,
           promptLength,
           out,
         ],
@@ -361,7 +408,7 @@ export class WasmSession implements KvSession {
     this.version++;
     const c = this.regions(), a = this.x.arena, hd = this.config.headDim;
     const counts = this.counts(), f = a.f32, p = a.i32;
-    const base = slot * this.capacity, pos0 = c.positions / 4 + base;
+    const base = slot * this.stride, pos0 = c.positions / 4 + base;
     const k0 = c.keys / 4 + base * hd, v0 = c.values / 4 + base * hd;
     let w = 0;
     for (let r = 0; r < counts[slot]; r++) {
@@ -386,11 +433,13 @@ export class WasmSession implements KvSession {
         this.filter(l * c.nKvHeads + g, (p) => p >= promptLength || keep[p] === 1);
       }
     }
+    this.trim();
     return Promise.resolve();
   }
 
   truncateFrom(position: number): Promise<void> {
     for (let s = 0; s < this.slots; s++) this.filter(s, (p) => p < position);
+    this.trim();
     this.nextPosition = position;
     return Promise.resolve();
   }
@@ -406,6 +455,7 @@ export class WasmSession implements KvSession {
       if (mark.counts[s] > counts[s]) throw new Error("rewind: cache was pruned after the mark");
     }
     counts.set(mark.counts);
+    this.trim();
     this.nextPosition = mark.nextPosition;
     this.version++;
     return Promise.resolve();
@@ -437,7 +487,7 @@ export class WasmSession implements KvSession {
     return Promise.resolve(
       Array.from({ length: c.nLayers }, (_, l) =>
         Array.from({ length: c.nKvHeads }, (_, g) => {
-          const s = l * c.nKvHeads + g, at = base + s * this.capacity;
+          const s = l * c.nKvHeads + g, at = base + s * this.stride;
           return p.slice(at, at + counts[s]);
         })),
     );
@@ -447,12 +497,20 @@ export class WasmSession implements KvSession {
     return this.counts().reduce((a, b) => a + b, 0) * this.config.headDim * 2 * 4;
   }
 
+  allocatedBytes(): number {
+    if (!this.cache) return 0;
+    const entries = this.slots * this.stride;
+    return entries * (this.config.headDim * 8 + 4) + this.slots * 4 + (this.logits?.byteLength ?? 0);
+  }
+
   clone(): Promise<KvSession> {
-    const from = this.regions(), copy = new WasmSession(this.x, this.capacity), to = copy.regions();
+    const copy = new WasmSession(this.x, this.capacity);
+    copy.relayout(this.stride);
+    const from = this.regions(), to = copy.regions();
     const f = this.x.arena.f32, i = this.x.arena.i32, hd = this.config.headDim;
     const counts = this.counts();
     for (let s = 0; s < this.slots; s++) {
-      const base = s * this.capacity, n = counts[s];
+      const base = s * this.stride, n = counts[s];
       f.copyWithin(to.keys / 4 + base * hd, from.keys / 4 + base * hd, from.keys / 4 + (base + n) * hd);
       f.copyWithin(to.values / 4 + base * hd, from.values / 4 + base * hd, from.values / 4 + (base + n) * hd);
       i.copyWithin(to.positions / 4 + base, from.positions / 4 + base, from.positions / 4 + base + n);
@@ -467,9 +525,10 @@ export class WasmSession implements KvSession {
   toCpuCache(): CpuKvCache {
     const c = this.config, from = this.regions(), hd = c.headDim, counts = this.counts();
     const out = new CpuKvCache(c.nLayers, c.nKvHeads, hd, this.capacity);
+    out.reserve(Math.max(...counts));
     const f = this.x.arena.f32, i = this.x.arena.i32;
     for (let s = 0; s < this.slots; s++) {
-      const base = s * this.capacity, n = counts[s];
+      const base = s * this.stride, n = counts[s];
       out.keys[s].set(f.subarray(from.keys / 4 + base * hd, from.keys / 4 + (base + n) * hd));
       out.values[s].set(f.subarray(from.values / 4 + base * hd, from.values / 4 + (base + n) * hd));
       out.positions[s].set(i.subarray(from.positions / 4 + base, from.positions / 4 + base + n));

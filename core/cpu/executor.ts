@@ -25,7 +25,10 @@ class CpuQueryRows implements QueryRows {
   dispose() {}
 }
 
-/** Scratch buffers for one row, allocated once per session. */
+/**
+ * Scratch buffers for one row. One set per model, shared by its sessions: a forward pass runs to its end
+ * without yielding, so no two passes use them at once, and a kept session holds no scratch.
+ */
 class Scratch {
   x: Float32Array;
   xb: Float32Array;
@@ -36,18 +39,30 @@ class Scratch {
   attOut: Float32Array;
   gate: Float32Array;
   up: Float32Array;
-  constructor(c: ModelConfig, capacity: number) {
+  constructor(c: ModelConfig) {
     this.x = new Float32Array(c.dim);
     this.xb = new Float32Array(c.dim);
     this.q = new Float32Array(c.nHeads * c.headDim);
     this.k = new Float32Array(c.nKvHeads * c.headDim);
     this.v = new Float32Array(c.nKvHeads * c.headDim);
-    this.att = new Float64Array(capacity);
+    this.att = new Float64Array(0);
     this.attOut = new Float32Array(c.nHeads * c.headDim);
     this.gate = new Float32Array(c.hiddenDim);
     this.up = new Float32Array(c.hiddenDim);
   }
+
+  /** Room for attention over `entries` cached entries. */
+  fit(entries: number) {
+    if (this.att.length < entries) this.att = new Float64Array(Math.max(entries, this.att.length * 2));
+  }
 }
+
+const scratchOfModel = new WeakMap<ModelWeights, Scratch>();
+const scratchFor = (w: ModelWeights): Scratch => {
+  let s = scratchOfModel.get(w);
+  if (!s) scratchOfModel.set(w, s = new Scratch(w.config));
+  return s;
+};
 
 export class CpuSession implements KvSession {
   readonly config: ModelConfig;
@@ -59,7 +74,7 @@ export class CpuSession implements KvSession {
   constructor(readonly weights: ModelWeights, readonly cache: CpuKvCache) {
     this.config = weights.config;
     this.invFreq = ropeInverseFrequencies(this.config);
-    this.s = new Scratch(this.config, cache.capacity);
+    this.s = scratchFor(weights);
   }
 
   forward(input: ForwardInput, options: ForwardOptions = {}): Promise<ForwardResult> {
@@ -69,6 +84,8 @@ export class CpuSession implements KvSession {
     const all = want === "all" ? new Float32Array(rows * c.vocabSize) : null;
     const positions: number[] = [];
     const queries: Float32Array[] = [];
+    this.cache.reserve(rows);
+    this.s.fit(Math.max(...this.cache.counts) + rows);
     for (let r = 0; r < rows; r++) {
       if (input.kind === "tokens") {
         const t = input.tokens[r];
@@ -154,7 +171,7 @@ export class CpuSession implements KvSession {
     const out = new Float32Array(c.nLayers * c.nHeads * promptLength);
     const acc = new Float64Array(out.length);
     const scale = 1 / Math.sqrt(hd);
-    const att = new Float64Array(this.cache.capacity);
+    const att = new Float64Array(Math.max(0, ...this.cache.counts));
     for (let r = 0; r < rows.positions.length; r++) {
       const pos = rows.positions[r], q = rows.data[r];
       for (let l = 0; l < c.nLayers; l++) {
@@ -207,6 +224,7 @@ export class CpuSession implements KvSession {
         this.cache.filter(l, g, (p) => p >= promptLength || keep.has(p));
       }
     }
+    this.cache.trim();
     return Promise.resolve();
   }
 
@@ -214,6 +232,7 @@ export class CpuSession implements KvSession {
     for (let l = 0; l < this.config.nLayers; l++) {
       for (let g = 0; g < this.config.nKvHeads; g++) this.cache.filter(l, g, (p) => p < position);
     }
+    this.cache.trim();
     this.nextPosition = position;
     return Promise.resolve();
   }
@@ -228,6 +247,7 @@ export class CpuSession implements KvSession {
       if (mark.counts[s] > this.cache.counts[s]) throw new Error("rewind: cache was pruned after the mark");
     }
     this.cache.counts.set(mark.counts);
+    this.cache.trim();
     this.nextPosition = mark.nextPosition;
     return Promise.resolve();
   }
@@ -263,6 +283,10 @@ export class CpuSession implements KvSession {
 
   kvBytes(): number {
     return this.cache.entries() * this.config.headDim * 2 * 4;
+  }
+
+  allocatedBytes(): number {
+    return this.cache.allocatedBytes() + (this.logits?.byteLength ?? 0);
   }
 
   clone(): Promise<KvSession> {

@@ -1,11 +1,13 @@
 /**
  * The CPU KV cache: per layer and KV head, an ordered list of entries (key, value, original position).
- * Heads hold independent counts, so pruning really shrinks each list.
+ * Heads hold independent counts, so pruning really shrinks each list, and each list's storage grows on
+ * demand and is cut back to what it holds after pruning (`trim`): a compressed cache allocates only
+ * what it keeps, whatever its `capacity` (the most entries a head may ever hold).
  */
 export class CpuKvCache {
-  readonly keys: Float32Array[]; // [layer * nKv + head] -> [capacity, headDim]
+  readonly keys: Float32Array[]; // [layer * nKv + head] -> [allocated, headDim]
   readonly values: Float32Array[];
-  readonly positions: Int32Array[]; // [layer * nKv + head] -> [capacity]
+  readonly positions: Int32Array[]; // [layer * nKv + head] -> [allocated]
   readonly counts: Int32Array; // [layer * nKv + head]
 
   constructor(
@@ -15,9 +17,9 @@ export class CpuKvCache {
     readonly capacity: number,
   ) {
     const n = nLayers * nKvHeads;
-    this.keys = Array.from({ length: n }, () => new Float32Array(capacity * headDim));
-    this.values = Array.from({ length: n }, () => new Float32Array(capacity * headDim));
-    this.positions = Array.from({ length: n }, () => new Int32Array(capacity));
+    this.keys = Array.from({ length: n }, () => new Float32Array(0));
+    this.values = Array.from({ length: n }, () => new Float32Array(0));
+    this.positions = Array.from({ length: n }, () => new Int32Array(0));
     this.counts = new Int32Array(n);
   }
 
@@ -25,11 +27,59 @@ export class CpuKvCache {
     return layer * this.nKvHeads + head;
   }
 
+  /** Entries slot s has room for. */
+  allocated(s: number): number {
+    return this.positions[s].length;
+  }
+
+  /**
+   * Makes room for `rows` more entries in every head (a RangeError past `capacity`). Storage grows by
+   * half again at least, so appending token by token copies each entry O(1) times.
+   */
+  reserve(rows: number) {
+    for (let s = 0; s < this.counts.length; s++) {
+      const need = this.counts[s] + rows;
+      if (need > this.capacity) {
+        throw new RangeError(`KV cache full: capacity ${this.capacity} positions per head`);
+      }
+      const have = this.allocated(s);
+      if (need > have) this.resize(s, Math.min(this.capacity, Math.max(need, Math.ceil(have * 1.5), 16)));
+    }
+  }
+
+  /** Frees the room no head uses: storage shrinks to the entries held. */
+  trim() {
+    for (let s = 0; s < this.counts.length; s++) {
+      if (this.allocated(s) > this.counts[s]) this.resize(s, this.counts[s]);
+    }
+  }
+
+  /** Bytes of storage held: keys and values (f32) and positions (i32), room included. */
+  allocatedBytes(): number {
+    let entries = 0;
+    for (let s = 0; s < this.counts.length; s++) entries += this.allocated(s);
+    return entries * (this.headDim * 8 + 4);
+  }
+
+  private resize(s: number, entries: number) {
+    const d = this.headDim, n = this.counts[s];
+    const k = new Float32Array(entries * d), v = new Float32Array(entries * d), p = new Int32Array(entries);
+    k.set(this.keys[s].subarray(0, n * d));
+    v.set(this.values[s].subarray(0, n * d));
+    p.set(this.positions[s].subarray(0, n));
+    this.keys[s] = k;
+    this.values[s] = v;
+    this.positions[s] = p;
+  }
+
   append(layer: number, head: number, position: number, key: Float32Array, value: Float32Array) {
     const s = this.slot(layer, head);
     const i = this.counts[s];
-    if (i >= this.capacity) {
-      throw new RangeError(`KV cache full: capacity ${this.capacity} positions per head`);
+    if (i >= this.allocated(s)) {
+      if (i >= this.capacity) {
+        throw new RangeError(`KV cache full: capacity ${this.capacity} positions per head`);
+      }
+      this.resize(s, Math.min(this.capacity, Math.max(i + 1, Math.ceil(i * 1.5), 16)));
     }
     this.keys[s].set(key, i * this.headDim);
     this.values[s].set(value, i * this.headDim);
@@ -58,14 +108,16 @@ export class CpuKvCache {
     return this.counts.reduce((a, b) => a + b, 0);
   }
 
+  /** A copy holding exactly the entries (no spare room). */
   clone(): CpuKvCache {
     const c = new CpuKvCache(this.nLayers, this.nKvHeads, this.headDim, this.capacity);
-    for (let s = 0; s < this.counts.length; s++) {
-      c.keys[s].set(this.keys[s]);
-      c.values[s].set(this.values[s]);
-      c.positions[s].set(this.positions[s]);
-    }
     c.counts.set(this.counts);
+    for (let s = 0; s < this.counts.length; s++) {
+      const n = this.counts[s], d = this.headDim;
+      c.keys[s] = this.keys[s].slice(0, n * d);
+      c.values[s] = this.values[s].slice(0, n * d);
+      c.positions[s] = this.positions[s].slice(0, n);
+    }
     return c;
   }
 }
