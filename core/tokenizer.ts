@@ -27,6 +27,11 @@ export interface TextTokenizer {
    * Special-token text becomes control tokens only with `allowSpecial` (default false: see above).
    */
   encode(text: string, opts?: { addBos?: boolean; allowSpecial?: boolean }): number[];
+  /**
+   * A lower bound on the number of tokens `text` encodes to, found without encoding it (O(1)), so that
+   * a text that cannot fit a context is refused before any tokenizing. 0 for a tokenizer that may drop text.
+   */
+  minTokens(text: string): number;
   /** Text of `ids`; throws RangeError on an id that is not in the vocabulary. */
   decode(ids: readonly number[], opts?: { skipSpecial?: boolean }): string;
   readonly bosId: number | null;
@@ -188,7 +193,26 @@ export function createTokenizer(
     }
     return p.ids;
   };
+  // Tokens cover at most `widest` UTF-8 bytes of text each: a decoded piece is never longer than its token's
+  // spelling (byte-level characters, "<0x..>" fallbacks, "▁" for a space), plus one byte for a space a
+  // decoder may add. With decode(encode(x)) === x the text's bytes are the pieces' bytes, and a string's
+  // UTF-16 length never exceeds its UTF-8 length: so tokens >= text.length / widest. Measured on first use.
+  let widest: number | null = null;
+  const bytesPerTokenBound = (): number => {
+    if (widest !== null) return widest;
+    const probe = "  a\tb\n\u0001 e\u0301 \uff21 \u{1F600}  ";
+    if (tokenizer.decode(tokenizer.encode(probe, { addBos: false })) !== probe) return widest = Infinity;
+    // A byte-level vocabulary spells each byte as one character (some of them two bytes in UTF-8).
+    const decoder = JSON.stringify(tj.data.decoder ?? null);
+    const length = decoder.includes('"ByteLevel"')
+      ? (piece: string) => piece.length
+      : (piece: string) => new TextEncoder().encode(piece).length;
+    let most = 0;
+    for (const piece of hf.get_vocab(true).keys()) most = Math.max(most, length(piece));
+    return widest = most + 1;
+  };
   const tokenizer: TextTokenizer = {
+    minTokens: (text) => Math.ceil(text.length / bytesPerTokenBound()),
     encode(text, opts) {
       const ids = opts?.allowSpecial ? hf.encode(text, { add_special_tokens: false }).ids : textIds(text);
       const addBos = (opts?.addBos ?? addBosDefault) && bosId !== null && ids[0] !== bosId;

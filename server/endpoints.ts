@@ -81,6 +81,11 @@ export const generate = (svc: Service): Handler => async (req) => {
   if (b.context !== undefined && !b.questions) {
     throw new HttpError(400, "a context needs questions", "questions");
   }
+  svc.admit([
+    ...(b.prompt !== undefined ? [{ text: b.prompt, param: "prompt" }] : []),
+    ...(b.context !== undefined ? [{ text: b.context, param: "context" }] : []),
+    ...(b.questions ?? []).map((text, i) => ({ text, param: `questions.${i}` })),
+  ]);
   const model = svc.model;
   const p = svc.decodeParams(b, { maxTokens: 64, temperature: 0, outputs: b.questions?.length ?? 1 });
   const compression = (b.kv_compression ?? null) as CompressionRequest | null;
@@ -120,6 +125,7 @@ export const createContext = (svc: Service): Handler => async (req) => {
   svc.checkModel(b.model);
   const compression = (b.kv_compression ?? null) as CompressionRequest | null;
   const allowSpecialTokens = b.allow_special_tokens ?? false;
+  svc.admit([{ text: b.context, param: "context" }]);
   precheckContext(svc.model, b.context, compression, allowSpecialTokens);
   const signal = req.signal;
   const { value: ctx, queueMs, runMs } = await svc.enqueue(
@@ -148,6 +154,7 @@ export const contextGenerate = (svc: Service): Handler => async (req, [id]) => {
   }
   const questions = b.questions ?? (b.question !== undefined ? [b.question] : null);
   if (!questions) throw new HttpError(400, "question is required", "question");
+  svc.admit(questions.map((text, i) => ({ text, param: b.questions ? `questions.${i}` : "question" })));
   const p = svc.decodeParams(b, { maxTokens: 64, temperature: 0, outputs: questions.length });
   const entry = svc.contexts.acquire(id); // held until the job ends, so eviction cannot free it mid-answer
   const decode = (b.kv_compression?.decode ?? null) as DecodeCompressionRequest | null;

@@ -137,6 +137,7 @@ type Handler = (req: Request) => Promise<Response>;
 export const completions = (svc: Service): Handler => async (req) => {
   const b = await svc.parse(req, completionSchema);
   svc.checkModel(b.model);
+  svc.admit([{ text: typeof b.prompt === "string" ? b.prompt : b.prompt[0], param: "prompt" }]);
   return run(svc, req, b, typeof b.prompt === "string" ? b.prompt : b.prompt[0], false);
 };
 
@@ -144,6 +145,9 @@ export const completions = (svc: Service): Handler => async (req) => {
 export const chat = (svc: Service): Handler => async (req) => {
   const b = await svc.parse(req, chatSchema);
   svc.checkModel(b.model);
+  const content = (m: ChatMessage) =>
+    typeof m.content === "string" ? m.content : (m.content ?? []).map((p) => p.text).join("");
+  svc.admit([{ text: b.messages.map(content).join(""), param: "messages" }]);
   const prompt = encodeChat(svc.model.tokenizer, b.messages, b.allow_special_tokens ?? false);
   return run(svc, req, { ...b, max_tokens: b.max_completion_tokens ?? b.max_tokens }, prompt, true);
 };

@@ -23,6 +23,11 @@ export class JobQueue {
     return this.running;
   }
 
+  /** Whether a job submitted now would be refused (429). */
+  get full(): boolean {
+    return this.running >= this.concurrency && this.waiting.length >= this.maxWaiting;
+  }
+
   /**
    * Queues `job`; throws a 429 HttpError right away when the queue is full. A job whose signal aborts
    * while it waits leaves the queue and its promise rejects with the signal's reason.

@@ -177,6 +177,34 @@ export class Service {
   }
 
   /**
+   * Admission, before any work is spent on a request: 503 while draining or lost, 429 when the queue is
+   * full, and 422 for a text that cannot fit the model's context by its length alone (a lower bound on its
+   * tokens, found without tokenizing it: a megabyte prompt costs nothing). Then the texts are tokenized.
+   */
+  admit(texts: { text: string; param: string }[]) {
+    if (this.draining) throw new HttpError(503, "the server is shutting down");
+    if (this.deviceLost()) throw new HttpError(503, "the GPU device was lost; restart the server");
+    if (this.queue.full) {
+      this.queue.rejected++;
+      this.metrics.rejected.inc();
+      throw new HttpError(429, `the queue is full (${this.queue.maxWaiting} waiting); retry later`, null, {
+        "retry-after": "1",
+      });
+    }
+    const context = this.model.config.maxSeqLen, tok = this.model.tokenizer;
+    for (const { text, param } of texts) {
+      const least = tok.minTokens(text);
+      if (least > context) {
+        throw new HttpError(
+          422,
+          `${text.length} characters are at least ${least} tokens, over the model's context of ${context}`,
+          param,
+        );
+      }
+    }
+  }
+
+  /**
    * Runs `work` on the executor through the queue (429 when full and 503 when draining or lost, both
    * thrown synchronously) and records its outcome. A job whose client left rejects with Cancelled.
    */

@@ -57,9 +57,10 @@ Deno.test("JobQueue: one at a time, FIFO, 429 when full, aborted waiters leave",
   assertEquals(await q.submit(() => Promise.resolve(7)), 7);
 });
 
-function fakeContext(bytes: number, disposed: string[], name: string): CompressedContext {
+/** A context whose session reports `size.bytes` allocated (change it to make it grow). */
+function fakeContext(bytes: number, disposed: string[], name: string, size = { bytes }): CompressedContext {
   return {
-    session: { kvBytes: () => bytes, dispose: () => disposed.push(name) },
+    session: { allocatedBytes: () => size.bytes, dispose: () => disposed.push(name) },
     contextTokens: [1, 2, 3],
   } as unknown as CompressedContext;
 }
@@ -104,6 +105,14 @@ Deno.test("ContextStore: sliding TTL, LRU eviction by KV bytes, in-use contexts 
   }
   assert(big instanceof HttpError && big.status === 422);
   assertEquals(disposed.at(-1), "e");
+  // A context that holds more after a job (a GPU keeps headroom) is re-measured on release: others go.
+  const size = { bytes: 100 };
+  const f = store.add(fakeContext(100, disposed, "f", size));
+  store.add(fakeContext(100, disposed, "g"));
+  const held2 = store.acquire(f.id);
+  size.bytes = 250;
+  store.release(held2);
+  assertEquals([disposed.at(-1), store.bytes], ["g", 250]);
   store.close();
 });
 

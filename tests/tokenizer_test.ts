@@ -466,3 +466,49 @@ Deno.test("createTokenizer: garbage is a Left with a message", () => {
   assert.ok(E.isLeft(badConfig) && /bos_token/.test(badConfig.left.message));
   assert.ok(E.isLeft(createTokenizer(storiesJson, { add_bos_token: "yes" })));
 });
+
+// ---------- Admission bound ----------
+
+Deno.test("minTokens is a lower bound on the tokens of any text (stories260K, llama3), and a useful one", () => {
+  const pieces = [
+    "Once upon a time",
+    " ",
+    "  ",
+    "\n",
+    "\t",
+    "é",
+    "e\u0301",
+    "Ａ",
+    "😀",
+    "中文",
+    "<s>",
+    "</s>",
+    "<|eot_id|>",
+    "\u0000",
+    "zzzzzzzz",
+    "1234567890",
+    "ثلاثة",
+    "\ud800",
+  ];
+  const rand = lcg(11);
+  for (const [name, tok] of [["stories260K", stories], ["llama3", llama3]] as const) {
+    for (let i = 0; i < 400; i++) {
+      let text = "";
+      const n = 1 + Math.floor(rand() * 40);
+      for (let j = 0; j < n; j++) text += pieces[Math.floor(rand() * pieces.length)];
+      for (const allowSpecial of [false, true]) {
+        const count = tok.encode(text, { addBos: false, allowSpecial }).length;
+        assert.ok(
+          tok.minTokens(text) <= count,
+          `${name}: ${JSON.stringify(text)} ${tok.minTokens(text)} > ${count}`,
+        );
+      }
+    }
+    // A megabyte of text is refused from its length alone: past stories260K's context (512) by far, and
+    // past llama3's 8192 (its longest pieces spell 128 spaces).
+    assert.ok(
+      tok.minTokens("hello world ".repeat(90_000)) > 8192,
+      `${name}: ${tok.minTokens("x".repeat(1e6))}`,
+    );
+  }
+});

@@ -1,0 +1,80 @@
+/**
+ * Admission before work, written as the attacks: megabyte prompts used to be tokenized (seconds of a
+ * blocked event loop) before their 422, and a full queue was only noticed after tokenizing.
+ */
+import type { Model } from "../core/engine.ts";
+import type { TextTokenizer } from "../core/tokenizer.ts";
+import { readSse } from "../server/sse.ts";
+import { startServer, testModel } from "./server_testing.ts";
+import { assertEquals } from "./helpers.ts";
+
+/** The test model with a tokenizer that counts the characters it is asked to encode. */
+async function countingModel(): Promise<{ model: Model; encoded: () => number }> {
+  const base = await testModel();
+  let chars = 0;
+  const tokenizer: TextTokenizer = {
+    ...base.tokenizer,
+    encode(text, opts) {
+      chars += text.length;
+      return base.tokenizer.encode(text, opts);
+    },
+  };
+  return { model: { ...base, tokenizer }, encoded: () => chars };
+}
+
+const MEGA = "Once upon a time there was a ball. ".repeat(28_000); // 980,000 characters, under the body limit
+
+Deno.test("attack: a megabyte prompt, context, question or chat is refused (422) without being tokenized", async () => {
+  const { model, encoded } = await countingModel();
+  const s = await startServer({}, model);
+  try {
+    const cases: [string, unknown, string][] = [
+      ["/v1/generate", { prompt: MEGA }, "prompt"],
+      ["/v1/generate", { context: MEGA, questions: [" Who?"] }, "context"],
+      ["/v1/generate", { context: "Once.", questions: [" Who?", MEGA] }, "questions.1"],
+      ["/v1/completions", { prompt: MEGA }, "prompt"],
+      ["/v1/chat/completions", { messages: [{ role: "user", content: MEGA }] }, "messages"],
+      ["/v1/contexts", { context: MEGA }, "context"],
+    ];
+    for (const [path, body, param] of cases) {
+      const r = await s.post(path, body);
+      assertEquals([r.status, r.json.error?.param], [422, param], path);
+      assertEquals(encoded(), 0, `${path}: nothing tokenized before the 422`);
+    }
+    const ctx = (await s.post("/v1/contexts", { context: "Once upon a time." })).json.id;
+    const before = encoded();
+    const r = await s.post(`/v1/contexts/${ctx}/generate`, { question: MEGA });
+    assertEquals([r.status, r.json.error?.param, encoded()], [422, "question", before]);
+    // Three at once, while /healthz answers: the server is not blocked by them.
+    const [a, b, c, health] = await Promise.all([
+      s.post("/v1/generate", { prompt: MEGA }),
+      s.post("/v1/completions", { prompt: MEGA }),
+      s.post("/v1/contexts", { context: MEGA }),
+      s.get("/healthz"),
+    ]);
+    assertEquals([a.status, b.status, c.status, health.status], [422, 422, 422, 200]);
+    assertEquals(encoded(), before);
+  } finally {
+    await s.close();
+  }
+});
+
+Deno.test("a full queue answers 429 before the request's text is tokenized", async () => {
+  const { model, encoded } = await countingModel();
+  const s = await startServer({ queueSize: 0 }, model);
+  try {
+    const running = await fetch(`${s.base}/v1/completions`, {
+      method: "POST",
+      body: JSON.stringify({ prompt: "Once", max_tokens: 400, ignore_eos: true, stream: true }),
+    });
+    const events = readSse(running.body!);
+    await events.next(); // it runs: the queue (no waiting places) is full
+    const before = encoded();
+    const r = await s.post("/v1/generate", { prompt: "Once upon a time ".repeat(20), max_tokens: 2 });
+    assertEquals([r.status, r.json.error.type], [429, "rate_limit_error"]);
+    assertEquals(encoded(), before, "the refused request was not tokenized");
+    for await (const _ of events) { /* let it finish */ }
+  } finally {
+    await s.close();
+  }
+});
