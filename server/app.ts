@@ -64,11 +64,21 @@ export function createApp(model: Model, options: Partial<AppOptions> = {}): App 
   let httpInFlight = 0;
 
   metrics.gauge("judgeq_queue_depth", "Jobs waiting for the executor.", () => queue.depth);
-  metrics.gauge("judgeq_jobs_in_flight", "Jobs running on the executor (0 or 1).", () => queue.inFlight);
+  metrics.gauge(
+    "judgeq_jobs_in_flight",
+    "Jobs admitted to the executor, taking turns between decode batches.",
+    () => queue.inFlight,
+  );
   metrics.gauge(
     "judgeq_http_requests_in_flight",
     "HTTP requests being handled, streams until they end (scrapes not counted).",
     () => httpInFlight,
+  );
+  metrics.gauge(
+    "judgeq_turn_handovers_total",
+    "Times a running job passed the executor to another between decode batches.",
+    () => svc.turns.handovers,
+    "counter",
   );
   metrics.gauge("judgeq_contexts", "Compressed contexts kept.", () => contexts.size);
   metrics.gauge(

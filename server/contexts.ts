@@ -7,6 +7,7 @@
  */
 import type { CompressedContext } from "../core/engine.ts";
 import { HttpError } from "./errors.ts";
+import { Mutex } from "./turns.ts";
 
 export interface StoredContext {
   readonly id: string;
@@ -17,6 +18,8 @@ export interface StoredContext {
   lastUsed: number;
   users: number;
   removed: boolean;
+  /** Answers take turns on the one session (each appends, decodes and rewinds). */
+  readonly lock: Mutex;
 }
 
 export interface ContextStoreOptions {
@@ -85,6 +88,7 @@ export class ContextStore {
       lastUsed: t,
       users: 0,
       removed: false,
+      lock: new Mutex(),
     };
     this.entries.set(e.id, e);
     return e;

@@ -171,6 +171,7 @@ export const contextGenerate = (svc: Service): Handler => async (req, [id]) => {
     (h) => runAnswers(svc.model, entry.ctx, questions, p, h, {}, decode),
     generateShape(svc, newEnvelope("gen", svc.model.name), questions, b, id),
     () => svc.contexts.release(entry),
+    entry.lock,
   );
 };
 

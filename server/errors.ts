@@ -29,6 +29,9 @@ export class HttpError extends Error {
     super(message);
     this.name = "HttpError";
   }
+
+  /** More fields for the error object on the wire (e.g. what a job did before its time ran out). */
+  details: Record<string, unknown> = {};
 }
 
 /** The client disconnected mid-job: nobody reads the answer, so nothing is logged. */
@@ -91,7 +94,9 @@ export function fromZod(error: z.ZodError, prefix = ""): HttpError {
 }
 
 export function errorBody(e: HttpError) {
-  return { error: { type: ERROR_TYPES[e.status] ?? "error", message: e.message, param: e.param } };
+  return {
+    error: { type: ERROR_TYPES[e.status] ?? "error", message: e.message, param: e.param, ...e.details },
+  };
 }
 
 export function jsonResponse(body: unknown, status = 200, headers: Record<string, string> = {}): Response {

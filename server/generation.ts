@@ -19,6 +19,7 @@ import type { CompressionStats } from "../core/interpret.ts";
 import type { CompressionRequest } from "../core/plan.ts";
 import { Cancelled } from "./errors.ts";
 import { OutputText } from "./output.ts";
+import { type PartialWork, TimeLimitExceeded } from "./turns.ts";
 
 export { Cancelled };
 
@@ -40,6 +41,11 @@ export interface JobHooks {
   signal: AbortSignal;
   /** New text of output `index` (streaming); `ids` are the tokens that produced it. */
   onText?: (index: number, text: string, ids: number[]) => void;
+  /**
+   * Offers the executor to other jobs between decode batches (fair scheduling, see turns.ts); rejects
+   * with TimeLimitExceeded once the job is over its executor time.
+   */
+  pass?: () => Promise<void>;
 }
 
 export interface JobOutput {
@@ -92,11 +98,23 @@ class JobRun {
       this.hooks.onText?.(index, text, [id]);
     }
     if (out.stopped) this.stopControllers[index].abort();
+    try {
+      await this.hooks.pass?.();
+    } catch (e) {
+      if (e instanceof TimeLimitExceeded) e.partial = this.partial();
+      throw e;
+    }
     if (performance.now() - this.lastYield >= YIELD_EVERY_MS) {
       await new Promise((r) => setTimeout(r, 0));
       this.lastYield = performance.now();
     }
   };
+
+  /** What the outputs hold so far. */
+  partial(): PartialWork {
+    const outputs = this.outputs.map((o) => ({ text: o.text, completion_tokens: o.tokens.length }));
+    return { outputs, completion_tokens: outputs.reduce((n, o) => n + o.completion_tokens, 0) };
+  }
 
   /** Closes output `index` after its decode ended with the core's finish reason. */
   close(index: number, coreReason: string): JobOutput {

@@ -3,7 +3,7 @@
  *   deno task start [--model DIR] [--adapter FILE|none] [--host 127.0.0.1] [--port 8000]
  *                   [--api-key-file FILE | --api-key KEY (visible in ps: prefer $JUDGEQ_API_KEY or the file)]
  *                   [--executor auto|gpu|wasm|cpu] [--threads N] [--weights auto|f32|f16]
- *                   [--queue-size 32] [--max-body-bytes 1048576]
+ *                   [--queue-size 32] [--active-jobs 4] [--max-request-seconds 120] [--max-body-bytes 1048576]
  *                   [--context-ttl 600] [--context-max-mb 256] [--max-tokens-per-request N] [--max-questions 64]
  * The model and adapter are fixed here, at start-up; no request can choose files. SIGINT/SIGTERM stop
  * accepting, let in-flight and queued requests finish, then exit.
@@ -45,6 +45,16 @@ const SPEC = {
   "queue-size": {
     kind: "int",
     help: `requests that may wait for the executor, 429 beyond (default ${DEFAULT_OPTIONS.queueSize})`,
+  },
+  "active-jobs": {
+    kind: "int",
+    help: "jobs admitted at once; they take turns on the executor between decode batches, so a long " +
+      `generation does not hold up short ones (default ${DEFAULT_OPTIONS.activeJobs}; 1: first come, first served)`,
+  },
+  "max-request-seconds": {
+    kind: "number",
+    help: "executor time one request may use; beyond, it ends with a 422 holding what it produced " +
+      `(default ${DEFAULT_OPTIONS.maxRequestMs! / 1000}; 0: no limit)`,
   },
   "max-body-bytes": {
     kind: "int",
@@ -124,6 +134,8 @@ async function main(argv: string[]): Promise<number> {
   if (port < 0 || port > 65535) throw new UsageError(`--port: expected 0..65535, got '${port}'`);
   const queueSize = positive("queue-size", f["queue-size"], 0);
   const maxBodyBytes = positive("max-body-bytes", f["max-body-bytes"]);
+  const activeJobs = positive("active-jobs", f["active-jobs"]);
+  const maxRequestSeconds = positive("max-request-seconds", f["max-request-seconds"], 0);
   const ttl = positive("context-ttl", f["context-ttl"]);
   const maxMb = positive("context-max-mb", f["context-max-mb"], 0);
   const maxTokensPerRequest = positive("max-tokens-per-request", f["max-tokens-per-request"]);
@@ -146,6 +158,10 @@ async function main(argv: string[]): Promise<number> {
     apiKey,
     ...(queueSize !== undefined ? { queueSize } : {}),
     ...(maxBodyBytes !== undefined ? { maxBodyBytes } : {}),
+    ...(activeJobs !== undefined ? { activeJobs } : {}),
+    ...(maxRequestSeconds !== undefined
+      ? { maxRequestMs: maxRequestSeconds === 0 ? null : maxRequestSeconds * 1000 }
+      : {}),
     ...(ttl !== undefined ? { contextTtlMs: ttl * 1000 } : {}),
     ...(maxMb !== undefined ? { contextMaxBytes: Math.floor(maxMb * 2 ** 20) } : {}),
     ...(maxTokensPerRequest !== undefined ? { maxTokensPerRequest } : {}),

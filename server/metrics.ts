@@ -122,7 +122,10 @@ export class ServerMetrics {
     "judgeq_decode_compressions_total",
     "Compressions of the KV cache during decoding (kv_compression.decode).",
   );
-  readonly jobs = new Counter("judgeq_jobs_total", "Executor jobs by outcome (ok, error, cancelled).");
+  readonly jobs = new Counter(
+    "judgeq_jobs_total",
+    "Executor jobs by outcome (ok, error, cancelled, time_limit).",
+  );
   readonly rejected = new Counter(
     "judgeq_queue_rejected_total",
     "Requests refused with 429 because the queue was full.",

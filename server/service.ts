@@ -12,6 +12,7 @@ import { ServerMetrics } from "./metrics.ts";
 import { JobQueue } from "./queue.ts";
 import type { stopSchema } from "./schemas.ts";
 import { createSse, type SseStream } from "./sse.ts";
+import { type Mutex, Ticket, TimeLimitExceeded, Turns } from "./turns.ts";
 
 export interface AppOptions {
   /** Required as `Authorization: Bearer KEY` (or `x-api-key`) on every route but /healthz. */
@@ -22,6 +23,10 @@ export interface AppOptions {
   bodyTimeoutMs: number;
   /** Jobs that may wait for the executor (429 beyond). */
   queueSize: number;
+  /** Jobs admitted at once, taking turns on the executor between decode batches (turns.ts). */
+  activeJobs: number;
+  /** Executor time one request may use (422 with what it produced, beyond); null: no limit. */
+  maxRequestMs: number | null;
   /** Idle time after which a kept context expires. */
   contextTtlMs: number;
   /** Cap on the KV bytes of kept contexts (least recently used evicted first). */
@@ -40,6 +45,8 @@ export const DEFAULT_OPTIONS: Omit<AppOptions, "deviceLost" | "log"> = {
   maxBodyBytes: 1 << 20,
   bodyTimeoutMs: 30_000,
   queueSize: 32,
+  activeJobs: 4,
+  maxRequestMs: 120_000,
   contextTtlMs: 10 * 60_000,
   contextMaxBytes: 256 << 20,
   maxTokensPerRequest: null,
@@ -83,6 +90,7 @@ export interface Timed<T> {
 export class Service {
   readonly metrics = new ServerMetrics();
   readonly queue: JobQueue;
+  readonly turns = new Turns();
   readonly contexts: ContextStore;
   draining = false;
   private lost = false;
@@ -90,7 +98,7 @@ export class Service {
   readonly streams = new WeakMap<Response, Promise<unknown>>();
 
   constructor(readonly model: Model, readonly o: AppOptions) {
-    this.queue = new JobQueue(o.queueSize);
+    this.queue = new JobQueue(o.queueSize, o.activeJobs);
     this.contexts = new ContextStore({ ttlMs: o.contextTtlMs, maxBytes: o.contextMaxBytes, sweepMs: 30_000 });
   }
 
@@ -206,9 +214,15 @@ export class Service {
 
   /**
    * Runs `work` on the executor through the queue (429 when full and 503 when draining or lost, both
-   * thrown synchronously) and records its outcome. A job whose client left rejects with Cancelled.
+   * thrown synchronously) and records its outcome. A job whose client left rejects with Cancelled. Once
+   * admitted, the job waits for `exclusive` (a kept context's lock), then for its turn on the executor;
+   * `work` gets the function that offers the turn to others between decode batches.
    */
-  enqueue<T>(signal: AbortSignal, work: () => Promise<T>): Promise<Timed<T>> {
+  enqueue<T>(
+    signal: AbortSignal,
+    work: (pass: () => Promise<void>) => Promise<T>,
+    exclusive?: Mutex,
+  ): Promise<Timed<T>> {
     if (this.draining) throw new HttpError(503, "the server is shutting down");
     if (this.deviceLost()) throw new HttpError(503, "the GPU device was lost; restart the server");
     const m = this.metrics;
@@ -218,16 +232,23 @@ export class Service {
       job = this.queue.submit(async () => {
         const started = performance.now();
         m.queueWait.observe((started - queued) / 1000);
+        const unlock = exclusive ? await exclusive.lock() : null;
+        const ticket = new Ticket(this.o.maxRequestMs);
         try {
+          await this.turns.take(ticket);
           if (signal.aborted) throw new Cancelled();
-          const value = await work();
+          const value = await work(() => this.turns.offer(ticket));
           m.jobs.inc({ outcome: "ok" });
           return { value, queueMs: started - queued, runMs: performance.now() - started };
         } catch (e) {
           const cancelled = e instanceof Cancelled || signal.aborted;
-          m.jobs.inc({ outcome: cancelled ? "cancelled" : "error" });
+          const outcome = cancelled ? "cancelled" : e instanceof TimeLimitExceeded ? "time_limit" : "error";
+          m.jobs.inc({ outcome });
           if (isDeviceLost(e)) this.lost = true;
           throw cancelled ? new Cancelled() : e;
+        } finally {
+          this.turns.release(ticket);
+          unlock?.();
         }
       }, signal);
     } catch (e) {
@@ -261,11 +282,16 @@ export class Service {
     work: (hooks: JobHooks) => Promise<JobResult>,
     shape: Shape,
     cleanup: () => void = () => {},
+    exclusive?: Mutex,
   ): Promise<Response> {
     if (!stream) {
       const signal = req.signal; // aborts when the client disconnects
       try {
-        const { value, queueMs, runMs } = await this.enqueue(signal, () => work({ signal }));
+        const { value, queueMs, runMs } = await this.enqueue(
+          signal,
+          (pass) => work({ signal, pass }),
+          exclusive,
+        );
         this.account(value);
         return jsonResponse(shape.body(value, queueMs, runMs));
       } finally {
@@ -278,7 +304,8 @@ export class Service {
     try {
       job = this.enqueue(
         signal,
-        () => work({ signal, onText: (i, text, ids) => shape.streamText(sse, i, text, ids) }),
+        (pass) => work({ signal, pass, onText: (i, text, ids) => shape.streamText(sse, i, text, ids) }),
+        exclusive,
       );
     } catch (e) {
       cleanup();
