@@ -103,6 +103,18 @@ export function createApp(model: Model, options: Partial<AppOptions> = {}): App 
     "1 once the executor's device is lost.",
     () => (svc.deviceLost() ? 1 : 0),
   );
+  // The process's own memory where the runtime tells it (Deno, Node); absent on edge runtimes.
+  const memory = (globalThis as { Deno?: { memoryUsage?: () => { rss: number; heapUsed: number; external: number } } })
+    .Deno?.memoryUsage;
+  if (memory) {
+    metrics.gauge("process_resident_memory_bytes", "Resident memory of the process.", () => memory().rss);
+    metrics.gauge("judgeq_js_heap_used_bytes", "JavaScript heap in use.", () => memory().heapUsed);
+    metrics.gauge(
+      "judgeq_external_memory_bytes",
+      "Memory outside the JavaScript heap held by its objects (typed arrays, WebAssembly memory).",
+      () => memory().external,
+    );
+  }
 
   const routes: Route[] = [
     { pattern: /^\/v1\/generate$/, label: "/v1/generate", methods: { POST: ep.generate(svc) } },
