@@ -52,6 +52,10 @@ export interface TextTokenizer {
   isSpecial(id: number): boolean;
 }
 
+/** Whitespace as text has it (and SentencePiece's space marker), and as byte-level vocabularies spell it. */
+const WHITESPACE = new Set([" ", "\n", "\t", "\r", "\u2581"]);
+const BYTE_LEVEL_WHITESPACE = new Set(["\u0120", "\u010a", "\u0109", "\u010d"]); // Ġ Ċ ĉ č
+
 /** End-of-turn tokens of common chat formats; a chat model stops on them even without generation_config. */
 const END_OF_TURN = ["<|eot_id|>", "<|eom_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>"];
 
@@ -194,25 +198,44 @@ export function createTokenizer(
     return p.ids;
   };
   // Tokens cover at most `widest` UTF-8 bytes of text each: a decoded piece is never longer than its token's
-  // spelling (byte-level characters, "<0x..>" fallbacks, "▁" for a space), plus one byte for a space a
+  // spelling (byte-level characters, "<0x..>" fallbacks, "\u2581" for a space), plus one byte for a space a
   // decoder may add. With decode(encode(x)) === x the text's bytes are the pieces' bytes, and a string's
-  // UTF-16 length never exceeds its UTF-8 length: so tokens >= text.length / widest. Measured on first use.
-  let widest: number | null = null;
-  const bytesPerTokenBound = (): number => {
-    if (widest !== null) return widest;
+  // UTF-16 length never exceeds its UTF-8 length: so tokens >= text.length / widest. The same holds for
+  // the characters that are not whitespace, against the most any token spells (`solid`): that bound is the
+  // tighter one where the vocabulary has long runs of spaces (Llama 3: 128). Measured on first use.
+  let bounds: { widest: number; solid: number } | null = null;
+  const tokenBounds = (): { widest: number; solid: number } => {
+    if (bounds !== null) return bounds;
     const probe = "  a\tb\n\u0001 e\u0301 \uff21 \u{1F600}  ";
-    if (tokenizer.decode(tokenizer.encode(probe, { addBos: false })) !== probe) return widest = Infinity;
+    if (tokenizer.decode(tokenizer.encode(probe, { addBos: false })) !== probe) {
+      return bounds = { widest: Infinity, solid: Infinity };
+    }
     // A byte-level vocabulary spells each byte as one character (some of them two bytes in UTF-8).
-    const decoder = JSON.stringify(tj.data.decoder ?? null);
-    const length = decoder.includes('"ByteLevel"')
-      ? (piece: string) => piece.length
-      : (piece: string) => new TextEncoder().encode(piece).length;
-    let most = 0;
-    for (const piece of hf.get_vocab(true).keys()) most = Math.max(most, length(piece));
-    return widest = most + 1;
+    const byteLevel = JSON.stringify(tj.data.decoder ?? null).includes('"ByteLevel"');
+    const utf8 = new TextEncoder();
+    let widest = 0, solid = 0;
+    for (const piece of hf.get_vocab(true).keys()) {
+      widest = Math.max(widest, byteLevel ? piece.length : utf8.encode(piece).length);
+      let n = 0;
+      for (const ch of piece) {
+        if (byteLevel ? !BYTE_LEVEL_WHITESPACE.has(ch) : !WHITESPACE.has(ch)) {
+          n += byteLevel ? 1 : utf8.encode(ch).length;
+        }
+      }
+      solid = Math.max(solid, n);
+    }
+    return bounds = { widest: widest + 1, solid: Math.max(1, solid) };
   };
   const tokenizer: TextTokenizer = {
-    minTokens: (text) => Math.ceil(text.length / bytesPerTokenBound()),
+    minTokens(text) {
+      const { widest, solid } = tokenBounds();
+      let spaces = 0;
+      for (let i = 0; i < text.length; i++) {
+        const c = text.charCodeAt(i);
+        if (c === 32 || c === 10 || c === 9 || c === 13 || c === 0x2581) spaces++; // WHITESPACE
+      }
+      return Math.max(Math.ceil(text.length / widest), Math.ceil((text.length - spaces) / solid));
+    },
     encode(text, opts) {
       const ids = opts?.allowSpecial ? hf.encode(text, { add_special_tokens: false }).ids : textIds(text);
       const addBos = (opts?.addBos ?? addBosDefault) && bosId !== null && ids[0] !== bosId;

@@ -489,6 +489,10 @@ Deno.test("minTokens is a lower bound on the tokens of any text (stories260K, ll
     "1234567890",
     "ثلاثة",
     "\ud800",
+    "                ",
+    "================",
+    "\u2581\u2581",
+    "\r\n",
   ];
   const rand = lcg(11);
   for (const [name, tok] of [["stories260K", stories], ["llama3", llama3]] as const) {
