@@ -8,6 +8,7 @@ import { ContextStore } from "./contexts.ts";
 import { Cancelled, errorBody, HttpError, isDeviceLost, jsonResponse, toHttpError } from "./errors.ts";
 import type { DecodeParams, JobHooks, JobResult } from "./generation.ts";
 import { parseBody } from "./http.ts";
+import type { ApiKey } from "./keys.ts";
 import { ServerMetrics } from "./metrics.ts";
 import { JobQueue } from "./queue.ts";
 import type { stopSchema } from "./schemas.ts";
@@ -16,6 +17,8 @@ import { createSse, type SseStream } from "./sse.ts";
 export interface AppOptions {
   /** Required as `Authorization: Bearer KEY` (or `x-api-key`) on every route but /healthz. */
   apiKey: string | null;
+  /** Several keys, each with a label (--api-keys-file); with apiKey too, that one is labelled "default". */
+  apiKeys: ApiKey[];
   /** Largest request body accepted, bytes (413 above). */
   maxBodyBytes: number;
   /** Time a request body may take to arrive (408 after). */
@@ -37,6 +40,7 @@ export interface AppOptions {
 
 export const DEFAULT_OPTIONS: Omit<AppOptions, "deviceLost" | "log"> = {
   apiKey: null,
+  apiKeys: [],
   maxBodyBytes: 1 << 20,
   bodyTimeoutMs: 30_000,
   queueSize: 32,

@@ -1,0 +1,237 @@
+// deno-lint-ignore-file no-explicit-any
+/**
+ * Issue 14, service hardening, each as the attack and its expected answer: contexts owned by the key
+ * that created them (--api-keys-file), header and idle deadlines on raw connections, JSON bodies for
+ * requests the HTTP layer cannot parse, and max_tokens past the model's context.
+ */
+import { KeysFileError, parseKeysFile } from "../server/keys.ts";
+import { startServer } from "./server_testing.ts";
+import { assert, assertEquals } from "./helpers.ts";
+
+const ROOT = new URL("../", import.meta.url).pathname;
+
+function spawn(args: string[], env: Record<string, string> = {}) {
+  return new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "server/main.ts", ...args],
+    cwd: ROOT,
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1", ...env },
+    clearEnv: false,
+  }).spawn();
+}
+
+async function readAll(s: ReadableStream<Uint8Array>): Promise<string> {
+  const decoder = new TextDecoder();
+  let text = "";
+  for await (const chunk of s) text += decoder.decode(chunk, { stream: true });
+  return text;
+}
+
+/** A server process on a free port: its base URL, host and port, and a stop that expects exit 0. */
+async function serve(args: string[] = []) {
+  const child = spawn(["--port", "0", "--executor", "cpu", "--adapter", "none", ...args]);
+  const stderr = readAll(child.stderr);
+  const lines = child.stdout.getReader();
+  let out = "";
+  while (!out.includes("\n")) {
+    const { value, done } = await lines.read();
+    if (done) break;
+    out += new TextDecoder().decode(value);
+  }
+  const base = /at (http:\/\/127\.0\.0\.1:(\d+))/.exec(out);
+  if (!base) {
+    child.kill("SIGKILL");
+    throw new Error(`no ready line: ${out} / ${await stderr}`);
+  }
+  return {
+    base: base[1],
+    port: Number(base[2]),
+    stderr,
+    async stop() {
+      child.kill("SIGTERM");
+      const status = await child.status;
+      await lines.cancel();
+      const err = await stderr;
+      assertEquals(status.code, 0, err);
+      return err;
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------------------------------
+// 1. Contexts owned by the key that created them.
+
+Deno.test("keys file: LABEL:KEY or KEY a line, comments and blank lines skipped", () => {
+  const keys = parseKeysFile("# team keys\n\nalice:key-a\r\n  bob : key-b  \nkey-c\nops.1:x:y\n");
+  assertEquals(keys, [
+    { label: "alice", key: "key-a" },
+    { label: "bob", key: "key-b" },
+    { label: "line-5", key: "key-c" },
+    { label: "ops.1", key: "x:y" },
+  ]);
+  for (
+    const [text, message] of [
+      ["", "--api-keys-file: the file holds no key"],
+      ["# only a comment\n\n", "--api-keys-file: the file holds no key"],
+      ["alice:k1\nbob:k1\n", "--api-keys-file: line 2: duplicate key (the same as line 1)"],
+      ["alice:k1\nalice:k2\n", "--api-keys-file: line 2: duplicate label 'alice' (as on line 1)"],
+      ["a b:k1\n", "--api-keys-file: line 1: the label 'a b' must be 1 to 64 of A-Z a-z 0-9 _ . -"],
+      ["alice:\n", "--api-keys-file: line 1: no key after the label 'alice'"],
+      ["\n\nk1 k2\n", "--api-keys-file: line 3: the key of 'line-3' contains whitespace"],
+    ]
+  ) {
+    let thrown: unknown = null;
+    try {
+      parseKeysFile(text);
+    } catch (e) {
+      thrown = e;
+    }
+    assert(thrown instanceof KeysFileError, `${JSON.stringify(text)}: refused`);
+    assert((thrown as Error).message.startsWith(message), `${(thrown as Error).message} / ${message}`);
+  }
+});
+
+Deno.test("attack: another key's context is a 404 like an unknown id on GET, DELETE and generate", async () => {
+  const s = await startServer({
+    apiKeys: [{ label: "alice", key: "key-alice-123" }, { label: "bob", key: "key-bob-456" }],
+  });
+  const alice = { authorization: "Bearer key-alice-123" };
+  const bob = { "x-api-key": "key-bob-456" };
+  const call = async (method: string, path: string, headers: Record<string, string>, body?: unknown) => {
+    const r = await fetch(s.base + path, {
+      method,
+      headers: { ...headers, ...(body ? { "content-type": "application/json" } : {}) },
+      body: body ? JSON.stringify(body) : undefined,
+    });
+    return { status: r.status, json: await r.json() as any };
+  };
+  try {
+    const created = await call("POST", "/v1/contexts", alice, {
+      context: "Once upon a time, there was a cat.",
+    });
+    assertEquals(created.status, 200);
+    const id: string = created.json.id;
+    const unknown = "ctx_" + "0".repeat(32);
+    const ask = { question: " Who?", max_tokens: 2 };
+    for (
+      const [method, suffix, body] of [
+        ["GET", "", undefined],
+        ["POST", "/generate", ask],
+        ["DELETE", "", undefined],
+      ] as [string, string, unknown][]
+    ) {
+      const theirs = await call(method, `/v1/contexts/${id}${suffix}`, bob, body);
+      const none = await call(method, `/v1/contexts/${unknown}${suffix}`, bob, body);
+      assertEquals(theirs.status, 404, `${method} ${suffix}`);
+      // The same answer as for an id that never existed: nothing tells that this one does.
+      assertEquals(JSON.stringify(theirs.json).replaceAll(id, unknown), JSON.stringify(none.json), method);
+      assertEquals(theirs.json.error.param, "id");
+    }
+    // Alice's context survived Bob's DELETE, and is hers to use.
+    assertEquals((await call("GET", `/v1/contexts/${id}`, alice)).status, 200);
+    const answer = await call("POST", `/v1/contexts/${id}/generate`, alice, ask);
+    assertEquals([answer.status, answer.json.usage.completion_tokens], [200, 2]);
+    assertEquals((await call("DELETE", `/v1/contexts/${id}`, alice)).status, 200);
+    assertEquals((await call("GET", `/v1/contexts/${id}`, alice)).status, 404);
+    // No key, or a wrong one: 401 as before.
+    assertEquals((await call("GET", `/v1/contexts/${id}`, {})).status, 401);
+    assertEquals((await call("GET", "/v1/models", { authorization: "Bearer key-alice-12" })).status, 401);
+    // Metrics name the labels, never a key.
+    const metrics = await s.get("/metrics", alice);
+    assert(metrics.text.includes('judgeq_http_requests_by_key_total{key="alice"}'), metrics.text);
+    assert(metrics.text.includes('judgeq_http_requests_by_key_total{key="bob"} 6'), metrics.text);
+    assert(
+      !metrics.text.includes("key-alice-123") && !metrics.text.includes("key-bob-456"),
+      "no key in metrics",
+    );
+  } finally {
+    await s.close();
+  }
+});
+
+Deno.test("attack: with one key (--api-key) contexts work as before; with none everything stays open", async () => {
+  for (const apiKey of ["only-key", null]) {
+    const s = await startServer({ apiKey });
+    const h: Record<string, string> = apiKey ? { authorization: `Bearer ${apiKey}` } : {};
+    try {
+      const created = await s.post("/v1/contexts", { context: "Once upon a time" }, h);
+      assertEquals(created.status, 200);
+      const got = await s.get(`/v1/contexts/${created.json.id}`, h);
+      assertEquals([got.status, got.json.id], [200, created.json.id]);
+      const r = await fetch(`${s.base}/v1/contexts/${created.json.id}`, { method: "DELETE", headers: h });
+      assertEquals([r.status, (await r.json()).deleted], [200, true]);
+    } finally {
+      await s.close();
+    }
+  }
+});
+
+Deno.test({
+  name: "server/main.ts: --api-keys-file serves each key; a bad keys file exits 2 naming the flag and line",
+  ignore: Deno.build.os === "windows",
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "judgeq-keys-" });
+    try {
+      const bad: [string, string][] = [
+        ["alice:k1\nbob:k1\n", "--api-keys-file: line 2: duplicate key (the same as line 1)"],
+        ["# nothing\n", "--api-keys-file: the file holds no key"],
+        ["a b:k1\n", "--api-keys-file: line 1: the label 'a b'"],
+      ];
+      for (const [i, [text, message]] of bad.entries()) {
+        await Deno.writeTextFile(`${dir}/bad${i}`, text);
+        const child = spawn(["--api-keys-file", `${dir}/bad${i}`]);
+        const [status, , stderr] = await Promise.all([
+          child.status,
+          readAll(child.stdout),
+          readAll(child.stderr),
+        ]);
+        assertEquals(status.code, 2, stderr);
+        assert(stderr.includes(`error: ${message}`), stderr);
+      }
+      await Deno.writeTextFile(`${dir}/keys`, "# ops\nalice:secret-alice\nbob:secret-bob\n");
+      for (
+        const [args, env, message] of [
+          [
+            ["--api-keys-file", `${dir}/keys`, "--api-key", "x"],
+            {},
+            "give --api-keys-file or --api-key, not both",
+          ],
+          [
+            ["--api-keys-file", `${dir}/keys`],
+            { JUDGEQ_API_KEY: "x" },
+            "give --api-keys-file or $JUDGEQ_API_KEY",
+          ],
+          [["--api-keys-file", dir], {}, "--api-keys-file: not a regular file"],
+        ] as [string[], Record<string, string>, string][]
+      ) {
+        const child = spawn(args, env);
+        const [status, , stderr] = await Promise.all([
+          child.status,
+          readAll(child.stdout),
+          readAll(child.stderr),
+        ]);
+        assertEquals(status.code, 2, stderr);
+        assert(stderr.includes(message), stderr);
+      }
+      const s = await serve(["--api-keys-file", `${dir}/keys`]);
+      let err = "";
+      try {
+        for (const key of ["secret-alice", "secret-bob"]) {
+          const r = await fetch(`${s.base}/v1/models`, { headers: { authorization: `Bearer ${key}` } });
+          assertEquals(r.status, 200);
+          await r.body?.cancel();
+        }
+        const r = await fetch(`${s.base}/v1/models`, { headers: { authorization: "Bearer secret-carol" } });
+        assertEquals(r.status, 401);
+        await r.body?.cancel();
+      } finally {
+        err = await s.stop();
+      }
+      assert(err.includes("2 API keys: alice, bob"), err);
+      assert(!err.includes("secret-"), `no key in the log: ${err}`);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
