@@ -145,7 +145,15 @@ export const chat = (svc: Service): Handler => async (req) => {
   const b = await svc.parse(req, chatSchema);
   svc.checkModel(b.model);
   const prompt = encodeChat(svc.model.tokenizer, b.messages, b.allow_special_tokens ?? false);
-  return run(svc, req, { ...b, max_tokens: b.max_completion_tokens ?? b.max_tokens }, prompt, true);
+  const maxTokensParam = b.max_completion_tokens != null ? "max_completion_tokens" : "max_tokens";
+  return run(
+    svc,
+    req,
+    { ...b, max_tokens: b.max_completion_tokens ?? b.max_tokens },
+    prompt,
+    true,
+    maxTokensParam,
+  );
 };
 
 interface OpenAiFields extends DecodeFields {
@@ -160,11 +168,16 @@ function run(
   b: OpenAiFields,
   prompt: string | number[],
   isChat: boolean,
+  maxTokensParam = "max_tokens",
 ): Promise<Response> {
   // Chat runs to the end of the context by default (OpenAI sets no limit): what the prompt leaves of it.
   // Completions default to 16.
   const left = svc.model.config.maxSeqLen - (typeof prompt === "string" ? 0 : prompt.length);
-  const p = svc.decodeParams(b, { maxTokens: isChat ? Math.max(0, left) : 16, temperature: 1 });
+  const p = svc.decodeParams(b, {
+    maxTokens: isChat ? Math.max(0, left) : 16,
+    temperature: 1,
+    maxTokensParam,
+  });
   const compression = (b.kv_compression ?? null) as CompressionRequest | null;
   precheck(svc.model, { prompt }, compression, p);
   const env = newEnvelope(isChat ? "chatcmpl" : "cmpl", svc.model.name);

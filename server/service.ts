@@ -60,6 +60,7 @@ export interface DecodeFields {
   stop?: z.infer<typeof stopSchema> | null;
   ignore_eos?: boolean | null;
   allow_special_tokens?: boolean | null;
+  truncate_max_tokens?: boolean | null;
 }
 
 /** An endpoint's defaults: ours are greedy; OpenAI's sample at temperature 1. */
@@ -68,6 +69,8 @@ export interface DecodeDefaults {
   temperature: number;
   /** Outputs the request asks for (its questions; default 1): the per-request limits count them. */
   outputs?: number;
+  /** The name max_tokens has in this request (chat's max_completion_tokens), for errors. */
+  maxTokensParam?: string;
 }
 
 /** What an endpoint makes of a job: its JSON body, and its stream events. */
@@ -142,6 +145,10 @@ export class Service {
       stopTokenIds,
       ignoreEos: b.ignore_eos ?? false,
       allowSpecialTokens: b.allow_special_tokens ?? false,
+      // An explicit max_tokens must fit the context (400 naming it) unless truncation is asked for.
+      maxTokensParam: b.max_tokens !== null && b.max_tokens !== undefined && !b.truncate_max_tokens
+        ? d.maxTokensParam ?? "max_tokens"
+        : null,
     };
   }
 

@@ -235,3 +235,90 @@ Deno.test({
     }
   },
 });
+
+// ---------------------------------------------------------------------------------------------------
+// 4. An explicit max_tokens past the model's context: a 400 naming it, as OpenAI's "maximum context
+// length" error, unless the request opts in to truncation. A default stays bounded by the room left.
+
+Deno.test("attack: max_tokens past the model's context is a 400 naming it, on every generating endpoint", async () => {
+  const s = await startServer();
+  const n = s.model.config.maxSeqLen;
+  const tokens = (text: string, bos = true) => s.model.tokenizer.encode(text, { addBos: bos }).length;
+  let prompt = "Once upon a time";
+  while (tokens(prompt) < n - 12) prompt += " there was a cat";
+  const used = tokens(prompt), room = n - used;
+  assert(room > 0 && room <= 12, `room ${room}`);
+  const question = " Who was there?";
+  const q = tokens(question, false);
+  try {
+    const cases: [string, string, Record<string, unknown>, number, string][] = [
+      ["/v1/generate", "prompt", { prompt }, room, "max_tokens"],
+      ["/v1/completions", "prompt", { prompt }, room, "max_tokens"],
+      [
+        "/v1/chat/completions",
+        "max_tokens",
+        { messages: [{ role: "user", content: prompt }] },
+        room,
+        "max_tokens",
+      ],
+      [
+        "/v1/chat/completions",
+        "max_completion_tokens",
+        { messages: [{ role: "user", content: prompt }] },
+        room,
+        "max_completion_tokens",
+      ],
+      ["/v1/generate", "context", { context: prompt, questions: [question] }, room - q, "max_tokens"],
+    ];
+    for (const [path, , body, left, param] of cases) {
+      const over = { ...body, [param]: left + 1, ignore_eos: true };
+      // POST {path} {..., "max_tokens": left + 1}: refused before any work, naming the field and the room.
+      for (const stream of [false, true]) {
+        const r = await s.post(path, { ...over, stream });
+        assertEquals([r.status, r.json.error?.type, r.json.error?.param], [
+          400,
+          "invalid_request_error",
+          param,
+        ], path);
+        assert(r.json.error.message.includes(`at most ${left} can be generated`), r.json.error.message);
+        assert(r.json.error.message.includes(`${n - left} `), r.json.error.message);
+      }
+      // Exactly the room: served in full.
+      const fits = await s.post(path, { ...body, [param]: left, ignore_eos: true });
+      assertEquals(
+        [fits.status, fits.json.usage?.completion_tokens],
+        [200, left],
+        `${path}: ${JSON.stringify(fits.json)}`,
+      );
+      // Opted in: cut at the context's end.
+      const cut = await s.post(path, { ...over, [param]: left + 100, truncate_max_tokens: true });
+      assertEquals([cut.status, cut.json.usage?.completion_tokens], [200, left], path);
+    }
+    // No max_tokens: bounded by the room left, not refused.
+    const dflt = await s.post("/v1/generate", { prompt, ignore_eos: true });
+    assertEquals([dflt.status, dflt.json.usage.completion_tokens], [200, room]);
+
+    // A kept context's answers: context and question tokens count.
+    const ctx = await s.post("/v1/contexts", { context: prompt });
+    assertEquals(ctx.status, 200);
+    const path = `/v1/contexts/${ctx.json.id}/generate`;
+    const over = await s.post(path, { question, max_tokens: room - q + 1 });
+    assertEquals([over.status, over.json.error.param], [400, "max_tokens"]);
+    assert(over.json.error.message.includes(`at most ${room - q} can be generated`), over.json.error.message);
+    const ok = await s.post(path, { question, max_tokens: room - q, ignore_eos: true });
+    assertEquals([ok.status, ok.json.usage.completion_tokens], [200, room - q]);
+    const cut = await s.post(path, {
+      question,
+      max_tokens: 400,
+      ignore_eos: true,
+      truncate_max_tokens: true,
+    });
+    assertEquals([cut.status, cut.json.usage.completion_tokens], [200, room - q]);
+    // A bad opt-in is a 400 naming it.
+    const bad = await s.post("/v1/generate", { prompt: "Once", truncate_max_tokens: "yes" });
+    assertEquals([bad.status, bad.json.error.param], [400, "truncate_max_tokens"]);
+    assertEquals(await s.metric('judgeq_jobs_total{outcome="error"}'), 0); // refused before the queue
+  } finally {
+    await s.close();
+  }
+});
