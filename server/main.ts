@@ -6,6 +6,7 @@
  *                   [--executor auto|gpu|wasm|cpu] [--threads N] [--weights auto|f32|f16]
  *                   [--queue-size 32] [--max-body-bytes 1048576]
  *                   [--context-ttl 600] [--context-max-mb 256] [--max-tokens-per-request N] [--max-questions 64]
+ *                   [--header-timeout-s 10] [--idle-timeout-s 30] [--body-timeout-s 30]
  * The model and adapter are fixed here, at start-up; no request can choose files. SIGINT/SIGTERM stop
  * accepting, let in-flight and queued requests finish, then exit.
  */
@@ -23,7 +24,10 @@ import {
 import { loadModel } from "../io/runtime.ts";
 import { createApp, DEFAULT_OPTIONS } from "./app.ts";
 import { errorResponse, toHttpError } from "./errors.ts";
+import { serveFronted } from "./front.ts";
 import { type ApiKey, DEFAULT_LABEL, KeysFileError, parseKeysFile } from "./keys.ts";
+
+const DEFAULT_HEADER_TIMEOUT_S = 10, DEFAULT_IDLE_TIMEOUT_S = 30;
 
 const SPEC = {
   model: { kind: "string", help: "model directory (default: the embedded stories260K)" },
@@ -75,6 +79,23 @@ const SPEC = {
   "max-questions": {
     kind: "int",
     help: `questions one request may ask, 1 to 64, 400 beyond (default ${DEFAULT_OPTIONS.maxQuestions})`,
+  },
+  "header-timeout-s": {
+    kind: "number",
+    help: `seconds a connection has to send a request's headers, from accept or the request's first byte; ` +
+      `closed after (default ${DEFAULT_HEADER_TIMEOUT_S}; 0: none)`,
+  },
+  "idle-timeout-s": {
+    kind: "number",
+    help:
+      `seconds a kept-alive connection may wait for its next request, closed after (default ${DEFAULT_IDLE_TIMEOUT_S}; ` +
+      "0: none; both 0: Deno.serve alone, no TCP front)",
+  },
+  "body-timeout-s": {
+    kind: "number",
+    help: `seconds a request body may take to arrive, 408 after (default ${
+      DEFAULT_OPTIONS.bodyTimeoutMs / 1000
+    })`,
   },
   help: { kind: "boolean", help: "show this help" },
 } as const;
@@ -168,6 +189,9 @@ async function main(argv: string[]): Promise<number> {
   const maxMb = positive("context-max-mb", f["context-max-mb"], 0);
   const maxTokensPerRequest = positive("max-tokens-per-request", f["max-tokens-per-request"]);
   const maxQuestions = positive("max-questions", f["max-questions"]);
+  const headerTimeoutS = positive("header-timeout-s", f["header-timeout-s"], 0) ?? DEFAULT_HEADER_TIMEOUT_S;
+  const idleTimeoutS = positive("idle-timeout-s", f["idle-timeout-s"], 0) ?? DEFAULT_IDLE_TIMEOUT_S;
+  const bodyTimeoutS = positive("body-timeout-s", f["body-timeout-s"], 0.001);
   if (maxQuestions !== undefined && maxQuestions > 64) {
     throw new UsageError(`--max-questions: expected 1 to 64, got '${maxQuestions}'`);
   }
@@ -194,6 +218,7 @@ async function main(argv: string[]): Promise<number> {
     ...(maxMb !== undefined ? { contextMaxBytes: Math.floor(maxMb * 2 ** 20) } : {}),
     ...(maxTokensPerRequest !== undefined ? { maxTokensPerRequest } : {}),
     ...(maxQuestions !== undefined ? { maxQuestions } : {}),
+    ...(bodyTimeoutS !== undefined ? { bodyTimeoutMs: bodyTimeoutS * 1000 } : {}),
   });
   if (apiKeys.length > 1) {
     console.error(`${apiKeys.length} API keys: ${apiKeys.map((k) => k.label).join(", ")}`);
@@ -204,14 +229,15 @@ async function main(argv: string[]): Promise<number> {
     );
   }
 
-  const listening = Promise.withResolvers<Deno.NetAddr>();
-  const server = Deno.serve({
+  // Deno.serve behind a TCP front that enforces the header and idle deadlines (front.ts).
+  const server = await serveFronted({
     hostname: host,
     port,
+    headerTimeoutMs: headerTimeoutS * 1000,
+    idleTimeoutMs: idleTimeoutS * 1000,
     onError: (e) => errorResponse(toHttpError(e)), // a JSON body, never a stack trace
-    onListen: (addr) => listening.resolve(addr as Deno.NetAddr),
   }, app.handler);
-  const addr = await listening.promise;
+  const addr = server.addr;
   const base = `http://${addr.hostname.includes(":") ? `[${addr.hostname}]` : addr.hostname}:${addr.port}`;
   const auth = apiKeys.length ? ` -H 'authorization: Bearer <key>'` : "";
   const adapter = model.adapter ? `Judge Q adapter (${model.adapter.n} soft tokens)` : "no Judge Q adapter";

@@ -4,8 +4,12 @@
  * that created them (--api-keys-file), header and idle deadlines on raw connections, JSON bodies for
  * requests the HTTP layer cannot parse, and max_tokens past the model's context.
  */
+import { type App, createApp } from "../server/app.ts";
+import { sampleValue } from "../server/metrics.ts";
+import { errorResponse, toHttpError } from "../server/errors.ts";
+import { type FrontedServer, serveFronted } from "../server/front.ts";
 import { KeysFileError, parseKeysFile } from "../server/keys.ts";
-import { startServer } from "./server_testing.ts";
+import { startServer, testModel } from "./server_testing.ts";
 import { assert, assertEquals } from "./helpers.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
@@ -321,4 +325,245 @@ Deno.test("attack: max_tokens past the model's context is a 400 naming it, on ev
   } finally {
     await s.close();
   }
+});
+
+// ---------------------------------------------------------------------------------------------------
+// 2. Header and idle deadlines, on raw connections. 3. JSON bodies for requests HTTP cannot parse.
+
+const HEADER_S = 0.6, IDLE_S = 1.2;
+
+/** The app behind the TCP front (front.ts), as main.ts serves it, with short deadlines. */
+async function fronted(
+  timeouts = { headerTimeoutMs: HEADER_S * 1000, idleTimeoutMs: IDLE_S * 1000 },
+  bodyTimeoutMs = 30_000,
+): Promise<{ port: number; server: FrontedServer; app: App; close(): Promise<void> }> {
+  const app = createApp(await testModel(), { log: () => {}, bodyTimeoutMs });
+  const server = await serveFronted({
+    hostname: "127.0.0.1",
+    port: 0,
+    ...timeouts,
+    onError: (e) => errorResponse(toHttpError(e, () => {})),
+  }, app.handler);
+  return {
+    port: server.addr.port,
+    server,
+    app,
+    async close() {
+      await server.shutdown();
+      app.close();
+    },
+  };
+}
+
+const enc = new TextEncoder();
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** A raw connection: what it received, and after how many seconds the server closed it. */
+async function raw(port: number, talk: (c: Deno.Conn) => Promise<void>, giveUpS = 10) {
+  const c = await Deno.connect({ hostname: "127.0.0.1", port });
+  const t0 = performance.now();
+  let text = "", closedAfterS = Infinity, stop = false;
+  const reading = (async () => {
+    const buf = new Uint8Array(4096);
+    try {
+      for (let n = await c.read(buf); n !== null; n = await c.read(buf)) {
+        text += new TextDecoder().decode(buf.subarray(0, n));
+      }
+    } catch { /* reset: closed too */ }
+    closedAfterS = (performance.now() - t0) / 1000;
+    stop = true;
+  })();
+  const talking = talk(c).catch(() => {}); // writes fail once the server closes
+  await Promise.race([reading, sleep(giveUpS * 1000)]);
+  stop = true;
+  await talking;
+  try {
+    c.close();
+  } catch { /* closed */ }
+  await reading;
+  return { text, closedAfterS, stopped: () => stop };
+}
+
+Deno.test("attack: a connection that sends nothing is closed after the header timeout", async () => {
+  const s = await fronted();
+  try {
+    // connect, then silence
+    const r = await raw(s.port, async () => {});
+    assertEquals(r.text, "");
+    assert(
+      r.closedAfterS >= HEADER_S * 0.9 && r.closedAfterS < HEADER_S + 2,
+      `closed after ${r.closedAfterS} s`,
+    );
+  } finally {
+    await s.close();
+  }
+});
+
+Deno.test("attack: headers sent a byte at a time past the header timeout are cut", async () => {
+  const s = await fronted();
+  try {
+    const head = "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + "a".repeat(200) + "\r\n\r\n";
+    let sent = 0;
+    // "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: aaaa..." one byte every 50 ms: 12 s in all
+    const r = await raw(s.port, async (c) => {
+      for (const ch of head) {
+        await c.write(enc.encode(ch));
+        sent++;
+        await sleep(50);
+      }
+    });
+    assertEquals(r.text, ""); // never answered: the headers never completed in time
+    assert(
+      r.closedAfterS >= HEADER_S * 0.9 && r.closedAfterS < HEADER_S + 2,
+      `closed after ${r.closedAfterS} s`,
+    );
+    assert(sent < head.length, `cut after ${sent} of ${head.length} bytes`);
+  } finally {
+    await s.close();
+  }
+});
+
+Deno.test("attack: an idle keep-alive connection is closed after the idle timeout; each request gets its own header deadline", async () => {
+  const s = await fronted();
+  try {
+    let answers = 0;
+    const r = await raw(s.port, async (c) => {
+      // Two requests on one connection, the second after a pause shorter than the idle timeout, then idle.
+      await c.write(enc.encode("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"));
+      await sleep(IDLE_S * 500);
+      await c.write(enc.encode("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"));
+    });
+    answers = r.text.split("HTTP/1.1 200").length - 1;
+    assertEquals(answers, 2, r.text);
+    // Closed an idle timeout after the second answer (sent at about IDLE_S / 2), not before.
+    assert(
+      r.closedAfterS >= IDLE_S * 1.4 && r.closedAfterS < IDLE_S * 1.5 + 2,
+      `closed after ${r.closedAfterS} s`,
+    );
+    assertEquals(s.server.connections, 0);
+  } finally {
+    await s.close();
+  }
+});
+
+Deno.test("hardening: a request being handled is not cut by the header or idle deadline (its body has its own)", async () => {
+  const s = await fronted(undefined, 5_000);
+  try {
+    const body = JSON.stringify({ prompt: "Once upon a time", max_tokens: 4 });
+    const r = await raw(s.port, async (c) => {
+      // Headers at once, then the body in pieces over 2 s: longer than both deadlines.
+      await c.write(enc.encode(
+        `POST /v1/generate HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n` +
+          `content-length: ${body.length}\r\nconnection: close\r\n\r\n`,
+      ));
+      for (let i = 0; i < 4; i++) {
+        await sleep(500);
+        await c.write(
+          enc.encode(body.slice(i * Math.ceil(body.length / 4), (i + 1) * Math.ceil(body.length / 4))),
+        );
+      }
+    });
+    assert(r.text.startsWith("HTTP/1.1 200"), r.text);
+    assert(r.text.includes('"completion_tokens":4'), r.text);
+    assert(r.closedAfterS >= 2, `answered after the body, ${r.closedAfterS} s`);
+  } finally {
+    await s.close();
+  }
+});
+
+Deno.test("attack: a request line or header HTTP cannot parse gets a JSON 400 (first request of a connection)", async () => {
+  const s = await fronted();
+  try {
+    for (
+      const request of [
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nBroken header line\r\n\r\n",
+        "NOT A REQUEST LINE\r\n\r\n",
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Bad\x01: y\r\n\r\n",
+      ]
+    ) {
+      const r = await raw(s.port, async (c) => {
+        await c.write(enc.encode(request));
+      });
+      const [head, body] = r.text.split("\r\n\r\n");
+      assert(head.startsWith("HTTP/1.1 400 "), `${JSON.stringify(request)}: ${r.text}`);
+      assert(/content-type: application\/json/i.test(head), head);
+      const err = JSON.parse(body).error;
+      assertEquals([err.type, err.param], ["invalid_request_error", null]);
+      assert(err.message.includes("could not be parsed"), err.message);
+      assert(r.closedAfterS < HEADER_S, "closed with the answer, not by the deadline");
+    }
+    // And the server still answers.
+    const ok = await fetch(`http://127.0.0.1:${s.port}/healthz`);
+    assertEquals([ok.status, (await ok.json()).status], [200, "ok"]);
+  } finally {
+    await s.close();
+  }
+});
+
+Deno.test("attack: the private port behind the front refuses requests that did not come through it", async () => {
+  const s = await fronted();
+  try {
+    assert(s.server.inner && s.server.inner.port !== s.port);
+    // GET http://127.0.0.1:{private port}/healthz, bypassing the front and its deadlines
+    const r = await fetch(`http://127.0.0.1:${s.server.inner.port}/healthz`);
+    const err = (await r.json()).error;
+    assertEquals([r.status, err.type, err.param], [403, "permission_error", null]);
+  } finally {
+    await s.close();
+  }
+});
+
+Deno.test("hardening: through the front, a stream is relayed as it comes and a client gone cancels its job", async () => {
+  const s = await fronted();
+  try {
+    const ac = new AbortController();
+    const r = await fetch(`http://127.0.0.1:${s.port}/v1/generate`, {
+      method: "POST",
+      body: JSON.stringify({ prompt: "Once upon a time", max_tokens: 480, ignore_eos: true, stream: true }),
+      signal: ac.signal,
+    });
+    assertEquals(r.status, 200);
+    const reader = r.body!.getReader();
+    assert(!(await reader.read()).done, "a first chunk before the end");
+    ac.abort();
+    await reader.cancel().catch(() => {});
+    for (let i = 0; i < 100 && s.app.queue.inFlight > 0; i++) await sleep(50);
+    assertEquals(s.app.queue.inFlight, 0);
+    assertEquals(sampleValue(s.app.metrics.render(), 'judgeq_jobs_total{outcome="cancelled"}'), 1);
+  } finally {
+    await s.close();
+  }
+});
+
+Deno.test({
+  name: "server/main.ts: --header-timeout-s and --idle-timeout-s are checked, and cut a silent connection",
+  ignore: Deno.build.os === "windows",
+  fn: async () => {
+    for (
+      const [args, message] of [
+        [["--header-timeout-s", "-1"], "--header-timeout-s: expected a number >= 0, got '-1'"],
+        [["--idle-timeout-s", "soon"], "--idle-timeout-s: expected a number, got 'soon'"],
+        [["--body-timeout-s", "0"], "--body-timeout-s: expected a number >= 0.001, got '0'"],
+      ] as [string[], string][]
+    ) {
+      const child = spawn(args);
+      const [status, , stderr] = await Promise.all([
+        child.status,
+        readAll(child.stdout),
+        readAll(child.stderr),
+      ]);
+      assertEquals(status.code, 2, stderr);
+      assert(stderr.includes(`error: ${message}`), stderr);
+    }
+    const s = await serve(["--header-timeout-s", "1", "--idle-timeout-s", "1"]);
+    try {
+      const r = await raw(s.port, async () => {});
+      assert(r.closedAfterS >= 0.9 && r.closedAfterS < 4, `closed after ${r.closedAfterS} s`);
+      const ok = await fetch(`${s.base}/healthz`);
+      assertEquals(ok.status, 200);
+      await ok.body?.cancel();
+    } finally {
+      await s.stop();
+    }
+  },
 });
