@@ -192,12 +192,26 @@ export async function serveFronted(
     const port = (upstream.localAddr as Deno.NetAddr).port;
     const relay = new Relay(client, upstream, o, () => relays.delete(port));
     relays.set(port, relay); // before any byte is relayed: the handler always finds it
-    const toUpstream = async () => {
+    /** Relays the client's bytes; false when the client failed (gone), true when it ended or upstream refused. */
+    const toUpstream = async (): Promise<boolean> => {
       const buf = new Uint8Array(64 << 10);
-      for (let n = await client.read(buf); n !== null; n = await client.read(buf)) {
+      for (;;) {
+        let n: number | null;
+        try {
+          n = await client.read(buf);
+        } catch {
+          return false;
+        }
+        if (n === null) break;
         relay.fromClient();
-        await writeAll(upstream, buf.subarray(0, n));
+        try {
+          await writeAll(upstream, buf.subarray(0, n));
+        } catch {
+          return true; // the HTTP layer stopped reading (a request it refused): its answer follows
+        }
       }
+      await upstream.closeWrite().catch(() => {});
+      return true;
     };
     const toClient = async () => {
       const buf = new Uint8Array(64 << 10);
@@ -218,11 +232,8 @@ export async function serveFronted(
     };
     // The client's end of input is passed on (the HTTP layer then ends the connection, as it would
     // facing the client); the connection ends when the answers do, or when either side fails.
-    const answers = toClient();
-    await Promise.race([
-      toUpstream().then(() => upstream.closeWrite()).then(() => answers),
-      answers,
-    ]).catch(() => {});
+    const answers = toClient().catch(() => {});
+    await Promise.race([toUpstream().then((relayAnswers) => relayAnswers ? answers : undefined), answers]);
     relay.close();
   };
 

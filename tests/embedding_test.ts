@@ -67,6 +67,7 @@ const DENO_ALLOWED: Record<string, string> = {
   "io/": "the filesystem edge: reads model directories and adapters, then calls io/from_bytes.ts",
   "cli/": "command-line entry points (args, exit codes, files)",
   "server/main.ts": "the `deno task start` entry (Deno.serve, signals, exit)",
+  "server/front.ts": "main.ts's TCP front: header and idle deadlines (Deno.listen, Deno.connect, Deno.serve)",
   "server/loadtest.ts": "the `deno task loadtest` entry",
   "gpu/train/bench.ts": "a benchmark entry point",
   "wasm/build.ts": "`deno task build:wasm`: compiles and writes the kernels",
