@@ -16,9 +16,8 @@
  * the front (someone connecting to the private port directly) gets a 403.
  *
  * The HTTP layer answers a request it cannot parse (a broken request line or header) itself, with an
- * empty 400, before any handler runs. On a connection whose first request it is, the front replaces that
- * answer with the service's JSON error; on a kept-alive connection after other answers the front cannot
- * tell where the previous answer's bytes end, so Deno's empty 400 goes through as it is.
+ * empty 400, before any handler runs (onError is not called). The front recognises that answer by its
+ * shape (layerAnswer) and sends the service's JSON error with the same status instead.
  */
 import { errorBody, HttpError } from "./errors.ts";
 
@@ -57,8 +56,6 @@ type Phase = "head" | "busy" | "idle";
 class Relay {
   phase: Phase = "head";
   inFlight = 0;
-  /** Whether any request of this connection reached the handler. */
-  invoked = false;
   private timer: ReturnType<typeof setTimeout> | null = null;
   private closed = false;
 
@@ -87,7 +84,6 @@ class Relay {
 
   /** The handler got a request of this connection: its headers are in. */
   begin() {
-    this.invoked = true;
     this.inFlight++;
     this.phase = "busy";
     this.arm(0);
@@ -117,9 +113,40 @@ async function writeAll(to: Deno.Conn, bytes: Uint8Array) {
   for (let at = 0; at < bytes.length;) at += await to.write(bytes.subarray(at));
 }
 
+const latin1 = new TextDecoder("latin1");
+
+/**
+ * Where `chunk` ends with an answer of the HTTP layer's own (a request it could not parse), and its
+ * status; else null. Deno's (hyper's) is `HTTP/1.1 400 Bad Request`, `content-length: 0`, `date`,
+ * `connection: close` and nothing else, written at once, and the connection closes after it. No answer
+ * of the service has that shape: every error has a JSON body and a content-type, and none asks to close
+ * the connection; nor can one hold those bytes in its body (JSON and server-sent events escape CR and LF).
+ */
+export function layerAnswer(chunk: Uint8Array): { at: number; status: number } | null {
+  const n = chunk.length;
+  if (n < 4 || chunk[n - 4] !== 13 || chunk[n - 3] !== 10 || chunk[n - 2] !== 13 || chunk[n - 1] !== 10) {
+    return null;
+  }
+  const tail = latin1.decode(chunk.subarray(Math.max(0, n - 512)));
+  const start = tail.lastIndexOf("HTTP/1.");
+  if (start < 0) return null;
+  const head = tail.slice(start, -4).split("\r\n");
+  const status = /^HTTP\/1\.[01] ([45]\d\d) [^\r\n]*$/.exec(head[0]);
+  if (!status) return null;
+  const fields = new Map(
+    head.slice(1).map((line) => {
+      const colon = line.indexOf(":");
+      return [line.slice(0, colon).trim().toLowerCase(), line.slice(colon + 1).trim().toLowerCase()];
+    }),
+  );
+  const own = fields.get("content-length") === "0" && fields.get("connection") === "close" &&
+    [...fields.keys()].every((k) => ["content-length", "connection", "date"].includes(k));
+  return own ? { at: n - (tail.length - start), status: Number(status[1]) } : null;
+}
+
 /** The JSON answer that replaces the HTTP layer's empty one: same status, the service's error shape. */
 function layerError(status: number): Uint8Array {
-  const e = new HttpError(status, LAYER_ERRORS[status] ?? "the request could not be read as HTTP/1.1");
+  const e = new HttpError(status, LAYER_ERRORS[status] ?? "the HTTP layer refused the request");
   const body = JSON.stringify(errorBody(e));
   const reason = status === 400
     ? "Bad Request"
@@ -216,16 +243,13 @@ export async function serveFronted(
     const toClient = async () => {
       const buf = new Uint8Array(64 << 10);
       for (let n = await upstream.read(buf); n !== null; n = await upstream.read(buf)) {
-        if (!relay.invoked) {
-          // No request reached the handler, yet the HTTP layer answers: its own error on a request it
-          // could not parse. The service's JSON error instead (the layer closes the connection after it).
-          const status = Number(
-            /^HTTP\/1\.[01] (\d{3})/.exec(new TextDecoder().decode(buf.subarray(0, 16)))?.[1],
-          );
-          if (status >= 400) {
-            await writeAll(client, layerError(status));
-            return;
-          }
+        const own = layerAnswer(buf.subarray(0, n));
+        if (own) {
+          // The HTTP layer's own answer to a request it could not parse: the service's JSON error
+          // instead (the layer closes the connection after it).
+          await writeAll(client, buf.subarray(0, own.at));
+          await writeAll(client, layerError(own.status));
+          return;
         }
         await writeAll(client, buf.subarray(0, n));
       }

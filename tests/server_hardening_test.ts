@@ -7,7 +7,7 @@
 import { type App, createApp } from "../server/app.ts";
 import { sampleValue } from "../server/metrics.ts";
 import { errorResponse, toHttpError } from "../server/errors.ts";
-import { type FrontedServer, serveFronted } from "../server/front.ts";
+import { type FrontedServer, layerAnswer, serveFronted } from "../server/front.ts";
 import { KeysFileError, parseKeysFile } from "../server/keys.ts";
 import { startServer, testModel } from "./server_testing.ts";
 import { assert, assertEquals } from "./helpers.ts";
@@ -471,7 +471,7 @@ Deno.test("hardening: a request being handled is not cut by the header or idle d
   }
 });
 
-Deno.test("attack: a request line or header HTTP cannot parse gets a JSON 400 (first request of a connection)", async () => {
+Deno.test("attack: a request line or header HTTP cannot parse gets a JSON 400", async () => {
   const s = await fronted();
   try {
     for (
@@ -496,6 +496,21 @@ Deno.test("attack: a request line or header HTTP cannot parse gets a JSON 400 (f
       assert(err.message.includes("could not be parsed"), err.message);
       assert(r.closedAfterS < HEADER_S, "closed with the answer, not by the deadline");
     }
+    // The same on a kept-alive connection, after answers it had: a 200, then the JSON 400.
+    const r = await raw(s.port, async (c) => {
+      await c.write(enc.encode("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"));
+      await sleep(100);
+      await c.write(
+        enc.encode("GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nBroken\r\n\r\n"),
+      );
+    });
+    const answers = r.text.split(/(?=HTTP\/1\.1 )/);
+    assertEquals(
+      answers.map((a) => a.slice(0, 12)),
+      ["HTTP/1.1 200", "HTTP/1.1 200", "HTTP/1.1 400"],
+      r.text.slice(0, 400),
+    );
+    assertEquals(JSON.parse(answers[2].split("\r\n\r\n")[1]).error.type, "invalid_request_error");
     // And the server still answers.
     const ok = await fetch(`http://127.0.0.1:${s.port}/healthz`);
     assertEquals([ok.status, (await ok.json()).status], [200, "ok"]);
@@ -570,4 +585,25 @@ Deno.test({
       await s.stop();
     }
   },
+});
+
+Deno.test("front: only the HTTP layer's own empty answer is taken for one, never a service answer", () => {
+  const bytes = (s: string) => new TextEncoder().encode(s);
+  const deno =
+    "HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\ndate: Tue, 01 Dec 2026 04:01:06 GMT\r\nconnection: close\r\n\r\n";
+  const json = '{"error":{"type":"not_found_error","message":"no context","param":"id"}}';
+  assertEquals(layerAnswer(bytes(deno)), { at: 0, status: 400 });
+  const tail = "0\r\n\r\n"; // the end of a chunked answer read together with the layer's own
+  assertEquals(layerAnswer(bytes(tail + deno)), { at: tail.length, status: 400 });
+  for (
+    const service of [
+      // A JSON error (with connection: close, as for a client that asked for it).
+      `HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: ${json.length}\r\nconnection: close\r\n\r\n${json}`,
+      // HEAD of an error: no body, but its content-type.
+      "HTTP/1.1 405 Method Not Allowed\r\ncontent-type: application/json\r\nallow: POST\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+      // A stream's event that quotes such text: JSON escapes CR and LF.
+      `data: ${JSON.stringify({ text: deno })}\n\n`,
+      "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+    ]
+  ) assertEquals(layerAnswer(bytes(service)), null, service.slice(0, 40));
 });
