@@ -39,7 +39,7 @@ export interface FrontedServer {
   /** Stops accepting; resolves once Deno.serve's graceful shutdown is done and every answer relayed. */
   shutdown(): Promise<void>;
   /** Connections open through the front (tests). */
-  readonly connections: number;
+  connections(): Promise<number>;
   /** The private loopback address Deno.serve listens on behind the front (null without a front). */
   inner: Deno.NetAddr | null;
 }
@@ -50,68 +50,6 @@ const LAYER_ERRORS: Record<number, string> = {
   431: "the request headers are too large",
   505: "this HTTP version is not supported",
 };
-
-type Phase = "head" | "busy" | "idle";
-
-class Relay {
-  phase: Phase = "head";
-  inFlight = 0;
-  private timer: ReturnType<typeof setTimeout> | null = null;
-  private closed = false;
-
-  constructor(
-    readonly client: Deno.Conn,
-    readonly upstream: Deno.Conn,
-    readonly o: FrontOptions,
-    readonly onClose: () => void,
-  ) {
-    this.arm(o.headerTimeoutMs);
-  }
-
-  private arm(ms: number) {
-    if (this.timer !== null) clearTimeout(this.timer);
-    this.timer = null;
-    if (ms > 0 && !this.closed) this.timer = setTimeout(() => this.close(), ms);
-  }
-
-  /** Client bytes: the first of a new request starts its header deadline. */
-  fromClient() {
-    if (this.phase === "idle") {
-      this.phase = "head";
-      this.arm(this.o.headerTimeoutMs);
-    }
-  }
-
-  /** The handler got a request of this connection: its headers are in. */
-  begin() {
-    this.inFlight++;
-    this.phase = "busy";
-    this.arm(0);
-  }
-
-  /** A response of this connection was delivered (or failed). */
-  end() {
-    if (--this.inFlight > 0 || this.closed) return;
-    this.phase = "idle";
-    this.arm(this.o.idleTimeoutMs);
-  }
-
-  close() {
-    if (this.closed) return;
-    this.closed = true;
-    this.arm(0);
-    for (const c of [this.client, this.upstream]) {
-      try {
-        c.close();
-      } catch { /* already closed */ }
-    }
-    this.onClose();
-  }
-}
-
-async function writeAll(to: Deno.Conn, bytes: Uint8Array) {
-  for (let at = 0; at < bytes.length;) at += await to.write(bytes.subarray(at));
-}
 
 const latin1 = new TextDecoder("latin1");
 
@@ -145,7 +83,7 @@ export function layerAnswer(chunk: Uint8Array): { at: number; status: number } |
 }
 
 /** The JSON answer that replaces the HTTP layer's empty one: same status, the service's error shape. */
-function layerError(status: number): Uint8Array {
+export function layerError(status: number): Uint8Array {
   const e = new HttpError(status, LAYER_ERRORS[status] ?? "the HTTP layer refused the request");
   const body = JSON.stringify(errorBody(e));
   const reason = status === 400
@@ -160,9 +98,35 @@ function layerError(status: number): Uint8Array {
   );
 }
 
+/** What the main thread tells the front's worker. */
+export type ToFront =
+  | {
+    type: "start";
+    hostname: string;
+    port: number;
+    innerPort: number;
+    headerTimeoutMs: number;
+    idleTimeoutMs: number;
+  }
+  | { type: "begin" | "end"; port: number }
+  | { type: "stop" }
+  | { type: "count"; id: number };
+
+/** What the front's worker tells the main thread. */
+export type FromFront =
+  | { type: "listening"; hostname: string; port: number }
+  | { type: "error"; message: string }
+  | { type: "open" | "closed"; port: number }
+  | { type: "drained" }
+  | { type: "count"; id: number; n: number };
+
+/** How long a request on the private port waits for the front to announce its connection. */
+const ANNOUNCE_MS = 1000;
+
 /**
- * Serves `handler` with Deno.serve behind the front. With both timeouts 0 it is Deno.serve alone on the
- * public address (no front, no deadlines).
+ * Serves `handler` with Deno.serve behind the front. The front (front_worker.ts) runs in a worker, on
+ * its own thread and event loop: relaying bytes and keeping time never wait for a job holding the main
+ * thread. With both timeouts 0 it is Deno.serve alone on the public address (no front, no deadlines).
  */
 export async function serveFronted(
   o: FrontOptions,
@@ -178,10 +142,46 @@ export async function serveFronted(
     }, handler);
     const addr = await listening.promise;
     o.onListen?.(addr);
-    return { addr, shutdown: () => server.shutdown(), connections: 0, inner: null };
+    return { addr, shutdown: () => server.shutdown(), connections: () => Promise.resolve(0), inner: null };
   }
 
-  const relays = new Map<number, Relay>(); // by the relay's loopback port, as Deno.serve sees it
+  const known = new Set<number>(); // the front's connections to the private port, by local port
+  const announced = new Map<number, () => void>();
+  const counts = new Map<number, (n: number) => void>();
+  const drained = Promise.withResolvers<void>();
+  const listening = Promise.withResolvers<Deno.NetAddr>();
+  const worker = new Worker(new URL("./front_worker.ts", import.meta.url), { type: "module" });
+  const post = (m: ToFront) => worker.postMessage(m);
+  worker.onmessage = (ev: MessageEvent<FromFront>) => {
+    const m = ev.data;
+    if (m.type === "open") {
+      known.add(m.port);
+      announced.get(m.port)?.();
+    } else if (m.type === "closed") known.delete(m.port);
+    else if (m.type === "listening") {
+      listening.resolve({ transport: "tcp", hostname: m.hostname, port: m.port });
+    } else if (m.type === "error") listening.reject(new Error(m.message));
+    else if (m.type === "drained") drained.resolve();
+    else if (m.type === "count") counts.get(m.id)?.(m.n);
+  };
+  worker.onerror = (e) => {
+    e.preventDefault();
+    listening.reject(new Error(`the TCP front failed: ${e.message}`));
+    drained.resolve();
+  };
+
+  /** Whether `port` is (or within ANNOUNCE_MS becomes) one of the front's connections. */
+  const fromFront = async (port: number): Promise<boolean> => {
+    if (known.has(port)) return true;
+    const { promise, resolve } = Promise.withResolvers<void>();
+    announced.set(port, resolve);
+    const timer = setTimeout(resolve, ANNOUNCE_MS);
+    await promise;
+    clearTimeout(timer);
+    announced.delete(port);
+    return known.has(port);
+  };
+
   const inner = Promise.withResolvers<Deno.NetAddr>();
   const server = Deno.serve({
     hostname: "127.0.0.1",
@@ -189,8 +189,8 @@ export async function serveFronted(
     onError: o.onError,
     onListen: (a) => inner.resolve(a as Deno.NetAddr),
   }, async (req, info) => {
-    const relay = relays.get((info.remoteAddr as Deno.NetAddr).port);
-    if (!relay) {
+    const port = (info.remoteAddr as Deno.NetAddr).port;
+    if (!await fromFront(port)) {
       await req.body?.cancel();
       const e = new HttpError(403, "connect through the server's public address");
       return new Response(JSON.stringify(errorBody(e)), {
@@ -198,96 +198,45 @@ export async function serveFronted(
         headers: { "content-type": "application/json" },
       });
     }
-    relay.begin();
-    info.completed.catch(() => {}).finally(() => relay.end());
+    post({ type: "begin", port }); // the request's headers are in: no deadline while it is handled
+    info.completed.catch(() => {}).finally(() => post({ type: "end", port }));
     return await handler(req);
   });
   const innerAddr = await inner.promise;
-
-  const listener = Deno.listen({ hostname: o.hostname, port: o.port, transport: "tcp" });
-  const addr = listener.addr as Deno.NetAddr;
+  post({
+    type: "start",
+    hostname: o.hostname,
+    port: o.port,
+    innerPort: innerAddr.port,
+    headerTimeoutMs: o.headerTimeoutMs,
+    idleTimeoutMs: o.idleTimeoutMs,
+  });
+  let addr: Deno.NetAddr;
+  try {
+    addr = await listening.promise;
+  } catch (e) {
+    worker.terminate();
+    await server.shutdown();
+    throw e;
+  }
   o.onListen?.(addr);
-
-  const relayConnection = async (client: Deno.Conn) => {
-    let upstream: Deno.Conn;
-    try {
-      upstream = await Deno.connect({ hostname: "127.0.0.1", port: innerAddr.port });
-    } catch {
-      client.close();
-      return;
-    }
-    const port = (upstream.localAddr as Deno.NetAddr).port;
-    const relay = new Relay(client, upstream, o, () => relays.delete(port));
-    relays.set(port, relay); // before any byte is relayed: the handler always finds it
-    /** Relays the client's bytes; false when the client failed (gone), true when it ended or upstream refused. */
-    const toUpstream = async (): Promise<boolean> => {
-      const buf = new Uint8Array(64 << 10);
-      for (;;) {
-        let n: number | null;
-        try {
-          n = await client.read(buf);
-        } catch {
-          return false;
-        }
-        if (n === null) break;
-        relay.fromClient();
-        try {
-          await writeAll(upstream, buf.subarray(0, n));
-        } catch {
-          return true; // the HTTP layer stopped reading (a request it refused): its answer follows
-        }
-      }
-      await upstream.closeWrite().catch(() => {});
-      return true;
-    };
-    const toClient = async () => {
-      const buf = new Uint8Array(64 << 10);
-      for (let n = await upstream.read(buf); n !== null; n = await upstream.read(buf)) {
-        const own = layerAnswer(buf.subarray(0, n));
-        if (own) {
-          // The HTTP layer's own answer to a request it could not parse: the service's JSON error
-          // instead (the layer closes the connection after it).
-          await writeAll(client, buf.subarray(0, own.at));
-          await writeAll(client, layerError(own.status));
-          return;
-        }
-        await writeAll(client, buf.subarray(0, n));
-      }
-    };
-    // The client's end of input is passed on (the HTTP layer then ends the connection, as it would
-    // facing the client); the connection ends when the answers do, or when either side fails.
-    const answers = toClient().catch(() => {});
-    await Promise.race([toUpstream().then((relayAnswers) => relayAnswers ? answers : undefined), answers]);
-    relay.close();
-  };
-
-  let accepting = true;
-  const open = new Set<Promise<void>>(); // connections being relayed
-  (async () => {
-    for await (const client of listener) {
-      if (!accepting) {
-        client.close();
-        continue;
-      }
-      const relayed = relayConnection(client).catch(() => {});
-      open.add(relayed);
-      relayed.finally(() => open.delete(relayed));
-    }
-  })().catch(() => {});
+  let nextCount = 0;
 
   return {
     addr,
     inner: innerAddr,
-    get connections() {
-      return relays.size;
+    connections() {
+      const id = nextCount++;
+      const { promise, resolve } = Promise.withResolvers<number>();
+      counts.set(id, resolve);
+      post({ type: "count", id });
+      return promise.finally(() => counts.delete(id));
     },
     async shutdown() {
-      accepting = false;
-      try {
-        listener.close();
-      } catch { /* closed */ }
+      post({ type: "stop" }); // stop accepting
       await server.shutdown(); // closes idle connections, lets requests in progress finish
-      await Promise.all(open); // and their last bytes reach the clients
+      await drained.promise; // and their last bytes reach the clients
+      worker.terminate();
     },
   };
 }

@@ -440,7 +440,7 @@ Deno.test("attack: an idle keep-alive connection is closed after the idle timeou
       r.closedAfterS >= IDLE_S * 1.4 && r.closedAfterS < IDLE_S * 1.5 + 2,
       `closed after ${r.closedAfterS} s`,
     );
-    assertEquals(s.server.connections, 0);
+    assertEquals(await s.server.connections(), 0);
   } finally {
     await s.close();
   }
