@@ -43,7 +43,8 @@ export function parseKeysFile(text: string, flag = "--api-keys-file"): ApiKey[] 
     const label = colon < 0 ? `line-${n}` : line.slice(0, colon).trim();
     const key = colon < 0 ? line : line.slice(colon + 1).trim();
     if (!LABEL.test(label)) {
-      throw fail(`the label '${label}' must be 1 to 64 of A-Z a-z 0-9 _ . - (the line is LABEL:KEY or KEY)`);
+      // Not quoted: what precedes a ':' may be part of a key that holds one.
+      throw fail("the label (before the first ':') must be 1 to 64 of A-Z a-z 0-9 _ . - (LABEL:KEY or KEY)");
     }
     if (key === "") throw fail(`no key after the label '${label}'`);
     if (/\s/.test(key)) throw fail(`the key of '${label}' contains whitespace`);
