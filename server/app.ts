@@ -7,7 +7,7 @@ import type { Model } from "../core/engine.ts";
 import type { ContextStore } from "./contexts.ts";
 import * as ep from "./endpoints.ts";
 import { errorResponse, HttpError, toHttpError } from "./errors.ts";
-import { hasKey } from "./http.ts";
+import { DEFAULT_LABEL, keyLabel, setPrincipal } from "./keys.ts";
 import type { ServerMetrics } from "./metrics.ts";
 import { chat, completions } from "./openai.ts";
 import type { JobQueue } from "./queue.ts";
@@ -61,6 +61,7 @@ export function createApp(model: Model, options: Partial<AppOptions> = {}): App 
     ...options,
   });
   const { metrics, queue, contexts, o } = svc;
+  const keys = [...o.apiKeys, ...(o.apiKey !== null ? [{ label: DEFAULT_LABEL, key: o.apiKey }] : [])];
   let httpInFlight = 0;
 
   metrics.gauge("judgeq_queue_depth", "Jobs waiting for the executor.", () => queue.depth);
@@ -104,8 +105,9 @@ export function createApp(model: Model, options: Partial<AppOptions> = {}): App 
     () => (svc.deviceLost() ? 1 : 0),
   );
   // The process's own memory where the runtime tells it (Deno, Node); absent on edge runtimes.
-  const memory = (globalThis as { Deno?: { memoryUsage?: () => { rss: number; heapUsed: number; external: number } } })
-    .Deno?.memoryUsage;
+  const memory =
+    (globalThis as { Deno?: { memoryUsage?: () => { rss: number; heapUsed: number; external: number } } })
+      .Deno?.memoryUsage;
   if (memory) {
     metrics.gauge("process_resident_memory_bytes", "Resident memory of the process.", () => memory().rss);
     metrics.gauge("judgeq_js_heap_used_bytes", "JavaScript heap in use.", () => memory().heapUsed);
@@ -146,8 +148,14 @@ export function createApp(model: Model, options: Partial<AppOptions> = {}): App 
     const found = routes.map((r) => ({ r, m: r.pattern.exec(path) })).find((x) => x.m !== null);
     const label = found?.r.label ?? "unmatched";
     const fail = (e: HttpError) => ({ label, run: () => Promise.reject(e) });
-    if (!found?.r.open && o.apiKey !== null && !hasKey(req, o.apiKey)) {
-      return fail(new HttpError(401, "a valid API key is required (Authorization: Bearer KEY)"));
+    if (keys.length > 0) {
+      const who = keyLabel(req, keys);
+      if (who !== null) {
+        setPrincipal(req, who); // contexts belong to this label; metrics show it, never the key
+        metrics.requestsByKey.inc({ key: who });
+      } else if (!found?.r.open) {
+        return fail(new HttpError(401, "a valid API key is required (Authorization: Bearer KEY)"));
+      }
     }
     if (!found) return fail(new HttpError(404, `no route ${path}`));
     const { r, m } = found;

@@ -15,6 +15,8 @@ export interface StoredContext {
   /** Bytes its session holds allocated, as last measured (when listed, and when a job releases it). */
   bytes: number;
   readonly createdAt: number;
+  /** The label of the API key that created it (null: the server has no keys); others see a 404. */
+  readonly owner: string | null;
   lastUsed: number;
   users: number;
   removed: boolean;
@@ -67,7 +69,7 @@ export class ContextStore {
   }
 
   /** Lists a new context, evicting the least recently used until it fits; 422 if it cannot fit alone. */
-  add(ctx: CompressedContext): StoredContext {
+  add(ctx: CompressedContext, owner: string | null = null): StoredContext {
     const bytes = ctx.session.allocatedBytes();
     if (bytes > this.opts.maxBytes) {
       ctx.session.dispose();
@@ -85,6 +87,7 @@ export class ContextStore {
       ctx,
       bytes,
       createdAt: t,
+      owner,
       lastUsed: t,
       users: 0,
       removed: false,
@@ -94,11 +97,14 @@ export class ContextStore {
     return e;
   }
 
-  /** Takes a context for a job (404 when unknown or expired); `release` it when done. */
-  acquire(id: string): StoredContext {
+  /**
+   * Takes a context for a job (404 when unknown, expired or another owner's: the same answer); `release`
+   * it when done.
+   */
+  acquire(id: string, owner: string | null = null): StoredContext {
     this.sweep();
     const e = this.entries.get(id);
-    if (!e) {
+    if (!e || e.owner !== owner) {
       throw new HttpError(
         404,
         `no context ${JSON.stringify(id)} (unknown, deleted, expired or evicted)`,

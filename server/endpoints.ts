@@ -7,6 +7,7 @@ import { METHOD_NAMES } from "../core/methods/registry.ts";
 import type { CompressionRequest } from "../core/plan.ts";
 import type { StoredContext } from "./contexts.ts";
 import { Cancelled, HttpError, jsonResponse } from "./errors.ts";
+import { principalOf } from "./keys.ts";
 import {
   type JobResult,
   precheck,
@@ -138,7 +139,7 @@ export const createContext = (svc: Service): Handler => async (req) => {
   }
   svc.metrics.promptTokens.inc({}, ctx.contextTokens.length);
   svc.metrics.kvBytesSaved.inc({}, ctx.stats.kvBytesBefore - ctx.stats.kvBytesAfter);
-  const entry = svc.contexts.add(ctx); // may evict older contexts, or refuse one over the cap (422)
+  const entry = svc.contexts.add(ctx, principalOf(req)); // may evict older contexts, or refuse one over the cap (422)
   return jsonResponse({
     ...contextJson(svc, entry, b.return_positions ?? false),
     timings_ms: timingsJson(ctx.timings, queueMs, runMs),
@@ -156,7 +157,7 @@ export const contextGenerate = (svc: Service): Handler => async (req, [id]) => {
   if (!questions) throw new HttpError(400, "question is required", "question");
   svc.admit(questions.map((text, i) => ({ text, param: b.questions ? `questions.${i}` : "question" })));
   const p = svc.decodeParams(b, { maxTokens: 64, temperature: 0, outputs: questions.length });
-  const entry = svc.contexts.acquire(id); // held until the job ends, so eviction cannot free it mid-answer
+  const entry = svc.contexts.acquire(id, principalOf(req)); // held to the job's end: eviction cannot free it
   const decode = (b.kv_compression?.decode ?? null) as DecodeCompressionRequest | null;
   try {
     const compression = answerCompression(entry.ctx, decode);
@@ -175,14 +176,21 @@ export const contextGenerate = (svc: Service): Handler => async (req, [id]) => {
   );
 };
 
-export const getContext = (svc: Service): Handler => (_req, [id]) => {
-  const e = svc.contexts.peek(id);
+/**
+ * A context another key created answers as an unknown one does (404, same message): a key can neither
+ * use, delete nor learn of another's contexts.
+ */
+const mine = (e: StoredContext | undefined, req: Request) =>
+  e && e.owner === principalOf(req) ? e : undefined;
+
+export const getContext = (svc: Service): Handler => (req, [id]) => {
+  const e = mine(svc.contexts.peek(id), req);
   if (!e) return Promise.reject(new HttpError(404, `no context ${JSON.stringify(id)}`, "id"));
   return Promise.resolve(jsonResponse(contextJson(svc, e, false)));
 };
 
-export const deleteContext = (svc: Service): Handler => (_req, [id]) => {
-  if (!svc.contexts.delete(id)) {
+export const deleteContext = (svc: Service): Handler => (req, [id]) => {
+  if (!mine(svc.contexts.peek(id), req) || !svc.contexts.delete(id)) {
     return Promise.reject(new HttpError(404, `no context ${JSON.stringify(id)}`, "id"));
   }
   return Promise.resolve(jsonResponse({ id, object: "context.deleted", deleted: true }));

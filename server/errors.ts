@@ -8,15 +8,18 @@ import { JudgeQError } from "../core/errors.ts";
 export const ERROR_TYPES: Record<number, string> = {
   400: "invalid_request_error",
   401: "authentication_error",
+  403: "permission_error",
   404: "not_found_error",
   405: "method_not_allowed",
   408: "request_timeout",
   413: "request_too_large",
   422: "unprocessable_entity",
   429: "rate_limit_error",
+  431: "request_header_fields_too_large",
   499: "client_closed_request",
   500: "server_error",
   503: "service_unavailable",
+  505: "http_version_not_supported",
 };
 
 export class HttpError extends Error {

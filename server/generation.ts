@@ -17,7 +17,7 @@ import {
 import type { DecodeCompressionRequest, DecodeCompressionStats } from "../core/decode_compression.ts";
 import type { CompressionStats } from "../core/interpret.ts";
 import type { CompressionRequest } from "../core/plan.ts";
-import { Cancelled } from "./errors.ts";
+import { Cancelled, HttpError } from "./errors.ts";
 import { OutputText } from "./output.ts";
 import { type PartialWork, TimeLimitExceeded } from "./turns.ts";
 
@@ -34,6 +34,11 @@ export interface DecodeParams {
   ignoreEos: boolean;
   /** Special-token text in the request's text is read as control tokens (default: plain text). */
   allowSpecialTokens: boolean;
+  /**
+   * The field that asked for maxTokens when it must fit the model's context (a 400 naming it if not);
+   * null when it may be cut at the context's end (a default, or `truncate_max_tokens: true`).
+   */
+  maxTokensParam?: string | null;
 }
 
 export interface JobHooks {
@@ -170,12 +175,36 @@ export function precheck(
       decode: { maxTokens: p.maxTokens, sampling: coreSampling(p), stopTokenIds: p.stopTokenIds },
     });
     if (E.isLeft(plan)) throw plan.left;
+    checkRoom(model, input.contextTokens.length + Math.max(...questions.map((q) => q.length)), p, true);
     return;
   }
   const req = tokenizeRequest(model, { ...input, compression, ...coreSampling(p) });
   if (E.isLeft(req)) throw req.left;
   const plan = planFor(model, req.right);
   if (E.isLeft(plan)) throw plan.left;
+  const i = req.right.input;
+  const used = i.kind === "prompt"
+    ? i.tokens.length
+    : i.context.length + Math.max(...i.questions.map((q) => q.length));
+  checkRoom(model, used, p, i.kind === "context");
+}
+
+/**
+ * An explicit max_tokens must fit what the prompt leaves of the model's context (as OpenAI's
+ * "maximum context length" 400): the core would otherwise cut it silently. A request that opts in
+ * (`truncate_max_tokens: true`) and a default max_tokens stop at the context's end instead.
+ */
+function checkRoom(model: Model, used: number, p: DecodeParams, withContext: boolean) {
+  const n = model.config.maxSeqLen, room = n - used;
+  if (!p.maxTokensParam || used >= n || p.maxTokens <= room) return; // used >= n: the core's 422
+  const what = withContext ? "context and question tokens" : "prompt tokens";
+  throw new HttpError(
+    400,
+    `${p.maxTokensParam} ${p.maxTokens} does not fit the model's context of ${n} tokens: ${used} ${what} + ` +
+      `${p.maxTokens} = ${used + p.maxTokens}; at most ${room} can be generated (or send ` +
+      `"truncate_max_tokens": true to stop at the context's end)`,
+    p.maxTokensParam,
+  );
 }
 
 /** Checks a context to keep (POST /v1/contexts) as compressContext will compile it. */

@@ -1,18 +1,9 @@
 /**
- * Request plumbing: API-key checks and JSON bodies bounded in size (413) and in time (408), parsed
+ * Request plumbing: constant-time secret comparison (keys.ts) and JSON bodies bounded in size (413) and in time (408), parsed
  * against a zod schema (400 naming the field).
  */
 import type { z } from "zod";
 import { fromZod, HttpError } from "./errors.ts";
-
-/** `Authorization: Bearer KEY` or `x-api-key: KEY`, compared in constant time. */
-export function hasKey(req: Request, key: string): boolean {
-  const auth = req.headers.get("authorization") ?? "";
-  const given = auth.toLowerCase().startsWith("bearer ")
-    ? auth.slice(7).trim()
-    : req.headers.get("x-api-key") ?? "";
-  return timingSafeEqual(given, key);
-}
 
 /** Compares secrets in time independent of where they differ. */
 export function timingSafeEqual(a: string, b: string): boolean {

@@ -1,10 +1,12 @@
 /**
  * deno task start: serves one model over HTTP.
  *   deno task start [--model DIR] [--adapter FILE|none] [--host 127.0.0.1] [--port 8000]
- *                   [--api-key-file FILE | --api-key KEY (visible in ps: prefer $JUDGEQ_API_KEY or the file)]
+ *                   [--api-key-file FILE | --api-key KEY (visible in ps: prefer $JUDGEQ_API_KEY or the file)
+ *                    | --api-keys-file FILE (several keys, LABEL:KEY a line; each key's contexts its own)]
  *                   [--executor auto|gpu|wasm|cpu] [--threads N] [--weights auto|f32|f16]
  *                   [--queue-size 32] [--active-jobs 4] [--max-request-seconds 120] [--max-body-bytes 1048576]
  *                   [--context-ttl 600] [--context-max-mb 256] [--max-tokens-per-request N] [--max-questions 64]
+ *                   [--header-timeout-s 10] [--idle-timeout-s 30] [--body-timeout-s 30]
  * The model and adapter are fixed here, at start-up; no request can choose files. SIGINT/SIGTERM stop
  * accepting, let in-flight and queued requests finish, then exit.
  */
@@ -22,6 +24,10 @@ import {
 import { loadModel } from "../io/runtime.ts";
 import { createApp, DEFAULT_OPTIONS } from "./app.ts";
 import { errorResponse, toHttpError } from "./errors.ts";
+import { serveFronted } from "./front.ts";
+import { type ApiKey, DEFAULT_LABEL, KeysFileError, parseKeysFile } from "./keys.ts";
+
+const DEFAULT_HEADER_TIMEOUT_S = 10, DEFAULT_IDLE_TIMEOUT_S = 30;
 
 const SPEC = {
   model: { kind: "string", help: "model directory (default: the embedded stories260K)" },
@@ -39,6 +45,11 @@ const SPEC = {
   "api-key-file": {
     kind: "string",
     help: "read the API key from FILE (its first line)",
+  },
+  "api-keys-file": {
+    kind: "string",
+    help: "several keys, one a line as LABEL:KEY or KEY ('#' comments, blank lines skipped); each key's " +
+      "contexts are its own (another key gets 404); metrics and logs show labels only",
   },
   ...executorFlags("auto"),
   ...GPU_WEIGHTS_ALIAS,
@@ -79,6 +90,23 @@ const SPEC = {
     kind: "int",
     help: `questions one request may ask, 1 to 64, 400 beyond (default ${DEFAULT_OPTIONS.maxQuestions})`,
   },
+  "header-timeout-s": {
+    kind: "number",
+    help: `seconds a connection has to send a request's headers, from accept or the request's first byte; ` +
+      `closed after (default ${DEFAULT_HEADER_TIMEOUT_S}; 0: none)`,
+  },
+  "idle-timeout-s": {
+    kind: "number",
+    help:
+      `seconds a kept-alive connection may wait for its next request, closed after (default ${DEFAULT_IDLE_TIMEOUT_S}; ` +
+      "0: none; both 0: Deno.serve alone, no TCP front)",
+  },
+  "body-timeout-s": {
+    kind: "number",
+    help: `seconds a request body may take to arrive, 408 after (default ${
+      DEFAULT_OPTIONS.bodyTimeoutMs / 1000
+    })`,
+  },
   help: { kind: "boolean", help: "show this help" },
 } as const;
 
@@ -96,6 +124,49 @@ function positive(name: string, v: unknown, min = 1): number | undefined {
 /** Largest API key file read (a key is a line; this bounds a mistaken path to a big file). */
 const MAX_KEY_FILE_BYTES = 64 << 10;
 
+/** A key file's text, refused (exit 2) when it is not a regular file or is too large to be one. */
+async function readKeyFile(flag: string, file: string): Promise<string> {
+  let info: Deno.FileInfo;
+  try {
+    info = await Deno.stat(file);
+  } catch (e) {
+    throw new UsageError(`${flag}: cannot read: ${(e as Error).message}`, flag);
+  }
+  if (!info.isFile) throw new UsageError(`${flag}: not a regular file`, flag);
+  if (info.size > MAX_KEY_FILE_BYTES) {
+    throw new UsageError(`${flag}: larger than ${MAX_KEY_FILE_BYTES} bytes`, flag);
+  }
+  return await Deno.readTextFile(file);
+}
+
+/**
+ * The keys of a server: --api-keys-file's (labelled), or the single key of --api-key, --api-key-file or
+ * $JUDGEQ_API_KEY (labelled "default"), or none. The keys file excludes the single-key sources.
+ */
+export async function apiKeysOf(
+  flag: string | undefined,
+  file: string | undefined,
+  keysFile: string | undefined,
+): Promise<ApiKey[]> {
+  if (keysFile === undefined) {
+    const key = await apiKeyOf(flag, file);
+    return key === null ? [] : [{ label: DEFAULT_LABEL, key }];
+  }
+  const other = flag !== undefined
+    ? "--api-key"
+    : file !== undefined
+    ? "--api-key-file"
+    : Deno.env.get("JUDGEQ_API_KEY") !== undefined
+    ? "$JUDGEQ_API_KEY"
+    : null;
+  if (other) throw new UsageError(`give --api-keys-file or ${other}, not both`, "--api-keys-file");
+  try {
+    return parseKeysFile(await readKeyFile("--api-keys-file", keysFile));
+  } catch (e) {
+    throw e instanceof KeysFileError ? new UsageError(e.message, "--api-keys-file") : e;
+  }
+}
+
 /** The API key: --api-key, else --api-key-file's first line, else $JUDGEQ_API_KEY, else none. */
 export async function apiKeyOf(flag: string | undefined, file: string | undefined): Promise<string | null> {
   if (flag !== undefined && file !== undefined) {
@@ -105,17 +176,7 @@ export async function apiKeyOf(flag: string | undefined, file: string | undefine
   let from = flag !== undefined ? "--api-key" : "$JUDGEQ_API_KEY";
   if (file !== undefined) {
     from = "--api-key-file";
-    let info: Deno.FileInfo;
-    try {
-      info = await Deno.stat(file);
-    } catch (e) {
-      throw new UsageError(`--api-key-file: cannot read: ${(e as Error).message}`);
-    }
-    if (!info.isFile) throw new UsageError("--api-key-file: not a regular file");
-    if (info.size > MAX_KEY_FILE_BYTES) {
-      throw new UsageError(`--api-key-file: larger than ${MAX_KEY_FILE_BYTES} bytes`);
-    }
-    key = (await Deno.readTextFile(file)).split(/\r?\n/)[0].trim();
+    key = (await readKeyFile(from, file)).split(/\r?\n/)[0].trim();
   }
   if (key !== null && key.trim() === "") throw new UsageError(`${from}: the key must not be empty`);
   return key;
@@ -140,10 +201,17 @@ async function main(argv: string[]): Promise<number> {
   const maxMb = positive("context-max-mb", f["context-max-mb"], 0);
   const maxTokensPerRequest = positive("max-tokens-per-request", f["max-tokens-per-request"]);
   const maxQuestions = positive("max-questions", f["max-questions"]);
+  const headerTimeoutS = positive("header-timeout-s", f["header-timeout-s"], 0) ?? DEFAULT_HEADER_TIMEOUT_S;
+  const idleTimeoutS = positive("idle-timeout-s", f["idle-timeout-s"], 0) ?? DEFAULT_IDLE_TIMEOUT_S;
+  const bodyTimeoutS = positive("body-timeout-s", f["body-timeout-s"], 0.001);
   if (maxQuestions !== undefined && maxQuestions > 64) {
     throw new UsageError(`--max-questions: expected 1 to 64, got '${maxQuestions}'`);
   }
-  const apiKey = await apiKeyOf(f["api-key"] as string | undefined, f["api-key-file"] as string | undefined);
+  const apiKeys = await apiKeysOf(
+    f["api-key"] as string | undefined,
+    f["api-key-file"] as string | undefined,
+    f["api-keys-file"] as string | undefined,
+  );
   const host = f.host as string;
 
   const adapterFlag = f.adapter as string | undefined;
@@ -155,7 +223,7 @@ async function main(argv: string[]): Promise<number> {
     threads,
   });
   const app = createApp(model, {
-    apiKey,
+    apiKeys,
     ...(queueSize !== undefined ? { queueSize } : {}),
     ...(maxBodyBytes !== undefined ? { maxBodyBytes } : {}),
     ...(activeJobs !== undefined ? { activeJobs } : {}),
@@ -166,23 +234,28 @@ async function main(argv: string[]): Promise<number> {
     ...(maxMb !== undefined ? { contextMaxBytes: Math.floor(maxMb * 2 ** 20) } : {}),
     ...(maxTokensPerRequest !== undefined ? { maxTokensPerRequest } : {}),
     ...(maxQuestions !== undefined ? { maxQuestions } : {}),
+    ...(bodyTimeoutS !== undefined ? { bodyTimeoutMs: bodyTimeoutS * 1000 } : {}),
   });
-  if (!["127.0.0.1", "localhost", "::1"].includes(host) && apiKey === null) {
+  if (apiKeys.length > 1) {
+    console.error(`${apiKeys.length} API keys: ${apiKeys.map((k) => k.label).join(", ")}`);
+  }
+  if (!["127.0.0.1", "localhost", "::1"].includes(host) && apiKeys.length === 0) {
     console.warn(
       `warning: listening on ${host} without --api-key: anyone who can reach it can use the model`,
     );
   }
 
-  const listening = Promise.withResolvers<Deno.NetAddr>();
-  const server = Deno.serve({
+  // Deno.serve behind a TCP front that enforces the header and idle deadlines (front.ts).
+  const server = await serveFronted({
     hostname: host,
     port,
+    headerTimeoutMs: headerTimeoutS * 1000,
+    idleTimeoutMs: idleTimeoutS * 1000,
     onError: (e) => errorResponse(toHttpError(e)), // a JSON body, never a stack trace
-    onListen: (addr) => listening.resolve(addr as Deno.NetAddr),
   }, app.handler);
-  const addr = await listening.promise;
+  const addr = server.addr;
   const base = `http://${addr.hostname.includes(":") ? `[${addr.hostname}]` : addr.hostname}:${addr.port}`;
-  const auth = apiKey ? ` -H 'authorization: Bearer <key>'` : "";
+  const auth = apiKeys.length ? ` -H 'authorization: Bearer <key>'` : "";
   const adapter = model.adapter ? `Judge Q adapter (${model.adapter.n} soft tokens)` : "no Judge Q adapter";
   console.log(
     `judgeq serving ${model.name} on ${model.executor.kind} with ${adapter} at ${base} - try: curl -s ${base}/v1/generate` +

@@ -94,6 +94,11 @@ const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10
 /** The server's metrics. Gauges are wired by the app, which owns the values they read. */
 export class ServerMetrics {
   readonly requests = new Counter("judgeq_http_requests_total", "HTTP requests by route, method and status.");
+  /** By the key's label (--api-keys-file), never the key itself. */
+  readonly requestsByKey = new Counter(
+    "judgeq_http_requests_by_key_total",
+    "Authenticated HTTP requests by API key label.",
+  );
   readonly latency = new Histogram(
     "judgeq_http_request_duration_seconds",
     "Time from request to the end of the response body, by route.",
@@ -139,6 +144,7 @@ export class ServerMetrics {
   render(): string {
     const all: Metric[] = [
       this.requests,
+      this.requestsByKey,
       this.latency,
       this.queueWait,
       this.firstToken,

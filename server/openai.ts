@@ -149,7 +149,15 @@ export const chat = (svc: Service): Handler => async (req) => {
     typeof m.content === "string" ? m.content : (m.content ?? []).map((p) => p.text).join("");
   svc.admit([{ text: b.messages.map(content).join(""), param: "messages" }]);
   const prompt = encodeChat(svc.model.tokenizer, b.messages, b.allow_special_tokens ?? false);
-  return run(svc, req, { ...b, max_tokens: b.max_completion_tokens ?? b.max_tokens }, prompt, true);
+  const maxTokensParam = b.max_completion_tokens != null ? "max_completion_tokens" : "max_tokens";
+  return run(
+    svc,
+    req,
+    { ...b, max_tokens: b.max_completion_tokens ?? b.max_tokens },
+    prompt,
+    true,
+    maxTokensParam,
+  );
 };
 
 interface OpenAiFields extends DecodeFields {
@@ -164,11 +172,16 @@ function run(
   b: OpenAiFields,
   prompt: string | number[],
   isChat: boolean,
+  maxTokensParam = "max_tokens",
 ): Promise<Response> {
   // Chat runs to the end of the context by default (OpenAI sets no limit): what the prompt leaves of it.
   // Completions default to 16.
   const left = svc.model.config.maxSeqLen - (typeof prompt === "string" ? 0 : prompt.length);
-  const p = svc.decodeParams(b, { maxTokens: isChat ? Math.max(0, left) : 16, temperature: 1 });
+  const p = svc.decodeParams(b, {
+    maxTokens: isChat ? Math.max(0, left) : 16,
+    temperature: 1,
+    maxTokensParam,
+  });
   const compression = (b.kv_compression ?? null) as CompressionRequest | null;
   precheck(svc.model, { prompt }, compression, p);
   const env = newEnvelope(isChat ? "chatcmpl" : "cmpl", svc.model.name);

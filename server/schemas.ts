@@ -117,6 +117,8 @@ const decodeFields = {
   ignore_eos: z.boolean().nullish(),
   /** Read special-token text ("</s>") in the request's text as control tokens (default: as plain text). */
   allow_special_tokens: z.boolean().nullish(),
+  /** An explicit max_tokens past the model's context stops at its end instead of a 400. */
+  truncate_max_tokens: z.boolean().nullish(),
 };
 
 const extras = {

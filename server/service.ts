@@ -8,6 +8,7 @@ import { ContextStore } from "./contexts.ts";
 import { Cancelled, errorBody, HttpError, isDeviceLost, jsonResponse, toHttpError } from "./errors.ts";
 import type { DecodeParams, JobHooks, JobResult } from "./generation.ts";
 import { parseBody } from "./http.ts";
+import type { ApiKey } from "./keys.ts";
 import { ServerMetrics } from "./metrics.ts";
 import { JobQueue } from "./queue.ts";
 import type { stopSchema } from "./schemas.ts";
@@ -17,6 +18,8 @@ import { type Mutex, Ticket, TimeLimitExceeded, Turns } from "./turns.ts";
 export interface AppOptions {
   /** Required as `Authorization: Bearer KEY` (or `x-api-key`) on every route but /healthz. */
   apiKey: string | null;
+  /** Several keys, each with a label (--api-keys-file); with apiKey too, that one is labelled "default". */
+  apiKeys: ApiKey[];
   /** Largest request body accepted, bytes (413 above). */
   maxBodyBytes: number;
   /** Time a request body may take to arrive (408 after). */
@@ -42,6 +45,7 @@ export interface AppOptions {
 
 export const DEFAULT_OPTIONS: Omit<AppOptions, "deviceLost" | "log"> = {
   apiKey: null,
+  apiKeys: [],
   maxBodyBytes: 1 << 20,
   bodyTimeoutMs: 30_000,
   queueSize: 32,
@@ -63,6 +67,7 @@ export interface DecodeFields {
   stop?: z.infer<typeof stopSchema> | null;
   ignore_eos?: boolean | null;
   allow_special_tokens?: boolean | null;
+  truncate_max_tokens?: boolean | null;
 }
 
 /** An endpoint's defaults: ours are greedy; OpenAI's sample at temperature 1. */
@@ -71,6 +76,8 @@ export interface DecodeDefaults {
   temperature: number;
   /** Outputs the request asks for (its questions; default 1): the per-request limits count them. */
   outputs?: number;
+  /** The name max_tokens has in this request (chat's max_completion_tokens), for errors. */
+  maxTokensParam?: string;
 }
 
 /** What an endpoint makes of a job: its JSON body, and its stream events. */
@@ -146,6 +153,10 @@ export class Service {
       stopTokenIds,
       ignoreEos: b.ignore_eos ?? false,
       allowSpecialTokens: b.allow_special_tokens ?? false,
+      // An explicit max_tokens must fit the context (400 naming it) unless truncation is asked for.
+      maxTokensParam: b.max_tokens !== null && b.max_tokens !== undefined && !b.truncate_max_tokens
+        ? d.maxTokensParam ?? "max_tokens"
+        : null,
     };
   }
 
