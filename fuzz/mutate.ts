@@ -452,8 +452,9 @@ function mutateTree(r: Rng, root: Json, limit: number, ops: string[]): Json {
         if (isArr && node.length) {
           op("multiply");
           const times = pick(r, [2, 16, 65, 300]);
-          const n = node.length;
-          for (let i = 0; i < Math.min(times * n, 5000); i++) node.push(clone(node[i % n]));
+          const n = node.length, size = JSON.stringify(node).length;
+          const add = Math.min(times * n, 5000, Math.ceil((2 * limit * n) / size));
+          for (let i = 0; i < add; i++) node.push(clone(node[i % n]));
         }
         break;
       }
@@ -472,8 +473,13 @@ function mutateTree(r: Rng, root: Json, limit: number, ops: string[]): Json {
       if (key === null) break;
       op("boundary");
       if (typeof node[key] === "number") setOwn(node, key, node[key] + pick(r, [-1, 1, 0.5, 1e9, -1e9]));
-      else if (typeof node[key] === "string") setOwn(node, key, node[key].repeat(pick(r, [0, 2, 50, 500])));
-      else setOwn(node, key, null);
+      else if (typeof node[key] === "string") {
+        const times = Math.min(
+          pick(r, [0, 2, 50, 500]),
+          Math.ceil((2 * limit) / Math.max(1, node[key].length)),
+        );
+        setOwn(node, key, node[key].repeat(times)); // at most about twice the body limit
+      } else setOwn(node, key, null);
   }
   return root;
 }
@@ -520,9 +526,19 @@ const EDGE_VALUES: Record<string, Json[]> = {
 };
 
 /** A schema-valid mutation: a known field set to one of its edge values (kv_compression fields too). */
-function mutateEdges(r: Rng, body: Json, ops: string[]): void {
+function mutateEdges(r: Rng, body: Json, ops: string[], limit: number): void {
   if (body === null || typeof body !== "object" || Array.isArray(body)) return;
   const c = r();
+  if (c < 0.08) {
+    // Schema-valid text as long as the body limit allows: whatever reads it must stay cheap.
+    const text = pick(r, ["Once upon a time ", "a", "😀", "ab ", "\u00e9", "</s>"]);
+    const long = text.repeat(Math.max(1, Math.floor((limit - 256) / (text.length * 3))));
+    for (const k of ["prompt", "context", "question"]) if (typeof body[k] === "string") body[k] = long;
+    if (Array.isArray(body.questions)) body.questions = [long];
+    if (Array.isArray(body.messages)) body.messages = [{ role: "user", content: long }];
+    ops.push("edge:long-text");
+    return;
+  }
   const fields = Object.keys(EDGE_VALUES);
   if (c < 0.45) {
     const kv = body.kv_compression && typeof body.kv_compression === "object" ? body.kv_compression : {};
@@ -570,64 +586,61 @@ export function serialize(v: Json): string {
 
 /** Byte-level mutations of a serialized body. */
 function mutateBytes(r: Rng, bytes: Uint8Array, ops: string[]): Uint8Array {
-  const b = [...bytes];
-  const at = () => randInt(r, 0, b.length);
+  /** `bytes` with `remove` bytes at `at` replaced by `insert` (a copy: typed arrays, never number[]). */
+  const splice = (at: number, remove: number, insert: ArrayLike<number> = []) => {
+    const end = Math.min(bytes.length, at + remove);
+    const out = new Uint8Array(at + insert.length + bytes.length - end);
+    out.set(bytes.subarray(0, at));
+    out.set(insert, at);
+    out.set(bytes.subarray(end), at + insert.length);
+    return out;
+  };
+  const at = () => randInt(r, 0, bytes.length);
+  const utf8 = (t: string) => new TextEncoder().encode(t);
   switch (randInt(r, 0, 7)) {
     case 0:
       ops.push("truncate");
-      b.length = Math.max(0, at() - 1);
-      break;
+      return bytes.slice(0, Math.max(0, at() - 1));
     case 1: {
       ops.push("bitflip");
+      const b = bytes.slice();
       const n = randInt(r, 1, 8);
       for (let i = 0; i < n && b.length; i++) b[randInt(r, 0, b.length - 1)] ^= 1 << randInt(r, 0, 7);
-      break;
+      return b;
     }
-    case 2:
+    case 2: {
       ops.push("insert");
-      b.splice(
-        at(),
-        0,
-        ...Array.from(
-          { length: randInt(r, 1, 8) },
-          () => pick(r, [0, 0xff, 0x7b, 0x22, 0x5c, 0x2c, 0x5d, randInt(r, 0, 255)]),
-        ),
+      const n = randInt(r, 1, 8);
+      const ins = Array.from(
+        { length: n },
+        () => pick(r, [0, 0xff, 0x7b, 0x22, 0x5c, 0x2c, 0x5d, randInt(r, 0, 255)]),
       );
-      break;
-    case 3: {
-      ops.push("delete-range");
-      const i = at();
-      b.splice(i, randInt(r, 1, 16));
-      break;
+      return splice(at(), 0, ins);
     }
+    case 3:
+      ops.push("delete-range");
+      return splice(at(), randInt(r, 1, 16));
     case 4: {
       ops.push("duplicate-range");
       const i = at(), n = randInt(r, 1, 32);
-      b.splice(i, 0, ...b.slice(i, i + n));
-      break;
+      return splice(i, 0, bytes.slice(i, i + n));
     }
-    case 5:
+    case 5: {
       ops.push("invalid-utf8");
-      b.splice(
-        at(),
-        0,
-        ...pick(r, [[0xc0, 0x80], [0xed, 0xa0, 0x80], [0xf8, 0x88, 0x80, 0x80, 0x80], [0xe2, 0x82], [0xfe], [
-          0xef,
-          0xbf,
-          0xbe,
-        ]]),
-      );
-      break;
+      const i = at();
+      const seq = pick(r, [[0xc0, 0x80], [0xed, 0xa0, 0x80], [0xf8, 0x88, 0x80, 0x80, 0x80], [0xe2, 0x82], [
+        0xfe,
+      ], [0xef, 0xbf, 0xbe]]);
+      return splice(i, 0, seq);
+    }
     case 6:
       ops.push("bom-or-padding");
-      if (r() < 0.5) b.unshift(0xef, 0xbb, 0xbf);
-      else b.push(...new TextEncoder().encode(pick(r, [" \n\t", "\u0000", "garbage", "}", "]", ",{}"])));
-      break;
+      if (r() < 0.5) return splice(0, 0, [0xef, 0xbb, 0xbf]);
+      return splice(bytes.length, 0, utf8(pick(r, [" \n\t", "\u0000", "garbage", "}", "]", ",{}"])));
     default:
       ops.push("trailing-json");
-      b.push(...new TextEncoder().encode(pick(r, ["{}", "[]", '{"prompt":"x"}', "null"])));
+      return splice(bytes.length, 0, utf8(pick(r, ["{}", "[]", '{"prompt":"x"}', "null"])));
   }
-  return new Uint8Array(b);
 }
 
 /** One mutated request, as the runner sends it. */
@@ -643,6 +656,11 @@ export interface MutatedRequest {
   body: Uint8Array;
   /** Send the body as a stream of chunks (no content-length), not as one buffer. */
   chunked: boolean;
+  /**
+   * The client disconnects this many ms after sending (0: as soon as the handler is called, before its
+   * first await; -1: before it is called; null: it waits for the answer).
+   */
+  abortAfterMs: number | null;
   /** The mutations applied, for the report. */
   ops: string[];
 }
@@ -665,15 +683,18 @@ export function mutateRequest(seed: number, index: number, maxBodyBytes: number)
   const endpoint = pick(r, ENDPOINTS);
   const ops: string[] = [];
   let body: Json = clone(pick(r, VALID_BODIES[endpoint]));
-  // Half the bodies get schema-valid edge values (they reach the core); most get structural mutations.
-  if (r() < 0.5) { for (let i = randInt(r, 1, 3); i > 0; i--) mutateEdges(r, body, ops); }
-  const tree = r() < 0.6 ? randInt(r, 0, 4) : 0;
   const limit = Math.max(64, maxBodyBytes);
+  // Half the bodies get schema-valid edge values (they reach the core); most get structural mutations.
+  if (r() < 0.5) { for (let i = randInt(r, 1, 3); i > 0; i--) mutateEdges(r, body, ops, limit); }
+  const tree = r() < 0.6 ? randInt(r, 0, 4) : 0;
+  let text = serialize(body);
   for (let i = 0; i < tree; i++) {
-    if (body === null || typeof body !== "object") break;
+    // Bodies well past the limit are all 413s alike: stop growing them (and the fuzzer's memory).
+    if (body === null || typeof body !== "object" || text.length > 2 * limit) break;
     body = mutateTree(r, body, limit, ops);
+    text = serialize(body);
   }
-  let bytes = new TextEncoder().encode(serialize(body));
+  let bytes = new TextEncoder().encode(text);
   if (r() < 0.2) bytes = mutateBytes(r, bytes, ops) as Uint8Array<ArrayBuffer>;
   if (r() < 0.03) {
     ops.push("oversize");
@@ -717,7 +738,13 @@ export function mutateRequest(seed: number, index: number, maxBodyBytes: number)
     ]);
     path = `/v1/contexts/${id}/generate`;
   }
-  return { seed, index, endpoint, method, path, headers, body: bytes, chunked: r() < 0.1, ops };
+  const chunked = r() < 0.1;
+  let abortAfterMs: number | null = null;
+  if (r() < 0.04) {
+    ops.push("disconnect");
+    abortAfterMs = pick(r, [-1, 0, 0, 1, 2, 5, 10]);
+  }
+  return { seed, index, endpoint, method, path, headers, body: bytes, chunked, abortAfterMs, ops };
 }
 
 // ---- binary headers ----

@@ -15,6 +15,7 @@ import type { ModelWeights } from "../core/weights.ts";
 import { adapterFromBytes, loadModelFromBytes } from "../io/from_bytes.ts";
 import type { App } from "../server/app.ts";
 import { ERROR_TYPES } from "../server/errors.ts";
+import { sampleValue } from "../server/metrics.ts";
 import { readSse } from "../server/sse.ts";
 import { type MutatedRequest, mutateRequest, mutateSafetensors, VALID_BODIES } from "./mutate.ts";
 
@@ -30,7 +31,7 @@ export interface Finding {
   /** The input itself (the body, or the file). */
   bytes: Uint8Array;
   /** Requests: how it was sent. */
-  request?: { method: string; path: string; headers: Record<string, string>; chunked: boolean };
+  request?: Pick<MutatedRequest, "method" | "path" | "headers" | "chunked" | "abortAfterMs">;
 }
 
 export interface RequestReport {
@@ -43,7 +44,11 @@ export interface RequestReport {
   crashes: number;
   hangs: number;
   bad_error_bodies: number;
+  /** Jobs queued or running and requests counted in flight once every answer was read (must be 0). */
+  left_in_flight: number;
   slowest_ms: number;
+  /** The slowest request (replay it with its seed and index). */
+  slowest?: { index: number; endpoint: string; ops: string[] };
   wall_s: number;
 }
 
@@ -52,7 +57,7 @@ export interface HeaderReport {
   seed: number;
   model: Record<string, number>;
   adapter: Record<string, number>;
-  /** JudgeQError params, by the first segment of the field they name. */
+  /** JudgeQError params, by the field they name (tensor names folded into "<tensor>"). */
   error_params: Record<string, number>;
   crashes: number;
   hangs: number;
@@ -64,7 +69,11 @@ export interface HeaderReport {
 const bump = (m: Record<string, number>, k: string, n = 1) => (m[k] = (m[k] ?? 0) + n);
 
 /** A Request for a mutation; `{id}` becomes `contextId`. */
-export function toRequest(m: MutatedRequest, contextId: string, signal?: AbortSignal): Request {
+export function toRequest(
+  m: Pick<MutatedRequest, "method" | "path" | "headers" | "body" | "chunked">,
+  contextId: string,
+  signal?: AbortSignal,
+): Request {
   const url = "http://fuzz.local" + m.path.replace("{id}", contextId);
   const hasBody = m.method !== "GET" && m.method !== "HEAD";
   let body: BodyInit | undefined;
@@ -145,6 +154,8 @@ export interface RequestFuzzOptions {
   timeoutMs: number;
   /** Internal errors the app logged since the last call (the app's `log` option collects them). */
   drainLog: () => string[];
+  /** Requests in flight at once (default 1: findings then replay exactly; more exercises the queue). */
+  concurrency?: number;
   /** Called with each finding as it happens. */
   onFinding?: (f: Finding) => void;
   onProgress?: (done: number) => void;
@@ -170,6 +181,7 @@ export async function fuzzRequests(
     crashes: 0,
     hangs: 0,
     bad_error_bodies: 0,
+    left_in_flight: 0,
     slowest_ms: 0,
     wall_s: 0,
   };
@@ -188,41 +200,60 @@ export async function fuzzRequests(
     findings.push(f);
     o.onFinding?.(f);
   };
-  for (let i = 0; i < o.requests; i++) {
+  const one = async (i: number) => {
     const m = mutateRequest(o.seed, i, o.maxBodyBytes);
-    const request = { method: m.method, path: m.path, headers: m.headers, chunked: m.chunked };
+    const request = {
+      method: m.method,
+      path: m.path,
+      headers: m.headers,
+      chunked: m.chunked,
+      abortAfterMs: m.abortAfterMs,
+    };
     const finding = (kind: Finding["kind"], detail: string) =>
       found({ kind, target: "request", seed: o.seed, index: i, detail, ops: m.ops, bytes: m.body, request });
     const abort = new AbortController();
     const started = performance.now();
-    let timer: number | undefined;
-    const timeout = new Promise<"timeout">((
-      resolve,
-    ) => (timer = setTimeout(() => resolve("timeout"), o.timeoutMs)));
+    let timer: number | undefined, disconnect: number | undefined;
+    const timeout = new Promise<"timeout">((resolve) => {
+      timer = setTimeout(() => resolve("timeout"), o.timeoutMs);
+    });
+    if (m.abortAfterMs !== null && m.abortAfterMs > 0) {
+      disconnect = setTimeout(() => abort.abort(), m.abortAfterMs);
+    }
     let outcome: Awaited<ReturnType<typeof judge>> | "timeout";
     try {
-      outcome = await Promise.race([
-        app.handler(toRequest(m, contextId, abort.signal)).then(judge),
-        timeout,
-      ]);
+      if (m.abortAfterMs === -1) abort.abort();
+      const answer = app.handler(toRequest(m, contextId, abort.signal));
+      if (m.abortAfterMs === 0) abort.abort();
+      outcome = await Promise.race([answer.then(judge), timeout]);
     } catch (e) {
-      outcome = { status: -1, problem: `threw ${e instanceof Error ? (e.stack ?? e.message) : String(e)}` };
+      // A client that left may see its body stream end in an error; anything else thrown is a crash.
+      outcome = abort.signal.aborted
+        ? { status: 499, problem: null }
+        : { status: -1, problem: `threw ${e instanceof Error ? (e.stack ?? e.message) : String(e)}` };
     } finally {
       clearTimeout(timer);
+      clearTimeout(disconnect);
     }
     const ms = performance.now() - started;
-    report.slowest_ms = Math.max(report.slowest_ms, ms);
+    if (ms > report.slowest_ms) {
+      report.slowest_ms = ms;
+      report.slowest = { index: i, endpoint: m.endpoint, ops: m.ops };
+    }
     report.requests++;
     bump(report.by_endpoint, m.endpoint);
     const logged = o.drainLog();
+    // A handler that blocks the event loop answers late but answers: its time alone makes it a hang.
+    if (outcome !== "timeout" && ms > o.timeoutMs) outcome = "timeout";
     if (outcome === "timeout") {
       abort.abort();
       report.hangs++;
       bump(report.by_status, "timeout");
-      finding("hang", `no answer within ${o.timeoutMs} ms`);
-      continue;
+      finding("hang", `no answer within ${o.timeoutMs} ms (${Math.round(ms)} ms)`);
+      return;
     }
-    bump(report.by_status, String(outcome.status));
+    const left = abort.signal.aborted;
+    bump(report.by_status, left ? `disconnected:${outcome.status}` : String(outcome.status));
     if (outcome.streamError) bump(report.stream_errors, outcome.streamError);
     if (outcome.status >= 500 || outcome.status < 0 || logged.length) {
       report.crashes++;
@@ -230,7 +261,7 @@ export async function fuzzRequests(
         "crash",
         [`status ${outcome.status}`, outcome.problem ?? "", ...logged].filter(Boolean).join("; "),
       );
-    } else if (outcome.problem) {
+    } else if (outcome.problem && !left) {
       report.bad_error_bodies++;
       finding("bad_error_body", `status ${outcome.status}: ${outcome.problem}`);
     }
@@ -239,7 +270,37 @@ export async function fuzzRequests(
     if (made?.object === "context" && typeof made.id === "string" && made.id !== contextId) {
       app.contexts.delete(made.id);
     }
-    o.onProgress?.(i + 1);
+    o.onProgress?.(report.requests);
+  };
+  let next = 0;
+  const concurrent = (o.concurrency ?? 1) > 1;
+  const worker = async () => {
+    while (next < o.requests) {
+      await one(next++);
+      // In process, a refused request is answered within microtasks: without a turn of the event loop
+      // between requests, concurrent workers would starve the jobs' timers (a network server never does).
+      if (concurrent) await new Promise((r) => setTimeout(r, 0));
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, o.concurrency ?? 1) }, worker));
+  // Nothing left behind: no job queued or running, no request counted in flight.
+  const idleBy = performance.now() + o.timeoutMs;
+  const busy = () =>
+    app.queue.depth + app.queue.inFlight +
+    sampleValue(app.metrics.render(), "judgeq_http_requests_in_flight");
+  while (busy() > 0 && performance.now() < idleBy) await new Promise((r) => setTimeout(r, 10));
+  report.left_in_flight = busy();
+  if (report.left_in_flight > 0) {
+    report.hangs++;
+    found({
+      kind: "hang",
+      target: "request",
+      seed: o.seed,
+      index: -1,
+      detail: `${report.left_in_flight} jobs or requests still in flight after the run`,
+      ops: [],
+      bytes: new Uint8Array(),
+    });
   }
   report.wall_s = Math.round(performance.now() - t0) / 1000;
   return { report, findings };
@@ -257,9 +318,19 @@ export interface HeaderFuzzOptions {
   weights: ModelWeights;
   /** A parse slower than this is a hang. */
   timeoutMs: number;
+  /** The loaders under test (default: loadModelFromBytes on the CPU executor; decodeAdapter, then adapterFromBytes). */
+  loadModel?: (safetensors: Uint8Array) => Promise<unknown>;
+  loadAdapter?: (adapter: Uint8Array) => Promise<unknown>;
   onFinding?: (f: Finding) => void;
   onProgress?: (done: number) => void;
 }
+
+/** A param without its tensor's name: "model.safetensors:<tensor>", "<tensor>", "adapter:__metadata__.format". */
+const paramClass = (p: string) => {
+  const [file, rest] = p.split(/:(.*)/s);
+  if (rest === undefined) return /\.(weight|bias)$/.test(file) ? "<tensor>" : file; // the weights' own checks
+  return rest.startsWith("__metadata__") ? p : `${file}:<tensor>`;
+};
 
 /** What a loader did with one input: "ok", a JudgeQError's kind, or a finding. */
 async function attempt(
@@ -297,6 +368,25 @@ export async function fuzzHeaders(
     slowest_ms: 0,
     wall_s: 0,
   };
+  const loadModel = o.loadModel ?? ((safetensors: Uint8Array) =>
+    loadModelFromBytes({
+      config: o.config,
+      tokenizer: o.tokenizer,
+      safetensors,
+      adapter: null,
+      executor: "cpu",
+      warn: () => {},
+    }));
+  const loadAdapter = o.loadAdapter ?? (async (bytes: Uint8Array) => {
+    const d = decodeAdapter(bytes);
+    if (E.isLeft(d)) {
+      if (!(d.left instanceof JudgeQError)) {
+        throw new Error(`decodeAdapter's Left is not a JudgeQError: ${d.left}`);
+      }
+      throw d.left;
+    }
+    return await adapterFromBytes(bytes, o.weights);
+  });
   for (let i = 0; i < o.mutations; i++) {
     const target = i % 2 === 0 ? "model" : "adapter";
     const index = Math.floor(i / 2);
@@ -306,27 +396,7 @@ export async function fuzzHeaders(
       target === "model" ? o.safetensors : o.adapter,
       target,
     );
-    const r = target === "model"
-      ? await attempt(() =>
-        loadModelFromBytes({
-          config: o.config,
-          tokenizer: o.tokenizer,
-          safetensors: bytes,
-          adapter: null,
-          executor: "cpu",
-          warn: () => {},
-        })
-      )
-      : await attempt(async () => {
-        const d = decodeAdapter(bytes);
-        if (E.isLeft(d)) {
-          if (!(d.left instanceof JudgeQError)) {
-            throw new Error(`decodeAdapter's Left is not a JudgeQError: ${d.left}`);
-          }
-          throw d.left;
-        }
-        await adapterFromBytes(bytes, o.weights);
-      });
+    const r = await attempt(() => target === "model" ? loadModel(bytes) : loadAdapter(bytes));
     report.mutations++;
     report.slowest_ms = Math.max(report.slowest_ms, r.ms);
     bump(report[target], r.outcome);
@@ -345,7 +415,7 @@ export async function fuzzHeaders(
       if (!r.param) {
         report.unnamed++;
         finding("bad_error_body", `a ${r.outcome} error naming no field`);
-      } else bump(report.error_params, r.param.split(/[:.]/)[0]);
+      } else bump(report.error_params, paramClass(r.param));
     }
     o.onProgress?.(i + 1);
   }
