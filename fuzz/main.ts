@@ -1,7 +1,8 @@
 /**
  * deno task fuzz: seeded fuzzing of the service's inputs, in process (no sockets).
- *   deno task fuzz [--requests 10000] [--headers 2000] [--seed 1 --seed 2 ...] [--timeout 10]
- *                  [--max-body-bytes 16384] [--max-tokens-per-request 8] [--executor wasm] [--out fuzz/out]
+ *   deno task fuzz [--requests 10000] [--headers 2000] [--seed 1 --seed 2 ...] [--timeout 2]
+ *                  [--concurrency 1] [--max-body-bytes 1048576] [--max-tokens-per-request 8] [--executor wasm]
+ *                  [--out fuzz/out]
  *   deno task fuzz --replay fuzz/out/<finding>.json
  * Requests go through the app's handler over the embedded stories260K; safetensors and adapter headers
  * through loadModelFromBytes and the adapter decoder. Prints one JSON report per seed; every finding
@@ -39,10 +40,14 @@ const SPEC = {
   },
   timeout: {
     kind: "number",
-    help: "seconds after which a request or a parse is a hang (default 10)",
-    default: 10,
+    help: "seconds after which a request or a parse is a hang (default 2)",
+    default: 2,
   },
-  "max-body-bytes": { kind: "int", help: "the server's body limit (default 16384)", default: 16384 },
+  "max-body-bytes": {
+    kind: "int",
+    help: "the server's body limit (default 1048576, the server's own default)",
+    default: 1 << 20,
+  },
   "max-tokens-per-request": { kind: "int", help: "the server's token limit (default 8)", default: 8 },
   ...executorFlags("wasm"),
   out: { kind: "string", help: "where findings are saved (default fuzz/out)", default: "fuzz/out" },
@@ -179,10 +184,12 @@ async function replay(path: string, app: ReturnType<typeof createApp>, logged: s
     if (after !== null && after > 0) setTimeout(() => abort.abort(), after);
     if (after === -1) abort.abort();
     try {
+      const t0 = performance.now();
       const answer = app.handler(toRequest({ ...meta.request!, body: bytes }, id, abort.signal));
       if (after === 0) abort.abort();
       const res = await answer;
-      console.log(res.status, await res.text());
+      const text = await res.text();
+      console.log(`${res.status} in ${Math.round(performance.now() - t0)} ms: ${text}`);
     } catch (e) {
       console.log(`${abort.signal.aborted ? "disconnected: " : ""}${e instanceof Error ? e.stack : e}`);
     }

@@ -213,7 +213,7 @@ export async function fuzzRequests(
       found({ kind, target: "request", seed: o.seed, index: i, detail, ops: m.ops, bytes: m.body, request });
     const abort = new AbortController();
     const started = performance.now();
-    let timer: number | undefined, disconnect: number | undefined;
+    let timer: ReturnType<typeof setTimeout> | undefined, disconnect: typeof timer;
     const timeout = new Promise<"timeout">((resolve) => {
       timer = setTimeout(() => resolve("timeout"), o.timeoutMs);
     });
