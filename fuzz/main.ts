@@ -118,6 +118,9 @@ async function main(argv: string[]): Promise<number> {
       ["config.json", "tokenizer.json", "model.safetensors", "judgeq.safetensors"].map(read),
     );
     const { weights } = await parseModelBytes({ config, tokenizer, safetensors });
+    const tempDir = await Deno.makeTempDir({ prefix: "judgeq-fuzz-" });
+    await Deno.writeFile(`${tempDir}/config.json`, config);
+    await Deno.writeFile(`${tempDir}/tokenizer.json`, tokenizer);
     let findings = 0;
     for (const seed of seeds) {
       const onFinding = (x: Finding) => {
@@ -144,6 +147,7 @@ async function main(argv: string[]): Promise<number> {
         adapter,
         weights,
         timeoutMs,
+        tempDir,
         onFinding,
       });
       for (const x of [...r.findings, ...h.findings]) {
@@ -155,6 +159,7 @@ async function main(argv: string[]): Promise<number> {
       );
       if (polluted) findings++;
     }
+    await Deno.remove(tempDir, { recursive: true });
     findings += unhandled;
     console.log(JSON.stringify({ seeds, findings, unhandled_rejections: unhandled }));
     return findings === 0 ? 0 : 1;

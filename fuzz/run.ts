@@ -13,6 +13,8 @@ import { decodeAdapter } from "../core/adapter.ts";
 import { JudgeQError } from "../core/errors.ts";
 import type { ModelWeights } from "../core/weights.ts";
 import { adapterFromBytes, loadModelFromBytes } from "../io/from_bytes.ts";
+import { loadModelDir } from "../io/model_dir.ts";
+import { readAdapter } from "../io/runtime.ts";
 import type { App } from "../server/app.ts";
 import { ERROR_TYPES } from "../server/errors.ts";
 import { sampleValue } from "../server/metrics.ts";
@@ -21,7 +23,7 @@ import { type MutatedRequest, mutateRequest, mutateSafetensors, VALID_BODIES } f
 
 /** An input that broke a rule, with what is needed to replay it. */
 export interface Finding {
-  kind: "crash" | "hang" | "bad_error_body";
+  kind: "crash" | "hang" | "bad_error_body" | "mismatch";
   /** "request" (a MutatedRequest), "model" or "adapter" (a safetensors file). */
   target: "request" | "model" | "adapter";
   seed: number;
@@ -62,6 +64,9 @@ export interface HeaderReport {
   crashes: number;
   hangs: number;
   unnamed: number;
+  /** Mutations also loaded from a file, and how many of those got another verdict there. */
+  from_disk: number;
+  disk_mismatches: number;
   slowest_ms: number;
   wall_s: number;
 }
@@ -318,6 +323,11 @@ export interface HeaderFuzzOptions {
   weights: ModelWeights;
   /** A parse slower than this is a hang. */
   timeoutMs: number;
+  /**
+   * A directory holding config.json and tokenizer.json: mutated files are also written there and loaded
+   * from disk (every adapter, every fourth model), whose verdict must be the bytes loaders' own.
+   */
+  tempDir?: string;
   /** The loaders under test (default: loadModelFromBytes on the CPU executor; decodeAdapter, then adapterFromBytes). */
   loadModel?: (safetensors: Uint8Array) => Promise<unknown>;
   loadAdapter?: (adapter: Uint8Array) => Promise<unknown>;
@@ -365,6 +375,8 @@ export async function fuzzHeaders(
     crashes: 0,
     hangs: 0,
     unnamed: 0,
+    from_disk: 0,
+    disk_mismatches: 0,
     slowest_ms: 0,
     wall_s: 0,
   };
@@ -416,6 +428,21 @@ export async function fuzzHeaders(
         report.unnamed++;
         finding("bad_error_body", `a ${r.outcome} error naming no field`);
       } else bump(report.error_params, paramClass(r.param));
+    }
+    // The same file from disk (io/model_dir.ts, io/runtime.ts's readAdapter): the same verdict.
+    if (o.tempDir && (target === "adapter" || index % 4 === 0)) {
+      const path = `${o.tempDir}/${target === "model" ? "model.safetensors" : "judgeq.safetensors"}`;
+      await Deno.writeFile(path, bytes);
+      const d = await attempt(() =>
+        target === "model" ? loadModelDir(o.tempDir!) : readAdapter(path, o.weights)
+      );
+      report.from_disk++;
+      if (d.outcome !== r.outcome || d.param !== r.param) {
+        report.disk_mismatches++;
+        const what = (x: typeof d) =>
+          `${x.outcome}${x.param ? ` (${x.param})` : ""}${x.problem ? `: ${x.problem}` : ""}`;
+        finding(d.outcome === "crash" ? "crash" : "mismatch", `from bytes ${what(r)}, from disk ${what(d)}`);
+      }
     }
     o.onProgress?.(i + 1);
   }

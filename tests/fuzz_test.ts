@@ -68,11 +68,14 @@ Deno.test("fuzz: 1,000 request mutations (seed 14): no 5xx, no hang, no crash, e
   }
 });
 
-Deno.test("fuzz: 500 safetensors and adapter header mutations (seed 14): each loads or names its field", async () => {
+Deno.test("fuzz: 500 safetensors and adapter header mutations (seed 14): each loads or names its field, from bytes and from disk alike", async () => {
   const [config, tokenizer, safetensors, adapter] = await Promise.all(
     ["config.json", "tokenizer.json", "model.safetensors", "judgeq.safetensors"].map(read),
   );
   const { weights } = await parseModelBytes({ config, tokenizer, safetensors });
+  const tempDir = await Deno.makeTempDir({ prefix: "judgeq-fuzz-" });
+  await Deno.writeFile(`${tempDir}/config.json`, config);
+  await Deno.writeFile(`${tempDir}/tokenizer.json`, tokenizer);
   const { report, findings } = await fuzzHeaders({
     seed: SEED,
     mutations: 500,
@@ -82,13 +85,16 @@ Deno.test("fuzz: 500 safetensors and adapter header mutations (seed 14): each lo
     adapter,
     weights,
     timeoutMs: 5000,
-  });
+    tempDir,
+  }).finally(() => Deno.remove(tempDir, { recursive: true }));
   const detail = JSON.stringify(
     { report, findings: findings.slice(0, 3) },
     (k, v) => k === "bytes" ? undefined : v,
   );
   assertEquals([report.crashes, report.hangs, report.unnamed, findings.length], [0, 0, 0, 0], detail);
   assertEquals(report.mutations, 500);
+  // Every adapter and every fourth model file also went through the loaders that read from disk.
+  assertEquals([report.from_disk, report.disk_mismatches], [250 + 63, 0], detail);
   // Most are refused, by the right kind of error; some (metadata, extra fields) still load.
   assert(report.model.invalid_model_file > 150 && report.model.ok > 0, detail);
   assert(report.adapter.invalid_adapter > 150 && report.adapter.ok > 0, detail);
