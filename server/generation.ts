@@ -16,7 +16,9 @@ import {
 } from "../core/engine.ts";
 import type { DecodeCompressionRequest, DecodeCompressionStats } from "../core/decode_compression.ts";
 import type { CompressionStats } from "../core/interpret.ts";
+import { fail } from "../core/errors.ts";
 import type { CompressionRequest } from "../core/plan.ts";
+import type { TextTokenizer } from "../core/tokenizer.ts";
 import { Cancelled, HttpError } from "./errors.ts";
 import { OutputText } from "./output.ts";
 import { type PartialWork, TimeLimitExceeded } from "./turns.ts";
@@ -152,6 +154,38 @@ const coreSampling = (p: DecodeParams) => ({
   allowSpecialTokens: p.allowSpecialTokens,
 });
 
+/** The longest vocabulary entry of each tokenizer, in UTF-16 code units. */
+const longestPiece = new WeakMap<TextTokenizer, number>();
+
+/**
+ * Refuses a text that cannot fit the model's context without tokenizing all of it: a body-sized text
+ * (a megabyte) takes seconds to tokenize, on the event loop. A text longer than the context could hold
+ * four times over, were every token the vocabulary's longest, has its first that many characters
+ * tokenized alone: over twice the context there, the whole cannot fit (422 naming the field, as the
+ * core's own check). Shorter texts, and long ones the tokenizer shrinks, are left to the core.
+ */
+export function refuseOverlong(model: Model, text: string, param: string, allowSpecial: boolean) {
+  const tok = model.tokenizer, context = model.config.maxSeqLen;
+  let piece = longestPiece.get(tok);
+  if (piece === undefined) {
+    piece = 1;
+    for (let id = 0; id < tok.vocabSize; id++) piece = Math.max(piece, tok.idToToken(id)?.length ?? 0);
+    longestPiece.set(tok, piece);
+  }
+  let end = 4 * context * piece;
+  if (text.length <= end) return;
+  const high = text.charCodeAt(end - 1);
+  if (high >= 0xd800 && high <= 0xdbff) end--; // not half a surrogate pair
+  const n = tok.encode(text.slice(0, end), { addBos: false, allowSpecial }).length;
+  if (n > 2 * context) {
+    throw fail(
+      "unprocessable",
+      `at least ${n} tokens (in its first ${end} of ${text.length} characters) leave no room in the model's context of ${context}`,
+      param,
+    );
+  }
+}
+
 /**
  * Checks a request against the model before it is queued (so 400/422 come before any streamed 200).
  * Throws the core's JudgeQError.
@@ -165,6 +199,14 @@ export function precheck(
   compression: CompressionRequest | null,
   p: DecodeParams,
 ) {
+  const special = p.allowSpecialTokens;
+  if ("prompt" in input && typeof input.prompt === "string") {
+    refuseOverlong(model, input.prompt, "prompt", special);
+  }
+  if ("context" in input) refuseOverlong(model, input.context, "context", special);
+  if ("questions" in input) {
+    input.questions.forEach((q, i) => refuseOverlong(model, q, `questions.${i}`, special));
+  }
   if ("contextTokens" in input) {
     const questions = input.questions.map((q) =>
       model.tokenizer.encode(q, { addBos: false, allowSpecial: p.allowSpecialTokens })
@@ -214,6 +256,7 @@ export function precheckContext(
   compression: CompressionRequest | null,
   allowSpecial = false,
 ) {
+  refuseOverlong(model, context, "context", allowSpecial);
   const plan = planFor(model, {
     input: {
       kind: "context",

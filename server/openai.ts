@@ -6,7 +6,7 @@ import { Template } from "@huggingface/jinja";
 import type { CompressionRequest } from "../core/plan.ts";
 import { encodeTemplate, type TextTokenizer } from "../core/tokenizer.ts";
 import { HttpError } from "./errors.ts";
-import { type JobOutput, type JobResult, precheck, runPrompt } from "./generation.ts";
+import { type JobOutput, type JobResult, precheck, refuseOverlong, runPrompt } from "./generation.ts";
 import { type ChatMessage, chatSchema, completionSchema } from "./schemas.ts";
 import type { DecodeFields, Service, Shape } from "./service.ts";
 import { compressionJson } from "./wire.ts";
@@ -145,10 +145,11 @@ export const completions = (svc: Service): Handler => async (req) => {
 export const chat = (svc: Service): Handler => async (req) => {
   const b = await svc.parse(req, chatSchema);
   svc.checkModel(b.model);
-  const content = (m: ChatMessage) =>
-    typeof m.content === "string" ? m.content : (m.content ?? []).map((p) => p.text).join("");
-  svc.admit([{ text: b.messages.map(content).join(""), param: "messages" }]);
-  const prompt = encodeChat(svc.model.tokenizer, b.messages, b.allow_special_tokens ?? false);
+  svc.admit([{ text: b.messages.map((m) => textOf(m.content)).join(""), param: "messages" }]);
+  const special = b.allow_special_tokens ?? false;
+  const texts = b.messages.flatMap((m) => [textOf(m.content), m.name ?? ""]);
+  refuseOverlong(svc.model, texts.join("\n"), "messages", special); // before the template renders it all
+  const prompt = encodeChat(svc.model.tokenizer, b.messages, special);
   const maxTokensParam = b.max_completion_tokens != null ? "max_completion_tokens" : "max_tokens";
   return run(
     svc,
