@@ -12,6 +12,9 @@ type Phase = "head" | "busy" | "idle";
 
 const post = (m: FromFront) => self.postMessage(m);
 
+/** Per direction and connection: small, as connections held open until their deadline each hold two. */
+const RELAY_BUFFER_BYTES = 16 << 10;
+
 class Relay {
   phase: Phase = "head";
   inFlight = 0;
@@ -96,7 +99,7 @@ async function relayConnection(client: Deno.Conn, o: Start) {
   post({ type: "open", port }); // the main thread serves this port's requests once it knows it
   /** Relays the client's bytes; false when the client failed (gone), true when it ended or upstream refused. */
   const toUpstream = async (): Promise<boolean> => {
-    const buf = new Uint8Array(64 << 10);
+    const buf = new Uint8Array(RELAY_BUFFER_BYTES);
     for (;;) {
       let n: number | null;
       try {
@@ -116,7 +119,7 @@ async function relayConnection(client: Deno.Conn, o: Start) {
     return true;
   };
   const toClient = async () => {
-    const buf = new Uint8Array(64 << 10);
+    const buf = new Uint8Array(RELAY_BUFFER_BYTES);
     for (let n = await upstream.read(buf); n !== null; n = await upstream.read(buf)) {
       const own = layerAnswer(buf.subarray(0, n));
       if (own) {

@@ -559,7 +559,8 @@ Deno.test("hardening: through the front, a stream is relayed as it comes and a c
 });
 
 Deno.test({
-  name: "server/main.ts: --header-timeout-s and --idle-timeout-s are checked, and cut a silent connection",
+  name:
+    "server/main.ts: --header-timeout-s and --idle-timeout-s are checked; the real server cuts each attack",
   ignore: Deno.build.os === "windows",
   fn: async () => {
     for (
@@ -580,8 +581,30 @@ Deno.test({
     }
     const s = await serve(["--header-timeout-s", "1", "--idle-timeout-s", "1"]);
     try {
-      const r = await raw(s.port, async () => {});
-      assert(r.closedAfterS >= 0.9 && r.closedAfterS < 4, `closed after ${r.closedAfterS} s`);
+      // The four attacks against the real process, at once: silence, a byte every 100 ms, an idle
+      // keep-alive connection, a broken header line.
+      const [silent, trickle, idle, broken] = await Promise.all([
+        raw(s.port, async () => {}),
+        raw(s.port, async (c) => {
+          for (const ch of "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + "a".repeat(100)) {
+            await c.write(enc.encode(ch));
+            await sleep(100);
+          }
+        }),
+        raw(s.port, async (c) => {
+          await c.write(enc.encode("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"));
+        }),
+        raw(s.port, async (c) => {
+          await c.write(enc.encode("GET /healthz HTTP/1.1\r\nHost: x\r\nBroken\r\n\r\n"));
+        }),
+      ]);
+      for (const [name, r] of [["silent", silent], ["trickle", trickle], ["idle", idle]] as const) {
+        assert(r.closedAfterS >= 0.9 && r.closedAfterS < 4, `${name}: closed after ${r.closedAfterS} s`);
+      }
+      assertEquals([silent.text, trickle.text], ["", ""]);
+      assert(idle.text.startsWith("HTTP/1.1 200"), idle.text);
+      assert(broken.text.startsWith("HTTP/1.1 400"), broken.text);
+      assertEquals(JSON.parse(broken.text.split("\r\n\r\n")[1]).error.type, "invalid_request_error");
       const ok = await fetch(`${s.base}/healthz`);
       assertEquals(ok.status, 200);
       await ok.body?.cancel();
