@@ -3,8 +3,10 @@
  * run.c). It is the oracle the WebGPU executor and every scorer are checked against.
  */
 import { type ModelConfig, ropeInverseFrequencies } from "../config.ts";
+import { checkSnapshot } from "../cache_snapshot.ts";
 import type {
   CacheMark,
+  CacheSnapshot,
   DecodeOptions,
   DecodeResult,
   Executor,
@@ -272,6 +274,36 @@ export class CpuSession implements KvSession {
     return Promise.resolve(copy);
   }
 
+  exportCache(): Promise<CacheSnapshot> {
+    const c = this.config, hd = c.headDim, cache = this.cache, n = cache.counts;
+    return Promise.resolve({
+      nLayers: c.nLayers,
+      nKvHeads: c.nKvHeads,
+      headDim: hd,
+      nextPosition: this.nextPosition,
+      positions: cache.positions.map((p, s) => p.slice(0, n[s])),
+      keys: cache.keys.map((k, s) => k.slice(0, n[s] * hd)),
+      values: cache.values.map((v, s) => v.slice(0, n[s] * hd)),
+      logits: this.logits ? this.logits.slice() : null,
+    });
+  }
+
+  /** A session holding `snap` (checked by the executor). */
+  static restore(weights: ModelWeights, snap: CacheSnapshot, capacity: number): CpuSession {
+    const c = weights.config;
+    const cache = new CpuKvCache(c.nLayers, c.nKvHeads, c.headDim, capacity);
+    for (let s = 0; s < snap.positions.length; s++) {
+      cache.positions[s].set(snap.positions[s]);
+      cache.keys[s].set(snap.keys[s]);
+      cache.values[s].set(snap.values[s]);
+      cache.counts[s] = snap.positions[s].length;
+    }
+    const session = new CpuSession(weights, cache);
+    session.nextPosition = snap.nextPosition;
+    session.logits = snap.logits ? snap.logits.slice() : null;
+    return session;
+  }
+
   dispose() {}
 }
 
@@ -285,6 +317,10 @@ export class CpuExecutor implements Executor {
   createSession(capacity: number): CpuSession {
     const c = this.config;
     return new CpuSession(this.weights, new CpuKvCache(c.nLayers, c.nKvHeads, c.headDim, capacity));
+  }
+  restoreSession(snapshot: CacheSnapshot, capacity: number): Promise<KvSession> {
+    checkSnapshot(snapshot, this.config, capacity);
+    return Promise.resolve(CpuSession.restore(this.weights, snapshot, capacity));
   }
   dispose() {}
 }
