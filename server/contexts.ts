@@ -16,6 +16,12 @@ export interface StoredContext {
   removed: boolean;
 }
 
+/** A fresh context id: "ctx_" and 32 hex digits. */
+export const newContextId = () => `ctx_${crypto.randomUUID().replaceAll("-", "")}`;
+
+/** What an id must look like to be looked up in a shared store (anything else is simply unknown). */
+export const CONTEXT_ID = /^ctx_[0-9a-f]{32}$/;
+
 export interface ContextStoreOptions {
   ttlMs: number;
   maxBytes: number;
@@ -60,8 +66,11 @@ export class ContextStore {
     return e.lastUsed + this.opts.ttlMs;
   }
 
-  /** Lists a new context, evicting the least recently used until it fits; 422 if it cannot fit alone. */
-  add(ctx: CompressedContext): StoredContext {
+  /**
+   * Lists a new context, evicting the least recently used until it fits; 422 if it cannot fit alone.
+   * `as` lists it under a known id and creation time (a context restored from a shared store).
+   */
+  add(ctx: CompressedContext, as?: { id: string; createdAt: number }): StoredContext {
     const bytes = ctx.session.kvBytes();
     if (bytes > this.opts.maxBytes) {
       ctx.session.dispose();
@@ -78,11 +87,12 @@ export class ContextStore {
       this.evicted++;
     }
     const t = this.now();
+    if (as) this.delete(as.id);
     const e: StoredContext = {
-      id: `ctx_${crypto.randomUUID().replaceAll("-", "")}`,
+      id: as?.id ?? newContextId(),
       ctx,
       bytes,
-      createdAt: t,
+      createdAt: as?.createdAt ?? t,
       lastUsed: t,
       users: 0,
       removed: false,

@@ -131,7 +131,8 @@ export const createContext = (svc: Service): Handler => async (req) => {
   }
   svc.metrics.promptTokens.inc({}, ctx.contextTokens.length);
   svc.metrics.kvBytesSaved.inc({}, ctx.stats.kvBytesBefore - ctx.stats.kvBytesAfter);
-  const entry = svc.contexts.add(ctx); // may evict older contexts, or refuse one over the cap (422)
+  // May evict older contexts, refuse one over the cap (422), or fail while a shared store is down (503).
+  const entry = await svc.contexts.create(ctx);
   return jsonResponse({
     ...contextJson(svc, entry, b.return_positions ?? false),
     timings_ms: timingsJson(ctx.timings, queueMs, runMs),
@@ -148,7 +149,8 @@ export const contextGenerate = (svc: Service): Handler => async (req, [id]) => {
   const questions = b.questions ?? (b.question !== undefined ? [b.question] : null);
   if (!questions) throw new HttpError(400, "question is required", "question");
   const p = svc.decodeParams(b, { maxTokens: 64, temperature: 0, outputs: questions.length });
-  const entry = svc.contexts.acquire(id); // held until the job ends, so eviction cannot free it mid-answer
+  // Held until the job ends, so eviction cannot free it mid-answer; restored from a shared store if need be.
+  const entry = await svc.contexts.acquire(id);
   const decode = (b.kv_compression?.decode ?? null) as DecodeCompressionRequest | null;
   try {
     const compression = answerCompression(entry.ctx, decode);
@@ -166,17 +168,15 @@ export const contextGenerate = (svc: Service): Handler => async (req, [id]) => {
   );
 };
 
-export const getContext = (svc: Service): Handler => (_req, [id]) => {
-  const e = svc.contexts.peek(id);
-  if (!e) return Promise.reject(new HttpError(404, `no context ${JSON.stringify(id)}`, "id"));
-  return Promise.resolve(jsonResponse(contextJson(svc, e, false)));
+export const getContext = (svc: Service): Handler => async (_req, [id]) => {
+  const e = await svc.contexts.info(id);
+  if (!e) throw new HttpError(404, `no context ${JSON.stringify(id)}`, "id");
+  return jsonResponse(contextJson(svc, e, false));
 };
 
-export const deleteContext = (svc: Service): Handler => (_req, [id]) => {
-  if (!svc.contexts.delete(id)) {
-    return Promise.reject(new HttpError(404, `no context ${JSON.stringify(id)}`, "id"));
-  }
-  return Promise.resolve(jsonResponse({ id, object: "context.deleted", deleted: true }));
+export const deleteContext = (svc: Service): Handler => async (_req, [id]) => {
+  if (!(await svc.contexts.delete(id))) throw new HttpError(404, `no context ${JSON.stringify(id)}`, "id");
+  return jsonResponse({ id, object: "context.deleted", deleted: true });
 };
 
 export const models = (svc: Service): Handler => () => {
@@ -208,7 +208,9 @@ export const healthz = (svc: Service): Handler => () => {
     executor: svc.model.executor.kind,
     queue_depth: svc.queue.depth,
     in_flight: svc.queue.inFlight,
-    contexts: svc.contexts.size,
+    contexts: svc.local.size,
+    // Generation does not need the shared store: a replica with it down still serves (and stays healthy).
+    context_store: { kind: svc.contexts.kind, status: svc.contexts.health() },
   }, status === "ok" ? 200 : 503));
 };
 
