@@ -107,7 +107,7 @@ export async function decodeContext(
     const issue = meta.error.issues[0];
     throw new CorruptContext(id, `header field 'meta.${issue.path.join(".")}': ${issue.message}`);
   }
-  const m = meta.data;
+  const m = blob.meta as z.infer<typeof metaSchema>; // as stored (the parse reorders keys)
   let session;
   try {
     session = await model.executor.restoreSession(blob.snapshot, m.capacity);
