@@ -1,4 +1,3 @@
-// deno-lint-ignore-file no-explicit-any
 /**
  * Contexts shared through a real Redis (started here on a free port; skipped where redis-server is
  * absent): a context's cache restored bit for bit on the CPU reference and the fast CPU executor, the
