@@ -89,6 +89,12 @@ export function createApp(model: Model, options: Partial<AppOptions> = {}): App 
     "counter",
   );
   metrics.gauge(
+    "judgeq_contexts_restored_total",
+    "Contexts restored from the shared context store (another replica made them, or this one evicted them).",
+    () => svc.contexts.restored,
+    "counter",
+  );
+  metrics.gauge(
     "judgeq_device_lost",
     "1 once the executor's device is lost.",
     () => (svc.deviceLost() ? 1 : 0),

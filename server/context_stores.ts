@@ -22,6 +22,8 @@ export interface Contexts {
   info(id: string): Promise<StoredContext | undefined>;
   delete(id: string): Promise<boolean>;
   expiresAt(e: StoredContext): number;
+  /** Contexts restored from the shared store so far (0 in memory). */
+  readonly restored: number;
   /** "ok", or why contexts cannot be served now (for /healthz). */
   health(): string;
   close(): Promise<void>;
@@ -41,6 +43,7 @@ export interface BlobBackend {
 
 export class MemoryContexts implements Contexts {
   readonly kind = "memory";
+  readonly restored = 0;
   constructor(readonly local: ContextStore) {}
   create(ctx: CompressedContext): Promise<StoredContext> {
     return Promise.resolve(this.local.add(ctx));
@@ -84,6 +87,7 @@ export class SharedContexts implements Contexts {
   private identity: Promise<Identity> | null = null;
   /** Restores in progress, so concurrent first uses of one id restore it once. */
   private readonly loading = new Map<string, Promise<StoredContext>>();
+  restored = 0;
 
   constructor(
     readonly local: ContextStore,
@@ -161,7 +165,9 @@ export class SharedContexts implements Contexts {
     const who = await this.who();
     try {
       const { ctx, createdAt } = await this.exclusive(() => decodeContext(id, bytes, this.model, who));
-      return this.local.add(ctx, { id, createdAt });
+      const entry = this.local.add(ctx, { id, createdAt });
+      this.restored++;
+      return entry;
     } catch (e) {
       if (e instanceof HttpError && e.status === 422 && e.param === "id") {
         await this.blobs.delete(id).catch(() => {}); // corrupt: deleted, as the message says

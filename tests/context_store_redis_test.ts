@@ -157,6 +157,38 @@ test("shared contexts: any replica answers as the one that compressed, and as a 
     }
   }));
 
+test("shared contexts: each replica's memory cap bounds the contexts it holds; the rest stay in Redis", () =>
+  withRedis(async (r) => {
+    const [m1, m2] = await twoCpuModels();
+    const a = await replica(r, m1);
+    // Room for one compressed context only (30,720 KV bytes each here).
+    const b = await startServer({ ...shared(r), contextMaxBytes: 40_000 }, m2);
+    try {
+      await waitFor(async () => (await b.get("/healthz")).json.context_store?.status === "ok", 5000, "redis");
+      const ids: string[] = [], want = [];
+      for (const context of [CONTEXT, STORY.repeat(2) + "The end. "]) {
+        const created = await a.post("/v1/contexts", { context, kv_compression: COMPRESSION });
+        assert(
+          created.json.kv_bytes <= 40_000 && created.json.kv_bytes > 20_000,
+          String(created.json.kv_bytes),
+        );
+        ids.push(created.json.id);
+        want.push(await answers(a, created.json.id));
+      }
+      for (const round of [0, 1]) {
+        for (const [i, id] of ids.entries()) {
+          assertEquals(await answers(b, id), want[i], `round ${round}, context ${i}`);
+          assertEquals((await b.get("/healthz")).json.contexts, 1); // the other one was evicted here
+        }
+      }
+      assertEquals(await b.metric("judgeq_contexts_restored_total"), 4);
+      assertEquals(await b.metric("judgeq_contexts_evicted_total"), 3);
+      assertEquals(await a.metric("judgeq_contexts_restored_total"), 0);
+    } finally {
+      await Promise.all([a.close(), b.close()]);
+    }
+  }));
+
 test("shared contexts: a context outlives the replica that made it; TTL expiry removes it everywhere", () =>
   withRedis(async (r) => {
     const [m1, m2] = await twoCpuModels();

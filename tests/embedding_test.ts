@@ -68,6 +68,8 @@ const DENO_ALLOWED: Record<string, string> = {
   "cli/": "command-line entry points (args, exit codes, files)",
   "server/main.ts": "the `deno task start` entry (Deno.serve, signals, exit)",
   "server/loadtest.ts": "the `deno task loadtest` entry",
+  "server/cluster.ts": "`deno task cluster`: replicas, redis-server and haproxy as subprocesses, signals",
+  "server/cluster_loadtest.ts": "the `deno task loadtest:cluster` entry",
   "gpu/train/bench.ts": "a benchmark entry point",
   "wasm/build.ts": "`deno task build:wasm`: compiles and writes the kernels",
   "bench/": "`deno task bench` and its probes (entry points, files, subprocesses)",
