@@ -3,7 +3,7 @@
  * A pool of contexts is compressed directly on the replicas, round robin; then --requests requests go
  * through the balancer, --concurrency at a time: every other one answers a question on a pool context
  * (mostly held by another replica: it is restored from Redis), the rest alternate between plain
- * generation and new contexts. Halfway (--kill-at) one replica is SIGKILLed. Reported: throughput, latency
+ * generation and new contexts (each asked once more at the end: none may be lost). Halfway (--kill-at) one replica is SIGKILLed. Reported: throughput, latency
  * percentiles, statuses, 5xx against the requests in flight at the kill, lost contexts (a 404 on a context
  * that was created) and answers that differ between replicas (greedy: the same context and question must
  * give the same text anywhere). With --compare the same workload runs on a single replica first.
@@ -87,13 +87,16 @@ export async function runClusterLoad(o: Options) {
   });
   try {
     // The pool: contexts compressed directly on replica i % N (so most answers land on another replica).
-    const pool: string[] = [];
+    const pool: string[] = [], madeBy = new Map<string, number>();
     for (let i = 0; i < o.contexts; i++) {
       const r = cluster.replicas[i % cluster.replicas.length];
       const res = await post(`${r.url}/v1/contexts`, contextBody(i));
       if (res.status !== 200) throw new Error(`creating context ${i} on ${r.name}: ${res.status}`);
       pool.push(res.json.id as string);
+      madeBy.set(res.json.id as string, i % cluster.replicas.length);
     }
+    const created: string[] = []; // through the balancer during the run
+    let killed = false, answeredAfterKill = 0;
     const answers = new Map<string, string>(); // context + question -> first text seen
     let mismatched = 0, lost = 0, next = 0, inFlight = 0, inFlightAtKill = -1, killedAfter = -1;
     const killAt = o.killAt > 0 && cluster.replicas.length > 1 ? Math.floor(o.requests * o.killAt) : -1;
@@ -101,12 +104,14 @@ export async function runClusterLoad(o: Options) {
     const one = async (i: number): Promise<Outcome> => {
       const t0 = performance.now();
       if (i % 2 === 0) {
-        const id = pool[(i / 2) % pool.length], q = QUESTIONS[(i / 2) % QUESTIONS.length];
+        const id = pool[(i / 2) % pool.length],
+          q = QUESTIONS[Math.floor(i / 2 / pool.length) % QUESTIONS.length];
         const res = await post(`${cluster.url}/v1/contexts/${id}/generate`, {
           question: q,
           max_tokens: o.maxTokens,
         });
         if (res.status === 404) lost++;
+        if (res.status === 200 && killed && madeBy.get(id) === 1) answeredAfterKill++;
         if (res.status === 200) {
           const text = (res.json.outputs as { text: string }[])[0].text, key = `${id}${q}`;
           if (!answers.has(key)) answers.set(key, text);
@@ -122,7 +127,7 @@ export async function runClusterLoad(o: Options) {
         return { kind: "generate", status: res.status, ms: performance.now() - t0 };
       }
       const res = await post(`${cluster.url}/v1/contexts`, contextBody(i));
-      if (res.status === 200) pool.push(res.json.id as string);
+      if (res.status === 200) created.push(res.json.id as string);
       return { kind: "create", status: res.status, ms: performance.now() - t0 };
     };
     const t0 = performance.now();
@@ -133,6 +138,7 @@ export async function runClusterLoad(o: Options) {
           inFlightAtKill = inFlight;
           killedAfter = outcomes.length;
           await cluster.kill(1);
+          killed = true;
         }
         inFlight++;
         try {
@@ -147,6 +153,15 @@ export async function runClusterLoad(o: Options) {
     };
     await Promise.all(Array.from({ length: o.concurrency }, worker));
     const wall = (performance.now() - t0) / 1000;
+    // Every context created through the balancer during the run (some by the killed replica) still answers.
+    for (const id of created) {
+      const res = await post(`${cluster.url}/v1/contexts/${id}/generate`, {
+        question: QUESTIONS[0],
+        max_tokens: 1,
+      });
+      if (res.status === 404) lost++;
+      else if (res.status !== 200) throw new Error(`context ${id} created during the run: ${res.status}`);
+    }
     const ok = outcomes.filter((x) => x.status === 200);
     const lat = ok.map((x) => x.ms).sort((a, b) => a - b);
     const statuses: Record<string, number> = {};
@@ -163,6 +178,11 @@ export async function runClusterLoad(o: Options) {
       statuses,
       server_errors: outcomes.filter((x) => x.status >= 500).length,
       lost_contexts: lost,
+      contexts: {
+        pool: pool.length,
+        created_during_run: created.length,
+        killed_replicas_answered_after_kill: answeredAfterKill,
+      },
       mismatched_answers: mismatched,
       distinct_answers_checked: answers.size,
       wall_s: r2(wall),
