@@ -8,6 +8,7 @@
  */
 import { executorFlags, parseFlags, threadsFlag, usage, UsageError } from "../io/flags.ts";
 import { type Backend, haproxyConfig } from "./haproxy.ts";
+import { isRedisUrl, redact } from "./redis_blobs.ts";
 
 const SPEC = {
   replicas: { kind: "int", help: "replicas to start (default 3)", default: 3 },
@@ -108,6 +109,12 @@ async function waitHttp(url: string, timeoutMs: number) {
 export async function startCluster(o: ClusterOptions): Promise<Cluster> {
   if (!Number.isInteger(o.replicas) || o.replicas < 1 || o.replicas > 64) {
     throw new UsageError(`--replicas: expected 1 to 64, got '${o.replicas}'`);
+  }
+  if (!Number.isInteger(o.port) || o.port < 0 || o.port > 65535) {
+    throw new UsageError(`--port: expected 0..65535, got '${o.port}'`);
+  }
+  if (o.redisUrl !== undefined && !isRedisUrl(o.redisUrl)) {
+    throw new UsageError(`--redis: expected redis://HOST:PORT, got '${redact(o.redisUrl)}'`);
   }
   const log = o.log ?? ((l: string) => console.error(l));
   const haproxyBin = findBinary("haproxy", "haproxy");

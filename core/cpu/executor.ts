@@ -292,11 +292,15 @@ export class CpuSession implements KvSession {
   static restore(weights: ModelWeights, snap: CacheSnapshot, capacity: number): CpuSession {
     const c = weights.config;
     const cache = new CpuKvCache(c.nLayers, c.nKvHeads, c.headDim, capacity);
-    for (let s = 0; s < snap.positions.length; s++) {
-      cache.positions[s].set(snap.positions[s]);
-      cache.keys[s].set(snap.keys[s]);
-      cache.values[s].set(snap.values[s]);
-      cache.counts[s] = snap.positions[s].length;
+    const hd = c.headDim;
+    // Through the cache's own append (whatever its storage layout), entry by entry.
+    for (let l = 0; l < c.nLayers; l++) {
+      for (let g = 0; g < c.nKvHeads; g++) {
+        const s = cache.slot(l, g), p = snap.positions[s], k = snap.keys[s], v = snap.values[s];
+        for (let i = 0; i < p.length; i++) {
+          cache.append(l, g, p[i], k.subarray(i * hd, (i + 1) * hd), v.subarray(i * hd, (i + 1) * hd));
+        }
+      }
     }
     const session = new CpuSession(weights, cache);
     session.nextPosition = snap.nextPosition;
