@@ -182,6 +182,16 @@ export function answerDecode(
   return d ? { ...d, method: d.method ?? ctx.plan.method } : null;
 }
 
+/**
+ * Positions per head a kept context's session holds: room for questions and answers up to the model's
+ * context after the compressed prompt, plus the soft rows Judge Q appends on top of a full cache when it
+ * compresses during an answer.
+ */
+export function contextCapacity(model: Model, planCapacity: number): number {
+  const softRows = (model.adapter?.softEmbeddings.length ?? 0) / model.config.dim;
+  return Math.max(planCapacity, model.config.maxSeqLen + 1 + softRows);
+}
+
 /** Compresses a context once; the caller owns the returned session (dispose it when done). */
 export async function compressContext(
   model: Model,
@@ -200,12 +210,7 @@ export async function compressContext(
   });
   if (E.isLeft(plan)) throw plan.left;
   const compressOnly = { ...plan.right, steps: plan.right.steps.filter((s) => s.op !== "answer") };
-  // Room for questions and answers up to the model's context after the compressed prompt, plus the soft rows
-  // Judge Q appends on top of a full cache when it compresses during an answer.
-  const softRows = (model.adapter?.softEmbeddings.length ?? 0) / model.config.dim;
-  const session = model.executor.createSession(
-    Math.max(plan.right.capacity, model.config.maxSeqLen + 1 + softRows),
-  );
+  const session = model.executor.createSession(contextCapacity(model, plan.right.capacity));
   try {
     const run = await runOnSession(compressOnly, {
       executor: model.executor,

@@ -68,6 +68,23 @@ export interface CacheMark {
   readonly nextPosition: number;
 }
 
+/**
+ * A session's whole state, executor-neutral: per slot (layer * nKvHeads + head) its entries' positions
+ * (ascending) and their keys and values (count x headDim floats, f32 as every executor stores them),
+ * the next position, and the current logits (null when none). Restoring it on any executor gives a
+ * session that continues exactly as the exported one would on that executor.
+ */
+export interface CacheSnapshot {
+  readonly nLayers: number;
+  readonly nKvHeads: number;
+  readonly headDim: number;
+  readonly nextPosition: number;
+  readonly positions: Int32Array[];
+  readonly keys: Float32Array[];
+  readonly values: Float32Array[];
+  readonly logits: Float32Array | null;
+}
+
 export interface KvSession {
   readonly config: ModelConfig;
   /** Position the next input row gets. */
@@ -108,6 +125,8 @@ export interface KvSession {
   allocatedBytes(): number;
   /** A deep copy with its own cache. */
   clone(): Promise<KvSession>;
+  /** The cache and current logits, copied out (see CacheSnapshot). */
+  exportCache(): Promise<CacheSnapshot>;
   dispose(): void;
 }
 
@@ -120,5 +139,10 @@ export interface Executor {
   readonly lost?: boolean;
   /** A new empty cache able to hold `capacity` positions per head. */
   createSession(capacity: number): KvSession;
+  /**
+   * A new session holding a snapshot (from any executor of the same model), able to hold `capacity`
+   * positions per head; throws when the snapshot's shape is not this model's or it does not fit.
+   */
+  restoreSession(snapshot: CacheSnapshot, capacity: number): Promise<KvSession>;
   dispose(): void;
 }

@@ -5,7 +5,8 @@
  */
 import type { ModelConfig } from "../core/config.ts";
 import { JudgeQError } from "../core/errors.ts";
-import type { Executor } from "../core/executor.ts";
+import { checkSnapshot } from "../core/cache_snapshot.ts";
+import type { CacheSnapshot, Executor, KvSession } from "../core/executor.ts";
 import { beyondF16Error, type ModelWeights, tensorBeyondF16 } from "../core/weights.ts";
 import { acquireDevice, checkDevice, type GpuContext } from "./device.ts";
 import { GpuModel } from "./model.ts";
@@ -128,6 +129,13 @@ export class GpuExecutor implements Executor {
       throw new JudgeQError("invalid_request", `capacity ${capacity} must be a positive integer`, "capacity");
     }
     return new GpuSession(this.model, capacity);
+  }
+
+  restoreSession(snapshot: CacheSnapshot, capacity: number): Promise<KvSession> {
+    checkSnapshot(snapshot, this.config, capacity);
+    const session = this.createSession(capacity);
+    session.load(snapshot);
+    return Promise.resolve(session);
   }
 
   dispose() {

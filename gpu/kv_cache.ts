@@ -238,6 +238,28 @@ export class GpuKvCache {
     return copy;
   }
 
+  /**
+   * Replaces the contents with per-slot positions, keys and values ([count][headDim] each; a checked
+   * CacheSnapshot's): segments sized to them plus headroom, written with the queue.
+   */
+  load(positions: Int32Array[], keys: Float32Array[], values: Float32Array[]) {
+    const { capacity, headDim } = this.shape;
+    const old = { k: this.k, v: this.v };
+    this.caps = Int32Array.from(positions, (p) => Math.min(capacity, p.length + COMPACT_HEADROOM));
+    this.allocate();
+    for (const b of [...old.k, ...old.v]) b.destroy();
+    const queue = this.records.device.queue;
+    for (let s = 0; s < this.slots; s++) {
+      const n = positions[s].length, layer = Math.floor(s / this.shape.nKvHeads);
+      this.positions[s].set(positions[s]);
+      this.counts[s] = n;
+      if (n === 0) continue;
+      queue.writeBuffer(this.k[layer], this.bases[s] * headDim * 4, keys[s]);
+      queue.writeBuffer(this.v[layer], this.bases[s] * headDim * 4, values[s]);
+    }
+    this.metaDirty = true;
+  }
+
   dispose() {
     for (const b of [...this.k, ...this.v, this.metaBuf]) b.destroy();
   }

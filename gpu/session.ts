@@ -10,6 +10,7 @@ import type { ModelConfig } from "../core/config.ts";
 import { JudgeQError } from "../core/errors.ts";
 import type {
   CacheMark,
+  CacheSnapshot,
   DecodeOptions,
   DecodeResult,
   ForwardInput,
@@ -278,6 +279,33 @@ export class GpuSession implements KvSession, DecodeHost {
   clone(): Promise<KvSession> {
     this.check();
     return Promise.resolve(new GpuSession(this.model, this.capacity, this));
+  }
+
+  async exportCache(): Promise<CacheSnapshot> {
+    this.check();
+    const c = this.config, cache = this.cache;
+    const { keys, values } = await this.readCache();
+    return {
+      nLayers: c.nLayers,
+      nKvHeads: c.nKvHeads,
+      headDim: c.headDim,
+      nextPosition: this.nextPosition,
+      positions: Array.from({ length: cache.slots }, (_, s) => cache.positionsOf(s).slice()),
+      keys,
+      values,
+      logits: this.logitsRow >= 0 ? await this.currentLogits() : null,
+    };
+  }
+
+  /** Fills this new, empty session with a (checked) snapshot; its logits become row 0's. */
+  load(snap: CacheSnapshot) {
+    this.check();
+    this.cache.load(snap.positions, snap.keys, snap.values);
+    this.nextPosition = snap.nextPosition;
+    if (snap.logits) {
+      this.model.device.queue.writeBuffer(this.fwd.logits, 0, snap.logits);
+      this.logitsRow = 0;
+    } else this.logitsRow = -1;
   }
 
   dispose() {

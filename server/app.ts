@@ -4,6 +4,7 @@
  * in endpoints.ts and openai.ts, the shared job plumbing in service.ts.
  */
 import type { Model } from "../core/engine.ts";
+import type { Contexts } from "./context_stores.ts";
 import type { ContextStore } from "./contexts.ts";
 import * as ep from "./endpoints.ts";
 import { errorResponse, HttpError, toHttpError } from "./errors.ts";
@@ -19,11 +20,14 @@ export interface App {
   handler: (req: Request) => Promise<Response>;
   metrics: ServerMetrics;
   queue: JobQueue;
+  /** The contexts this replica holds live. */
   contexts: ContextStore;
+  /** Every kept context (memory, or a shared store in front of which `contexts` is the local LRU). */
+  store: Contexts;
   /** Refuse new work (503) while in-flight requests finish. */
   drain(): void;
-  /** Frees the kept contexts and timers (the executor is the caller's). */
-  close(): void;
+  /** Frees the kept contexts and timers, and disconnects a shared store (the executor is the caller's). */
+  close(): Promise<void>;
 }
 
 interface Route {
@@ -60,7 +64,7 @@ export function createApp(model: Model, options: Partial<AppOptions> = {}): App 
     log: (m) => console.error(m),
     ...options,
   });
-  const { metrics, queue, contexts, o } = svc;
+  const { metrics, queue, local: contexts, o } = svc;
   const keys = [...o.apiKeys, ...(o.apiKey !== null ? [{ label: DEFAULT_LABEL, key: o.apiKey }] : [])];
   let httpInFlight = 0;
 
@@ -97,6 +101,12 @@ export function createApp(model: Model, options: Partial<AppOptions> = {}): App 
     "judgeq_contexts_expired_total",
     "Contexts expired by TTL.",
     () => contexts.expired,
+    "counter",
+  );
+  metrics.gauge(
+    "judgeq_contexts_restored_total",
+    "Contexts restored from the shared context store (another replica made them, or this one evicted them).",
+    () => svc.contexts.restored,
     "counter",
   );
   metrics.gauge(
@@ -210,11 +220,12 @@ export function createApp(model: Model, options: Partial<AppOptions> = {}): App 
     metrics,
     queue,
     contexts,
+    store: svc.contexts,
     drain() {
       svc.draining = true;
     },
     close() {
-      contexts.close();
+      return svc.contexts.close();
     },
   };
 }

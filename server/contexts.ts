@@ -24,6 +24,12 @@ export interface StoredContext {
   readonly lock: Mutex;
 }
 
+/** A fresh context id: "ctx_" and 32 hex digits. */
+export const newContextId = () => `ctx_${crypto.randomUUID().replaceAll("-", "")}`;
+
+/** What an id must look like to be looked up in a shared store (anything else is simply unknown). */
+export const CONTEXT_ID = /^ctx_[0-9a-f]{32}$/;
+
 export interface ContextStoreOptions {
   ttlMs: number;
   maxBytes: number;
@@ -68,8 +74,15 @@ export class ContextStore {
     return e.lastUsed + this.opts.ttlMs;
   }
 
-  /** Lists a new context, evicting the least recently used until it fits; 422 if it cannot fit alone. */
-  add(ctx: CompressedContext, owner: string | null = null): StoredContext {
+  /**
+   * Lists a new context, evicting the least recently used until it fits; 422 if it cannot fit alone.
+   * `as` lists it under a known id and creation time (a context restored from a shared store).
+   */
+  add(
+    ctx: CompressedContext,
+    owner: string | null = null,
+    as?: { id: string; createdAt: number },
+  ): StoredContext {
     const bytes = ctx.session.allocatedBytes();
     if (bytes > this.opts.maxBytes) {
       ctx.session.dispose();
@@ -82,11 +95,12 @@ export class ContextStore {
     this.sweep();
     this.makeRoom(bytes);
     const t = this.now();
+    if (as) this.delete(as.id);
     const e: StoredContext = {
-      id: `ctx_${crypto.randomUUID().replaceAll("-", "")}`,
+      id: as?.id ?? newContextId(),
       ctx,
       bytes,
-      createdAt: t,
+      createdAt: as?.createdAt ?? t,
       owner,
       lastUsed: t,
       users: 0,

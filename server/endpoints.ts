@@ -139,7 +139,8 @@ export const createContext = (svc: Service): Handler => async (req) => {
   }
   svc.metrics.promptTokens.inc({}, ctx.contextTokens.length);
   svc.metrics.kvBytesSaved.inc({}, ctx.stats.kvBytesBefore - ctx.stats.kvBytesAfter);
-  const entry = svc.contexts.add(ctx, principalOf(req)); // may evict older contexts, or refuse one over the cap (422)
+  // May evict older contexts, refuse one over the cap (422), or fail while a shared store is down (503).
+  const entry = await svc.contexts.create(ctx, principalOf(req));
   return jsonResponse({
     ...contextJson(svc, entry, b.return_positions ?? false),
     timings_ms: timingsJson(ctx.timings, queueMs, runMs),
@@ -157,7 +158,9 @@ export const contextGenerate = (svc: Service): Handler => async (req, [id]) => {
   if (!questions) throw new HttpError(400, "question is required", "question");
   svc.admit(questions.map((text, i) => ({ text, param: b.questions ? `questions.${i}` : "question" })));
   const p = svc.decodeParams(b, { maxTokens: 64, temperature: 0, outputs: questions.length });
-  const entry = svc.contexts.acquire(id, principalOf(req)); // held to the job's end: eviction cannot free it
+  // Held until the job ends, so eviction cannot free it mid-answer; restored from a shared store if need be.
+  // Another key's context is a 404 like an unknown one.
+  const entry = await svc.contexts.acquire(id, principalOf(req));
   const decode = (b.kv_compression?.decode ?? null) as DecodeCompressionRequest | null;
   try {
     const compression = answerCompression(entry.ctx, decode);
@@ -180,20 +183,17 @@ export const contextGenerate = (svc: Service): Handler => async (req, [id]) => {
  * A context another key created answers as an unknown one does (404, same message): a key can neither
  * use, delete nor learn of another's contexts.
  */
-const mine = (e: StoredContext | undefined, req: Request) =>
-  e && e.owner === principalOf(req) ? e : undefined;
-
-export const getContext = (svc: Service): Handler => (req, [id]) => {
-  const e = mine(svc.contexts.peek(id), req);
-  if (!e) return Promise.reject(new HttpError(404, `no context ${JSON.stringify(id)}`, "id"));
-  return Promise.resolve(jsonResponse(contextJson(svc, e, false)));
+export const getContext = (svc: Service): Handler => async (req, [id]) => {
+  const e = await svc.contexts.info(id, principalOf(req));
+  if (!e) throw new HttpError(404, `no context ${JSON.stringify(id)}`, "id");
+  return jsonResponse(contextJson(svc, e, false));
 };
 
-export const deleteContext = (svc: Service): Handler => (req, [id]) => {
-  if (!mine(svc.contexts.peek(id), req) || !svc.contexts.delete(id)) {
-    return Promise.reject(new HttpError(404, `no context ${JSON.stringify(id)}`, "id"));
+export const deleteContext = (svc: Service): Handler => async (req, [id]) => {
+  if (!(await svc.contexts.delete(id, principalOf(req)))) {
+    throw new HttpError(404, `no context ${JSON.stringify(id)}`, "id");
   }
-  return Promise.resolve(jsonResponse({ id, object: "context.deleted", deleted: true }));
+  return jsonResponse({ id, object: "context.deleted", deleted: true });
 };
 
 export const models = (svc: Service): Handler => () => {
@@ -225,7 +225,9 @@ export const healthz = (svc: Service): Handler => () => {
     executor: svc.model.executor.kind,
     queue_depth: svc.queue.depth,
     in_flight: svc.queue.inFlight,
-    contexts: svc.contexts.size,
+    contexts: svc.local.size,
+    // Generation does not need the shared store: a replica with it down still serves (and stays healthy).
+    context_store: { kind: svc.contexts.kind, status: svc.contexts.health() },
   }, status === "ok" ? 200 : 503));
 };
 

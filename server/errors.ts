@@ -12,6 +12,7 @@ export const ERROR_TYPES: Record<number, string> = {
   404: "not_found_error",
   405: "method_not_allowed",
   408: "request_timeout",
+  409: "conflict",
   413: "request_too_large",
   422: "unprocessable_entity",
   429: "rate_limit_error",

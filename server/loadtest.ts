@@ -176,7 +176,7 @@ async function main(argv: string[]): Promise<number> {
     executor = model.executor.kind;
     stop = async () => {
       await server.shutdown();
-      app.close();
+      await app.close();
       model.executor.dispose();
     };
   }

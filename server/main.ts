@@ -5,7 +5,8 @@
  *                    | --api-keys-file FILE (several keys, LABEL:KEY a line; each key's contexts its own)]
  *                   [--executor auto|gpu|wasm|cpu] [--threads N] [--weights auto|f32|f16]
  *                   [--queue-size 32] [--active-jobs 4] [--max-request-seconds 120] [--max-body-bytes 1048576]
- *                   [--context-ttl 600] [--context-max-mb 256] [--max-tokens-per-request N] [--max-questions 64]
+ *                   [--context-ttl 600] [--context-max-mb 256] [--context-store memory|redis://HOST:PORT]
+ *                   [--max-tokens-per-request N] [--max-questions 64]
  *                   [--header-timeout-s 10] [--idle-timeout-s 30] [--body-timeout-s 30]
  * The model and adapter are fixed here, at start-up; no request can choose files. SIGINT/SIGTERM stop
  * accepting, let in-flight and queued requests finish, then exit.
@@ -28,6 +29,7 @@ import { serveFronted } from "./front.ts";
 import { type ApiKey, DEFAULT_LABEL, KeysFileError, parseKeysFile } from "./keys.ts";
 
 const DEFAULT_HEADER_TIMEOUT_S = 10, DEFAULT_IDLE_TIMEOUT_S = 30;
+import { isRedisUrl, redact, RedisBlobs } from "./redis_blobs.ts";
 
 const SPEC = {
   model: { kind: "string", help: "model directory (default: the embedded stories260K)" },
@@ -81,6 +83,11 @@ const SPEC = {
       DEFAULT_OPTIONS.contextMaxBytes / 2 ** 20
     })`,
   },
+  "context-store": {
+    kind: "string",
+    help: "where contexts are kept: 'memory' (this process, the default) or redis://HOST:PORT[/DB] " +
+      "(shared by replicas; --context-max-mb then caps the contexts each replica holds live)",
+  },
   "max-tokens-per-request": {
     kind: "int",
     help: "tokens one request may generate over all its outputs (max_tokens x questions), 400 beyond " +
@@ -117,6 +124,15 @@ function positive(name: string, v: unknown, min = 1): number | undefined {
   if (v === undefined) return undefined;
   if (typeof v !== "number" || !(v >= min)) {
     throw new UsageError(`--${name}: expected a number >= ${min}, got '${v}'`);
+  }
+  return v;
+}
+
+/** --context-store: null for memory, else the Redis URL. */
+export function contextStoreFlag(v: string | undefined): string | null {
+  if (v === undefined || v === "memory") return null;
+  if (!isRedisUrl(v)) {
+    throw new UsageError(`--context-store: expected 'memory' or redis://HOST:PORT, got '${redact(v)}'`);
   }
   return v;
 }
@@ -207,6 +223,7 @@ async function main(argv: string[]): Promise<number> {
   if (maxQuestions !== undefined && maxQuestions > 64) {
     throw new UsageError(`--max-questions: expected 1 to 64, got '${maxQuestions}'`);
   }
+  const contextStore = contextStoreFlag(f["context-store"] as string | undefined);
   const apiKeys = await apiKeysOf(
     f["api-key"] as string | undefined,
     f["api-key-file"] as string | undefined,
@@ -235,6 +252,7 @@ async function main(argv: string[]): Promise<number> {
     ...(maxTokensPerRequest !== undefined ? { maxTokensPerRequest } : {}),
     ...(maxQuestions !== undefined ? { maxQuestions } : {}),
     ...(bodyTimeoutS !== undefined ? { bodyTimeoutMs: bodyTimeoutS * 1000 } : {}),
+    contextStore: contextStore ? new RedisBlobs(contextStore) : null,
   });
   if (apiKeys.length > 1) {
     console.error(`${apiKeys.length} API keys: ${apiKeys.map((k) => k.label).join(", ")}`);
@@ -257,6 +275,7 @@ async function main(argv: string[]): Promise<number> {
   const base = `http://${addr.hostname.includes(":") ? `[${addr.hostname}]` : addr.hostname}:${addr.port}`;
   const auth = apiKeys.length ? ` -H 'authorization: Bearer <key>'` : "";
   const adapter = model.adapter ? `Judge Q adapter (${model.adapter.n} soft tokens)` : "no Judge Q adapter";
+  if (contextStore) console.error(`contexts shared in ${redact(contextStore)}`);
   console.log(
     `judgeq serving ${model.name} on ${model.executor.kind} with ${adapter} at ${base} - try: curl -s ${base}/v1/generate` +
       `${auth} -H 'content-type: application/json' -d '{"prompt":"Once upon a time","max_tokens":32}'`,
@@ -282,7 +301,7 @@ async function main(argv: string[]): Promise<number> {
   const signals: Deno.Signal[] = Deno.build.os === "windows" ? ["SIGINT"] : ["SIGINT", "SIGTERM"];
   for (const s of signals) Deno.addSignalListener(s, () => stop(s));
   await stopped.promise;
-  app.close();
+  await app.close();
   model.executor.dispose();
   console.error("stopped");
   return 0;

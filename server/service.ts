@@ -4,6 +4,7 @@
  */
 import type { z } from "zod";
 import type { Model } from "../core/engine.ts";
+import { type BlobBackend, type Contexts, MemoryContexts, SharedContexts } from "./context_stores.ts";
 import { ContextStore } from "./contexts.ts";
 import { Cancelled, errorBody, HttpError, isDeviceLost, jsonResponse, toHttpError } from "./errors.ts";
 import type { DecodeParams, JobHooks, JobResult } from "./generation.ts";
@@ -32,8 +33,13 @@ export interface AppOptions {
   maxRequestMs: number | null;
   /** Idle time after which a kept context expires. */
   contextTtlMs: number;
-  /** Cap on the KV bytes of kept contexts (least recently used evicted first). */
+  /** Cap on the KV bytes of kept contexts this replica holds live (least recently used evicted first). */
   contextMaxBytes: number;
+  /**
+   * Where contexts are shared between replicas (server/redis_blobs.ts's RedisBlobs), or null for this
+   * process only. The app closes it.
+   */
+  contextStore: BlobBackend | null;
   /** Tokens one request may generate over all its outputs (max_tokens x questions); null: no limit. */
   maxTokensPerRequest: number | null;
   /** Questions one request may ask (the schemas allow at most 64). */
@@ -53,6 +59,7 @@ export const DEFAULT_OPTIONS: Omit<AppOptions, "deviceLost" | "log"> = {
   maxRequestMs: 120_000,
   contextTtlMs: 10 * 60_000,
   contextMaxBytes: 256 << 20,
+  contextStore: null,
   maxTokensPerRequest: null,
   maxQuestions: 64,
 };
@@ -98,7 +105,10 @@ export class Service {
   readonly metrics = new ServerMetrics();
   readonly queue: JobQueue;
   readonly turns = new Turns();
-  readonly contexts: ContextStore;
+  /** The contexts this replica holds live. */
+  readonly local: ContextStore;
+  /** Every kept context: `local` alone, or `local` in front of a shared store. */
+  readonly contexts: Contexts;
   draining = false;
   private lost = false;
   /** Streaming responses, to the promise of their end (latency is measured to the last byte). */
@@ -106,7 +116,14 @@ export class Service {
 
   constructor(readonly model: Model, readonly o: AppOptions) {
     this.queue = new JobQueue(o.queueSize, o.activeJobs);
-    this.contexts = new ContextStore({ ttlMs: o.contextTtlMs, maxBytes: o.contextMaxBytes, sweepMs: 30_000 });
+    this.local = new ContextStore({ ttlMs: o.contextTtlMs, maxBytes: o.contextMaxBytes, sweepMs: 30_000 });
+    this.contexts = o.contextStore === null ? new MemoryContexts(this.local) : new SharedContexts(
+      this.local,
+      o.contextStore,
+      model,
+      o.contextTtlMs,
+      async (work) => (await this.enqueue(new AbortController().signal, work)).value,
+    );
   }
 
   deviceLost(): boolean {

@@ -71,6 +71,8 @@ const DENO_ALLOWED: Record<string, string> = {
   "server/front_worker.ts": "the front's worker: Deno.listen, Deno.connect and the relay",
   "server/loadtest.ts": "the `deno task loadtest` entry",
   "server/soak.ts": "the `deno task soak` entry (a server process, its RSS from /proc)",
+  "server/cluster.ts": "`deno task cluster`: replicas, redis-server and haproxy as subprocesses, signals",
+  "server/cluster_loadtest.ts": "the `deno task loadtest:cluster` entry",
   "gpu/train/bench.ts": "a benchmark entry point",
   "wasm/build.ts": "`deno task build:wasm`: compiles and writes the kernels",
   "bench/": "`deno task bench` and its probes (entry points, files, subprocesses)",

@@ -14,7 +14,8 @@
  */
 import { decodeAdapter } from "../core/adapter.ts";
 import { CpuExecutor } from "../core/cpu/executor.ts";
-import type { DecodeOptions, Executor, KvSession, SamplingOptions } from "../core/executor.ts";
+import type { ModelConfig } from "../core/config.ts";
+import type { CacheSnapshot, DecodeOptions, Executor, KvSession, SamplingOptions } from "../core/executor.ts";
 import { type PlanResult, runPlan } from "../core/interpret.ts";
 import { METHODS } from "../core/methods/registry.ts";
 import { compilePlan, type CompressionRequest } from "../core/plan.ts";
@@ -723,6 +724,73 @@ async function methodsContract({ ex, oracle, w, m }: Ctx) {
   }
 }
 
+/** Bitwise equality of two snapshots. */
+function assertSameSnapshot(a: CacheSnapshot, b: CacheSnapshot, message: string) {
+  assertEquals(a.nextPosition, b.nextPosition, `${message}: nextPosition`);
+  assertEquals(
+    a.positions.map((p) => Array.from(p)),
+    b.positions.map((p) => Array.from(p)),
+    `${message}: positions`,
+  );
+  a.keys.forEach((k, s) => assertSame(k, b.keys[s], `${message}: keys of slot ${s}`));
+  a.values.forEach((v, s) => assertSame(v, b.values[s], `${message}: values of slot ${s}`));
+  assertEquals(a.logits === null, b.logits === null, `${message}: logits present`);
+  if (a.logits && b.logits) assertSame(a.logits, b.logits, `${message}: logits`);
+}
+
+/** A pruned cache (one head empty) with rows past the prompt: what a compressed context holds. */
+async function prunedSession(ex: Executor, c: ModelConfig, toks: number[], P: number): Promise<KvSession> {
+  const s = ex.createSession(P + 40);
+  await s.forward(tokens(toks), { logits: "none" });
+  await s.keepPositions(subset(c.nLayers, c.nKvHeads, P), P);
+  await s.forward(tokens([7, 8, 9]));
+  return s;
+}
+
+async function snapshotContract({ ex, oracle, w, m, toks }: Ctx) {
+  const c = w.config, P = m.prompt;
+  const s = await prunedSession(ex, c, toks, P), o = await prunedSession(oracle, c, toks, P);
+  const restored: KvSession[] = [];
+  try {
+    // export -> restore on the same executor: the same state, and a following decode bit for bit.
+    const snap = await s.exportCache();
+    assertEquals(
+      snap.positions.map((p) => Array.from(p)),
+      plain(await s.positions()).flat(),
+      "exported positions",
+    );
+    const r = await ex.restoreSession(snap, P + 60);
+    restored.push(r);
+    assertEquals(r.nextPosition, s.nextPosition, "restored nextPosition");
+    assertEquals(r.kvBytes(), s.kvBytes(), "restored kvBytes");
+    assertSameSnapshot(await r.exportCache(), snap, "re-export of a restored session");
+    const [d, dr] = [await s.decode(greedy(12)), await r.decode(greedy(12))];
+    assertEquals(dr.tokens, d.tokens, "tokens after restore");
+    d.logits!.forEach((l, i) => assertSame(dr.logits![i], l, `step ${i} logits after restore`));
+    // The reference's export restored here (and this executor's into the reference) continues as the
+    // reference does, within the executor's tolerance.
+    const osnap = await o.exportCache();
+    const fromRef = await ex.restoreSession(osnap, P + 60);
+    restored.push(fromRef);
+    assertSameSnapshot(await fromRef.exportCache(), osnap, "reference export restored here, re-exported");
+    const [dx, dOr] = [await fromRef.decode(greedy(12)), await o.decode(greedy(12))];
+    assertEquals(dx.tokens, dOr.tokens, "tokens of the reference's restored state");
+    dx.logits!.forEach((l, i) => assertClose(l, dOr.logits![i], TOL, `step ${i} from the reference's state`));
+    const intoRef = await oracle.restoreSession(snap, P + 60);
+    restored.push(intoRef);
+    assertSameSnapshot(await intoRef.exportCache(), snap, "this export restored into the reference");
+    // Shapes that are not the model's, and capacities too small, are refused naming the field.
+    await assertRejects(
+      () => ex.restoreSession({ ...snap, nLayers: c.nLayers + 1 }, P + 60),
+      "snapshot",
+    );
+    const most = Math.max(...snap.positions.map((p) => p.length));
+    await assertRejects(() => ex.restoreSession(snap, most - 1), "capacity");
+  } finally {
+    for (const x of [s, o, ...restored]) x.dispose();
+  }
+}
+
 const CONTRACT: [string, (ctx: Ctx) => Promise<void>][] = [
   ["forward: tokens/embeddings, logits all/last/none, chunked prefill, nextPosition", forwardContract],
   ["decode: greedy tokens and per-step logits", greedyContract],
@@ -731,6 +799,7 @@ const CONTRACT: [string, (ctx: Ctx) => Promise<void>][] = [
   ["attentionMass and keyNorms of prompt, embedding and decode rows", queriesContract],
   ["cache: keepPositions, positions, kvBytes, truncateFrom, mark/rewind, clone, dispose", cacheContract],
   ["allocation follows the entries held, not the capacity", allocationContract],
+  ["exportCache / restoreSession: bit for bit on the same executor, across executors", snapshotContract],
   ["every registered method through the plan interpreter, at two budgets", methodsContract],
 ];
 

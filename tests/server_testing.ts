@@ -105,7 +105,7 @@ export async function startServer(options: Partial<AppOptions> = {}, model?: Mod
     },
     async close() {
       await server.shutdown();
-      app.close();
+      await app.close();
     },
   };
   return t;

@@ -6,7 +6,8 @@
  */
 import type { ModelConfig } from "../core/config.ts";
 import { JudgeQError } from "../core/errors.ts";
-import type { Executor } from "../core/executor.ts";
+import { checkSnapshot } from "../core/cache_snapshot.ts";
+import type { CacheSnapshot, Executor, KvSession } from "../core/executor.ts";
 import type { ModelWeights } from "../core/weights.ts";
 import { Arena } from "./arena.ts";
 import { kernelModule, unsupportedReason } from "./kernels.ts";
@@ -110,6 +111,13 @@ export class WasmExecutor implements Executor {
       workspace: this.workspace,
       parallel: this.parallel,
     }, capacity);
+  }
+
+  restoreSession(snapshot: CacheSnapshot, capacity: number): Promise<KvSession> {
+    checkSnapshot(snapshot, this.config, capacity);
+    const session = this.createSession(capacity);
+    session.load(snapshot);
+    return Promise.resolve(session);
   }
 
   dispose() {

@@ -5,6 +5,7 @@
 import { ropeInverseFrequencies } from "../core/config.ts";
 import type {
   CacheMark,
+  CacheSnapshot,
   DecodeOptions,
   DecodeResult,
   ForwardInput,
@@ -535,6 +536,45 @@ export class WasmSession implements KvSession {
     }
     out.counts.set(counts);
     return out;
+  }
+
+  exportCache(): Promise<CacheSnapshot> {
+    const c = this.config, from = this.regions(), hd = c.headDim, counts = this.counts();
+    const f = this.x.arena.f32, i = this.x.arena.i32;
+    const positions: Int32Array[] = [], keys: Float32Array[] = [], values: Float32Array[] = [];
+    for (let s = 0; s < this.slots; s++) {
+      const base = s * this.stride, n = counts[s];
+      positions.push(i.slice(from.positions / 4 + base, from.positions / 4 + base + n));
+      keys.push(f.slice(from.keys / 4 + base * hd, from.keys / 4 + (base + n) * hd));
+      values.push(f.slice(from.values / 4 + base * hd, from.values / 4 + (base + n) * hd));
+    }
+    return Promise.resolve({
+      nLayers: c.nLayers,
+      nKvHeads: c.nKvHeads,
+      headDim: hd,
+      nextPosition: this.nextPosition,
+      positions,
+      keys,
+      values,
+      logits: this.logits ? this.logits.slice() : null,
+    });
+  }
+
+  /** Fills this new, empty session with a (checked) snapshot. */
+  load(snap: CacheSnapshot) {
+    this.relayout(Math.max(1, ...snap.positions.map((p) => p.length))); // room for exactly the entries
+    const to = this.regions(), hd = this.config.headDim, counts = this.counts();
+    const f = this.x.arena.f32, i = this.x.arena.i32;
+    for (let s = 0; s < this.slots; s++) {
+      const base = s * this.stride;
+      i.set(snap.positions[s], to.positions / 4 + base);
+      f.set(snap.keys[s], to.keys / 4 + base * hd);
+      f.set(snap.values[s], to.values / 4 + base * hd);
+      counts[s] = snap.positions[s].length;
+    }
+    this.nextPosition = snap.nextPosition;
+    this.logits = snap.logits ? snap.logits.slice() : null;
+    this.version++;
   }
 
   dispose() {

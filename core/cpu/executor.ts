@@ -3,8 +3,10 @@
  * run.c). It is the oracle the WebGPU executor and every scorer are checked against.
  */
 import { type ModelConfig, ropeInverseFrequencies } from "../config.ts";
+import { checkSnapshot } from "../cache_snapshot.ts";
 import type {
   CacheMark,
+  CacheSnapshot,
   DecodeOptions,
   DecodeResult,
   Executor,
@@ -296,6 +298,41 @@ export class CpuSession implements KvSession {
     return Promise.resolve(copy);
   }
 
+  exportCache(): Promise<CacheSnapshot> {
+    const c = this.config, hd = c.headDim, cache = this.cache, n = cache.counts;
+    return Promise.resolve({
+      nLayers: c.nLayers,
+      nKvHeads: c.nKvHeads,
+      headDim: hd,
+      nextPosition: this.nextPosition,
+      positions: cache.positions.map((p, s) => p.slice(0, n[s])),
+      keys: cache.keys.map((k, s) => k.slice(0, n[s] * hd)),
+      values: cache.values.map((v, s) => v.slice(0, n[s] * hd)),
+      logits: this.logits ? this.logits.slice() : null,
+    });
+  }
+
+  /** A session holding `snap` (checked by the executor). */
+  static restore(weights: ModelWeights, snap: CacheSnapshot, capacity: number): CpuSession {
+    const c = weights.config;
+    const cache = new CpuKvCache(c.nLayers, c.nKvHeads, c.headDim, capacity);
+    const hd = c.headDim;
+    // Through the cache's own append (whatever its storage layout), entry by entry.
+    for (let l = 0; l < c.nLayers; l++) {
+      for (let g = 0; g < c.nKvHeads; g++) {
+        const s = cache.slot(l, g), p = snap.positions[s], k = snap.keys[s], v = snap.values[s];
+        for (let i = 0; i < p.length; i++) {
+          cache.append(l, g, p[i], k.subarray(i * hd, (i + 1) * hd), v.subarray(i * hd, (i + 1) * hd));
+        }
+      }
+    }
+    cache.trim(); // allocated for exactly what it holds
+    const session = new CpuSession(weights, cache);
+    session.nextPosition = snap.nextPosition;
+    session.logits = snap.logits ? snap.logits.slice() : null;
+    return session;
+  }
+
   dispose() {}
 }
 
@@ -309,6 +346,10 @@ export class CpuExecutor implements Executor {
   createSession(capacity: number): CpuSession {
     const c = this.config;
     return new CpuSession(this.weights, new CpuKvCache(c.nLayers, c.nKvHeads, c.headDim, capacity));
+  }
+  restoreSession(snapshot: CacheSnapshot, capacity: number): Promise<KvSession> {
+    checkSnapshot(snapshot, this.config, capacity);
+    return Promise.resolve(CpuSession.restore(this.weights, snapshot, capacity));
   }
   dispose() {}
 }
