@@ -145,8 +145,10 @@ export const chat = (svc: Service): Handler => async (req) => {
   const b = await svc.parse(req, chatSchema);
   svc.checkModel(b.model);
   const special = b.allow_special_tokens ?? false;
-  const texts = b.messages.flatMap((m) => [textOf(m.content), m.name ?? ""]);
-  refuseOverlong(svc.model, texts.join("\n"), "messages", special); // before the template renders it all
+  // The messages' text (names only where a template renders them), before the template renders it all.
+  const named = svc.model.tokenizer.chatTemplate !== null;
+  const texts = b.messages.flatMap((m) => [textOf(m.content), named ? m.name ?? "" : ""]);
+  refuseOverlong(svc.model, texts.join("\n"), "messages", special);
   const prompt = encodeChat(svc.model.tokenizer, b.messages, special);
   return run(svc, req, { ...b, max_tokens: b.max_completion_tokens ?? b.max_tokens }, prompt, true);
 };
