@@ -875,7 +875,11 @@ export function mutateSafetensors(
       case 6:
         ops.push("rename-tensor");
         delete header[name];
-        header[pick(r, [name + ".x", name.toUpperCase(), "__proto__", "constructor", "", names[0]])] = t;
+        setOwn(
+          header,
+          pick(r, [name + ".x", name.toUpperCase(), "__proto__", "constructor", "", names[0]]),
+          t,
+        );
         break;
       case 7: {
         ops.push("metadata");

@@ -147,8 +147,10 @@ export const chat = (svc: Service): Handler => async (req) => {
   svc.checkModel(b.model);
   svc.admit([{ text: b.messages.map((m) => textOf(m.content)).join(""), param: "messages" }]);
   const special = b.allow_special_tokens ?? false;
-  const texts = b.messages.flatMap((m) => [textOf(m.content), m.name ?? ""]);
-  refuseOverlong(svc.model, texts.join("\n"), "messages", special); // before the template renders it all
+  // The messages' text (names only where a template renders them), before the template renders it all.
+  const named = svc.model.tokenizer.chatTemplate !== null;
+  const texts = b.messages.flatMap((m) => [textOf(m.content), named ? m.name ?? "" : ""]);
+  refuseOverlong(svc.model, texts.join("\n"), "messages", special);
   const prompt = encodeChat(svc.model.tokenizer, b.messages, special);
   const maxTokensParam = b.max_completion_tokens != null ? "max_completion_tokens" : "max_tokens";
   return run(

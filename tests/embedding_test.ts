@@ -80,6 +80,7 @@ const DENO_ALLOWED: Record<string, string> = {
   "eval/": "`deno task eval`: results and caches on disk",
   "fixtures/": "converters and test-model generators (entry points writing files)",
   "tests/": "tests",
+  "fuzz/": "`deno task fuzz`: findings saved to disk, mutated files written to a temporary directory",
   "web/build.ts": "`deno task bundle`: runs deno bundle, writes the bundle",
   "web/serve_static.ts": "the demo's static file server",
 };
