@@ -3,6 +3,7 @@
  * the model's Jinja template (or a plain one), and the response and stream-chunk shapes.
  */
 import { Template } from "@huggingface/jinja";
+import { fail, JudgeQError } from "../core/errors.ts";
 import type { CompressionRequest } from "../core/plan.ts";
 import { encodeTemplate, type TextTokenizer } from "../core/tokenizer.ts";
 import { HttpError } from "./errors.ts";
@@ -186,7 +187,13 @@ function run(
     maxTokensParam,
   });
   const compression = (b.kv_compression ?? null) as CompressionRequest | null;
-  precheck(svc.model, { prompt }, compression, p);
+  try {
+    precheck(svc.model, { prompt }, compression, p);
+  } catch (e) {
+    // A chat has no `prompt` field: its rendered messages are the prompt.
+    if (isChat && e instanceof JudgeQError && e.param === "prompt") throw fail(e.kind, e.message, "messages");
+    throw e;
+  }
   const env = newEnvelope(isChat ? "chatcmpl" : "cmpl", svc.model.name);
   const usage = (r: JobResult) => usageOf(r.promptTokens, r.completionTokens);
   const extra = (r: JobResult) => ({ compression: compressionJson(r.compression, false) });

@@ -276,6 +276,14 @@ const CASES: Case[] = [
     param: "messages.0.content",
   },
   {
+    // Short enough to pass admission by length, too long once tokenized: the error names the chat's field.
+    name: "chat: messages past the context once tokenized",
+    path: "/v1/chat/completions",
+    body: { messages: [{ role: "user", content: "Once upon a time, ".repeat(170) }] },
+    status: 422,
+    param: "messages",
+  },
+  {
     name: "chat: no messages field",
     path: "/v1/chat/completions",
     body: { model: "stories260K" },
