@@ -4,6 +4,9 @@
  * --duration seconds, and prints throughput and latency percentiles (one JSON object with --json).
  *   deno task loadtest [--requests 200] [--concurrency 8] [--max-tokens 32] [--method snapkv --budget 64]
  *                      [--endpoint generate|completions|chat] [--stream] [--url http://127.0.0.1:8000] [--json]
+ *                      [--long N --long-tokens 480] [--active-jobs 4]
+ * With --long, N clients keep a long generation running the whole time (fairness: what short requests
+ * pay while long ones run); their own count is reported apart.
  */
 import {
   executorFlag,
@@ -32,6 +35,9 @@ const SPEC = {
   "api-key": { kind: "string", help: "API key of the target server" },
   ...executorFlags("auto", "; for the server it starts"),
   "queue-size": { kind: "int", help: "queue size of the server it starts (default 64)", default: 64 },
+  "active-jobs": { kind: "int", help: "--active-jobs of the server it starts (default: the server's, 4)" },
+  long: { kind: "int", help: "clients keeping a long generation running meanwhile (default 0)", default: 0 },
+  "long-tokens": { kind: "int", help: "tokens of each long generation (default 480)", default: 480 },
   json: { kind: "boolean", help: "print one JSON object" },
   help: { kind: "boolean", help: "show this help" },
 } as const;
@@ -165,7 +171,14 @@ async function main(argv: string[]): Promise<number> {
       threads,
       warn: (m) => console.error(`warning: ${m}`),
     });
-    const app = createApp(model, { queueSize: f["queue-size"] as number });
+    const activeJobs = f["active-jobs"] as number | undefined;
+    if (activeJobs !== undefined && !(activeJobs >= 1)) {
+      throw new UsageError(`--active-jobs: expected a number >= 1, got '${activeJobs}'`);
+    }
+    const app = createApp(model, {
+      queueSize: f["queue-size"] as number,
+      ...(activeJobs !== undefined ? { activeJobs } : {}),
+    });
     const listening = Promise.withResolvers<Deno.NetAddr>();
     const server = Deno.serve({
       hostname: "127.0.0.1",
@@ -185,6 +198,18 @@ async function main(argv: string[]): Promise<number> {
   // One warm-up request (JIT, shader compilation) outside the measurement.
   await one(url, endpoint, bodyFor(endpoint, 0, { ...f, "max-tokens": 2 }), headers);
 
+  // Long generations in the background, started first and kept going until the measured requests end.
+  const longs = f.long as number;
+  if (!(longs >= 0 && longs <= 64)) throw new UsageError(`--long: expected 0..64, got '${longs}'`);
+  let measuring = true, longDone = 0;
+  const longBody = { prompt: "Once", max_tokens: f["long-tokens"], ignore_eos: true, temperature: 0 };
+  const longLoops = Array.from({ length: longs }, async () => {
+    while (measuring) {
+      if ((await one(url!, "generate", longBody, headers)).status === 200) longDone++;
+    }
+  });
+  if (longs > 0) await new Promise((r) => setTimeout(r, 200)); // the long ones are running
+
   const samples: Sample[] = [];
   const deadline = performance.now() + duration * 1000;
   const t0 = performance.now();
@@ -197,6 +222,8 @@ async function main(argv: string[]): Promise<number> {
   };
   await Promise.all(Array.from({ length: concurrency }, worker));
   const wall = (performance.now() - t0) / 1000;
+  measuring = false;
+  await Promise.all(longLoops);
   const metricsText = await fetch(`${url}/metrics`, { headers }).then((r) => r.text()).catch(() => "");
   await stop();
 
@@ -228,6 +255,7 @@ async function main(argv: string[]): Promise<number> {
       max: r2(lat.at(-1) ?? NaN),
     },
     ttft_ms: ttft.length ? { p50: r2(percentile(ttft, 50)), p99: r2(percentile(ttft, 99)) } : null,
+    long: longs > 0 ? { clients: longs, tokens: f["long-tokens"], completed: longDone } : null,
     server_queue_wait_s_mean: metricsText
       ? r2(
         sampleValue(metricsText, "judgeq_queue_wait_seconds_sum") /
