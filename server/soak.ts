@@ -4,7 +4,7 @@
  * and chat generations; clients that disconnect mid-stream; megabyte prompts) --concurrency at a time, then
  * deletes every context it kept and reports the server's resident memory (RSS, from /proc) at the start
  * (after a warm-up), at its peak (sampled every 100 ms), and at the end, with every status seen.
- *   deno task soak [--requests 2000] [--concurrency 8] [--duration 300] [--seed 1] [--context-max-mb 16]
+ *   deno task soak [--requests 2000] [--warmup 6000] [--concurrency 8] [--duration 300] [--seed 1] [--context-max-mb 16]
  *                  [--executor auto|wasm|cpu] [--json]
  * Exit status 1 when a 5xx was seen or the end RSS is more than 20% over the start.
  */
@@ -19,8 +19,9 @@ const SPEC = {
   seed: { kind: "int", help: "seed of the request mix (default 1)", default: 1 },
   warmup: {
     kind: "int",
-    help: "requests of the same mix before the start figure (default 400)",
-    default: 400,
+    help:
+      "requests of the same mix before the start figure (default 6000: the process reaches its working set)",
+    default: 6000,
   },
   "context-max-mb": {
     kind: "number",
@@ -37,6 +38,8 @@ const STORY =
   "One day, her friend Tom came to play. They ran and laughed until the sun went down. ";
 const QUESTIONS = [" Who had the ball?", " Where did Lily play?", " What did Tom do?", " Lily"];
 const METHODS = ["snapkv", "h2o", "streaming_llm", "tova", "knorm", "pyramidkv", "adakv"];
+/** The server's idle timeout here: each phase ends after it, with the clients' connections closed. */
+const IDLE_TIMEOUT_S = 3;
 const MEGA = "Once upon a time there was a ball. ".repeat(28_000);
 
 export interface SoakOptions {
@@ -178,6 +181,8 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
       String(o.contextMaxMb),
       "--queue-size",
       "256",
+      "--idle-timeout-s",
+      String(IDLE_TIMEOUT_S),
     ],
     stdout: "piped",
     stderr: "null",
@@ -218,7 +223,8 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
         await res.body?.cancel();
         if (res.status === 200) counts.deleted++;
       }
-      await new Promise((res) => setTimeout(res, 1000));
+      // Kept-alive connections are closed by the server once idle: measure after that.
+      await new Promise((res) => setTimeout(res, (IDLE_TIMEOUT_S + 1) * 1000));
       return { sent, statuses };
     };
     const heap = async () => {
@@ -243,7 +249,7 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
     const sampler = setInterval(() => peak = Math.max(peak, residentBytes(child.pid)), 100);
     const t0 = performance.now();
     const { sent, statuses } = await phase(o.requests, o.seed, t0 + o.durationS * 1000);
-    const seconds = (performance.now() - t0 - 1000) / 1000;
+    const seconds = (performance.now() - t0 - (IDLE_TIMEOUT_S + 1) * 1000) / 1000;
     clearInterval(sampler);
     const end = residentBytes(child.pid);
     const heapEnd = await heap();
