@@ -21,7 +21,7 @@ import type { CompressionRequest } from "../core/plan.ts";
 import type { TextTokenizer } from "../core/tokenizer.ts";
 import { Cancelled, HttpError } from "./errors.ts";
 import { OutputText } from "./output.ts";
-import { type PartialWork, TimeLimitExceeded } from "./turns.ts";
+import { type PartialWork, TimeLimitExceeded, YIELD_EVERY_MS } from "./turns.ts";
 
 export { Cancelled };
 
@@ -71,13 +71,9 @@ export interface JobResult {
 }
 
 /**
- * How often a running job lets the event loop poll I/O (accept requests, read bodies, flush streams,
- * notice disconnects). Only a timer does: setImmediate and message channels run before the poll and
- * starve the server. A timer turn costs 1-2 ms, so yielding every 16 ms costs about a tenth of a job.
+ * A job's hooks: passes the executor between decode batches (which also lets the event loop poll I/O,
+ * see turns.ts), tracks outputs and first-token time.
  */
-export const YIELD_EVERY_MS = 16;
-
-/** A job's hooks: yields to the event loop every YIELD_EVERY_MS, tracks outputs and first-token time. */
 class JobRun {
   private lastYield = performance.now();
   private readonly t0 = performance.now();
@@ -105,15 +101,19 @@ class JobRun {
       this.hooks.onText?.(index, text, [id]);
     }
     if (out.stopped) this.stopControllers[index].abort();
+    if (!this.hooks.pass) {
+      // Outside the service's turns (no scheduler): yield to the event loop now and then all the same.
+      if (performance.now() - this.lastYield >= YIELD_EVERY_MS) {
+        await new Promise((r) => setTimeout(r, 0));
+        this.lastYield = performance.now();
+      }
+      return;
+    }
     try {
-      await this.hooks.pass?.();
+      await this.hooks.pass();
     } catch (e) {
       if (e instanceof TimeLimitExceeded) e.partial = this.partial();
       throw e;
-    }
-    if (performance.now() - this.lastYield >= YIELD_EVERY_MS) {
-      await new Promise((r) => setTimeout(r, 0));
-      this.lastYield = performance.now();
     }
   };
 
