@@ -29,6 +29,8 @@ export interface FrontOptions {
   headerTimeoutMs: number;
   /** Time a connection may wait for its next request once its answers are delivered; 0: none. */
   idleTimeoutMs: number;
+  /** Connections open at once; one more is answered 503 (JSON, Retry-After) and closed. 0: no cap. */
+  maxConnections?: number;
   onError: (e: unknown) => Response | Promise<Response>;
   onListen?: (addr: Deno.NetAddr) => void;
 }
@@ -84,17 +86,25 @@ export function layerAnswer(chunk: Uint8Array): { at: number; status: number } |
 
 /** The JSON answer that replaces the HTTP layer's empty one: same status, the service's error shape. */
 export function layerError(status: number): Uint8Array {
-  const e = new HttpError(status, LAYER_ERRORS[status] ?? "the HTTP layer refused the request");
+  return rawError(new HttpError(status, LAYER_ERRORS[status] ?? "the HTTP layer refused the request"));
+}
+
+/** A whole HTTP/1.1 error answer as bytes, closing the connection (the front answers these itself). */
+export function rawError(e: HttpError): Uint8Array {
+  const status = e.status;
   const body = JSON.stringify(errorBody(e));
   const reason = status === 400
     ? "Bad Request"
     : status === 431
     ? "Request Header Fields Too Large"
+    : status === 503
+    ? "Service Unavailable"
     : "Error";
+  const extra = Object.entries(e.headers).map(([k, v]) => `${k}: ${v}\r\n`).join("");
   return new TextEncoder().encode(
     `HTTP/1.1 ${status} ${reason}\r\ncontent-type: application/json\r\ncontent-length: ${
       new TextEncoder().encode(body).length
-    }\r\nconnection: close\r\n\r\n${body}`,
+    }\r\n${extra}connection: close\r\n\r\n${body}`,
   );
 }
 
@@ -107,6 +117,7 @@ export type ToFront =
     innerPort: number;
     headerTimeoutMs: number;
     idleTimeoutMs: number;
+    maxConnections: number;
   }
   | { type: "begin" | "end"; port: number }
   | { type: "stop" }
@@ -210,6 +221,7 @@ export async function serveFronted(
     innerPort: innerAddr.port,
     headerTimeoutMs: o.headerTimeoutMs,
     idleTimeoutMs: o.idleTimeoutMs,
+    maxConnections: o.maxConnections ?? 0,
   });
   let addr: Deno.NetAddr;
   try {

@@ -5,7 +5,8 @@
  * answer was delivered ("end"); this thread, free of the jobs that hold the main one, keeps the time.
  */
 /// <reference lib="deno.worker" />
-import { type FromFront, layerAnswer, layerError, type ToFront } from "./front.ts";
+import { HttpError } from "./errors.ts";
+import { type FromFront, layerAnswer, layerError, rawError, type ToFront } from "./front.ts";
 
 type Start = Extract<ToFront, { type: "start" }>;
 type Phase = "head" | "busy" | "idle";
@@ -139,6 +140,18 @@ async function relayConnection(client: Deno.Conn, o: Start) {
   relay.close();
 }
 
+/** A connection beyond the cap: a 503 the client can read, then closed (never relayed, never queued). */
+function refuse(client: Deno.Conn, most: number) {
+  const e = new HttpError(503, `the server holds its maximum of ${most} connections; retry later`, null, {
+    "retry-after": "1",
+  });
+  writeAll(client, rawError(e)).catch(() => {}).finally(() => {
+    try {
+      client.close();
+    } catch { /* already closed */ }
+  });
+}
+
 async function start(o: Start) {
   try {
     listener = Deno.listen({ hostname: o.hostname, port: o.port, transport: "tcp" });
@@ -150,6 +163,10 @@ async function start(o: Start) {
   post({ type: "listening", hostname: addr.hostname, port: addr.port });
   try {
     for await (const client of listener) {
+      if (o.maxConnections > 0 && open.size >= o.maxConnections) {
+        refuse(client, o.maxConnections);
+        continue;
+      }
       const relayed = relayConnection(client, o).catch(() => {});
       open.add(relayed);
       relayed.finally(() => open.delete(relayed));

@@ -7,7 +7,7 @@
  *                   [--queue-size 32] [--active-jobs 4] [--max-request-seconds 120] [--max-body-bytes 1048576]
  *                   [--context-ttl 600] [--context-max-mb 256] [--context-store memory|redis://HOST:PORT]
  *                   [--max-tokens-per-request N] [--max-questions 64]
- *                   [--header-timeout-s 10] [--idle-timeout-s 30] [--body-timeout-s 30]
+ *                   [--header-timeout-s 10] [--idle-timeout-s 30] [--body-timeout-s 30] [--max-connections 1024]
  * The model and adapter are fixed here, at start-up; no request can choose files. SIGINT/SIGTERM stop
  * accepting, let in-flight and queued requests finish, then exit.
  */
@@ -28,7 +28,7 @@ import { errorResponse, toHttpError } from "./errors.ts";
 import { serveFronted } from "./front.ts";
 import { type ApiKey, DEFAULT_LABEL, KeysFileError, parseKeysFile } from "./keys.ts";
 
-const DEFAULT_HEADER_TIMEOUT_S = 10, DEFAULT_IDLE_TIMEOUT_S = 30;
+const DEFAULT_HEADER_TIMEOUT_S = 10, DEFAULT_IDLE_TIMEOUT_S = 30, DEFAULT_MAX_CONNECTIONS = 1024;
 import { isRedisUrl, redact, RedisBlobs } from "./redis_blobs.ts";
 
 const SPEC = {
@@ -101,6 +101,11 @@ const SPEC = {
     kind: "number",
     help: `seconds a connection has to send a request's headers, from accept or the request's first byte; ` +
       `closed after (default ${DEFAULT_HEADER_TIMEOUT_S}; 0: none)`,
+  },
+  "max-connections": {
+    kind: "int",
+    help:
+      `connections open at once through the front; one more gets a 503 and is closed (default ${DEFAULT_MAX_CONNECTIONS})`,
   },
   "idle-timeout-s": {
     kind: "number",
@@ -219,6 +224,7 @@ async function main(argv: string[]): Promise<number> {
   const maxQuestions = positive("max-questions", f["max-questions"]);
   const headerTimeoutS = positive("header-timeout-s", f["header-timeout-s"], 0) ?? DEFAULT_HEADER_TIMEOUT_S;
   const idleTimeoutS = positive("idle-timeout-s", f["idle-timeout-s"], 0) ?? DEFAULT_IDLE_TIMEOUT_S;
+  const maxConnections = positive("max-connections", f["max-connections"]) ?? DEFAULT_MAX_CONNECTIONS;
   const bodyTimeoutS = positive("body-timeout-s", f["body-timeout-s"], 0.001);
   if (maxQuestions !== undefined && maxQuestions > 64) {
     throw new UsageError(`--max-questions: expected 1 to 64, got '${maxQuestions}'`);
@@ -269,6 +275,7 @@ async function main(argv: string[]): Promise<number> {
     port,
     headerTimeoutMs: headerTimeoutS * 1000,
     idleTimeoutMs: idleTimeoutS * 1000,
+    maxConnections,
     onError: (e) => errorResponse(toHttpError(e)), // a JSON body, never a stack trace
   }, app.handler);
   const addr = server.addr;

@@ -340,11 +340,13 @@ const HEADER_S = 0.6, IDLE_S = 1.2;
 async function fronted(
   timeouts = { headerTimeoutMs: HEADER_S * 1000, idleTimeoutMs: IDLE_S * 1000 },
   bodyTimeoutMs = 30_000,
+  maxConnections = 0,
 ): Promise<{ port: number; server: FrontedServer; app: App; close(): Promise<void> }> {
   const app = createApp(await testModel(), { log: () => {}, bodyTimeoutMs });
   const server = await serveFronted({
     hostname: "127.0.0.1",
     port: 0,
+    maxConnections,
     ...timeouts,
     onError: (e) => errorResponse(toHttpError(e, () => {})),
   }, app.handler);
@@ -399,6 +401,29 @@ Deno.test("attack: a connection that sends nothing is closed after the header ti
       `closed after ${r.closedAfterS} s`,
     );
   } finally {
+    await s.close();
+  }
+});
+
+Deno.test("attack: connections past --max-connections get a JSON 503 and are closed; freed places serve again", async () => {
+  const s = await fronted({ headerTimeoutMs: 5000, idleTimeoutMs: 5000 }, 30_000, 3);
+  const held: Deno.Conn[] = [];
+  try {
+    for (let i = 0; i < 3; i++) held.push(await Deno.connect({ hostname: "127.0.0.1", port: s.port }));
+    await sleep(100); // the front has taken them
+    const r = await raw(s.port, async () => {});
+    assert(r.text.startsWith("HTTP/1.1 503 Service Unavailable\r\n"), r.text);
+    assert(/\r\nretry-after: 1\r\n/i.test(r.text), r.text);
+    const body = JSON.parse(r.text.slice(r.text.indexOf("\r\n\r\n") + 4));
+    assertEquals(body.error.type, "service_unavailable");
+    assert(r.closedAfterS < 2, `closed after ${r.closedAfterS} s`);
+    held.pop()!.close();
+    await sleep(100);
+    const ok = await fetch(`http://127.0.0.1:${s.port}/healthz`);
+    assertEquals(ok.status, 200);
+    await ok.body?.cancel();
+  } finally {
+    for (const c of held) c.close();
     await s.close();
   }
 });
