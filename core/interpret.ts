@@ -272,13 +272,18 @@ async function runStep(step: Step, plan: Plan, ctx: RunContext, st: State): Prom
       }
       const index = st.outputs.length;
       const mark = s.mark();
-      await s.forward({ kind: "tokens", tokens: step.question }, { logits: "last" });
-      const d = await s.decode({
-        ...step.decode,
-        onTokens: ctx.onTokens ? (ids) => ctx.onTokens!(index, ids) : undefined,
-        signal: ctx.signal,
-      });
-      await s.rewind(mark);
+      let d: DecodeResult;
+      try {
+        await s.forward({ kind: "tokens", tokens: step.question }, { logits: "last" });
+        d = await s.decode({
+          ...step.decode,
+          onTokens: ctx.onTokens ? (ids) => ctx.onTokens!(index, ids) : undefined,
+          signal: ctx.signal,
+        });
+      } finally {
+        // Whatever happened (a hook that threw, a time limit), the context is left as it was.
+        await s.rewind(mark);
+      }
       st.syncs += d.syncs;
       st.outputs.push({ tokens: d.tokens, finishReason: d.finishReason });
       return;

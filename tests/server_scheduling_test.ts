@@ -118,3 +118,29 @@ Deno.test("attack: a request past the executor time limit ends with a 422 and wh
     await s.close();
   }
 });
+
+Deno.test("attack: an answer on a kept context cut by the time limit leaves the context as it was", async () => {
+  const context = "Once upon a time, there was a little girl named Lily. She liked to play with her ball.";
+  const question = { question: " Who had the ball?", max_tokens: 12 };
+  const roomy = await startServer({});
+  const tight = await startServer({ maxRequestMs: 150 });
+  try {
+    const kv_compression = { method: "snapkv", budget: 16 };
+    const a = (await roomy.post("/v1/contexts", { context, kv_compression })).json.id;
+    const want = (await roomy.post(`/v1/contexts/${a}/generate`, question)).json.outputs[0].text;
+    const id = (await tight.post("/v1/contexts", { context, kv_compression })).json.id;
+    const before = (await tight.get(`/v1/contexts/${id}`)).json;
+    const cut = await tight.post(`/v1/contexts/${id}/generate`, {
+      question: " Lily",
+      max_tokens: 480,
+      ignore_eos: true,
+    });
+    assertEquals([cut.status, cut.json.error.param], [422, "max_tokens"]);
+    const after = (await tight.get(`/v1/contexts/${id}`)).json;
+    assertEquals([after.kv_bytes, after.allocated_bytes], [before.kv_bytes, before.allocated_bytes]);
+    const again = await tight.post(`/v1/contexts/${id}/generate`, question);
+    assertEquals([again.status, again.json.outputs[0].text], [200, want]);
+  } finally {
+    await Promise.all([roomy.close(), tight.close()]);
+  }
+});
