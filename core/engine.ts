@@ -117,6 +117,8 @@ export function tokenizeRequest(model: Model, r: TextRequest): E.Either<JudgeQEr
 export interface RunHooks {
   onTokens?: (index: number, ids: number[]) => void | Promise<void>;
   signal?: AbortSignal;
+  /** Awaited between chunks of a long prefill: a scheduler's yield point (RunContext.between). */
+  between?: () => Promise<void>;
 }
 
 /** Compiles a token-level request against the model, or a specific error. */

@@ -25,7 +25,16 @@ export interface ForwardOptions {
   logits?: "none" | "last" | "all";
   /** Keep the rows' queries for `attentionMass`. */
   captureQueries?: boolean;
+  /**
+   * Awaited between chunks of a long forward (every FORWARD_CHUNK_ROWS rows on the CPU executors; a WebGPU
+   * prefill is recorded whole and never calls it): a scheduler runs other jobs there, and may throw to stop
+   * this one (the rows before stay in the cache). Between chunks nothing of the pass is pending.
+   */
+  between?: () => Promise<void>;
 }
+
+/** Rows between two `between` calls of a forward pass on the CPU executors. */
+export const FORWARD_CHUNK_ROWS = 128;
 
 export interface ForwardResult {
   /** [rows][vocab] for "all", [vocab] for "last", null for "none". */

@@ -23,6 +23,8 @@ export interface RunContext {
   /** Streaming: new tokens of output `index` as soon as they are known. */
   onTokens?: (index: number, ids: number[]) => void | Promise<void>;
   signal?: AbortSignal;
+  /** Awaited between chunks of a long prefill (ForwardOptions.between): a scheduler's yield point. */
+  between?: () => Promise<void>;
   /** Decode-time compression: called at each segment boundary, before compressing (tests). */
   onDecodeBoundary?: BoundedDecodeContext["onBoundary"];
 }
@@ -146,6 +148,7 @@ async function runStep(step: Step, plan: Plan, ctx: RunContext, st: State): Prom
       if (from > 0) {
         await s.forward({ kind: "tokens", tokens: prompt.slice(0, from) }, {
           logits: from === L ? "last" : "none",
+          between: ctx.between,
         });
       }
       // Scoring rows run in chunks: each chunk's queries see the cache up to themselves (causal).
@@ -154,7 +157,9 @@ async function runStep(step: Step, plan: Plan, ctx: RunContext, st: State): Prom
         const r = await s.forward({ kind: "tokens", tokens: chunk }, {
           logits: at + chunk.length === L ? "last" : "none",
           captureQueries: true,
+          between: ctx.between,
         });
+        if (at + step.chunk < L) await ctx.between?.();
         await addMass(st, r.queries!, L);
       }
       return;

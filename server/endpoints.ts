@@ -131,7 +131,8 @@ export const createContext = (svc: Service): Handler => async (req) => {
   const signal = req.signal;
   const { value: ctx, queueMs, runMs } = await svc.enqueue(
     signal,
-    () => compressContext(svc.model, b.context, compression, { signal }, { allowSpecialTokens }),
+    (pass) =>
+      compressContext(svc.model, b.context, compression, { signal, between: pass }, { allowSpecialTokens }),
   );
   if (signal.aborted) {
     ctx.session.dispose();

@@ -117,6 +117,16 @@ class JobRun {
     }
   };
 
+  /** Between chunks of a long prefill: the executor's turn is offered as between decode batches. */
+  between = async () => {
+    try {
+      await this.hooks.pass?.();
+    } catch (e) {
+      if (e instanceof TimeLimitExceeded) e.partial = this.partial();
+      throw e;
+    }
+  };
+
   /** What the outputs hold so far. */
   partial(): PartialWork {
     const outputs = this.outputs.map((o) => ({ text: o.text, completion_tokens: o.tokens.length }));
@@ -284,6 +294,7 @@ export async function runPrompt(
   const { signal } = job.open(promptIds);
   const r = await generateText(model, { prompt: promptIds, compression, ...coreSampling(p) }, {
     onTokens: job.onTokens,
+    between: job.between,
     signal,
   });
   const output = job.close(0, r.outputs[0]?.finishReason ?? "length");
@@ -348,7 +359,11 @@ export async function runContext(
   p: DecodeParams,
   hooks: JobHooks,
 ): Promise<JobResult> {
-  const ctx = await compressContext(model, context, compression, { signal: hooks.signal }, p);
+  const job = new JobRun(model, p, hooks);
+  const ctx = await compressContext(model, context, compression, {
+    signal: hooks.signal,
+    between: job.between,
+  }, p);
   try {
     if (hooks.signal.aborted) throw new Cancelled();
     const r = await runAnswers(model, ctx, questions, p, hooks, ctx.timings);

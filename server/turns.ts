@@ -2,8 +2,9 @@
  * Fair use of the one executor by the jobs the queue admitted. A job computes only while it holds the
  * turn; it offers the turn back between decode batches (every token on the CPU executors, every batch on
  * the GPU), and the turn goes round-robin to the jobs waiting for it: a long generation can no longer
- * make a short one wait for all of it. A prefill runs whole once started. Each job's time holding the
- * turn is its executor time, checked against the per-request limit whenever it offers the turn.
+ * make a short one wait for all of it. A long prefill offers it between chunks of rows too
+ * (ForwardOptions.between). Each job's time holding the turn is its executor time, checked against the
+ * per-request limit whenever it offers the turn.
  */
 import { HttpError } from "./errors.ts";
 

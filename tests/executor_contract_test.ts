@@ -16,6 +16,7 @@ import { decodeAdapter } from "../core/adapter.ts";
 import { CpuExecutor } from "../core/cpu/executor.ts";
 import type { ModelConfig } from "../core/config.ts";
 import type { CacheSnapshot, DecodeOptions, Executor, KvSession, SamplingOptions } from "../core/executor.ts";
+import { FORWARD_CHUNK_ROWS } from "../core/executor.ts";
 import { type PlanResult, runPlan } from "../core/interpret.ts";
 import { METHODS } from "../core/methods/registry.ts";
 import { compilePlan, type CompressionRequest } from "../core/plan.ts";
@@ -568,6 +569,50 @@ async function allocationContract({ ex, w, m, toks }: Ctx) {
   }
 }
 
+/**
+ * `between`: awaited between chunks of a long forward on the CPU executors (never on WebGPU, which records a
+ * prefill whole), with another session's forward run inside it as a scheduler would: the logits are the same
+ * as without it, and a `between` that throws stops the pass with the rows before it cached.
+ */
+async function betweenContract({ ex, w, toks }: Ctx) {
+  const c = w.config, R = Math.min(c.maxSeqLen - 8, FORWARD_CHUNK_ROWS * 2 + 40);
+  const rows = Array.from({ length: R }, (_, i) => toks[i % toks.length]);
+  const calls = ex.kind === "gpu" ? 0 : Math.ceil(R / FORWARD_CHUNK_ROWS) - 1;
+  const plainRun = ex.createSession(R + 8),
+    interleaved = ex.createSession(R + 8),
+    other = ex.createSession(R + 8);
+  try {
+    const want = (await plainRun.forward(tokens(rows), { logits: "all" })).logits!;
+    let n = 0;
+    const got = (await interleaved.forward(tokens(rows), {
+      logits: "all",
+      between: async () => {
+        n++;
+        await other.forward(tokens(toks.slice(0, 9)), { logits: "last" }); // another job's turn
+      },
+    })).logits!;
+    assertEquals(n, calls, "between calls");
+    assertSame(got, want, "logits with other work between the chunks");
+    if (calls > 0) {
+      const stopped = ex.createSession(R + 8);
+      try {
+        await assertRejects(() =>
+          stopped.forward(tokens(rows), {
+            between: () => Promise.reject(new Error("time limit")),
+          })
+        );
+        assertEquals(stopped.nextPosition, FORWARD_CHUNK_ROWS, "the rows before the throw are cached");
+      } finally {
+        stopped.dispose();
+      }
+    }
+  } finally {
+    plainRun.dispose();
+    interleaved.dispose();
+    other.dispose();
+  }
+}
+
 function requests(m: ModelCase): { request: CompressionRequest; adapter: boolean }[] {
   const out: { request: CompressionRequest; adapter: boolean }[] = [];
   for (const name of Object.keys(METHODS)) {
@@ -799,6 +844,7 @@ const CONTRACT: [string, (ctx: Ctx) => Promise<void>][] = [
   ["attentionMass and keyNorms of prompt, embedding and decode rows", queriesContract],
   ["cache: keepPositions, positions, kvBytes, truncateFrom, mark/rewind, clone, dispose", cacheContract],
   ["allocation follows the entries held, not the capacity", allocationContract],
+  ["forward: between is awaited between chunks, other work inside it changes nothing", betweenContract],
   ["exportCache / restoreSession: bit for bit on the same executor, across executors", snapshotContract],
   ["every registered method through the plan interpreter, at two budgets", methodsContract],
 ];

@@ -144,3 +144,16 @@ Deno.test("attack: an answer on a kept context cut by the time limit leaves the 
     await Promise.all([roomy.close(), tight.close()]);
   }
 });
+
+Deno.test("a long prefill offers the executor between chunks: the time limit stops it before any token", async () => {
+  const s = await startServer({ maxRequestMs: 1 });
+  try {
+    const prompt = "Once upon a time, there was a little girl named Lily. ".repeat(30); // about 400 tokens
+    const r = await s.post("/v1/generate", { prompt, max_tokens: 4 });
+    assertEquals([r.status, r.json.error.param], [422, "max_tokens"]);
+    // Stopped inside the prompt's prefill (after its first 128 rows), not after a first token.
+    assertEquals(r.json.error.partial.completion_tokens, 0);
+  } finally {
+    await s.close();
+  }
+});

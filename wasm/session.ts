@@ -195,6 +195,7 @@ export class WasmSession implements KvSession {
         if (all) all.set(this.logitsOf(0, M), r0 * c.vocabSize);
         else if (want === "last" && r0 + M === rows) this.logits = this.logitsOf(M - 1, 1);
         this.nextPosition += M;
+        if (options.between && r0 + M < rows) await options.between();
       }
       if (all && rows > 0) this.logits = all.slice((rows - 1) * c.vocabSize);
       const positions = Array.from({ length: rows }, (_, i) => firstPosition + i);

@@ -3,10 +3,11 @@
  * one chunk of rows, RoPE tables, and per dispatch chunk an f16 weight panel and two rows of attention scores.
  */
 import type { ModelConfig } from "../core/config.ts";
+import { FORWARD_CHUNK_ROWS } from "../core/executor.ts";
 import type { Arena } from "./arena.ts";
 
 /** Prompt rows run through the layers together (blocked GEMM); longer inputs go in chunks. */
-export const CHUNK_ROWS = 128;
+export const CHUNK_ROWS = FORWARD_CHUNK_ROWS;
 
 export class Workspace {
   readonly x: number;

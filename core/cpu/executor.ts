@@ -16,6 +16,7 @@ import type {
   KvSession,
   QueryRows,
 } from "../executor.ts";
+import { FORWARD_CHUNK_ROWS } from "../executor.ts";
 import { decodeTokens } from "../decode_loop.ts";
 import type { ModelWeights } from "../weights.ts";
 import { CpuKvCache } from "./kv_cache.ts";
@@ -79,7 +80,7 @@ export class CpuSession implements KvSession {
     this.s = scratchFor(weights);
   }
 
-  forward(input: ForwardInput, options: ForwardOptions = {}): Promise<ForwardResult> {
+  async forward(input: ForwardInput, options: ForwardOptions = {}): Promise<ForwardResult> {
     const c = this.config;
     const rows = input.kind === "tokens" ? input.tokens.length : input.count;
     const want = options.logits ?? "last";
@@ -108,6 +109,7 @@ export class CpuSession implements KvSession {
         queries.push(q);
       }
       this.nextPosition++;
+      if (options.between && (r + 1) % FORWARD_CHUNK_ROWS === 0 && r + 1 < rows) await options.between();
     }
     return Promise.resolve({
       logits: want === "all" ? all : want === "last" ? this.logits : null,
