@@ -4,7 +4,7 @@
  * --duration seconds, and prints throughput and latency percentiles (one JSON object with --json).
  *   deno task loadtest [--requests 200] [--concurrency 8] [--max-tokens 32] [--method snapkv --budget 64]
  *                      [--endpoint generate|completions|chat] [--stream] [--url http://127.0.0.1:8000] [--json]
- *                      [--long N --long-tokens 480] [--active-jobs 4]
+ *                      [--long N --long-tokens 480] [--active-jobs 4] [--bare]
  * With --long, N clients keep a long generation running the whole time (fairness: what short requests
  * pay while long ones run); their own count is reported apart.
  */
@@ -19,6 +19,8 @@ import {
 } from "../io/flags.ts";
 import { loadModel } from "../io/runtime.ts";
 import { createApp } from "./app.ts";
+import { errorResponse, toHttpError } from "./errors.ts";
+import { serveFronted } from "./front.ts";
 import { sampleValue } from "./metrics.ts";
 import { readSse } from "./sse.ts";
 
@@ -35,6 +37,10 @@ const SPEC = {
   "api-key": { kind: "string", help: "API key of the target server" },
   ...executorFlags("auto", "; for the server it starts"),
   "queue-size": { kind: "int", help: "queue size of the server it starts (default 64)", default: 64 },
+  bare: {
+    kind: "boolean",
+    help: "serve with Deno.serve alone; default: through the TCP front, as `deno task start` serves",
+  },
   "active-jobs": { kind: "int", help: "--active-jobs of the server it starts (default: the server's, 4)" },
   long: { kind: "int", help: "clients keeping a long generation running meanwhile (default 0)", default: 0 },
   "long-tokens": { kind: "int", help: "tokens of each long generation (default 480)", default: 480 },
@@ -179,13 +185,16 @@ async function main(argv: string[]): Promise<number> {
       queueSize: f["queue-size"] as number,
       ...(activeJobs !== undefined ? { activeJobs } : {}),
     });
-    const listening = Promise.withResolvers<Deno.NetAddr>();
-    const server = Deno.serve({
+    // As `deno task start` serves (its default deadlines), unless --bare.
+    const server = await serveFronted({
       hostname: "127.0.0.1",
       port: 0,
-      onListen: (a) => listening.resolve(a as Deno.NetAddr),
+      headerTimeoutMs: f.bare ? 0 : 10_000,
+      idleTimeoutMs: f.bare ? 0 : 30_000,
+      maxConnections: 1024,
+      onError: (e) => errorResponse(toHttpError(e)),
     }, app.handler);
-    url = `http://127.0.0.1:${(await listening.promise).port}`;
+    url = `http://127.0.0.1:${server.addr.port}`;
     executor = model.executor.kind;
     stop = async () => {
       await server.shutdown();
@@ -237,6 +246,7 @@ async function main(argv: string[]): Promise<number> {
   const report = {
     url,
     executor,
+    served: f.url !== undefined ? "remote" : f.bare ? "Deno.serve" : "TCP front + Deno.serve",
     endpoint,
     stream: !!f.stream,
     compression: f.method ? { method: f.method, budget: f.budget ?? null } : null,
