@@ -13,14 +13,17 @@
  * ones take the defaults): JUDGEQ_MODEL (a model directory, or an http(s) URL of one, fetched: needs
  * net permission instead of read), JUDGEQ_ADAPTER (a file or URL, `none` for no adapter; default the
  * model's judgeq.safetensors), JUDGEQ_EXECUTOR (auto|gpu|wasm|cpu), JUDGEQ_THREADS, JUDGEQ_WEIGHTS
- * (auto|f32|f16|int8), JUDGEQ_API_KEY, JUDGEQ_QUEUE_SIZE, JUDGEQ_MAX_BODY_BYTES, JUDGEQ_CONTEXT_TTL
- * (seconds), JUDGEQ_CONTEXT_MAX_MB.
+ * (auto|f32|f16|int8), JUDGEQ_API_KEY, or JUDGEQ_API_KEYS (several keys, one a line as in
+ * --api-keys-file), JUDGEQ_QUEUE_SIZE, JUDGEQ_ACTIVE_JOBS, JUDGEQ_MAX_REQUEST_SECONDS (0: no limit),
+ * JUDGEQ_MAX_BODY_BYTES, JUDGEQ_CONTEXT_TTL (seconds), JUDGEQ_CONTEXT_MAX_MB. Connection deadlines
+ * (header, idle) are the host's: `deno serve` and edge runtimes own the socket.
  * @module
  */
 import type { Model } from "./core/engine.ts";
 import { isExecutorChoice, WEIGHT_CHOICES, type WeightFormatChoice } from "./io/executor_choice.ts";
 import { loadModel, type LoadOptions } from "./io/runtime.ts";
 import { type App, type AppOptions, createApp } from "./server/app.ts";
+import { parseKeysFile } from "./server/keys.ts";
 
 export interface ServeOptions extends Omit<LoadOptions, "warn"> {
   /** Options of the HTTP application (API key, queue size, body limit, context TTL and memory cap). */
@@ -106,8 +109,18 @@ export function serveOptionsFromEnv(env: Env = denoEnv): ServeOptions {
   const maxMb = number(env, "JUDGEQ_CONTEXT_MAX_MB", 0);
   const queueSize = number(env, "JUDGEQ_QUEUE_SIZE", 0);
   const maxBodyBytes = number(env, "JUDGEQ_MAX_BODY_BYTES", 1);
+  const activeJobs = number(env, "JUDGEQ_ACTIVE_JOBS", 1);
+  const maxRequestS = number(env, "JUDGEQ_MAX_REQUEST_SECONDS", 0);
+  const apiKey = env("JUDGEQ_API_KEY") || null, apiKeysText = env("JUDGEQ_API_KEYS") || null;
+  if (apiKey !== null && apiKeysText !== null) {
+    throw new Error("give JUDGEQ_API_KEY or JUDGEQ_API_KEYS, not both");
+  }
   const app: Partial<AppOptions> = {
-    apiKey: env("JUDGEQ_API_KEY") || null,
+    apiKey,
+    // Several keys, one per line as in --api-keys-file (LABEL:KEY or KEY): contexts belong to their key.
+    ...(apiKeysText !== null ? { apiKeys: parseKeysFile(apiKeysText, "JUDGEQ_API_KEYS") } : {}),
+    ...(activeJobs !== undefined ? { activeJobs } : {}),
+    ...(maxRequestS !== undefined ? { maxRequestMs: maxRequestS === 0 ? null : maxRequestS * 1000 } : {}),
     ...(queueSize !== undefined ? { queueSize } : {}),
     ...(maxBodyBytes !== undefined ? { maxBodyBytes } : {}),
     ...(ttl !== undefined ? { contextTtlMs: ttl * 1000 } : {}),

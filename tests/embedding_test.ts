@@ -342,7 +342,29 @@ Deno.test("embedding: serve.ts options from environment variables, bad values na
   assertEquals([o.executor, o.threads, o.weightFormat], ["wasm", 2, "int8"]);
   assertEquals(o.app, { apiKey: "k", contextTtlMs: 5000 });
   assertEquals(serveOptionsFromEnv(env({})).app, { apiKey: null });
-  for (const [k, v] of [["JUDGEQ_EXECUTOR", "tpu"], ["JUDGEQ_THREADS", "0"], ["JUDGEQ_WEIGHTS", "q4"]]) {
+  // Several keys (contexts owned by each), fair scheduling and the time limit, as on the command line.
+  assertEquals(
+    serveOptionsFromEnv(env({
+      JUDGEQ_API_KEYS: "alice:a-key\n# comment\nbob:b-key\n",
+      JUDGEQ_ACTIVE_JOBS: "2",
+      JUDGEQ_MAX_REQUEST_SECONDS: "0",
+    })).app,
+    {
+      apiKey: null,
+      apiKeys: [{ label: "alice", key: "a-key" }, { label: "bob", key: "b-key" }],
+      activeJobs: 2,
+      maxRequestMs: null,
+    },
+  );
+  for (
+    const [k, v] of [
+      ["JUDGEQ_EXECUTOR", "tpu"],
+      ["JUDGEQ_THREADS", "0"],
+      ["JUDGEQ_WEIGHTS", "q4"],
+      ["JUDGEQ_API_KEYS", "bad label:key"],
+      ["JUDGEQ_ACTIVE_JOBS", "0"],
+    ]
+  ) {
     let message = "";
     try {
       serveOptionsFromEnv(env({ [k]: v }));
