@@ -80,6 +80,11 @@ export function createApp(model: Model, options: Partial<AppOptions> = {}): App 
     () => httpInFlight,
   );
   metrics.gauge(
+    "judgeq_jobs_waiting_turn",
+    "Admitted jobs waiting for their turn on the executor (round-robin between decode batches).",
+    () => svc.turns.depth,
+  );
+  metrics.gauge(
     "judgeq_turn_handovers_total",
     "Times a running job passed the executor to another between decode batches.",
     () => svc.turns.handovers,

@@ -46,6 +46,7 @@ Deno.test("one long generation and six short ones: the short ones finish first, 
       "round-robin by decode batch: the short requests did not wait for the long one",
     );
     assert(await s.metric("judgeq_turn_handovers_total") > 0, "the executor changed hands");
+    assertEquals(await s.metric("judgeq_jobs_waiting_turn"), 0, "nobody waits once all is done");
     // Interleaving changes nothing in the outputs (the server's text is the continuation of the prompt).
     short.texts.forEach((t, i) => assert(t.endsWith(expected[i].trimStart()), `${t} / ${expected[i]}`));
   } finally {
