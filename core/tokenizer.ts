@@ -100,13 +100,57 @@ function pickTemplate(t: z.infer<typeof configSchema>["chat_template"]): string 
   return t.default ?? Object.values(t)[0] ?? null;
 }
 
-/** Builds a tokenizer from parsed tokenizer.json (and tokenizer_config.json) objects. */
+/** The most ids a tokenizer may have when no model bounds it (Llama 3 has 128,256). */
+export const MAX_TOKENIZER_IDS = 1 << 24;
+
+/**
+ * The first id in the vocabulary or the added tokens that is not an integer in [0, limit), as an error
+ * naming where it is. Checked before the JS port sees the file: it sizes arrays by the largest id (an id
+ * of 2^31 took two minutes and gigabytes), and takes a non-number id without complaint.
+ */
+function badTokenId(tj: { model: Record<string, unknown>; added_tokens?: { id: number }[] }, limit: number) {
+  const bad = (id: unknown) => typeof id !== "number" || !Number.isInteger(id) || id < 0 || id >= limit;
+  const vocab = tj.model.vocab;
+  if (tj.model.type === "Unigram") {
+    if (!Array.isArray(vocab)) return "model.vocab: a Unigram vocabulary must be a list of [piece, score]";
+    if (vocab.length > limit) {
+      return `model.vocab: ${vocab.length} pieces, more than the ${limit} ids allowed`;
+    }
+    const i = vocab.findIndex((p) =>
+      !Array.isArray(p) || typeof p[0] !== "string" || typeof p[1] !== "number" || !Number.isFinite(p[1])
+    );
+    if (i >= 0) return `model.vocab.${i}: must be [piece, score]`;
+  } else if (vocab !== undefined) {
+    if (vocab === null || typeof vocab !== "object" || Array.isArray(vocab)) {
+      return "model.vocab: must map tokens to ids";
+    }
+    for (const [token, id] of Object.entries(vocab)) {
+      if (bad(id)) {
+        return `model.vocab: the id of ${JSON.stringify(token.slice(0, 40))} is ${
+          JSON.stringify(id)
+        }, not an integer in [0, ${limit})`;
+      }
+    }
+  }
+  for (const [i, t] of (tj.added_tokens ?? []).entries()) {
+    if (bad(t.id)) return `added_tokens.${i}.id: ${t.id} is not an integer in [0, ${limit})`;
+  }
+  return null;
+}
+
+/**
+ * Builds a tokenizer from parsed tokenizer.json (and tokenizer_config.json) objects. `maxIds` bounds the
+ * ids it may hold: a model's vocab_size (checked against its embeddings), so no id reaches past them.
+ */
 export function createTokenizer(
   tokenizerJson: unknown,
   tokenizerConfig?: unknown,
+  maxIds = MAX_TOKENIZER_IDS,
 ): E.Either<JudgeQError, TextTokenizer> {
   const tj = tokenizerJsonSchema.safeParse(tokenizerJson);
   if (!tj.success) return E.left(fail("invalid_model_file", issueText(tj.error), "tokenizer.json"));
+  const badId = badTokenId(tj.data, maxIds);
+  if (badId !== null) return E.left(fail("invalid_model_file", badId, "tokenizer.json"));
   const tc = configSchema.safeParse(tokenizerConfig ?? {});
   if (!tc.success) return E.left(fail("invalid_model_file", issueText(tc.error), "tokenizer_config.json"));
   const cfg = tc.data;
@@ -135,6 +179,19 @@ export function createTokenizer(
   let vocabSize = 0;
   for (const id of hf.get_vocab(true).values()) vocabSize = Math.max(vocabSize, id + 1);
   if (vocabSize === 0) return E.left(fail("invalid_model_file", "empty vocabulary", "tokenizer.json"));
+  // Ids with no token (a gap, or two tokens sharing an id) would be ids the model can generate and no
+  // one can decode.
+  for (let id = 0; id < vocabSize; id++) {
+    if (typeof hf.id_to_token(id) !== "string") {
+      return E.left(
+        fail(
+          "invalid_model_file",
+          `model.vocab: no token has id ${id} (ids must run from 0 without gaps)`,
+          "tokenizer.json",
+        ),
+      );
+    }
+  }
 
   const idOfRef = (name: string | null, field: string): E.Either<JudgeQError, number | null> => {
     if (name === null) return E.right(null);
@@ -207,9 +264,13 @@ export function createTokenizer(
   const tokenBounds = (): { widest: number; solid: number } => {
     if (bounds !== null) return bounds;
     const probe = "  a\tb\n\u0001 e\u0301 \uff21 \u{1F600}  ";
-    if (tokenizer.decode(tokenizer.encode(probe, { addBos: false })) !== probe) {
-      return bounds = { widest: Infinity, solid: Infinity };
+    let roundTrips = false;
+    try {
+      roundTrips = tokenizer.decode(tokenizer.encode(probe, { addBos: false })) === probe;
+    } catch {
+      // A vocabulary that cannot spell the probe (no unknown token, no byte fallback): no bound.
     }
+    if (!roundTrips) return bounds = { widest: Infinity, solid: Infinity };
     // A byte-level vocabulary spells each byte as one character (some of them two bytes in UTF-8).
     const byteLevel = JSON.stringify(tj.data.decoder ?? null).includes('"ByteLevel"');
     const utf8 = new TextEncoder();
@@ -238,6 +299,10 @@ export function createTokenizer(
     },
     encode(text, opts) {
       const ids = opts?.allowSpecial ? hf.encode(text, { add_special_tokens: false }).ids : textIds(text);
+      // A vocabulary with no unknown token and no byte fallback gives no id for what it cannot spell.
+      if (ids.some((id) => !Number.isInteger(id))) {
+        throw fail("invalid_request", "the model's tokenizer has no token for part of this text");
+      }
       const addBos = (opts?.addBos ?? addBosDefault) && bosId !== null && ids[0] !== bosId;
       return addBos ? [bosId, ...ids] : ids;
     },

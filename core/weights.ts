@@ -63,8 +63,13 @@ export function expectedTensors(c: ModelConfig): Map<string, number[]> {
 }
 
 /** Checks a tensor's presence and shape before it is read, so a bad file fails before loading. */
-export function checkTensorShape(name: string, shape: number[] | undefined, config: ModelConfig) {
-  const want = expectedTensors(config).get(name);
+export function checkTensorShape(
+  name: string,
+  shape: number[] | undefined,
+  config: ModelConfig,
+  expected: Map<string, number[]> = expectedTensors(config),
+) {
+  const want = expected.get(name);
   if (!want) return E.right(undefined);
   if (!shape) return E.left(fail("invalid_model_file", "tensor is missing", name));
   if (shape.length !== want.length || shape.some((d, i) => d !== want[i])) {
@@ -80,7 +85,7 @@ export function assembleWeights(
 ): E.Either<JudgeQError, ModelWeights> {
   const expected = expectedTensors(config);
   for (const [name] of expected) {
-    const check = checkTensorShape(name, get(name)?.shape, config);
+    const check = checkTensorShape(name, get(name)?.shape, config, expected);
     if (E.isLeft(check)) return check;
   }
   const t = (name: string) => get(name)!.data;

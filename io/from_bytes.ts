@@ -123,8 +123,23 @@ export async function weightsFromTensors(
   headerOf: (name: string) => SafetensorsHeader | undefined,
   read: (name: string) => Promise<NamedTensor> | NamedTensor,
 ): Promise<ModelWeights> {
-  const names = [...expectedTensors(config).keys()];
-  for (const name of names) orThrow(checkTensorShape(name, headerOf(name)?.tensors.get(name)?.shape, config));
+  // A config claiming more layers than the file has any tensor for is refused before the expected names
+  // are listed (num_hidden_layers 1e6: nine million names).
+  const last = `model.layers.${config.nLayers - 1}.`;
+  const lastLayer = [...expectedTensors({ ...config, nLayers: 1 }).keys()]
+    .filter((n) => n.startsWith("model.layers.0.")).map((n) => last + n.slice("model.layers.0.".length));
+  if (!lastLayer.some((name) => headerOf(name)?.tensors.has(name))) {
+    throw fail(
+      "invalid_config",
+      `${config.nLayers} layers, but the weights have no tensor of layer ${config.nLayers - 1}`,
+      "config.num_hidden_layers",
+    );
+  }
+  const expected = expectedTensors(config);
+  const names = [...expected.keys()];
+  for (const name of names) {
+    orThrow(checkTensorShape(name, headerOf(name)?.tensors.get(name)?.shape, config, expected));
+  }
   const tensors = new Map<string, NamedTensor>();
   for (const name of names) tensors.set(name, await read(name));
   return orThrow(assembleWeights(config, (n) => tensors.get(n)));
@@ -194,7 +209,9 @@ export async function modelFromFiles(
   o: ModelAssembly = {},
 ): Promise<Model> {
   const warn = o.warn ?? ((m: string) => console.warn(`warning: ${m}`));
-  const tokenizer = orThrow(createTokenizer(files.tokenizerJson, files.tokenizerConfig));
+  const tokenizer = orThrow(
+    createTokenizer(files.tokenizerJson, files.tokenizerConfig, files.config.vocabSize),
+  );
   const executor = await chooseExecutor(files.weights, o.executor ?? "auto", {
     warn,
     weightFormat: o.weightFormat,
