@@ -405,6 +405,7 @@ export function mutateTokenizer(
         case 1: {
           ops.push("vocab.entry");
           const k = pick(r, vocab);
+          if (model.vocab === null || typeof model.vocab !== "object") model.vocab = {};
           model.vocab[k] = pick(r, [-1, 1e9, 2 ** 31, 0.5, "3", null, 5, 1e308, []]);
           break;
         }
@@ -496,6 +497,7 @@ export function mutateTokenizer(
           break;
         default: {
           ops.push("vocab.add");
+          if (model.vocab === null || typeof model.vocab !== "object") model.vocab = {};
           model.vocab[pick(r, ["<0x00>", "▁the", "", "\u0000", "\ud800", "x".repeat(5000)])] = pick(r, [
             511,
             512,

@@ -232,7 +232,7 @@ export async function fuzzModelFiles(
             );
           }
         } finally {
-          app.close();
+          await app.close();
         }
       } finally {
         model.executor.dispose();

@@ -25,6 +25,7 @@ import { createTokenizer } from "../core/tokenizer.ts";
 import {
   assembleWeights,
   checkTensorShape,
+  expectedTensorEntries,
   expectedTensors,
   type ModelWeights,
   type NamedTensor,
@@ -123,23 +124,12 @@ export async function weightsFromTensors(
   headerOf: (name: string) => SafetensorsHeader | undefined,
   read: (name: string) => Promise<NamedTensor> | NamedTensor,
 ): Promise<ModelWeights> {
-  // A config claiming more layers than the file has any tensor for is refused before the expected names
-  // are listed (num_hidden_layers 1e6: nine million names).
-  const last = `model.layers.${config.nLayers - 1}.`;
-  const lastLayer = [...expectedTensors({ ...config, nLayers: 1 }).keys()]
-    .filter((n) => n.startsWith("model.layers.0.")).map((n) => last + n.slice("model.layers.0.".length));
-  if (!lastLayer.some((name) => headerOf(name)?.tensors.has(name))) {
-    throw fail(
-      "invalid_config",
-      `${config.nLayers} layers, but the weights have no tensor of layer ${config.nLayers - 1}`,
-      "config.num_hidden_layers",
-    );
+  // One name at a time, so a config claiming a million layers fails at the first missing tensor, before
+  // nine million names are listed.
+  for (const [name, want] of expectedTensorEntries(config)) {
+    orThrow(checkTensorShape(name, headerOf(name)?.tensors.get(name)?.shape, config, want));
   }
-  const expected = expectedTensors(config);
-  const names = [...expected.keys()];
-  for (const name of names) {
-    orThrow(checkTensorShape(name, headerOf(name)?.tensors.get(name)?.shape, config, expected));
-  }
+  const names = [...expectedTensors(config).keys()];
   const tensors = new Map<string, NamedTensor>();
   for (const name of names) tensors.set(name, await read(name));
   return orThrow(assembleWeights(config, (n) => tensors.get(n)));
