@@ -32,7 +32,10 @@ export interface TextTokenizer {
    * a text that cannot fit a context is refused before any tokenizing. 0 for a tokenizer that may drop text.
    */
   minTokens(text: string): number;
-  /** Text of `ids`; throws RangeError on an id that is not in the vocabulary. */
+  /**
+   * Text of `ids`; throws RangeError on an id that is not in the vocabulary (ids of the model's that the
+   * tokenizer lacks, below createTokenizer's `maxIds`, are no text).
+   */
   decode(ids: readonly number[], opts?: { skipSpecial?: boolean }): string;
   readonly bosId: number | null;
   /** Stop tokens: the config's eos_token plus known end-of-turn specials present in the vocab. */
@@ -139,17 +142,18 @@ function badTokenId(tj: { model: Record<string, unknown>; added_tokens?: { id: n
 }
 
 /**
- * Builds a tokenizer from parsed tokenizer.json (and tokenizer_config.json) objects. `maxIds` bounds the
- * ids it may hold: a model's vocab_size (checked against its embeddings), so no id reaches past them.
+ * Builds a tokenizer from parsed tokenizer.json (and tokenizer_config.json) objects. `maxIds` is the model's
+ * vocab_size (checked against its embeddings): no tokenizer id may reach past it (default
+ * MAX_TOKENIZER_IDS), and the model's ids past the tokenizer's (padding rows) decode as no text.
  */
 export function createTokenizer(
   tokenizerJson: unknown,
   tokenizerConfig?: unknown,
-  maxIds = MAX_TOKENIZER_IDS,
+  maxIds?: number,
 ): E.Either<JudgeQError, TextTokenizer> {
   const tj = tokenizerJsonSchema.safeParse(tokenizerJson);
   if (!tj.success) return E.left(fail("invalid_model_file", issueText(tj.error), "tokenizer.json"));
-  const badId = badTokenId(tj.data, maxIds);
+  const badId = badTokenId(tj.data, maxIds ?? MAX_TOKENIZER_IDS);
   if (badId !== null) return E.left(fail("invalid_model_file", badId, "tokenizer.json"));
   const tc = configSchema.safeParse(tokenizerConfig ?? {});
   if (!tc.success) return E.left(fail("invalid_model_file", issueText(tc.error), "tokenizer_config.json"));
@@ -179,6 +183,7 @@ export function createTokenizer(
   let vocabSize = 0;
   for (const id of hf.get_vocab(true).values()) vocabSize = Math.max(vocabSize, id + 1);
   if (vocabSize === 0) return E.left(fail("invalid_model_file", "empty vocabulary", "tokenizer.json"));
+  const modelIds = maxIds ?? vocabSize;
   // Ids with no token (a gap, or two tokens sharing an id) would be ids the model can generate and no
   // one can decode.
   for (let id = 0; id < vocabSize; id++) {
@@ -307,13 +312,16 @@ export function createTokenizer(
       return addBos ? [bosId, ...ids] : ids;
     },
     decode(ids, opts) {
-      if (ids.length === 0) return ""; // the JS port throws on an empty list
-      for (const id of ids) {
+      // Ids past the tokenizer's but within the model's (`maxIds`: padded embedding rows, or a vocabulary
+      // smaller than the model's) can be generated: they have no text.
+      const known = ids.filter((id) => !(Number.isInteger(id) && id >= vocabSize && id < modelIds));
+      if (known.length === 0) return ""; // the JS port throws on an empty list
+      for (const id of known) {
         if (!Number.isInteger(id) || idToToken(id) === undefined) {
           throw new RangeError(`unknown token id ${id}`);
         }
       }
-      return hf.decode([...ids], {
+      return hf.decode(known, {
         skip_special_tokens: opts?.skipSpecial ?? false,
         clean_up_tokenization_spaces: false,
       });

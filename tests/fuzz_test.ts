@@ -6,7 +6,7 @@
  * headers (fuzz/run_files.ts), and the model files and chat templates those found, replayed exactly.
  * The full size: `deno task fuzz --requests 10000 --headers 2000 --configs 1000 --keys 2000 --seed 1 --seed 2 --seed 3`.
  */
-import type { Model } from "../core/engine.ts";
+import { generateText, type Model } from "../core/engine.ts";
 import { JudgeQError } from "../core/errors.ts";
 import { mutateRequest, mutateSafetensors, VALID_BODIES } from "../fuzz/mutate.ts";
 import { fuzzHeaders, fuzzRequests } from "../fuzz/run.ts";
@@ -405,7 +405,9 @@ Deno.test("fuzz: the key runner reports a near key let through and an exact key 
  * port; config 34 (num_hidden_layers 1e6) never finished listing nine million tensor names, each checked
  * by listing them all again; tokenizers 80, 135 and 148 (ids with gaps, a vocabulary that spells nothing)
  * loaded, then every chat was a 500 (TypeError: piece is not iterable; RangeError: unknown token id
- * undefined); tokenizer_config 32 (a BOM) loaded from bytes but not from disk.
+ * undefined); tokenizer_config 32 (a BOM) loaded from bytes but not from disk. And by `deno task fuzz
+ * --configs 2000 --seed 3`: tokenizer 469 (a 3-token vocabulary on a 512-row model) loaded, generated id
+ * 403, and decoding it threw (RangeError: unknown token id 403, a 500).
  */
 Deno.test("fuzz regressions: lying model files are refused by name and fast, or load and chat without a 5xx", async () => {
   const files = await modelFiles();
@@ -446,15 +448,19 @@ Deno.test("fuzz regressions: lying model files are refused by name and fast, or 
     "model.layers.5.input_layernorm.weight",
     /tensor is missing$/,
   );
-  for (const index of [80, 135, 148]) {
-    const m = mutateTokenizer(1, index, parsed.tokenizer, parsed.tokenizerConfig);
+  for (const [seed, index] of [[1, 80], [1, 135], [1, 148], [3, 469]]) {
+    const m = mutateTokenizer(seed, index, parsed.tokenizer, parsed.tokenizerConfig);
     assertEquals(m.file, "tokenizer.json");
     const loaded = await load(m.file, m.bytes).catch((e) => e);
     if (loaded instanceof JudgeQError) {
       assertEquals(loaded.param, "tokenizer.json", loaded.message);
       continue;
     }
-    assert(!(loaded instanceof Error), `tokenizer ${index}: ${loaded}`);
+    assert(!(loaded instanceof Error), `tokenizer ${seed}/${index}: ${loaded}`);
+    // 2 greedy tokens: the model's ids the tokenizer lacks are no text, not a throw.
+    await generateText(loaded as Model, { prompt: "Once upon a time", maxTokens: 2 }).catch((e) =>
+      assert(e instanceof JudgeQError, `tokenizer ${seed}/${index}: ${e}`)
+    );
     const logged: string[] = [];
     const app = fuzzApp(loaded as Model, logged);
     try {
@@ -465,7 +471,7 @@ Deno.test("fuzz regressions: lying model files are refused by name and fast, or 
         }),
       );
       const text = await res.text();
-      assert(res.status < 500, `tokenizer ${index}: ${res.status} ${text} ${logged}`);
+      assert(res.status < 500, `tokenizer ${seed}/${index}: ${res.status} ${text} ${logged}`);
       assertEquals(logged, []);
     } finally {
       await app.close();
