@@ -78,14 +78,16 @@ const hfConfigSchema = z.object({
 const asList = (v: number | number[] | null | undefined): number[] =>
   v === null || v === undefined ? [] : Array.isArray(v) ? v : [v];
 
-const zodPath = (issue: z.core.$ZodIssue): string => issue.path.map(String).join(".") || "config";
+/** The field an issue is about ("config.hidden_size"), or the file when it is about the whole of it. */
+const zodPath = (issue: z.core.$ZodIssue): string =>
+  issue.path.length ? `config.${issue.path.map(String).join(".")}` : "config.json";
 
 /** Validate a parsed `config.json`; the error names the offending field. */
 export function parseModelConfig(raw: unknown): E.Either<JudgeQError, ModelConfig> {
   const parsed = hfConfigSchema.safeParse(raw);
   if (!parsed.success) {
     const issue = parsed.error.issues[0];
-    return E.left(fail("invalid_config", issue.message, `config.${zodPath(issue)}`));
+    return E.left(fail("invalid_config", issue.message, zodPath(issue)));
   }
   const c = parsed.data;
   const architecture = c.architectures[0];

@@ -32,7 +32,10 @@ export interface TextTokenizer {
    * a text that cannot fit a context is refused before any tokenizing. 0 for a tokenizer that may drop text.
    */
   minTokens(text: string): number;
-  /** Text of `ids`; throws RangeError on an id that is not in the vocabulary. */
+  /**
+   * Text of `ids`; throws RangeError on an id that is not in the vocabulary (ids of the model's that the
+   * tokenizer lacks, below createTokenizer's `maxIds`, are no text).
+   */
   decode(ids: readonly number[], opts?: { skipSpecial?: boolean }): string;
   readonly bosId: number | null;
   /** Stop tokens: the config's eos_token plus known end-of-turn specials present in the vocab. */
@@ -100,13 +103,58 @@ function pickTemplate(t: z.infer<typeof configSchema>["chat_template"]): string 
   return t.default ?? Object.values(t)[0] ?? null;
 }
 
-/** Builds a tokenizer from parsed tokenizer.json (and tokenizer_config.json) objects. */
+/** The most ids a tokenizer may have when no model bounds it (Llama 3 has 128,256). */
+export const MAX_TOKENIZER_IDS = 1 << 24;
+
+/**
+ * The first id in the vocabulary or the added tokens that is not an integer in [0, limit), as an error
+ * naming where it is. Checked before the JS port sees the file: it sizes arrays by the largest id (an id
+ * of 2^31 took two minutes and gigabytes), and takes a non-number id without complaint.
+ */
+function badTokenId(tj: { model: Record<string, unknown>; added_tokens?: { id: number }[] }, limit: number) {
+  const bad = (id: unknown) => typeof id !== "number" || !Number.isInteger(id) || id < 0 || id >= limit;
+  const vocab = tj.model.vocab;
+  if (tj.model.type === "Unigram") {
+    if (!Array.isArray(vocab)) return "model.vocab: a Unigram vocabulary must be a list of [piece, score]";
+    if (vocab.length > limit) {
+      return `model.vocab: ${vocab.length} pieces, more than the ${limit} ids allowed`;
+    }
+    const i = vocab.findIndex((p) =>
+      !Array.isArray(p) || typeof p[0] !== "string" || typeof p[1] !== "number" || !Number.isFinite(p[1])
+    );
+    if (i >= 0) return `model.vocab.${i}: must be [piece, score]`;
+  } else if (vocab !== undefined) {
+    if (vocab === null || typeof vocab !== "object" || Array.isArray(vocab)) {
+      return "model.vocab: must map tokens to ids";
+    }
+    for (const [token, id] of Object.entries(vocab)) {
+      if (bad(id)) {
+        return `model.vocab: the id of ${JSON.stringify(token.slice(0, 40))} is ${
+          JSON.stringify(id)
+        }, not an integer in [0, ${limit})`;
+      }
+    }
+  }
+  for (const [i, t] of (tj.added_tokens ?? []).entries()) {
+    if (bad(t.id)) return `added_tokens.${i}.id: ${t.id} is not an integer in [0, ${limit})`;
+  }
+  return null;
+}
+
+/**
+ * Builds a tokenizer from parsed tokenizer.json (and tokenizer_config.json) objects. `maxIds` is the model's
+ * vocab_size (checked against its embeddings): no tokenizer id may reach past it (default
+ * MAX_TOKENIZER_IDS), and the model's ids past the tokenizer's (padding rows) decode as no text.
+ */
 export function createTokenizer(
   tokenizerJson: unknown,
   tokenizerConfig?: unknown,
+  maxIds?: number,
 ): E.Either<JudgeQError, TextTokenizer> {
   const tj = tokenizerJsonSchema.safeParse(tokenizerJson);
   if (!tj.success) return E.left(fail("invalid_model_file", issueText(tj.error), "tokenizer.json"));
+  const badId = badTokenId(tj.data, maxIds ?? MAX_TOKENIZER_IDS);
+  if (badId !== null) return E.left(fail("invalid_model_file", badId, "tokenizer.json"));
   const tc = configSchema.safeParse(tokenizerConfig ?? {});
   if (!tc.success) return E.left(fail("invalid_model_file", issueText(tc.error), "tokenizer_config.json"));
   const cfg = tc.data;
@@ -135,7 +183,7 @@ export function createTokenizer(
   let vocabSize = 0;
   for (const id of hf.get_vocab(true).values()) vocabSize = Math.max(vocabSize, id + 1);
   if (vocabSize === 0) return E.left(fail("invalid_model_file", "empty vocabulary", "tokenizer.json"));
-
+  const modelIds = maxIds ?? vocabSize;
   const idOfRef = (name: string | null, field: string): E.Either<JudgeQError, number | null> => {
     if (name === null) return E.right(null);
     const id = hf.token_to_id(name);
@@ -207,14 +255,20 @@ export function createTokenizer(
   const tokenBounds = (): { widest: number; solid: number } => {
     if (bounds !== null) return bounds;
     const probe = "  a\tb\n\u0001 e\u0301 \uff21 \u{1F600}  ";
-    if (tokenizer.decode(tokenizer.encode(probe, { addBos: false })) !== probe) {
-      return bounds = { widest: Infinity, solid: Infinity };
+    let roundTrips = false;
+    try {
+      roundTrips = tokenizer.decode(tokenizer.encode(probe, { addBos: false })) === probe;
+    } catch {
+      // A vocabulary that cannot spell the probe (no unknown token, no byte fallback): no bound.
     }
+    if (!roundTrips) return bounds = { widest: Infinity, solid: Infinity };
     // A byte-level vocabulary spells each byte as one character (some of them two bytes in UTF-8).
     const byteLevel = JSON.stringify(tj.data.decoder ?? null).includes('"ByteLevel"');
     const utf8 = new TextEncoder();
     let widest = 0, solid = 0;
-    for (const piece of hf.get_vocab(true).keys()) {
+    for (const piece of hf.get_vocab(true).keys() as Iterable<unknown>) {
+      // A piece that is not a string (a malformed vocabulary the JS port accepted) has no length to bound.
+      if (typeof piece !== "string") return bounds = { widest: Infinity, solid: Infinity };
       widest = Math.max(widest, byteLevel ? piece.length : utf8.encode(piece).length);
       let n = 0;
       for (const ch of piece) {
@@ -238,17 +292,26 @@ export function createTokenizer(
     },
     encode(text, opts) {
       const ids = opts?.allowSpecial ? hf.encode(text, { add_special_tokens: false }).ids : textIds(text);
+      // A vocabulary with no unknown token and no byte fallback gives no id for what it cannot spell.
+      if (ids.some((id) => !Number.isInteger(id))) {
+        throw fail("invalid_request", "the model's tokenizer has no token for part of this text");
+      }
       const addBos = (opts?.addBos ?? addBosDefault) && bosId !== null && ids[0] !== bosId;
       return addBos ? [bosId, ...ids] : ids;
     },
     decode(ids, opts) {
-      if (ids.length === 0) return ""; // the JS port throws on an empty list
-      for (const id of ids) {
+      // Ids within the model's (`maxIds`) that no token has (padded embedding rows past the tokenizer's,
+      // or a gap in its ids) can be generated: they have no text.
+      const known = ids.filter((id) =>
+        !(Number.isInteger(id) && id >= 0 && id < modelIds && idToToken(id) === undefined)
+      );
+      if (known.length === 0) return ""; // the JS port throws on an empty list
+      for (const id of known) {
         if (!Number.isInteger(id) || idToToken(id) === undefined) {
           throw new RangeError(`unknown token id ${id}`);
         }
       }
-      return hf.decode([...ids], {
+      return hf.decode(known, {
         skip_special_tokens: opts?.skipSpecial ?? false,
         clean_up_tokenization_spaces: false,
       });

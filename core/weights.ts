@@ -37,34 +37,42 @@ export interface NamedTensor {
 
 /** Every tensor name a config needs, with its expected shape. */
 export function expectedTensors(c: ModelConfig): Map<string, number[]> {
+  return new Map(expectedTensorEntries(c));
+}
+
+/** The same, one at a time, in order (a config's layer count is not bounded until the file is read). */
+export function* expectedTensorEntries(c: ModelConfig): Generator<[string, number[]]> {
   const q = c.nHeads * c.headDim, kv = c.nKvHeads * c.headDim;
-  const m = new Map<string, number[]>();
-  m.set("model.embed_tokens.weight", [c.vocabSize, c.dim]);
+  const entry = (name: string, shape: number[]): [string, number[]] => [name, shape];
+  yield entry("model.embed_tokens.weight", [c.vocabSize, c.dim]);
   for (let i = 0; i < c.nLayers; i++) {
     const p = `model.layers.${i}.`;
-    m.set(p + "input_layernorm.weight", [c.dim]);
-    m.set(p + "self_attn.q_proj.weight", [q, c.dim]);
-    m.set(p + "self_attn.k_proj.weight", [kv, c.dim]);
-    m.set(p + "self_attn.v_proj.weight", [kv, c.dim]);
+    yield entry(p + "input_layernorm.weight", [c.dim]);
+    yield entry(p + "self_attn.q_proj.weight", [q, c.dim]);
+    yield entry(p + "self_attn.k_proj.weight", [kv, c.dim]);
+    yield entry(p + "self_attn.v_proj.weight", [kv, c.dim]);
     if (c.attentionBias) {
-      m.set(p + "self_attn.q_proj.bias", [q]);
-      m.set(p + "self_attn.k_proj.bias", [kv]);
-      m.set(p + "self_attn.v_proj.bias", [kv]);
+      yield entry(p + "self_attn.q_proj.bias", [q]);
+      yield entry(p + "self_attn.k_proj.bias", [kv]);
+      yield entry(p + "self_attn.v_proj.bias", [kv]);
     }
-    m.set(p + "self_attn.o_proj.weight", [c.dim, q]);
-    m.set(p + "post_attention_layernorm.weight", [c.dim]);
-    m.set(p + "mlp.gate_proj.weight", [c.hiddenDim, c.dim]);
-    m.set(p + "mlp.up_proj.weight", [c.hiddenDim, c.dim]);
-    m.set(p + "mlp.down_proj.weight", [c.dim, c.hiddenDim]);
+    yield entry(p + "self_attn.o_proj.weight", [c.dim, q]);
+    yield entry(p + "post_attention_layernorm.weight", [c.dim]);
+    yield entry(p + "mlp.gate_proj.weight", [c.hiddenDim, c.dim]);
+    yield entry(p + "mlp.up_proj.weight", [c.hiddenDim, c.dim]);
+    yield entry(p + "mlp.down_proj.weight", [c.dim, c.hiddenDim]);
   }
-  m.set("model.norm.weight", [c.dim]);
-  if (!c.tiedEmbeddings) m.set("lm_head.weight", [c.vocabSize, c.dim]);
-  return m;
+  yield entry("model.norm.weight", [c.dim]);
+  if (!c.tiedEmbeddings) yield entry("lm_head.weight", [c.vocabSize, c.dim]);
 }
 
 /** Checks a tensor's presence and shape before it is read, so a bad file fails before loading. */
-export function checkTensorShape(name: string, shape: number[] | undefined, config: ModelConfig) {
-  const want = expectedTensors(config).get(name);
+export function checkTensorShape(
+  name: string,
+  shape: number[] | undefined,
+  config: ModelConfig,
+  want: number[] | undefined = expectedTensors(config).get(name),
+) {
   if (!want) return E.right(undefined);
   if (!shape) return E.left(fail("invalid_model_file", "tensor is missing", name));
   if (shape.length !== want.length || shape.some((d, i) => d !== want[i])) {
@@ -80,7 +88,7 @@ export function assembleWeights(
 ): E.Either<JudgeQError, ModelWeights> {
   const expected = expectedTensors(config);
   for (const [name] of expected) {
-    const check = checkTensorShape(name, get(name)?.shape, config);
+    const check = checkTensorShape(name, get(name)?.shape, config, expected.get(name));
     if (E.isLeft(check)) return check;
   }
   const t = (name: string) => get(name)!.data;

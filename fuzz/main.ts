@@ -1,11 +1,13 @@
 /**
  * deno task fuzz: seeded fuzzing of the service's inputs, in process (no sockets).
- *   deno task fuzz [--requests 10000] [--headers 2000] [--seed 1 --seed 2 ...] [--timeout 2]
+ *   deno task fuzz [--requests 10000] [--headers 2000] [--configs 1000] [--keys 2000] [--seed 1 ...] [--timeout 2]
  *                  [--concurrency 1] [--max-body-bytes 1048576] [--max-tokens-per-request 8] [--executor wasm]
  *                  [--out fuzz/out]
  *   deno task fuzz --replay fuzz/out/<finding>.json
  * Requests go through the app's handler over the embedded stories260K; safetensors and adapter headers
- * through loadModelFromBytes and the adapter decoder. Prints one JSON report per seed; every finding
+ * through loadModelFromBytes and the adapter decoder; config.json, tokenizer.json and tokenizer_config.json
+ * (chat templates included) through loadModelFromBytes and loadModelDir, each model that loads generating
+ * 2 tokens and answering a chat; API-key headers through an app with keys (fuzz/run_files.ts). Prints one JSON report per seed; every finding
  * (crash, hang, bad error body) is saved under --out with what replays it. Exits 1 on any finding.
  */
 import * as E from "fp-ts/Either";
@@ -24,6 +26,10 @@ import { EMBEDDED_MODEL_DIR } from "../io/model_dir.ts";
 import { loadModel } from "../io/runtime.ts";
 import { createApp } from "../server/app.ts";
 import { type Finding, fuzzHeaders, fuzzRequests, toRequest } from "./run.ts";
+import { type FileFinding, fuzzKeys, fuzzModelFiles } from "./run_files.ts";
+
+/** The keys the API-key fuzz configures (a plain one, one with ':' and '=' in it, one with Latin-1). */
+const FUZZ_KEYS = ["sk-judgeq-fuzz-0123456789", "k2:abc=def", "\u00ffkey-latin1"];
 
 const SPEC = {
   requests: { kind: "int", help: "request mutations per seed (default 10000)", default: 10_000 },
@@ -32,6 +38,12 @@ const SPEC = {
     help: "safetensors and adapter header mutations per seed (default 2000)",
     default: 2000,
   },
+  configs: {
+    kind: "int",
+    help: "config.json, tokenizer.json and tokenizer_config.json mutations per seed (default 1000)",
+    default: 1000,
+  },
+  keys: { kind: "int", help: "API-key header mutations per seed (default 2000)", default: 2000 },
   seed: { kind: "strings", help: "a seed (repeatable; default 1)" },
   concurrency: {
     kind: "int",
@@ -72,9 +84,9 @@ function appFor(
   });
 }
 
-async function save(dir: string, f: Finding): Promise<string> {
+async function save(dir: string, f: Finding | FileFinding): Promise<string> {
   await Deno.mkdir(dir, { recursive: true });
-  const name = `${dir}/${f.target}-seed${f.seed}-${f.index}-${f.kind}`;
+  const name = `${dir}/${f.target.replace(/\.json$/, "")}-seed${f.seed}-${f.index}-${f.kind}`;
   await Deno.writeFile(`${name}.bin`, f.bytes);
   const { bytes: _b, ...meta } = f;
   await Deno.writeTextFile(`${name}.json`, JSON.stringify({ ...meta, bytes_file: `${name}.bin` }, null, 2));
@@ -88,7 +100,10 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
   const requests = f.requests as number, headers = f.headers as number;
-  if (requests < 0 || headers < 0) throw new UsageError("--requests and --headers must be >= 0");
+  const configs = f.configs as number, keyCount = f.keys as number;
+  if (requests < 0 || headers < 0 || configs < 0 || keyCount < 0) {
+    throw new UsageError("--requests, --headers, --configs and --keys must be >= 0");
+  }
   const seeds = ((f.seed as string[] | undefined) ?? ["1"]).map((s) => {
     const n = Number(s);
     if (!Number.isSafeInteger(n) || n < 0) {
@@ -113,9 +128,10 @@ async function main(argv: string[]): Promise<number> {
     console.error(`unhandled rejection: ${e.reason instanceof Error ? e.reason.stack : String(e.reason)}`);
   });
   try {
-    if (f.replay) return await replay(f.replay as string, app, logged);
-    const [config, tokenizer, safetensors, adapter] = await Promise.all(
-      ["config.json", "tokenizer.json", "model.safetensors", "judgeq.safetensors"].map(read),
+    if (f.replay) return await replay(f.replay as string, app, logged, model);
+    const [config, tokenizer, safetensors, adapter, tokenizerConfig] = await Promise.all(
+      ["config.json", "tokenizer.json", "model.safetensors", "judgeq.safetensors", "tokenizer_config.json"]
+        .map(read),
     );
     const { weights } = await parseModelBytes({ config, tokenizer, safetensors });
     const tempDir = await Deno.makeTempDir({ prefix: "judgeq-fuzz-" });
@@ -123,7 +139,7 @@ async function main(argv: string[]): Promise<number> {
     await Deno.writeFile(`${tempDir}/tokenizer.json`, tokenizer);
     let findings = 0;
     for (const seed of seeds) {
-      const onFinding = (x: Finding) => {
+      const onFinding = (x: Finding | FileFinding) => {
         findings++;
         console.error(
           `${x.kind} (${x.target} ${x.seed}/${x.index}, ${x.ops.join(",")}): ${x.detail.split("\n")[0]}`,
@@ -150,12 +166,42 @@ async function main(argv: string[]): Promise<number> {
         tempDir,
         onFinding,
       });
-      for (const x of [...r.findings, ...h.findings]) {
+      const filesDir = await Deno.makeTempDir({ prefix: "judgeq-fuzz-files-" });
+      const c = await fuzzModelFiles({
+        seed,
+        mutations: configs,
+        config,
+        tokenizer,
+        tokenizerConfig,
+        safetensors,
+        timeoutMs,
+        tempDir: filesDir,
+        appFor: (m) => appFor(m, limits, logged),
+        onFinding,
+      }).finally(() => Deno.remove(filesDir, { recursive: true }));
+      const keyApp = createApp(model, {
+        apiKeys: FUZZ_KEYS.map((key, i) => ({ label: `fuzz-${i}`, key })),
+        maxTokensPerRequest: limits.maxTokens,
+        log: (m) => logged.push(m),
+      });
+      const k = await fuzzKeys(keyApp, { seed, requests: keyCount, keys: FUZZ_KEYS, timeoutMs, onFinding })
+        .finally(() => keyApp.close());
+      const internal = logged.splice(0);
+      for (const m of internal) console.error(`logged: ${m.split("\n")[0]}`);
+      findings += internal.length;
+      for (const x of [...r.findings, ...h.findings, ...c.findings, ...k.findings]) {
         console.error(`saved ${await save(f.out as string, x)}`);
       }
       const polluted = ({} as Record<string, unknown>).polluted !== undefined;
       console.log(
-        JSON.stringify({ seed, requests: r.report, headers: h.report, prototype_polluted: polluted }),
+        JSON.stringify({
+          seed,
+          requests: r.report,
+          headers: h.report,
+          model_files: c.report,
+          api_keys: k.report,
+          prototype_polluted: polluted,
+        }),
       );
       if (polluted) findings++;
     }
@@ -170,9 +216,70 @@ async function main(argv: string[]): Promise<number> {
 }
 
 /** Sends or parses one saved finding again and prints the outcome. */
-async function replay(path: string, app: ReturnType<typeof createApp>, logged: string[]): Promise<number> {
-  const meta = JSON.parse(await Deno.readTextFile(path)) as Omit<Finding, "bytes"> & { bytes_file: string };
-  const bytes = await Deno.readFile(meta.bytes_file);
+async function replay(
+  path: string,
+  app: ReturnType<typeof createApp>,
+  logged: string[],
+  model: Parameters<typeof createApp>[0],
+): Promise<number> {
+  const saved = JSON.parse(await Deno.readTextFile(path)) as
+    & Omit<Finding | FileFinding, "bytes">
+    & { bytes_file: string };
+  const bytes = await Deno.readFile(saved.bytes_file);
+  if (saved.target === "api-key") {
+    const m = saved as unknown as FileFinding;
+    const keyApp = createApp(model, {
+      apiKeys: FUZZ_KEYS.map((key, i) => ({ label: `fuzz-${i}`, key })),
+    });
+    try {
+      const headers = new Headers();
+      for (const [k, v] of m.headers!) headers.append(k, v);
+      const res = await keyApp.handler(
+        new Request(`http://fuzz.local${m.path}`, { method: m.method, headers }),
+      );
+      console.log(`${res.status}: ${await res.text()}`);
+    } finally {
+      await keyApp.close();
+    }
+    return 0;
+  }
+  if (saved.target.endsWith(".json")) {
+    const files = Object.fromEntries(
+      await Promise.all(
+        ["config.json", "tokenizer.json", "tokenizer_config.json"].map(async (n) =>
+          [n, await read(n)] as const
+        ),
+      ),
+    );
+    files[saved.target] = bytes;
+    try {
+      const loaded = await loadModelFromBytes({
+        config: files["config.json"],
+        tokenizer: files["tokenizer.json"],
+        tokenizerConfig: files["tokenizer_config.json"],
+        safetensors: await read("model.safetensors"),
+        adapter: null,
+        executor: "cpu",
+        warn: () => {},
+      });
+      console.log("loaded");
+      const chat = createApp(loaded, { log: (m) => logged.push(m) });
+      const res = await chat.handler(
+        new Request("http://fuzz.local/v1/chat/completions", {
+          method: "POST",
+          body: JSON.stringify({ messages: [{ role: "user", content: "Once upon a time" }], max_tokens: 2 }),
+        }),
+      );
+      console.log(`chat: ${res.status}: ${await res.text()}`);
+      await chat.close();
+      loaded.executor.dispose();
+    } catch (e) {
+      console.log(e instanceof Error ? (e.stack ?? e.message) : String(e));
+    }
+    for (const m of logged) console.log(`logged: ${m}`);
+    return logged.length ? 1 : 0;
+  }
+  const meta = saved as unknown as Omit<Finding, "bytes"> & { bytes_file: string };
   if (meta.target === "request") {
     let id = "ctx_none";
     if (meta.request!.path.includes("{id}")) {

@@ -25,6 +25,7 @@ import { createTokenizer } from "../core/tokenizer.ts";
 import {
   assembleWeights,
   checkTensorShape,
+  expectedTensorEntries,
   expectedTensors,
   type ModelWeights,
   type NamedTensor,
@@ -123,8 +124,12 @@ export async function weightsFromTensors(
   headerOf: (name: string) => SafetensorsHeader | undefined,
   read: (name: string) => Promise<NamedTensor> | NamedTensor,
 ): Promise<ModelWeights> {
+  // One name at a time, so a config claiming a million layers fails at the first missing tensor, before
+  // nine million names are listed.
+  for (const [name, want] of expectedTensorEntries(config)) {
+    orThrow(checkTensorShape(name, headerOf(name)?.tensors.get(name)?.shape, config, want));
+  }
   const names = [...expectedTensors(config).keys()];
-  for (const name of names) orThrow(checkTensorShape(name, headerOf(name)?.tensors.get(name)?.shape, config));
   const tensors = new Map<string, NamedTensor>();
   for (const name of names) tensors.set(name, await read(name));
   return orThrow(assembleWeights(config, (n) => tensors.get(n)));
@@ -194,7 +199,9 @@ export async function modelFromFiles(
   o: ModelAssembly = {},
 ): Promise<Model> {
   const warn = o.warn ?? ((m: string) => console.warn(`warning: ${m}`));
-  const tokenizer = orThrow(createTokenizer(files.tokenizerJson, files.tokenizerConfig));
+  const tokenizer = orThrow(
+    createTokenizer(files.tokenizerJson, files.tokenizerConfig, files.config.vocabSize),
+  );
   const executor = await chooseExecutor(files.weights, o.executor ?? "auto", {
     warn,
     weightFormat: o.weightFormat,

@@ -9,7 +9,7 @@ import { parseModelConfig } from "../core/config.ts";
 import { fail, type JudgeQError } from "../core/errors.ts";
 import { decodeToF32, headerLength, parseHeader, type SafetensorsHeader } from "../core/safetensors.ts";
 import type { NamedTensor } from "../core/weights.ts";
-import { type ModelFiles, pathFromFileUrl, weightsFromTensors } from "./from_bytes.ts";
+import { type ModelFiles, parseJsonInput, pathFromFileUrl, weightsFromTensors } from "./from_bytes.ts";
 
 export type { ModelFiles } from "./from_bytes.ts";
 
@@ -34,18 +34,15 @@ export const EMBEDDED_MODEL_DIR: string = embeddedModelLocation();
 const join = (dir: string, name: string) => dir.replace(/\/+$/, "") + "/" + name;
 
 async function readJson(path: string, field: string, optional: boolean): Promise<unknown> {
-  let text: string;
+  let bytes: Uint8Array;
   try {
-    text = await Deno.readTextFile(path);
+    bytes = await Deno.readFile(path);
   } catch (e) {
     if (optional && e instanceof Deno.errors.NotFound) return null;
     throw fail("invalid_model_file", `cannot read: ${(e as Error).message}`, field);
   }
-  try {
-    return JSON.parse(text);
-  } catch (e) {
-    throw fail("invalid_model_file", `not valid JSON: ${(e as Error).message}`, field);
-  }
+  // As the bytes loader reads it: a BOM skipped, invalid UTF-8 refused (readTextFile would replace it).
+  return parseJsonInput(bytes, field);
 }
 
 const orThrow = <A>(e: E.Either<JudgeQError, A>): A => {

@@ -2,7 +2,7 @@
  * The OpenAI-compatible surface: /v1/completions and /v1/chat/completions, chat prompts rendered with
  * the model's Jinja template (or a plain one), and the response and stream-chunk shapes.
  */
-import { Template } from "@huggingface/jinja";
+import { Environment, Interpreter, Template } from "@huggingface/jinja";
 import { fail, JudgeQError } from "../core/errors.ts";
 import type { CompressionRequest } from "../core/plan.ts";
 import { encodeTemplate, type TextTokenizer } from "../core/tokenizer.ts";
@@ -16,6 +16,94 @@ const textOf = (c: ChatMessage["content"]): string =>
   c === null ? "" : typeof c === "string" ? c : c.map((p) => p.text).join("");
 
 const templates = new Map<string, Template>();
+
+/**
+ * Bounds on one chat-template render. @huggingface/jinja has none: `range(1000000000)` builds the whole
+ * list, nested loops or a macro that calls itself twice run for minutes, and `{% set s = s + s %}` in a
+ * loop grows a string to gigabytes, all on the event loop. A real template takes a few steps per message.
+ */
+export const TEMPLATE_LIMITS = { steps: 250_000, rangeItems: 100_000, chars: 4 << 20 };
+
+/** A template that went past TEMPLATE_LIMITS (a 422, not the template's own refusal). */
+class TemplateLimitError extends Error {}
+
+/** Jinja's range(), refusing more than TEMPLATE_LIMITS.rangeItems items before it builds them. */
+function boundedRange(start: unknown, stop?: unknown, step: unknown = 1): number[] {
+  if (stop === undefined) [start, stop] = [0, start];
+  if (typeof start !== "number" || typeof stop !== "number" || typeof step !== "number") {
+    throw new Error("range() takes numbers");
+  }
+  if (step === 0) throw new Error("range() step must not be zero");
+  const n = Math.ceil((stop - start) / step);
+  if (!(n <= TEMPLATE_LIMITS.rangeItems)) {
+    throw new TemplateLimitError(`calls range() for ${n} items (at most ${TEMPLATE_LIMITS.rangeItems})`);
+  }
+  return Array.from({ length: Math.max(0, n) }, (_, i) => start + i * step);
+}
+
+const pad2 = (n: number) => String(n).padStart(2, "0");
+/** Jinja's strftime_now(): the same directives as @huggingface/jinja's (%Y %m %d %b %B %H %M %%). */
+function strftimeNow(format: unknown): string {
+  const d = new Date();
+  const month = (style: "long" | "short") => new Intl.DateTimeFormat(undefined, { month: style }).format(d);
+  return String(format).replace(/%[YmdbBHM%]/g, (t) =>
+    ({
+      "%Y": String(d.getFullYear()),
+      "%m": pad2(d.getMonth() + 1),
+      "%d": pad2(d.getDate()),
+      "%b": month("short"),
+      "%B": month("long"),
+      "%H": pad2(d.getHours()),
+      "%M": pad2(d.getMinutes()),
+    })[t] ?? "%");
+}
+
+/**
+ * Renders a parsed template as Template.render does (the same globals), but counting evaluation steps
+ * and checking the size of every string and list it makes against TEMPLATE_LIMITS.
+ */
+function renderBounded(t: Template, items: Record<string, unknown>): string {
+  const env = new Environment();
+  const globals: Record<string, unknown> = {
+    false: false,
+    true: true,
+    none: null,
+    False: false,
+    True: true,
+    None: null,
+    raise_exception: (message: unknown) => {
+      throw new Error(String(message));
+    },
+    range: boundedRange,
+    strftime_now: strftimeNow,
+  };
+  for (const [k, v] of Object.entries({ ...globals, ...items })) env.set(k, v);
+  const it = new Interpreter(env);
+  // evaluate() and evaluateBlock() are private in the typings; every node goes through the first and
+  // every loop iteration through the second (this.evaluate...), so wrapping them on the instance sees all.
+  type Step = (node: unknown, env: unknown) => { value?: unknown };
+  const self = it as unknown as { evaluate: Step; evaluateBlock: Step };
+  const evaluate = self.evaluate.bind(it), evaluateBlock = self.evaluateBlock.bind(it);
+  let steps = 0;
+  const step = () => {
+    if (++steps > TEMPLATE_LIMITS.steps) {
+      throw new TemplateLimitError(`did not finish within ${TEMPLATE_LIMITS.steps} steps`);
+    }
+  };
+  self.evaluateBlock = (node, scope) => (step(), evaluateBlock(node, scope));
+  self.evaluate = (node, scope) => {
+    step();
+    const v = evaluate(node, scope);
+    const size = (v?.value as { length?: unknown } | null | undefined)?.length;
+    if (typeof size === "number" && size > TEMPLATE_LIMITS.chars) {
+      throw new TemplateLimitError(
+        `made a value of ${size} characters or items (at most ${TEMPLATE_LIMITS.chars})`,
+      );
+    }
+    return v;
+  };
+  return String(it.run(t.parsed).value);
+}
 
 /**
  * The prompt for a chat. With a chat_template (tokenizer_config.json) it is rendered as transformers
@@ -36,13 +124,16 @@ export function renderChat(
   try {
     let t = templates.get(tok.chatTemplate);
     if (!t) templates.set(tok.chatTemplate, t = new Template(tok.chatTemplate));
-    return t.render({
+    return renderBounded(t, {
       messages: flat,
       bos_token: tok.bosToken ?? "",
       eos_token: tok.eosToken ?? "",
       add_generation_prompt: true,
     });
   } catch (e) {
+    if (e instanceof TemplateLimitError) {
+      throw new HttpError(422, `the chat template ${e.message}`, "messages");
+    }
     // Templates refuse conversations they cannot format (raise_exception): the client's to fix.
     throw new HttpError(400, `the chat template rejected the messages: ${(e as Error).message}`, "messages");
   }
