@@ -516,3 +516,17 @@ Deno.test("minTokens is a lower bound on the tokens of any text (stories260K, ll
     );
   }
 });
+
+Deno.test("a tokenizer with a gap in its ids loads; the gap and padding ids decode as no text", () => {
+  const json = {
+    model: { type: "BPE", vocab: { "a": 0, "b": 1, "c": 3 }, merges: [] },
+    added_tokens: [],
+  };
+  const tok = right(createTokenizer(json, {}, 6)); // a model with 6 ids: 2 is a gap, 4 and 5 padding rows
+  assert.deepEqual(tok.encode("abc", { addBos: false }), [0, 1, 3]);
+  assert.equal(tok.decode([0, 2, 1, 4, 3, 5]), tok.decode([0, 1, 3]));
+  assert.equal(tok.decode([2, 4, 5]), "");
+  assert.throws(() => tok.decode([6]), RangeError); // past the model's ids: an error, not text
+  // It cannot spell the round-trip probe (no unknown token, no byte fallback): no length bound is claimed.
+  assert.equal(tok.minTokens("abc".repeat(10)), 0);
+});
