@@ -88,3 +88,38 @@ export async function runScript(
   const text = new TextDecoder();
   return { code: out.code, stdout: text.decode(out.stdout), stderr: text.decode(out.stderr) };
 }
+
+const ROOT = new URL("../", import.meta.url).pathname;
+
+/** `deno run -A server/main.ts ARGS` from the project root, as a live process (for the tests that talk to it). */
+export function spawnServerMain(args: string[], env: Record<string, string> = {}): Deno.ChildProcess {
+  return new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "server/main.ts", ...args],
+    cwd: ROOT,
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1", ...env },
+  }).spawn();
+}
+
+/** All of a stream's text. */
+export async function readAll(s: ReadableStream<Uint8Array>): Promise<string> {
+  const decoder = new TextDecoder();
+  let text = "";
+  for await (const chunk of s) text += decoder.decode(chunk, { stream: true });
+  return text;
+}
+
+/** Runs server/main.ts to its exit (flag errors, --help): its exit code and output. */
+export async function runServerMain(
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const child = spawnServerMain(args, env);
+  const [status, stdout, stderr] = await Promise.all([
+    child.status,
+    readAll(child.stdout),
+    readAll(child.stderr),
+  ]);
+  return { code: status.code, stdout, stderr };
+}

@@ -10,31 +10,11 @@ import { errorResponse, toHttpError } from "../server/errors.ts";
 import { type FrontedServer, layerAnswer, serveFronted } from "../server/front.ts";
 import { KeysFileError, parseKeysFile } from "../server/keys.ts";
 import { startServer, testModel } from "./server_testing.ts";
-import { assert, assertEquals } from "./helpers.ts";
-
-const ROOT = new URL("../", import.meta.url).pathname;
-
-function spawn(args: string[], env: Record<string, string> = {}) {
-  return new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "server/main.ts", ...args],
-    cwd: ROOT,
-    stdout: "piped",
-    stderr: "piped",
-    env: { NO_COLOR: "1", ...env },
-    clearEnv: false,
-  }).spawn();
-}
-
-async function readAll(s: ReadableStream<Uint8Array>): Promise<string> {
-  const decoder = new TextDecoder();
-  let text = "";
-  for await (const chunk of s) text += decoder.decode(chunk, { stream: true });
-  return text;
-}
+import { assert, assertEquals, readAll, runServerMain, spawnServerMain } from "./helpers.ts";
 
 /** A server process on a free port: its base URL, host and port, and a stop that expects exit 0. */
 async function serve(args: string[] = []) {
-  const child = spawn(["--port", "0", "--executor", "cpu", "--adapter", "none", ...args]);
+  const child = spawnServerMain(["--port", "0", "--executor", "cpu", "--adapter", "none", ...args]);
   const stderr = readAll(child.stderr);
   const lines = child.stdout.getReader();
   let out = "";
@@ -187,13 +167,8 @@ Deno.test({
       ];
       for (const [i, [text, message]] of bad.entries()) {
         await Deno.writeTextFile(`${dir}/bad${i}`, text);
-        const child = spawn(["--api-keys-file", `${dir}/bad${i}`]);
-        const [status, , stderr] = await Promise.all([
-          child.status,
-          readAll(child.stdout),
-          readAll(child.stderr),
-        ]);
-        assertEquals(status.code, 2, stderr);
+        const { code, stderr } = await runServerMain(["--api-keys-file", `${dir}/bad${i}`]);
+        assertEquals(code, 2, stderr);
         assert(stderr.includes(`error: ${message}`), stderr);
         assert(!stderr.includes("k1") && !stderr.includes("sk/live"), `no part of a key in: ${stderr}`);
       }
@@ -213,13 +188,8 @@ Deno.test({
           [["--api-keys-file", dir], {}, "--api-keys-file: not a regular file"],
         ] as [string[], Record<string, string>, string][]
       ) {
-        const child = spawn(args, env);
-        const [status, , stderr] = await Promise.all([
-          child.status,
-          readAll(child.stdout),
-          readAll(child.stderr),
-        ]);
-        assertEquals(status.code, 2, stderr);
+        const { code, stderr } = await runServerMain(args, env);
+        assertEquals(code, 2, stderr);
         assert(stderr.includes(message), stderr);
       }
       const s = await serve(["--api-keys-file", `${dir}/keys`]);
@@ -595,13 +565,8 @@ Deno.test({
         [["--body-timeout-s", "0"], "--body-timeout-s: expected a number >= 0.001, got '0'"],
       ] as [string[], string][]
     ) {
-      const child = spawn(args);
-      const [status, , stderr] = await Promise.all([
-        child.status,
-        readAll(child.stdout),
-        readAll(child.stderr),
-      ]);
-      assertEquals(status.code, 2, stderr);
+      const { code, stderr } = await runServerMain(args);
+      assertEquals(code, 2, stderr);
       assert(stderr.includes(`error: ${message}`), stderr);
     }
     const s = await serve(["--header-timeout-s", "1", "--idle-timeout-s", "1"]);

@@ -4,19 +4,7 @@
  */
 import { readSse } from "../server/sse.ts";
 import { wasmUnsupportedReason } from "../wasm/mod.ts";
-import { assert, assertEquals } from "./helpers.ts";
-
-const ROOT = new URL("../", import.meta.url).pathname;
-
-function spawn(args: string[], env: Record<string, string> = {}) {
-  return new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "server/main.ts", ...args],
-    cwd: ROOT,
-    stdout: "piped",
-    stderr: "piped",
-    env: { NO_COLOR: "1", ...env },
-  }).spawn();
-}
+import { assert, assertEquals, readAll, runServerMain, spawnServerMain } from "./helpers.ts";
 
 /** What the process has printed up to the end of its first line (the ready line), at least. */
 async function untilNewline(lines: ReadableStreamDefaultReader<Uint8Array>): Promise<string> {
@@ -29,18 +17,20 @@ async function untilNewline(lines: ReadableStreamDefaultReader<Uint8Array>): Pro
   return out;
 }
 
-async function readAll(s: ReadableStream<Uint8Array>): Promise<string> {
-  const decoder = new TextDecoder();
-  let text = "";
-  for await (const chunk of s) text += decoder.decode(chunk, { stream: true });
-  return text;
-}
-
 Deno.test({
   name: "server/main.ts: ready line with a curl, then SIGTERM drains an in-flight stream and exits 0",
   ignore: Deno.build.os === "windows",
   fn: async () => {
-    const child = spawn(["--port", "0", "--executor", "cpu", "--adapter", "none", "--queue-size", "4"]);
+    const child = spawnServerMain([
+      "--port",
+      "0",
+      "--executor",
+      "cpu",
+      "--adapter",
+      "none",
+      "--queue-size",
+      "4",
+    ]);
     const stderr = readAll(child.stderr);
     const lines = child.stdout.getReader();
     const out = await untilNewline(lines);
@@ -90,13 +80,8 @@ Deno.test("server/main.ts: a bad flag is a usage error naming it", async () => {
       [["--max-tokens-per-request", "0"], "--max-tokens-per-request: expected a number >= 1, got '0'"],
     ] as [string[], string][]
   ) {
-    const child = spawn(args);
-    const [status, stdout, stderr] = await Promise.all([
-      child.status,
-      readAll(child.stdout),
-      readAll(child.stderr),
-    ]);
-    assertEquals(status.code, 2);
+    const { code, stdout, stderr } = await runServerMain(args);
+    assertEquals(code, 2);
     assert(stderr.includes(message), stderr + stdout);
   }
 });
@@ -105,7 +90,16 @@ Deno.test({
   name: "server/main.ts: --executor wasm serves a request and reports executor wasm",
   ignore: Deno.build.os === "windows" || wasmUnsupportedReason() !== null,
   fn: async () => {
-    const child = spawn(["--port", "0", "--executor", "wasm", "--threads", "2", "--adapter", "none"]);
+    const child = spawnServerMain([
+      "--port",
+      "0",
+      "--executor",
+      "wasm",
+      "--threads",
+      "2",
+      "--adapter",
+      "none",
+    ]);
     const stderr = readAll(child.stderr);
     const lines = child.stdout.getReader();
     const out = await untilNewline(lines);
@@ -137,9 +131,8 @@ Deno.test({
 });
 
 Deno.test("server/main.ts: --help lists --executor, --threads and --weights", async () => {
-  const child = spawn(["--help"]);
-  const [status, stdout] = await Promise.all([child.status, readAll(child.stdout), readAll(child.stderr)]);
-  assertEquals(status.code, 0);
+  const { code, stdout } = await runServerMain(["--help"]);
+  assertEquals(code, 0);
   for (const flag of ["--executor", "--threads", "--weights", "--gpu-weights"]) {
     assert(stdout.includes(`  ${flag} `), `${flag} missing from: ${stdout}`);
   }
@@ -157,7 +150,7 @@ Deno.test({
         [[], { JUDGEQ_API_KEY: "from-env" }, "from-env"],
       ] as [string[], Record<string, string>, string][]
     ) {
-      const child = spawn(["--port", "0", "--executor", "cpu", "--adapter", "none", ...args], env);
+      const child = spawnServerMain(["--port", "0", "--executor", "cpu", "--adapter", "none", ...args], env);
       const stderr = readAll(child.stderr);
       const lines = child.stdout.getReader();
       const out = await untilNewline(lines);
