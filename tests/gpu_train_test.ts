@@ -8,7 +8,6 @@
 import assert from "node:assert/strict";
 import * as E from "fp-ts/Either";
 import { parseModelConfig } from "../core/config.ts";
-import { randomSoftTokens } from "../core/soft_tokens.ts";
 import {
   initFitState,
   meanLoss,
@@ -26,6 +25,7 @@ import { trainStepGpu } from "../gpu/train/fit_gpu.ts";
 import { GpuTrainer } from "../gpu/train/trainer.ts";
 import { EMBEDDED_MODEL_DIR, loadModelDir } from "../io/model_dir.ts";
 import { prefilled, tinyConfigJson, tinyWeights } from "../fixtures/tiny_models.ts";
+import { relErr, seededTokens, softRows } from "./helpers.ts";
 
 const adapter = await navigator.gpu?.requestAdapter().catch(() => null);
 const ignore = !adapter;
@@ -49,12 +49,6 @@ function weightsOf(json: Record<string, unknown>): ModelWeights {
   return w.right;
 }
 
-const tokens = (n: number, vocab: number, seed: number) =>
-  Array.from({ length: n }, (_, i) => 1 + ((i * 7919 + seed * 104729) % (vocab - 1)));
-
-const softRows = (w: ModelWeights, n: number, seed: number) =>
-  Float64Array.from(randomSoftTokens(w.embed, w.config.dim, n, seed));
-
 /** A prompt's K/V and, as target, the maps of other soft rows (so the loss is far from its minimum). */
 async function sampleOf(
   w: ModelWeights,
@@ -63,19 +57,10 @@ async function sampleOf(
   n: number,
   seed: number,
 ): Promise<TrainSample> {
-  const session = await prefilled(w, tokens(L, w.config.vocabSize, seed), L + 1);
+  const session = await prefilled(w, seededTokens(L, w.config.vocabSize, seed), L + 1);
   const prompt = promptKvFromCache(session.cache, L);
   return { prompt, target: softForward(m, prompt, softRows(w, n, 1000 + seed)).maps };
 }
-
-const relErr = (a: ArrayLike<number>, b: ArrayLike<number>) => {
-  let d = 0, n = 0;
-  for (let i = 0; i < a.length; i++) {
-    d += (a[i] - b[i]) ** 2;
-    n += b[i] ** 2;
-  }
-  return Math.sqrt(d / n);
-};
 
 async function compareGradients(w: ModelWeights, L: number, n: number) {
   const m = trainModel(w), sample = await sampleOf(w, m, L, n, 1), e = softRows(w, n, 3);

@@ -4,6 +4,7 @@ import { EMBEDDED_MODEL_DIR, loadModelDir, type ModelFiles } from "../io/model_d
 import { parseModelConfig } from "../core/config.ts";
 import { assembleWeights, type ModelWeights } from "../core/weights.ts";
 import { randomTensors, testModelConfig, type TestShape } from "../fixtures/test_models.ts";
+import { randomSoftTokens } from "../core/soft_tokens.ts";
 
 export function assert(cond: unknown, message = "assertion failed"): asserts cond {
   if (!cond) throw new Error(message);
@@ -123,3 +124,23 @@ export async function runServerMain(
   ]);
   return { code: status.code, stdout, stderr };
 }
+
+// ---- training tests -------------------------------------------------------------------------------
+
+/** ||a - b|| / ||b||: the error of a against a reference b. */
+export const relErr = (a: ArrayLike<number>, b: ArrayLike<number>) => {
+  let d = 0, n = 0;
+  for (let i = 0; i < a.length; i++) {
+    d += (a[i] - b[i]) ** 2;
+    n += b[i] ** 2;
+  }
+  return Math.sqrt(d / n);
+};
+
+/** n deterministic token ids in [1, vocab), varied by seed. */
+export const seededTokens = (n: number, vocab: number, seed: number) =>
+  Array.from({ length: n }, (_, i) => 1 + ((i * 7919 + seed * 104729) % (vocab - 1)));
+
+/** n random soft-token rows of the model's embedding scale, in float64 (training's precision). */
+export const softRows = (w: ModelWeights, n: number, seed: number) =>
+  Float64Array.from(randomSoftTokens(w.embed, w.config.dim, n, seed));

@@ -1,15 +1,11 @@
 import assert from "node:assert";
 import { attentionLoss, type LossKind } from "../core/train/loss.ts";
-import { randomSoftTokens } from "../core/soft_tokens.ts";
 import { promptKvFromCache, trainModel } from "../core/train/model.ts";
-import type { ModelWeights } from "../core/weights.ts";
 import { softBackward, softForward } from "../core/train/soft_pass.ts";
 import { prefilled, tinyWeights } from "../fixtures/tiny_models.ts";
+import { softRows } from "./helpers.ts";
 
 const PROMPT = [1, 5, 9, 3, 17, 22, 4, 8, 30, 11, 6, 2, 19];
-
-const softRows = (w: ModelWeights, n: number, seed: number) =>
-  Float64Array.from(randomSoftTokens(w.embed, w.config.dim, n, seed));
 
 for (const bias of [false, true]) {
   for (const kind of ["mse", "kl"] as LossKind[]) {

@@ -8,7 +8,6 @@ import assert from "node:assert/strict";
 import * as E from "fp-ts/Either";
 import { decodeAdapter } from "../core/adapter.ts";
 import { CpuExecutor } from "../core/cpu/executor.ts";
-import { randomSoftTokens } from "../core/soft_tokens.ts";
 import { sampleLossAndGrad } from "../core/train/loop.ts";
 import type { LossKind } from "../core/train/loss.ts";
 import { trainModel } from "../core/train/model.ts";
@@ -22,30 +21,15 @@ import { main } from "../train/main.ts";
 import { tinyWeights } from "../fixtures/tiny_models.ts";
 import { workPaths } from "../train/workdir.ts";
 import { WasmExecutor, type WasmExecutorOptions, wasmUnsupportedReason } from "../wasm/mod.ts";
-import { randomModel } from "./helpers.ts";
+import { randomModel, relErr, seededTokens, softRows } from "./helpers.ts";
 
 const why = wasmUnsupportedReason();
 if (why) console.warn(`train_wasm_test: ${why}, wasm training tests skipped`);
 const ignore = why !== null;
 const GRAD_TOL = 1e-4;
 
-const relErr = (a: ArrayLike<number>, b: ArrayLike<number>) => {
-  let d = 0, n = 0;
-  for (let i = 0; i < a.length; i++) {
-    d += (a[i] - b[i]) ** 2;
-    n += b[i] ** 2;
-  }
-  return Math.sqrt(d / n);
-};
-
-const tokens = (n: number, vocab: number, seed: number) =>
-  Array.from({ length: n }, (_, i) => 1 + ((i * 7919 + seed * 104729) % (vocab - 1)));
-
-const softRows = (w: ModelWeights, n: number, seed: number) =>
-  Float64Array.from(randomSoftTokens(w.embed, w.config.dim, n, seed));
-
 async function compareGradients(w: ModelWeights, L: number, n: number, o: WasmExecutorOptions) {
-  const m = trainModel(w), prompt = tokens(L, w.config.vocabSize, 1);
+  const m = trainModel(w), prompt = seededTokens(L, w.config.vocabSize, 1);
   const sample = { split: "train" as const, prompt, response: [], target: new Float32Array() };
   const [ref] = await trainSamples(w, [sample], new CpuExecutor(w));
   const wasm = await WasmExecutor.create(w, o);
