@@ -28,6 +28,14 @@ export class JobQueue {
     return this.running >= this.concurrency && this.waiting.length >= this.maxWaiting;
   }
 
+  /** The 429 for a job refused because the queue is full (counted in `rejected`). */
+  refusal(): HttpError {
+    this.rejected++;
+    return new HttpError(429, `the queue is full (${this.maxWaiting} waiting); retry later`, null, {
+      "retry-after": "1",
+    });
+  }
+
   /**
    * Queues `job`; throws a 429 HttpError right away when the queue is full. A job whose signal aborts
    * while it waits leaves the queue and its promise rejects with the signal's reason.
@@ -35,12 +43,7 @@ export class JobQueue {
   submit<T>(job: () => Promise<T>, signal?: AbortSignal): Promise<T> {
     if (signal?.aborted) return Promise.reject(signal.reason);
     if (this.running < this.concurrency) return this.start(job);
-    if (this.waiting.length >= this.maxWaiting) {
-      this.rejected++;
-      throw new HttpError(429, `the queue is full (${this.maxWaiting} waiting); retry later`, null, {
-        "retry-after": "1",
-      });
-    }
+    if (this.waiting.length >= this.maxWaiting) throw this.refusal();
     return new Promise<T>((resolve, reject) => {
       const onAbort = () => {
         const i = this.waiting.indexOf(waiter);

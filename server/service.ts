@@ -212,20 +212,22 @@ export class Service {
     return Math.min(fallback, each);
   }
 
+  /** 503 while the server drains or after its device was lost. */
+  private checkAvailable() {
+    if (this.draining) throw new HttpError(503, "the server is shutting down");
+    if (this.deviceLost()) throw new HttpError(503, "the GPU device was lost; restart the server");
+  }
+
   /**
    * Admission, before any work is spent on a request: 503 while draining or lost, 429 when the queue is
    * full, and 422 for a text that cannot fit the model's context by its length alone (a lower bound on its
    * tokens, found without tokenizing it: a megabyte prompt costs nothing). Then the texts are tokenized.
    */
   admit(texts: { text: string; param: string }[]) {
-    if (this.draining) throw new HttpError(503, "the server is shutting down");
-    if (this.deviceLost()) throw new HttpError(503, "the GPU device was lost; restart the server");
+    this.checkAvailable();
     if (this.queue.full) {
-      this.queue.rejected++;
       this.metrics.rejected.inc();
-      throw new HttpError(429, `the queue is full (${this.queue.maxWaiting} waiting); retry later`, null, {
-        "retry-after": "1",
-      });
+      throw this.queue.refusal();
     }
     const context = this.model.config.maxSeqLen, tok = this.model.tokenizer;
     for (const { text, param } of texts) {
@@ -251,8 +253,7 @@ export class Service {
     work: (pass: () => Promise<void>) => Promise<T>,
     exclusive?: Mutex,
   ): Promise<Timed<T>> {
-    if (this.draining) throw new HttpError(503, "the server is shutting down");
-    if (this.deviceLost()) throw new HttpError(503, "the GPU device was lost; restart the server");
+    this.checkAvailable();
     const m = this.metrics;
     const queued = performance.now();
     let job: Promise<Timed<T>>;
