@@ -41,6 +41,8 @@ export interface ContextStoreOptions {
 
 export class ContextStore {
   private readonly entries = new Map<string, StoredContext>(); // in LRU order: oldest first
+  /** Sum of the listed entries' bytes (the cap is checked against it on every add and release). */
+  private total = 0;
   private readonly now: () => number;
   private timer: ReturnType<typeof setInterval> | null = null; // a number, or a Timeout under Node typings
   evicted = 0;
@@ -63,11 +65,9 @@ export class ContextStore {
     return this.entries.size;
   }
 
-  /** Bytes allocated by the listed contexts' sessions: what the cap counts. */
+  /** Bytes allocated by the listed contexts' sessions: what the cap counts (kept as entries come and go). */
   get bytes(): number {
-    let b = 0;
-    for (const e of this.entries.values()) b += e.bytes;
-    return b;
+    return this.total;
   }
 
   expiresAt(e: StoredContext): number {
@@ -108,6 +108,7 @@ export class ContextStore {
       lock: new Mutex(),
     };
     this.entries.set(e.id, e);
+    this.total += bytes;
     return e;
   }
 
@@ -142,7 +143,9 @@ export class ContextStore {
     else if (!e.removed) {
       this.touch(e);
       // Still over the cap after the answer gave its room back (a GPU keeps some headroom): evict others.
-      e.bytes = e.ctx.session.allocatedBytes();
+      const bytes = e.ctx.session.allocatedBytes();
+      this.total += bytes - e.bytes;
+      e.bytes = bytes;
       this.makeRoom(0, e);
     }
   }
@@ -193,7 +196,7 @@ export class ContextStore {
   }
 
   private remove(e: StoredContext) {
-    this.entries.delete(e.id);
+    if (this.entries.delete(e.id)) this.total -= e.bytes;
     e.removed = true;
     if (e.users === 0) e.ctx.session.dispose();
   }
