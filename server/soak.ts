@@ -10,6 +10,7 @@
  */
 import { mulberry32, pick, type Rng } from "../core/random.ts";
 import { executorFlag, executorFlags, parseFlags, usage, UsageError } from "../io/flags.ts";
+import { watch } from "./processes.ts";
 import { readSse } from "./sse.ts";
 
 const SPEC = {
@@ -185,20 +186,12 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
       String(IDLE_TIMEOUT_S),
     ],
     stdout: "piped",
-    stderr: "null",
+    stderr: "piped",
   }).spawn();
   try {
-    const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-    let out = "";
-    while (!out.includes("\n")) {
-      const { value, done } = await reader.read();
-      if (done) throw new Error(`the server exited before its ready line: ${out}`);
-      out += value;
-    }
-    reader.releaseLock();
-    child.stdout.cancel().catch(() => {});
-    const base = /at (http:\/\/127\.0\.0\.1:\d+)/.exec(out)?.[1];
-    if (!base) throw new Error(`no ready line: ${out}`);
+    const ready = await watch(child, /^judgeq serving .* at http:\/\//, "the server", 120_000);
+    const base = /at (http:\/\/127\.0\.0\.1:\d+)/.exec(ready)?.[1];
+    if (!base) throw new Error(`no ready line: ${ready}`);
 
     const contexts: string[] = [], counts = { created: 0, deleted: 0 };
     /** `requests` requests of the mix, `concurrency` at a time, then every kept context deleted. */

@@ -16,6 +16,7 @@ import { EMBEDDED_MODEL_DIR, embeddedModelLocation } from "../io/model_dir.ts";
 import { loadModel } from "../io/runtime.ts";
 import { generateText, type Model } from "../mod.ts";
 import { serveOptionsFromEnv } from "../serve.ts";
+import { freePort } from "../server/processes.ts";
 import { assert, assertEquals, assertRejects } from "./helpers.ts";
 
 const ROOT = new URL("../", import.meta.url);
@@ -71,6 +72,7 @@ const DENO_ALLOWED: Record<string, string> = {
   "server/front_worker.ts": "the front's worker: Deno.listen, Deno.connect and the relay",
   "server/loadtest.ts": "the `deno task loadtest` entry",
   "server/soak.ts": "the `deno task soak` entry (a server process, its RSS from /proc)",
+  "server/processes.ts": "child processes of the cluster and soak tools: free ports, ready lines",
   "server/cluster.ts": "`deno task cluster`: replicas, redis-server and haproxy as subprocesses, signals",
   "server/cluster_loadtest.ts": "the `deno task loadtest:cluster` entry",
   "gpu/train/bench.ts": "a benchmark entry point",
@@ -374,13 +376,6 @@ Deno.test("embedding: serve.ts options from environment variables, bad values na
     assert(message.startsWith(k), `${k}=${v}: ${message}`);
   }
 });
-
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
-}
 
 Deno.test("embedding: deno serve serve.ts with only --allow-read of the model directory answers a generate request", async () => {
   const port = freePort();

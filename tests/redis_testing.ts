@@ -4,6 +4,8 @@
  * Debian: `apt-get install redis-server` (.ci/run does). Where it is absent the tests skip, saying so.
  */
 
+import { freePort } from "../server/processes.ts";
+
 /** The path of redis-server, or null. */
 export function redisServerPath(): string | null {
   for (const dir of (Deno.env.get("PATH") ?? "/usr/bin:/usr/sbin").split(":")) {
@@ -16,13 +18,6 @@ export function redisServerPath(): string | null {
 }
 
 export const REDIS_SKIP = "redis-server is not installed (apt-get install redis-server): skipped";
-
-export function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
-}
 
 /** Whether a PING gets PONG within `ms`. */
 export async function pingRedis(port: number, ms = 500): Promise<boolean> {
