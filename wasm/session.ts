@@ -79,12 +79,17 @@ export class WasmSession implements KvSession {
   /** Bumped whenever entries leave the cache (prune, cut, rewind): fused masses before it are stale. */
   private version = 0;
 
-  constructor(private readonly x: SessionContext, readonly capacity: number) {
+  /** `stride`: the room each slot starts with (a clone starts with its source's). */
+  constructor(
+    private readonly x: SessionContext,
+    readonly capacity: number,
+    stride = Math.min(capacity, 16),
+  ) {
     const c = x.config;
     this.config = c;
     this.invFreq = ropeInverseFrequencies(c);
     this.slots = c.nLayers * c.nKvHeads;
-    this.stride = Math.min(capacity, 16);
+    this.stride = stride;
     this.cache = { ...this.allocEntries(this.stride), counts: x.arena.alloc(this.slots * 4) };
     x.arena.i32.fill(0, this.cache.counts / 4, this.cache.counts / 4 + this.slots);
   }
@@ -506,8 +511,7 @@ export class WasmSession implements KvSession {
   }
 
   clone(): Promise<KvSession> {
-    const copy = new WasmSession(this.x, this.capacity);
-    copy.relayout(this.stride);
+    const copy = new WasmSession(this.x, this.capacity, this.stride);
     const from = this.regions(), to = copy.regions();
     const f = this.x.arena.f32, i = this.x.arena.i32, hd = this.config.headDim;
     const counts = this.counts();
