@@ -37,14 +37,16 @@ export class CpuKvCache {
    * half again at least, so appending token by token copies each entry O(1) times.
    */
   reserve(rows: number) {
-    for (let s = 0; s < this.counts.length; s++) {
-      const need = this.counts[s] + rows;
-      if (need > this.capacity) {
-        throw new RangeError(`KV cache full: capacity ${this.capacity} positions per head`);
-      }
-      const have = this.allocated(s);
-      if (need > have) this.resize(s, Math.min(this.capacity, Math.max(need, Math.ceil(have * 1.5), 16)));
+    for (let s = 0; s < this.counts.length; s++) this.grow(s, this.counts[s] + rows);
+  }
+
+  /** Room for `need` entries in slot s. */
+  private grow(s: number, need: number) {
+    if (need > this.capacity) {
+      throw new RangeError(`KV cache full: capacity ${this.capacity} positions per head`);
     }
+    const have = this.allocated(s);
+    if (need > have) this.resize(s, Math.min(this.capacity, Math.max(need, Math.ceil(have * 1.5), 16)));
   }
 
   /** Frees the room no head uses: storage shrinks to the entries held. */
@@ -75,12 +77,7 @@ export class CpuKvCache {
   append(layer: number, head: number, position: number, key: Float32Array, value: Float32Array) {
     const s = this.slot(layer, head);
     const i = this.counts[s];
-    if (i >= this.allocated(s)) {
-      if (i >= this.capacity) {
-        throw new RangeError(`KV cache full: capacity ${this.capacity} positions per head`);
-      }
-      this.resize(s, Math.min(this.capacity, Math.max(i + 1, Math.ceil(i * 1.5), 16)));
-    }
+    this.grow(s, i + 1);
     this.keys[s].set(key, i * this.headDim);
     this.values[s].set(value, i * this.headDim);
     this.positions[s][i] = position;
