@@ -147,6 +147,12 @@ async function main(argv: string[]): Promise<number> {
   if (!(duration > 0 && duration <= 3600)) {
     throw new UsageError(`--duration: expected (0, 3600] seconds, got '${duration}'`);
   }
+  const longs = f.long as number;
+  if (!(longs >= 0 && longs <= 64)) throw new UsageError(`--long: expected 0..64, got '${longs}'`);
+  const activeJobs = f["active-jobs"] as number | undefined;
+  if (activeJobs !== undefined && !(activeJobs >= 1)) {
+    throw new UsageError(`--active-jobs: expected a number >= 1, got '${activeJobs}'`);
+  }
   const executorChoice = executorFlag(f.executor);
   const threads = threadsFlag(f.threads), weightFormat = weightsFlag(f);
   const endpoint = f.endpoint as string;
@@ -177,10 +183,6 @@ async function main(argv: string[]): Promise<number> {
       threads,
       warn: (m) => console.error(`warning: ${m}`),
     });
-    const activeJobs = f["active-jobs"] as number | undefined;
-    if (activeJobs !== undefined && !(activeJobs >= 1)) {
-      throw new UsageError(`--active-jobs: expected a number >= 1, got '${activeJobs}'`);
-    }
     const app = createApp(model, {
       queueSize: f["queue-size"] as number,
       ...(activeJobs !== undefined ? { activeJobs } : {}),
@@ -208,8 +210,6 @@ async function main(argv: string[]): Promise<number> {
   await one(url, endpoint, bodyFor(endpoint, 0, { ...f, "max-tokens": 2 }), headers);
 
   // Long generations in the background, started first and kept going until the measured requests end.
-  const longs = f.long as number;
-  if (!(longs >= 0 && longs <= 64)) throw new UsageError(`--long: expected 0..64, got '${longs}'`);
   let measuring = true, longDone = 0;
   const longBody = { prompt: "Once", max_tokens: f["long-tokens"], ignore_eos: true, temperature: 0 };
   const longLoops = Array.from({ length: longs }, async () => {

@@ -4,7 +4,7 @@
  * kept, and its resident memory after the run is not far over the start.
  */
 import { runSoak } from "../server/soak.ts";
-import { assert, assertEquals } from "./helpers.ts";
+import { assert, assertEquals, runScript } from "./helpers.ts";
 
 Deno.test({
   name:
@@ -41,4 +41,19 @@ Deno.test({
     // The full soak holds end within 20% of start (README); a short run is noisier: a gross leak still shows.
     assert(r.end_over_start < 0.5, `RSS ${r.rss_mb.start} -> ${r.rss_mb.end} MB`);
   },
+});
+
+Deno.test("soak and loadtest: a bad flag exits 2 naming it, before any server starts", async () => {
+  for (
+    const [script, args, message] of [
+      ["server/soak.ts", ["--requests", "0"], "--requests: expected a number >= 1, got '0'"],
+      ["server/soak.ts", ["--concurrency", "-2"], "--concurrency: expected a number >= 1, got '-2'"],
+      ["server/loadtest.ts", ["--long", "65"], "--long: expected 0..64, got '65'"],
+      ["server/loadtest.ts", ["--active-jobs", "0"], "--active-jobs: expected a number >= 1, got '0'"],
+    ] as [string, string[], string][]
+  ) {
+    const r = await runScript(script, ...args);
+    assertEquals(r.code, 2, `${script} ${args.join(" ")}: ${r.stderr}`);
+    assert(r.stderr.includes(message), r.stderr);
+  }
 });
