@@ -84,7 +84,10 @@ class Cursor {
   count(what: string, unit: number, where: string): number {
     const n = this.u64(what);
     if (n > BigInt(Math.floor(this.left() / Math.max(unit, 1)))) {
-      throw new Bad(`${what} ${n} cannot fit in the ${this.left()} bytes left in the file`, where);
+      throw new Bad(
+        `${what} ${n} cannot fit in the ${this.left()} bytes left in the file (truncated or corrupt)`,
+        where,
+      );
     }
     return Number(n);
   }
