@@ -3,14 +3,13 @@
  * Hugging Face originals), the quantized tensors kept as stored, the embedded adapter bound to the F32
  * file, and malformed files refused with one-line errors naming what is wrong.
  */
-import * as E from "fp-ts/Either";
 import { CpuExecutor } from "../core/cpu/executor.ts";
 import { GGML_TYPE } from "../core/gguf/ggml_types.ts";
 import { syntheticVocab, vocabFromTokenizerJson } from "../core/gguf/hf_vocab.ts";
 import { interleaveRopeRows, writeGguf } from "../core/gguf/model_writer.ts";
 import { dequantize, quantizeQ8_0 } from "../core/gguf/quants.ts";
 import { parseGguf, parseGgufHeader, tensorBytes } from "../core/gguf/reader.ts";
-import { type GgufValue } from "../core/gguf/values.ts";
+import type { GgufValue } from "../core/gguf/values.ts";
 import { encodeGguf } from "../core/gguf/writer.ts";
 import { createTokenizer } from "../core/tokenizer.ts";
 import type { ModelWeights } from "../core/weights.ts";
