@@ -2,7 +2,8 @@
  * GGUF vocabularies from a Hugging Face tokenizer.json: SentencePiece-style (`llama`: BPE with byte
  * fallback or Unigram, scores) or byte-level BPE (`gpt2`: tokens and merges), padded to the model's size.
  */
-import { GGUF_TOKEN_TYPE, type GgufVocab } from "./model_writer.ts";
+import { GGUF_TOKEN_TYPE, type GgufVocab, type GgufWriteOptions } from "./model_writer.ts";
+import { PRE_REGEX } from "./tokenizer_files.ts";
 
 const BYTE_TOKEN = /^<0x[0-9A-F]{2}>$/;
 
@@ -92,4 +93,57 @@ export function vocabFromTokenizerJson(json: unknown, size: number, pre = "defau
     return { model: "gpt2", tokens: tokens as string[], types, merges, pre };
   }
   return { tokens: tokens as string[], scores, types };
+}
+
+/** The `tokenizer.ggml.pre` name whose regex a byte-level tokenizer.json's Split pre-tokenizer uses. */
+export function preTokenizerName(json: unknown): string {
+  const text = JSON.stringify((json as TokenizerJsonLike).pre_tokenizer ?? null);
+  for (const name of ["llama-bpe", "qwen2", "gpt2"]) {
+    if (text.includes(JSON.stringify(PRE_REGEX[name]))) return name;
+  }
+  // GPT-2's own ByteLevel pre-tokenizer (use_regex true) splits with the gpt2 pattern.
+  if (/"use_regex":true/.test(text)) return "gpt2";
+  throw new Error("tokenizer.json: its pre-tokenizer matches none of gpt2, llama-bpe, qwen2");
+}
+
+type TokenRef = string | { content?: string } | null | undefined;
+const refText = (t: TokenRef) => (typeof t === "string" ? t : t?.content ?? null);
+
+/**
+ * A GGUF vocabulary and the writer's tokenizer options (special ids, add_bos, chat template) from a
+ * Hugging Face tokenizer.json and tokenizer_config.json, padded to `size` ids.
+ */
+export function ggufTokenizerFromHf(
+  tokenizerJson: unknown,
+  tokenizerConfig: unknown,
+  size: number,
+): { vocab: GgufVocab; options: Partial<GgufWriteOptions> } {
+  const byteLevel = isByteLevel(tokenizerJson);
+  const vocab = vocabFromTokenizerJson(
+    tokenizerJson,
+    size,
+    byteLevel ? preTokenizerName(tokenizerJson) : "default",
+  );
+  const tc = (tokenizerConfig ?? {}) as Record<string, unknown>;
+  const idOf = (key: string) => {
+    const text = refText(tc[key] as TokenRef);
+    if (text === null) return null;
+    const id = vocab.tokens.indexOf(text);
+    if (id < 0) throw new Error(`tokenizer_config.${key}: ${JSON.stringify(text)} is not in the vocabulary`);
+    return id;
+  };
+  const template = tc.chat_template;
+  const bosId = idOf("bos_token");
+  return {
+    vocab,
+    options: {
+      bosId,
+      eosId: idOf("eos_token"),
+      unkId: idOf("unk_token"),
+      padId: idOf("pad_token"),
+      // As core/tokenizer.ts reads a directory: add_bos_token, else whenever there is a BOS token.
+      addBos: typeof tc.add_bos_token === "boolean" ? tc.add_bos_token : bosId !== null,
+      chatTemplate: typeof template === "string" ? template : null,
+    },
+  };
 }

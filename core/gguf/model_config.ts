@@ -52,10 +52,15 @@ const archSchema = z.object({
   "attention.layer_norm_rms_epsilon": positive,
   "vocab_size": count.optional(),
   "rope.scaling.type": z.string().optional(),
-  "rope.scaling.factor": positive.optional(),
-  "rope.scaling.low_freq_factor": positive.optional(),
-  "rope.scaling.high_freq_factor": positive.optional(),
-  "rope.scaling.original_context_length": count.optional(),
+});
+
+/** Llama 3 scaling as this project's writer records it (llama.cpp itself reads rope_freqs.weight). */
+const llama3Schema = z.object({
+  "judgeq.rope_scaling.type": z.literal("llama3").optional(),
+  "judgeq.rope_scaling.factor": positive.optional(),
+  "judgeq.rope_scaling.low_freq_factor": positive.optional(),
+  "judgeq.rope_scaling.high_freq_factor": positive.optional(),
+  "judgeq.rope_scaling.original_context_length": count.optional(),
 });
 
 const tokenizerSchema = z.object({
@@ -119,7 +124,11 @@ export function ggufModelConfig({ file, ropeFreqs }: GgufConfigInput): E.Either<
   const token = file.tensors.get("token_embd.weight");
   const vocabSize = a.vocab_size ?? token?.dims[1] ?? (tokens?.type === "array" ? tokens.value.length : 0);
   if (!vocabSize) return err("is missing (and there is no token_embd.weight)", `${arch}.vocab_size`);
-  const scaling = ropeScalingOf(arch, a, headDim, ropeFreqs ?? null);
+  const l3Raw: Record<string, unknown> = {};
+  for (const key of Object.keys(llama3Schema.shape)) l3Raw[key] = metaScalar(m.get(key));
+  const l3 = llama3Schema.safeParse(l3Raw);
+  if (!l3.success) return err(l3.error.issues[0].message, l3.error.issues[0].path.map(String).join("."));
+  const scaling = ropeScalingOf(arch, a, l3.data, headDim, ropeFreqs ?? null);
   if (E.isLeft(scaling)) return scaling;
   const eos = [tok.data["tokenizer.ggml.eos_token_id"], tok.data["tokenizer.ggml.eot_token_id"]]
     .filter((x): x is number => x !== undefined);
@@ -147,17 +156,21 @@ export function ggufModelConfig({ file, ropeFreqs }: GgufConfigInput): E.Either<
 function ropeScalingOf(
   arch: string,
   a: z.infer<typeof archSchema>,
+  l3: z.infer<typeof llama3Schema>,
   headDim: number,
   freqs: Float32Array | null,
 ): E.Either<JudgeQError, RopeScaling> {
   const type = a["rope.scaling.type"] ?? "none";
-  if (type === "llama3") {
-    const { "rope.scaling.factor": factor, "rope.scaling.low_freq_factor": low } = a;
-    const { "rope.scaling.high_freq_factor": high, "rope.scaling.original_context_length": orig } = a;
+  if (l3["judgeq.rope_scaling.type"] === "llama3") {
+    const { "judgeq.rope_scaling.factor": factor, "judgeq.rope_scaling.low_freq_factor": low } = l3;
+    const {
+      "judgeq.rope_scaling.high_freq_factor": high,
+      "judgeq.rope_scaling.original_context_length": orig,
+    } = l3;
     if (!factor || !low || !high || !orig) {
       return err(
         "llama3 scaling needs factor, low_freq_factor, high_freq_factor, original_context_length",
-        `${arch}.rope.scaling.type`,
+        "judgeq.rope_scaling.type",
       );
     }
     return E.right({

@@ -228,14 +228,15 @@ export function ggufModelMetadata(
     [`${arch}.attention.layer_norm_rms_epsilon`, f32(c.rmsNormEps)],
   );
   if (c.ropeScaling.type === "llama3") {
-    // Not read by llama.cpp (rope_freqs.weight carries the scaling); kept so that a reader gets the config back.
+    // llama.cpp reads the scaling from rope_freqs.weight (its rope.scaling.* keys mean other, linear
+    // scalings); these keys, which it ignores, give a reader the config's own numbers back.
     const s = c.ropeScaling;
     kv.push(
-      [`${arch}.rope.scaling.type`, { type: "string", value: "llama3" }],
-      [`${arch}.rope.scaling.factor`, f32(s.factor)],
-      [`${arch}.rope.scaling.low_freq_factor`, f32(s.lowFreqFactor)],
-      [`${arch}.rope.scaling.high_freq_factor`, f32(s.highFreqFactor)],
-      [`${arch}.rope.scaling.original_context_length`, u32(s.originalMaxPositionEmbeddings)],
+      ["judgeq.rope_scaling.type", { type: "string", value: "llama3" }],
+      ["judgeq.rope_scaling.factor", f32(s.factor)],
+      ["judgeq.rope_scaling.low_freq_factor", f32(s.lowFreqFactor)],
+      ["judgeq.rope_scaling.high_freq_factor", f32(s.highFreqFactor)],
+      ["judgeq.rope_scaling.original_context_length", u32(s.originalMaxPositionEmbeddings)],
     );
   }
   kv.push(

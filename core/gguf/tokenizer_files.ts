@@ -20,7 +20,7 @@ const SPACE = "\u2581";
 const TYPE = { normal: 1, unknown: 2, control: 3, userDefined: 4, unused: 5, byte: 6 };
 
 /** Pre-tokenizer regexes by `tokenizer.ggml.pre` name (the patterns of the models' own tokenizer.json). */
-const PRE_REGEX: Record<string, string> = {
+export const PRE_REGEX: Record<string, string> = {
   "default": "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+",
   "gpt2": "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+",
   "llama-bpe":
