@@ -1,6 +1,6 @@
 /**
  * GGUF files against llama.cpp (node-llama-cpp 3.21.1) on the same file: stories260K written as F32,
- * F16, Q8_0 and Q4_0 by core/gguf, loaded back here; our tokenizer's ids equal llama.cpp's on a text set,
+ * F16, Q8_0 and Q4_0 by the converter (core/gguf/convert.ts), loaded back here; our tokenizer's ids equal llama.cpp's on a text set,
  * and the CPU reference running the loaded (dequantized) weights gives llama.cpp's greedy continuation.
  *
  * Runs when node-llama-cpp is installed in .cache/llamacpp-peer/ (JUDGEQ_PEER_TESTS=1 installs it), as
@@ -8,8 +8,8 @@
  */
 import * as E from "fp-ts/Either";
 import { CpuExecutor } from "../core/cpu/executor.ts";
-import { vocabFromTokenizerJson } from "../core/gguf/hf_vocab.ts";
-import { type GgufTensorType, writeGguf } from "../core/gguf/model_writer.ts";
+import { hfToGguf } from "../core/gguf/convert.ts";
+import type { GgufTensorType } from "../core/gguf/model_writer.ts";
 import { createTokenizer, type TextTokenizer } from "../core/tokenizer.ts";
 import { ensureLlamaCppPeer, llamaCppOnGguf, llamaCppPeerInstalled } from "../bench/llamacpp.ts";
 import { parseGgufBytes } from "../io/from_bytes.ts";
@@ -41,7 +41,6 @@ export const TOKENIZER_TEXTS = [
 ];
 
 const hf = await loadModelDir(EMBEDDED_MODEL_DIR);
-const vocab = vocabFromTokenizerJson(hf.tokenizerJson, hf.config.vocabSize);
 const tokenizerOf = (f: { tokenizerJson: unknown; tokenizerConfig: unknown }): TextTokenizer => {
   const t = createTokenizer(f.tokenizerJson, f.tokenizerConfig, hf.config.vocabSize);
   if (E.isLeft(t)) throw t.left;
@@ -49,12 +48,7 @@ const tokenizerOf = (f: { tokenizerJson: unknown; tokenizerConfig: unknown }): T
 };
 
 async function compare(type: GgufTensorType, mustMatch: number, steps: number) {
-  const bytes = writeGguf(hf.weights, vocab, {
-    tensorType: type,
-    addBos: true,
-    unkId: 0,
-    name: "stories260K",
-  });
+  const bytes = hfToGguf(hf, type, "stories260K"); // what `deno task convert --from DIR --gguf` writes
   const g = await parseGgufBytes(bytes, `stories260K.${type}.gguf`);
   const tok = tokenizerOf(g);
   const prompt = tok.encode("Once upon a time, there was a little girl named Lily. She loved to play");
