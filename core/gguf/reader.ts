@@ -49,6 +49,9 @@ class Short {
 
 const utf8 = new TextDecoder("utf-8", { fatal: true });
 
+/** A key or tensor name as an error's param: quoted when empty or not printable. */
+const nameParam = (s: string) => (s === "" || /[\p{C}]/u.test(s) ? JSON.stringify(s) : s);
+
 /** Cursor over the prefix; every read checks the prefix (Short) and the file (Bad). */
 class Cursor {
   at = 0;
@@ -191,8 +194,9 @@ function parse(bytes: Uint8Array, fileSize: number, file: string): GgufFile {
   const metadata = new Map<string, GgufValue>();
   for (let i = 0; i < nKv; i++) {
     const key = c.str(`metadata key ${i}`, file);
-    if (metadata.has(key)) throw new Bad("metadata key repeats", key);
-    metadata.set(key, readValue(c, c.u32(`the value type of ${key}`), key, 0));
+    const where = nameParam(key);
+    if (metadata.has(key)) throw new Bad("metadata key repeats", where);
+    metadata.set(key, readValue(c, c.u32(`the value type of ${where}`), where, 0));
   }
   const alignValue = metadata.get("general.alignment");
   let alignment = 32;
@@ -208,8 +212,9 @@ function parse(bytes: Uint8Array, fileSize: number, file: string): GgufFile {
   const infos: GgufTensorInfo[] = [];
   const tensors = new Map<string, GgufTensorInfo>();
   for (let i = 0; i < nTensors; i++) {
-    const name = c.str(`tensor name ${i}`, file);
-    if (tensors.has(name)) throw new Bad("tensor name repeats", name);
+    const rawName = c.str(`tensor name ${i}`, file);
+    const name = nameParam(rawName);
+    if (tensors.has(rawName)) throw new Bad("tensor name repeats", name);
     const nDims = c.u32(`the dim count of ${name}`);
     if (nDims < 1 || nDims > MAX_DIMS) throw new Bad(`${nDims} dimensions (1 to ${MAX_DIMS} allowed)`, name);
     const dims: number[] = [];
@@ -242,9 +247,16 @@ function parse(bytes: Uint8Array, fileSize: number, file: string): GgufFile {
       throw new Bad(`offset ${offset} is not a multiple of the alignment ${alignment}`, name);
     }
     const byteLength = Number(elements) / layout.blockSize * layout.typeSize;
-    const info: GgufTensorInfo = { name, dims, ggmlType, typeName, offset: Number(offset), byteLength };
     if (offset > BigInt(fileSize)) throw new Bad(`offset ${offset} is past the end of the file`, name);
-    tensors.set(name, info);
+    const info: GgufTensorInfo = {
+      name: rawName,
+      dims,
+      ggmlType,
+      typeName,
+      offset: Number(offset),
+      byteLength,
+    };
+    tensors.set(rawName, info);
     infos.push(info);
   }
   const dataOffset = Math.ceil(c.at / alignment) * alignment;
@@ -255,7 +267,7 @@ function parse(bytes: Uint8Array, fileSize: number, file: string): GgufFile {
         `data [${t.offset}, ${t.offset + t.byteLength}) runs past the end of the file (data block of ${
           Math.max(0, dataBytes)
         } bytes)`,
-        t.name,
+        nameParam(t.name),
       );
     }
   }
@@ -263,7 +275,7 @@ function parse(bytes: Uint8Array, fileSize: number, file: string): GgufFile {
   for (let i = 1; i < sorted.length; i++) {
     const prev = sorted[i - 1];
     if (sorted[i].offset < prev.offset + prev.byteLength) {
-      throw new Bad(`data overlaps tensor ${prev.name}`, sorted[i].name);
+      throw new Bad(`data overlaps tensor ${nameParam(prev.name)}`, nameParam(sorted[i].name));
     }
   }
   return { version, metadata, tensors, alignment, dataOffset };
