@@ -14,7 +14,7 @@ import { encodeGguf } from "../core/gguf/writer.ts";
 import { createTokenizer } from "../core/tokenizer.ts";
 import type { ModelWeights } from "../core/weights.ts";
 import { fixtureWeights } from "../fixtures/testing.ts";
-import { adapterFromBytes, parseGgufBytes } from "../io/from_bytes.ts";
+import { adapterFromBytes, loadModelFromBytes, loadModelFromUrl, parseGgufBytes } from "../io/from_bytes.ts";
 import { EMBEDDED_MODEL_DIR, loadModelDir } from "../io/model_dir.ts";
 import { assert, assertEquals, assertLeft, assertRejects, right } from "./helpers.ts";
 
@@ -219,4 +219,40 @@ Deno.test("gguf malformed: each a one-line error naming what is wrong", async ()
   await assertRejects(() => parseGgufBytes(noLayers), "llama.block_count");
   const header = right(parseGgufHeader(good.subarray(0, 64), good.length));
   assert(!header.complete && header.needBytes > 64, "a short prefix asks for more bytes");
+});
+
+Deno.test("gguf: loadModelFromUrl fetches a .gguf URL whole (adapter by URL beside it); loadModelFromBytes({ gguf })", async () => {
+  const file = stories("q8_0");
+  const adapter = await Deno.readFile(`${EMBEDDED_MODEL_DIR}judgeq.safetensors`);
+  const fetched: string[] = [];
+  const fetchFake = (input: string | URL | Request) => {
+    const url = String(input instanceof Request ? input.url : input);
+    fetched.push(url);
+    if (url === "https://models.example/s/stories.q8_0.gguf") return Promise.resolve(new Response(file.slice().buffer));
+    if (url === "https://models.example/s/a.safetensors") return Promise.resolve(new Response(adapter));
+    return Promise.resolve(new Response("no", { status: 404 }));
+  };
+  const m = await loadModelFromUrl("https://models.example/s/stories.q8_0.gguf", {
+    fetch: fetchFake as typeof fetch,
+    executor: "cpu",
+    warn: () => {},
+  });
+  assertEquals(fetched, ["https://models.example/s/stories.q8_0.gguf"]);
+  assertEquals(m.name, "stories.q8_0");
+  assertEquals(
+    m.tokenizer.encode("Once upon a time"),
+    right(createTokenizer(hf.tokenizerJson, hf.tokenizerConfig, 512)).encode("Once upon a time"),
+  );
+  // The adapter is bound to the F32 weights: a Q8_0 file's embeddings differ, so it is refused by name.
+  await assertRejects(
+    () =>
+      loadModelFromUrl("https://models.example/s/stories.q8_0.gguf", {
+        fetch: fetchFake as typeof fetch,
+        adapter: "a.safetensors",
+        executor: "cpu",
+      }),
+    "adapter",
+  );
+  const f32 = await loadModelFromBytes({ gguf: stories("f32"), adapter, executor: "cpu", warn: () => {} });
+  assert(f32.adapter !== null, "the embedded adapter serves the F32 file");
 });
