@@ -143,6 +143,19 @@ export interface Ggml {
   toFloat(type: number, src: Uint8Array, out: Float32Array): void;
 }
 
+/**
+ * How long ggml's idle threads spin before sleeping, 0..100 (ggml's and llama.cpp's default, 50: the next
+ * graph of a decode starts at once). `JUDGEQ_GGML_POLL=0` makes them sleep at once, for machines whose cores
+ * are shared with other busy processes.
+ */
+function threadPoll(): number {
+  let v = 50;
+  try {
+    v = Number(Deno.env.get("JUDGEQ_GGML_POLL") ?? 50);
+  } catch { /* no env permission: the default */ }
+  return Number.isInteger(v) && v >= 0 && v <= 100 ? v : 50;
+}
+
 const cString = (s: string) => new TextEncoder().encode(s + "\0");
 const readCString = (p: Deno.PointerValue) => (p ? Deno.UnsafePointerView.getCString(p) : "");
 
@@ -173,7 +186,10 @@ async function binsDir(): Promise<string> {
   const platform = `${Deno.build.os}-${Deno.build.arch}`;
   const pkg = PACKAGES[platform];
   if (!pkg) throw new Error(`no prebuilt ggml for this platform (${platform})`);
-  const override = Deno.env.get("JUDGEQ_GGML_DIR");
+  let override: string | undefined;
+  try {
+    override = Deno.env.get("JUDGEQ_GGML_DIR");
+  } catch { /* no env permission */ }
   if (override) return override;
   // The package exports getBinsDir(): the folder of its libraries inside Deno's npm cache.
   const mod = await import(`npm:${pkg}@${GGML_PACKAGE_VERSION}`) as {
@@ -245,6 +261,40 @@ async function openGgml(): Promise<Ggml> {
     parameters: ["pointer", "i32"],
     result: "void",
   });
+  // A kept thread pool per thread count (without one ggml starts and joins its threads for every graph).
+  const proc = (name: string) => {
+    const p = s.ggml_backend_reg_get_proc_address(reg, cString(name));
+    if (!p) throw new Error(`the ggml CPU backend has no ${name}`);
+    return p as Deno.PointerObject<never>;
+  };
+  const poolNew = new Deno.UnsafeFnPointer(proc("ggml_threadpool_new"), {
+    parameters: ["buffer"],
+    result: "pointer",
+  });
+  const setPool = new Deno.UnsafeFnPointer(proc("ggml_backend_cpu_set_threadpool"), {
+    parameters: ["pointer", "pointer"],
+    result: "void",
+  });
+  const pools = new Map<number, Deno.PointerValue>();
+  let current = 0;
+  const useThreads = (n: number) => {
+    if (n === current) return;
+    let pool = pools.get(n);
+    if (!pool) {
+      // struct ggml_threadpool_params: cpumask[512] (no affinity), n_threads, prio, poll, strict_cpu, paused.
+      const params = new Uint8Array(528);
+      const v = new DataView(params.buffer);
+      v.setInt32(512, n, true);
+      v.setInt32(516, 0, true);
+      v.setUint32(520, threadPoll(), true);
+      pool = poolNew.call(params);
+      if (!pool) throw new Error(`ggml could not start ${n} threads`);
+      pools.set(n, pool);
+    }
+    setPool.call(backend, pool);
+    setThreads.call(backend, n);
+    current = n;
+  };
   const description = `ggml ${readCString(s.ggml_backend_reg_name(reg))} (${
     readCString(s.ggml_backend_dev_description(dev)).trim()
   })`;
@@ -257,7 +307,7 @@ async function openGgml(): Promise<Ggml> {
     backend,
     bufferType: s.ggml_backend_get_default_buffer_type(backend),
     description,
-    setThreads: (n) => setThreads.call(backend, n),
+    setThreads: useThreads,
     toFloat(type, src, out) {
       let fn = toFloatFns.get(type);
       if (!fn) {

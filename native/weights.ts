@@ -1,7 +1,10 @@
 /**
  * Model weights on a ggml backend: every matrix in the chosen format (f32, f16, or ggml's Q8_0 / Q4_0 blocks,
- * quantized at load by ggml's own quantizers, or taken as they are from a GGUF file), norms and biases f32.
+ * quantized at load by ggml's own quantizers), norms and biases f32. A matrix a GGUF file holds in a ggml
+ * type (`ModelWeights.quantized`: Q8_0, Q4_0, Q4_K, Q6_K, F16, ...) is used as it is, whatever the format.
  * A matrix [out, in] in Hugging Face's row-major layout is the ggml tensor ne = [in, out] with the same bytes.
+ * The types follow the project's GGUF writer (and llama.cpp's quantize tool): with Q4_0, the output matrix
+ * (the embeddings when tied) is Q8_0; a matrix whose rows are not whole blocks of 32 is f16.
  */
 import { type ModelConfig, ropeInverseFrequencies } from "../core/config.ts";
 import { fail } from "../core/errors.ts";
@@ -38,9 +41,13 @@ export interface NativeLayer {
 
 interface Matrix {
   name: string;
+  /** Its Hugging Face tensor name (the key of `ModelWeights.quantized`). */
+  hf: string;
   data: Float32Array;
   rows: number;
   cols: number;
+  /** The output matrix (LM head, or the embeddings when tied). */
+  output?: boolean;
 }
 
 /** The weights of one model in one backend buffer. */
@@ -53,7 +60,7 @@ export class NativeWeights {
   ropeFactors: Tensor | null = null;
   /** Bytes of the weight buffer. */
   bytes = 0;
-  /** Matrices kept f32 because their rows are not whole blocks of the format, said once at load. */
+  /** Matrices kept f16 because their rows are not whole blocks of the format, said once at load. */
   readonly notes: string[] = [];
   private ctx: Deno.PointerValue = null;
   private buffer: Deno.PointerValue = null;
@@ -68,32 +75,38 @@ export class NativeWeights {
   }
 
   private typeFor(m: Matrix): number {
-    const want = this.format;
+    const want = this.format === "q4_0" && m.output ? "q8_0" : this.format;
     if (m.cols % BLOCK[want] === 0) return TYPE_OF[want];
     this.notes.push(m.name);
-    return GGML_TYPE.f32;
+    return GGML_TYPE.f16;
   }
 
   private load(w: ModelWeights) {
     const c = w.config, s = this.g.sym;
     const q = c.nHeads * c.headDim, kv = c.nKvHeads * c.headDim;
-    const mat = (name: string, data: Float32Array, rows: number, cols: number): Matrix => ({
+    const mat = (name: string, hf: string, data: Float32Array, rows: number, cols: number): Matrix => ({
       name,
+      hf,
       data,
       rows,
       cols,
     });
-    const matrices: Matrix[] = [mat("embed", w.embed, c.vocabSize, c.dim)];
+    const tied = w.lmHead === w.embed;
+    const matrices: Matrix[] = [{
+      ...mat("embed", "model.embed_tokens.weight", w.embed, c.vocabSize, c.dim),
+      output: tied,
+    }];
     const vectors: { name: string; data: Float32Array }[] = [{ name: "norm", data: w.finalNorm }];
     w.layers.forEach((l, i) => {
+      const p = `model.layers.${i}.`;
       matrices.push(
-        mat(`layers.${i}.wq`, l.wq, q, c.dim),
-        mat(`layers.${i}.wk`, l.wk, kv, c.dim),
-        mat(`layers.${i}.wv`, l.wv, kv, c.dim),
-        mat(`layers.${i}.wo`, l.wo, c.dim, q),
-        mat(`layers.${i}.wGate`, l.wGate, c.hiddenDim, c.dim),
-        mat(`layers.${i}.wUp`, l.wUp, c.hiddenDim, c.dim),
-        mat(`layers.${i}.wDown`, l.wDown, c.dim, c.hiddenDim),
+        mat(`layers.${i}.wq`, p + "self_attn.q_proj.weight", l.wq, q, c.dim),
+        mat(`layers.${i}.wk`, p + "self_attn.k_proj.weight", l.wk, kv, c.dim),
+        mat(`layers.${i}.wv`, p + "self_attn.v_proj.weight", l.wv, kv, c.dim),
+        mat(`layers.${i}.wo`, p + "self_attn.o_proj.weight", l.wo, c.dim, q),
+        mat(`layers.${i}.wGate`, p + "mlp.gate_proj.weight", l.wGate, c.hiddenDim, c.dim),
+        mat(`layers.${i}.wUp`, p + "mlp.up_proj.weight", l.wUp, c.hiddenDim, c.dim),
+        mat(`layers.${i}.wDown`, p + "mlp.down_proj.weight", l.wDown, c.dim, c.hiddenDim),
       );
       vectors.push({ name: `layers.${i}.attnNorm`, data: l.attnNorm }, {
         name: `layers.${i}.mlpNorm`,
@@ -104,8 +117,9 @@ export class NativeWeights {
         if (d) vectors.push({ name: `layers.${i}.${b}`, data: d });
       }
     });
-    const tied = w.lmHead === w.embed;
-    if (!tied) matrices.push(mat("lmHead", w.lmHead, c.vocabSize, c.dim));
+    if (!tied) {
+      matrices.push({ ...mat("lmHead", "lm_head.weight", w.lmHead, c.vocabSize, c.dim), output: true });
+    }
     const inv = c.ropeScaling.type === "llama3" ? ropeInverseFrequencies(c) : null;
 
     // Headers first, so the whole size is known (and checked) before anything is allocated.
@@ -114,7 +128,8 @@ export class NativeWeights {
     const types = new Map<string, number>();
     let need = 0;
     for (const m of matrices) {
-      const type = this.typeFor(m);
+      const given = w.quantized?.get(m.hf);
+      const type = given ? given.ggmlType : this.typeFor(m);
       types.set(m.name, type);
       const t = s.ggml_new_tensor_2d(this.ctx, type, BigInt(m.cols), BigInt(m.rows));
       tensors.set(m.name, t);
@@ -142,7 +157,22 @@ export class NativeWeights {
     if (!this.buffer) throw new Error(`ggml could not allocate ${need} bytes for the weights`);
     this.bytes = Number(s.ggml_backend_buffer_get_size(this.buffer));
 
-    for (const m of matrices) this.setMatrix(tensors.get(m.name)!, m, types.get(m.name)!);
+    for (const m of matrices) {
+      const given = w.quantized?.get(m.hf), t = tensors.get(m.name)!;
+      if (!given) this.setMatrix(t, m, types.get(m.name)!);
+      else if (given.bytes.length !== Number(s.ggml_nbytes(t))) {
+        throw fail(
+          "invalid_model_file",
+          `${given.bytes.length} bytes of ${given.typeName}, ggml expects ${s.ggml_nbytes(t)}`,
+          m.hf,
+        );
+      } else {s.ggml_backend_tensor_set(
+          t,
+          given.bytes as Uint8Array<ArrayBuffer>,
+          0n,
+          BigInt(given.bytes.length),
+        );}
+    }
     for (const v of vectors) {
       s.ggml_backend_tensor_set(
         tensors.get(v.name)!,
@@ -211,9 +241,10 @@ export class NativeWeights {
  */
 export function roundToNativeFormat(g: Ggml, w: ModelWeights, format: NativeWeightFormat): ModelWeights {
   if (format === "f32") return w;
-  const s = g.sym, type = TYPE_OF[format], c = w.config;
-  const round = (data: Float32Array, cols: number): Float32Array => {
-    if (cols % BLOCK[format] !== 0) return data;
+  const s = g.sym, c = w.config;
+  const round = (data: Float32Array, cols: number, output = false): Float32Array => {
+    const f = format === "q4_0" && output ? "q8_0" : format;
+    const type = cols % BLOCK[f] === 0 ? TYPE_OF[f] : GGML_TYPE.f16;
     const rows = data.length / cols;
     const bytes = new Uint8Array(Number(s.ggml_row_size(type, BigInt(cols))) * rows);
     s.ggml_quantize_chunk(
@@ -229,11 +260,12 @@ export function roundToNativeFormat(g: Ggml, w: ModelWeights, format: NativeWeig
     g.toFloat(type, bytes, out);
     return out;
   };
-  const embed = round(w.embed, c.dim);
+  const tied = w.lmHead === w.embed;
+  const embed = round(w.embed, c.dim, tied);
   return {
     ...w,
     embed,
-    lmHead: w.lmHead === w.embed ? embed : round(w.lmHead, c.dim),
+    lmHead: tied ? embed : round(w.lmHead, c.dim, true),
     layers: w.layers.map((l) => ({
       ...l,
       wq: round(l.wq, c.dim),
