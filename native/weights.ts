@@ -64,13 +64,16 @@ export class NativeWeights {
   readonly notes: string[] = [];
   private ctx: Deno.PointerValue = null;
   private buffer: Deno.PointerValue = null;
+  /** The layers' Q4_0 matrices, in ggml's repacked layout (null where the CPU has no repack type). */
+  private repackCtx: Deno.PointerValue = null;
+  private repackBuffer: Deno.PointerValue = null;
 
   private constructor(readonly g: Ggml, readonly config: ModelConfig, readonly format: NativeWeightFormat) {}
 
   /** Uploads `w` in `format`; throws naming the bytes needed when they exceed the memory available. */
   static create(g: Ggml, w: ModelWeights, format: NativeWeightFormat): NativeWeights {
     const nw = new NativeWeights(g, w.config, format);
-    nw.load(w);
+    g.quietly(() => nw.load(w));
     return nw;
   }
 
@@ -124,6 +127,8 @@ export class NativeWeights {
 
     // Headers first, so the whole size is known (and checked) before anything is allocated.
     this.ctx = headerContext(this.g, matrices.length + vectors.length + 1);
+    this.repackCtx = headerContext(this.g, matrices.length);
+    let repacked = 0;
     const tensors = new Map<string, Tensor>();
     const types = new Map<string, number>();
     let need = 0;
@@ -131,7 +136,16 @@ export class NativeWeights {
       const given = w.quantized?.get(m.hf);
       const type = given ? given.ggmlType : this.typeFor(m);
       types.set(m.name, type);
-      const t = s.ggml_new_tensor_2d(this.ctx, type, BigInt(m.cols), BigInt(m.rows));
+      // A layer's Q4_0 matrix goes to the repack buffer (never the embeddings: rows are gathered from them).
+      const repack = this.g.repackType !== null && type === GGML_TYPE.q4_0 && m.name.startsWith("layers.") &&
+        m.rows % 8 === 0;
+      if (repack) repacked++;
+      const t = s.ggml_new_tensor_2d(
+        repack ? this.repackCtx : this.ctx,
+        type,
+        BigInt(m.cols),
+        BigInt(m.rows),
+      );
       tensors.set(m.name, t);
       need += Number(s.ggml_nbytes(t));
     }
@@ -156,6 +170,11 @@ export class NativeWeights {
     this.buffer = s.ggml_backend_alloc_ctx_tensors_from_buft(this.ctx, this.g.bufferType);
     if (!this.buffer) throw new Error(`ggml could not allocate ${need} bytes for the weights`);
     this.bytes = Number(s.ggml_backend_buffer_get_size(this.buffer));
+    if (repacked > 0) {
+      this.repackBuffer = s.ggml_backend_alloc_ctx_tensors_from_buft(this.repackCtx, this.g.repackType);
+      if (!this.repackBuffer) throw new Error("ggml could not allocate the repacked weights");
+      this.bytes += Number(s.ggml_backend_buffer_get_size(this.repackBuffer));
+    }
 
     for (const m of matrices) {
       const given = w.quantized?.get(m.hf), t = tensors.get(m.name)!;
@@ -229,9 +248,13 @@ export class NativeWeights {
 
   dispose() {
     const s = this.g.sym;
-    if (this.buffer) s.ggml_backend_buffer_free(this.buffer);
-    if (this.ctx) s.ggml_free(this.ctx);
-    this.buffer = this.ctx = null;
+    for (const b of [this.buffer, this.repackBuffer]) if (b) s.ggml_backend_buffer_free(b);
+    for (const c of [this.ctx, this.repackCtx]) if (c) s.ggml_free(c);
+    this.buffer =
+      this.ctx =
+      this.repackBuffer =
+      this.repackCtx =
+        null;
   }
 }
 
