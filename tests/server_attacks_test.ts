@@ -1,0 +1,283 @@
+/**
+ * Issue 25, hardening second round: each attack against a real server process (server/main.ts on a free
+ * loopback port, through its TCP front), in bounded loops, with the answer it must get. Made-up HTTP
+ * methods must not grow /metrics; a client that sends its body and hangs up is a 499, never a 500; a
+ * client gone cancels a non-streaming job whatever its body's size; one address holding every connection
+ * cannot lock others out; a bad chunk size gets a JSON 400; a forged context blob is refused.
+ */
+import net from "node:net";
+import { sampleValue } from "../server/metrics.ts";
+import { assert, assertEquals, readAll, spawnServerMain } from "./helpers.ts";
+
+const enc = new TextEncoder(), dec = new TextDecoder();
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** A server process on a free loopback port; `stop` ends it with SIGTERM and returns its log. */
+async function serve(args: string[]) {
+  const child = spawnServerMain(["--port", "0", "--adapter", "none", ...args]);
+  const stderr = readAll(child.stderr);
+  const lines = child.stdout.getReader();
+  let out = "";
+  while (!out.includes("\n")) {
+    const { value, done } = await lines.read();
+    if (done) break;
+    out += dec.decode(value);
+  }
+  const ready = /at http:\/\/127\.0\.0\.1:(\d+)/.exec(out);
+  if (!ready) {
+    child.kill("SIGKILL");
+    throw new Error(`no ready line: ${out} / ${await stderr}`);
+  }
+  const port = Number(ready[1]);
+  const base = `http://127.0.0.1:${port}`;
+  return {
+    port,
+    base,
+    async metrics(): Promise<string> {
+      const r = await fetch(`${base}/metrics`);
+      return await r.text();
+    },
+    async stop(): Promise<string> {
+      child.kill("SIGTERM");
+      const status = await child.status;
+      await lines.cancel();
+      const log = await stderr;
+      assertEquals(status.code, 0, log);
+      return log;
+    },
+  };
+}
+
+/** Sends `text` on a fresh connection; reads the answer until the server closes (or `readMs` passes). */
+async function exchange(port: number, text: string, readMs = 3000): Promise<string> {
+  const c = await Deno.connect({ hostname: "127.0.0.1", port });
+  await c.write(enc.encode(text));
+  let got = "";
+  const timer = setTimeout(() => c.close(), readMs);
+  const buf = new Uint8Array(16384);
+  try {
+    for (let n = await c.read(buf); n !== null; n = await c.read(buf)) got += dec.decode(buf.subarray(0, n));
+    c.close();
+  } catch { /* closed by the timer */ }
+  clearTimeout(timer);
+  return got;
+}
+
+/** Sends `text` and closes the connection `afterMs` later without reading anything. */
+async function sendAndLeave(port: number, text: string, afterMs = 0) {
+  const c = await Deno.connect({ hostname: "127.0.0.1", port });
+  await c.write(enc.encode(text));
+  if (afterMs > 0) await sleep(afterMs);
+  c.close();
+}
+
+const post = (path: string, body: string, extra = "") =>
+  `POST ${path} HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: ${
+    enc.encode(body).length
+  }\r\n${extra}\r\n${body}`;
+
+/** Every `judgeq_http_requests_total` sample with a 5xx status. */
+const serverErrors = (metrics: string) =>
+  metrics.split("\n").filter((l) => l.startsWith("judgeq_http_requests_total") && /status="5/.test(l));
+
+/** A test against a fresh CPU server process, whose log must hold no stack trace or internal error. */
+function attack(name: string, fn: (s: Awaited<ReturnType<typeof serve>>) => Promise<void>) {
+  Deno.test({
+    name,
+    ignore: Deno.build.os === "windows",
+    fn: async () => {
+      const s = await serve(["--executor", "cpu"]);
+      let log = "";
+      try {
+        await fn(s);
+      } finally {
+        log = await s.stop();
+      }
+      // At most a line per event: no stack trace, no internal error.
+      assert(!/internal error|BadResource|\n\s+at /.test(log), log.slice(0, 2000));
+    },
+  });
+}
+
+attack(
+  'attack: 300 made-up HTTP methods add no series to /metrics (counted as method="other")',
+  async (s) => {
+    const before = (await s.metrics()).length;
+    for (let i = 0; i < 300; i++) {
+      const method = "Z" + i.toString(16).padStart(64, "0");
+      const answer = await exchange(
+        s.port,
+        `${method} /healthz HTTP/1.1\r\nHost: x\r\nconnection: close\r\n\r\n`,
+      );
+      assert(answer.startsWith("HTTP/1.1 405"), answer.slice(0, 80));
+    }
+    const metrics = await s.metrics();
+    assert(!metrics.includes('method="Z'), "no client-chosen method in /metrics");
+    assertEquals(
+      sampleValue(metrics, 'judgeq_http_requests_total{route="/healthz",method="other",status="405"}'),
+      300,
+    );
+    // The scrape grew by the new samples of fixed series (a line each), not by 300 series.
+    assert(metrics.length - before < 3000, `/metrics grew ${metrics.length - before} bytes`);
+  },
+);
+
+attack(
+  "attack: 80 clients that send their body (or part of it) and hang up are 499s, never a 5xx or a stack trace",
+  async (s) => {
+    const body = JSON.stringify({ prompt: "Once upon a time", max_tokens: 4 });
+    const cut = `POST /v1/generate HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: ${
+      body.length + 20
+    }\r\n\r\n${body}`;
+    for (let i = 0; i < 40; i++) {
+      await sendAndLeave(s.port, post("/v1/generate", body));
+      await sendAndLeave(s.port, cut);
+    }
+    await sleep(500);
+    const metrics = await s.metrics();
+    assertEquals(serverErrors(metrics), [], "no 5xx");
+    assert(
+      sampleValue(metrics, 'judgeq_http_requests_total{route="/v1/generate",method="POST",status="499"}') >=
+        40,
+      metrics.split("\n").filter((l) => l.includes("/v1/generate")).join("\n"),
+    );
+  },
+);
+
+attack(
+  "attack: chunk sizes the HTTP layer cannot parse get a JSON 400, and the server goes on",
+  async (s) => {
+    for (const chunk of ["zz", "-1", "ffffffffffffffffffffff", "2;\x01"]) {
+      const answer = await exchange(
+        s.port,
+        `POST /v1/generate HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n${chunk}\r\n{}\r\n0\r\n\r\n`,
+      );
+      assert(answer.startsWith("HTTP/1.1 400 "), `chunk ${JSON.stringify(chunk)}: ${JSON.stringify(answer)}`);
+      const error = JSON.parse(answer.slice(answer.indexOf("\r\n\r\n") + 4)).error;
+      assertEquals([error.type, error.param], ["invalid_request_error", null]);
+    }
+    const ok = await fetch(`${s.base}/v1/generate`, {
+      method: "POST",
+      body: JSON.stringify({ prompt: "Once upon a time", max_tokens: 4 }),
+    });
+    assertEquals(ok.status, 200);
+    await ok.body?.cancel();
+  },
+);
+
+Deno.test({
+  name:
+    "attack: a client gone cancels its non-streaming job whatever the body's size and the request's shape",
+  ignore: Deno.build.os === "windows",
+  fn: async () => {
+    const s = await serve(["--executor", "cpu"]);
+    try {
+      const questions = Array.from({ length: 64 }, (_, i) => ` Who is number ${i}?`);
+      const ctx = await fetch(`${s.base}/v1/contexts`, {
+        method: "POST",
+        body: JSON.stringify({ context: "Once upon a time, there was a cat." }),
+      });
+      const id = (await ctx.json()).id;
+      // 64 questions of 400 tokens: tens of seconds on the CPU reference, unless cancelled.
+      const long = { questions, max_tokens: 400, ignore_eos: true };
+      const cases: [string, Record<string, unknown>][] = [
+        ["/v1/generate", { context: "Once upon a time", ...long }], // ~1.6 KB
+        ["/v1/generate", { context: "Once upon a time", ...long, stop: ["x".repeat(300)] }],
+        ["/v1/generate", { context: "Once upon a time", ...long, stop: ["x".repeat(8000)] }],
+        [`/v1/contexts/${id}/generate`, long],
+      ];
+      for (const [path, request] of cases) {
+        const body = JSON.stringify(request);
+        const m0 = await s.metrics();
+        const cancelled0 = sampleValue(m0, 'judgeq_jobs_total{outcome="cancelled"}');
+        await sendAndLeave(s.port, post(path, body), 400); // the job has started; then the client leaves
+        const t0 = performance.now();
+        let m = await s.metrics();
+        while (sampleValue(m, "judgeq_jobs_in_flight") > 0 && performance.now() - t0 < 4000) {
+          await sleep(50);
+          m = await s.metrics();
+        }
+        const what = `${path} with a ${body.length}-byte body`;
+        assertEquals(
+          sampleValue(m, "judgeq_jobs_in_flight"),
+          0,
+          `${what}: still running 4 s after its client left`,
+        );
+        assertEquals(sampleValue(m, 'judgeq_jobs_total{outcome="cancelled"}'), cancelled0 + 1, what);
+        assertEquals(
+          sampleValue(m, 'judgeq_jobs_total{outcome="ok"}'),
+          sampleValue(m0, 'judgeq_jobs_total{outcome="ok"}'),
+          what,
+        );
+      }
+    } finally {
+      await s.stop();
+    }
+  },
+});
+
+/** Whether this machine can connect from 127.0.0.2 (all of 127/8 is loopback on Linux). */
+async function secondLoopback(port: number): Promise<boolean> {
+  return await new Promise((resolve) => {
+    const c = net.connect({ host: "127.0.0.1", port, localAddress: "127.0.0.2" });
+    c.on("connect", () => (c.destroy(), resolve(true)));
+    c.on("error", () => resolve(false));
+  });
+}
+
+Deno.test({
+  name: "attack: one address holding every connection (and reopening them) does not lock other addresses out",
+  ignore: Deno.build.os !== "linux",
+  fn: async () => {
+    const cap = 24;
+    const s = await serve([
+      "--executor",
+      "cpu",
+      "--max-connections",
+      String(cap),
+      "--header-timeout-s",
+      "60",
+    ]);
+    const held = new Set<net.Socket>();
+    let attacking = true, opened = 0, refused = 0;
+    try {
+      if (!(await secondLoopback(s.port))) {
+        console.warn("127.0.0.2 is not reachable here: the attack cannot come from another address; skipped");
+        return;
+      }
+      // The attacker, from 127.0.0.2: 2 x cap connections that send nothing, each reopened when closed.
+      const open = () => {
+        if (!attacking) return;
+        opened++;
+        const c = net.connect({ host: "127.0.0.1", port: s.port, localAddress: "127.0.0.2" });
+        held.add(c);
+        c.on("data", (d) => {
+          if (String(d).startsWith("HTTP/1.1 503")) refused++;
+        });
+        c.on("error", () => {});
+        c.on("close", () => {
+          held.delete(c);
+          setTimeout(open, 5);
+        });
+      };
+      for (let i = 0; i < 2 * cap; i++) open();
+      await sleep(500);
+      assert(refused > 0, "the attacker filled the cap");
+      // 12 requests from 127.0.0.1, each on a new connection, while the attacker reopens what it loses.
+      const statuses: string[] = [];
+      for (let i = 0; i < 12; i++) {
+        const answer = await exchange(
+          s.port,
+          "GET /healthz HTTP/1.1\r\nHost: x\r\nconnection: close\r\n\r\n",
+        );
+        statuses.push(answer.slice(9, 12));
+        await sleep(20);
+      }
+      assertEquals(statuses, Array(12).fill("200"), `attacker opened ${opened}, refused ${refused}`);
+    } finally {
+      attacking = false;
+      for (const c of held) c.destroy();
+      await s.stop();
+    }
+  },
+});
