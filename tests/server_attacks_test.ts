@@ -6,7 +6,10 @@
  * cannot lock others out; a bad chunk size gets a JSON 400; a forged context blob is refused.
  */
 import net from "node:net";
+import { decodeContextBlob, encodeContextBlob } from "../core/context_blob.ts";
 import { sampleValue } from "../server/metrics.ts";
+import { RedisBlobs } from "../server/redis_blobs.ts";
+import { redisServerPath, startRedis, waitFor } from "./redis_testing.ts";
 import { assert, assertEquals, readAll, spawnServerMain } from "./helpers.ts";
 
 const enc = new TextEncoder(), dec = new TextDecoder();
@@ -278,6 +281,71 @@ Deno.test({
       attacking = false;
       for (const c of held) c.destroy();
       await s.stop();
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "attack: a context blob in Redis with a valid checksum but fields the model cannot have is a 422, and deleted",
+  ignore: redisServerPath() === null || Deno.build.os === "windows",
+  sanitizeOps: false, // ioredis keeps timers past close
+  sanitizeResources: false,
+  fn: async () => {
+    const redis = await startRedis();
+    const s = await serve(["--executor", "cpu", "--context-store", redis.url]);
+    const blobs = new RedisBlobs(redis.url, { log: () => {} });
+    try {
+      await waitFor(() => blobs.ready, 5000, "redis");
+      const made = await fetch(`${s.base}/v1/contexts`, {
+        method: "POST",
+        body: JSON.stringify({
+          context: "Once upon a time, there was a cat.",
+          kv_compression: { method: "snapkv", budget: 4 },
+        }),
+      });
+      const id = (await made.json()).id;
+      const blob = decodeContextBlob((await blobs.get(id))!);
+      const meta = blob.meta as Record<string, unknown>;
+      const forgeries: [string, Parameters<typeof encodeContextBlob>[0]][] = [
+        ["'nextPosition': 1000000000", { ...blob, snapshot: { ...blob.snapshot, nextPosition: 1e9 } }],
+        ["'meta.capacity': 1000000000", { ...blob, meta: { ...meta, capacity: 1e9 } }],
+        ["'meta.contextTokens.1': 70000", {
+          ...blob,
+          meta: {
+            ...meta,
+            contextTokens: (meta.contextTokens as number[]).map((t, i) => i === 1 ? 70000 : t),
+          },
+        }],
+      ];
+      for (const [i, [field, forged]] of forgeries.entries()) {
+        const other = `ctx_${String(i).repeat(32)}`;
+        await blobs.put(other, encodeContextBlob(forged), 60_000); // a valid checksum: only the fields are wrong
+        const r = await fetch(`${s.base}/v1/contexts/${other}/generate`, {
+          method: "POST",
+          body: JSON.stringify({ question: " Who?", max_tokens: 2 }),
+        });
+        const json = await r.json();
+        assertEquals(
+          [r.status, json.error?.param],
+          [422, "id"],
+          `${field}: ${JSON.stringify(json).slice(0, 300)}`,
+        );
+        const error = json.error;
+        assert(error.message.includes(`header field ${field}`), error.message);
+        assertEquals(await blobs.get(other), null, `${field}: deleted`);
+      }
+      // The genuine one is still served.
+      const ok = await fetch(`${s.base}/v1/contexts/${id}/generate`, {
+        method: "POST",
+        body: JSON.stringify({ question: " Who?", max_tokens: 2 }),
+      });
+      assertEquals(ok.status, 200);
+      await ok.body?.cancel();
+    } finally {
+      await blobs.close();
+      await s.stop();
+      await redis.stop();
     }
   },
 });
