@@ -108,6 +108,11 @@ export function createApp(model: Model, options: Partial<AppOptions> = {}): App 
     () => svc.turns.handovers,
     "counter",
   );
+  metrics.gauge(
+    "judgeq_streams_stalled",
+    "Streaming jobs waiting, off the executor, for their client to read (their buffer full).",
+    () => svc.stalledNow,
+  );
   metrics.gauge("judgeq_contexts", "Compressed contexts kept.", () => contexts.size);
   metrics.gauge(
     "judgeq_contexts_kv_bytes",

@@ -136,9 +136,19 @@ export type ToFront =
 export type FromFront =
   | { type: "listening"; hostname: string; port: number }
   | { type: "error"; message: string }
-  | { type: "open" | "closed" | "gone"; port: number }
+  | { type: "open" | "closed" | "gone" | "blocked" | "flowing"; port: number }
   | { type: "drained" }
   | { type: "count"; id: number; n: number; evicted: number };
+
+const clientRooms = new WeakMap<Request, () => Promise<void> | null>();
+
+/**
+ * Null while the client of `req` takes what is written to it; else a promise resolved once it reads
+ * again (or goes). Always null without the front: Deno.serve alone cannot tell.
+ */
+export function clientFull(req: Request): Promise<void> | null {
+  return clientRooms.get(req)?.() ?? null;
+}
 
 /** How long a request on the private port waits for the front to announce its connection. */
 const ANNOUNCE_MS = 1000;
@@ -175,6 +185,12 @@ export async function serveFronted(
   // Requests being handled, by connection: aborted when the front sees their client go.
   const handling = new Map<number, Set<AbortController>>();
   const gone = new Set<number>(); // connections whose client went, until they close
+  // Connections whose client is not reading (the front's write to it pending), and who waits for them.
+  const blocked = new Map<number, PromiseWithResolvers<void>>();
+  const unblock = (port: number) => {
+    blocked.get(port)?.resolve();
+    blocked.delete(port);
+  };
   const announced = new Map<number, () => void>();
   const counts = new Map<number, (n: { open: number; evicted: number }) => void>();
   const drained = Promise.withResolvers<void>();
@@ -189,7 +205,12 @@ export async function serveFronted(
     } else if (m.type === "closed") {
       known.delete(m.port);
       gone.delete(m.port);
-    } else if (m.type === "gone") {
+      unblock(m.port);
+    } else if (m.type === "blocked") {
+      if (!blocked.has(m.port)) blocked.set(m.port, Promise.withResolvers<void>());
+    } else if (m.type === "flowing") unblock(m.port);
+    else if (m.type === "gone") {
+      unblock(m.port);
       gone.add(m.port);
       for (const ac of handling.get(m.port) ?? []) {
         ac.abort(new DOMException("client disconnected", "AbortError"));
@@ -247,7 +268,9 @@ export async function serveFronted(
       if (set!.size === 0 && handling.get(port) === set) handling.delete(port);
       post({ type: "end", port });
     });
-    return await handler(new Request(req, { signal: AbortSignal.any([req.signal, ac.signal]) }));
+    const relayed = new Request(req, { signal: AbortSignal.any([req.signal, ac.signal]) });
+    clientRooms.set(relayed, () => blocked.get(port)?.promise ?? null);
+    return await handler(relayed);
   });
   const innerAddr = await inner.promise;
   post({

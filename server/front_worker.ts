@@ -13,6 +13,9 @@ type Phase = "head" | "busy" | "idle";
 
 const post = (m: FromFront) => self.postMessage(m);
 
+/** A write to a client pending this long means its socket is full: it is not reading. */
+const BLOCKED_AFTER_MS = 20;
+
 /** Per direction and connection: small, as connections held open until their deadline each hold two. */
 const RELAY_BUFFER_BYTES = 16 << 10;
 
@@ -192,6 +195,23 @@ async function relayConnection(client: Deno.Conn, o: Start, entry: Entry) {
     await upstream.closeWrite().catch(() => {});
     return true;
   };
+  /**
+   * A write the client's socket does not take at once (it is not reading): the main thread hears
+   * "blocked", and the stream being answered waits, off the executor, until "flowing".
+   */
+  const writeToClient = async (bytes: Uint8Array) => {
+    let blocked = false;
+    const timer = setTimeout(() => {
+      blocked = true;
+      post({ type: "blocked", port });
+    }, BLOCKED_AFTER_MS);
+    try {
+      await writeAll(client, bytes);
+    } finally {
+      clearTimeout(timer);
+      if (blocked) post({ type: "flowing", port });
+    }
+  };
   const toClient = async () => {
     const buf = new Uint8Array(RELAY_BUFFER_BYTES);
     for (let n = await upstream.read(buf); n !== null; n = await upstream.read(buf)) {
@@ -204,7 +224,7 @@ async function relayConnection(client: Deno.Conn, o: Start, entry: Entry) {
         return;
       }
       relay.unanswered = false;
-      await writeAll(client, buf.subarray(0, n));
+      await writeToClient(buf.subarray(0, n));
     }
     // The HTTP layer closed the connection without a byte for a request it had (a chunk size it could
     // not parse, or a body it could not read): the client still gets a JSON 400 if it is there.

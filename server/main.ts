@@ -7,7 +7,7 @@
  *                   [--queue-size 32] [--active-jobs 4] [--max-request-seconds 120] [--max-body-bytes 1048576]
  *                   [--context-ttl 600] [--context-max-mb 256] [--context-store memory|redis://HOST:PORT]
  *                   [--max-tokens-per-request N] [--max-questions 64]
- *                   [--header-timeout-s 10] [--idle-timeout-s 30] [--body-timeout-s 30] [--max-connections 1024]
+ *                   [--header-timeout-s 10] [--idle-timeout-s 30] [--body-timeout-s 30] [--stream-stall-timeout-s 30] [--max-connections 1024]
  *                   [--max-connections-per-peer N]
  * The model and adapter are fixed here, at start-up; no request can choose files. SIGINT/SIGTERM stop
  * accepting, let in-flight and queued requests finish, then exit.
@@ -118,6 +118,11 @@ const SPEC = {
     help:
       `seconds a kept-alive connection may wait for its next request, closed after (default ${DEFAULT_IDLE_TIMEOUT_S}; ` +
       "0: none; both 0: Deno.serve alone, no TCP front)",
+  },
+  "stream-stall-timeout-s": {
+    kind: "number",
+    help: "seconds a stream may wait for its client to read (its buffer full; the job off the executor " +
+      `meanwhile) before it is cut (default ${DEFAULT_OPTIONS.streamStallMs! / 1000}; 0: no limit)`,
   },
   "body-timeout-s": {
     kind: "number",
@@ -233,6 +238,7 @@ async function main(argv: string[]): Promise<number> {
   const maxConnections = positive("max-connections", f["max-connections"]) ?? DEFAULT_MAX_CONNECTIONS;
   const maxConnectionsPerPeer = positive("max-connections-per-peer", f["max-connections-per-peer"]) ?? 0;
   const bodyTimeoutS = positive("body-timeout-s", f["body-timeout-s"], 0.001);
+  const stallS = positive("stream-stall-timeout-s", f["stream-stall-timeout-s"], 0);
   if (maxQuestions !== undefined && maxQuestions > 64) {
     throw new UsageError(`--max-questions: expected 1 to 64, got '${maxQuestions}'`);
   }
@@ -265,6 +271,7 @@ async function main(argv: string[]): Promise<number> {
     ...(maxTokensPerRequest !== undefined ? { maxTokensPerRequest } : {}),
     ...(maxQuestions !== undefined ? { maxQuestions } : {}),
     ...(bodyTimeoutS !== undefined ? { bodyTimeoutMs: bodyTimeoutS * 1000 } : {}),
+    ...(stallS !== undefined ? { streamStallMs: stallS === 0 ? null : stallS * 1000 } : {}),
     contextStore: contextStore ? new RedisBlobs(contextStore) : null,
   });
   if (apiKeys.length > 1) {

@@ -9,6 +9,9 @@ import net from "node:net";
 import { decodeContextBlob, encodeContextBlob } from "../core/context_blob.ts";
 import { sampleValue } from "../server/metrics.ts";
 import { RedisBlobs } from "../server/redis_blobs.ts";
+import { createApp } from "../server/app.ts";
+import { STREAM_BUFFER_BYTES } from "../server/sse.ts";
+import { testModel } from "./server_testing.ts";
 import { redisServerPath, startRedis, waitFor } from "./redis_testing.ts";
 import { assert, assertEquals, readAll, spawnServerMain } from "./helpers.ts";
 
@@ -348,4 +351,52 @@ Deno.test({
       await redis.stop();
     }
   },
+});
+
+Deno.test("attack: a stream whose client never reads waits off the executor (its slot given to others), then is cut", async () => {
+  // In process, so that nothing reads the body at all: over loopback sockets the kernel's buffers (up to
+  // tcp_wmem's 4 MB a side) hold a whole stories260K stream (3.6 MB at most) before any backpressure.
+  const app = createApp(await testModel(), { log: () => {}, activeJobs: 1, streamStallMs: 1500 });
+  const call = (body: unknown) =>
+    app.handler(new Request("http://x/v1/generate", { method: "POST", body: JSON.stringify(body) }));
+  try {
+    const questions = Array.from({ length: 64 }, (_, i) => ` Who is number ${i}?`);
+    // 64 x 400 tokens: 25,600 events, 3.6 MB, tens of seconds of the CPU reference if generated whole.
+    const stream = await call({
+      context: "Once upon a time",
+      questions,
+      max_tokens: 400,
+      ignore_eos: true,
+      stream: true,
+    });
+    assertEquals(stream.status, 200);
+    // About 470 events fill its 64 KB buffer.
+    const stalled = () => sampleValue(app.metrics.render(), "judgeq_streams_stalled");
+    for (let i = 0; i < 100 && stalled() === 0; i++) await sleep(30);
+    assertEquals(stalled(), 1, "parked on its full buffer");
+    // With one job admitted at a time, a short request runs while the stream waits.
+    const t0 = performance.now();
+    const short = await call({ prompt: "Once upon a time", max_tokens: 8 });
+    assertEquals(short.status, 200);
+    await short.body?.cancel();
+    const shortMs = performance.now() - t0;
+    assert(shortMs < 1000, `the short request took ${shortMs} ms`);
+    // Past the stall limit (nothing read meanwhile) the stream is cut: its body ends in an error.
+    const cut = () => sampleValue(app.metrics.render(), 'judgeq_jobs_total{outcome="stalled"}');
+    for (let i = 0; i < 100 && cut() === 0; i++) await sleep(30);
+    let bytes = 0, failed = false;
+    try {
+      for await (const chunk of stream.body!) bytes += chunk.byteLength;
+    } catch {
+      failed = true;
+    }
+    assert(failed, "the stream was cut, not ended");
+    assert(bytes <= STREAM_BUFFER_BYTES + 4096, `${bytes} bytes were buffered`);
+    const m = app.metrics.render();
+    assertEquals(sampleValue(m, 'judgeq_jobs_total{outcome="stalled"}'), 1);
+    assertEquals(sampleValue(m, "judgeq_streams_stalled"), 0);
+    assertEquals(app.queue.inFlight, 0);
+  } finally {
+    await app.close();
+  }
 });
