@@ -10,6 +10,9 @@ import { decodeContextBlob, encodeContextBlob } from "../core/context_blob.ts";
 import { sampleValue } from "../server/metrics.ts";
 import { RedisBlobs } from "../server/redis_blobs.ts";
 import { runFillCycle } from "../server/soak.ts";
+import { findBinary } from "../server/cluster.ts";
+import { haproxyConfig } from "../server/haproxy.ts";
+import { freePort } from "../server/processes.ts";
 import { createApp } from "../server/app.ts";
 import { STREAM_BUFFER_BYTES } from "../server/sse.ts";
 import { testModel } from "./server_testing.ts";
@@ -413,5 +416,104 @@ Deno.test({
     assert(r.context_mb[0] > 31 && r.context_mb[1] > 31, `each fill reached the cap: ${JSON.stringify(r)}`);
     assert(r.rss_mb.first_fill > r.rss_mb.cold, JSON.stringify(r));
     assert(r.second_over_first <= 0.1, `RSS after the second fill vs the first: ${JSON.stringify(r.rss_mb)}`);
+  },
+});
+
+/** haproxy's path, or null where it is not installed. */
+function haproxyPath(): string | null {
+  try {
+    return findBinary("haproxy", "haproxy");
+  } catch {
+    return null;
+  }
+}
+
+Deno.test({
+  name: "balancer: a request whose replica dies before answering is retried on another; no HTML 502",
+  ignore: haproxyPath() === null,
+  fn: async () => {
+    // A real replica, and a dying one: it passes health checks, then closes every POST unanswered, as a
+    // replica SIGKILLed with the request in flight.
+    const s = await serve(["--executor", "cpu"]);
+    let stopped = false;
+    const dying = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const conns = new Set<Deno.Conn>();
+    const serving = (async () => {
+      for await (const c of dying) {
+        conns.add(c);
+        (async () => {
+          const buf = new Uint8Array(65536);
+          try {
+            for (let n = await c.read(buf); n !== null; n = await c.read(buf)) {
+              const head = dec.decode(buf.subarray(0, n));
+              if (!head.startsWith("GET /healthz")) break; // a request with a body: die unanswered
+              await c.write(enc.encode("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"));
+            }
+          } catch { /* closed */ }
+          conns.delete(c);
+          try {
+            c.close();
+          } catch { /* closed */ }
+        })();
+      }
+    })();
+    const dir = await Deno.makeTempDir({ prefix: "judgeq-lb-" });
+    const lbPort = freePort();
+    await Deno.writeTextFile(
+      `${dir}/haproxy.cfg`,
+      haproxyConfig({
+        bindHost: "127.0.0.1",
+        bindPort: lbPort,
+        backends: [
+          { name: "dying", host: "127.0.0.1", port: (dying.addr as Deno.NetAddr).port },
+          { name: "alive", host: "127.0.0.1", port: s.port },
+        ],
+      }),
+    );
+    const lb = new Deno.Command(haproxyPath()!, {
+      args: ["-db", "-f", `${dir}/haproxy.cfg`],
+      stdout: "null",
+      stderr: "null",
+    }).spawn();
+    try {
+      for (let i = 0; i < 50; i++) {
+        const ok = await fetch(`http://127.0.0.1:${lbPort}/healthz`).then(
+          async (r) => (await r.body?.cancel(), r.ok),
+          () => false,
+        );
+        if (ok) break;
+        await sleep(100);
+      }
+      await sleep(1200); // both replicas up (2 checks, 500 ms apart)
+      const answers: string[] = [];
+      for (let i = 0; i < 12; i++) {
+        const r = await fetch(`http://127.0.0.1:${lbPort}/v1/generate`, {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify({ prompt: "Once upon a time", max_tokens: 2 }),
+        });
+        const type = r.headers.get("content-type") ?? "";
+        answers.push(`${r.status} ${type.split(";")[0]}`);
+        await r.body?.cancel();
+      }
+      assertEquals(answers, Array(12).fill("200 application/json"));
+      // Nothing alive behind it: the balancer's own error, in the service's JSON shape.
+      await s.stop();
+      stopped = true;
+      await sleep(1200);
+      const r = await fetch(`http://127.0.0.1:${lbPort}/v1/generate`, { method: "POST", body: "{}" });
+      const text = await r.text();
+      assert([502, 503].includes(r.status), `${r.status} ${text}`);
+      assertEquals(r.headers.get("content-type"), "application/json");
+      assert(["bad_gateway", "service_unavailable"].includes(JSON.parse(text).error.type), text);
+    } finally {
+      lb.kill("SIGTERM");
+      await lb.status;
+      if (!stopped) await s.stop();
+      dying.close();
+      for (const c of conns) c.close();
+      await serving.catch(() => {});
+      await Deno.remove(dir, { recursive: true });
+    }
   },
 });
