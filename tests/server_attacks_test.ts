@@ -17,7 +17,7 @@ import { createApp } from "../server/app.ts";
 import { STREAM_BUFFER_BYTES } from "../server/sse.ts";
 import { testModel } from "./server_testing.ts";
 import { redisServerPath, startRedis, waitFor } from "./redis_testing.ts";
-import { assert, assertEquals, readAll, spawnServerMain } from "./helpers.ts";
+import { assert, assertEquals, readAll, runServerMain, spawnServerMain } from "./helpers.ts";
 
 const enc = new TextEncoder(), dec = new TextDecoder();
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -514,6 +514,41 @@ Deno.test({
       for (const c of conns) c.close();
       await serving.catch(() => {});
       await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "server/main.ts: --max-connections-per-peer caps one address; bad values of the new flags exit 2 naming them",
+  ignore: Deno.build.os === "windows",
+  fn: async () => {
+    for (
+      const [args, message] of [
+        [["--max-connections-per-peer", "0"], "--max-connections-per-peer: expected a number >= 1, got '0'"],
+        [["--stream-stall-timeout-s", "-1"], "--stream-stall-timeout-s: expected a number >= 0, got '-1'"],
+      ] as [string[], string][]
+    ) {
+      const { code, stderr } = await runServerMain(args);
+      assertEquals(code, 2, stderr);
+      assert(stderr.includes(`error: ${message}`), stderr);
+    }
+    const s = await serve(["--executor", "cpu", "--max-connections-per-peer", "3"]);
+    const held: Deno.Conn[] = [];
+    try {
+      for (let i = 0; i < 3; i++) held.push(await Deno.connect({ hostname: "127.0.0.1", port: s.port }));
+      await sleep(100);
+      const fourth = await exchange(s.port, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+      assert(fourth.startsWith("HTTP/1.1 503"), fourth);
+      const error = JSON.parse(fourth.slice(fourth.indexOf("\r\n\r\n") + 4)).error;
+      assert(error.message.includes("this address holds its maximum of 3 connections"), error.message);
+      held.pop()!.close();
+      await sleep(100);
+      const again = await exchange(s.port, "GET /healthz HTTP/1.1\r\nHost: x\r\nconnection: close\r\n\r\n");
+      assert(again.startsWith("HTTP/1.1 200"), again);
+    } finally {
+      for (const c of held) c.close();
+      await s.stop();
     }
   },
 });
