@@ -19,6 +19,7 @@
  * empty 400, before any handler runs (onError is not called). The front recognises that answer by its
  * shape (layerAnswer) and sends the service's JSON error with the same status instead.
  */
+import { setClientRoom } from "./client_flow.ts";
 import { errorBody, HttpError } from "./errors.ts";
 
 export interface FrontOptions {
@@ -140,16 +141,6 @@ export type FromFront =
   | { type: "drained" }
   | { type: "count"; id: number; n: number; evicted: number };
 
-const clientRooms = new WeakMap<Request, () => Promise<void> | null>();
-
-/**
- * Null while the client of `req` takes what is written to it; else a promise resolved once it reads
- * again (or goes). Always null without the front: Deno.serve alone cannot tell.
- */
-export function clientFull(req: Request): Promise<void> | null {
-  return clientRooms.get(req)?.() ?? null;
-}
-
 /** How long a request on the private port waits for the front to announce its connection. */
 const ANNOUNCE_MS = 1000;
 
@@ -269,7 +260,7 @@ export async function serveFronted(
       post({ type: "end", port });
     });
     const relayed = new Request(req, { signal: AbortSignal.any([req.signal, ac.signal]) });
-    clientRooms.set(relayed, () => blocked.get(port)?.promise ?? null);
+    setClientRoom(relayed, () => blocked.get(port)?.promise ?? null);
     return await handler(relayed);
   });
   const innerAddr = await inner.promise;

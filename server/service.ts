@@ -22,7 +22,7 @@ import { ServerMetrics } from "./metrics.ts";
 import { JobQueue } from "./queue.ts";
 import type { stopSchema } from "./schemas.ts";
 import { createSse, type SseStream } from "./sse.ts";
-import { clientFull } from "./front.ts";
+import { clientFull } from "./client_flow.ts";
 import { type Mutex, Ticket, TimeLimitExceeded, Turns } from "./turns.ts";
 
 export interface AppOptions {
