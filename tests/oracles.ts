@@ -180,3 +180,148 @@ export function bruteArgmax(logits: ArrayLike<number>): number {
   for (let i = 1; i < logits.length; i++) if (logits[i] > logits[best]) best = i;
   return best;
 }
+
+// ---- a whole prefill compression, brute force ---------------------------------------------------------
+
+/** Captured rows from `from` on (the CPU reference's QueryRows are plain arrays). */
+export function rowsFrom(q: QueryRows, from: number): QueryRows {
+  const i = q.positions.indexOf(from);
+  return {
+    positions: q.positions.slice(i),
+    data: queryData(q).slice(i),
+    dispose() {},
+  } as unknown as QueryRows;
+}
+
+/**
+ * PyramidKV's per-layer budgets, restated from KVCache-Factory: min = (B - w) / beta, max = 2(B - w) - min
+ * (capped at L - w, then min = 2(B - w) - max), layer l gets max - l x step + w with step = (max - min) /
+ * (layers - 1), all integer divisions; what that leaves of layers x B goes one entry at a time to the
+ * earliest layers, cycling, never below w nor above L.
+ */
+export function brutePyramid(layers: number, L: number, B: number, w: number, beta: number): number[] {
+  if (layers === 1 || B >= L) return Array(layers).fill(Math.min(B, L));
+  let lo = Math.floor((B - w) / beta), hi = 2 * (B - w) - lo;
+  if (hi >= L - w) [hi, lo] = [L - w, 2 * (B - w) - (L - w)];
+  const step = Math.floor((hi - lo) / (layers - 1));
+  const out = Array.from({ length: layers }, (_, l) => hi - l * step + w);
+  let left = layers * B - out.reduce((a, b) => a + b, 0);
+  for (let l = 0; left !== 0; l = (l + 1) % layers) {
+    const next = out[l] + Math.sign(left);
+    if (next >= w && next <= L) [out[l], left] = [next, left - Math.sign(left)];
+  }
+  return out;
+}
+
+/** What a prefill compression must keep: [layer][kvHead] ascending, and the scores it ranked by. */
+export interface BruteCompression {
+  kept: number[][][];
+  /** [layer][kvHead][L]; null when nothing is scored (full, streaming_llm). */
+  scores: Float64Array | null;
+}
+
+/** The resolved options a brute-force compression reads (core/methods/types.ts's MethodOptions). */
+export interface BruteOptions extends ScoreShape {
+  budget: number;
+  window: number;
+  sinks: number;
+  normalize: boolean;
+  seed: number;
+  beta: number;
+  floor: number;
+  lookaheadTokens: number;
+  allocation: "uniform" | "pyramid" | "adaptive";
+}
+
+/**
+ * Every method's prefill selection from first principles, on a CPU reference session holding the whole
+ * prompt with every row's queries captured (`rows`). `soft` are the soft rows Judge Q scores with; `uniform`
+ * is the seeded stream `random` ranks by (sampling.ts's generator: a definition, not a computation).
+ */
+export async function bruteCompression(
+  s: CpuSession,
+  rows: QueryRows,
+  method: string,
+  o: BruteOptions,
+  soft: Float32Array | null,
+  uniform: (seed: number, n: number) => Float64Array,
+): Promise<BruteCompression> {
+  const c = s.config, L = s.nextPosition, B = o.budget, w = o.window, nKv = c.nKvHeads;
+  const heads = (f: (l: number, g: number) => number[]) =>
+    Array.from({ length: c.nLayers }, (_, l) => Array.from({ length: nKv }, (_, g) => f(l, g)));
+  const range = (a: number, b: number) => Array.from({ length: Math.max(0, b - a) }, (_, i) => a + i);
+  if (method === "full" || B >= L) return { kept: heads(() => range(0, L)), scores: null };
+  if (method === "streaming_llm") {
+    return { kept: heads(() => [...range(0, o.sinks), ...range(L - (B - o.sinks), L)]), scores: null };
+  }
+  const massOf = (q: QueryRows, session = s) => {
+    const m = new Float64Array(c.nLayers * c.nHeads * L);
+    addBruteMass(session, q, L, m, L);
+    return m;
+  };
+  let scores: Float64Array;
+  if (method === "random") scores = uniform(o.seed, c.nLayers * nKv * L);
+  else if (method === "knorm") scores = bruteKeyNorms(s, L).map((n) => -n);
+  else if (method === "h2o") {
+    const m = massOf(rows);
+    if (o.normalize) m.forEach((v, k) => (m[k] = v / (L - (k % L)))); // key t is seen by rows t..L-1
+    scores = bruteHeadScores(m, L, c, L, L - w, o);
+  } else if (method === "tova") scores = bruteHeadScores(massOf(rowsFrom(rows, L - 1)), L, c, L, L - w, o);
+  else if (["snapkv", "pyramidkv", "adakv"].includes(method)) {
+    scores = bruteHeadScores(massOf(rowsFrom(rows, L - w)), L, c, L, L - w, o);
+  } else if (method === "judgeq") {
+    const t = (await s.clone()) as CpuSession;
+    const r = await t.forward({ kind: "embeddings", rows: soft!, count: soft!.length / c.dim }, {
+      captureQueries: true,
+      logits: "none",
+    });
+    scores = bruteHeadScores(massOf(r.queries!, t), L, c, L, L - w, o);
+    t.dispose();
+  } else if (method === "lookahead") {
+    // A draft holding SnapKV's choice decodes pseudo tokens; their queries and the window's score the prompt.
+    const draftScores = bruteHeadScores(massOf(rowsFrom(rows, L - w)), L, c, L, L - w, o);
+    const draftKept = heads((l, g) =>
+      bruteKeep(range(0, L), B, (t) => draftScores[(l * nKv + g) * L + t], (t) => t >= L - w)
+    );
+    const d = (await s.clone()) as CpuSession;
+    await d.keepPositions(draftKept.map((hs) => hs.map((h) => Int32Array.from(h))), L);
+    const pseudo = await d.decode({
+      maxTokens: o.lookaheadTokens,
+      sampling: { temperature: 0, topP: 1, topK: 0, seed: 0 },
+      stopTokenIds: [],
+      captureQueries: true,
+    });
+    d.dispose();
+    const m = massOf(rowsFrom(rows, L - w));
+    addBruteMass(s, pseudo.queries!, L, m, L); // against the whole prompt, not the draft
+    scores = bruteHeadScores(m, L, c, L, L - w, o);
+  } else throw new Error(`no brute-force oracle for ${method}`);
+  const score = (l: number, g: number) => (t: number) => scores[(l * nKv + g) * L + t];
+  const windowed = (t: number) => t >= L - w;
+  if (o.allocation === "pyramid") {
+    const budgets = brutePyramid(c.nLayers, L, B, w, o.beta);
+    return { kept: heads((l, g) => bruteKeep(range(0, L), budgets[l], score(l, g), windowed)), scores };
+  }
+  if (o.allocation === "adaptive") {
+    const free = B - w, sure = Math.floor(o.floor * free);
+    const kept = heads((l, g) => bruteKeep(range(0, L - w), sure, score(l, g), () => false));
+    for (let l = 0; l < c.nLayers; l++) {
+      // The layer's other entries: the best (score, then earlier position, then lower head) across heads.
+      const pool = kept[l].flatMap((k, g) =>
+        range(0, L - w).filter((t) => !k.includes(t)).map((t) => ({ g, t }))
+      );
+      const v = (p: { g: number; t: number }) => score(l, p.g)(p.t);
+      for (let n = 0; n < nKv * (free - sure); n++) {
+        let best = 0;
+        for (let i = 1; i < pool.length; i++) {
+          const a = pool[i], b = pool[best];
+          if (v(a) > v(b) || (v(a) === v(b) && (a.t < b.t || (a.t === b.t && a.g < b.g)))) best = i;
+        }
+        kept[l][pool[best].g].push(pool.splice(best, 1)[0].t);
+      }
+      kept[l] = kept[l].map((k) => [...k, ...range(L - w, L)].sort((a, b) => a - b));
+    }
+    return { kept, scores };
+  }
+  return { kept: heads((l, g) => bruteKeep(range(0, L), B, score(l, g), windowed)), scores };
+}
