@@ -1,4 +1,3 @@
-// deno-lint-ignore-file no-explicit-any
 /**
  * Judge Q's soft tokens leave nothing behind (issue 26): after every Judge Q path (the plan, a context and
  * its answers, compression during decoding, the HTTP endpoints) the cache holds no soft-token rows, checked
