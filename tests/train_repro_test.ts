@@ -9,7 +9,9 @@
  * optimiser, the loss or the adapter layout that was not meant (re-record the digest on purpose then).
  */
 import { main } from "../train/main.ts";
-import { assertEquals } from "./helpers.ts";
+import { main as validateLoss } from "../train/validate_loss.ts";
+import { UsageError } from "../io/flags.ts";
+import { assert, assertEquals, assertRejects } from "./helpers.ts";
 
 /** SHA-256 of the adapter file the run below writes, recorded from this code. */
 const DIGEST = "6b6c4bc7f651a90d42c174131002412b5a74fbd49e574c4d5f9f8ef2702a0cda";
@@ -44,6 +46,20 @@ Deno.test("train --executor cpu: a seeded short run writes an adapter with the c
     const digest = hex(await crypto.subtle.digest("SHA-256", await Deno.readFile(out)));
     console.log(`train_repro_test: adapter sha256 ${digest}`);
     assertEquals(digest, DIGEST, "adapter bytes");
+    // The loss choice on a validation split of its own, from the same work directory.
+    const json = `${work}/validation.json`;
+    assertEquals(await validateLoss(["--work", work, "--samples", "1", "--out", json]), 0);
+    const v = JSON.parse(await Deno.readTextFile(json));
+    assertEquals(v.split, { seed: 2, samples: 1, trainingSeed: 1, disjoint: true });
+    assert(["mse", "kl"].includes(v.choice.loss), JSON.stringify(v.choice));
+    assertEquals(v.rows.length, 2 * 4 * 3, "2 losses x 4 variants x 3 budgets");
+    const e = await assertRejects(
+      () => validateLoss(["--work", work, "--seed", "1"]),
+      "--seed",
+      "training data's seed",
+    );
+    assert(e instanceof UsageError);
+    await assertRejects(() => validateLoss([]), "--work");
   } finally {
     await Deno.remove(work, { recursive: true });
   }

@@ -23,7 +23,7 @@ const SPEC = {
   out: { kind: "string", help: "JSON output (default results/training/loss_validation.json)" },
 } as const;
 
-async function main(argv: string[]): Promise<number> {
+export async function main(argv: string[]): Promise<number> {
   const flags = parseFlags(argv, SPEC);
   if (typeof flags.work !== "string") throw new UsageError("--work: give the train work directory");
   const f = { work: flags.work, seed: flags.seed as number, samples: flags.samples as number };
