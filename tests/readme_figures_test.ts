@@ -126,3 +126,25 @@ Deno.test("README long-output table equals results/long_output/results.json", as
     );
   }
 });
+
+Deno.test("README loss choice on the validation split equals results/training/loss_validation.json", async () => {
+  const v = JSON.parse(await Deno.readTextFile(new URL("results/training/loss_validation.json", root)));
+  type Row = { method: string; budget: number; hit: number; kl: number };
+  const mean = (loss: string, by: "hit" | "kl") => {
+    const per = [32, 64, 128].map((b) => {
+      const rs = (v.rows as Row[]).filter((r) => r.method === `Judge Q (${loss})` && r.budget === b);
+      return by === "hit" ? Math.max(...rs.map((r) => r.hit)) : Math.min(...rs.map((r) => r.kl));
+    });
+    return per.reduce((a, b) => a + b, 0) / per.length;
+  };
+  const text = README.replace(/\s+/g, " ");
+  assertEquals(v.choice.loss, "kl");
+  const hit = `mean best hit rate ${pct(mean("kl", "hit"))}% against ${pct(mean("mse", "hit"))}% for MSE`;
+  const kl = `mean best KL ${mean("kl", "kl").toFixed(4)} against ${mean("mse", "kl").toFixed(4)}`;
+  assert(text.includes(hit), hit);
+  assert(text.includes(kl), kl);
+  assert(
+    text.includes(`data seed ${v.split.seed}`) && text.includes(`${v.split.samples} fresh samples`),
+    "split",
+  );
+});
