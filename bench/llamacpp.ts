@@ -193,6 +193,7 @@ interface PeerOutput {
   kvCacheType: "F16" | "F32";
   runs: PeerRun[];
   check: { logProbs: (number | null)[]; greedy: number[] } | null;
+  tokenized?: number[][];
 }
 
 const badToken = (ids: number[], vocab: number) => {
@@ -201,22 +202,35 @@ const badToken = (ids: number[], vocab: number) => {
 };
 
 /** Writes the GGUF and the spec to temp files, runs the peer script, and parses its JSON line. */
-async function runPeer(
+function runPeer(
   weights: ModelWeights,
   spec: Record<string, unknown>,
   opts: PeerOptions,
 ): Promise<PeerOutput | PeerFailure> {
-  const log = opts.log ?? (() => {});
   const unsupported = ggufUnsupportedReason(weights.config);
-  if (unsupported) return { ok: false, reason: unsupported };
+  if (unsupported) return Promise.resolve({ ok: false, reason: unsupported });
+  return runPeerOn(
+    async () => encodeGgufF32(weights, await vocabFor(weights, opts.tokenizerJsonPath)),
+    spec,
+    opts,
+  );
+}
+
+/** Runs the peer script on the GGUF bytes `gguf()` makes (written to a temp file). */
+async function runPeerOn(
+  gguf: () => Promise<Uint8Array>,
+  spec: Record<string, unknown>,
+  opts: PeerOptions,
+): Promise<PeerOutput | PeerFailure> {
+  const log = opts.log ?? (() => {});
   const ready = await ensureLlamaCppPeer(opts);
   if (!ready.ok) return ready;
   let dir: string | null = null;
   try {
     dir = await Deno.makeTempDir({ prefix: "judgeq-llamacpp-" });
-    const gguf = encodeGgufF32(weights, await vocabFor(weights, opts.tokenizerJsonPath));
-    await Deno.writeFile(`${dir}/model.gguf`, gguf);
-    log(`llama.cpp peer: GGUF ${(gguf.length / 2 ** 20).toFixed(1)} MiB written`);
+    const bytes = await gguf();
+    await Deno.writeFile(`${dir}/model.gguf`, bytes);
+    log(`llama.cpp peer: GGUF ${(bytes.length / 2 ** 20).toFixed(1)} MiB written`);
     await Deno.writeTextFile(
       `${dir}/spec.json`,
       JSON.stringify({ packageDir: LLAMACPP_PEER_DIR, model: `${dir}/model.gguf`, ...spec }),
@@ -333,5 +347,49 @@ export async function llamaCppLogProbs(
     ok: true,
     logProbs: Float64Array.from(out.check.logProbs, (v) => (v === null ? -Infinity : v)),
     greedy: out.check.greedy,
+  };
+}
+
+export type LlamaCppGgufRun = {
+  ok: true;
+  /** As LlamaCppCheck, when a prompt was given. */
+  logProbs: Float64Array | null;
+  greedy: number[];
+  /** llama.cpp's ids of each text (no BOS added), when texts were given. */
+  tokenized: number[][];
+} | PeerFailure;
+
+/**
+ * llama.cpp on a GGUF file as it is (any tensor type llama.cpp reads): its tokenization of `texts`
+ * (`special`: control-token text parsed as tokens) and, with a prompt, its last-token log-probabilities
+ * and `steps` greedy tokens (F32 KV cache, no flash attention).
+ */
+export async function llamaCppOnGguf(
+  gguf: Uint8Array,
+  opts: PeerOptions & {
+    vocabSize: number;
+    prompt?: number[];
+    steps?: number;
+    texts?: string[];
+    special?: boolean;
+  },
+): Promise<LlamaCppGgufRun> {
+  const spec: Record<string, unknown> = { threads: 2 };
+  if (opts.prompt?.length) {
+    spec.check = {
+      prompt: opts.prompt,
+      steps: opts.steps ?? 1,
+      vocabSize: opts.vocabSize,
+      contextSize: opts.prompt.length + (opts.steps ?? 1) + 1,
+    };
+  }
+  if (opts.texts) spec.tokenize = { texts: opts.texts, special: opts.special ?? false };
+  const out = await runPeerOn(() => Promise.resolve(gguf), spec, opts);
+  if (!out.ok) return out;
+  return {
+    ok: true,
+    logProbs: out.check ? Float64Array.from(out.check.logProbs, (v) => (v === null ? -Infinity : v)) : null,
+    greedy: out.check?.greedy ?? [],
+    tokenized: out.tokenized ?? [],
   };
 }

@@ -11,7 +11,7 @@ import type { Executor } from "../core/executor.ts";
 import { modelFingerprint } from "../core/fingerprint.ts";
 import type { ModelWeights } from "../core/weights.ts";
 import { chooseExecutor, type ExecutorChoice, type WeightFormatChoice } from "./executor_choice.ts";
-import { loadModelFromUrl, modelFromFiles } from "./from_bytes.ts";
+import { isGgufPath, loadModelFromUrl, modelFromFiles } from "./from_bytes.ts";
 import { embeddedModelLocation, loadModelDir } from "./model_dir.ts";
 
 export {
@@ -124,6 +124,12 @@ async function exists(path: string): Promise<boolean> {
   }
 }
 
+/** The adapter a model picks up when present: DIR/judgeq.safetensors, or NAME.judgeq.safetensors beside NAME.gguf. */
+export const defaultAdapterPath = (model: string): string =>
+  isGgufPath(model)
+    ? model.replace(/\.gguf$/i, ".judgeq.safetensors")
+    : model.replace(/\/+$/, "") + "/judgeq.safetensors";
+
 const isUrl = (s: string) => /^(https?|blob|data):/i.test(s);
 
 export async function loadModel(o: LoadOptions = {}): Promise<Model> {
@@ -133,7 +139,7 @@ export async function loadModel(o: LoadOptions = {}): Promise<Model> {
     return await loadModelFromUrl(dir, { ...assembly, adapter: o.adapter });
   }
   const files = await loadModelDir(dir);
-  const defaultAdapter = dir.replace(/\/+$/, "") + "/judgeq.safetensors";
+  const defaultAdapter = defaultAdapterPath(dir);
   const adapterPath = o.adapter === undefined
     ? ((await exists(defaultAdapter)) ? defaultAdapter : null)
     : o.adapter;

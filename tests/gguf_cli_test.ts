@@ -1,0 +1,58 @@
+/**
+ * GGUF at the command line: `deno task convert --from DIR --gguf FILE` writes a file that
+ * `generate --model FILE` runs, with the same text as the model directory; a truncated file and a bad
+ * type id are one-line errors with exit code 2, no stack trace.
+ */
+import { assert, assertEquals, runScript } from "./helpers.ts";
+import { EMBEDDED_MODEL_DIR } from "../io/model_dir.ts";
+
+const tmp = await Deno.makeTempDir({ prefix: "judgeq-gguf-cli-" });
+
+Deno.test("convert --from --gguf, then generate --model FILE.gguf (and its bad-file errors)", async () => {
+  const file = `${tmp}/stories.gguf`;
+  const conv = await runScript(
+    "fixtures/convert_llama2c.ts",
+    "--from",
+    EMBEDDED_MODEL_DIR,
+    "--gguf",
+    file,
+    "--gguf-type",
+    "f32",
+  );
+  assertEquals(conv.code, 0, conv.stderr);
+  const gen = (model: string) =>
+    runScript(
+      "cli/generate.ts",
+      "--model",
+      model,
+      "--prompt",
+      "Once upon a time",
+      "--max-tokens",
+      "24",
+      "--executor",
+      "cpu",
+    );
+  const [a, b] = await Promise.all([gen(file), gen(EMBEDDED_MODEL_DIR)]);
+  assertEquals(a.code, 0, a.stderr);
+  assertEquals(a.stdout, b.stdout, "the F32 file generates the directory's text");
+  const bytes = await Deno.readFile(file);
+  await Deno.writeFile(`${tmp}/short.gguf`, bytes.subarray(0, bytes.length - 1000));
+  const short = await gen(`${tmp}/short.gguf`);
+  assertEquals(short.code, 2);
+  assert(
+    /^error: blk\.\d+\.ffn_down\.weight: data .* runs past the end of the file/.test(short.stderr.trim()),
+    short.stderr,
+  );
+  assertEquals(short.stderr.trim().split("\n").length, 1, "one line");
+  const bad = await runScript(
+    "fixtures/convert_llama2c.ts",
+    "--from",
+    EMBEDDED_MODEL_DIR,
+    "--gguf",
+    file,
+    "--gguf-type",
+    "q5_k",
+  );
+  assertEquals(bad.code, 2);
+  assert(bad.stderr.includes("--gguf-type"), bad.stderr);
+});
