@@ -176,7 +176,7 @@ async function vocabFor(weights: ModelWeights, tokenizerJsonPath?: string): Prom
   );
 }
 
-interface PeerRun {
+export interface PeerRun {
   context: number;
   contextSize: number;
   flashAttention: boolean | "auto";
@@ -392,4 +392,28 @@ export async function llamaCppOnGguf(
     greedy: out.check?.greedy ?? [],
     tokenized: out.tokenized ?? [],
   };
+}
+
+export type LlamaCppRuns =
+  | { ok: true; threads: number; kvCacheType: "F16" | "F32"; runs: PeerRun[] }
+  | PeerFailure;
+
+/**
+ * Timed runs of llama.cpp on a GGUF file as it is: each run a fresh context of `context` cells, the prompt
+ * evaluated (batches of min(context, 512)) and timed, then its last `decodeTokens` cells dropped and as
+ * many greedy steps timed. One node process for all the runs (the model loaded once).
+ */
+export async function llamaCppRuns(
+  gguf: Uint8Array,
+  runs: { context: number; prompt: number[]; decodeTokens: number }[],
+  opts: PeerOptions & { threads: number; kvCacheType?: "F16" | "F32"; flashAttention?: boolean | "auto" },
+): Promise<LlamaCppRuns> {
+  const out = await runPeerOn(() => Promise.resolve(gguf), {
+    threads: opts.threads,
+    kvCacheType: opts.kvCacheType ?? "F16",
+    flashAttention: opts.flashAttention ?? "auto",
+    runs,
+  }, opts);
+  if (!out.ok) return out;
+  return { ok: true, threads: out.threads, kvCacheType: out.kvCacheType, runs: out.runs };
 }

@@ -44,7 +44,7 @@ export class NativeExecutor implements Executor {
     const w = NativeWeights.create(g, weights, o.weightFormat ?? "f32");
     if (w.notes.length > 0) {
       (o.warn ?? console.warn)(
-        `native executor: ${w.notes.length} matrices kept f32, their rows not whole blocks of 32: ${
+        `native executor: ${w.notes.length} matrices kept f16, their rows not whole blocks of 32: ${
           w.notes.join(", ")
         }`,
       );

@@ -11,10 +11,10 @@ import { writeGguf } from "../core/gguf/model_writer.ts";
 import type { DecodeOptions } from "../core/executor.ts";
 import { JudgeQError } from "../core/errors.ts";
 import type { ModelWeights } from "../core/weights.ts";
-import { fixtureWeights, maxAbsDiff } from "../fixtures/testing.ts";
+import { fixtureWeights, loadWeightsOnly, maxAbsDiff } from "../fixtures/testing.ts";
 import { parseGgufBytes } from "../io/from_bytes.ts";
 import { EMBEDDED_MODEL_DIR, loadModelDir } from "../io/model_dir.ts";
-import { NativeExecutor, nativeUnsupportedReason } from "../native/mod.ts";
+import { loadGgml, NativeExecutor, nativeUnsupportedReason, roundToNativeFormat } from "../native/mod.ts";
 import { assert, assertEquals, assertRejects } from "./helpers.ts";
 
 const why = await nativeUnsupportedReason();
@@ -170,6 +170,50 @@ Deno.test({
       const got = await run(threads);
       for (let i = 0; i < 2; i++) {
         assertEquals(maxAbsDiff(got[i], one[i]), 0, `${threads} threads, part ${i}`);
+      }
+    }
+  },
+});
+
+Deno.test({
+  ...opts,
+  name: "native executor: f16, Q8_0 and Q4_0 weights against the reference on the same rounded weights",
+  fn: async () => {
+    // The reference runs the weights as each format stores them (ggml's quantizer, then its dequantizer);
+    // what remains is ggml rounding the activations for its dot products: f16 (2^-11 relative), or blocks of
+    // 32 to 8 bits for Q8_0 and Q4_0. Teacher-forced (the same tokens into both), so no near tie diverges.
+    // Stated tolerances, as a fraction of the largest |logit| (measured: f16 4e-4 to 9e-4, Q8_0 / Q4_0
+    // 1.2e-2 to 2.5e-2 on these models); a wrong rotation, mask or layout is off by the logits' own size.
+    const g = await loadGgml();
+    const tolerance = { f16: 2e-3, q8_0: 5e-2, q4_0: 5e-2 } as const;
+    const models: [string, ModelWeights][] = [["stories260K", await loadWeightsOnly()], [
+      "qwen2",
+      fixtureWeights("qwen2"),
+    ]];
+    for (const [name, w] of models) {
+      for (const format of ["f16", "q8_0", "q4_0"] as const) {
+        const x = await NativeExecutor.create(w, { threads: 1, weightFormat: format, warn: () => {} });
+        const ref = new CpuExecutor(roundToNativeFormat(g, w, format));
+        try {
+          const toks = Array.from({ length: 72 }, (_, i) => (i * 37 + 11) % w.config.vocabSize);
+          const a = x.createSession(128), b = ref.createSession(128);
+          let worst = 0, scale = 0;
+          const step = async (rows: number[]) => {
+            const la = (await a.forward({ kind: "tokens", tokens: rows }, { logits: "all" })).logits!;
+            const lb = (await b.forward({ kind: "tokens", tokens: rows }, { logits: "all" })).logits!;
+            worst = Math.max(worst, maxAbsDiff(la, lb));
+            for (const v of lb) scale = Math.max(scale, Math.abs(v));
+          };
+          await step(toks.slice(0, 40));
+          for (let i = 40; i < 72; i++) await step([toks[i]]);
+          const rel = worst / scale;
+          assert(
+            rel < tolerance[format],
+            `${name} ${format}: logits ${worst} off, ${rel} of their scale ${scale}`,
+          );
+        } finally {
+          x.dispose();
+        }
       }
     }
   },
