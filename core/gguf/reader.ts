@@ -167,10 +167,22 @@ function readValue(c: Cursor, typeId: number, key: string, depth: number): GgufV
     for (let i = 0; i < n; i++) value[i] = c.scalar(itemType, key);
     return { type, itemType, value } as GgufValue;
   }
-  const value = new Array<number>(n);
+  // Numbers into a typed array of their own width: as many bytes as the file holds for them, no more.
+  const value = new TYPED[itemType](n);
   for (let i = 0; i < n; i++) value[i] = c.scalar(itemType, key) as number;
   return { type, itemType, value };
 }
+
+const TYPED = {
+  u8: Uint8Array,
+  i8: Int8Array,
+  u16: Uint16Array,
+  i16: Int16Array,
+  u32: Uint32Array,
+  i32: Int32Array,
+  f32: Float32Array,
+  f64: Float64Array,
+} as const;
 
 function parse(bytes: Uint8Array, fileSize: number, file: string): GgufFile {
   const c = new Cursor(bytes, fileSize, file);
