@@ -26,7 +26,8 @@ export interface ForwardOptions {
   /** Keep the rows' queries for `attentionMass`. */
   captureQueries?: boolean;
   /**
-   * Awaited between chunks of a long forward (every FORWARD_CHUNK_ROWS rows on the CPU executors; a WebGPU
+   * Awaited between chunks of a long forward (every `Executor.forwardChunkRows` rows, FORWARD_CHUNK_ROWS on
+   * the CPU executors; a WebGPU
    * prefill is recorded whole and never calls it): a scheduler runs other jobs there, and may throw to stop
    * this one (the rows before stay in the cache). Between chunks nothing of the pass is pending.
    */
@@ -140,8 +141,13 @@ export interface KvSession {
 }
 
 export interface Executor {
-  readonly kind: "cpu" | "gpu" | "wasm";
+  readonly kind: "cpu" | "gpu" | "wasm" | "native";
   readonly config: ModelConfig;
+  /**
+   * Rows a forward pass runs as one piece, `between` being awaited between pieces (FORWARD_CHUNK_ROWS when
+   * absent). A forward's numbers do not depend on whether `between` is given.
+   */
+  readonly forwardChunkRows?: number;
   /** Human-readable backend description (adapter, features). */
   readonly description: string;
   /** True once the device behind the executor is lost (GPU); requests then fail until a new one is made. */

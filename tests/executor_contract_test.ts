@@ -575,9 +575,10 @@ async function allocationContract({ ex, w, m, toks }: Ctx) {
  * as without it, and a `between` that throws stops the pass with the rows before it cached.
  */
 async function betweenContract({ ex, w, toks }: Ctx) {
-  const c = w.config, R = Math.min(c.maxSeqLen - 8, FORWARD_CHUNK_ROWS * 2 + 40);
+  const chunk = ex.forwardChunkRows ?? FORWARD_CHUNK_ROWS;
+  const c = w.config, R = Math.min(c.maxSeqLen - 8, chunk * 2 + 40);
   const rows = Array.from({ length: R }, (_, i) => toks[i % toks.length]);
-  const calls = ex.kind === "gpu" ? 0 : Math.ceil(R / FORWARD_CHUNK_ROWS) - 1;
+  const calls = ex.kind === "gpu" ? 0 : Math.ceil(R / chunk) - 1;
   const plainRun = ex.createSession(R + 8),
     interleaved = ex.createSession(R + 8),
     other = ex.createSession(R + 8);
@@ -601,7 +602,7 @@ async function betweenContract({ ex, w, toks }: Ctx) {
             between: () => Promise.reject(new Error("time limit")),
           })
         );
-        assertEquals(stopped.nextPosition, FORWARD_CHUNK_ROWS, "the rows before the throw are cached");
+        assertEquals(stopped.nextPosition, chunk, "the rows before the throw are cached");
       } finally {
         stopped.dispose();
       }

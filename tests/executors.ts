@@ -16,6 +16,19 @@ import {
   type WasmExecutorOptions,
   wasmUnsupportedReason,
 } from "../wasm/mod.ts";
+import {
+  loadGgml,
+  NativeExecutor,
+  type NativeExecutorOptions,
+  nativeUnsupportedReason,
+  type NativeWeightFormat,
+  roundToNativeFormat,
+} from "../native/mod.ts";
+
+/** ggml, when it loads here: the quantized native cases need its quantizers to round the oracle's weights. */
+const ggml = (await nativeUnsupportedReason()) === null ? await loadGgml() : null;
+const nativeRounded = (format: NativeWeightFormat) => (w: ModelWeights) =>
+  ggml ? roundToNativeFormat(ggml, w, format) : w;
 
 export interface ExecutorUnderTest {
   /** "reference", "gpu", ... */
@@ -76,7 +89,50 @@ export const EXECUTORS_UNDER_TEST: ExecutorUnderTest[] = [
     },
     create: (weights) => wasmOrReason(weights, { threads: 2, weightFormat: "int8", parallelMinWork: 0 }),
   },
+  {
+    // ggml through FFI, f32 weights and cache: the reference's own numbers, to 1e-3 on logits. One thread: CI
+    // runs test files two at a time on two cores, where spinning ggml threads would wait on each other
+    // (tests/native_executor_test.ts checks that 2 and 3 threads give the same logits as one).
+    name: "native",
+    create: (weights) => nativeOrReason(weights, { threads: 1 }),
+  },
+  {
+    name: "native-f16",
+    weights: nativeRounded("f16"),
+    tolerance: {
+      logits: 5e-3,
+      mass: 5e-4,
+      why: "ggml's f16 matrix products round each activation row to f16 too (2^-11 relative)",
+    },
+    create: (weights) => nativeOrReason(weights, { threads: 1, weightFormat: "f16" }),
+  },
+  {
+    name: "native-q8_0",
+    weights: nativeRounded("q8_0"),
+    tolerance: {
+      logits: 2e-2,
+      mass: 2e-3,
+      why:
+        "ggml quantizes each activation block of 32 to 8 bits (1/127 of its largest value) for Q8_0 dot products",
+    },
+    create: (weights) => nativeOrReason(weights, { threads: 1, weightFormat: "q8_0" }),
+  },
+  {
+    name: "native-q4_0",
+    weights: nativeRounded("q4_0"),
+    tolerance: {
+      logits: 2e-2,
+      mass: 2e-3,
+      why:
+        "ggml quantizes each activation block of 32 to 8 bits (1/127 of its largest value) for Q4_0 dot products",
+    },
+    create: (weights) => nativeOrReason(weights, { threads: 1, weightFormat: "q4_0" }),
+  },
 ];
+
+async function nativeOrReason(weights: ModelWeights, o: NativeExecutorOptions): Promise<Executor | string> {
+  return (await nativeUnsupportedReason()) ?? await NativeExecutor.create(weights, o);
+}
 
 async function wasmOrReason(weights: ModelWeights, o: WasmExecutorOptions): Promise<Executor | string> {
   return wasmUnsupportedReason() ?? await WasmExecutor.create(weights, o);
