@@ -56,3 +56,38 @@ Deno.test("convert --from --gguf, then generate --model FILE.gguf (and its bad-f
   assertEquals(bad.code, 2);
   assert(bad.stderr.includes("--gguf-type"), bad.stderr);
 });
+
+Deno.test("deno task start --model BAD.gguf: a one-line startup error, exit 2, no server", async () => {
+  const bad = `${tmp}/bad_type.gguf`;
+  // A valid header whose one tensor has type id 99.
+  const bytes = new Uint8Array(64);
+  const v = new DataView(bytes.buffer);
+  bytes.set(new TextEncoder().encode("GGUF"));
+  v.setUint32(4, 3, true);
+  v.setBigUint64(8, 1n, true); // one tensor
+  v.setBigUint64(16, 0n, true); // no metadata
+  v.setBigUint64(24, 1n, true); // name length
+  bytes[32] = 0x61; // "a"
+  v.setUint32(33, 1, true); // n_dims
+  v.setBigUint64(37, 8n, true);
+  v.setUint32(45, 99, true); // type id
+  v.setBigUint64(49, 0n, true);
+  await Deno.writeFile(bad, bytes);
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      new URL("../server/main.ts", import.meta.url).pathname,
+      "--model",
+      bad,
+      "--port",
+      "0",
+    ],
+    stdout: "piped",
+    stderr: "piped",
+    signal: AbortSignal.timeout(60_000),
+  }).output();
+  const err = new TextDecoder().decode(out.stderr).trim();
+  assertEquals(out.code, 2, err);
+  assertEquals(err, "error: a: type id 99 is not a ggml type");
+});
