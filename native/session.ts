@@ -416,7 +416,8 @@ export class NativeSession implements KvSession {
       return await decodeTokens(o, {
         logits: () => this.logits!,
         feed: async (token, captureQueries) =>
-          (await this.forward({ kind: "tokens", tokens: [token] }, { logits: "last", captureQueries })).queries,
+          (await this.forward({ kind: "tokens", tokens: [token] }, { logits: "last", captureQueries }))
+            .queries,
       }, (rows) => NativeQueryRows.concat(rows as NativeQueryRows[], this.config.nLayers));
     } finally {
       // The step graph and its buffers live through one decode: a kept, idle session holds only its cache.
