@@ -166,6 +166,31 @@ attack(
       const error = JSON.parse(answer.slice(answer.indexOf("\r\n\r\n") + 4)).error;
       assertEquals([error.type, error.param], ["invalid_request_error", null]);
     }
+    // A bad chunk size after a first chunk the handler already read: the body cannot be read, a 400.
+    const first = '{"prompt":"' + "a".repeat(20000) + '",';
+    const c = await Deno.connect({ hostname: "127.0.0.1", port: s.port });
+    await c.write(enc.encode(
+      `POST /v1/generate HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n${
+        first.length.toString(16)
+      }\r\n${first}\r\n`,
+    ));
+    await sleep(300);
+    await c.write(enc.encode('zz\r\n"max_tokens":2}\r\n0\r\n\r\n'));
+    let answer = "";
+    const buf = new Uint8Array(8192);
+    const timer = setTimeout(() => c.close(), 3000);
+    try {
+      for (let n = await c.read(buf); n !== null; n = await c.read(buf)) {
+        answer += dec.decode(buf.subarray(0, n));
+      }
+      c.close();
+    } catch { /* closed by the timer */ }
+    clearTimeout(timer);
+    assert(answer.startsWith("HTTP/1.1 400 "), JSON.stringify(answer));
+    assertEquals(
+      JSON.parse(answer.slice(answer.indexOf("\r\n\r\n") + 4)).error.type,
+      "invalid_request_error",
+    );
     const ok = await fetch(`${s.base}/v1/generate`, {
       method: "POST",
       body: JSON.stringify({ prompt: "Once upon a time", max_tokens: 4 }),
