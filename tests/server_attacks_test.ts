@@ -309,6 +309,10 @@ Deno.test({
         await sleep(20);
       }
       assertEquals(statuses, Array(12).fill("200"), `attacker opened ${opened}, refused ${refused}`);
+      await sleep(1100); // the server reads the front's counts every second
+      const metrics = await s.metrics();
+      assert(sampleValue(metrics, "judgeq_connections_evicted_total") >= 12, metrics);
+      assert(sampleValue(metrics, "judgeq_connections_open") <= cap, metrics);
     } finally {
       attacking = false;
       for (const c of held) c.destroy();
