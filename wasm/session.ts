@@ -163,7 +163,20 @@ export class WasmSession implements KvSession {
       case "f16":
         return { kernel: "gemmF16", args: [x, w.at, bias, y, ...shape, this.x.workspace.panels] };
       case "int8":
-        return { kernel: "gemmI8", args: [x, w.at, w.scales, bias, y, ...shape, this.x.workspace.panels] };
+        return {
+          kernel: "gemmI8",
+          args: [
+            x,
+            w.at,
+            w.scales,
+            w.sums,
+            bias,
+            y,
+            ...shape,
+            this.x.workspace.quant,
+            this.x.workspace.quantStride,
+          ],
+        };
     }
   }
 
