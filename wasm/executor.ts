@@ -118,6 +118,11 @@ export class WasmExecutor implements Executor {
     return this.pool.threads;
   }
 
+  /** Kernel dispatches so far, and those split over the threads (a barrier each): the benchmarks count them. */
+  dispatchCounts(): { dispatches: number; barriers: number } {
+    return { ...this.pool.counts };
+  }
+
   createSession(capacity: number): WasmSession {
     if (this.disposed) throw new Error("executor disposed");
     const c = this.config;
