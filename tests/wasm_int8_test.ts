@@ -106,7 +106,7 @@ async function runGemm(flavor: KernelFlavor, c: Case, seed: number, chunks: numb
   const ba = bias ? f32(bias) : 0, ya = f32(y0 ?? new Float32Array(M * N));
   const stride = 16 * 4 + 16 * 3 * Math.ceil(K / 16) * 16, scratch = arena.alloc(chunks * stride);
   for (let t = 0; t < chunks; t++) {
-    k.gemmI8(xa, wa, sa, ua, ba, ya, M, N, K, N, c.acc ? 1 : 0, scratch, stride, t, chunks);
+    k.gemmI8(xa, wa, sa, ua, ba, ya, M, N, K, N, c.acc ? 1 : 0, scratch, stride, 0, t, chunks);
   }
   const got = arena.f32.slice(ya / 4, ya / 4 + M * N);
   // The unquantized product, and the bound of the activations' rounding on it: half a step

@@ -10,6 +10,9 @@ import type { Arena } from "./arena.ts";
 /** Prompt rows run through the layers together (blocked GEMM); longer inputs go in chunks. */
 export const CHUNK_ROWS = FORWARD_CHUNK_ROWS;
 
+/** Rows up to which each RMS norm runs in its GEMMs' dispatch, one copy per chunk (wasm/session.ts). */
+export const NORM_ROWS = 4;
+
 /** Input rows the int8 GEMM quantizes at a time (Q_ROWS in wasm/assembly/kernels.ts). */
 const Q_ROWS = 16;
 
@@ -17,6 +20,10 @@ const Q_ROWS = 16;
 function quantStride(c: ModelConfig): number {
   const k = Math.max(c.dim, c.hiddenDim, c.nHeads * c.headDim);
   return Math.ceil((Q_ROWS * 4 + Q_ROWS * 3 * (Math.ceil(k / 16) * 16)) / 64) * 64;
+}
+
+function normedStride(c: ModelConfig): number {
+  return Math.ceil(NORM_ROWS * c.dim * 4 / 64) * 64;
 }
 
 export class Workspace {
@@ -36,6 +43,9 @@ export class Workspace {
   /** The int8 GEMM's per-chunk scratch, `quantStride` bytes apart. */
   readonly quant: number;
   readonly quantStride: number;
+  /** Per chunk, NORM_ROWS normalized rows (a fused norm's copies), `normedStride` bytes apart. */
+  readonly normed: number;
+  readonly normedStride: number;
   private scoresAt = 0;
   private scoresCap = 0;
 
@@ -57,13 +67,15 @@ export class Workspace {
     this.panels = f32(chunks * 4 * Math.max(c.dim, c.hiddenDim, qw));
     this.quantStride = quantStride(c);
     this.quant = arena.alloc(chunks * this.quantStride);
+    this.normedStride = normedStride(c);
+    this.normed = arena.alloc(chunks * this.normedStride);
   }
 
   /** Bytes a workspace needs, for the memory check before anything is allocated. */
   static bytes(c: ModelConfig, chunks: number): number {
     const rows = CHUNK_ROWS, qw = c.nHeads * c.headDim, kvw = c.nKvHeads * c.headDim;
     return 4 * (rows * (2 * c.dim + 2 * qw + 2 * kvw + 2 * c.hiddenDim + c.vocabSize + 1 + c.headDim) +
-          chunks * 4 * Math.max(c.dim, c.hiddenDim, qw)) + chunks * quantStride(c);
+          chunks * 4 * Math.max(c.dim, c.hiddenDim, qw)) + chunks * (quantStride(c) + normedStride(c));
   }
 
   /** Attention score rows of `capacity` floats, two per dispatch chunk. */

@@ -318,13 +318,16 @@ const ROW_BLOCK: i32 = 64;
 
 /**
  * y[m, n] (+)= x[m, :] . w[n, :] (+ bias[n]) for m < M and thread t's share of n < N. w is f32
- * [N, K] row-major; x [M, K]; y has row stride ldy. acc: add to y instead of overwriting it.
+ * [N, K] row-major; x [M, K]; y has row stride ldy. acc: add to y instead of overwriting it. xs: chunk t
+ * reads its x at x + t x xs (rows a fused rmsNorm wrote for that chunk; 0: one x for all).
  */
 export function gemmF32(
-  x: usize, w: usize, bias: usize, y: usize, M: i32, N: i32, K: i32, ldy: i32, acc: i32, t: i32, nt: i32,
+  x: usize, w: usize, bias: usize, y: usize, M: i32, N: i32, K: i32, ldy: i32, acc: i32, xs: i32, t: i32,
+  nt: i32,
 ): void {
   const n0 = share(N, t, nt, 4), n1 = share(N, t + 1, nt, 4);
   if (n0 >= n1) return;
+  x += <usize>t * <usize>xs;
   for (let mb = 0; mb < M; mb += ROW_BLOCK) {
     const me = min(mb + ROW_BLOCK, M);
     for (let n = n0; n < n1; n += 4) panelF32(x, w, 0, bias, y, mb, me, n, min(n + 4, n1), K, ldy, acc);
@@ -349,10 +352,11 @@ function halvesToFloats(src: usize, dst: usize, count: i32): void {
  */
 export function gemmF16(
   x: usize, w: usize, bias: usize, y: usize, M: i32, N: i32, K: i32, ldy: i32, acc: i32, scratch: usize,
-  t: i32, nt: i32,
+  xs: i32, t: i32, nt: i32,
 ): void {
   const n0 = share(N, t, nt, 4), n1 = share(N, t + 1, nt, 4);
   if (n0 >= n1) return;
+  x += <usize>t * <usize>xs;
   const panel = scratch + <usize>t * (<usize>K << 4);
   const hs = <usize>K << 1;
   for (let mb = 0; mb < M; mb += ROW_BLOCK) {
@@ -555,10 +559,11 @@ function rowI8(
  */
 export function gemmI8(
   x: usize, w: usize, scales: usize, sums: usize, bias: usize, y: usize, M: i32, N: i32, K: i32, ldy: i32,
-  acc: i32, scratch: usize, scratchStride: i32, t: i32, nt: i32,
+  acc: i32, scratch: usize, scratchStride: i32, xs: i32, t: i32, nt: i32,
 ): void {
   const n0 = share(N, t, nt, 4), n1 = share(N, t + 1, nt, 4);
   if (n0 >= n1) return;
+  x += <usize>t * <usize>xs;
   const base = scratch + <usize>t * <usize>scratchStride, qs = base + (<usize>Q_ROWS << 2);
   const rb = <usize>((K + 15) & ~15) * 3, ks = <usize>K << 2, ys = <usize>ldy << 2;
   for (let mb = 0; mb < M; mb += Q_ROWS) {
@@ -586,8 +591,14 @@ export function gemmI8(
 // ---- elementwise ---------------------------------------------------------------------------
 
 /** out[m] = x[m] / rms(x[m]) * weight, thread t's share of the M rows. */
-export function rmsNorm(x: usize, weight: usize, out: usize, M: i32, D: i32, eps: f32, t: i32, nt: i32): void {
-  const m0 = share(M, t, nt, 1), m1 = share(M, t + 1, nt, 1);
+export function rmsNorm(
+  x: usize, weight: usize, out: usize, M: i32, D: i32, eps: f32, os: i32, t: i32, nt: i32,
+): void {
+  // os > 0: every chunk normalizes all M rows into its own copy at out + t x os, for the GEMMs that
+  // follow in the same dispatch (they read it with xs = os): no barrier between the norm and them.
+  const priv = os > 0;
+  const m0 = priv ? 0 : share(M, t, nt, 1), m1 = priv ? M : share(M, t + 1, nt, 1);
+  if (priv) out += <usize>t * <usize>os;
   const D4 = D & ~3;
   for (let m = m0; m < m1; m++) {
     const xr = x + <usize>m * (<usize>D << 2), orow = out + <usize>m * (<usize>D << 2);
