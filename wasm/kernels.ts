@@ -8,34 +8,7 @@ import { KERNELS_SIMD_WASM_BASE64 } from "./kernels_simd_wasm.ts";
 
 /** The two builds of the kernels: relaxed SIMD (FMA, i8 dot products), and plain 128-bit SIMD. */
 export type KernelFlavor = "relaxed" | "simd";
-type Fn = (...args: number[]) => void;
-
-/** Every kernel takes its arguments, then the thread index and the thread count. */
-export interface Kernels {
-  gemmF32: Fn;
-  gemmF16: Fn;
-  gemmI8: Fn;
-  rmsNorm: Fn;
-  siluMul: Fn;
-  embed: Fn;
-  ropeAppend: Fn;
-  attention: Fn;
-  attentionMass: Fn;
-  keyNorms: Fn;
-}
-export type KernelName = keyof Kernels;
-export const KERNEL_NAMES: KernelName[] = [
-  "gemmF32",
-  "gemmF16",
-  "gemmI8",
-  "rmsNorm",
-  "siluMul",
-  "embed",
-  "ropeAppend",
-  "attention",
-  "attentionMass",
-  "keyNorms",
-];
+export { instantiate, KERNEL_NAMES, type KernelName, type Kernels } from "./kernel_abi.ts";
 
 /** Which kernels to run: "auto" takes relaxed SIMD where the engine has it, else plain SIMD. */
 export type KernelChoice = "auto" | KernelFlavor;
@@ -92,16 +65,4 @@ export function kernelModule(flavor: KernelFlavor = resolveKernels("auto")): Pro
     compiled.set(flavor, m);
   }
   return m;
-}
-
-export function instantiate(module: WebAssembly.Module, memory: WebAssembly.Memory): Kernels {
-  const instance = new WebAssembly.Instance(module, {
-    env: {
-      memory,
-      abort: () => {
-        throw new Error("wasm kernel aborted");
-      },
-    },
-  });
-  return instance.exports as unknown as Kernels;
 }

@@ -7,7 +7,7 @@
  * `dispose`, or after a quiet spell so that a forgotten executor never keeps a process alive.
  */
 import type { Arena } from "./arena.ts";
-import { instantiate, KERNEL_NAMES, type KernelName, type Kernels } from "./kernels.ts";
+import { instantiate, KERNEL_NAMES, type KernelName, type Kernels } from "./kernel_abi.ts";
 import {
   CHUNKS,
   CLAIM,
