@@ -8,6 +8,7 @@
  * npm or the package is unavailable, and every subprocess runs under a timeout.
  */
 import type { ModelWeights } from "../core/weights.ts";
+import type { GgufTensorType } from "../core/gguf/model_writer.ts";
 import {
   encodeGgufF32,
   ggufUnsupportedReason,
@@ -47,6 +48,8 @@ export interface PeerOptions {
   install?: boolean;
   /** Hugging Face tokenizer.json for the GGUF vocabulary; a synthetic vocabulary otherwise. */
   tokenizerJsonPath?: string;
+  /** Matrix type of the GGUF written for llama.cpp (default f32: llama.cpp runs exactly our values). */
+  tensorType?: GgufTensorType;
   /** Limit for the peer subprocess, in ms (default 10 minutes). */
   timeoutMs?: number;
   log?: (m: string) => void;
@@ -176,7 +179,7 @@ async function vocabFor(weights: ModelWeights, tokenizerJsonPath?: string): Prom
   );
 }
 
-interface PeerRun {
+export interface PeerRun {
   context: number;
   contextSize: number;
   flashAttention: boolean | "auto";
@@ -193,6 +196,7 @@ interface PeerOutput {
   kvCacheType: "F16" | "F32";
   runs: PeerRun[];
   check: { logProbs: (number | null)[]; greedy: number[] } | null;
+  tokenized?: number[][];
 }
 
 const badToken = (ids: number[], vocab: number) => {
@@ -201,22 +205,38 @@ const badToken = (ids: number[], vocab: number) => {
 };
 
 /** Writes the GGUF and the spec to temp files, runs the peer script, and parses its JSON line. */
-async function runPeer(
+function runPeer(
   weights: ModelWeights,
   spec: Record<string, unknown>,
   opts: PeerOptions,
 ): Promise<PeerOutput | PeerFailure> {
-  const log = opts.log ?? (() => {});
   const unsupported = ggufUnsupportedReason(weights.config);
-  if (unsupported) return { ok: false, reason: unsupported };
+  if (unsupported) return Promise.resolve({ ok: false, reason: unsupported });
+  return runPeerOn(
+    async () =>
+      encodeGgufF32(weights, await vocabFor(weights, opts.tokenizerJsonPath), {
+        tensorType: opts.tensorType,
+      }),
+    spec,
+    opts,
+  );
+}
+
+/** Runs the peer script on the GGUF bytes `gguf()` makes (written to a temp file). */
+async function runPeerOn(
+  gguf: () => Promise<Uint8Array>,
+  spec: Record<string, unknown>,
+  opts: PeerOptions,
+): Promise<PeerOutput | PeerFailure> {
+  const log = opts.log ?? (() => {});
   const ready = await ensureLlamaCppPeer(opts);
   if (!ready.ok) return ready;
   let dir: string | null = null;
   try {
     dir = await Deno.makeTempDir({ prefix: "judgeq-llamacpp-" });
-    const gguf = encodeGgufF32(weights, await vocabFor(weights, opts.tokenizerJsonPath));
-    await Deno.writeFile(`${dir}/model.gguf`, gguf);
-    log(`llama.cpp peer: GGUF ${(gguf.length / 2 ** 20).toFixed(1)} MiB written`);
+    const bytes = await gguf();
+    await Deno.writeFile(`${dir}/model.gguf`, bytes);
+    log(`llama.cpp peer: GGUF ${(bytes.length / 2 ** 20).toFixed(1)} MiB written`);
     await Deno.writeTextFile(
       `${dir}/spec.json`,
       JSON.stringify({ packageDir: LLAMACPP_PEER_DIR, model: `${dir}/model.gguf`, ...spec }),
@@ -334,4 +354,72 @@ export async function llamaCppLogProbs(
     logProbs: Float64Array.from(out.check.logProbs, (v) => (v === null ? -Infinity : v)),
     greedy: out.check.greedy,
   };
+}
+
+export type LlamaCppGgufRun = {
+  ok: true;
+  /** As LlamaCppCheck, when a prompt was given. */
+  logProbs: Float64Array | null;
+  greedy: number[];
+  /** llama.cpp's ids of each text (no BOS added), when texts were given. */
+  tokenized: number[][];
+} | PeerFailure;
+
+/**
+ * llama.cpp on a GGUF file as it is (any tensor type llama.cpp reads): its tokenization of `texts`
+ * (`special`: control-token text parsed as tokens) and, with a prompt, its last-token log-probabilities
+ * and `steps` greedy tokens (F32 KV cache, no flash attention).
+ */
+export async function llamaCppOnGguf(
+  gguf: Uint8Array,
+  opts: PeerOptions & {
+    vocabSize: number;
+    prompt?: number[];
+    steps?: number;
+    texts?: string[];
+    special?: boolean;
+  },
+): Promise<LlamaCppGgufRun> {
+  const spec: Record<string, unknown> = { threads: 2 };
+  if (opts.prompt?.length) {
+    spec.check = {
+      prompt: opts.prompt,
+      steps: opts.steps ?? 1,
+      vocabSize: opts.vocabSize,
+      contextSize: opts.prompt.length + (opts.steps ?? 1) + 1,
+    };
+  }
+  if (opts.texts) spec.tokenize = { texts: opts.texts, special: opts.special ?? false };
+  const out = await runPeerOn(() => Promise.resolve(gguf), spec, opts);
+  if (!out.ok) return out;
+  return {
+    ok: true,
+    logProbs: out.check ? Float64Array.from(out.check.logProbs, (v) => (v === null ? -Infinity : v)) : null,
+    greedy: out.check?.greedy ?? [],
+    tokenized: out.tokenized ?? [],
+  };
+}
+
+export type LlamaCppRuns =
+  | { ok: true; threads: number; kvCacheType: "F16" | "F32"; runs: PeerRun[] }
+  | PeerFailure;
+
+/**
+ * Timed runs of llama.cpp on a GGUF file as it is: each run a fresh context of `context` cells, the prompt
+ * evaluated (batches of min(context, 512)) and timed, then its last `decodeTokens` cells dropped and as
+ * many greedy steps timed. One node process for all the runs (the model loaded once).
+ */
+export async function llamaCppRuns(
+  gguf: Uint8Array,
+  runs: { context: number; prompt: number[]; decodeTokens: number }[],
+  opts: PeerOptions & { threads: number; kvCacheType?: "F16" | "F32"; flashAttention?: boolean | "auto" },
+): Promise<LlamaCppRuns> {
+  const out = await runPeerOn(() => Promise.resolve(gguf), {
+    threads: opts.threads,
+    kvCacheType: opts.kvCacheType ?? "F16",
+    flashAttention: opts.flashAttention ?? "auto",
+    runs,
+  }, opts);
+  if (!out.ok) return out;
+  return { ok: true, threads: out.threads, kvCacheType: out.kvCacheType, runs: out.runs };
 }

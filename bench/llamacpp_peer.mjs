@@ -7,6 +7,8 @@
 //   "model": "<model.gguf>", "threads": 2, "kvCacheType": "F16" | "F32" (runs only; default F16),
 //   "runs": [{ "context": 512, "prompt": [token ids], "decodeTokens": 32 }],       (optional)
 //   "check": { "prompt": [token ids], "steps": 32, "vocabSize": 512, "contextSize": 64 }  (optional)
+//   "tokenize": { "texts": ["..."], "special": false }   (optional: llama.cpp's ids of each text, no BOS added;
+//                                                         special: control-token text parsed as tokens)
 // }
 //
 // Each run uses a fresh context of `context` cells: the prompt is evaluated without generating (batch size
@@ -135,6 +137,11 @@ async function main() {
     }
     result.check = { kvCacheType: ctx.kvCacheKeyType, flashAttention: ctx.flashAttention, logProbs, greedy };
     await ctx.dispose();
+  }
+  if (spec.tokenize) {
+    result.tokenized = spec.tokenize.texts.map((t) =>
+      Array.from(model.tokenize(t, spec.tokenize.special ?? false))
+    );
   }
   await model.dispose();
   await llama.dispose();

@@ -21,7 +21,9 @@ export type RopeScaling =
     lowFreqFactor: number;
     highFreqFactor: number;
     originalMaxPositionEmbeddings: number;
-  };
+  }
+  /** One divisor per rotated pair (a GGUF file's `rope_freqs.weight`, how llama.cpp stores Llama 3 scaling). */
+  | { type: "freq_factors"; factors: number[] };
 
 /** The normalised configuration every executor reads. */
 export interface ModelConfig {
@@ -172,6 +174,7 @@ export function ropeInverseFrequencies(config: ModelConfig): Float64Array {
   const inv = new Float64Array(half);
   for (let i = 0; i < half; i++) inv[i] = 1 / Math.pow(config.ropeTheta, (2 * i) / config.headDim);
   const s = config.ropeScaling;
+  if (s.type === "freq_factors") return inv.map((f, i) => f / s.factors[i]);
   if (s.type !== "llama3") return inv;
   const lowWavelen = s.originalMaxPositionEmbeddings / s.lowFreqFactor;
   const highWavelen = s.originalMaxPositionEmbeddings / s.highFreqFactor;

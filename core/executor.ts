@@ -26,7 +26,8 @@ export interface ForwardOptions {
   /** Keep the rows' queries for `attentionMass`. */
   captureQueries?: boolean;
   /**
-   * Awaited between chunks of a long forward (every FORWARD_CHUNK_ROWS rows on the CPU executors; a WebGPU
+   * Awaited between chunks of a long forward (every `Executor.forwardChunkRows` rows, FORWARD_CHUNK_ROWS on
+   * the CPU executors; a WebGPU
    * prefill is recorded whole and never calls it): a scheduler runs other jobs there, and may throw to stop
    * this one (the rows before stay in the cache). Between chunks nothing of the pass is pending.
    */
@@ -139,13 +140,32 @@ export interface KvSession {
   dispose(): void;
 }
 
+/** One session's rows in a batched step (see `Executor.forwardBatch`). */
+export interface BatchItem {
+  session: KvSession;
+  input: ForwardInput;
+  options?: Omit<ForwardOptions, "between">;
+}
+
 export interface Executor {
-  readonly kind: "cpu" | "gpu" | "wasm";
+  readonly kind: "cpu" | "gpu" | "wasm" | "native";
   readonly config: ModelConfig;
+  /**
+   * Rows a forward pass runs as one piece, `between` being awaited between pieces (FORWARD_CHUNK_ROWS when
+   * absent). A forward's numbers do not depend on whether `between` is given.
+   */
+  readonly forwardChunkRows?: number;
   /** Human-readable backend description (adapter, features). */
   readonly description: string;
   /** True once the device behind the executor is lost (GPU); requests then fail until a new one is made. */
   readonly lost?: boolean;
+  /**
+   * Runs several sessions' rows (decode steps, prefill chunks) as one step: every projection one matrix
+   * product over all the rows, attention per session and KV head over that session's own cache. Each
+   * result is what `item.session.forward(item.input, item.options)` would give (the same logits within the
+   * executor's rounding). The sessions must be distinct and this executor's. Absent: see `forwardBatch`.
+   */
+  forwardBatch?(items: BatchItem[]): Promise<ForwardResult[]>;
   /** A new empty cache able to hold `capacity` positions per head. */
   createSession(capacity: number): KvSession;
   /**
@@ -154,4 +174,12 @@ export interface Executor {
    */
   restoreSession(snapshot: CacheSnapshot, capacity: number): Promise<KvSession>;
   dispose(): void;
+}
+
+/** A batched step on any executor: its own `forwardBatch`, else each item's forward in turn. */
+export async function forwardBatch(ex: Executor, items: BatchItem[]): Promise<ForwardResult[]> {
+  if (ex.forwardBatch) return await ex.forwardBatch(items);
+  const out: ForwardResult[] = [];
+  for (const it of items) out.push(await it.session.forward(it.input, it.options));
+  return out;
 }

@@ -21,6 +21,14 @@ export interface LayerWeights {
   wDown: Float32Array; // [dim, hiddenDim]
 }
 
+/** A matrix kept in a ggml block format as read from a GGUF file, rows in the model's (HF) layout. */
+export interface QuantizedTensor {
+  ggmlType: number;
+  typeName: string;
+  shape: [rows: number, cols: number];
+  bytes: Uint8Array;
+}
+
 export interface ModelWeights {
   config: ModelConfig;
   embed: Float32Array; // [vocab, dim]
@@ -28,6 +36,8 @@ export interface ModelWeights {
   finalNorm: Float32Array; // [dim]
   /** The same array as `embed` when embeddings are tied. */
   lmHead: Float32Array; // [vocab, dim]
+  /** Matrices as a GGUF file stored them, by HF tensor name, for executors that run them as they are. */
+  quantized?: Map<string, QuantizedTensor>;
 }
 
 export interface NamedTensor {

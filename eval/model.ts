@@ -3,7 +3,7 @@
  * adapter digest), and the token-level helpers every task needs.
  */
 import type { Model } from "../core/engine.ts";
-import { type ExecutorChoice, loadModel, type LoadOptions } from "../io/runtime.ts";
+import { defaultAdapterPath, type ExecutorChoice, loadModel, type LoadOptions } from "../io/runtime.ts";
 
 export interface EvalModel {
   model: Model;
@@ -32,7 +32,7 @@ export async function loadEvalModel(
   return {
     model,
     adapterId: model.adapter ? await digest(model.adapter.softEmbeddings) : null,
-    adapterPath: base.replace(/\/+$/, "") + "/judgeq.safetensors",
+    adapterPath: defaultAdapterPath(base),
   };
 }
 

@@ -1,13 +1,15 @@
 /**
  * deno task fuzz: seeded fuzzing of the service's inputs, in process (no sockets).
- *   deno task fuzz [--requests 10000] [--headers 2000] [--configs 1000] [--keys 2000] [--seed 1 ...] [--timeout 2]
+ *   deno task fuzz [--requests 10000] [--headers 2000] [--configs 1000] [--keys 2000] [--gguf 1000] [--seed 1 ...] [--timeout 2]
  *                  [--concurrency 1] [--max-body-bytes 1048576] [--max-tokens-per-request 8] [--executor wasm]
  *                  [--out fuzz/out]
  *   deno task fuzz --replay fuzz/out/<finding>.json
  * Requests go through the app's handler over the embedded stories260K; safetensors and adapter headers
  * through loadModelFromBytes and the adapter decoder; config.json, tokenizer.json and tokenizer_config.json
  * (chat templates included) through loadModelFromBytes and loadModelDir, each model that loads generating
- * 2 tokens and answering a chat; API-key headers through an app with keys (fuzz/run_files.ts). Prints one JSON report per seed; every finding
+ * 2 tokens and answering a chat; API-key headers through an app with keys (fuzz/run_files.ts); GGUF files (the
+ * model as Q8_0) through loadModelFromBytes and loadModelDir (fuzz/gguf.ts: a finding is replayed by its seed and
+ * index). Prints one JSON report per seed; every finding
  * (crash, hang, bad error body) is saved under --out with what replays it. Exits 1 on any finding.
  */
 import * as E from "fp-ts/Either";
@@ -27,6 +29,8 @@ import { loadModel } from "../io/runtime.ts";
 import { createApp } from "../server/app.ts";
 import { type Finding, fuzzHeaders, fuzzRequests, toRequest } from "./run.ts";
 import { type FileFinding, fuzzKeys, fuzzModelFiles } from "./run_files.ts";
+import { fuzzGguf } from "./gguf.ts";
+import { hfToGguf } from "../core/gguf/convert.ts";
 
 /** The keys the API-key fuzz configures (a plain one, one with ':' and '=' in it, one with Latin-1). */
 const FUZZ_KEYS = ["sk-judgeq-fuzz-0123456789", "k2:abc=def", "\u00ffkey-latin1"];
@@ -44,6 +48,7 @@ const SPEC = {
     default: 1000,
   },
   keys: { kind: "int", help: "API-key header mutations per seed (default 2000)", default: 2000 },
+  gguf: { kind: "int", help: "GGUF file mutations per seed (default 1000)", default: 1000 },
   seed: { kind: "strings", help: "a seed (repeatable; default 1)" },
   concurrency: {
     kind: "int",
@@ -101,8 +106,9 @@ async function main(argv: string[]): Promise<number> {
   }
   const requests = f.requests as number, headers = f.headers as number;
   const configs = f.configs as number, keyCount = f.keys as number;
-  if (requests < 0 || headers < 0 || configs < 0 || keyCount < 0) {
-    throw new UsageError("--requests, --headers, --configs and --keys must be >= 0");
+  const ggufCount = f.gguf as number;
+  if (requests < 0 || headers < 0 || configs < 0 || keyCount < 0 || ggufCount < 0) {
+    throw new UsageError("--requests, --headers, --configs, --keys and --gguf must be >= 0");
   }
   const seeds = ((f.seed as string[] | undefined) ?? ["1"]).map((s) => {
     const n = Number(s);
@@ -186,6 +192,20 @@ async function main(argv: string[]): Promise<number> {
       });
       const k = await fuzzKeys(keyApp, { seed, requests: keyCount, keys: FUZZ_KEYS, timeoutMs, onFinding })
         .finally(() => keyApp.close());
+      const ggufDir = await Deno.makeTempDir({ prefix: "judgeq-fuzz-gguf-" });
+      const g = await fuzzGguf({
+        seed,
+        mutations: ggufCount,
+        file: hfToGguf(await parseModelBytes({ config, tokenizer, safetensors, tokenizerConfig }), "q8_0"),
+        timeoutMs,
+        tempDir: ggufDir,
+        onFinding: (x) => {
+          findings++;
+          console.error(
+            `${x.kind} (gguf ${x.seed}/${x.index}, ${x.ops.join(",")}): ${x.detail.split("\n")[0]}`,
+          );
+        },
+      }).finally(() => Deno.remove(ggufDir, { recursive: true }));
       const internal = logged.splice(0);
       for (const m of internal) console.error(`logged: ${m.split("\n")[0]}`);
       findings += internal.length;
@@ -200,6 +220,7 @@ async function main(argv: string[]): Promise<number> {
           headers: h.report,
           model_files: c.report,
           api_keys: k.report,
+          gguf: g.report,
           prototype_polluted: polluted,
         }),
       );

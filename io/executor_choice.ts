@@ -1,9 +1,12 @@
 /**
  * Which executor runs a model. The choices (`--executor`):
- *   auto       WebGPU on a hardware adapter; else the fast CPU executor (WebAssembly SIMD on threads);
- *              where the runtime lacks that too, the CPU reference, with a warning
+ *   auto       WebGPU on a hardware adapter; else the native executor (ggml through FFI) where FFI is
+ *              permitted and ggml loads; else the WebAssembly executor; else the CPU reference; each
+ *              fallback said in one line with its reason. Models under NATIVE_MIN_PARAMETERS (the embedded
+ *              stories260K) take the WebAssembly executor first: it is the faster one there
  *   gpu        WebGPU (any adapter, software ones included); an error naming `executor` without one
- *   wasm       the fast CPU executor; an error naming `executor` where the runtime cannot run it
+ *   native     ggml's CPU kernels through Deno FFI; an error naming `executor` where they cannot load
+ *   wasm       the WebAssembly executor; an error naming `executor` where the runtime cannot run it
  *   cpu        the CPU reference (plain TypeScript, float32; the oracle every executor is tested against)
  *   reference  the same as cpu
  * Software WebGPU adapters (llvmpipe, lavapipe, SwiftShader, WARP) run on the CPU, slower than the
@@ -12,18 +15,26 @@
 import { CpuExecutor } from "../core/cpu/executor.ts";
 import { fail, JudgeQError } from "../core/errors.ts";
 import type { Executor } from "../core/executor.ts";
-import type { ModelWeights } from "../core/weights.ts";
+import { type ModelWeights, parameterCount } from "../core/weights.ts";
 import { gpuAvailable, GpuExecutor } from "../gpu/mod.ts";
 import { checkThreads, WasmExecutor, wasmUnsupportedReason } from "../wasm/mod.ts";
+import {
+  type KvType,
+  NativeExecutor,
+  nativeUnsupportedReason,
+  type NativeWeightFormat,
+} from "../native/mod.ts";
 
-export const EXECUTOR_CHOICES = ["auto", "gpu", "wasm", "cpu", "reference"] as const;
+export const EXECUTOR_CHOICES = ["auto", "gpu", "native", "wasm", "cpu", "reference"] as const;
 export type ExecutorChoice = typeof EXECUTOR_CHOICES[number];
 
 /**
- * Weight storage of the projection and embedding matrices: auto, f32 and f16 for WebGPU and the fast
- * CPU executor; int8 (a scale per row) for the fast CPU executor only, so `auto` then skips WebGPU.
+ * Weight storage of the projection and embedding matrices: auto, f32 and f16 everywhere but the reference;
+ * int8 (a scale per row) for the WebAssembly executor, and on the native executor ggml's Q8_0 (a scale per
+ * block of 32); q8_0 and q4_0 (ggml's blocks) for the native executor only. `auto` skips WebGPU for the
+ * integer formats.
  */
-export const WEIGHT_CHOICES = ["auto", "f32", "f16", "int8"] as const;
+export const WEIGHT_CHOICES = ["auto", "f32", "f16", "int8", "q8_0", "q4_0"] as const;
 export type WeightFormatChoice = typeof WEIGHT_CHOICES[number];
 
 export interface ExecutorOptions {
@@ -34,8 +45,12 @@ export interface ExecutorOptions {
    * f32). The CPU reference always computes in f32 and ignores it.
    */
   weightFormat?: WeightFormatChoice;
+  /** KV cache storage of the native executor (default f32). */
+  kvType?: KvType;
   /** Where fallback warnings go (console.warn by default). */
   warn?: (message: string) => void;
+  /** Why the native executor cannot run (default: nativeUnsupportedReason); for tests. */
+  nativeReason?: () => Promise<string | null>;
   /** The adapter `auto` judges (default: navigator.gpu's high-performance adapter); for tests. */
   requestAdapter?: () => Promise<GPUAdapter | null>;
 }
@@ -87,27 +102,68 @@ export async function hardwareGpuUnavailableReason(
   return why ? `the WebGPU adapter is a software one: ${why}` : null;
 }
 
+const INTEGER_FORMATS = ["int8", "q8_0", "q4_0"];
+const NATIVE_ONLY_FORMATS = ["q8_0", "q4_0"];
+
+/**
+ * Below this many parameters `auto` takes the WebAssembly executor over the native one: ggml synchronises its
+ * threads after every op, which costs more than such small matrices take (`deno task bench --models
+ * stories260K`: see README, Performance).
+ */
+export const NATIVE_MIN_PARAMETERS = 10_000_000;
+
 async function gpu(weights: ModelWeights, o: ExecutorOptions): Promise<Executor> {
-  if (o.weightFormat === "int8") {
+  if (INTEGER_FORMATS.includes(o.weightFormat ?? "auto")) {
     throw fail(
       "invalid_request",
-      "int8 weights are for the fast CPU executor (wasm); WebGPU takes auto, f32 or f16",
+      `${o.weightFormat} weights are for the CPU executors (native, wasm); WebGPU takes auto, f32 or f16`,
       "weights",
     );
   }
   try {
-    return await GpuExecutor.create(weights, { weightFormat: o.weightFormat ?? "auto" });
+    return await GpuExecutor.create(weights, {
+      weightFormat: (o.weightFormat ?? "auto") as "auto" | "f32" | "f16",
+    });
   } catch (e) {
     throw fail("internal", `WebGPU executor unavailable: ${(e as Error).message}`, "executor");
   }
 }
 
+/** The native format of a choice: auto is f32, int8 is ggml's Q8_0 (8 bits, a scale per 32 values). */
+const nativeFormat = (choice: WeightFormatChoice | undefined): NativeWeightFormat =>
+  choice === undefined || choice === "auto" ? "f32" : choice === "int8" ? "q8_0" : choice;
+
+async function native(weights: ModelWeights, o: ExecutorOptions): Promise<Executor> {
+  const why = await (o.nativeReason ?? nativeUnsupportedReason)();
+  if (why) throw fail("internal", `the native executor (ggml) cannot run here: ${why}`, "executor");
+  return NativeExecutor.create(weights, {
+    threads: o.threads,
+    weightFormat: nativeFormat(o.weightFormat),
+    kvType: o.kvType,
+    warn: o.warn,
+  });
+}
+
+function wasmFormatCheck(o: ExecutorOptions) {
+  if (o.weightFormat === "q8_0" || o.weightFormat === "q4_0") {
+    throw fail(
+      "invalid_request",
+      `${o.weightFormat} weights are for the native executor; the WebAssembly executor takes auto, f32, f16 or int8`,
+      "weights",
+    );
+  }
+}
+
 function wasm(weights: ModelWeights, o: ExecutorOptions): Promise<Executor> {
+  wasmFormatCheck(o);
   const why = wasmUnsupportedReason();
   if (why) {
     throw fail("internal", `the fast CPU executor (wasm) cannot run in this runtime: ${why}`, "executor");
   }
-  return WasmExecutor.create(weights, { threads: o.threads, weightFormat: o.weightFormat ?? "auto" });
+  return WasmExecutor.create(weights, {
+    threads: o.threads,
+    weightFormat: (o.weightFormat ?? "auto") as "auto" | "f32" | "f16" | "int8",
+  });
 }
 
 /** The executor for a choice; see the module comment. `auto` never fails for want of a backend. */
@@ -127,6 +183,8 @@ export async function chooseExecutor(
   switch (choice) {
     case "gpu":
       return await gpu(weights, o);
+    case "native":
+      return await native(weights, o);
     case "wasm":
       return await wasm(weights, o);
     case "cpu":
@@ -134,20 +192,44 @@ export async function chooseExecutor(
       return new CpuExecutor(weights);
   }
   const warn = o.warn ?? console.warn;
-  if (o.weightFormat !== "int8" && (await hardwareGpuUnavailableReason(o.requestAdapter)) === null) {
-    try {
-      return await GpuExecutor.create(weights, { weightFormat: o.weightFormat ?? "auto" });
-    } catch (e) {
-      warn(`WebGPU unavailable, using the fast CPU executor instead: ${(e as Error).message}`);
+  if (!INTEGER_FORMATS.includes(o.weightFormat ?? "auto")) {
+    const noGpu = await hardwareGpuUnavailableReason(o.requestAdapter);
+    if (noGpu === null) {
+      try {
+        return await GpuExecutor.create(weights, {
+          weightFormat: (o.weightFormat ?? "auto") as "auto" | "f32" | "f16",
+        });
+      } catch (e) {
+        warn(`WebGPU unavailable (${(e as Error).message}): trying the native executor`);
+      }
     }
   }
+  const tiny = parameterCount(weights) < NATIVE_MIN_PARAMETERS && wasmUnsupportedReason() === null &&
+    !NATIVE_ONLY_FORMATS.includes(o.weightFormat ?? "auto");
+  const noNative = tiny ? null : await (o.nativeReason ?? nativeUnsupportedReason)();
+  if (tiny) {
+    // Not a fallback: the WebAssembly executor is the faster one for such small models.
+  } else if (noNative === null) {
+    try {
+      return await native(weights, o);
+    } catch (e) {
+      if (e instanceof JudgeQError && (e.param === "threads" || e.param === "weights")) throw e;
+      warn(`the native executor failed to start (${(e as Error).message}): trying the WebAssembly executor`);
+    }
+  } else {
+    warn(`the native executor cannot run here (${noNative}): using the WebAssembly executor`);
+  }
+  wasmFormatCheck(o);
   const why = wasmUnsupportedReason();
   if (why) {
     warn(`the fast CPU executor (wasm) cannot run in this runtime (${why}): using the slower CPU reference`);
     return new CpuExecutor(weights);
   }
   try {
-    return await WasmExecutor.create(weights, { threads: o.threads, weightFormat: o.weightFormat ?? "auto" });
+    return await WasmExecutor.create(weights, {
+      threads: o.threads,
+      weightFormat: (o.weightFormat ?? "auto") as "auto" | "f32" | "f16" | "int8",
+    });
   } catch (e) {
     // A bad thread count or weight format is the caller's to fix, not a reason to fall back.
     if (e instanceof JudgeQError && (e.param === "threads" || e.param === "weights")) throw e;

@@ -89,7 +89,7 @@ export function usage(command: string, spec: FlagSpec): string {
 /** A weight-format flag (--weights, or its alias --gpu-weights), checked. */
 export function weightFormatFlag(v: unknown, flag = "--gpu-weights"): WeightFormatChoice {
   if (!WEIGHT_CHOICES.includes(v as WeightFormatChoice)) {
-    throw flagError(flag, `expected auto, f32, f16 or int8, got '${v}'`);
+    throw flagError(flag, `expected ${WEIGHT_CHOICES.join(", ")}, got '${v}'`);
   }
   return v as WeightFormatChoice;
 }
@@ -109,10 +109,17 @@ export function weightsFlag(f: { weights?: unknown; "gpu-weights"?: unknown }): 
   return weights ?? gpu ?? "auto";
 }
 
+/** --kv-cache: f32 (the default) or f16, the native executor's KV storage. */
+export function kvCacheFlag(v: unknown): "f32" | "f16" | undefined {
+  if (v === undefined) return undefined;
+  if (v !== "f32" && v !== "f16") throw flagError("--kv-cache", `expected f32 or f16, got '${v}'`);
+  return v;
+}
+
 /** The --executor flag, checked. */
 export function executorFlag(v: unknown): ExecutorChoice {
   if (!(EXECUTOR_CHOICES as readonly unknown[]).includes(v)) {
-    throw flagError("--executor", `expected auto, gpu, wasm or cpu (or reference), got '${v}'`);
+    throw flagError("--executor", `expected auto, gpu, native, wasm or cpu (or reference), got '${v}'`);
   }
   return v as ExecutorChoice;
 }
@@ -129,8 +136,9 @@ export function threadsFlag(v: unknown): number | undefined {
   return n;
 }
 
-const EXECUTOR_HELP = "auto | gpu | wasm | cpu: auto = WebGPU on a hardware adapter, else wasm (the fast " +
-  "CPU executor), else cpu with a warning; cpu (alias reference) = the CPU reference";
+const EXECUTOR_HELP = "auto | gpu | native | wasm | cpu: auto = WebGPU on a hardware adapter, else native " +
+  "(ggml's CPU kernels through FFI), else wasm (WebAssembly SIMD), else cpu, each fallback said with its " +
+  "reason; cpu (alias reference) = the CPU reference";
 
 /** The flags of every command that loads a model: --executor, --threads and --weights. */
 export function executorFlags<D extends string>(defaultExecutor: D, why = "") {
@@ -143,12 +151,18 @@ export function executorFlags<D extends string>(defaultExecutor: D, why = "") {
     threads: {
       kind: "string",
       help:
-        `threads of the wasm executor, 1..${MAX_THREADS} (default: the cores available, ${defaultThreads()} here)`,
+        `threads of the native and wasm executors, 1..${MAX_THREADS} (default: the cores available, ${defaultThreads()} here)`,
+    },
+    "kv-cache": {
+      kind: "string",
+      help:
+        "KV cache storage of the native executor: f32 (default) or f16 (half the bytes, llama.cpp's default)",
     },
     weights: {
       kind: "string",
       help:
-        "weight storage: auto | f32 | f16 | int8 (default auto: f16 on a GPU with shader-f16, else f32; int8: CPU only)",
+        "weight storage: auto | f32 | f16 | int8 | q8_0 | q4_0 (default auto: f16 on a GPU with shader-f16, else " +
+        "f32; int8: wasm's 8-bit rows, on native the same as q8_0; q8_0, q4_0: ggml's blocks, native only)",
     },
   } as const;
 }

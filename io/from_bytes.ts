@@ -22,6 +22,8 @@ import { fail, type JudgeQError } from "../core/errors.ts";
 import { modelFingerprint } from "../core/fingerprint.ts";
 import { decodeToF32, headerLength, parseHeader, type SafetensorsHeader } from "../core/safetensors.ts";
 import { createTokenizer } from "../core/tokenizer.ts";
+import { ggufModel, type TensorReader } from "../core/gguf/model.ts";
+import { type GgufFile, parseGguf, tensorBytes } from "../core/gguf/reader.ts";
 import {
   assembleWeights,
   checkTensorShape,
@@ -172,6 +174,33 @@ export async function parseModelBytes(b: ModelBytes): Promise<ModelFiles> {
   return { dir: b.name ?? "model", config, weights, tokenizerJson, tokenizerConfig, generationConfig };
 }
 
+/** Whether a path or URL names a GGUF file (by its extension). */
+export const isGgufPath = (p: string): boolean => /\.gguf$/i.test(p.replace(/[?#].*$/, ""));
+
+/** ModelFiles from a parsed GGUF header and a tensor reader (memory or disk). */
+export async function modelFilesFromGguf(
+  file: GgufFile,
+  read: TensorReader,
+  name: string,
+): Promise<ModelFiles> {
+  const m = orThrow(await ggufModel(file, read));
+  return {
+    dir: name,
+    config: m.config,
+    weights: m.weights,
+    tokenizerJson: m.tokenizerJson,
+    tokenizerConfig: m.tokenizerConfig,
+    generationConfig: null,
+  };
+}
+
+/** Parses and validates a GGUF file in memory: config, tokenizer, chat template and tensors. */
+export function parseGgufBytes(bytes: Uint8Array | ArrayBuffer, name = "model.gguf"): Promise<ModelFiles> {
+  const all = asBytes(bytes);
+  const file = orThrow(parseGguf(all, name));
+  return modelFilesFromGguf(file, (info) => tensorBytes(file, all, info), name);
+}
+
 /** Decodes adapter bytes and checks that the adapter was trained for these weights. */
 export function adapterFromBytes(
   bytes: Uint8Array | ArrayBuffer,
@@ -189,6 +218,8 @@ export interface ModelAssembly {
   executor?: ExecutorChoice;
   weightFormat?: WeightFormatChoice;
   threads?: number;
+  /** KV cache storage of the native executor (default f32). */
+  kvCache?: "f32" | "f16";
   warn?: (message: string) => void;
 }
 
@@ -206,6 +237,7 @@ export async function modelFromFiles(
     warn,
     weightFormat: o.weightFormat,
     threads: o.threads,
+    kvType: o.kvCache,
   });
   const eos = files.generationConfig?.eos_token_id;
   const stop = new Set<number>([
@@ -214,7 +246,7 @@ export async function modelFromFiles(
     ...(Array.isArray(eos) ? eos : typeof eos === "number" ? [eos] : []),
   ]);
   return {
-    name: files.dir.replace(/\/+$/, "").split("/").pop() || "model",
+    name: files.dir.replace(/\/+$/, "").split("/").pop()?.replace(/\.gguf$/i, "") || "model",
     config: files.config,
     tokenizer,
     executor,
@@ -224,9 +256,18 @@ export async function modelFromFiles(
   };
 }
 
-/** Loads a runnable model from bytes in memory: no filesystem, no permissions. */
-export async function loadModelFromBytes(o: BytesLoadOptions): Promise<Model> {
-  const files = await parseModelBytes(o);
+/** Loading from a GGUF file's bytes: one file holds config, tokenizer, chat template and tensors. */
+export interface GgufBytesLoadOptions extends Omit<BytesLoadOptions, keyof ModelBytes> {
+  gguf: Uint8Array | ArrayBuffer;
+  name?: string;
+}
+
+/**
+ * Loads a runnable model from bytes in memory (a Hugging Face directory's files, or a GGUF file's bytes
+ * as `gguf`): no filesystem, no permissions.
+ */
+export async function loadModelFromBytes(o: BytesLoadOptions | GgufBytesLoadOptions): Promise<Model> {
+  const files = "gguf" in o ? await parseGgufBytes(o.gguf, o.name ?? "model.gguf") : await parseModelBytes(o);
   const adapter = o.adapter === undefined || o.adapter === null
     ? null
     : o.adapter instanceof Uint8Array || o.adapter instanceof ArrayBuffer
@@ -257,8 +298,9 @@ export interface UrlLoadOptions extends Omit<BytesLoadOptions, keyof ModelBytes 
  * model.safetensors or the shards named by model.safetensors.index.json, and judgeq.safetensors.
  */
 export async function loadModelFromUrl(base: string | URL, o: UrlLoadOptions = {}): Promise<Model> {
-  const root = new URL(String(base).replace(/\/*$/, "/"));
   const get = o.fetch ?? globalThis.fetch;
+  if (isGgufPath(new URL(base).pathname)) return await loadGgufFromUrl(new URL(base), get, o);
+  const root = new URL(String(base).replace(/\/*$/, "/"));
   const fetchBytes = async (name: string | URL, optional: boolean): Promise<Uint8Array | null> => {
     const url = new URL(name, root);
     let res: Response;
@@ -320,6 +362,27 @@ export async function loadModelFromUrl(base: string | URL, o: UrlLoadOptions = {
     safetensors,
     adapter,
   });
+}
+
+/** A GGUF file fetched whole; the adapter is given by URL (relative to the file's) or not at all. */
+async function loadGgufFromUrl(url: URL, get: typeof fetch, o: UrlLoadOptions): Promise<Model> {
+  const fetchBytes = async (u: URL, param: string): Promise<Uint8Array> => {
+    let res: Response;
+    try {
+      res = await get(u);
+    } catch (e) {
+      throw fail("invalid_model_file", `cannot fetch ${u.href}: ${(e as Error).message}`, param);
+    }
+    if (!res.ok) {
+      await res.body?.cancel();
+      throw fail("invalid_model_file", `fetching ${u.href}: HTTP ${res.status}`, param);
+    }
+    return new Uint8Array(await res.arrayBuffer());
+  };
+  const name = url.pathname.split("/").pop() || "model.gguf";
+  const gguf = await fetchBytes(url, name);
+  const adapter = o.adapter ? await fetchBytes(new URL(o.adapter, url), "adapter") : null;
+  return await loadModelFromBytes({ ...o, name: o.name ?? name, gguf, adapter });
 }
 
 /**

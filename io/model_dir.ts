@@ -9,7 +9,15 @@ import { parseModelConfig } from "../core/config.ts";
 import { fail, type JudgeQError } from "../core/errors.ts";
 import { decodeToF32, headerLength, parseHeader, type SafetensorsHeader } from "../core/safetensors.ts";
 import type { NamedTensor } from "../core/weights.ts";
-import { type ModelFiles, parseJsonInput, pathFromFileUrl, weightsFromTensors } from "./from_bytes.ts";
+import { parseGgufHeader } from "../core/gguf/reader.ts";
+import {
+  isGgufPath,
+  type ModelFiles,
+  modelFilesFromGguf,
+  parseJsonInput,
+  pathFromFileUrl,
+  weightsFromTensors,
+} from "./from_bytes.ts";
 
 export type { ModelFiles } from "./from_bytes.ts";
 
@@ -120,8 +128,52 @@ async function shardMap(dir: string): Promise<Map<string, string> | null> {
   return new Map(Object.entries(map as Record<string, string>));
 }
 
-/** Loads and validates a whole model directory; any failure is a JudgeQError naming the file or tensor. */
+/** First read of a GGUF header; it grows (doubling) while the header runs on. */
+const GGUF_FIRST_READ = 1 << 20;
+
+/**
+ * Loads a GGUF file: the header is read (in growing prefixes) and validated against the file size, then
+ * each tensor is read at its offset, so the extra memory is the header and one tensor at a time.
+ */
+export async function loadGgufFile(path: string): Promise<ModelFiles> {
+  const name = path.split("/").pop() || path;
+  let file: Deno.FsFile;
+  try {
+    file = await Deno.open(path, { read: true });
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) throw fail("invalid_model_file", "file is missing", name);
+    throw fail("invalid_model_file", `cannot read: ${(e as Error).message}`, name);
+  }
+  try {
+    const info = await file.stat();
+    if (!info.isFile) throw fail("invalid_model_file", "is not a regular file", name);
+    let prefix = new Uint8Array(Math.min(info.size, GGUF_FIRST_READ));
+    for (;;) {
+      const got = await readFully(file, prefix, 0);
+      if (got < prefix.length) throw fail("invalid_model_file", "the file shrank while being read", name);
+      const r = orThrow(parseGgufHeader(prefix, info.size, name));
+      if (r.complete) {
+        const header = r.file;
+        return await modelFilesFromGguf(header, async (t) => {
+          const bytes = new Uint8Array(t.byteLength);
+          const n = await readFully(file, bytes, header.dataOffset + t.offset);
+          if (n < bytes.length) throw fail("invalid_model_file", "the file shrank while being read", t.name);
+          return bytes;
+        }, path);
+      }
+      prefix = new Uint8Array(r.needBytes);
+    }
+  } finally {
+    file.close();
+  }
+}
+
+/**
+ * Loads and validates a whole model directory, or a `.gguf` file; any failure is a JudgeQError naming the
+ * file or tensor.
+ */
 export async function loadModelDir(dir: string): Promise<ModelFiles> {
+  if (isGgufPath(dir)) return await loadGgufFile(dir);
   const config = orThrow(parseModelConfig(await readJson(join(dir, "config.json"), "config.json", false)));
   const tokenizerJson = await readJson(join(dir, "tokenizer.json"), "tokenizer.json", false);
   const tokenizerConfig = await readJson(join(dir, "tokenizer_config.json"), "tokenizer_config.json", true);

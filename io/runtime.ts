@@ -11,7 +11,7 @@ import type { Executor } from "../core/executor.ts";
 import { modelFingerprint } from "../core/fingerprint.ts";
 import type { ModelWeights } from "../core/weights.ts";
 import { chooseExecutor, type ExecutorChoice, type WeightFormatChoice } from "./executor_choice.ts";
-import { loadModelFromUrl, modelFromFiles } from "./from_bytes.ts";
+import { isGgufPath, loadModelFromUrl, modelFromFiles } from "./from_bytes.ts";
 import { embeddedModelLocation, loadModelDir } from "./model_dir.ts";
 
 export {
@@ -34,6 +34,8 @@ export interface LoadOptions {
   weightFormat?: WeightFormatChoice;
   /** Threads of the fast CPU executor (default: the cores available). */
   threads?: number;
+  /** KV cache storage of the native executor: f32 (default) or f16. */
+  kvCache?: "f32" | "f16";
   /** Called with warnings (fallbacks); defaults to console.warn. */
   warn?: (message: string) => void;
 }
@@ -124,16 +126,28 @@ async function exists(path: string): Promise<boolean> {
   }
 }
 
+/** The adapter a model picks up when present: DIR/judgeq.safetensors, or NAME.judgeq.safetensors beside NAME.gguf. */
+export const defaultAdapterPath = (model: string): string =>
+  isGgufPath(model)
+    ? model.replace(/\.gguf$/i, ".judgeq.safetensors")
+    : model.replace(/\/+$/, "") + "/judgeq.safetensors";
+
 const isUrl = (s: string) => /^(https?|blob|data):/i.test(s);
 
 export async function loadModel(o: LoadOptions = {}): Promise<Model> {
   const dir = o.model ?? embeddedModelLocation();
-  const assembly = { executor: o.executor, weightFormat: o.weightFormat, threads: o.threads, warn: o.warn };
+  const assembly = {
+    executor: o.executor,
+    weightFormat: o.weightFormat,
+    threads: o.threads,
+    kvCache: o.kvCache,
+    warn: o.warn,
+  };
   if (isUrl(dir)) {
     return await loadModelFromUrl(dir, { ...assembly, adapter: o.adapter });
   }
   const files = await loadModelDir(dir);
-  const defaultAdapter = dir.replace(/\/+$/, "") + "/judgeq.safetensors";
+  const defaultAdapter = defaultAdapterPath(dir);
   const adapterPath = o.adapter === undefined
     ? ((await exists(defaultAdapter)) ? defaultAdapter : null)
     : o.adapter;

@@ -75,6 +75,7 @@ const DENO_ALLOWED: Record<string, string> = {
   "server/processes.ts": "child processes of the cluster and soak tools: free ports, ready lines",
   "server/cluster.ts": "`deno task cluster`: replicas, redis-server and haproxy as subprocesses, signals",
   "server/cluster_loadtest.ts": "the `deno task loadtest:cluster` entry",
+  "server/attack_probe.ts": "issue 25's larger attack runs against a server process (an entry point)",
   "gpu/train/bench.ts": "a benchmark entry point",
   "wasm/build.ts": "`deno task build:wasm`: compiles and writes the kernels",
   "bench/": "`deno task bench` and its probes (entry points, files, subprocesses)",

@@ -1,7 +1,7 @@
 /**
- * What `--executor` gets: auto passes software WebGPU adapters over for the fast CPU executor (wasm),
- * and falls back to the CPU reference with a warning where the runtime cannot run wasm; explicit
- * choices get exactly that executor or an error naming `executor`.
+ * What `--executor` gets: auto passes software WebGPU adapters over for the native executor (ggml), falls
+ * back to wasm where ggml cannot load and to the CPU reference where the runtime cannot run wasm, each
+ * fallback with a warning; explicit choices get exactly that executor or an error naming `executor`.
  */
 import { JudgeQError } from "../core/errors.ts";
 import type { Executor } from "../core/executor.ts";
@@ -10,13 +10,20 @@ import {
   chooseExecutor,
   type ExecutorChoice,
   hardwareGpuUnavailableReason,
+  NATIVE_MIN_PARAMETERS,
   softwareAdapterReason,
 } from "../io/executor_choice.ts";
 import { loadModel } from "../io/runtime.ts";
+import { parameterCount } from "../core/weights.ts";
+import { fixtureWeights } from "../fixtures/testing.ts";
 import { wasmUnsupportedReason } from "../wasm/mod.ts";
+import { nativeUnsupportedReason } from "../native/mod.ts";
 import { assert, assertEquals, assertRejects, randomModel } from "./helpers.ts";
 
 const noWasm = wasmUnsupportedReason();
+const noNative = await nativeUnsupportedReason();
+/** A stand-in for a runtime where ggml cannot load. */
+const nativeMissing = () => Promise.resolve("FFI is not permitted (a stand-in)");
 const fakeAdapter = (info: Record<string, unknown>) => () =>
   Promise.resolve({ info: { vendor: "", architecture: "", device: "", description: "", ...info } } as never);
 
@@ -64,13 +71,32 @@ Deno.test({
     const warn = (m: string) => warnings.push(m);
     for (const info of [{ device: "llvmpipe (LLVM 15.0.7, 256 bits)" }, { isFallbackAdapter: true }]) {
       assertEquals(
-        await kindOf(chooseExecutor(w, "auto", { warn, requestAdapter: fakeAdapter(info) })),
+        await kindOf(
+          chooseExecutor(w, "auto", { warn, requestAdapter: fakeAdapter(info), nativeReason: nativeMissing }),
+        ),
         "wasm",
       );
     }
     const none = () => Promise.resolve(null);
-    assertEquals(await kindOf(chooseExecutor(w, "auto", { warn, requestAdapter: none })), "wasm");
-    assertEquals(warnings, [], "choosing wasm over a software adapter is no fallback");
+    assertEquals(
+      await kindOf(chooseExecutor(w, "auto", { warn, requestAdapter: none, nativeReason: nativeMissing })),
+      "wasm",
+    );
+    assertEquals(warnings, [], "a tiny model goes to wasm first: no fallback to say");
+    // A model of native's size says why native could not run, once per choice.
+    const bigWarnings: string[] = [];
+    const large = fixtureWeights("llama76m");
+    assertEquals(
+      await kindOf(chooseExecutor(large, "auto", {
+        warn: (m) => bigWarnings.push(m),
+        requestAdapter: none,
+        nativeReason: nativeMissing,
+        threads: 1,
+      })),
+      "wasm",
+    );
+    assertEquals(bigWarnings.length, 1, "one line for the fallback from native");
+    assert(/native.*FFI is not permitted.*WebAssembly/.test(bigWarnings[0]), bigWarnings[0]);
     assertEquals(await kindOf(chooseExecutor(w, "wasm", { threads: 2 })), "wasm");
     assertEquals(await kindOf(chooseExecutor(w, "cpu")), "cpu");
     assertEquals(await kindOf(chooseExecutor(w, "reference")), "cpu");
@@ -104,11 +130,16 @@ Deno.test("executor choice: without WebAssembly threads, auto warns and runs the
     const warnings: string[] = [];
     const none = () => Promise.resolve(null);
     const kind = await kindOf(
-      chooseExecutor(w, "auto", { warn: (m) => warnings.push(m), requestAdapter: none }),
+      chooseExecutor(w, "auto", {
+        warn: (m) => warnings.push(m),
+        requestAdapter: none,
+        nativeReason: nativeMissing,
+      }),
     );
     assertEquals(kind, "cpu");
-    assertEquals(warnings.length, 1);
-    assert(/wasm.*SharedArrayBuffer.*CPU reference/.test(warnings[0]), warnings[0]);
+    assertEquals(warnings.length, 2);
+    assert(/native.*FFI is not permitted/.test(warnings[0]), warnings[0]);
+    assert(/wasm.*SharedArrayBuffer.*CPU reference/.test(warnings[1]), warnings[1]);
     const e = await assertRejects(() => chooseExecutor(w, "wasm"), "executor: ", "SharedArrayBuffer");
     assert(e instanceof JudgeQError && e.param === "executor");
   } finally {
@@ -138,7 +169,13 @@ Deno.test({
   fn: async () => {
     const w = randomModel("llama3");
     const hardware = fakeAdapter({ vendor: "nvidia", description: "NVIDIA H200" });
-    const x = await chooseExecutor(w, "auto", { requestAdapter: hardware, weightFormat: "int8", threads: 1 });
+    const x = await chooseExecutor(w, "auto", {
+      requestAdapter: hardware,
+      weightFormat: "int8",
+      threads: 1,
+      nativeReason: nativeMissing,
+      warn: () => {},
+    });
     try {
       assertEquals(x.kind, "wasm");
       assert(x.description.includes("int8"), x.description);
@@ -152,4 +189,56 @@ Deno.test({
     );
     assert(e instanceof JudgeQError && e.param === "weights", e.message);
   },
+});
+
+Deno.test({
+  name:
+    "executor choice: auto takes native over a missing adapter (wasm for a tiny model), with no warning; native formats are native's",
+  ignore: noNative !== null || noWasm !== null,
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    const w = randomModel("llama3");
+    const warnings: string[] = [];
+    const none = () => Promise.resolve(null);
+    assert(parameterCount(w) < NATIVE_MIN_PARAMETERS, "the llama3 fixture is a tiny model");
+    assertEquals(
+      await kindOf(chooseExecutor(w, "auto", { warn: (m) => warnings.push(m), requestAdapter: none })),
+      "wasm",
+    );
+    const x = await chooseExecutor(fixtureWeights("llama76m"), "auto", {
+      warn: (m) => warnings.push(m),
+      requestAdapter: none,
+      threads: 1,
+    });
+    try {
+      assertEquals(x.kind, "native");
+      assert(x.description.includes("f32 weights"), x.description);
+    } finally {
+      x.dispose();
+    }
+    assertEquals(warnings, [], "native is no fallback where WebGPU has no adapter");
+    // int8 on native is ggml's Q8_0; q4_0 is native's alone.
+    const q = await chooseExecutor(w, "native", { weightFormat: "int8", threads: 1 });
+    assert(q.description.includes("q8_0 weights"), q.description);
+    q.dispose();
+    for (const choice of ["wasm", "gpu"] as const) {
+      const e = await assertRejects(
+        () => chooseExecutor(w, choice, { weightFormat: "q4_0" }),
+        "weights",
+        "q4_0",
+      );
+      assert(e instanceof JudgeQError && e.param === "weights", e.message);
+    }
+  },
+});
+
+Deno.test("executor choice: --executor native where ggml cannot load is an error naming executor", async () => {
+  const w = randomModel("llama3");
+  const e = await assertRejects(
+    () => chooseExecutor(w, "native", { nativeReason: nativeMissing }),
+    "executor",
+    "FFI is not permitted",
+  );
+  assert(e instanceof JudgeQError && e.param === "executor", e.message);
 });

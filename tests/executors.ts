@@ -16,6 +16,7 @@ import {
   type WasmExecutorOptions,
   wasmUnsupportedReason,
 } from "../wasm/mod.ts";
+import { NativeExecutor, type NativeExecutorOptions, nativeUnsupportedReason } from "../native/mod.ts";
 
 export interface ExecutorUnderTest {
   /** "reference", "gpu", ... */
@@ -93,7 +94,20 @@ export const EXECUTORS_UNDER_TEST: ExecutorUnderTest[] = [
     create: (weights) =>
       wasmOrReason(weights, { threads: 2, weightFormat: "int8", parallelMinWork: 0, kernels: "simd" }),
   },
+  {
+    // ggml through FFI, f32 weights and cache: the reference's own numbers, to 1e-3 on logits. (f16, Q8_0 and
+    // Q4_0 weights round the activations too, f16 or 8-bit blocks: near ties then pick other tokens and
+    // positions than the reference, so tests/native_executor_test.ts checks them teacher-forced.) One thread: CI
+    // runs test files two at a time on two cores, where spinning ggml threads would wait on each other
+    // (tests/native_executor_test.ts checks that 2 and 3 threads give the same logits as one).
+    name: "native",
+    create: (weights) => nativeOrReason(weights, { threads: 1 }),
+  },
 ];
+
+async function nativeOrReason(weights: ModelWeights, o: NativeExecutorOptions): Promise<Executor | string> {
+  return (await nativeUnsupportedReason()) ?? await NativeExecutor.create(weights, o);
+}
 
 async function wasmOrReason(weights: ModelWeights, o: WasmExecutorOptions): Promise<Executor | string> {
   return wasmUnsupportedReason() ?? await WasmExecutor.create(weights, o);

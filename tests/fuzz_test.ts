@@ -549,3 +549,48 @@ Deno.test("fuzz regressions: chat templates that loop, build huge ranges or grow
     "<s>[INST] Hi [/INST]",
   );
 });
+
+// ---- GGUF files (fuzz/gguf.ts; full size: deno task fuzz --gguf 2000 --seed 1 --seed 2) ----
+
+Deno.test("fuzz: 300 GGUF file mutations (seed 14): each loads or names its field, from bytes and from disk alike; the runner catches a crash and a hang", async () => {
+  const { fuzzGguf, mutateGguf } = await import("../fuzz/gguf.ts");
+  const { hfToGguf } = await import("../core/gguf/convert.ts");
+  const file = hfToGguf(await loadModelDir(EMBEDDED_MODEL_DIR), "q8_0");
+  const tempDir = await Deno.makeTempDir({ prefix: "judgeq-fuzz-gguf-" });
+  try {
+    const { report, findings } = await fuzzGguf({
+      seed: SEED,
+      mutations: 300,
+      file,
+      timeoutMs: 2000,
+      tempDir,
+    });
+    assertEquals(findings.map((f) => `${f.kind} ${f.index} ${f.ops}: ${f.detail}`), []);
+    assertEquals([report.crashes, report.hangs, report.unnamed, report.disk_mismatches], [0, 0, 0, 0]);
+    assertEquals(report.from_disk, 75);
+    assert(
+      (report.outcomes.ok ?? 0) > 0 && (report.outcomes.invalid_model_file ?? 0) > 200,
+      JSON.stringify(report.outcomes),
+    );
+    assertEquals(
+      Array.from(mutateGguf(SEED, 7, file).bytes),
+      Array.from(mutateGguf(SEED, 7, file).bytes),
+      "replays",
+    );
+    // The runner itself: a loader that throws a plain error, or takes too long, is a finding.
+    let n = 0;
+    const caught = await fuzzGguf({
+      seed: SEED,
+      mutations: 4,
+      file,
+      timeoutMs: 50,
+      load: async () => {
+        if (n++ === 1) throw new TypeError("boom");
+        if (n === 3) await new Promise((r) => setTimeout(r, 80));
+      },
+    });
+    assertEquals(caught.findings.map((f) => f.kind), ["crash", "hang"]);
+  } finally {
+    await Deno.remove(tempDir, { recursive: true });
+  }
+});

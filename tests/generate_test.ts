@@ -76,8 +76,15 @@ Deno.test("generate CLI: bad flags and inputs are named, exit code 2", async () 
       [["--prompt", "x", "--bogus", "1"], "unknown flag --bogus"],
       [["--max-tokens", "5"], "give --prompt or --context"],
       [["--prompt", "x", "--executor", "tpu"], "--executor"],
-      [["--prompt", "x", "--gpu-weights", "f8"], "--gpu-weights: expected auto, f32, f16 or int8, got 'f8'"],
-      [["--prompt", "x", "--weights", "f8"], "--weights: expected auto, f32, f16 or int8, got 'f8'"],
+      [
+        ["--prompt", "x", "--gpu-weights", "f8"],
+        "--gpu-weights: expected auto, f32, f16, int8, q8_0, q4_0, got 'f8'",
+      ],
+      [
+        ["--prompt", "x", "--weights", "f8"],
+        "--weights: expected auto, f32, f16, int8, q8_0, q4_0, got 'f8'",
+      ],
+      [["--prompt", "x", "--kv-cache", "f8"], "--kv-cache: expected f32 or f16, got 'f8'"],
       [
         ["--prompt", "x", "--weights", "f32", "--gpu-weights", "f16"],
         "--gpu-weights: is an alias of --weights",

@@ -178,11 +178,7 @@ Deno.test("gguf: tied embeddings write no output tensor; tokenizer.json vocabula
   assertEquals(f.meta.get("tokenizer.ggml.tokens"), vocab.tokens);
 });
 
-Deno.test("gguf: refuses attention biases and llama3 rope scaling", async () => {
-  for (const [shape, why] of [["qwen2", "attention biases"], ["llama3", "rope scaling"]] as const) {
-    const w = fixtureWeights(shape);
-    await assertRejects(() => encodeGgufF32(w, syntheticVocab(w.config.vocabSize)), why);
-  }
+Deno.test("gguf: refuses a vocabulary of the wrong size", async () => {
   const w = fixtureWeights("mistral");
   await assertRejects(() => encodeGgufF32(w, syntheticVocab(10)), "vocab has 10 tokens");
 });

@@ -13,9 +13,10 @@ import {
 /**
  * Where fit runs. auto: prompts prefilled on the fast CPU executor (wasm) where the runtime has it,
  * else on the CPU reference; gradients in core/train (float64). wasm: the same, wasm required.
+ * native: prompts prefilled on the native executor (ggml, f32), gradients as auto.
  * cpu (alias reference): everything on the CPU reference. gpu: gradients on WebGPU, prompts as auto.
  */
-export const TRAIN_EXECUTORS = ["auto", "wasm", "cpu", "gpu"] as const;
+export const TRAIN_EXECUTORS = ["auto", "native", "wasm", "cpu", "gpu"] as const;
 export type TrainExecutor = typeof TRAIN_EXECUTORS[number];
 
 export const COMMANDS = ["all", "data", "fit", "report"] as const;
@@ -109,7 +110,7 @@ Flags:
   --work DIR             data, checkpoints and per-loss adapters (default ${DEFAULTS.work})
   --n N                  soft tokens (default ${DEFAULTS.n})
   --loss mse|kl          train/compare only this objective (default: both)
-  --executor auto|wasm|cpu|gpu
+  --executor auto|native|wasm|cpu|gpu
                          auto (default): prompts prefilled on wasm (the fast CPU executor) where the
                          runtime has it, else on the CPU reference; gradients on the CPU (float64).
                          wasm: the same, wasm required. cpu (alias reference): all on the CPU reference,
@@ -137,7 +138,7 @@ const FLAGS = {
   work: value("data, checkpoints and per-loss adapters"),
   n: value("soft tokens"),
   loss: value("train/compare only this objective"),
-  executor: value("auto | wasm | cpu | gpu"),
+  executor: value("auto | native | wasm | cpu | gpu"),
   threads: value("threads of the wasm prefill"),
   weights: value("weight storage of the wasm prefill"),
   steps: value("optimiser steps"),
@@ -182,10 +183,18 @@ function range(flag: string, v: string): Range {
   return { min: Number(m[1]), max: Number(m[2]) };
 }
 
+/** fit's wasm prefill takes the wasm executor's formats only. */
+function wasmWeights(v: WeightFormatChoice): WeightFormatChoice {
+  if (v === "q8_0" || v === "q4_0") {
+    throw flagError("--weights", `${v} is a native format; fit's wasm prefill takes auto, f32, f16 or int8`);
+  }
+  return v;
+}
+
 function executor(v: string): TrainExecutor {
   const e = v === "reference" ? "cpu" : v;
   if (!(TRAIN_EXECUTORS as readonly string[]).includes(e)) {
-    throw flagError("--executor", `must be auto, wasm, cpu or gpu (got ${JSON.stringify(v)})`);
+    throw flagError("--executor", `must be auto, native, wasm, cpu or gpu (got ${JSON.stringify(v)})`);
   }
   return e as TrainExecutor;
 }
@@ -244,7 +253,7 @@ export function parseArgs(argv: string[]): TrainArgs {
     resume: f.resume ?? d.resume,
     executor: opt(f.executor, executor, d.executor),
     threads: threadsFlag(f.threads) ?? null,
-    weights: f.weights === undefined ? d.weights : weightFormatFlag(f.weights, "--weights"),
+    weights: f.weights === undefined ? d.weights : wasmWeights(weightFormatFlag(f.weights, "--weights")),
   };
   if (a.warmup >= a.steps) throw flagError("--warmup", `must be below --steps (${a.steps})`);
   if (command === "fit" && a.outGiven && a.losses.length > 1) {

@@ -3,6 +3,7 @@
  * is in core/train/. `all` (the default) reproduces the shipped adapter from a fixed seed.
  */
 import { encodeAdapter } from "../core/adapter.ts";
+import { NativeExecutor, nativeUnsupportedReason } from "../native/mod.ts";
 import { CpuExecutor } from "../core/cpu/executor.ts";
 import { JudgeQError } from "../core/errors.ts";
 import type { Executor } from "../core/executor.ts";
@@ -142,6 +143,11 @@ async function dataFor(ctx: Ctx): Promise<LoadedData> {
 async function prefillExecutor(ctx: Ctx): Promise<Executor> {
   const { args } = ctx;
   if (args.executor === "cpu") return new CpuExecutor(ctx.weights);
+  if (args.executor === "native") {
+    const why = await nativeUnsupportedReason();
+    if (why) throw flagError("--executor", `the native executor cannot run here: ${why}`);
+    return await NativeExecutor.create(ctx.weights, { threads: args.threads ?? undefined });
+  }
   const why = wasmUnsupportedReason();
   if (why) {
     if (args.executor === "wasm") {
@@ -155,7 +161,7 @@ async function prefillExecutor(ctx: Ctx): Promise<Executor> {
   try {
     return await WasmExecutor.create(ctx.weights, {
       threads: args.threads ?? undefined,
-      weightFormat: args.weights,
+      weightFormat: args.weights as "auto" | "f32" | "f16" | "int8",
     });
   } catch (e) {
     if (e instanceof JudgeQError && e.param) {
