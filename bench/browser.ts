@@ -3,16 +3,17 @@
  * @wllama/wllama 3.8.1 (llama.cpp compiled to WebAssembly, on the page) in Debian's Chromium, driven by
  * puppeteer-core, on a cross-origin-isolated page (threads need SharedArrayBuffer). Same weights (the
  * random 76M llama, `fixtures/test_models.ts` shape llama76m: safetensors for ours, a GGUF written by the
- * project's converter for wllama) and the same prompt ids (BOS + story text in the model's tokenizer):
+ * project's converter for wllama, F32 and Q8_0) and the same prompt ids (BOS + story text in the model's tokenizer):
  * prefill of the prompt, then greedy decode. Rounds interleave the configurations (this machine is shared);
  * each figure is a median with its min and max, each ratio ours / wllama per round, then its median.
  *
  *   deno run -A bench/browser.ts [--rounds 3] [--threads 1,2] [--prompt 512] [--decode 64]
- *     [--formats f32,int8] [--out results/browser_bench.json]
+ *     [--formats f32,int8] [--gguf f32,q8_0] [--out results/browser_bench.json]
  *
  * wllama is installed on first use into the gitignored .cache/wllama/ (npm). The GGUF writer is a
- * parameter (`GgufWriter`), so a Q8_0 writer can replace the F32 one; with F32 weights our int8 runs
- * against wllama's F32 (its Q8_0 needs a Q8_0 file).
+ * parameter (`GgufWriter`; default core/gguf's, through bench/gguf.ts). Ratios pair our f32 with wllama's
+ * F32 and our int8 (a scale per row) with its Q8_0 (a scale per block of 32): same source weights, each
+ * side's own 8-bit rounding of them.
  */
 import puppeteer, { type Browser, type Page } from "puppeteer-core";
 import { createTokenizer } from "../core/tokenizer.ts";
@@ -28,10 +29,13 @@ const WLLAMA_VERSION = "3.8.1";
 const WLLAMA_DIR = new URL("../.cache/wllama/", import.meta.url).pathname;
 const SHAPE = "llama76m";
 
-/** Writes a GGUF of the weights (the converter's F32 today; a Q8_0 writer can take its place). */
-export type GgufWriter = (w: ModelWeights, tokenizerJson: unknown) => Uint8Array;
-export const ggufF32: GgufWriter = (w, tj) =>
-  encodeGgufF32(w, vocabFromTokenizerJson(tj, w.config.vocabSize));
+/** GGUF tensor types wllama runs here. */
+export type GgufType = "f32" | "q8_0";
+
+/** Writes a GGUF of the weights in a tensor type. */
+export type GgufWriter = (w: ModelWeights, tokenizerJson: unknown, type: GgufType) => Uint8Array;
+export const projectGguf: GgufWriter = (w, tj, tensorType) =>
+  encodeGgufF32(w, vocabFromTokenizerJson(tj, w.config.vocabSize), { tensorType });
 
 /**
  * A story, tokenized with BOS and repeated (with a counter) up to n ids, and the text of those ids after
@@ -115,6 +119,7 @@ interface Run {
   decodeTokPerS: number;
 }
 
+const label = (g: GgufType) => (g === "f32" ? "F32" : "Q8_0");
 const median = (xs: number[]) => {
   const a = [...xs].sort((x, y) => x - y), m = a.length >> 1;
   return a.length % 2 ? a[m] : (a[m - 1] + a[m]) / 2;
@@ -132,6 +137,7 @@ export interface BrowserBenchOptions {
   prompt: number;
   decode: number;
   formats: ("f32" | "int8")[];
+  ggufTypes: GgufType[];
   chromium: string;
   gguf?: GgufWriter;
   log?: (m: string) => void;
@@ -144,7 +150,10 @@ export async function benchBrowser(o: BrowserBenchOptions) {
   const tokenizerJson = JSON.parse(await Deno.readTextFile(`${modelDir}/tokenizer.json`));
   const tokenizerConfig = JSON.parse(await Deno.readTextFile(`${modelDir}/tokenizer_config.json`));
   const weights = fixtureWeights(SHAPE);
-  await Deno.writeFile(`${tmp}/model.gguf`, (o.gguf ?? ggufF32)(weights, tokenizerJson));
+  await Deno.mkdir(`${tmp}/gguf`);
+  for (const t of o.ggufTypes) {
+    await Deno.writeFile(`${tmp}/gguf/${t}.gguf`, (o.gguf ?? projectGguf)(weights, tokenizerJson, t));
+  }
   const { ids, text } = storyIds(tokenizerJson, tokenizerConfig, o.prompt);
   await buildBundle(`${tmp}/dist`);
   const wllamaEsm = await ensureWllama(log);
@@ -153,7 +162,7 @@ export async function benchBrowser(o: BrowserBenchOptions) {
     "/page/": page,
     "/dist/": `${tmp}/dist/`,
     "/model/": `${modelDir}/`,
-    "/model.gguf": `${tmp}/model.gguf`,
+    "/gguf/": `${tmp}/gguf/`,
     "/wllama/": wllamaEsm,
   });
   let browser: Browser | null = null;
@@ -175,7 +184,12 @@ export async function benchBrowser(o: BrowserBenchOptions) {
     if (!isolated) throw new Error("the page is not cross-origin isolated");
     const configs = o.threads.flatMap((t) => [
       ...o.formats.map((f) => ({ name: `ours ${f} t${t}`, side: "ours", threads: t, weights: f })),
-      { name: `wllama F32 t${t}`, side: "wllama", threads: t, weights: "f32" },
+      ...o.ggufTypes.map((g) => ({
+        name: `wllama ${label(g)} t${t}`,
+        side: "wllama",
+        threads: t,
+        weights: g,
+      })),
     ]);
     const runs = new Map<string, Run[]>(configs.map((c) => [c.name, []]));
     const notes: Record<string, unknown> = {};
@@ -189,9 +203,13 @@ export async function benchBrowser(o: BrowserBenchOptions) {
             return p[side](args);
           },
           c.side,
-          c.side === "ours"
-            ? { threads: c.threads, weights: c.weights, ids, decode: o.decode }
-            : { threads: c.threads, gguf: "/model.gguf", text, promptTokens: ids.length, decode: o.decode },
+          c.side === "ours" ? { threads: c.threads, weights: c.weights, ids, decode: o.decode } : {
+            threads: c.threads,
+            gguf: `/gguf/${c.weights}.gguf`,
+            text,
+            promptTokens: ids.length,
+            decode: o.decode,
+          },
         );
         if (res.error) throw new Error(`${c.name}: ${res.error}`);
         let run: Run;
@@ -235,11 +253,12 @@ export async function benchBrowser(o: BrowserBenchOptions) {
       };
     }
     const ratios: Record<string, unknown> = {};
+    const pairs: [string, GgufType][] = [["f32", "f32"], ["int8", "q8_0"], ["int8", "f32"]];
     for (const t of o.threads) {
-      const peer = runs.get(`wllama F32 t${t}`)!;
-      for (const f of o.formats) {
-        const ours = runs.get(`ours ${f} t${t}`)!;
-        ratios[`ours ${f} / wllama F32, t${t}`] = {
+      for (const [f, g] of pairs) {
+        const ours = runs.get(`ours ${f} t${t}`), peer = runs.get(`wllama ${label(g)} t${t}`);
+        if (!ours || !peer) continue;
+        ratios[`ours ${f} / wllama ${label(g)}, t${t}`] = {
           prefill: stats(ours.map((x, i) => x.prefillTokPerS / peer[i].prefillTokPerS)),
           decode: stats(ours.map((x, i) => x.decodeTokPerS / peer[i].decodeTokPerS)),
         };
@@ -273,6 +292,7 @@ const SPEC = {
   prompt: { kind: "int", help: "prompt tokens (default 512)" },
   decode: { kind: "int", help: "greedy tokens decoded (default 64)" },
   formats: { kind: "string", help: "this executor's weight formats (default f32,int8)" },
+  gguf: { kind: "string", help: "wllama's GGUF tensor types (default f32,q8_0)" },
   out: { kind: "string", help: "also write the JSON here (default results/browser_bench.json)" },
   help: { kind: "boolean", help: "this help" },
 } as const;
@@ -298,6 +318,10 @@ if (import.meta.main) {
     if (!formats.every((x) => x === "f32" || x === "int8")) {
       throw new UsageError(`--formats: expected f32 and/or int8, got '${f.formats}'`);
     }
+    const ggufTypes = ((f.gguf as string | undefined) ?? "f32,q8_0").split(",");
+    if (!ggufTypes.every((x) => x === "f32" || x === "q8_0")) {
+      throw new UsageError(`--gguf: expected f32 and/or q8_0, got '${f.gguf}'`);
+    }
     const positive = (name: string, v: unknown, d: number) => {
       if (v === undefined) return d;
       if (!(typeof v === "number" && v >= 1)) throw new UsageError(`--${name}: expected a positive integer`);
@@ -309,6 +333,7 @@ if (import.meta.main) {
       prompt: positive("prompt", f.prompt, 512),
       decode: positive("decode", f.decode, 64),
       formats: formats as ("f32" | "int8")[],
+      ggufTypes: ggufTypes as GgufType[],
       chromium,
     });
     const json = JSON.stringify(result, null, 2);
