@@ -129,6 +129,7 @@ export class NativeWeights {
     this.ctx = headerContext(this.g, matrices.length + vectors.length + 1);
     this.repackCtx = headerContext(this.g, matrices.length);
     let repacked = 0;
+    const repackedNames = new Set<string>();
     const tensors = new Map<string, Tensor>();
     const types = new Map<string, number>();
     let need = 0;
@@ -139,7 +140,7 @@ export class NativeWeights {
       // A layer's Q4_0 matrix goes to the repack buffer (never the embeddings: rows are gathered from them).
       const repack = this.g.repackType !== null && type === GGML_TYPE.q4_0 && m.name.startsWith("layers.") &&
         m.rows % 8 === 0;
-      if (repack) repacked++;
+      if (repack) repacked++, repackedNames.add(m.name);
       const t = s.ggml_new_tensor_2d(
         repack ? this.repackCtx : this.ctx,
         type,
@@ -178,7 +179,7 @@ export class NativeWeights {
 
     for (const m of matrices) {
       const given = w.quantized?.get(m.hf), t = tensors.get(m.name)!;
-      if (!given) this.setMatrix(t, m, types.get(m.name)!);
+      if (!given) this.setMatrix(t, m, types.get(m.name)!, repackedNames.has(m.name));
       else if (given.bytes.length !== Number(s.ggml_nbytes(t))) {
         throw fail(
           "invalid_model_file",
@@ -229,14 +230,15 @@ export class NativeWeights {
   }
 
   /** Writes one matrix, converting/quantizing a few rows at a time (no whole-model copy in another format). */
-  private setMatrix(t: Tensor, m: Matrix, type: number) {
+  private setMatrix(t: Tensor, m: Matrix, type: number, whole: boolean) {
     const s = this.g.sym;
     if (type === GGML_TYPE.f32) {
       s.ggml_backend_tensor_set(t, m.data as Float32Array<ArrayBuffer>, 0n, BigInt(m.data.byteLength));
       return;
     }
     const rowBytes = Number(s.ggml_row_size(type, BigInt(m.cols)));
-    const chunkRows = Math.max(1, Math.floor((4 << 20) / (m.cols * 4)));
+    // The repack buffer lays a tensor out anew as it is set, so it takes the whole tensor in one call.
+    const chunkRows = whole ? m.rows : Math.max(1, Math.floor((4 << 20) / (m.cols * 4)));
     const out = new Uint8Array(rowBytes * chunkRows);
     for (let r = 0; r < m.rows; r += chunkRows) {
       const n = Math.min(chunkRows, m.rows - r);

@@ -11,13 +11,14 @@
  *   judgeq                     attention of the adapter's soft rows appended after the cache (the random
  *                              rows with random_soft), restricted to the cached positions
  *   knorm                      lowest key norm;  streaming_llm: the sinks, then the most recent
+ *   random                     the seeded stream of core/sampling.ts, seed + compression index
  *
- * with the last `buffer` positions always kept and the rest by descending score, the earlier position first
+ * at an absolute budget or at a fraction of the positions seen (never below buffer + 1), with the last
+ * `buffer` positions always kept and the rest by descending score, the earlier position first
  * among equal scores (tests/oracles.ts: naive softmax over the captured queries and cached keys, written-out
  * pooling, GQA and selection). Kept sets are compared exactly, except among scores tied within
  * oracles.TIE_REL; the replay then continues from the cache the code kept, so one tie never hides a later
- * difference. Every greedy token must also be the argmax of the replay's logits. `random` is left out (its
- * scores are a seeded PRNG stream, not a computation to re-derive).
+ * difference. Every greedy token must also be the argmax of the replay's logits.
  *
  * Bugs this test catches (each tried by hand in a scratch copy, see tests/README.md): SnapKV's row sums not
  * cleared after a compression; H2O's running sums not accumulated during decoding; decode-time Judge Q
@@ -29,7 +30,7 @@ import { CpuExecutor, type CpuSession } from "../core/cpu/executor.ts";
 import type { KvSession } from "../core/executor.ts";
 import { runPlan } from "../core/interpret.ts";
 import { compilePlan, type CompressionRequest, type PlanInput } from "../core/plan.ts";
-import { GREEDY } from "../core/sampling.ts";
+import { GREEDY, nextUniform, seedState } from "../core/sampling.ts";
 import { randomSoftTokens } from "../core/soft_tokens.ts";
 import { assert, assertEquals, embeddedModel, right } from "./helpers.ts";
 import {
@@ -96,7 +97,8 @@ const nested = (kept: number[][], c: { nLayers: number; nKvHeads: number }) =>
 async function check(k: Case) {
   const { weights } = await embeddedModel();
   const c = weights.config, ad = await adapter();
-  const input = k.input ?? { kind: "prompt", tokens: prompt(30) };
+  // Shorter than budget + interval: the first compression comes after rows were run (see tests/README.md).
+  const input = k.input ?? { kind: "prompt", tokens: prompt(24) };
   const maxTokens = k.maxTokens ?? 60;
   const plan = right(compilePlan({
     input,
@@ -109,7 +111,9 @@ async function check(k: Case) {
     softEmbeddings: ad.soft,
     tokenEmbeddings: weights.embed,
   });
-  const d = k.compression.decode!, method = d.method!, buffer = d.buffer!, budget = d.budget!;
+  const d = k.compression.decode!, method = d.method!, buffer = d.buffer!;
+  // A fraction of the positions seen sets the budget when no absolute one is given (never below buffer + 1).
+  const budgetAt = (P: number) => d.budget ?? Math.max(buffer + 1, Math.floor(d.fraction! * P));
   const shape: ScoreShape = {
     pooling: k.compression.pooling ?? SHAPE.pooling,
     kernel: k.compression.kernel ?? SHAPE.kernel,
@@ -122,7 +126,9 @@ async function check(k: Case) {
   const questions = input.kind === "prompt" ? [null] : input.questions;
   const base = new CpuExecutor(weights).createSession(context.length + 200) as CpuSession;
   await base.forward({ kind: "tokens", tokens: context }, { logits: "last" });
-  const prefillKeep = log.find((x) => x.P === context.length);
+  // The plan's own prune (a compressed prefill) comes first; every later keep is a decode-time compression.
+  const prefillKeeps = plan.steps.some((x) => x.op === "prune") ? 1 : 0;
+  const prefillKeep = log[prefillKeeps - 1], decodeKeeps = log.slice(prefillKeeps);
   if (prefillKeep) await base.keepPositions(nested(prefillKeep.kept, c), context.length);
   let e = 0, events = 0, ties = 0, adapterDiffers = 0;
   for (const [out, question] of questions.entries()) {
@@ -144,8 +150,10 @@ async function check(k: Case) {
         s.cache.counts,
         (n, slot) => Array.from(s.cache.positions[slot].subarray(0, n)),
       );
-      if (Math.max(...held.map((h) => h.length)) >= budget + d.interval) {
-        const P = s.nextPosition, label = `${method} output ${out} step ${step} (P ${P})`;
+      if (Math.max(...held.map((h) => h.length)) >= budgetAt(s.nextPosition) + d.interval) {
+        const P = s.nextPosition,
+          budget = budgetAt(P),
+          label = `${method} output ${out} step ${step} (P ${P})`;
         const at = async (rows: Float32Array) => {
           const t = (await s.clone()) as CpuSession;
           const r = await t.forward({ kind: "embeddings", rows, count: ad.n }, {
@@ -177,11 +185,17 @@ async function check(k: Case) {
           scores = new Float64Array(c.nLayers * c.nKvHeads * P).map((_, i) =>
             i % P < sinks ? Infinity : i % P
           );
+        } else if (method === "random") {
+          // The seeded stream (sampling.ts's generator, a definition), seeded with seed + compression index.
+          let state = seedState((k.compression.seed ?? 0) + events);
+          scores = new Float64Array(c.nLayers * c.nKvHeads * P).map(() =>
+            ([, state] = nextUniform(state))[0]
+          );
         } else throw new Error(`no oracle for ${method}`);
         const want = held.map((h, slot) =>
           bruteKeep(h, budget, (t) => scores[slot * P + t], (t) => t >= P - buffer)
         );
-        const got = log.filter((x) => x.P > context.length)[e++];
+        const got = decodeKeeps[e++];
         assert(got, `${label}: the code made no compression here`);
         assertEquals(got.P, P, `${label}: position of the compression`);
         ties += assertKeptLike([got.kept], want, (slot, t) => scores[slot * P + t], label);
@@ -208,7 +222,7 @@ async function check(k: Case) {
     s.dispose();
   }
   base.dispose();
-  assertEquals(e, log.filter((x) => x.P > context.length).length, `${method}: compressions made by the code`);
+  assertEquals(e, decodeKeeps.length, `${method}: compressions made by the code`);
   assert(events >= 4, `${method}: only ${events} compressions replayed`);
   return { events, ties, adapterDiffers };
 }
@@ -222,9 +236,19 @@ Deno.test("decode-time snapkv, pyramidkv, adakv: rows since the last compression
   });
 });
 
-Deno.test("decode-time h2o (running sums), tova (last row), knorm, streaming_llm", async () => {
+Deno.test("decode-time h2o (running sums), tova (last row), knorm, streaming_llm, random", async () => {
   for (const method of ["h2o", "tova", "knorm", "streaming_llm"]) {
     await check({ compression: { method: "full", decode: { method, ...DECODE } } });
+  }
+  await check({ compression: { method: "full", seed: 4, decode: { method: "random", ...DECODE } } });
+});
+
+Deno.test("decode-time compression with the budget a fraction of the positions seen", async () => {
+  for (const method of ["snapkv", "h2o"]) {
+    await check({
+      compression: { method: "full", decode: { method, fraction: 0.5, interval: 6, buffer: 3 } },
+      maxTokens: 50,
+    });
   }
 });
 

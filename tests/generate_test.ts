@@ -129,7 +129,8 @@ Deno.test("generate CLI: --help lists --executor, --threads and --weights", asyn
   for (const flag of ["--executor", "--threads", "--weights", "--gpu-weights"]) {
     assert(r.stdout.includes(`  ${flag} `), `${flag} missing from: ${r.stdout}`);
   }
-  assert(/auto \| gpu \| wasm \| cpu/.test(r.stdout), r.stdout);
+  assert(/auto \| gpu \| native \| wasm \| cpu/.test(r.stdout), r.stdout);
+  assert(r.stdout.includes("  --kv-cache "), r.stdout);
 });
 
 Deno.test("converter: truncated or malformed llama2.c checkpoints are refused with a clear error", async () => {

@@ -1,6 +1,6 @@
 /**
  * GGUF at the command line: `deno task convert --from DIR --gguf FILE` writes a file that
- * `generate --model FILE` runs, with the same text as the model directory; a truncated file and a bad
+ * `generate --model FILE` runs, with the same text as the model directory, and `loadtest --model FILE` serves; a truncated file and a bad
  * type id are one-line errors with exit code 2, no stack trace.
  */
 import { assert, assertEquals, runScript } from "./helpers.ts";
@@ -8,7 +8,7 @@ import { EMBEDDED_MODEL_DIR } from "../io/model_dir.ts";
 
 const tmp = await Deno.makeTempDir({ prefix: "judgeq-gguf-cli-" });
 
-Deno.test("convert --from --gguf, then generate --model FILE.gguf (and its bad-file errors)", async () => {
+Deno.test("convert --from --gguf, then generate and loadtest --model FILE.gguf (and its bad-file errors)", async () => {
   const file = `${tmp}/stories.gguf`;
   const conv = await runScript(
     "fixtures/convert_llama2c.ts",
@@ -35,6 +35,12 @@ Deno.test("convert --from --gguf, then generate --model FILE.gguf (and its bad-f
   const [a, b] = await Promise.all([gen(file), gen(EMBEDDED_MODEL_DIR)]);
   assertEquals(a.code, 0, a.stderr);
   assertEquals(a.stdout, b.stdout, "the F32 file generates the directory's text");
+  const load = await runScript(
+    "server/loadtest.ts",
+    ...["--model", file, "--requests", "4", "--concurrency", "2", "--max-tokens", "4", "--executor", "cpu"],
+  );
+  assertEquals(load.code, 0, load.stderr);
+  assert(load.stdout.includes("ok 4,"), load.stdout);
   const bytes = await Deno.readFile(file);
   await Deno.writeFile(`${tmp}/short.gguf`, bytes.subarray(0, bytes.length - 1000));
   const short = await gen(`${tmp}/short.gguf`);
