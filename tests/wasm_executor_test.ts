@@ -142,10 +142,10 @@ Deno.test({
       arena.f32.fill(1, x / 4, x / 4 + 64 * 64 + 64);
       // Rows past the end of memory: every chunk's rows trap, whichever thread claims them.
       await assertRejects(
-        () => pool.run([{ kernel: "rmsNorm", args: [0xfff00000, w, x, 64, 64, 1e-5] }], 1 << 30),
+        () => pool.run([{ kernel: "rmsNorm", args: [0xfff00000, w, x, 64, 64, 1e-5, 0] }], 1 << 30),
         "wasm kernel failed (rmsNorm)",
       );
-      pool.run([{ kernel: "rmsNorm", args: [x, w, x, 64, 64, 1e-5] }], 1 << 30);
+      pool.run([{ kernel: "rmsNorm", args: [x, w, x, 64, 64, 1e-5, 0] }], 1 << 30);
       assert(arena.f32.subarray(x / 4, x / 4 + 64 * 64).every((v) => Math.abs(v - 1) < 1e-5), "rows after");
     } finally {
       pool.dispose();

@@ -10,7 +10,14 @@ import { checkSnapshot } from "../core/cache_snapshot.ts";
 import type { CacheSnapshot, Executor, KvSession } from "../core/executor.ts";
 import type { ModelWeights } from "../core/weights.ts";
 import { Arena } from "./arena.ts";
-import { kernelModule, unsupportedReason } from "./kernels.ts";
+import {
+  KERNEL_CHOICES,
+  type KernelChoice,
+  type KernelFlavor,
+  kernelModule,
+  resolveKernels,
+  unsupportedReason,
+} from "./kernels.ts";
 import { chunksFor, ThreadPool } from "./pool.ts";
 import { CONTROL_BYTES } from "./pool_protocol.ts";
 import { WasmSession } from "./session.ts";
@@ -33,6 +40,11 @@ export interface WasmExecutorOptions {
    * models whose layers are smaller than ~131,000 never wake the workers). 0 splits every step: tests use it.
    */
   parallelMinWork?: number;
+  /**
+   * "auto" (the default): the relaxed-SIMD kernels where the engine has relaxed SIMD, else the plain-SIMD
+   * ones; "simd" forces the fallback (tests); "relaxed" demands relaxed SIMD.
+   */
+  kernels?: KernelChoice;
 }
 
 /** Per-token multiply-adds below which one thread beats waking others (stories260K-sized models). */
@@ -67,31 +79,48 @@ export class WasmExecutor implements Executor {
     private readonly workspace: Workspace,
     private readonly parallel: boolean,
     config: ModelConfig,
+    /** The kernel module it runs: "relaxed" (relaxed SIMD) or "simd" (the fallback). */
+    readonly kernels: KernelFlavor,
   ) {
     this.config = config;
     this.description = `CPU (WebAssembly SIMD, ${pool.threads} thread${pool.threads > 1 ? "s" : ""}, ` +
-      `${weights.format} weights)`;
+      `${weights.format} weights${kernels === "relaxed" ? ", relaxed SIMD" : ""})`;
   }
 
   static async create(w: ModelWeights, o: WasmExecutorOptions = {}): Promise<WasmExecutor> {
     const threads = checkThreads(o.threads ?? defaultThreads());
     const format = resolveWeightFormat(o.weightFormat ?? "auto", w);
+    const choice = o.kernels ?? "auto";
+    if (!KERNEL_CHOICES.includes(choice)) {
+      throw new JudgeQError("invalid_request", `expected auto, relaxed or simd, got '${choice}'`, "kernels");
+    }
     const why = unsupportedReason();
     if (why) throw new JudgeQError("internal", `fast CPU executor unavailable: ${why}`, "executor");
+    let flavor;
+    try {
+      flavor = resolveKernels(choice);
+    } catch (e) {
+      throw new JudgeQError("unprocessable", (e as Error).message, "kernels");
+    }
     const c = w.config;
     checkFits(c, format, CONTROL_BYTES + Workspace.bytes(c, chunksFor(threads)));
-    const module = await kernelModule();
+    const module = await kernelModule(flavor);
     const arena = new Arena(CONTROL_BYTES);
     const weights = uploadWeights(arena, w, format);
     const workspace = new Workspace(arena, c, chunksFor(threads));
     const pool = new ThreadPool(module, arena, threads, o.parallelMinWork);
     const parallel = threads > 1 && c.dim * c.hiddenDim >= (o.parallelMinWork ?? PARALLEL_MIN_LAYER_WORK);
     if (parallel) await pool.ready();
-    return new WasmExecutor(arena, pool, weights, workspace, parallel, c);
+    return new WasmExecutor(arena, pool, weights, workspace, parallel, c, flavor);
   }
 
   get threads(): number {
     return this.pool.threads;
+  }
+
+  /** Kernel dispatches so far, and those split over the threads (a barrier each): the benchmarks count them. */
+  dispatchCounts(): { dispatches: number; barriers: number } {
+    return { ...this.pool.counts };
   }
 
   createSession(capacity: number): WasmSession {

@@ -7,7 +7,7 @@
  * `dispose`, or after a quiet spell so that a forgotten executor never keeps a process alive.
  */
 import type { Arena } from "./arena.ts";
-import { instantiate, KERNEL_NAMES, type KernelName, type Kernels } from "./kernels.ts";
+import { instantiate, KERNEL_NAMES, type KernelName, type Kernels } from "./kernel_abi.ts";
 import {
   CHUNKS,
   CLAIM,
@@ -51,6 +51,8 @@ export class ThreadPool {
   private disposed = false;
   /** Chunks per dispatch: a few per thread, so a late thread's share is taken over by the others. */
   readonly chunks: number;
+  /** Dispatches run so far, and those of them split over the threads (each one ends in a barrier). */
+  readonly counts = { dispatches: 0, barriers: 0 };
 
   constructor(
     private readonly module: WebAssembly.Module,
@@ -95,11 +97,13 @@ export class ThreadPool {
   /** Runs the jobs on every thread (or on this one when `work` is small) and returns when all are done. */
   run(jobs: Job[], work: number) {
     if (this.disposed) throw new Error("thread pool disposed");
+    this.counts.dispatches++;
     if (this.threads === 1 || work < this.minWork || this.workers.length === 0) {
       for (const j of jobs) this.kernels[j.kernel](...j.args, 0, 1);
       return;
     }
     if (jobs.length > MAX_JOBS) throw new RangeError(`at most ${MAX_JOBS} jobs per dispatch`);
+    this.counts.barriers++;
     const table = this.table;
     jobs.forEach((j, i) => {
       table[i * JOB_SLOTS] = KERNEL_NAMES.indexOf(j.kernel);

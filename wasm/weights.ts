@@ -11,12 +11,17 @@ export type WeightFormat = "f32" | "f16" | "int8";
 export type WeightFormatChoice = "auto" | WeightFormat;
 export const WEIGHT_FORMATS: readonly WeightFormatChoice[] = ["auto", "f32", "f16", "int8"];
 
-/** Address of a matrix in the arena, and of its row scales (int8; 0 otherwise). */
+/**
+ * Address of a matrix in the arena, and of its row scales and row sums (int8; 0 otherwise). int8 rows are
+ * readable 16 bytes past the matrix's end (the kernels read whole 16-byte groups).
+ */
 export interface Matrix {
   at: number;
   rows: number;
   cols: number;
   scales: number;
+  /** int8: each row's sum of its quantized values (i32), which takes the activations' offset back out. */
+  sums: number;
 }
 
 export interface LayerPointers {
@@ -63,7 +68,7 @@ export function weightBytes(c: ModelConfig, format: WeightFormat): number {
   const e = format === "f16" ? 2 : format === "int8" ? 1 : 4,
     q = c.nHeads * c.headDim,
     kv = c.nKvHeads * c.headDim;
-  const scales = format === "int8" ? 4 : 0;
+  const scales = format === "int8" ? 8 : 0; // a scale and a sum per row
   const perLayer = e * (c.dim * (q + 2 * kv) + q * c.dim + 3 * c.dim * c.hiddenDim) +
     scales * (q + 2 * kv + c.dim + 2 * c.hiddenDim + c.dim) +
     4 * (2 * c.dim + (c.attentionBias ? q + 2 * kv : 0));
@@ -93,16 +98,18 @@ export function uploadWeights(arena: Arena, w: ModelWeights, format: WeightForma
     return at;
   };
   const matrix = (m: Float32Array, rows: number, cols: number): Matrix => {
-    if (format === "f32") return { at: vector(m), rows, cols, scales: 0 };
+    if (format === "f32") return { at: vector(m), rows, cols, scales: 0, sums: 0 };
     if (format === "int8") {
       const { q, scales } = quantizeRows(m, rows, cols);
-      const at = arena.alloc(q.length);
-      new Int8Array(arena.memory.buffer, at, q.length).set(q);
-      return { at, rows, cols, scales: vector(scales) };
+      const at = arena.alloc(q.length + INT8_OVERREAD);
+      new Int8Array(arena.memory.buffer, at, q.length + INT8_OVERREAD).set(q);
+      const sums = arena.alloc(rows * 4);
+      arena.i32.set(rowSums(q, rows, cols), sums / 4);
+      return { at, rows, cols, scales: vector(scales), sums };
     }
     const at = arena.alloc(m.length * 2);
     arena.u16.set(new Uint16Array(new Float16Array(m).buffer), at / 2);
-    return { at, rows, cols, scales: 0 };
+    return { at, rows, cols, scales: 0, sums: 0 };
   };
   const c = w.config, q = c.nHeads * c.headDim, kv = c.nKvHeads * c.headDim;
   const embed = matrix(w.embed, c.vocabSize, c.dim);
@@ -123,6 +130,20 @@ export function uploadWeights(arena: Arena, w: ModelWeights, format: WeightForma
   const finalNorm = vector(w.finalNorm);
   const lmHead = w.lmHead === w.embed ? embed : matrix(w.lmHead, c.vocabSize, c.dim);
   return { format, embed, lmHead, finalNorm, layers, bytes: arena.size - start };
+}
+
+/** Bytes past an int8 matrix that the kernels may read (and multiply by zero). */
+const INT8_OVERREAD = 16;
+
+/** Each row's sum of its int8 values. */
+export function rowSums(q: Int8Array, rows: number, cols: number): Int32Array {
+  const out = new Int32Array(rows);
+  for (let r = 0; r < rows; r++) {
+    let s = 0;
+    for (let k = 0; k < cols; k++) s += q[r * cols + k];
+    out[r] = s;
+  }
+  return out;
 }
 
 /** Symmetric int8 per row: scale = max |w| / 127, q = round(w / scale). */

@@ -2,7 +2,7 @@
 /**
  * A pool thread: sleeps until a dispatch, claims and runs its chunks until none is left, repeats.
  */
-import { instantiate, KERNEL_NAMES } from "./kernels.ts";
+import { instantiate, KERNEL_NAMES } from "./kernel_abi.ts";
 import {
   CHUNKS,
   claimChunk,

@@ -1,6 +1,7 @@
 /**
  * Scratch memory shared by an executor's sessions (they run one operation at a time): activations of
- * one chunk of rows, RoPE tables, and per dispatch chunk an f16 weight panel and two rows of attention scores.
+ * one chunk of rows, RoPE tables, and per dispatch chunk an f16 weight panel, the int8 GEMM's quantized input
+ * rows and two rows of attention scores.
  */
 import type { ModelConfig } from "../core/config.ts";
 import { FORWARD_CHUNK_ROWS } from "../core/executor.ts";
@@ -8,6 +9,22 @@ import type { Arena } from "./arena.ts";
 
 /** Prompt rows run through the layers together (blocked GEMM); longer inputs go in chunks. */
 export const CHUNK_ROWS = FORWARD_CHUNK_ROWS;
+
+/** Rows up to which each RMS norm runs in its GEMMs' dispatch, one copy per chunk (wasm/session.ts). */
+export const NORM_ROWS = 4;
+
+/** Input rows the int8 GEMM quantizes at a time (Q_ROWS in wasm/assembly/kernels.ts). */
+const Q_ROWS = 16;
+
+/** Bytes of one chunk's int8 scratch: Q_ROWS scales, then Q_ROWS rows of 3 bytes per input rounded up to 16. */
+function quantStride(c: ModelConfig): number {
+  const k = Math.max(c.dim, c.hiddenDim, c.nHeads * c.headDim);
+  return Math.ceil((Q_ROWS * 4 + Q_ROWS * 3 * (Math.ceil(k / 16) * 16)) / 64) * 64;
+}
+
+function normedStride(c: ModelConfig): number {
+  return Math.ceil(NORM_ROWS * c.dim * 4 / 64) * 64;
+}
 
 export class Workspace {
   readonly x: number;
@@ -23,6 +40,12 @@ export class Workspace {
   readonly cos: number;
   readonly sin: number;
   readonly panels: number;
+  /** The int8 GEMM's per-chunk scratch, `quantStride` bytes apart. */
+  readonly quant: number;
+  readonly quantStride: number;
+  /** Per chunk, NORM_ROWS normalized rows (a fused norm's copies), `normedStride` bytes apart. */
+  readonly normed: number;
+  readonly normedStride: number;
   private scoresAt = 0;
   private scoresCap = 0;
 
@@ -42,13 +65,17 @@ export class Workspace {
     this.cos = f32(rows * c.headDim / 2);
     this.sin = f32(rows * c.headDim / 2);
     this.panels = f32(chunks * 4 * Math.max(c.dim, c.hiddenDim, qw));
+    this.quantStride = quantStride(c);
+    this.quant = arena.alloc(chunks * this.quantStride);
+    this.normedStride = normedStride(c);
+    this.normed = arena.alloc(chunks * this.normedStride);
   }
 
   /** Bytes a workspace needs, for the memory check before anything is allocated. */
   static bytes(c: ModelConfig, chunks: number): number {
     const rows = CHUNK_ROWS, qw = c.nHeads * c.headDim, kvw = c.nKvHeads * c.headDim;
     return 4 * (rows * (2 * c.dim + 2 * qw + 2 * kvw + 2 * c.hiddenDim + c.vocabSize + 1 + c.headDim) +
-      chunks * 4 * Math.max(c.dim, c.hiddenDim, qw));
+          chunks * 4 * Math.max(c.dim, c.hiddenDim, qw)) + chunks * (quantStride(c) + normedStride(c));
   }
 
   /** Attention score rows of `capacity` floats, two per dispatch chunk. */

@@ -1,5 +1,7 @@
 // AssemblyScript source of the fast CPU executor's kernels (compiled by wasm/build.ts to
-// wasm/kernels.wasm: 128-bit SIMD, relaxed FMA, shared memory). Every kernel takes the calling
+// wasm/kernels.wasm: 128-bit SIMD, relaxed SIMD (FMA, i8 dot products), shared memory; and to
+// wasm/kernels_simd.wasm, the fallback for engines without relaxed SIMD, where ASC_FEATURE_RELAXED_SIMD
+// is false). Every kernel takes the calling
 // thread's index `t` and the thread count `nt` last and does only its share, so the same call runs
 // on one thread or on a pool. Each output element is computed the same way whatever the split
 // (same accumulation order), so results do not depend on the thread count.
@@ -14,6 +16,21 @@
 }
 
 // ---- vector helpers ------------------------------------------------------------------------
+
+/**
+ * a x b + c: fused (relaxed SIMD) in the main module; a multiply then an add in the plain-SIMD fallback
+ * module built from this same source for engines without relaxed SIMD (wasm/build.ts).
+ */
+@inline function madd(a: v128, b: v128, c: v128): v128 {
+  if (ASC_FEATURE_RELAXED_SIMD) return f32x4.relaxed_madd(a, b, c);
+  else return f32x4.add(f32x4.mul(a, b), c);
+}
+
+/** c - a x b, as madd. */
+@inline function nmadd(a: v128, b: v128, c: v128): v128 {
+  if (ASC_FEATURE_RELAXED_SIMD) return f32x4.relaxed_nmadd(a, b, c);
+  else return f32x4.sub(c, f32x4.mul(a, b));
+}
 
 /** Horizontal sum in a fixed order: (l0 + l2) + (l1 + l3). */
 @inline function hsum(a: v128): f32 {
@@ -48,15 +65,15 @@
 @inline function exp4(x: v128): v128 {
   x = f32x4.max(f32x4.min(x, f32x4.splat(88.0)), f32x4.splat(-87.0));
   const n = f32x4.nearest(f32x4.mul(x, f32x4.splat(1.4426950408889634)));
-  let r = f32x4.relaxed_nmadd(n, f32x4.splat(0.693145751953125), x);
-  r = f32x4.relaxed_nmadd(n, f32x4.splat(1.428606765330187e-6), r);
+  let r = nmadd(n, f32x4.splat(0.693145751953125), x);
+  r = nmadd(n, f32x4.splat(1.428606765330187e-6), r);
   let p = f32x4.splat(1.3888889e-3);
-  p = f32x4.relaxed_madd(p, r, f32x4.splat(8.3333333e-3));
-  p = f32x4.relaxed_madd(p, r, f32x4.splat(4.1666667e-2));
-  p = f32x4.relaxed_madd(p, r, f32x4.splat(1.6666667e-1));
-  p = f32x4.relaxed_madd(p, r, f32x4.splat(0.5));
-  p = f32x4.relaxed_madd(p, r, f32x4.splat(1.0));
-  p = f32x4.relaxed_madd(p, r, f32x4.splat(1.0));
+  p = madd(p, r, f32x4.splat(8.3333333e-3));
+  p = madd(p, r, f32x4.splat(4.1666667e-2));
+  p = madd(p, r, f32x4.splat(1.6666667e-1));
+  p = madd(p, r, f32x4.splat(0.5));
+  p = madd(p, r, f32x4.splat(1.0));
+  p = madd(p, r, f32x4.splat(1.0));
   const scale = i32x4.shl(i32x4.add(i32x4.trunc_sat_f32x4_s(n), i32x4.splat(127)), 23);
   return f32x4.mul(p, scale);
 }
@@ -83,64 +100,64 @@
     {
       const xa = v128.load(pa, 0), xb = v128.load(pb, 0);
       const v0 = v128.load(p0, 0), v1 = v128.load(p1, 0), v2 = v128.load(p2, 0), v3 = v128.load(p3, 0);
-      a0 = f32x4.relaxed_madd(v0, xa, a0);
-      b0 = f32x4.relaxed_madd(v0, xb, b0);
-      a1 = f32x4.relaxed_madd(v1, xa, a1);
-      b1 = f32x4.relaxed_madd(v1, xb, b1);
-      a2 = f32x4.relaxed_madd(v2, xa, a2);
-      b2 = f32x4.relaxed_madd(v2, xb, b2);
-      a3 = f32x4.relaxed_madd(v3, xa, a3);
-      b3 = f32x4.relaxed_madd(v3, xb, b3);
+      a0 = madd(v0, xa, a0);
+      b0 = madd(v0, xb, b0);
+      a1 = madd(v1, xa, a1);
+      b1 = madd(v1, xb, b1);
+      a2 = madd(v2, xa, a2);
+      b2 = madd(v2, xb, b2);
+      a3 = madd(v3, xa, a3);
+      b3 = madd(v3, xb, b3);
     }
     {
       const xa = v128.load(pa, 16), xb = v128.load(pb, 16);
       const v0 = v128.load(p0, 16), v1 = v128.load(p1, 16), v2 = v128.load(p2, 16), v3 = v128.load(p3, 16);
-      a0 = f32x4.relaxed_madd(v0, xa, a0);
-      b0 = f32x4.relaxed_madd(v0, xb, b0);
-      a1 = f32x4.relaxed_madd(v1, xa, a1);
-      b1 = f32x4.relaxed_madd(v1, xb, b1);
-      a2 = f32x4.relaxed_madd(v2, xa, a2);
-      b2 = f32x4.relaxed_madd(v2, xb, b2);
-      a3 = f32x4.relaxed_madd(v3, xa, a3);
-      b3 = f32x4.relaxed_madd(v3, xb, b3);
+      a0 = madd(v0, xa, a0);
+      b0 = madd(v0, xb, b0);
+      a1 = madd(v1, xa, a1);
+      b1 = madd(v1, xb, b1);
+      a2 = madd(v2, xa, a2);
+      b2 = madd(v2, xb, b2);
+      a3 = madd(v3, xa, a3);
+      b3 = madd(v3, xb, b3);
     }
     {
       const xa = v128.load(pa, 32), xb = v128.load(pb, 32);
       const v0 = v128.load(p0, 32), v1 = v128.load(p1, 32), v2 = v128.load(p2, 32), v3 = v128.load(p3, 32);
-      a0 = f32x4.relaxed_madd(v0, xa, a0);
-      b0 = f32x4.relaxed_madd(v0, xb, b0);
-      a1 = f32x4.relaxed_madd(v1, xa, a1);
-      b1 = f32x4.relaxed_madd(v1, xb, b1);
-      a2 = f32x4.relaxed_madd(v2, xa, a2);
-      b2 = f32x4.relaxed_madd(v2, xb, b2);
-      a3 = f32x4.relaxed_madd(v3, xa, a3);
-      b3 = f32x4.relaxed_madd(v3, xb, b3);
+      a0 = madd(v0, xa, a0);
+      b0 = madd(v0, xb, b0);
+      a1 = madd(v1, xa, a1);
+      b1 = madd(v1, xb, b1);
+      a2 = madd(v2, xa, a2);
+      b2 = madd(v2, xb, b2);
+      a3 = madd(v3, xa, a3);
+      b3 = madd(v3, xb, b3);
     }
     {
       const xa = v128.load(pa, 48), xb = v128.load(pb, 48);
       const v0 = v128.load(p0, 48), v1 = v128.load(p1, 48), v2 = v128.load(p2, 48), v3 = v128.load(p3, 48);
-      a0 = f32x4.relaxed_madd(v0, xa, a0);
-      b0 = f32x4.relaxed_madd(v0, xb, b0);
-      a1 = f32x4.relaxed_madd(v1, xa, a1);
-      b1 = f32x4.relaxed_madd(v1, xb, b1);
-      a2 = f32x4.relaxed_madd(v2, xa, a2);
-      b2 = f32x4.relaxed_madd(v2, xb, b2);
-      a3 = f32x4.relaxed_madd(v3, xa, a3);
-      b3 = f32x4.relaxed_madd(v3, xb, b3);
+      a0 = madd(v0, xa, a0);
+      b0 = madd(v0, xb, b0);
+      a1 = madd(v1, xa, a1);
+      b1 = madd(v1, xb, b1);
+      a2 = madd(v2, xa, a2);
+      b2 = madd(v2, xb, b2);
+      a3 = madd(v3, xa, a3);
+      b3 = madd(v3, xb, b3);
     }
   }
   for (let k = K16; k < K4; k += 4) {
     const o = <usize>k << 2;
     const xa = v128.load(x0 + o), xb = v128.load(x1 + o);
     const v0 = v128.load(w0 + o), v1 = v128.load(w1 + o), v2 = v128.load(w2 + o), v3 = v128.load(w3 + o);
-    a0 = f32x4.relaxed_madd(v0, xa, a0);
-    b0 = f32x4.relaxed_madd(v0, xb, b0);
-    a1 = f32x4.relaxed_madd(v1, xa, a1);
-    b1 = f32x4.relaxed_madd(v1, xb, b1);
-    a2 = f32x4.relaxed_madd(v2, xa, a2);
-    b2 = f32x4.relaxed_madd(v2, xb, b2);
-    a3 = f32x4.relaxed_madd(v3, xa, a3);
-    b3 = f32x4.relaxed_madd(v3, xb, b3);
+    a0 = madd(v0, xa, a0);
+    b0 = madd(v0, xb, b0);
+    a1 = madd(v1, xa, a1);
+    b1 = madd(v1, xb, b1);
+    a2 = madd(v2, xa, a2);
+    b2 = madd(v2, xb, b2);
+    a3 = madd(v3, xa, a3);
+    b3 = madd(v3, xb, b3);
   }
   let ra = hsum4(a0, a1, a2, a3), rb = hsum4(b0, b1, b2, b3);
   if (K4 < K) {
@@ -148,8 +165,8 @@
     for (let k = K4; k < K; k++) {
       const o = <usize>k << 2;
       const wv = f32x4(load<f32>(w0 + o), load<f32>(w1 + o), load<f32>(w2 + o), load<f32>(w3 + o));
-      ta = f32x4.relaxed_madd(wv, f32x4.splat(load<f32>(x0 + o)), ta);
-      tb = f32x4.relaxed_madd(wv, f32x4.splat(load<f32>(x1 + o)), tb);
+      ta = madd(wv, f32x4.splat(load<f32>(x0 + o)), ta);
+      tb = madd(wv, f32x4.splat(load<f32>(x1 + o)), tb);
     }
     ra = f32x4.add(ra, ta);
     rb = f32x4.add(rb, tb);
@@ -178,14 +195,14 @@
   const K4 = K & ~3;
   for (let k = 0; k < K4; k += 4) {
     const o = <usize>k << 2;
-    a = f32x4.relaxed_madd(v128.load(w0 + o), v128.load(x0 + o), a);
+    a = madd(v128.load(w0 + o), v128.load(x0 + o), a);
   }
   let r = hsum(a);
   if (K4 < K) {
     let ta = f32x4.splat(0);
     for (let k = K4; k < K; k++) {
       const o = <usize>k << 2;
-      ta = f32x4.relaxed_madd(f32x4.splat(load<f32>(w0 + o)), f32x4.splat(load<f32>(x0 + o)), ta);
+      ta = madd(f32x4.splat(load<f32>(w0 + o)), f32x4.splat(load<f32>(x0 + o)), ta);
     }
     r += f32x4.extract_lane(ta, 0);
   }
@@ -245,40 +262,40 @@ function panelF32(
     const pa = x0 + o, p0 = w0 + o, p1 = w1 + o, p2 = w2 + o, p3 = w3 + o;
     {
       const xa = v128.load(pa, 0);
-      a0 = f32x4.relaxed_madd(v128.load(p0, 0), xa, a0);
-      a1 = f32x4.relaxed_madd(v128.load(p1, 0), xa, a1);
-      a2 = f32x4.relaxed_madd(v128.load(p2, 0), xa, a2);
-      a3 = f32x4.relaxed_madd(v128.load(p3, 0), xa, a3);
+      a0 = madd(v128.load(p0, 0), xa, a0);
+      a1 = madd(v128.load(p1, 0), xa, a1);
+      a2 = madd(v128.load(p2, 0), xa, a2);
+      a3 = madd(v128.load(p3, 0), xa, a3);
     }
     {
       const xa = v128.load(pa, 16);
-      a0 = f32x4.relaxed_madd(v128.load(p0, 16), xa, a0);
-      a1 = f32x4.relaxed_madd(v128.load(p1, 16), xa, a1);
-      a2 = f32x4.relaxed_madd(v128.load(p2, 16), xa, a2);
-      a3 = f32x4.relaxed_madd(v128.load(p3, 16), xa, a3);
+      a0 = madd(v128.load(p0, 16), xa, a0);
+      a1 = madd(v128.load(p1, 16), xa, a1);
+      a2 = madd(v128.load(p2, 16), xa, a2);
+      a3 = madd(v128.load(p3, 16), xa, a3);
     }
     {
       const xa = v128.load(pa, 32);
-      a0 = f32x4.relaxed_madd(v128.load(p0, 32), xa, a0);
-      a1 = f32x4.relaxed_madd(v128.load(p1, 32), xa, a1);
-      a2 = f32x4.relaxed_madd(v128.load(p2, 32), xa, a2);
-      a3 = f32x4.relaxed_madd(v128.load(p3, 32), xa, a3);
+      a0 = madd(v128.load(p0, 32), xa, a0);
+      a1 = madd(v128.load(p1, 32), xa, a1);
+      a2 = madd(v128.load(p2, 32), xa, a2);
+      a3 = madd(v128.load(p3, 32), xa, a3);
     }
     {
       const xa = v128.load(pa, 48);
-      a0 = f32x4.relaxed_madd(v128.load(p0, 48), xa, a0);
-      a1 = f32x4.relaxed_madd(v128.load(p1, 48), xa, a1);
-      a2 = f32x4.relaxed_madd(v128.load(p2, 48), xa, a2);
-      a3 = f32x4.relaxed_madd(v128.load(p3, 48), xa, a3);
+      a0 = madd(v128.load(p0, 48), xa, a0);
+      a1 = madd(v128.load(p1, 48), xa, a1);
+      a2 = madd(v128.load(p2, 48), xa, a2);
+      a3 = madd(v128.load(p3, 48), xa, a3);
     }
   }
   for (let k = K16; k < K4; k += 4) {
     const o = <usize>k << 2;
     const xa = v128.load(x0 + o);
-    a0 = f32x4.relaxed_madd(v128.load(w0 + o), xa, a0);
-    a1 = f32x4.relaxed_madd(v128.load(w1 + o), xa, a1);
-    a2 = f32x4.relaxed_madd(v128.load(w2 + o), xa, a2);
-    a3 = f32x4.relaxed_madd(v128.load(w3 + o), xa, a3);
+    a0 = madd(v128.load(w0 + o), xa, a0);
+    a1 = madd(v128.load(w1 + o), xa, a1);
+    a2 = madd(v128.load(w2 + o), xa, a2);
+    a3 = madd(v128.load(w3 + o), xa, a3);
   }
   let ra = hsum4(a0, a1, a2, a3);
   if (K4 < K) {
@@ -286,7 +303,7 @@ function panelF32(
     for (let k = K4; k < K; k++) {
       const o = <usize>k << 2;
       const wv = f32x4(load<f32>(w0 + o), load<f32>(w1 + o), load<f32>(w2 + o), load<f32>(w3 + o));
-      ta = f32x4.relaxed_madd(wv, f32x4.splat(load<f32>(x0 + o)), ta);
+      ta = madd(wv, f32x4.splat(load<f32>(x0 + o)), ta);
     }
     ra = f32x4.add(ra, ta);
   }
@@ -301,13 +318,16 @@ const ROW_BLOCK: i32 = 64;
 
 /**
  * y[m, n] (+)= x[m, :] . w[n, :] (+ bias[n]) for m < M and thread t's share of n < N. w is f32
- * [N, K] row-major; x [M, K]; y has row stride ldy. acc: add to y instead of overwriting it.
+ * [N, K] row-major; x [M, K]; y has row stride ldy. acc: add to y instead of overwriting it. xs: chunk t
+ * reads its x at x + t x xs (rows a fused rmsNorm wrote for that chunk; 0: one x for all).
  */
 export function gemmF32(
-  x: usize, w: usize, bias: usize, y: usize, M: i32, N: i32, K: i32, ldy: i32, acc: i32, t: i32, nt: i32,
+  x: usize, w: usize, bias: usize, y: usize, M: i32, N: i32, K: i32, ldy: i32, acc: i32, xs: i32, t: i32,
+  nt: i32,
 ): void {
   const n0 = share(N, t, nt, 4), n1 = share(N, t + 1, nt, 4);
   if (n0 >= n1) return;
+  x += <usize>t * <usize>xs;
   for (let mb = 0; mb < M; mb += ROW_BLOCK) {
     const me = min(mb + ROW_BLOCK, M);
     for (let n = n0; n < n1; n += 4) panelF32(x, w, 0, bias, y, mb, me, n, min(n + 4, n1), K, ldy, acc);
@@ -332,10 +352,11 @@ function halvesToFloats(src: usize, dst: usize, count: i32): void {
  */
 export function gemmF16(
   x: usize, w: usize, bias: usize, y: usize, M: i32, N: i32, K: i32, ldy: i32, acc: i32, scratch: usize,
-  t: i32, nt: i32,
+  xs: i32, t: i32, nt: i32,
 ): void {
   const n0 = share(N, t, nt, 4), n1 = share(N, t + 1, nt, 4);
   if (n0 >= n1) return;
+  x += <usize>t * <usize>xs;
   const panel = scratch + <usize>t * (<usize>K << 4);
   const hs = <usize>K << 1;
   for (let mb = 0; mb < M; mb += ROW_BLOCK) {
@@ -364,107 +385,205 @@ function bytesToFloats(src: usize, dst: usize, count: i32): void {
   for (let i = c16; i < count; i++) store<f32>(dst + (<usize>i << 2), <f32>load<i8>(src + <usize>i));
 }
 
+// ---- int8 GEMM on integer dot products ----------------------------------------------------
+
 /**
- * x (K floats) as 16-bit integers with one scale (max |x| / 32767) into q; returns the scale. The
- * rounding error is at most 1.5e-5 of max |x|, well inside float32 tolerances of the dot products.
+ * Activation rows for the int8 GEMM: x_q = round(x / s), s = max |x| / Q_MAX (one scale per row), offset
+ * to x' = x_q + Q_OFFSET in [1, 2^21) and stored as three unsigned 7-bit digits (x' = 2^14 d2 + 2^7 d1 + d0),
+ * in groups of 16 d2 bytes, 16 d1 bytes, 16 d0 bytes. Unsigned 7-bit operands are what relaxed SIMD's
+ * i8 x i7 dot product computes exactly on every engine; three digits keep 21 bits of each activation
+ * (its rounding is 2.4e-7 of the row's largest value, below float32's own in the sums), so int8 weights
+ * are the only approximation. The offset comes back out through the weight row's sum (sums[n]).
  */
-function quantizeRow16(x: usize, K: i32, q: usize): f32 {
+const Q_MAX: f32 = 1048575;
+const Q_OFFSET: i64 = 1048576;
+/** Rows quantized at a time into a chunk's scratch (wasm/workspace.ts sizes the scratch by it). */
+const Q_ROWS: i32 = 16;
+/** Inputs per i32 block: a digit's lane sums K / 4 products of at most 127 x 127, < 2^31 for K <= 2^19. */
+const INT_BLOCK: i32 = 1 << 16;
+
+/** x' of four floats: round(x x inv), clamped to +-Q_MAX, plus Q_OFFSET. */
+@inline function offsetInts(v: v128, iv: v128): v128 {
+  const r = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v, iv)));
+  return i32x4.add(i32x4.max_s(i32x4.min_s(r, i32x4.splat(<i32>Q_MAX)), i32x4.splat(-<i32>Q_MAX)), i32x4.splat(<i32>Q_OFFSET));
+}
+
+/** The 16 bytes (a >> shift) & 127 of four i32x4 vectors. */
+@inline function digit(a0: v128, a1: v128, a2: v128, a3: v128, shift: i32): v128 {
+  const m = i32x4.splat(127);
+  return i8x16.narrow_i16x8_u(
+    i16x8.narrow_i32x4_u(v128.and(i32x4.shr_u(a0, shift), m), v128.and(i32x4.shr_u(a1, shift), m)),
+    i16x8.narrow_i32x4_u(v128.and(i32x4.shr_u(a2, shift), m), v128.and(i32x4.shr_u(a3, shift), m)),
+  );
+}
+
+/** Quantizes K floats at x into q (3 x K rounded up to 16 bytes, zero digits past K); returns the scale. */
+function quantizeRow(x: usize, K: i32, q: usize): f32 {
   let mv = f32x4.splat(0);
-  for (let k = 0; k < K; k += 4) mv = f32x4.max(mv, f32x4.abs(v128.load(x + (<usize>k << 2))));
-  const mx = max(max(f32x4.extract_lane(mv, 0), f32x4.extract_lane(mv, 1)), max(f32x4.extract_lane(mv, 2), f32x4.extract_lane(mv, 3)));
-  const scale: f32 = mx > 0 ? mx / 32767 : 1;
-  const inv = f32x4.splat(1 / scale);
-  for (let k = 0; k < K; k += 8) {
-    const a = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v128.load(x + (<usize>k << 2)), inv)));
-    const b = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v128.load(x + (<usize>k << 2), 16), inv)));
-    v128.store(q + (<usize>k << 1), i16x8.narrow_i32x4_s(a, b));
+  const K4 = K & ~3;
+  for (let k = 0; k < K4; k += 4) mv = f32x4.max(mv, f32x4.abs(v128.load(x + (<usize>k << 2))));
+  let mx = max(max(f32x4.extract_lane(mv, 0), f32x4.extract_lane(mv, 1)), max(f32x4.extract_lane(mv, 2), f32x4.extract_lane(mv, 3)));
+  for (let k = K4; k < K; k++) mx = max(mx, abs<f32>(load<f32>(x + (<usize>k << 2))));
+  const scale: f32 = mx > 0 ? mx / Q_MAX : 1;
+  const inv: f32 = <f32>1 / scale;
+  const iv = f32x4.splat(inv);
+  const K16 = K & ~15;
+  for (let k = 0; k < K16; k += 16) {
+    const p = x + (<usize>k << 2), d = q + <usize>k * 3;
+    const a0 = offsetInts(v128.load(p, 0), iv), a1 = offsetInts(v128.load(p, 16), iv);
+    const a2 = offsetInts(v128.load(p, 32), iv), a3 = offsetInts(v128.load(p, 48), iv);
+    v128.store(d, digit(a0, a1, a2, a3, 14));
+    v128.store(d, digit(a0, a1, a2, a3, 7), 16);
+    v128.store(d, digit(a0, a1, a2, a3, 0), 32);
+  }
+  if (K16 < K) {
+    const d = q + <usize>K16 * 3;
+    v128.store(d, i32x4.splat(0));
+    v128.store(d, i32x4.splat(0), 16);
+    v128.store(d, i32x4.splat(0), 32);
+    for (let k = K16; k < K; k++) {
+      const v = <i32>nearest<f32>(load<f32>(x + (<usize>k << 2)) * inv);
+      const u = min(max(v, -<i32>Q_MAX), <i32>Q_MAX) + <i32>Q_OFFSET, at = d + <usize>(k - K16);
+      store<u8>(at, <u8>(u >> 14));
+      store<u8>(at + 16, <u8>((u >> 7) & 127));
+      store<u8>(at + 32, <u8>(u & 127));
+    }
   }
   return scale;
 }
 
-/** 16 int8 weights of a row times 16 int16 inputs, added to the row's i32 lanes (pmaddwd). */
-@inline function dot16(p: usize, q: usize, acc: v128): v128 {
-  const b = v128.load(p);
-  acc = i32x4.add(acc, i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_s(b), v128.load(q)));
-  return i32x4.add(acc, i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_s(b), v128.load(q, 16)));
-}
-
-/** Inputs per integer block: |sum| <= 2048 x 127 x 32767 < 2^31, so the i32 lanes cannot overflow. */
-const INT_BLOCK: i32 = 2048;
-
 /**
- * Decode's int8 matvec, rows [n0, n1): x quantized once to int16, then integer dot products (two
- * multiply-adds per instruction, no conversion per weight), flushed to float every INT_BLOCK inputs.
+ * acc + the dot products of 16 int8 weights with 16 unsigned 7-bit digits, four per i32 lane. Relaxed SIMD:
+ * one instruction (exact: the digits' top bits are clear). Plain SIMD (the fallback module): widened to
+ * 16 bits and multiplied in pairs; the lanes group the products differently, their total is the same.
  */
-function gemvI8(
-  x: usize, w: usize, scales: usize, bias: usize, y: usize, K: i32, acc: i32, q: usize, n0: i32, n1: i32,
-): void {
-  const sx = quantizeRow16(x, K, q), ks = <usize>K;
-  let n = n0;
-  for (; n + 4 <= n1; n += 4) {
-    const w0 = w + <usize>n * ks, w1 = w0 + ks, w2 = w1 + ks, w3 = w2 + ks;
-    let f0 = f32x4.splat(0), f1 = f32x4.splat(0), f2 = f32x4.splat(0), f3 = f32x4.splat(0);
-    for (let kb = 0; kb < K; kb += INT_BLOCK) {
-      const ke = min(kb + INT_BLOCK, K);
-      let a0 = i32x4.splat(0), a1 = i32x4.splat(0), a2 = i32x4.splat(0), a3 = i32x4.splat(0);
-      for (let k = kb; k < ke; k += 16) {
-        const qk = q + (<usize>k << 1), o = <usize>k;
-        a0 = dot16(w0 + o, qk, a0);
-        a1 = dot16(w1 + o, qk, a1);
-        a2 = dot16(w2 + o, qk, a2);
-        a3 = dot16(w3 + o, qk, a3);
-      }
-      f0 = f32x4.add(f0, f32x4.convert_i32x4_s(a0));
-      f1 = f32x4.add(f1, f32x4.convert_i32x4_s(a1));
-      f2 = f32x4.add(f2, f32x4.convert_i32x4_s(a2));
-      f3 = f32x4.add(f3, f32x4.convert_i32x4_s(a3));
-    }
-    const yo = <usize>n << 2;
-    let r = f32x4.mul(f32x4.mul(hsum4(f0, f1, f2, f3), v128.load(scales + yo)), f32x4.splat(sx));
-    if (bias) r = f32x4.add(r, v128.load(bias + yo));
-    if (acc) r = f32x4.add(r, v128.load(y + yo));
-    v128.store(y + yo, r);
-  }
-  for (; n < n1; n++) {
-    const wn = w + <usize>n * ks;
-    let f = f32x4.splat(0);
-    for (let kb = 0; kb < K; kb += INT_BLOCK) {
-      const ke = min(kb + INT_BLOCK, K);
-      let a = i32x4.splat(0);
-      for (let k = kb; k < ke; k += 16) a = dot16(wn + <usize>k, q + (<usize>k << 1), a);
-      f = f32x4.add(f, f32x4.convert_i32x4_s(a));
-    }
-    const yo = <usize>n << 2;
-    let r = hsum(f) * load<f32>(scales + yo) * sx;
-    if (bias) r += load<f32>(bias + yo);
-    if (acc) r += load<f32>(y + yo);
-    store<f32>(y + yo, r);
+@inline function dotDigits(w: v128, d: v128, acc: v128): v128 {
+  if (ASC_FEATURE_RELAXED_SIMD) {
+    return i32x4.relaxed_dot_i8x16_i7x16_add_s(w, d, acc);
+  } else {
+    acc = i32x4.add(acc, i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_s(w), i16x8.extend_low_i8x16_u(d)));
+    return i32x4.add(acc, i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_s(w), i16x8.extend_high_i8x16_u(d)));
   }
 }
 
+/** Sum of the four i32 lanes of a, as i64. */
+@inline function lanes64(a: v128): i64 {
+  const s = i64x2.add(i64x2.extend_low_i32x4_s(a), i64x2.extend_high_i32x4_s(a));
+  return i64x2.extract_lane(s, 0) + i64x2.extract_lane(s, 1);
+}
+
+/** The exact dot product with x' of a row's three digit accumulators. */
+@inline function digitsTotal(a2: v128, a1: v128, a0: v128): i64 {
+  return (lanes64(a2) << 14) + (lanes64(a1) << 7) + lanes64(a0);
+}
+
+/** y = (exact integer dot - offset x row sum) x s_x x s_w (+ bias) (+ y): the one rounding is the last. */
+@inline function finishI8(
+  total: i64, n: i32, sx: f32, scales: usize, sums: usize, bias: usize, y: usize, acc: i32,
+): void {
+  const o = <usize>n << 2;
+  const dot = total - Q_OFFSET * <i64>load<i32>(sums + o);
+  let r = <f32>(<f64>dot * <f64>sx * <f64>load<f32>(scales + o));
+  if (bias) r += load<f32>(bias + o);
+  if (acc) r += load<f32>(y);
+  store<f32>(y, r);
+}
+
 /**
- * gemmF32 with int8 weights [N, K] and a scale per row (y = scale x sum q x + bias). Several rows: each
- * 4-row panel is widened once into the chunk's scratch, as for f16. One row with K a multiple of 16
- * (decode): integer dot products against the row quantized to int16 (gemvI8), a quarter of the f32 bytes.
+ * Three weight rows (from w0, stride K bytes) against one quantized row q; outputs at y (rows n..n + 2).
+ * Three rows: nine accumulators, three digit vectors and a weight vector fit x64's 16 vector registers
+ * (four rows spill, and ran 1.4x slower).
+ */
+function tileI8x3(
+  w0: usize, K: i32, q: usize, sx: f32, n: i32, scales: usize, sums: usize, bias: usize, y: usize, acc: i32,
+): void {
+  const w1 = w0 + <usize>K, w2 = w1 + <usize>K;
+  const K16 = (K + 15) & ~15;
+  let t0: i64 = 0, t1: i64 = 0, t2: i64 = 0;
+  for (let kb = 0; kb < K16; kb += INT_BLOCK) {
+    const ke = min(kb + INT_BLOCK, K16);
+    let a0 = i32x4.splat(0), b0 = i32x4.splat(0), c0 = i32x4.splat(0);
+    let a1 = i32x4.splat(0), b1 = i32x4.splat(0), c1 = i32x4.splat(0);
+    let a2 = i32x4.splat(0), b2 = i32x4.splat(0), c2 = i32x4.splat(0);
+    for (let k = kb; k < ke; k += 16) {
+      const o = <usize>k, qk = q + o * 3;
+      const d2 = v128.load(qk), d1 = v128.load(qk, 16), d0 = v128.load(qk, 32);
+      const v0 = v128.load(w0 + o);
+      a0 = dotDigits(v0, d2, a0);
+      b0 = dotDigits(v0, d1, b0);
+      c0 = dotDigits(v0, d0, c0);
+      const v1 = v128.load(w1 + o);
+      a1 = dotDigits(v1, d2, a1);
+      b1 = dotDigits(v1, d1, b1);
+      c1 = dotDigits(v1, d0, c1);
+      const v2 = v128.load(w2 + o);
+      a2 = dotDigits(v2, d2, a2);
+      b2 = dotDigits(v2, d1, b2);
+      c2 = dotDigits(v2, d0, c2);
+    }
+    t0 += digitsTotal(a0, b0, c0);
+    t1 += digitsTotal(a1, b1, c1);
+    t2 += digitsTotal(a2, b2, c2);
+  }
+  finishI8(t0, n, sx, scales, sums, bias, y, acc);
+  finishI8(t1, n + 1, sx, scales, sums, bias, y + 4, acc);
+  finishI8(t2, n + 2, sx, scales, sums, bias, y + 8, acc);
+}
+
+/** One weight row against one quantized row: the same integers as a row of tileI8x3. */
+function rowI8(
+  w0: usize, K: i32, q: usize, sx: f32, n: i32, scales: usize, sums: usize, bias: usize, y: usize, acc: i32,
+): void {
+  const K16 = (K + 15) & ~15;
+  let t: i64 = 0;
+  for (let kb = 0; kb < K16; kb += INT_BLOCK) {
+    const ke = min(kb + INT_BLOCK, K16);
+    let a = i32x4.splat(0), b = i32x4.splat(0), c = i32x4.splat(0);
+    for (let k = kb; k < ke; k += 16) {
+      const o = <usize>k, qk = q + o * 3, v = v128.load(w0 + o);
+      a = dotDigits(v, v128.load(qk), a);
+      b = dotDigits(v, v128.load(qk, 16), b);
+      c = dotDigits(v, v128.load(qk, 32), c);
+    }
+    t += digitsTotal(a, b, c);
+  }
+  finishI8(t, n, sx, scales, sums, bias, y, acc);
+}
+
+/**
+ * y[m, n] (+)= s_w[n] s_x[m] (w[n, :] . x_q[m, :]) (+ bias[n]) for thread t's share of n: int8 weights
+ * [N, K] (one scale per row, and the row's sum in sums[n]; rows readable 16 bytes past their end), each
+ * input row quantized (quantizeRow) into the chunk's scratch (at scratch + t x scratchStride: Q_ROWS
+ * scales, then Q_ROWS rows of 3 x K16 bytes), Q_ROWS rows at a time. Every output is an exact integer
+ * dot product scaled once, so it is the same whatever the thread split and on either kernel module.
  */
 export function gemmI8(
-  x: usize, w: usize, scales: usize, bias: usize, y: usize, M: i32, N: i32, K: i32, ldy: i32, acc: i32,
-  scratch: usize, t: i32, nt: i32,
+  x: usize, w: usize, scales: usize, sums: usize, bias: usize, y: usize, M: i32, N: i32, K: i32, ldy: i32,
+  acc: i32, scratch: usize, scratchStride: i32, xs: i32, t: i32, nt: i32,
 ): void {
   const n0 = share(N, t, nt, 4), n1 = share(N, t + 1, nt, 4);
   if (n0 >= n1) return;
-  const ks = <usize>K;
-  const panel = scratch + <usize>t * (<usize>K << 4);
-  if (M == 1 && (K & 15) == 0) {
-    gemvI8(x, w, scales, bias, y, K, acc, panel, n0, n1);
-    return;
-  }
-  for (let mb = 0; mb < M; mb += ROW_BLOCK) {
-    const me = min(mb + ROW_BLOCK, M);
-    for (let n = n0; n < n1; n += 4) {
-      const ne = min(n + 4, n1);
-      bytesToFloats(w + <usize>n * ks, panel, (ne - n) * K);
-      panelF32(x, panel - <usize>n * (<usize>K << 2), scales, bias, y, mb, me, n, ne, K, ldy, acc);
+  x += <usize>t * <usize>xs;
+  const base = scratch + <usize>t * <usize>scratchStride, qs = base + (<usize>Q_ROWS << 2);
+  const rb = <usize>((K + 15) & ~15) * 3, ks = <usize>K << 2, ys = <usize>ldy << 2;
+  for (let mb = 0; mb < M; mb += Q_ROWS) {
+    const me = min(mb + Q_ROWS, M);
+    for (let m = mb; m < me; m++) {
+      store<f32>(base + (<usize>(m - mb) << 2), quantizeRow(x + <usize>m * ks, K, qs + <usize>(m - mb) * rb));
+    }
+    let n = n0;
+    for (; n + 3 <= n1; n += 3) {
+      const wn = w + <usize>n * <usize>K;
+      for (let m = mb; m < me; m++) {
+        const sx = load<f32>(base + (<usize>(m - mb) << 2));
+        tileI8x3(wn, K, qs + <usize>(m - mb) * rb, sx, n, scales, sums, bias, y + <usize>m * ys + (<usize>n << 2), acc);
+      }
+    }
+    for (; n < n1; n++) {
+      for (let m = mb; m < me; m++) {
+        const sx = load<f32>(base + (<usize>(m - mb) << 2));
+        rowI8(w + <usize>n * <usize>K, K, qs + <usize>(m - mb) * rb, sx, n, scales, sums, bias, y + <usize>m * ys + (<usize>n << 2), acc);
+      }
     }
   }
 }
@@ -472,15 +591,21 @@ export function gemmI8(
 // ---- elementwise ---------------------------------------------------------------------------
 
 /** out[m] = x[m] / rms(x[m]) * weight, thread t's share of the M rows. */
-export function rmsNorm(x: usize, weight: usize, out: usize, M: i32, D: i32, eps: f32, t: i32, nt: i32): void {
-  const m0 = share(M, t, nt, 1), m1 = share(M, t + 1, nt, 1);
+export function rmsNorm(
+  x: usize, weight: usize, out: usize, M: i32, D: i32, eps: f32, os: i32, t: i32, nt: i32,
+): void {
+  // os > 0: every chunk normalizes all M rows into its own copy at out + t x os, for the GEMMs that
+  // follow in the same dispatch (they read it with xs = os): no barrier between the norm and them.
+  const priv = os > 0;
+  const m0 = priv ? 0 : share(M, t, nt, 1), m1 = priv ? M : share(M, t + 1, nt, 1);
+  if (priv) out += <usize>t * <usize>os;
   const D4 = D & ~3;
   for (let m = m0; m < m1; m++) {
     const xr = x + <usize>m * (<usize>D << 2), orow = out + <usize>m * (<usize>D << 2);
     let a = f32x4.splat(0);
     for (let i = 0; i < D4; i += 4) {
       const v = v128.load(xr + (<usize>i << 2));
-      a = f32x4.relaxed_madd(v, v, a);
+      a = madd(v, v, a);
     }
     let ss = hsum(a);
     for (let i = D4; i < D; i++) ss += load<f32>(xr + (<usize>i << 2)) * load<f32>(xr + (<usize>i << 2));
@@ -598,10 +723,10 @@ function scoreKeys(qv: usize, keys: usize, n: i32, hd: i32, scale: f32, scores: 
       for (let i = 0; i < hd; i += 4) {
         const o = <usize>i << 2;
         const qq = v128.load(qv + o);
-        a0 = f32x4.relaxed_madd(v128.load(k0 + o), qq, a0);
-        a1 = f32x4.relaxed_madd(v128.load(k1 + o), qq, a1);
-        a2 = f32x4.relaxed_madd(v128.load(k2 + o), qq, a2);
-        a3 = f32x4.relaxed_madd(v128.load(k3 + o), qq, a3);
+        a0 = madd(v128.load(k0 + o), qq, a0);
+        a1 = madd(v128.load(k1 + o), qq, a1);
+        a2 = madd(v128.load(k2 + o), qq, a2);
+        a3 = madd(v128.load(k3 + o), qq, a3);
       }
       const s = f32x4.mul(hsum4(a0, a1, a2, a3), sv);
       v128.store(scores + (<usize>j << 2), s);
@@ -663,7 +788,7 @@ function attend1(
       const vj = vb + <usize>j * hb;
       for (let i = 0; i < hd; i += 4) {
         const o = <usize>i << 2;
-        v128.store(ov + o, f32x4.relaxed_madd(p, v128.load(vj + o), v128.load(ov + o)));
+        v128.store(ov + o, madd(p, v128.load(vj + o), v128.load(ov + o)));
       }
     }
   } else {
@@ -713,14 +838,14 @@ function attend2(
       const o = <usize>i << 2;
       const x = v128.load(qa + o), y = v128.load(qb + o);
       const v0 = v128.load(k0 + o), v1 = v128.load(k1 + o), v2 = v128.load(k2 + o), v3 = v128.load(k3 + o);
-      a0 = f32x4.relaxed_madd(v0, x, a0);
-      b0 = f32x4.relaxed_madd(v0, y, b0);
-      a1 = f32x4.relaxed_madd(v1, x, a1);
-      b1 = f32x4.relaxed_madd(v1, y, b1);
-      a2 = f32x4.relaxed_madd(v2, x, a2);
-      b2 = f32x4.relaxed_madd(v2, y, b2);
-      a3 = f32x4.relaxed_madd(v3, x, a3);
-      b3 = f32x4.relaxed_madd(v3, y, b3);
+      a0 = madd(v0, x, a0);
+      b0 = madd(v0, y, b0);
+      a1 = madd(v1, x, a1);
+      b1 = madd(v1, y, b1);
+      a2 = madd(v2, x, a2);
+      b2 = madd(v2, y, b2);
+      a3 = madd(v3, x, a3);
+      b3 = madd(v3, y, b3);
     }
     v128.store(sa + (<usize>j << 2), f32x4.mul(hsum4(a0, a1, a2, a3), sv));
     v128.store(sb + (<usize>j << 2), f32x4.mul(hsum4(b0, b1, b2, b3), sv));
@@ -731,8 +856,8 @@ function attend2(
     for (let i = 0; i < hd; i += 4) {
       const o = <usize>i << 2;
       const k = v128.load(kj + o);
-      a = f32x4.relaxed_madd(k, v128.load(qa + o), a);
-      b = f32x4.relaxed_madd(k, v128.load(qb + o), b);
+      a = madd(k, v128.load(qa + o), a);
+      b = madd(k, v128.load(qb + o), b);
     }
     store<f32>(sa + (<usize>j << 2), hsum(a) * scale);
     store<f32>(sb + (<usize>j << 2), hsum(b) * scale);
@@ -752,14 +877,14 @@ function attend2(
       const vk = vb + <usize>k * hb + o;
       const pa = f32x4.splat(load<f32>(sa + (<usize>k << 2))), pb = f32x4.splat(load<f32>(sb + (<usize>k << 2)));
       const v0 = v128.load(vk), v1 = v128.load(vk + 16), v2 = v128.load(vk + 32), v3 = v128.load(vk + 48);
-      x0 = f32x4.relaxed_madd(pa, v0, x0);
-      y0 = f32x4.relaxed_madd(pb, v0, y0);
-      x1 = f32x4.relaxed_madd(pa, v1, x1);
-      y1 = f32x4.relaxed_madd(pb, v1, y1);
-      x2 = f32x4.relaxed_madd(pa, v2, x2);
-      y2 = f32x4.relaxed_madd(pb, v2, y2);
-      x3 = f32x4.relaxed_madd(pa, v3, x3);
-      y3 = f32x4.relaxed_madd(pb, v3, y3);
+      x0 = madd(pa, v0, x0);
+      y0 = madd(pb, v0, y0);
+      x1 = madd(pa, v1, x1);
+      y1 = madd(pb, v1, y1);
+      x2 = madd(pa, v2, x2);
+      y2 = madd(pb, v2, y2);
+      x3 = madd(pa, v3, x3);
+      y3 = madd(pb, v3, y3);
     }
     const ia = f32x4.splat(invA), ib = f32x4.splat(invB);
     v128.store(oa + o, f32x4.mul(x0, ia));
@@ -776,8 +901,8 @@ function attend2(
     let x0 = f32x4.splat(0), y0 = f32x4.splat(0);
     for (let k = 0; k < nb; k++) {
       const v0 = v128.load(vb + <usize>k * hb + o);
-      x0 = f32x4.relaxed_madd(f32x4.splat(load<f32>(sa + (<usize>k << 2))), v0, x0);
-      y0 = f32x4.relaxed_madd(f32x4.splat(load<f32>(sb + (<usize>k << 2))), v0, y0);
+      x0 = madd(f32x4.splat(load<f32>(sa + (<usize>k << 2))), v0, x0);
+      y0 = madd(f32x4.splat(load<f32>(sb + (<usize>k << 2))), v0, y0);
     }
     v128.store(oa + o, f32x4.mul(x0, f32x4.splat(invA)));
     v128.store(ob + o, f32x4.mul(y0, f32x4.splat(invB)));
@@ -792,7 +917,7 @@ function addMass(row: usize, scores: usize, positions: usize, n: i32, inv: f32):
     let j = 0;
     for (; j + 4 <= n; j += 4) {
       const o = <usize>j << 2;
-      v128.store(row + o, f32x4.relaxed_madd(v128.load(scores + o), iv, v128.load(row + o)));
+      v128.store(row + o, madd(v128.load(scores + o), iv, v128.load(row + o)));
     }
     for (; j < n; j++) {
       const o = <usize>j << 2;

@@ -1,0 +1,58 @@
+/**
+ * The GEMM kernels alone, one thread, no pool: f32, int8 on relaxed SIMD (i8 x i7 dot products) and int8
+ * on the plain-SIMD fallback, on the same shapes (x [M, K], w [N, K]). Calls interleave and each figure is
+ * the fastest of 25 (the machine is shared: the minimum is the least disturbed run).
+ *
+ *   deno run -A bench/gemm_micro.ts [M,N,K ...]     (default 128,768,768 1,2048,768)
+ */
+import { Arena } from "../wasm/arena.ts";
+import { instantiate, kernelModule } from "../wasm/kernels.ts";
+import { CONTROL_BYTES } from "../wasm/pool_protocol.ts";
+
+async function measure(M: number, N: number, K: number) {
+  const arena = new Arena(CONTROL_BYTES);
+  const relaxed = instantiate(await kernelModule("relaxed"), arena.memory);
+  const simd = instantiate(await kernelModule("simd"), arena.memory);
+  const x = arena.alloc(M * K * 4), wf = arena.alloc(N * K * 4), wi = arena.alloc(N * K + 16);
+  const scales = arena.alloc(N * 4), sums = arena.alloc(N * 4), y = arena.alloc(M * N * 4);
+  for (let i = 0; i < M * K; i++) arena.f32[x / 4 + i] = Math.sin(i);
+  for (let i = 0; i < N * K; i++) arena.f32[wf / 4 + i] = Math.cos(i) * 0.1;
+  new Int8Array(arena.memory.buffer, wi, N * K).forEach((_, i, a) => (a[i] = (i * 37) % 255 - 127));
+  arena.f32.fill(0.01, scales / 4, scales / 4 + N);
+  const stride = 64 + 16 * 3 * Math.ceil(K / 16) * 16, scratch = arena.alloc(stride);
+  const kernels: [string, () => void][] = [
+    ["f32", () => relaxed.gemmF32(x, wf, 0, y, M, N, K, N, 0, 0, 0, 1)],
+    [
+      "int8 relaxed SIMD",
+      () => relaxed.gemmI8(x, wi, scales, sums, 0, y, M, N, K, N, 0, scratch, stride, 0, 0, 1),
+    ],
+    [
+      "int8 plain SIMD",
+      () => simd.gemmI8(x, wi, scales, sums, 0, y, M, N, K, N, 0, scratch, stride, 0, 0, 1),
+    ],
+  ];
+  const best = kernels.map(() => Infinity);
+  for (let r = 0; r < 25; r++) {
+    kernels.forEach(([, f], i) => {
+      const t = performance.now();
+      f();
+      best[i] = Math.min(best[i], performance.now() - t);
+    });
+  }
+  return Object.fromEntries(kernels.map(([name], i) => [name, {
+    ms: Math.round(best[i] * 1000) / 1000,
+    gmacPerS: Math.round(M * N * K / best[i] / 1e4) / 100,
+  }]));
+}
+
+if (import.meta.main) {
+  const shapes = Deno.args.length ? Deno.args : ["128,768,768", "1,2048,768"];
+  for (const s of shapes) {
+    const [M, N, K] = s.split(",").map(Number);
+    if (![M, N, K].every((v) => Number.isInteger(v) && v > 0)) {
+      console.error(`error: shape '${s}': expected M,N,K positive integers`);
+      Deno.exit(2);
+    }
+    console.log(JSON.stringify({ M, N, K, ...(await measure(M, N, K)) }));
+  }
+}
