@@ -149,6 +149,12 @@ export class GraphBuilder {
     await this.run(threads);
   }
 
+  /** Computes a graph whose tensors all live in existing buffers (copies between them), on this thread. */
+  runSync() {
+    const status = this.g.sym.ggml_backend_graph_compute_sync(this.g.backend, this.graph);
+    if (status !== 0) throw new Error(`ggml graph compute failed (status ${status})`);
+  }
+
   /** Copies a computed tensor out (f32). */
   readF32(t: Tensor, count: number): Float32Array {
     const out = new Float32Array(count);

@@ -7,7 +7,7 @@
  * entry can never bring a NaN into attention.
  */
 import type { ModelConfig } from "../core/config.ts";
-import { headerContext, type Tensor } from "./graph.ts";
+import { GraphBuilder, headerContext, type Tensor } from "./graph.ts";
 import { type Ggml, GGML_TYPE } from "./library.ts";
 
 export type KvType = "f32" | "f16";
@@ -80,7 +80,11 @@ export class NativeKvCache {
         throw new RangeError(`KV cache full: capacity ${this.capacity} positions per head`);
       }
       const have = this.room[l];
-      want[l] = need > have ? Math.min(this.capacity, Math.max(need, Math.ceil(have * 1.5), 16)) : have;
+      // Room grows by half again, and a prompt gets a quarter more than it needs: the first decode steps
+      // after a prefill then append in place.
+      want[l] = need > have
+        ? Math.min(this.capacity, Math.max(need, Math.ceil(have * 1.5), Math.ceil(need * 1.25), 16))
+        : have;
       grow ||= want[l] !== have;
     }
     if (grow) this.relayout(want);
@@ -164,13 +168,38 @@ export class NativeKvCache {
 
   /** Lays the buffer out anew with `room` entries per head per layer, copying what the heads hold. */
   relayout(room: Int32Array) {
-    const host = Array.from(
-      { length: this.nLayers },
-      (_, l) => ({ k: this.read(l, "k"), v: this.read(l, "v") }),
-    );
-    const oldRoom = this.room;
+    const old = { k: this.k, v: this.v, room: this.room, ctx: this.ctx, buffer: this.buffer };
+    this.ctx = this.buffer = null; // kept alive until the copy below has run
     this.allocateTensors(room);
-    this.copyIn(host, oldRoom);
+    if (old.buffer) {
+      // One graph of copies, on the backend: each head's counted entries from the old slices to the new.
+      const b = new GraphBuilder(this.g, 64 + 8 * this.nLayers * this.nKvHeads);
+      try {
+        const rb = this.headDim * this.elementBytes;
+        let copies = 0;
+        for (let l = 0; l < this.nLayers; l++) {
+          for (let g = 0; g < this.nKvHeads; g++) {
+            const n = this.counts[this.slot(l, g)];
+            if (n === 0) continue;
+            for (const [from, to] of [[old.k[l], this.k[l]], [old.v[l], this.v[l]]]) {
+              b.expand(b.cpy(
+                b.view2d(from, this.headDim, n, rb, g * old.room[l] * rb),
+                b.view2d(to, this.headDim, n, rb, g * room[l] * rb),
+              ));
+              copies++;
+            }
+          }
+        }
+        if (copies > 0) b.runSync();
+      } finally {
+        b.dispose();
+        const s = this.g.sym;
+        s.ggml_backend_buffer_free(old.buffer);
+        if (old.ctx) s.ggml_free(old.ctx);
+      }
+    } else if (old.ctx) {
+      this.g.sym.ggml_free(old.ctx);
+    }
   }
 
   /** Writes each head's counted entries from host copies laid out with `oldRoom`. */
