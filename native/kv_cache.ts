@@ -26,6 +26,8 @@ export class NativeKvCache {
   v: Tensor[] = [];
   /** Changes whenever the tensors are laid out anew (graphs holding the old ones are then stale). */
   generation = 0;
+  /** Counts the operations that removed entries (summed attention over entry indexes is stale after one). */
+  removals = 0;
   readonly elementBytes: number;
   readonly ggmlType: number;
   private ctx: Deno.PointerValue = null;
@@ -131,6 +133,7 @@ export class NativeKvCache {
    * Callers follow it with `trim`.
    */
   filterLayer(layer: number, keep: (head: number, position: number) => boolean) {
+    this.removals++;
     const eb = this.entryBytes(), room = this.room[layer];
     const k = this.read(layer, "k"), v = this.read(layer, "v");
     for (let g = 0; g < this.nKvHeads; g++) {
@@ -155,6 +158,7 @@ export class NativeKvCache {
 
   /** Sets the counts (a rewind: only entries appended since are dropped) and lays out what remains. */
   setCounts(counts: Int32Array) {
+    this.removals++;
     const host = Array.from(
       { length: this.nLayers },
       (_, l) => ({ k: this.read(l, "k"), v: this.read(l, "v") }),

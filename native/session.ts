@@ -55,14 +55,31 @@ interface ForwardGraph {
   rows: Tensor[];
   masks: Tensor[];
   queries: Tensor[];
+  /** Per layer, the captured rows' summed attention [1, room, nH] (capturing graphs only). */
+  mass: Tensor[];
   logits: Tensor | null;
   /** Its own allocator when kept, else null (the shared one). */
   allocator: Deno.PointerValue;
 }
 
-/** Post-RoPE queries of captured rows: per layer [rows][nHeads * headDim]. */
+/**
+ * The attention mass a capturing forward graph summed as it ran: per layer [nHeads][room] over the rows of
+ * one graph, entry i of head h being entry i of its KV head's slot. Valid while the cache has lost no entry
+ * since (its `removals` count unchanged): causality hides whatever was appended after.
+ */
+export interface FusedMass {
+  removals: number;
+  room: number[];
+  layers: Float32Array[];
+}
+
+/** Post-RoPE queries of captured rows: per layer [rows][nHeads * headDim]; with their summed attention. */
 export class NativeQueryRows implements QueryRows {
-  constructor(readonly positions: number[], readonly layers: Float32Array[]) {}
+  constructor(
+    readonly positions: number[],
+    readonly layers: Float32Array[],
+    readonly fused: FusedMass[] = [],
+  ) {}
   dispose() {}
   static concat(parts: NativeQueryRows[], nLayers: number): NativeQueryRows {
     const positions = parts.flatMap((p) => p.positions);
@@ -72,7 +89,7 @@ export class NativeQueryRows implements QueryRows {
       for (const p of parts) out.set(p.layers[l], o), o += p.layers[l].length;
       return out;
     });
-    return new NativeQueryRows(positions, layers);
+    return new NativeQueryRows(positions, layers, parts.flatMap((p) => p.fused));
   }
 }
 
@@ -170,6 +187,11 @@ export class NativeSession implements KvSession {
           ? new NativeQueryRows(
             Array.from({ length: n }, (_, i) => p0 + i),
             f.queries.map((t) => b.readF32(t, n * c.nHeads * c.headDim)),
+            [{
+              removals: cache.removals,
+              room: Array.from(cache.room),
+              layers: f.mass.map((t, l) => b.readF32(t, cache.room[l] * c.nHeads)),
+            }],
           )
           : null,
       };
@@ -203,7 +225,7 @@ export class NativeSession implements KvSession {
     }
     const pos = b.input(GGML_TYPE.i32, [n]);
     const eb = cache.elementBytes;
-    const rows: Tensor[] = [], masks: Tensor[] = [], queries: Tensor[] = [];
+    const rows: Tensor[] = [], masks: Tensor[] = [], queries: Tensor[] = [], mass: Tensor[] = [];
     for (let l = 0; l < c.nLayers; l++) {
       const lw = w.layers[l], room = cache.room[l], rowBytes = hd * eb;
       let cur = b.mul(b.rmsNorm(x, c.rmsNormEps), lw.attnNorm);
@@ -223,7 +245,17 @@ export class NativeSession implements KvSession {
       const vAll = b.view3d(cache.v[l], hd, room, c.nKvHeads, rowBytes, room * rowBytes, 0);
       const mask = b.input(GGML_TYPE.f16, [room, n, shape.maskHeads[l]]);
       masks.push(mask);
-      const attn = b.flashAttn(b.permute(q, 0, 2, 1, 3), kAll, vAll, mask, 1 / Math.sqrt(hd));
+      let attn: Tensor;
+      if (shape.capture) {
+        // Captured rows are scored: the softmax rows themselves are needed, so attention is spelled out and
+        // their sum over the rows comes from the same pass (no second one in attentionMass).
+        const p = b.softMax(b.mulMat(kAll, b.permute(q, 0, 2, 1, 3)), mask, 1 / Math.sqrt(hd)); // [room, n, nH]
+        const o = b.mulMat(b.cont(b.permute(vAll, 1, 0, 2, 3)), p); // [hd, n, nH]
+        attn = b.cont(b.permute(o, 0, 2, 1, 3));
+        mass.push(b.output(b.sumRows(b.cont(b.permute(p, 1, 0, 2, 3))))); // [1, room, nH]
+      } else {
+        attn = b.flashAttn(b.permute(q, 0, 2, 1, 3), kAll, vAll, mask, 1 / Math.sqrt(hd));
+      }
       x = b.add(x, b.mulMat(lw.wo, b.reshape2d(attn, hd * c.nHeads, n)));
       cur = b.mul(b.rmsNorm(x, c.rmsNormEps), lw.mlpNorm);
       x = b.add(x, b.mulMat(lw.wDown, b.swiglu(b.mulMat(lw.wGate, cur), b.mulMat(lw.wUp, cur))));
@@ -237,7 +269,7 @@ export class NativeSession implements KvSession {
     }
     const allocator = keep ? this.rt.g.sym.ggml_gallocr_new(this.rt.g.bufferType) : this.rt.allocator;
     b.allocate(allocator);
-    return { b, shape, x: xIn, pos, rows, masks, queries, logits, allocator: keep ? allocator : null };
+    return { b, shape, x: xIn, pos, rows, masks, queries, mass, logits, allocator: keep ? allocator : null };
   }
 
   /** Destination rows (in the layer's [heads * room] rows) of the chunk's K/V: head g's next free rows. */
@@ -284,7 +316,29 @@ export class NativeSession implements KvSession {
   }
 
   attentionMass(queries: QueryRows, promptLength: number): Promise<Float32Array> {
-    return this.rt.exclusive(() => this.mass(queries as NativeQueryRows, promptLength));
+    const rows = queries as NativeQueryRows;
+    if (rows.fused.length > 0 && rows.fused.every((f) => f.removals === this.cache.removals)) {
+      return Promise.resolve(this.fusedMass(rows.fused, promptLength));
+    }
+    return this.rt.exclusive(() => this.mass(rows, promptLength));
+  }
+
+  /** The mass the capturing graphs summed, by prompt position (entries have kept their indexes since). */
+  private fusedMass(fused: FusedMass[], promptLength: number): Float32Array {
+    const c = this.config, cache = this.cache, group = c.nHeads / c.nKvHeads;
+    const acc = new Float64Array(c.nLayers * c.nHeads * promptLength);
+    for (const f of fused) {
+      for (let l = 0; l < c.nLayers; l++) {
+        const room = f.room[l], sums = f.layers[l];
+        for (let h = 0; h < c.nHeads; h++) {
+          const slot = cache.slot(l, Math.floor(h / group)), kpos = cache.positions[slot];
+          const base = (l * c.nHeads + h) * promptLength;
+          const n = Math.min(room, cache.counts[slot]);
+          for (let i = 0; i < n; i++) if (kpos[i] < promptLength) acc[base + kpos[i]] += sums[h * room + i];
+        }
+      }
+    }
+    return Float32Array.from(acc);
   }
 
   /** Softmax rows of the captured queries over each head's entries, summed over rows, by prompt position. */
