@@ -20,10 +20,10 @@ import {
   type DecodeOptions,
   type DecodeResult,
   type Executor,
+  forwardBatch,
   type ForwardInput,
   type ForwardOptions,
   type ForwardResult,
-  forwardBatch,
   type KvSession,
   type QueryRows,
 } from "../core/executor.ts";
@@ -85,6 +85,19 @@ class MergedRows implements QueryRows {
   }
 }
 
+/** The scheduler behind each wrapped executor. */
+const schedulers = new WeakMap<Executor, BatchScheduler>();
+
+/**
+ * Before a request is queued: a plan of `capacity` positions per head whose cache can never fit the KV cap
+ * of the scheduler behind `executor` (if any) is refused now, a 422 naming the cap, not after a stream began.
+ */
+export function refuseUnfitting(executor: Executor, capacity: number) {
+  const s = schedulers.get(executor);
+  const refused = s?.refusal(s.boundBytes(capacity));
+  if (refused) throw refused;
+}
+
 export class BatchScheduler {
   /** Live sessions (created and not disposed). */
   readonly sessions = new Set<ScheduledSession>();
@@ -128,7 +141,7 @@ export class BatchScheduler {
   /** An executor whose sessions run through this scheduler (what a request's model uses). */
   wrap(): Executor {
     const ex = this.executor;
-    return {
+    const wrapped: Executor = {
       kind: ex.kind,
       config: ex.config,
       description: ex.description,
@@ -136,7 +149,8 @@ export class BatchScheduler {
         return ex.lost;
       },
       forwardChunkRows: ex.forwardChunkRows,
-      createSession: (capacity) => this.adopt(ex.createSession(capacity), capacity, this.boundBytes(capacity)),
+      createSession: (capacity) =>
+        this.adopt(ex.createSession(capacity), capacity, this.boundBytes(capacity)),
       restoreSession: async (snapshot, capacity) => {
         const inner = await this.exclusive(() => ex.restoreSession(snapshot, capacity));
         const s = this.adopt(inner, capacity, 0);
@@ -150,6 +164,20 @@ export class BatchScheduler {
       },
       dispose: () => {},
     };
+    schedulers.set(wrapped, this);
+    return wrapped;
+  }
+
+  /** The 422 for a cache of `bytes` that no waiting can make fit, or null. */
+  refusal(bytes: number): HttpError | null {
+    const cap = this.limits.kvCapBytes;
+    if (cap === null || bytes <= cap) return null;
+    return new HttpError(
+      422,
+      `the request's KV cache needs up to ${bytes} bytes, over this server's --kv-cache-mb cap of ${cap} bytes; ` +
+        "ask for a shorter prompt, fewer max_tokens or a smaller compression budget",
+      "kv_cache",
+    );
   }
 
   /** Wraps an executor session; `firstReserve` is reserved before its first forward. */
@@ -185,15 +213,8 @@ export class BatchScheduler {
       if (lower && bytes < s.reserved) this.setReserved(s, bytes);
       return;
     }
-    const cap = this.limits.kvCapBytes;
-    if (cap !== null && bytes > cap) {
-      throw new HttpError(
-        422,
-        `the request's KV cache needs up to ${bytes} bytes, over this server's --kv-cache-mb cap of ${cap} bytes; ` +
-          "ask for a shorter prompt, fewer max_tokens or a smaller compression budget",
-        "kv_cache",
-      );
-    }
+    const cap = this.limits.kvCapBytes, refused = this.refusal(bytes);
+    if (refused) throw refused;
     if (cap !== null && (this.kvWaiters.length > 0 || this.reservedTotal - s.reserved + bytes > cap)) {
       const signal = s.signal;
       await new Promise<void>((resolve, reject) => {
@@ -234,6 +255,11 @@ export class BatchScheduler {
       w.s.reserved = w.bytes;
       w.wake();
     }
+  }
+
+  /** Lowers an idle session's reservation (a kept context's) to what it holds. */
+  settle(s: KvSession) {
+    if (s instanceof ScheduledSession) s.settle();
   }
 
   /** Forgets a disposed session: its reservation goes back at once. */
@@ -320,7 +346,7 @@ export class BatchScheduler {
   private async loop() {
     try {
       for (;;) {
-        await this.settle();
+        await this.gatherReady();
         while (this.ops.length > 0) await this.ops.shift()!();
         const step = this.gather();
         if (step.length === 0) {
@@ -343,7 +369,7 @@ export class BatchScheduler {
    * Lets streams that just got their token submit their next row, so that a step carries every stream
    * that is ready: a stream still busy after that (a slow hook, its own scoring) joins the next step.
    */
-  private async settle() {
+  private async gatherReady() {
     for (let i = 0; i < 64; i++) {
       let missing = false;
       for (const s of this.decoding) {
@@ -437,7 +463,6 @@ export class BatchScheduler {
     });
     this.onStep?.(this.last);
   }
-
 }
 
 /**
@@ -491,16 +516,24 @@ export class ScheduledSession implements KvSession {
     this.firstReserve = 0;
     await s.reserve(this, s.boundFor(this, o.maxTokens), true);
     let current = await s.exclusive(() => this.inner.currentLogits());
-    const signal = o.signal && this.signal ? AbortSignal.any([o.signal, this.signal]) : o.signal ?? this.signal;
+    const signal = o.signal && this.signal
+      ? AbortSignal.any([o.signal, this.signal])
+      : o.signal ?? this.signal;
     s.noteDecoding(this, true);
     try {
       return await decodeTokens({ ...o, signal: signal ?? undefined }, {
         logits: () => current,
         feed: async (token, capture) => {
-          const r = await s.submit(this, { kind: "tokens", tokens: [token] }, {
-            logits: "last",
-            captureQueries: capture,
-          }, signal, true);
+          const r = await s.submit(
+            this,
+            { kind: "tokens", tokens: [token] },
+            {
+              logits: "last",
+              captureQueries: capture,
+            },
+            signal,
+            true,
+          );
           if (r === null) return null; // aborted: the loop sees it and ends
           current = o.returnLogits ? r.logits!.slice() : r.logits!;
           return r.queries;

@@ -12,6 +12,7 @@ import { parseBody } from "./http.ts";
 import type { ApiKey } from "./keys.ts";
 import { ServerMetrics } from "./metrics.ts";
 import { JobQueue } from "./queue.ts";
+import { BatchScheduler } from "./batch_scheduler.ts";
 import type { stopSchema } from "./schemas.ts";
 import { createSse, type SseStream } from "./sse.ts";
 import { type Mutex, Ticket, TimeLimitExceeded, Turns } from "./turns.ts";
@@ -29,6 +30,12 @@ export interface AppOptions {
   queueSize: number;
   /** Jobs admitted at once, taking turns on the executor between decode batches (turns.ts). */
   activeJobs: number;
+  /**
+   * Batched decoding (batch_scheduler.ts): `maxStreams` jobs run at once (in place of activeJobs) and their
+   * rows share each forward step, at most `maxBatchTokens` rows a step, under a cap on the KV bytes of every
+   * live stream and kept context (null: none). Null: one job's forward at a time (turns.ts).
+   */
+  batch: { maxBatchTokens: number; maxStreams: number; kvCapBytes: number | null } | null;
   /** Executor time one request may use (422 with what it produced, beyond); null: no limit. */
   maxRequestMs: number | null;
   /** Idle time after which a kept context expires. */
@@ -56,6 +63,7 @@ export const DEFAULT_OPTIONS: Omit<AppOptions, "deviceLost" | "log"> = {
   bodyTimeoutMs: 30_000,
   queueSize: 32,
   activeJobs: 4,
+  batch: null,
   maxRequestMs: 120_000,
   contextTtlMs: 10 * 60_000,
   contextMaxBytes: 256 << 20,
@@ -103,6 +111,10 @@ export interface Timed<T> {
 
 export class Service {
   readonly metrics = new ServerMetrics();
+  /** The model the endpoints run: with batching, its executor's sessions go through the scheduler. */
+  readonly model: Model;
+  /** Batched decoding's scheduler (null: jobs take turns, one forward at a time). */
+  readonly scheduler: BatchScheduler | null;
   readonly queue: JobQueue;
   readonly turns = new Turns();
   /** The contexts this replica holds live. */
@@ -114,8 +126,12 @@ export class Service {
   /** Streaming responses, to the promise of their end (latency is measured to the last byte). */
   readonly streams = new WeakMap<Response, Promise<unknown>>();
 
-  constructor(readonly model: Model, readonly o: AppOptions) {
-    this.queue = new JobQueue(o.queueSize, o.activeJobs);
+  constructor(model: Model, readonly o: AppOptions) {
+    const b = o.batch ?? null;
+    this.scheduler = b ? new BatchScheduler(model.executor, b) : null;
+    this.model = this.scheduler ? { ...model, executor: this.scheduler.wrap() } : model;
+    this.queue = new JobQueue(o.queueSize, b ? b.maxStreams : o.activeJobs);
+    if (this.scheduler) batchGauges(this.metrics, this.scheduler);
     this.local = new ContextStore({ ttlMs: o.contextTtlMs, maxBytes: o.contextMaxBytes, sweepMs: 30_000 });
     this.contexts = o.contextStore === null ? new MemoryContexts(this.local) : new SharedContexts(
       this.local,
@@ -264,9 +280,11 @@ export class Service {
         const unlock = exclusive ? await exclusive.lock() : null;
         const ticket = new Ticket(this.o.maxRequestMs);
         try {
-          await this.turns.take(ticket);
+          if (!this.scheduler) await this.turns.take(ticket);
           if (signal.aborted) throw new Cancelled();
-          const value = await work(() => this.turns.offer(ticket));
+          const value = await work(() =>
+            this.scheduler ? this.batchPass(signal, started) : this.turns.offer(ticket)
+          );
           m.jobs.inc({ outcome: "ok" });
           return { value, queueMs: started - queued, runMs: performance.now() - started };
         } catch (e) {
@@ -288,6 +306,18 @@ export class Service {
     return job.catch((e) => {
       throw e instanceof Cancelled || signal.aborted ? new Cancelled() : e;
     });
+  }
+
+  /**
+   * A batched job's yield point: its rows share every step with the others', so there is no turn to
+   * offer; it stops when its client left, or once its time since admission passes the per-request limit
+   * (with batching, executor time is shared: wall time bounds it).
+   */
+  private batchPass(signal: AbortSignal, started: number): Promise<void> {
+    if (signal.aborted) return Promise.reject(new Cancelled());
+    const limit = this.o.maxRequestMs, used = performance.now() - started;
+    if (limit !== null && used > limit) return Promise.reject(new TimeLimitExceeded(limit, used));
+    return Promise.resolve();
   }
 
   /** Token and KV counters of a finished generation. */
@@ -353,4 +383,32 @@ export class Service {
     this.streams.set(sse.response, sse.finished);
     return sse.response;
   }
+}
+
+/** Gauges of batched decoding: the last step's streams and rows, totals, and the KV bytes under the cap. */
+function batchGauges(m: ServerMetrics, s: BatchScheduler) {
+  m.gauge("judgeq_batch_streams", "Streams (sessions) in the last batched step.", () => s.last.streams);
+  m.gauge(
+    "judgeq_batch_rows",
+    "Rows (decode tokens + prefill tokens) in the last batched step.",
+    () => s.last.rows,
+  );
+  m.gauge("judgeq_batch_steps_total", "Batched steps run.", () => s.steps, "counter");
+  m.gauge("judgeq_batch_rows_total", "Rows run in batched steps.", () => s.rows, "counter");
+  m.gauge(
+    "judgeq_kv_bytes_in_use",
+    "KV-cache bytes live streams and kept contexts hold allocated.",
+    () => s.kvAllocated(),
+  );
+  m.gauge(
+    "judgeq_kv_bytes_reserved",
+    "KV-cache bytes reserved by live streams and kept contexts.",
+    () => s.kvReserved,
+  );
+  m.gauge(
+    "judgeq_kv_bytes_free",
+    "KV-cache bytes left under --kv-cache-mb (+Inf without a cap).",
+    () => (s.limits.kvCapBytes ?? Infinity) - s.kvReserved,
+  );
+  m.gauge("judgeq_kv_waiting", "Streams waiting for KV-cache room.", () => s.kvWaiting);
 }

@@ -103,15 +103,19 @@ Deno.test("a cancelled stream frees its KV at once", async () => {
   scheduler.onStep = () => {
     if (stepsAfterAbort >= 0) stepsAfterAbort++;
   };
-  const cancelled = generateText(m, { prompt: promptTokens(120, vocab, 10), maxTokens: 200, ignoreEos: true }, {
-    signal: stop.signal,
-    onTokens: () => {
-      if (++tokens === 5) {
-        stepsAfterAbort = 0;
-        stop.abort();
-      }
+  const cancelled = generateText(
+    m,
+    { prompt: promptTokens(120, vocab, 10), maxTokens: 200, ignoreEos: true },
+    {
+      signal: stop.signal,
+      onTokens: () => {
+        if (++tokens === 5) {
+          stepsAfterAbort = 0;
+          stop.abort();
+        }
+      },
     },
-  });
+  );
   const baseline = () => [...scheduler.sessions].reduce((n, s) => n + s.reserved, 0);
   const r = await cancelled;
   assertEquals(r.outputs[0].finishReason, "aborted");
