@@ -12,6 +12,7 @@ import {
   executorFlag,
   executorFlags,
   GPU_WEIGHTS_ALIAS,
+  kvCacheFlag,
   parseFlags,
   threadsFlag,
   usage,
@@ -119,12 +120,13 @@ async function main(argv: string[]): Promise<number> {
     throw new UsageError("--context needs --question");
   }
   const executor = executorFlag(f.executor);
-  const threads = threadsFlag(f.threads), weightFormat = weightsFlag(f);
+  const threads = threadsFlag(f.threads), weightFormat = weightsFlag(f), kvCache = kvCacheFlag(f["kv-cache"]);
   const model = await loadModel({
     model: f.model as string | undefined,
     adapter: f.adapter as string | undefined,
     executor,
     weightFormat,
+    kvCache,
     threads,
   });
   const compression = compressionFrom(f);

@@ -2,7 +2,8 @@
  * Which executor runs a model. The choices (`--executor`):
  *   auto       WebGPU on a hardware adapter; else the native executor (ggml through FFI) where FFI is
  *              permitted and ggml loads; else the WebAssembly executor; else the CPU reference; each
- *              fallback said in one line with its reason
+ *              fallback said in one line with its reason. Models under NATIVE_MIN_PARAMETERS (the embedded
+ *              stories260K) take the WebAssembly executor first: it is the faster one there
  *   gpu        WebGPU (any adapter, software ones included); an error naming `executor` without one
  *   native     ggml's CPU kernels through Deno FFI; an error naming `executor` where they cannot load
  *   wasm       the WebAssembly executor; an error naming `executor` where the runtime cannot run it
@@ -14,7 +15,7 @@
 import { CpuExecutor } from "../core/cpu/executor.ts";
 import { fail, JudgeQError } from "../core/errors.ts";
 import type { Executor } from "../core/executor.ts";
-import type { ModelWeights } from "../core/weights.ts";
+import { type ModelWeights, parameterCount } from "../core/weights.ts";
 import { gpuAvailable, GpuExecutor } from "../gpu/mod.ts";
 import { checkThreads, WasmExecutor, wasmUnsupportedReason } from "../wasm/mod.ts";
 import {
@@ -102,6 +103,14 @@ export async function hardwareGpuUnavailableReason(
 }
 
 const INTEGER_FORMATS = ["int8", "q8_0", "q4_0"];
+const NATIVE_ONLY_FORMATS = ["q8_0", "q4_0"];
+
+/**
+ * Below this many parameters `auto` takes the WebAssembly executor over the native one: ggml synchronises its
+ * threads after every op, which costs more than such small matrices take (`deno task bench --models
+ * stories260K`: see README, Performance).
+ */
+export const NATIVE_MIN_PARAMETERS = 10_000_000;
 
 async function gpu(weights: ModelWeights, o: ExecutorOptions): Promise<Executor> {
   if (INTEGER_FORMATS.includes(o.weightFormat ?? "auto")) {
@@ -195,8 +204,12 @@ export async function chooseExecutor(
       }
     }
   }
-  const noNative = await (o.nativeReason ?? nativeUnsupportedReason)();
-  if (noNative === null) {
+  const tiny = parameterCount(weights) < NATIVE_MIN_PARAMETERS && wasmUnsupportedReason() === null &&
+    !NATIVE_ONLY_FORMATS.includes(o.weightFormat ?? "auto");
+  const noNative = tiny ? null : await (o.nativeReason ?? nativeUnsupportedReason)();
+  if (tiny) {
+    // Not a fallback: the WebAssembly executor is the faster one for such small models.
+  } else if (noNative === null) {
     try {
       return await native(weights, o);
     } catch (e) {

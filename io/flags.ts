@@ -109,6 +109,13 @@ export function weightsFlag(f: { weights?: unknown; "gpu-weights"?: unknown }): 
   return weights ?? gpu ?? "auto";
 }
 
+/** --kv-cache: f32 (the default) or f16, the native executor's KV storage. */
+export function kvCacheFlag(v: unknown): "f32" | "f16" | undefined {
+  if (v === undefined) return undefined;
+  if (v !== "f32" && v !== "f16") throw flagError("--kv-cache", `expected f32 or f16, got '${v}'`);
+  return v;
+}
+
 /** The --executor flag, checked. */
 export function executorFlag(v: unknown): ExecutorChoice {
   if (!(EXECUTOR_CHOICES as readonly unknown[]).includes(v)) {
@@ -145,6 +152,11 @@ export function executorFlags<D extends string>(defaultExecutor: D, why = "") {
       kind: "string",
       help:
         `threads of the native and wasm executors, 1..${MAX_THREADS} (default: the cores available, ${defaultThreads()} here)`,
+    },
+    "kv-cache": {
+      kind: "string",
+      help:
+        "KV cache storage of the native executor: f32 (default) or f16 (half the bytes, llama.cpp's default)",
     },
     weights: {
       kind: "string",

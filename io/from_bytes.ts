@@ -218,6 +218,8 @@ export interface ModelAssembly {
   executor?: ExecutorChoice;
   weightFormat?: WeightFormatChoice;
   threads?: number;
+  /** KV cache storage of the native executor (default f32). */
+  kvCache?: "f32" | "f16";
   warn?: (message: string) => void;
 }
 
@@ -235,6 +237,7 @@ export async function modelFromFiles(
     warn,
     weightFormat: o.weightFormat,
     threads: o.threads,
+    kvType: o.kvCache,
   });
   const eos = files.generationConfig?.eos_token_id;
   const stop = new Set<number>([

@@ -34,6 +34,8 @@ export interface LoadOptions {
   weightFormat?: WeightFormatChoice;
   /** Threads of the fast CPU executor (default: the cores available). */
   threads?: number;
+  /** KV cache storage of the native executor: f32 (default) or f16. */
+  kvCache?: "f32" | "f16";
   /** Called with warnings (fallbacks); defaults to console.warn. */
   warn?: (message: string) => void;
 }
@@ -134,7 +136,13 @@ const isUrl = (s: string) => /^(https?|blob|data):/i.test(s);
 
 export async function loadModel(o: LoadOptions = {}): Promise<Model> {
   const dir = o.model ?? embeddedModelLocation();
-  const assembly = { executor: o.executor, weightFormat: o.weightFormat, threads: o.threads, warn: o.warn };
+  const assembly = {
+    executor: o.executor,
+    weightFormat: o.weightFormat,
+    threads: o.threads,
+    kvCache: o.kvCache,
+    warn: o.warn,
+  };
   if (isUrl(dir)) {
     return await loadModelFromUrl(dir, { ...assembly, adapter: o.adapter });
   }

@@ -5,7 +5,8 @@
  */
 import { checkSnapshot } from "../core/cache_snapshot.ts";
 import type { ModelConfig } from "../core/config.ts";
-import type { CacheSnapshot, Executor, KvSession } from "../core/executor.ts";
+import type { BatchItem, CacheSnapshot, Executor, ForwardResult, KvSession } from "../core/executor.ts";
+import { nativeForwardBatch } from "./batch.ts";
 import type { ModelWeights } from "../core/weights.ts";
 import { type KvType, NativeKvCache } from "./kv_cache.ts";
 import { loadGgml } from "./library.ts";
@@ -54,6 +55,10 @@ export class NativeExecutor implements Executor {
 
   createSession(capacity: number): NativeSession {
     return new NativeSession(this.rt, new NativeKvCache(this.rt.g, this.config, capacity, this.kvType));
+  }
+
+  forwardBatch(items: BatchItem[]): Promise<ForwardResult[]> {
+    return nativeForwardBatch(this.rt, items);
   }
 
   restoreSession(snapshot: CacheSnapshot, capacity: number): Promise<KvSession> {

@@ -109,6 +109,8 @@ export class GraphBuilder {
   /** Writes the rows of `src` into rows `index` (i64) of `dst`; returns a view of dst. */
   setRows = (dst: Tensor, src: Tensor, index: Tensor) => this.s().ggml_set_rows(this.ctx, dst, src, index);
   cont = (a: Tensor) => this.s().ggml_cont(this.ctx, a);
+  /** a and b joined along dimension `dim`. */
+  concat = (a: Tensor, b: Tensor, dim: number) => this.s().ggml_concat(this.ctx, a, b, dim);
   permute = (a: Tensor, a0: number, a1: number, a2: number, a3: number) =>
     this.s().ggml_permute(this.ctx, a, a0, a1, a2, a3);
   reshape2d = (a: Tensor, ne0: number, ne1: number) =>

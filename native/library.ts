@@ -74,6 +74,7 @@ const BASE_SYMBOLS = {
   ggml_cpy: { parameters: ["pointer", "pointer", "pointer"], result: "pointer" },
   ggml_swiglu_split: { parameters: ["pointer", "pointer", "pointer"], result: "pointer" },
   ggml_permute: { parameters: ["pointer", "pointer", "i32", "i32", "i32", "i32"], result: "pointer" },
+  ggml_concat: { parameters: ["pointer", "pointer", "pointer", "i32"], result: "pointer" },
   ggml_cont: { parameters: ["pointer", "pointer"], result: "pointer" },
   ggml_reshape_2d: { parameters: ["pointer", "pointer", "i64", "i64"], result: "pointer" },
   ggml_reshape_3d: { parameters: ["pointer", "pointer", "i64", "i64", "i64"], result: "pointer" },

@@ -178,7 +178,8 @@ export class NativeSession implements KvSession {
     }
   }
 
-  private sameCounts(l: number): boolean {
+  /** Whether every KV head of layer l holds as many entries (one mask row serves them all). */
+  sameCounts(l: number): boolean {
     const s0 = this.cache.slot(l, 0), n = this.cache.counts[s0];
     for (let g = 1; g < this.config.nKvHeads; g++) if (this.cache.counts[s0 + g] !== n) return false;
     return true;
@@ -240,7 +241,7 @@ export class NativeSession implements KvSession {
   }
 
   /** Destination rows (in the layer's [heads * room] rows) of the chunk's K/V: head g's next free rows. */
-  private appendRows(l: number, n: number): BigInt64Array {
+  appendRows(l: number, n: number): BigInt64Array {
     const c = this.config, cache = this.cache, room = cache.room[l];
     const out = new BigInt64Array(c.nKvHeads * n);
     for (let r = 0; r < n; r++) {
@@ -255,7 +256,7 @@ export class NativeSession implements KvSession {
    * The f16 mask of layer l for `n` new rows: [room, n, heads]. A row sees every entry its head holds and
    * the new rows up to itself (cached entries all precede the new rows); the rest of the room is -inf.
    */
-  private forwardMask(l: number, n: number, heads: number): Uint16Array {
+  forwardMask(l: number, n: number, heads: number): Uint16Array {
     const c = this.config, cache = this.cache, room = cache.room[l], group = c.nHeads / c.nKvHeads;
     const mask = new Uint16Array(room * n * heads).fill(F16_NEG_INF);
     for (let h = 0; h < heads; h++) {
@@ -273,6 +274,13 @@ export class NativeSession implements KvSession {
     this.step.b.dispose();
     if (this.step.allocator) this.rt.g.sym.ggml_gallocr_free(this.step.allocator);
     this.step = null;
+  }
+
+  /** Records a step run elsewhere (a batched graph): `n` rows appended at p0, the last row's logits. */
+  stepped(p0: number, n: number, logits: Float32Array | null) {
+    this.cache.appended(p0, n);
+    this.nextPosition = p0 + n;
+    if (logits) this.logits = logits;
   }
 
   attentionMass(queries: QueryRows, promptLength: number): Promise<Float32Array> {

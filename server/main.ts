@@ -17,6 +17,7 @@ import {
   executorFlag,
   executorFlags,
   GPU_WEIGHTS_ALIAS,
+  kvCacheFlag,
   parseFlags,
   threadsFlag,
   usage,
@@ -243,7 +244,7 @@ async function main(argv: string[]): Promise<number> {
   }
   if (f._.length) throw new UsageError(`unexpected argument '${f._[0]}'`);
   const executor = executorFlag(f.executor);
-  const threads = threadsFlag(f.threads), weightFormat = weightsFlag(f);
+  const threads = threadsFlag(f.threads), weightFormat = weightsFlag(f), kvCache = kvCacheFlag(f["kv-cache"]);
   const port = f.port as number;
   if (port < 0 || port > 65535) throw new UsageError(`--port: expected 0..65535, got '${port}'`);
   const queueSize = positive("queue-size", f["queue-size"], 0);
@@ -276,6 +277,7 @@ async function main(argv: string[]): Promise<number> {
     adapter: adapterFlag === "none" ? null : adapterFlag,
     executor,
     weightFormat,
+    kvCache,
     threads,
   });
   const app = createApp(model, {

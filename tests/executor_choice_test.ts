@@ -10,9 +10,12 @@ import {
   chooseExecutor,
   type ExecutorChoice,
   hardwareGpuUnavailableReason,
+  NATIVE_MIN_PARAMETERS,
   softwareAdapterReason,
 } from "../io/executor_choice.ts";
 import { loadModel } from "../io/runtime.ts";
+import { parameterCount } from "../core/weights.ts";
+import { fixtureWeights } from "../fixtures/testing.ts";
 import { wasmUnsupportedReason } from "../wasm/mod.ts";
 import { nativeUnsupportedReason } from "../native/mod.ts";
 import { assert, assertEquals, assertRejects, randomModel } from "./helpers.ts";
@@ -79,8 +82,21 @@ Deno.test({
       await kindOf(chooseExecutor(w, "auto", { warn, requestAdapter: none, nativeReason: nativeMissing })),
       "wasm",
     );
-    assertEquals(warnings.length, 3, "one line per fallback from native");
-    for (const line of warnings) assert(/native.*FFI is not permitted.*WebAssembly/.test(line), line);
+    assertEquals(warnings, [], "a tiny model goes to wasm first: no fallback to say");
+    // A model of native's size says why native could not run, once per choice.
+    const bigWarnings: string[] = [];
+    const large = fixtureWeights("llama76m");
+    assertEquals(
+      await kindOf(chooseExecutor(large, "auto", {
+        warn: (m) => bigWarnings.push(m),
+        requestAdapter: none,
+        nativeReason: nativeMissing,
+        threads: 1,
+      })),
+      "wasm",
+    );
+    assertEquals(bigWarnings.length, 1, "one line for the fallback from native");
+    assert(/native.*FFI is not permitted.*WebAssembly/.test(bigWarnings[0]), bigWarnings[0]);
     assertEquals(await kindOf(chooseExecutor(w, "wasm", { threads: 2 })), "wasm");
     assertEquals(await kindOf(chooseExecutor(w, "cpu")), "cpu");
     assertEquals(await kindOf(chooseExecutor(w, "reference")), "cpu");
@@ -177,15 +193,20 @@ Deno.test({
 
 Deno.test({
   name:
-    "executor choice: auto takes native over a missing adapter, with no warning; native formats are native's",
-  ignore: noNative !== null,
+    "executor choice: auto takes native over a missing adapter (wasm for a tiny model), with no warning; native formats are native's",
+  ignore: noNative !== null || noWasm !== null,
   sanitizeResources: false,
   sanitizeOps: false,
   fn: async () => {
     const w = randomModel("llama3");
     const warnings: string[] = [];
     const none = () => Promise.resolve(null);
-    const x = await chooseExecutor(w, "auto", {
+    assert(parameterCount(w) < NATIVE_MIN_PARAMETERS, "the llama3 fixture is a tiny model");
+    assertEquals(
+      await kindOf(chooseExecutor(w, "auto", { warn: (m) => warnings.push(m), requestAdapter: none })),
+      "wasm",
+    );
+    const x = await chooseExecutor(fixtureWeights("llama76m"), "auto", {
       warn: (m) => warnings.push(m),
       requestAdapter: none,
       threads: 1,

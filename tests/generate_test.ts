@@ -78,6 +78,7 @@ Deno.test("generate CLI: bad flags and inputs are named, exit code 2", async () 
       [["--prompt", "x", "--executor", "tpu"], "--executor"],
       [["--prompt", "x", "--gpu-weights", "f8"], "--gpu-weights: expected auto, f32, f16, int8, q8_0, q4_0, got 'f8'"],
       [["--prompt", "x", "--weights", "f8"], "--weights: expected auto, f32, f16, int8, q8_0, q4_0, got 'f8'"],
+      [["--prompt", "x", "--kv-cache", "f8"], "--kv-cache: expected f32 or f16, got 'f8'"],
       [
         ["--prompt", "x", "--weights", "f32", "--gpu-weights", "f16"],
         "--gpu-weights: is an alias of --weights",

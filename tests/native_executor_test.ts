@@ -218,3 +218,63 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  ...opts,
+  name:
+    "native executor: a batched step gives each session its own forward's logits (ragged pruned caches, a prefill)",
+  fn: async () => {
+    const w = fixtureWeights("llama3"), c = w.config;
+    const x = await NativeExecutor.create(w, { threads: 1 });
+    try {
+      const toks = (n: number, seed: number) =>
+        Array.from({ length: n }, (_, i) => (i * seed + 3) % c.vocabSize);
+      // s1: 30 prompt rows pruned to different positions per KV head; s2: 12 rows; s3: empty (its prefill batches).
+      const s1 = x.createSession(128), s2 = x.createSession(128), s3 = x.createSession(128);
+      await s1.forward({ kind: "tokens", tokens: toks(30, 7) });
+      const kept = Array.from(
+        { length: c.nLayers },
+        (_, l) =>
+          Array.from(
+            { length: c.nKvHeads },
+            (_, g) => Int32Array.from({ length: 8 + g + l }, (_, i) => i * 2 + g),
+          ),
+      );
+      await s1.keepPositions(kept, 30);
+      await s2.forward({ kind: "tokens", tokens: toks(12, 11) });
+      const alone = [await s1.clone(), await s2.clone(), await s3.clone()];
+      const inputs = [[5], [7], toks(9, 13)];
+      const want: ("last" | "all")[] = ["last", "last", "all"];
+      for (let step = 0; step < 4; step++) {
+        const batch = await x.forwardBatch!([s1, s2, s3].map((session, i) => ({
+          session,
+          input: { kind: "tokens", tokens: inputs[i] },
+          options: { logits: want[i] },
+        })));
+        for (let i = 0; i < 3; i++) {
+          const solo = await alone[i].forward({ kind: "tokens", tokens: inputs[i] }, { logits: want[i] });
+          const d = maxAbsDiff(batch[i].logits!, solo.logits!);
+          assert(d <= 1e-4, `step ${step}, session ${i}: batched logits ${d} from its own forward`);
+        }
+        // Next step: every session decodes one token (the argmax of its last logits).
+        for (let i = 0; i < 3; i++) {
+          const l = await [s1, s2, s3][i].currentLogits();
+          inputs[i] = [l.indexOf(Math.max(...l))];
+          want[i] = "last";
+        }
+      }
+      assertEquals(await s1.positions(), await alone[0].positions(), "the pruned session appended in place");
+      assertEquals([s1, s2, s3].map((s) => s.nextPosition), alone.map((s) => s.nextPosition));
+      await assertRejects(
+        () =>
+          x.forwardBatch!([{ session: s1, input: { kind: "tokens", tokens: [1] } }, {
+            session: s1,
+            input: { kind: "tokens", tokens: [2] },
+          }]),
+        "twice",
+      );
+    } finally {
+      x.dispose();
+    }
+  },
+});

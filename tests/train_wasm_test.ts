@@ -1,5 +1,6 @@
 /**
- * Training on prompt K/V prefilled by the fast CPU executor (wasm): Judge Q gradients within 1e-4
+ * Training on prompt K/V prefilled by the fast CPU executor (wasm) and by the native one (ggml): Judge Q
+ * gradients within 1e-4
  * (relative) of those on the CPU reference's K/V, for both losses, on tiny random models, a llama3-shaped
  * one and stories260K (200-token prompt, 32 soft rows); and `train data` + `train fit --executor wasm`
  * end to end, against the same fit on the CPU reference.
@@ -21,6 +22,8 @@ import { main } from "../train/main.ts";
 import { tinyWeights } from "../fixtures/tiny_models.ts";
 import { workPaths } from "../train/workdir.ts";
 import { WasmExecutor, type WasmExecutorOptions, wasmUnsupportedReason } from "../wasm/mod.ts";
+import { NativeExecutor, nativeUnsupportedReason } from "../native/mod.ts";
+import type { Executor } from "../core/executor.ts";
 import { randomModel, relErr, seededTokens, softRows } from "./helpers.ts";
 
 const why = wasmUnsupportedReason();
@@ -28,11 +31,17 @@ if (why) console.warn(`train_wasm_test: ${why}, wasm training tests skipped`);
 const ignore = why !== null;
 const GRAD_TOL = 1e-4;
 
-async function compareGradients(w: ModelWeights, L: number, n: number, o: WasmExecutorOptions) {
+async function compareGradients(
+  w: ModelWeights,
+  L: number,
+  n: number,
+  o: WasmExecutorOptions,
+  make: (w: ModelWeights) => Promise<Executor> = (w) => WasmExecutor.create(w, o),
+) {
   const m = trainModel(w), prompt = seededTokens(L, w.config.vocabSize, 1);
   const sample = { split: "train" as const, prompt, response: [], target: new Float32Array() };
   const [ref] = await trainSamples(w, [sample], new CpuExecutor(w));
-  const wasm = await WasmExecutor.create(w, o);
+  const wasm = await make(w);
   try {
     const [fast] = await trainSamples(w, [sample], wasm);
     // Target: the maps of other soft rows, so the loss is far from its minimum.
@@ -69,6 +78,19 @@ Deno.test({
   name: "train wasm: stories260K, 200-token prompt, 32 soft rows: MSE and KL gradients match the CPU's",
   ignore,
   fn: async () => compareGradients((await loadModelDir(EMBEDDED_MODEL_DIR)).weights, 200, 32, { threads: 2 }),
+});
+
+const noNative = await nativeUnsupportedReason();
+Deno.test({
+  name: "train native: stories260K and a q/k/v-bias model, gradients on native (ggml) K/V match the CPU's",
+  ignore: noNative !== null,
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    const native = (w: ModelWeights) => NativeExecutor.create(w, { threads: 1 });
+    await compareGradients(tinyWeights(true), 13, 5, {}, native);
+    await compareGradients((await loadModelDir(EMBEDDED_MODEL_DIR)).weights, 200, 32, {}, native);
+  },
 });
 
 Deno.test("train cli: --executor, --threads and --weights are parsed and checked", () => {

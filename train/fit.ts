@@ -14,6 +14,7 @@ import {
   initFitState,
   type TrainSample,
 } from "../core/train/loop.ts";
+import { CpuKvCache } from "../core/cpu/kv_cache.ts";
 import { type PromptKv, promptKvFromCache, type TrainModel } from "../core/train/model.ts";
 import type { ModelWeights } from "../core/weights.ts";
 import { WasmSession } from "../wasm/mod.ts";
@@ -68,11 +69,25 @@ const CHECKPOINT_FORMAT = "judgeq-fit-checkpoint-v1";
 export const untrainedEmbeddings = (w: ModelWeights, n: number, noise: number, seed: number): Float64Array =>
   Float64Array.from(randomSoftTokens(w.embed, w.config.dim, n, seed, noise));
 
-/** The K/V of positions 0..length-1 of a session holding an unpruned prompt, for the soft passes. */
-export function promptKvOf(session: KvSession, length: number): PromptKv {
+/**
+ * The K/V of positions 0..length-1 of a session holding an unpruned prompt, for the soft passes: read in
+ * place on the CPU executors, through the executor-neutral snapshot on any other (native, WebGPU).
+ */
+export async function promptKvOf(session: KvSession, length: number): Promise<PromptKv> {
   if (session instanceof CpuSession) return promptKvFromCache(session.cache, length);
   if (session instanceof WasmSession) return promptKvFromCache(session.toCpuCache(), length);
-  throw new Error("training reads prompt K/V from the CPU reference or the wasm executor only");
+  const snap = await session.exportCache();
+  const cache = new CpuKvCache(snap.nLayers, snap.nKvHeads, snap.headDim, Math.max(1, length));
+  const hd = snap.headDim;
+  for (let l = 0; l < snap.nLayers; l++) {
+    for (let g = 0; g < snap.nKvHeads; g++) {
+      const s = cache.slot(l, g), p = snap.positions[s], k = snap.keys[s], v = snap.values[s];
+      for (let i = 0; i < p.length && p[i] < length; i++) {
+        cache.append(l, g, p[i], k.subarray(i * hd, (i + 1) * hd), v.subarray(i * hd, (i + 1) * hd));
+      }
+    }
+  }
+  return promptKvFromCache(cache, length);
 }
 
 /**
@@ -89,7 +104,7 @@ export async function trainSamples(
     const session = executor.createSession(s.prompt.length);
     try {
       await session.forward({ kind: "tokens", tokens: s.prompt }, { logits: "none" });
-      out.push({ prompt: promptKvOf(session, s.prompt.length), target: s.target });
+      out.push({ prompt: await promptKvOf(session, s.prompt.length), target: s.target });
     } finally {
       session.dispose();
     }

@@ -1,0 +1,159 @@
+/**
+ * A batched step on the native executor: several sessions' rows (decode steps, prefill chunks) in one ggml
+ * graph. Every projection is one matrix product over all the rows; each session's K/V go into its own cache
+ * and its rows attend over its own heads (flash attention over that session's room, its own mask), so
+ * compressed caches of any per-head lengths batch together with no padding to the longest.
+ */
+import type { BatchItem, ForwardResult } from "../core/executor.ts";
+import { GraphBuilder, type Tensor } from "./graph.ts";
+import { GGML_TYPE } from "./library.ts";
+import type { NativeRuntime } from "./runtime.ts";
+import { NativeQueryRows, NativeSession } from "./session.ts";
+
+interface Part {
+  s: NativeSession;
+  tokens: number[];
+  /** First row of this part in the step. */
+  at: number;
+  p0: number;
+  want: "all" | "last" | "none";
+  capture: boolean;
+}
+
+/** Runs token items as one graph; items with embeddings run on their own, before. */
+export async function nativeForwardBatch(rt: NativeRuntime, items: BatchItem[]): Promise<ForwardResult[]> {
+  const seen = new Set<NativeSession>();
+  for (const it of items) {
+    if (!(it.session instanceof NativeSession) || it.session.rt !== rt) {
+      throw new Error("forwardBatch: every session must be one of this executor's");
+    }
+    if (seen.has(it.session)) throw new Error("forwardBatch: a session appears twice in one step");
+    seen.add(it.session);
+  }
+  const results: (ForwardResult | null)[] = items.map(() => null);
+  const parts: Part[] = [];
+  let rows = 0;
+  for (let i = 0; i < items.length; i++) {
+    const it = items[i], s = it.session as NativeSession;
+    if (it.input.kind !== "tokens" || it.input.tokens.length === 0) {
+      results[i] = await s.forward(it.input, it.options);
+      continue;
+    }
+    for (const t of it.input.tokens) {
+      if (!Number.isInteger(t) || t < 0 || t >= rt.config.vocabSize) {
+        throw new RangeError(`token id ${t} out of range`);
+      }
+    }
+    parts.push({
+      s,
+      tokens: it.input.tokens,
+      at: rows,
+      p0: s.nextPosition,
+      want: it.options?.logits ?? "last",
+      capture: it.options?.captureQueries === true,
+    });
+    rows += it.input.tokens.length;
+  }
+  if (parts.length > 0) {
+    const out = await rt.exclusive(() => runParts(rt, parts, rows));
+    let k = 0;
+    for (let i = 0; i < items.length; i++) if (!results[i]) results[i] = out[k++];
+  }
+  return results as ForwardResult[];
+}
+
+async function runParts(rt: NativeRuntime, parts: Part[], rows: number): Promise<ForwardResult[]> {
+  const c = rt.config, w = rt.weights, hd = c.headDim;
+  for (const p of parts) p.s.cache.reserve(p.tokens.length);
+  const size = rt.graphSize + parts.length * c.nLayers * 24;
+  const b = new GraphBuilder(rt.g, size);
+  try {
+    const ids = b.input(GGML_TYPE.i32, [rows], Int32Array.from(parts.flatMap((p) => p.tokens)));
+    const pos = b.input(
+      GGML_TYPE.i32,
+      [rows],
+      Int32Array.from(parts.flatMap((p) => p.tokens.map((_, i) => p.p0 + i))),
+    );
+    let x = b.getRows(w.embed, ids);
+    const queries: Tensor[] = [];
+    const capture = parts.some((p) => p.capture);
+    for (let l = 0; l < c.nLayers; l++) {
+      const lw = w.layers[l];
+      let cur = b.mul(b.rmsNorm(x, c.rmsNormEps), lw.attnNorm);
+      let q = b.mulMat(lw.wq, cur), k = b.mulMat(lw.wk, cur), v = b.mulMat(lw.wv, cur);
+      if (lw.bq) q = b.add(q, lw.bq);
+      if (lw.bk) k = b.add(k, lw.bk);
+      if (lw.bv) v = b.add(v, lw.bv);
+      q = b.rope(b.reshape3d(q, hd, c.nHeads, rows), pos, w.ropeFactors, hd, c.ropeTheta);
+      k = b.rope(b.reshape3d(k, hd, c.nKvHeads, rows), pos, w.ropeFactors, hd, c.ropeTheta);
+      if (capture) queries.push(b.output(q));
+      let attn: Tensor = null;
+      for (const p of parts) {
+        const n = p.tokens.length,
+          cache = p.s.cache,
+          room = cache.room[l],
+          eb = cache.elementBytes,
+          rb = hd * eb;
+        const slice = (t: Tensor, heads: number) =>
+          b.view3d(t, hd, heads, n, hd * 4, heads * hd * 4, p.at * heads * hd * 4);
+        const index = b.input(GGML_TYPE.i64, [c.nKvHeads * n], p.s.appendRows(l, n));
+        const flat = (t: Tensor) => b.reshape2d(t, hd, room * c.nKvHeads);
+        b.expand(
+          b.setRows(flat(cache.k[l]), b.reshape2d(b.cont(slice(k, c.nKvHeads)), hd, c.nKvHeads * n), index),
+        );
+        b.expand(
+          b.setRows(flat(cache.v[l]), b.reshape2d(b.cont(slice(v, c.nKvHeads)), hd, c.nKvHeads * n), index),
+        );
+        const kAll = b.view3d(cache.k[l], hd, room, c.nKvHeads, rb, room * rb, 0);
+        const vAll = b.view3d(cache.v[l], hd, room, c.nKvHeads, rb, room * rb, 0);
+        const heads = p.s.sameCounts(l) ? 1 : c.nHeads;
+        const mask = b.input(GGML_TYPE.f16, [room, n, heads], p.s.forwardMask(l, n, heads));
+        const o = b.flashAttn(b.permute(slice(q, c.nHeads), 0, 2, 1, 3), kAll, vAll, mask, 1 / Math.sqrt(hd));
+        const o2 = b.reshape2d(o, hd * c.nHeads, n);
+        attn = attn === null ? o2 : b.concat(attn, o2, 1);
+      }
+      x = b.add(x, b.mulMat(lw.wo, attn));
+      cur = b.mul(b.rmsNorm(x, c.rmsNormEps), lw.mlpNorm);
+      x = b.add(x, b.mulMat(lw.wDown, b.swiglu(b.mulMat(lw.wGate, cur), b.mulMat(lw.wUp, cur))));
+    }
+    // Logits only for the rows that want them.
+    const picked: number[] = [];
+    for (const p of parts) {
+      const n = p.tokens.length;
+      if (p.want === "all") { for (let i = 0; i < n; i++) picked.push(p.at + i); }
+      else if (p.want === "last") picked.push(p.at + n - 1);
+    }
+    let logits: Tensor = null;
+    if (picked.length > 0) {
+      const xs = b.getRows(x, b.input(GGML_TYPE.i32, [picked.length], Int32Array.from(picked)));
+      logits = b.output(b.mulMat(w.lmHead, b.mul(b.rmsNorm(xs, c.rmsNormEps), w.finalNorm)));
+    } else {
+      b.output(x);
+    }
+    await b.compute(rt.allocator, rt.threads);
+    const all = logits ? b.readF32(logits, picked.length * c.vocabSize) : null;
+    const qAll = queries.map((t) => b.readF32(t, rows * c.nHeads * hd));
+    const out: ForwardResult[] = [];
+    let li = 0;
+    for (const p of parts) {
+      const n = p.tokens.length, V = c.vocabSize;
+      const count = p.want === "all" ? n : p.want === "last" ? 1 : 0;
+      const mine = count > 0 ? all!.slice(li * V, (li + count) * V) : null;
+      li += count;
+      const last = mine ? mine.subarray((count - 1) * V) : null;
+      p.s.stepped(p.p0, n, last ? last.slice() : null);
+      out.push({
+        logits: p.want === "none" ? null : p.want === "last" ? mine : mine,
+        queries: p.capture
+          ? new NativeQueryRows(
+            Array.from({ length: n }, (_, i) => p.p0 + i),
+            qAll.map((a) => a.slice(p.at * c.nHeads * hd, (p.at + n) * c.nHeads * hd)),
+          )
+          : null,
+      });
+    }
+    return out;
+  } finally {
+    b.dispose();
+  }
+}
