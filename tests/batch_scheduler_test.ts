@@ -11,39 +11,55 @@ import { generateText } from "../core/engine.ts";
 import type { DecodeResult, KvSession } from "../core/executor.ts";
 import { promptTokens } from "../fixtures/testing.ts";
 import { loadModel } from "../io/runtime.ts";
+import { nativeUnsupportedReason } from "../native/mod.ts";
 import { BatchScheduler, type StepInfo } from "../server/batch_scheduler.ts";
 import { HttpError } from "../server/errors.ts";
 
-const model: Model = await loadModel({ executor: "cpu", warn: () => {} });
-const vocab = model.config.vocabSize;
+interface Suite {
+  model: Model;
+  vocab: number;
+  alone: Awaited<ReturnType<typeof generateText>>[];
+}
 
-function scheduled(maxBatchTokens: number, kvCapBytes: number | null = null) {
+async function prepare(executor: "cpu" | "native"): Promise<Suite> {
+  const model = await loadModel({ executor, threads: 1, warn: () => {} });
+  const vocab = model.config.vocabSize;
+  const alone = [];
+  for (const r of requests(vocab)) alone.push(await generateText(model, r));
+  return { model, vocab, alone };
+}
+
+function scheduled(model: Model, maxBatchTokens: number, kvCapBytes: number | null = null) {
   const scheduler = new BatchScheduler(model.executor, { maxBatchTokens, kvCapBytes });
   return { scheduler, model: { ...model, executor: scheduler.wrap() } as Model };
 }
 
 /** Requests of mixed lengths and methods (full, Judge Q, SnapKV, decode-time compression, sampling). */
-const REQUESTS: TextRequest[] = [
-  { prompt: promptTokens(40, vocab, 1), maxTokens: 24 },
-  { prompt: promptTokens(150, vocab, 2), maxTokens: 40, compression: { method: "judgeq", budget: 32 } },
-  { prompt: promptTokens(90, vocab, 3), maxTokens: 12, compression: { method: "snapkv", budget: 24 } },
-  {
-    prompt: promptTokens(70, vocab, 4),
-    maxTokens: 48,
-    compression: { method: "full", decode: { method: "h2o", budget: 40, interval: 8 } },
-  },
-  { prompt: promptTokens(20, vocab, 5), maxTokens: 30, temperature: 0.9, topP: 0.9, seed: 42 },
-  {
-    prompt: promptTokens(260, vocab, 6),
-    maxTokens: 20,
-    compression: { method: "judgeq", budget: 48, decode: { budget: 56, interval: 8 } },
-  },
-].map((r) => ({ ...r, ignoreEos: true }));
+const requests = (vocab: number): TextRequest[] =>
+  [
+    { prompt: promptTokens(40, vocab, 1), maxTokens: 24 },
+    { prompt: promptTokens(150, vocab, 2), maxTokens: 40, compression: { method: "judgeq", budget: 32 } },
+    { prompt: promptTokens(90, vocab, 3), maxTokens: 12, compression: { method: "snapkv", budget: 24 } },
+    {
+      prompt: promptTokens(70, vocab, 4),
+      maxTokens: 48,
+      compression: { method: "full", decode: { method: "h2o", budget: 40, interval: 8 } },
+    },
+    { prompt: promptTokens(20, vocab, 5), maxTokens: 30, temperature: 0.9, topP: 0.9, seed: 42 },
+    {
+      prompt: promptTokens(260, vocab, 6),
+      maxTokens: 20,
+      compression: { method: "judgeq", budget: 48, decode: { budget: 56, interval: 8 } },
+    },
+  ].map((r) => ({ ...r, ignoreEos: true }));
 
-const alone = await Promise.all(REQUESTS.map((r) => generateText(model, r)));
+type Test = [string, (s: Suite) => Promise<void>];
+const TESTS: Test[] = [];
+const test = (name: string, fn: (s: Suite) => Promise<void>) => TESTS.push([name, fn]);
 
-Deno.test("batched streams give each stream the tokens it gets alone, joining and leaving mid-batch", async () => {
-  const { scheduler, model: m } = scheduled(96);
+test("batched streams give each stream the tokens it gets alone, joining and leaving mid-batch", async ({ model, vocab, alone }) => {
+  const REQUESTS = requests(vocab);
+  const { scheduler, model: m } = scheduled(model, 96);
   let most = 0, steps = 0;
   scheduler.onStep = (s) => {
     most = Math.max(most, s.decodeRows);
@@ -78,8 +94,8 @@ async function logitsOf(s: KvSession, prompt: number[], maxTokens: number) {
   return d;
 }
 
-Deno.test("batched logits equal the stream's alone within 1e-4", async () => {
-  const { scheduler } = scheduled(64);
+test("batched logits equal the stream's alone within 1e-4", async ({ model, vocab }) => {
+  const { scheduler } = scheduled(model, 64);
   const ex = scheduler.wrap();
   const prompts = [12, 100, 37, 200].map((n, i) => promptTokens(n, vocab, 20 + i));
   const ref: DecodeResult[] = [];
@@ -95,8 +111,8 @@ Deno.test("batched logits equal the stream's alone within 1e-4", async () => {
   assert(worst <= 1e-4, `max |logit difference| ${worst}`);
 });
 
-Deno.test("a cancelled stream frees its KV at once", async () => {
-  const { scheduler, model: m } = scheduled(64);
+test("a cancelled stream frees its KV at once", async ({ model, vocab }) => {
+  const { scheduler, model: m } = scheduled(model, 64);
   const keep = generateText(m, { prompt: promptTokens(30, vocab, 9), maxTokens: 60, ignoreEos: true });
   const stop = new AbortController();
   let tokens = 0, stepsAfterAbort = -1;
@@ -128,11 +144,11 @@ Deno.test("a cancelled stream frees its KV at once", async () => {
   assertEquals(scheduler.kvAllocated(), 0);
 });
 
-Deno.test("the KV cap is never exceeded, and requests wait for room instead of failing", async () => {
+test("the KV cap is never exceeded, and requests wait for room instead of failing", async ({ model, vocab }) => {
   // Room for about two full-cache streams of 150 + 40 positions at once.
   const probe = new BatchScheduler(model.executor, { maxBatchTokens: 1, kvCapBytes: null });
   const cap = Math.ceil(2.2 * probe.boundBytes(191));
-  const { scheduler, model: m } = scheduled(128, cap);
+  const { scheduler, model: m } = scheduled(model, 128, cap);
   const seen: StepInfo[] = [];
   let worst = 0, waited = 0;
   scheduler.onStep = (s) => {
@@ -155,8 +171,8 @@ Deno.test("the KV cap is never exceeded, and requests wait for room instead of f
   assertEquals(scheduler.kvReserved, 0);
 });
 
-Deno.test("a request whose cache can never fit the cap is refused naming --kv-cache-mb", async () => {
-  const { model: m } = scheduled(64, 4096);
+test("a request whose cache can never fit the cap is refused naming --kv-cache-mb", async ({ model, vocab }) => {
+  const { model: m } = scheduled(model, 64, 4096);
   const e = await assertRejects(
     () => generateText(m, { prompt: promptTokens(50, vocab, 1), maxTokens: 10 }),
     "--kv-cache-mb",
@@ -164,9 +180,9 @@ Deno.test("a request whose cache can never fit the cap is refused naming --kv-ca
   assert(e instanceof HttpError && e.status === 422, String(e));
 });
 
-Deno.test("a long prefill delays running streams by at most one chunk", async () => {
+test("a long prefill delays running streams by at most one chunk", async ({ model, vocab }) => {
   const chunk = 32;
-  const { scheduler, model: m } = scheduled(chunk);
+  const { scheduler, model: m } = scheduled(model, chunk);
   const log: StepInfo[] = [];
   let phase = 0;
   scheduler.onStep = (s) => {
@@ -190,3 +206,16 @@ Deno.test("a long prefill delays running streams by at most one chunk", async ()
     assert(s.rows <= chunk, `${s.rows} rows in a step of ${chunk}`);
   }
 });
+
+const nativeReason = await nativeUnsupportedReason();
+
+/** Every test on the CPU reference, and on the native executor (one thread: deterministic) where it loads. */
+for (const executor of ["cpu", "native"] as const) {
+  const ignore = executor === "native" ? nativeReason !== null : false;
+  if (ignore) console.warn(`batch scheduler on native skipped: ${nativeReason}`);
+  let setup: Promise<Suite> | null = null;
+  const get = () => (setup ??= prepare(executor));
+  for (const [name, fn] of TESTS) {
+    Deno.test({ name: `${executor}: ${name}`, ignore, fn: async () => await fn(await get()) });
+  }
+}
