@@ -5,6 +5,7 @@
  * fit the cap is a 422 naming it, before any stream starts; bad flags exit 2 naming the flag.
  */
 import { generateText, type Model } from "../core/engine.ts";
+import type { CompressionRequest } from "../core/plan.ts";
 import { loadModel } from "../io/runtime.ts";
 import { assert, assertEquals, runServerMain } from "./helpers.ts";
 import { continuation, startServer } from "./server_testing.ts";
@@ -28,12 +29,11 @@ const BODIES = [
 /** The text each body gets alone, from the engine. */
 const alone = await Promise.all(BODIES.map(async (b) => {
   const ids = model.tokenizer.encode(b.prompt, { addBos: true });
-  // deno-lint-ignore no-explicit-any
   const r = await generateText(model, {
     prompt: ids,
     maxTokens: b.max_tokens,
     ignoreEos: true,
-    compression: (b as any).kv_compression ?? null,
+    compression: ("kv_compression" in b ? b.kv_compression : null) as CompressionRequest | null,
   });
   return continuation(model, ids, r.outputs[0].tokens);
 }));
