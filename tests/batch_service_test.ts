@@ -115,3 +115,45 @@ Deno.test("deno task start: bad batching flags exit 2 naming the flag", async ()
     assert(stderr.includes(message), stderr + stdout);
   }
 });
+
+Deno.test("batched service: a client leaving mid-stream frees its KV; a job past its time limit ends with a 422", async () => {
+  const t = await startServer({
+    batch: { maxBatchTokens: 64, maxStreams: 4, kvCapBytes: 8 << 20 },
+    maxRequestMs: null,
+  }, model);
+  try {
+    const leave = new AbortController();
+    const r = await fetch(t.base + "/v1/generate", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ prompt: story, max_tokens: 400, ignore_eos: true, stream: true }),
+      signal: leave.signal,
+    });
+    const reader = r.body!.getReader();
+    await reader.read(); // the stream has started
+    assert(await t.metric("judgeq_kv_bytes_reserved") > 0, "nothing reserved while streaming");
+    leave.abort();
+    await reader.cancel().catch(() => {});
+    let reserved = -1;
+    for (let i = 0; i < 100 && reserved !== 0; i++) {
+      await new Promise((res) => setTimeout(res, 10));
+      reserved = await t.metric("judgeq_kv_bytes_reserved");
+    }
+    assertEquals(reserved, 0, "the stream's KV was not given back");
+  } finally {
+    await t.close();
+  }
+  // 40 ms of wall time is far less than 480 tokens take on the reference.
+  const tight = await startServer({
+    batch: { maxBatchTokens: 64, maxStreams: 4, kvCapBytes: null },
+    maxRequestMs: 40,
+  }, model);
+  try {
+    const slow = await tight.post("/v1/generate", { prompt: "Once", max_tokens: 480, ignore_eos: true });
+    assertEquals([slow.status, slow.json.error.param], [422, "max_tokens"]);
+    assert(slow.json.error.partial.completion_tokens > 0, JSON.stringify(slow.json.error));
+    assertEquals(await tight.metric("judgeq_kv_bytes_reserved"), 0);
+  } finally {
+    await tight.close();
+  }
+});
