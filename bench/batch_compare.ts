@@ -102,6 +102,17 @@ async function main(argv: string[]): Promise<number> {
   const model = await loadModel({ executor: "native", threads, warn: () => {} });
   const prompts = PROMPTS.map((p) => model.tokenizer.encode(p, { addBos: true }));
 
+  // Today's single-stream path (no scheduler), the baseline a batched single stream must keep up with.
+  await generateText(model, { prompt: prompts[0], maxTokens: 2 });
+  const aloneTimes: number[] = [];
+  const a0 = performance.now();
+  await generateText(model, { prompt: prompts[0], maxTokens, ignoreEos: true }, {
+    onTokens: (_, ids) => {
+      for (const _id of ids) aloneTimes.push(performance.now() - a0);
+    },
+  });
+  const alone = summarize(1, performance.now() - a0, [aloneTimes]);
+
   const ours: Level[] = [];
   for (const n of levels) {
     const scheduler = new BatchScheduler(model.executor, { maxBatchTokens: 512, kvCapBytes: null });
@@ -138,6 +149,7 @@ async function main(argv: string[]): Promise<number> {
     threads,
     max_tokens: maxTokens,
     load_average: Deno.loadavg(),
+    unbatched_single_stream: alone,
     ours,
     llamacpp: theirs ?? { unavailable: (peer as { reason: string }).reason },
     tok_per_s_ratio: theirs ? ours.map((o, i) => r2(o.tokPerS / theirs[i].tokPerS)) : null,
@@ -146,6 +158,9 @@ async function main(argv: string[]): Promise<number> {
   else {
     console.log(
       `${report.model}, ${threads} thread(s), ${maxTokens} tokens a stream, load ${report.load_average}`,
+    );
+    console.log(
+      `  1 stream without the scheduler: ${alone.tokPerS} tok/s (per token p50 ${alone.perTokenMs.p50} ms)`,
     );
     for (const [i, o] of ours.entries()) {
       const t = theirs?.[i];
