@@ -13,4 +13,4 @@ RUN deno cache server/main.ts
 USER deno
 EXPOSE 8000
 # Listens on every interface inside the container: set JUDGEQ_API_KEY (or --api-key-file) in production.
-ENTRYPOINT ["deno", "run", "-A", "server/main.ts", "--host", "0.0.0.0", "--port", "8000", "--executor", "wasm"]
+ENTRYPOINT ["deno", "run", "-A", "--v8-flags=--max-semi-space-size=8", "server/main.ts", "--host", "0.0.0.0", "--port", "8000", "--executor", "wasm"]

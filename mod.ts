@@ -82,3 +82,17 @@ export {
   WasmSession,
   wasmUnsupportedReason,
 } from "./wasm/mod.ts";
+// GGUF files: read (header, config, tokenizer, tensors), write (F32/F16/Q8_0/Q4_0), ggml block formats.
+export { type GgufFile, type GgufTensorInfo, parseGguf, parseGgufHeader } from "./core/gguf/reader.ts";
+export { type GgufModel, ggufModel } from "./core/gguf/model.ts";
+export {
+  type GgufTensorType,
+  type GgufVocab,
+  type GgufWriteOptions,
+  writeGguf,
+} from "./core/gguf/model_writer.ts";
+export { hfToGguf } from "./core/gguf/convert.ts";
+export { dequantize, quantizeQ4_0, quantizeQ8_0 } from "./core/gguf/quants.ts";
+export { GGML_TYPE, ggmlTypeName } from "./core/gguf/ggml_types.ts";
+export { type GgufBytesLoadOptions, parseGgufBytes } from "./io/from_bytes.ts";
+export type { QuantizedTensor } from "./core/weights.ts";

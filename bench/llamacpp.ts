@@ -8,6 +8,7 @@
  * npm or the package is unavailable, and every subprocess runs under a timeout.
  */
 import type { ModelWeights } from "../core/weights.ts";
+import type { GgufTensorType } from "../core/gguf/model_writer.ts";
 import {
   encodeGgufF32,
   ggufUnsupportedReason,
@@ -47,6 +48,8 @@ export interface PeerOptions {
   install?: boolean;
   /** Hugging Face tokenizer.json for the GGUF vocabulary; a synthetic vocabulary otherwise. */
   tokenizerJsonPath?: string;
+  /** Matrix type of the GGUF written for llama.cpp (default f32: llama.cpp runs exactly our values). */
+  tensorType?: GgufTensorType;
   /** Limit for the peer subprocess, in ms (default 10 minutes). */
   timeoutMs?: number;
   log?: (m: string) => void;
@@ -210,7 +213,10 @@ function runPeer(
   const unsupported = ggufUnsupportedReason(weights.config);
   if (unsupported) return Promise.resolve({ ok: false, reason: unsupported });
   return runPeerOn(
-    async () => encodeGgufF32(weights, await vocabFor(weights, opts.tokenizerJsonPath)),
+    async () =>
+      encodeGgufF32(weights, await vocabFor(weights, opts.tokenizerJsonPath), {
+        tensorType: opts.tensorType,
+      }),
     spec,
     opts,
   );

@@ -18,12 +18,45 @@ import type { Executor } from "../core/executor.ts";
 import { type ModelWeights, parameterCount } from "../core/weights.ts";
 import { gpuAvailable, GpuExecutor } from "../gpu/mod.ts";
 import { checkThreads, WasmExecutor, wasmUnsupportedReason } from "../wasm/mod.ts";
-import {
-  type KvType,
-  NativeExecutor,
-  nativeUnsupportedReason,
-  type NativeWeightFormat,
-} from "../native/mod.ts";
+
+/** KV cache storage of the native executor. */
+export type KvType = "f32" | "f16";
+type NativeWeightFormat = "f32" | "f16" | "q8_0" | "q4_0";
+
+/** What this module uses of native/mod.ts (ggml through Deno FFI), loaded only where FFI exists. */
+interface NativeApi {
+  nativeUnsupportedReason(): Promise<string | null>;
+  NativeExecutor: {
+    create(
+      w: ModelWeights,
+      o: { threads?: number; weightFormat?: NativeWeightFormat; kvType?: KvType; warn?: (m: string) => void },
+    ): Promise<Executor>;
+  };
+}
+
+/**
+ * The native executor's module, imported on first use: browsers and edge runtimes (no Deno.dlopen) never
+ * load it, and bundles do not carry it (the specifier is a variable on purpose).
+ */
+const NATIVE_MODULE = "../native/mod.ts";
+let nativeApi: Promise<NativeApi | string> | null = null;
+function loadNative(): Promise<NativeApi | string> {
+  return nativeApi ??= (async () => {
+    const d = (globalThis as { Deno?: { dlopen?: unknown } }).Deno;
+    if (typeof d?.dlopen !== "function") return "FFI is not available in this runtime";
+    try {
+      return await import(NATIVE_MODULE) as NativeApi;
+    } catch (e) {
+      return `the native executor's module did not load: ${(e as Error).message}`;
+    }
+  })();
+}
+
+/** Why the native executor cannot run here, or null when ggml loads. */
+export async function nativeUnsupportedReason(): Promise<string | null> {
+  const api = await loadNative();
+  return typeof api === "string" ? api : await api.nativeUnsupportedReason();
+}
 
 export const EXECUTOR_CHOICES = ["auto", "gpu", "native", "wasm", "cpu", "reference"] as const;
 export type ExecutorChoice = typeof EXECUTOR_CHOICES[number];
@@ -136,7 +169,11 @@ const nativeFormat = (choice: WeightFormatChoice | undefined): NativeWeightForma
 async function native(weights: ModelWeights, o: ExecutorOptions): Promise<Executor> {
   const why = await (o.nativeReason ?? nativeUnsupportedReason)();
   if (why) throw fail("internal", `the native executor (ggml) cannot run here: ${why}`, "executor");
-  return NativeExecutor.create(weights, {
+  const api = await loadNative();
+  if (typeof api === "string") {
+    throw fail("internal", `the native executor (ggml) cannot run here: ${api}`, "executor");
+  }
+  return api.NativeExecutor.create(weights, {
     threads: o.threads,
     weightFormat: nativeFormat(o.weightFormat),
     kvType: o.kvType,

@@ -137,9 +137,19 @@ export interface Ggml {
   readonly backend: Deno.PointerValue;
   /** Its default buffer type, for weights, KV caches and graph allocation. */
   readonly bufferType: Deno.PointerValue;
+  /**
+   * ggml's CPU_REPACK buffer type, where this CPU has one: Q4_0 matrices set into it are laid out anew for
+   * ggml's interleaved GEMM kernels (what llama.cpp does with its weights by default); null elsewhere.
+   */
+  readonly repackType: Deno.PointerValue;
   /** "ggml CPU (Intel Xeon ...)"-style description. */
   readonly description: string;
   setThreads(n: number): void;
+  /**
+   * Runs `fn` (synchronous ggml calls on this thread) with ggml's informational logs silenced (which CPU
+   * build loaded, which tensors were repacked); ggml's own logger is back afterwards.
+   */
+  quietly<T>(fn: () => T): T;
   /** Dequantizes `n` values of `type` (ggml's own to_float) into `out`. */
   toFloat(type: number, src: Uint8Array, out: Float32Array): void;
 }
@@ -237,19 +247,22 @@ async function openGgml(): Promise<Ggml> {
       ggml_backend_dev_by_type: { parameters: ["i32"], result: "pointer" },
     } as const,
   );
-  // ggml logs which library it loaded; keep that (and nothing else) quiet: the callback only lives through
-  // the load, which runs on this thread, and ggml's own logger is back afterwards for anything worse.
+  // ggml logs which library it loaded (and, later, which tensors it repacked): the callback is set only
+  // around such synchronous calls on this thread (never while graphs compute on ggml's threads), and
+  // ggml's own logger is back afterwards for anything worse.
   const quiet = new Deno.UnsafeCallback(
     { parameters: ["i32", "pointer", "pointer"], result: "void" } as const,
     () => {},
   );
-  base.symbols.ggml_log_set(quiet.pointer, null);
-  try {
-    loader.symbols.ggml_backend_load_all_from_path(cString(dir));
-  } finally {
-    base.symbols.ggml_log_set(null, null);
-    quiet.close();
-  }
+  const quietly = <T>(fn: () => T): T => {
+    base.symbols.ggml_log_set(quiet.pointer, null);
+    try {
+      return fn();
+    } finally {
+      base.symbols.ggml_log_set(null, null);
+    }
+  };
+  quietly(() => loader.symbols.ggml_backend_load_all_from_path(cString(dir)));
   const dev = loader.symbols.ggml_backend_dev_by_type(0); // GGML_BACKEND_DEVICE_TYPE_CPU
   if (!dev) throw new Error(`no ggml CPU backend loads from the prebuilt libraries (no build for this CPU?)`);
   const s = base.symbols;
@@ -299,6 +312,24 @@ async function openGgml(): Promise<Ggml> {
   const description = `ggml ${readCString(s.ggml_backend_reg_name(reg))} (${
     readCString(s.ggml_backend_dev_description(dev)).trim()
   })`;
+  // The device's extra buffer types (a null-terminated array), CPU_REPACK among them on x86 and Arm.
+  let repackType: Deno.PointerValue = null;
+  const extraPtr = s.ggml_backend_reg_get_proc_address(reg, cString("ggml_backend_dev_get_extra_bufts"));
+  if (extraPtr) {
+    const extra = new Deno.UnsafeFnPointer(extraPtr as Deno.PointerObject<never>, {
+      parameters: ["pointer"],
+      result: "pointer",
+    });
+    const list = extra.call(dev);
+    if (list) {
+      const view = new Deno.UnsafePointerView(list);
+      for (let i = 0; i < 16; i++) {
+        const buft = view.getPointer(i * 8);
+        if (!buft) break;
+        if (readCString(s.ggml_backend_buft_name(buft)) === "CPU_REPACK") repackType = buft;
+      }
+    }
+  }
   const toFloatFns = new Map<
     number,
     Deno.UnsafeFnPointer<{ parameters: ["pointer", "buffer", "i64"]; result: "void" }>
@@ -307,8 +338,10 @@ async function openGgml(): Promise<Ggml> {
     sym: s,
     backend,
     bufferType: s.ggml_backend_get_default_buffer_type(backend),
+    repackType,
     description,
     setThreads: useThreads,
+    quietly,
     toFloat(type, src, out) {
       let fn = toFloatFns.get(type);
       if (!fn) {

@@ -64,13 +64,16 @@ export class NativeWeights {
   readonly notes: string[] = [];
   private ctx: Deno.PointerValue = null;
   private buffer: Deno.PointerValue = null;
+  /** The layers' Q4_0 matrices, in ggml's repacked layout (null where the CPU has no repack type). */
+  private repackCtx: Deno.PointerValue = null;
+  private repackBuffer: Deno.PointerValue = null;
 
   private constructor(readonly g: Ggml, readonly config: ModelConfig, readonly format: NativeWeightFormat) {}
 
   /** Uploads `w` in `format`; throws naming the bytes needed when they exceed the memory available. */
   static create(g: Ggml, w: ModelWeights, format: NativeWeightFormat): NativeWeights {
     const nw = new NativeWeights(g, w.config, format);
-    nw.load(w);
+    g.quietly(() => nw.load(w));
     return nw;
   }
 
@@ -124,6 +127,9 @@ export class NativeWeights {
 
     // Headers first, so the whole size is known (and checked) before anything is allocated.
     this.ctx = headerContext(this.g, matrices.length + vectors.length + 1);
+    this.repackCtx = headerContext(this.g, matrices.length);
+    let repacked = 0;
+    const repackedNames = new Set<string>();
     const tensors = new Map<string, Tensor>();
     const types = new Map<string, number>();
     let need = 0;
@@ -131,7 +137,16 @@ export class NativeWeights {
       const given = w.quantized?.get(m.hf);
       const type = given ? given.ggmlType : this.typeFor(m);
       types.set(m.name, type);
-      const t = s.ggml_new_tensor_2d(this.ctx, type, BigInt(m.cols), BigInt(m.rows));
+      // A layer's Q4_0 matrix goes to the repack buffer (never the embeddings: rows are gathered from them).
+      const repack = this.g.repackType !== null && type === GGML_TYPE.q4_0 && m.name.startsWith("layers.") &&
+        m.rows % 8 === 0;
+      if (repack) repacked++, repackedNames.add(m.name);
+      const t = s.ggml_new_tensor_2d(
+        repack ? this.repackCtx : this.ctx,
+        type,
+        BigInt(m.cols),
+        BigInt(m.rows),
+      );
       tensors.set(m.name, t);
       need += Number(s.ggml_nbytes(t));
     }
@@ -156,10 +171,15 @@ export class NativeWeights {
     this.buffer = s.ggml_backend_alloc_ctx_tensors_from_buft(this.ctx, this.g.bufferType);
     if (!this.buffer) throw new Error(`ggml could not allocate ${need} bytes for the weights`);
     this.bytes = Number(s.ggml_backend_buffer_get_size(this.buffer));
+    if (repacked > 0) {
+      this.repackBuffer = s.ggml_backend_alloc_ctx_tensors_from_buft(this.repackCtx, this.g.repackType);
+      if (!this.repackBuffer) throw new Error("ggml could not allocate the repacked weights");
+      this.bytes += Number(s.ggml_backend_buffer_get_size(this.repackBuffer));
+    }
 
     for (const m of matrices) {
       const given = w.quantized?.get(m.hf), t = tensors.get(m.name)!;
-      if (!given) this.setMatrix(t, m, types.get(m.name)!);
+      if (!given) this.setMatrix(t, m, types.get(m.name)!, repackedNames.has(m.name));
       else if (given.bytes.length !== Number(s.ggml_nbytes(t))) {
         throw fail(
           "invalid_model_file",
@@ -210,14 +230,15 @@ export class NativeWeights {
   }
 
   /** Writes one matrix, converting/quantizing a few rows at a time (no whole-model copy in another format). */
-  private setMatrix(t: Tensor, m: Matrix, type: number) {
+  private setMatrix(t: Tensor, m: Matrix, type: number, whole: boolean) {
     const s = this.g.sym;
     if (type === GGML_TYPE.f32) {
       s.ggml_backend_tensor_set(t, m.data as Float32Array<ArrayBuffer>, 0n, BigInt(m.data.byteLength));
       return;
     }
     const rowBytes = Number(s.ggml_row_size(type, BigInt(m.cols)));
-    const chunkRows = Math.max(1, Math.floor((4 << 20) / (m.cols * 4)));
+    // The repack buffer lays a tensor out anew as it is set, so it takes the whole tensor in one call.
+    const chunkRows = whole ? m.rows : Math.max(1, Math.floor((4 << 20) / (m.cols * 4)));
     const out = new Uint8Array(rowBytes * chunkRows);
     for (let r = 0; r < m.rows; r += chunkRows) {
       const n = Math.min(chunkRows, m.rows - r);
@@ -229,9 +250,13 @@ export class NativeWeights {
 
   dispose() {
     const s = this.g.sym;
-    if (this.buffer) s.ggml_backend_buffer_free(this.buffer);
-    if (this.ctx) s.ggml_free(this.ctx);
-    this.buffer = this.ctx = null;
+    for (const b of [this.buffer, this.repackBuffer]) if (b) s.ggml_backend_buffer_free(b);
+    for (const c of [this.ctx, this.repackCtx]) if (c) s.ggml_free(c);
+    this.buffer =
+      this.ctx =
+      this.repackBuffer =
+      this.repackCtx =
+        null;
   }
 }
 

@@ -8,7 +8,7 @@
  */
 import { executorFlags, parseFlags, threadsFlag, usage, UsageError } from "../io/flags.ts";
 import { type Backend, haproxyConfig } from "./haproxy.ts";
-import { freePort, watch } from "./processes.ts";
+import { freePort, SERVER_V8_FLAGS, watch } from "./processes.ts";
 import { isRedisUrl, redact } from "./redis_blobs.ts";
 
 const SPEC = {
@@ -122,7 +122,17 @@ export async function startCluster(o: ClusterOptions): Promise<Cluster> {
     const main = new URL("./main.ts", import.meta.url).pathname;
     const replicas = await Promise.all(Array.from({ length: o.replicas }, async (_, i) => {
       const child = new Deno.Command(Deno.execPath(), {
-        args: ["run", "-A", main, "--port", "0", "--context-store", redisUrl!, ...(o.replicaArgs ?? [])],
+        args: [
+          "run",
+          "-A",
+          ...SERVER_V8_FLAGS,
+          main,
+          "--port",
+          "0",
+          "--context-store",
+          redisUrl!,
+          ...(o.replicaArgs ?? []),
+        ],
         stdout: "piped",
         stderr: "piped",
       }).spawn();

@@ -5,7 +5,8 @@
  */
 import { z } from "zod";
 import { BlobError, decodeContextBlob, encodeContextBlob } from "../core/context_blob.ts";
-import type { CompressedContext, Model } from "../core/engine.ts";
+import { type CompressedContext, contextCapacity, type Model } from "../core/engine.ts";
+import type { CacheSnapshot } from "../core/executor.ts";
 import { adapterFingerprint, modelFingerprintOf } from "../core/fingerprint.ts";
 import { HttpError } from "./errors.ts";
 
@@ -75,6 +76,52 @@ export class CorruptContext extends HttpError {
 
 const short = (fp: string | null) => (fp === null ? "none" : fp.slice(0, 12));
 
+/**
+ * What in a blob's header does not fit the model it claims (its fingerprint only says which model; a
+ * blob with a valid checksum can still be forged or come from a bug): positions within the model's
+ * context, the session's capacity and every count within what a context of this model can need, the
+ * logits one per vocabulary entry, the tokens within the vocabulary. Null when it fits.
+ */
+export function fitsModel(
+  s: CacheSnapshot,
+  m: { capacity: number; contextTokens: number[] },
+  model: Model,
+): string | null {
+  const c = model.config, context = c.maxSeqLen;
+  // A context's session is allocated for the model's context plus the rows scoring adds (soft tokens,
+  // lookahead), and an answer's question and tokens, which are themselves within the context.
+  const most = contextCapacity(model, 0) + context;
+  if (s.nLayers !== c.nLayers || s.nKvHeads !== c.nKvHeads || s.headDim !== c.headDim) {
+    return `header fields 'nLayers', 'nKvHeads', 'headDim': ${s.nLayers} x ${s.nKvHeads} x ${s.headDim}, ` +
+      `the model has ${c.nLayers} x ${c.nKvHeads} x ${c.headDim}`;
+  }
+  if (s.nextPosition > context) {
+    return `header field 'nextPosition': ${s.nextPosition}, past the model's context of ${context}`;
+  }
+  if (m.capacity > most) {
+    return `header field 'meta.capacity': ${m.capacity}, over the ${most} a context of this model can need`;
+  }
+  const over = s.positions.findIndex((p) => p.length > m.capacity);
+  if (over >= 0) {
+    return `header field 'counts.${over}': ${
+      s.positions[over].length
+    } entries, over its capacity ${m.capacity}`;
+  }
+  if (s.logits !== null && s.logits.length !== c.vocabSize) {
+    return `header field 'logits': ${s.logits.length}, the model's vocabulary has ${c.vocabSize}`;
+  }
+  if (m.contextTokens.length > context) {
+    return `header field 'meta.contextTokens': ${m.contextTokens.length} tokens, past the model's context of ${context}`;
+  }
+  const token = m.contextTokens.findIndex((t) => t >= c.vocabSize);
+  if (token >= 0) {
+    return `header field 'meta.contextTokens.${token}': ${
+      m.contextTokens[token]
+    }, outside the vocabulary of ${c.vocabSize}`;
+  }
+  return null;
+}
+
 /** Reads a blob into a live context on `model`'s executor: 409 for another model or adapter's, 422 if corrupt. */
 export async function decodeContext(
   id: string,
@@ -112,6 +159,8 @@ export async function decodeContext(
     throw new CorruptContext(id, `header field 'meta.${issue.path.join(".")}': ${issue.message}`);
   }
   const m = blob.meta as z.infer<typeof metaSchema>; // as stored (the parse reorders keys)
+  const wrong = fitsModel(blob.snapshot, m, model);
+  if (wrong) throw new CorruptContext(id, wrong);
   let session;
   try {
     session = await model.executor.restoreSession(blob.snapshot, m.capacity);

@@ -46,6 +46,15 @@ export class Cancelled extends Error {
   }
 }
 
+/** A stream's client read nothing for too long while its buffer was full: the stream is cut. */
+export class Stalled extends Cancelled {
+  constructor(readonly limitMs: number) {
+    super();
+    this.message = `the client read nothing of its stream for ${limitMs} ms`;
+    this.name = "Stalled";
+  }
+}
+
 /** A device-lost error from an executor: kind device_lost (or, from elsewhere, worded so). */
 export const isDeviceLost = (e: unknown): boolean =>
   (e instanceof JudgeQError && e.kind === "device_lost") ||

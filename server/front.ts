@@ -19,6 +19,7 @@
  * empty 400, before any handler runs (onError is not called). The front recognises that answer by its
  * shape (layerAnswer) and sends the service's JSON error with the same status instead.
  */
+import { setClientRoom } from "./client_flow.ts";
 import { errorBody, HttpError } from "./errors.ts";
 
 export interface FrontOptions {
@@ -29,8 +30,14 @@ export interface FrontOptions {
   headerTimeoutMs: number;
   /** Time a connection may wait for its next request once its answers are delivered; 0: none. */
   idleTimeoutMs: number;
-  /** Connections open at once; one more is answered 503 (JSON, Retry-After) and closed. 0: no cap. */
+  /**
+   * Connections open at once. At the cap, a newcomer from an address holding fewer than the heaviest
+   * address takes the place of that one's oldest idle (or header-waiting) connection; else it is
+   * answered 503 (JSON, Retry-After) and closed. 0: no cap.
+   */
   maxConnections?: number;
+  /** Connections one client address may hold open at once; one more gets the 503. 0: no cap. */
+  maxConnectionsPerPeer?: number;
   onError: (e: unknown) => Response | Promise<Response>;
   onListen?: (addr: Deno.NetAddr) => void;
 }
@@ -42,6 +49,8 @@ export interface FrontedServer {
   shutdown(): Promise<void>;
   /** Connections open through the front (tests). */
   connections(): Promise<number>;
+  /** Connections open, and closed since start to make room for another address's (metrics). */
+  stats(): Promise<{ open: number; evicted: number }>;
   /** The private loopback address Deno.serve listens on behind the front (null without a front). */
   inner: Deno.NetAddr | null;
 }
@@ -118,6 +127,7 @@ export type ToFront =
     headerTimeoutMs: number;
     idleTimeoutMs: number;
     maxConnections: number;
+    maxConnectionsPerPeer: number;
   }
   | { type: "begin" | "end"; port: number }
   | { type: "stop" }
@@ -127,9 +137,9 @@ export type ToFront =
 export type FromFront =
   | { type: "listening"; hostname: string; port: number }
   | { type: "error"; message: string }
-  | { type: "open" | "closed"; port: number }
+  | { type: "open" | "closed" | "gone" | "blocked" | "flowing"; port: number }
   | { type: "drained" }
-  | { type: "count"; id: number; n: number };
+  | { type: "count"; id: number; n: number; evicted: number };
 
 /** How long a request on the private port waits for the front to announce its connection. */
 const ANNOUNCE_MS = 1000;
@@ -153,12 +163,27 @@ export async function serveFronted(
     }, handler);
     const addr = await listening.promise;
     o.onListen?.(addr);
-    return { addr, shutdown: () => server.shutdown(), connections: () => Promise.resolve(0), inner: null };
+    return {
+      addr,
+      shutdown: () => server.shutdown(),
+      connections: () => Promise.resolve(0),
+      stats: () => Promise.resolve({ open: 0, evicted: 0 }),
+      inner: null,
+    };
   }
 
   const known = new Set<number>(); // the front's connections to the private port, by local port
+  // Requests being handled, by connection: aborted when the front sees their client go.
+  const handling = new Map<number, Set<AbortController>>();
+  const gone = new Set<number>(); // connections whose client went, until they close
+  // Connections whose client is not reading (the front's write to it pending), and who waits for them.
+  const blocked = new Map<number, PromiseWithResolvers<void>>();
+  const unblock = (port: number) => {
+    blocked.get(port)?.resolve();
+    blocked.delete(port);
+  };
   const announced = new Map<number, () => void>();
-  const counts = new Map<number, (n: number) => void>();
+  const counts = new Map<number, (n: { open: number; evicted: number }) => void>();
   const drained = Promise.withResolvers<void>();
   const listening = Promise.withResolvers<Deno.NetAddr>();
   const worker = new Worker(new URL("./front_worker.ts", import.meta.url), { type: "module" });
@@ -168,12 +193,24 @@ export async function serveFronted(
     if (m.type === "open") {
       known.add(m.port);
       announced.get(m.port)?.();
-    } else if (m.type === "closed") known.delete(m.port);
-    else if (m.type === "listening") {
+    } else if (m.type === "closed") {
+      known.delete(m.port);
+      gone.delete(m.port);
+      unblock(m.port);
+    } else if (m.type === "blocked") {
+      if (!blocked.has(m.port)) blocked.set(m.port, Promise.withResolvers<void>());
+    } else if (m.type === "flowing") unblock(m.port);
+    else if (m.type === "gone") {
+      unblock(m.port);
+      gone.add(m.port);
+      for (const ac of handling.get(m.port) ?? []) {
+        ac.abort(new DOMException("client disconnected", "AbortError"));
+      }
+    } else if (m.type === "listening") {
       listening.resolve({ transport: "tcp", hostname: m.hostname, port: m.port });
     } else if (m.type === "error") listening.reject(new Error(m.message));
     else if (m.type === "drained") drained.resolve();
-    else if (m.type === "count") counts.get(m.id)?.(m.n);
+    else if (m.type === "count") counts.get(m.id)?.({ open: m.n, evicted: m.evicted });
   };
   worker.onerror = (e) => {
     e.preventDefault();
@@ -210,8 +247,21 @@ export async function serveFronted(
       });
     }
     post({ type: "begin", port }); // the request's headers are in: no deadline while it is handled
-    info.completed.catch(() => {}).finally(() => post({ type: "end", port }));
-    return await handler(req);
+    // The request's signal also aborts when the front sees its client go: Deno's own misses that for
+    // bodies over a few hundred bytes, which would leave a job running for nobody.
+    const ac = new AbortController();
+    if (gone.has(port)) ac.abort(new DOMException("client disconnected", "AbortError"));
+    let set = handling.get(port);
+    if (!set) handling.set(port, set = new Set());
+    set.add(ac);
+    info.completed.catch(() => {}).finally(() => {
+      set!.delete(ac);
+      if (set!.size === 0 && handling.get(port) === set) handling.delete(port);
+      post({ type: "end", port });
+    });
+    const relayed = new Request(req, { signal: AbortSignal.any([req.signal, ac.signal]) });
+    setClientRoom(relayed, () => blocked.get(port)?.promise ?? null);
+    return await handler(relayed);
   });
   const innerAddr = await inner.promise;
   post({
@@ -222,6 +272,7 @@ export async function serveFronted(
     headerTimeoutMs: o.headerTimeoutMs,
     idleTimeoutMs: o.idleTimeoutMs,
     maxConnections: o.maxConnections ?? 0,
+    maxConnectionsPerPeer: o.maxConnectionsPerPeer ?? 0,
   });
   let addr: Deno.NetAddr;
   try {
@@ -233,17 +284,19 @@ export async function serveFronted(
   }
   o.onListen?.(addr);
   let nextCount = 0;
+  const stats = () => {
+    const id = nextCount++;
+    const { promise, resolve } = Promise.withResolvers<{ open: number; evicted: number }>();
+    counts.set(id, resolve);
+    post({ type: "count", id });
+    return promise.finally(() => counts.delete(id));
+  };
 
   return {
     addr,
     inner: innerAddr,
-    connections() {
-      const id = nextCount++;
-      const { promise, resolve } = Promise.withResolvers<number>();
-      counts.set(id, resolve);
-      post({ type: "count", id });
-      return promise.finally(() => counts.delete(id));
-    },
+    connections: () => stats().then((s) => s.open),
+    stats,
     async shutdown() {
       post({ type: "stop" }); // stop accepting
       await server.shutdown(); // closes idle connections, lets requests in progress finish

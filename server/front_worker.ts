@@ -13,12 +13,19 @@ type Phase = "head" | "busy" | "idle";
 
 const post = (m: FromFront) => self.postMessage(m);
 
+/** A write to a client pending this long means its socket is full: it is not reading. */
+const BLOCKED_AFTER_MS = 20;
+
 /** Per direction and connection: small, as connections held open until their deadline each hold two. */
 const RELAY_BUFFER_BYTES = 16 << 10;
 
 class Relay {
   phase: Phase = "head";
   inFlight = 0;
+  /** Client bytes of a request that got no answer byte yet (a request the HTTP layer may drop unanswered). */
+  unanswered = false;
+  /** The client's side ended (it closed or failed): its requests' jobs are cancelled. */
+  gone = false;
   private timer: ReturnType<typeof setTimeout> | null = null;
   private closed = false;
 
@@ -31,6 +38,11 @@ class Relay {
     this.arm(o.headerTimeoutMs); // the first request's headers, from accept
   }
 
+  /** Whether closing it cuts no request being handled (idle, or its headers not yet complete). */
+  get evictable(): boolean {
+    return this.phase !== "busy";
+  }
+
   private arm(ms: number) {
     if (this.timer !== null) clearTimeout(this.timer);
     this.timer = null;
@@ -39,6 +51,7 @@ class Relay {
 
   /** Client bytes: the first of a new request starts its header deadline. */
   fromClient() {
+    this.unanswered = true;
     if (this.phase === "idle") {
       this.phase = "head";
       this.arm(this.o.headerTimeoutMs);
@@ -81,7 +94,61 @@ const open = new Set<Promise<void>>(); // connections being relayed
 let listener: Deno.Listener | null = null;
 let stopping = false;
 
-async function relayConnection(client: Deno.Conn, o: Start) {
+/** One accepted connection, from accept (before its relay exists) to its close. */
+interface Entry {
+  client: Deno.Conn;
+  peer: string;
+  relay: Relay | null;
+}
+
+const byPeer = new Map<string, Set<Entry>>(); // every open connection, by the client's address
+
+function track(e: Entry): () => void {
+  let set = byPeer.get(e.peer);
+  if (!set) byPeer.set(e.peer, set = new Set());
+  set.add(e);
+  return () => {
+    set!.delete(e);
+    if (set!.size === 0) byPeer.delete(e.peer);
+  };
+}
+
+/** The client's address: the unit of the per-peer cap and of eviction. */
+const peerOf = (c: Deno.Conn) => (c.remoteAddr as Deno.NetAddr).hostname;
+
+/**
+ * At the global cap, a place for a newcomer from `peer`: the oldest connection of the address holding
+ * the most, if that is another address holding more than `peer` does, is closed, idle keep-alive
+ * connections before ones waiting for headers, never one whose request is being handled. True when a
+ * place was made; false leaves the newcomer refused. So one address holding every place (a slowloris)
+ * gives them up to everyone else, one by one, while it can never take another's.
+ */
+function evictFor(peer: string): boolean {
+  const own = byPeer.get(peer)?.size ?? 0;
+  let heaviest: Set<Entry> | null = null;
+  for (const [p, set] of byPeer) {
+    if (p !== peer && set.size > own + 1 && (!heaviest || set.size > heaviest.size)) heaviest = set;
+  }
+  if (!heaviest) return false;
+  // Sets keep insertion order: the first found of each kind is its oldest.
+  let victim: Entry | null = null;
+  for (const e of heaviest) {
+    if (!e.relay || !e.relay.evictable) continue;
+    if (e.relay.phase === "idle") {
+      victim = e;
+      break;
+    }
+    victim ??= e;
+  }
+  if (!victim) return false;
+  evicted++;
+  victim.relay!.close();
+  return true;
+}
+
+let evicted = 0;
+
+async function relayConnection(client: Deno.Conn, o: Start, entry: Entry) {
   let upstream: Deno.Conn;
   try {
     upstream = await Deno.connect({ hostname: "127.0.0.1", port: o.innerPort });
@@ -97,18 +164,27 @@ async function relayConnection(client: Deno.Conn, o: Start) {
     post({ type: "closed", port });
   });
   relays.set(port, relay);
+  entry.relay = relay;
   post({ type: "open", port }); // the main thread serves this port's requests once it knows it
   /** Relays the client's bytes; false when the client failed (gone), true when it ended or upstream refused. */
   const toUpstream = async (): Promise<boolean> => {
     const buf = new Uint8Array(RELAY_BUFFER_BYTES);
     for (;;) {
-      let n: number | null;
+      let n: number | null, failed = false;
       try {
         n = await client.read(buf);
       } catch {
-        return false;
+        n = null;
+        failed = true;
       }
-      if (n === null) break;
+      if (n === null) {
+        // The client closed or failed: whatever it asked is not wanted any more (Deno.serve's own
+        // request.signal misses this once a body is over a few hundred bytes).
+        relay.gone = true;
+        if (relay.inFlight > 0 || relay.unanswered) post({ type: "gone", port });
+        if (failed) return false;
+        break;
+      }
       relay.fromClient();
       try {
         await writeAll(upstream, buf.subarray(0, n));
@@ -118,6 +194,23 @@ async function relayConnection(client: Deno.Conn, o: Start) {
     }
     await upstream.closeWrite().catch(() => {});
     return true;
+  };
+  /**
+   * A write the client's socket does not take at once (it is not reading): the main thread hears
+   * "blocked", and the stream being answered waits, off the executor, until "flowing".
+   */
+  const writeToClient = async (bytes: Uint8Array) => {
+    let blocked = false;
+    const timer = setTimeout(() => {
+      blocked = true;
+      post({ type: "blocked", port });
+    }, BLOCKED_AFTER_MS);
+    try {
+      await writeAll(client, bytes);
+    } finally {
+      clearTimeout(timer);
+      if (blocked) post({ type: "flowing", port });
+    }
   };
   const toClient = async () => {
     const buf = new Uint8Array(RELAY_BUFFER_BYTES);
@@ -130,7 +223,13 @@ async function relayConnection(client: Deno.Conn, o: Start) {
         await writeAll(client, layerError(own.status));
         return;
       }
-      await writeAll(client, buf.subarray(0, n));
+      relay.unanswered = false;
+      await writeToClient(buf.subarray(0, n));
+    }
+    // The HTTP layer closed the connection without a byte for a request it had (a chunk size it could
+    // not parse, or a body it could not read): the client still gets a JSON 400 if it is there.
+    if (relay.unanswered && !relay.gone && !stopping) {
+      await writeAll(client, rawError(new HttpError(400, UNREADABLE)));
     }
   };
   // The client's end of input is passed on (the HTTP layer then ends the connection, as it would
@@ -140,11 +239,12 @@ async function relayConnection(client: Deno.Conn, o: Start) {
   relay.close();
 }
 
-/** A connection beyond the cap: a 503 the client can read, then closed (never relayed, never queued). */
-function refuse(client: Deno.Conn, most: number) {
-  const e = new HttpError(503, `the server holds its maximum of ${most} connections; retry later`, null, {
-    "retry-after": "1",
-  });
+const UNREADABLE =
+  "the request could not be read as HTTP/1.1 (a malformed chunked body, or a body that does not match its framing)";
+
+/** A connection beyond a cap: a 503 the client can read, then closed (never relayed, never queued). */
+function refuse(client: Deno.Conn, message: string) {
+  const e = new HttpError(503, `${message}; retry later`, null, { "retry-after": "1" });
   writeAll(client, rawError(e)).catch(() => {}).finally(() => {
     try {
       client.close();
@@ -163,11 +263,18 @@ async function start(o: Start) {
   post({ type: "listening", hostname: addr.hostname, port: addr.port });
   try {
     for await (const client of listener) {
-      if (o.maxConnections > 0 && open.size >= o.maxConnections) {
-        refuse(client, o.maxConnections);
+      const peer = peerOf(client);
+      if (o.maxConnectionsPerPeer > 0 && (byPeer.get(peer)?.size ?? 0) >= o.maxConnectionsPerPeer) {
+        refuse(client, `this address holds its maximum of ${o.maxConnectionsPerPeer} connections`);
         continue;
       }
-      const relayed = relayConnection(client, o).catch(() => {});
+      if (o.maxConnections > 0 && open.size >= o.maxConnections && !evictFor(peer)) {
+        refuse(client, `the server holds its maximum of ${o.maxConnections} connections`);
+        continue;
+      }
+      const entry: Entry = { client, peer, relay: null };
+      const untrack = track(entry);
+      const relayed = relayConnection(client, o, entry).catch(() => {}).finally(untrack);
       open.add(relayed);
       relayed.finally(() => open.delete(relayed));
     }
@@ -199,7 +306,7 @@ self.onmessage = (ev: MessageEvent<ToFront>) => {
       if (!stopping) stop();
       break;
     case "count":
-      post({ type: "count", id: m.id, n: relays.size });
+      post({ type: "count", id: m.id, n: relays.size, evicted });
       break;
   }
 };

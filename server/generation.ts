@@ -50,6 +50,11 @@ export interface JobHooks {
   /** New text of output `index` (streaming); `ids` are the tokens that produced it. */
   onText?: (index: number, text: string, ids: number[]) => void;
   /**
+   * Resolves once the output's consumer has room for more (a stream's buffer), waiting off the executor
+   * meanwhile; called after each batch of text.
+   */
+  backpressure?: () => Promise<void>;
+  /**
    * Offers the executor to other jobs between decode batches (fair scheduling, see turns.ts); rejects
    * with TimeLimitExceeded once the job is over its executor time.
    */
@@ -102,6 +107,7 @@ class JobRun {
       this.hooks.onText?.(index, text, [id]);
     }
     if (out.stopped) this.stopControllers[index].abort();
+    await this.hooks.backpressure?.();
     if (!this.hooks.pass) {
       // Outside the service's turns (no scheduler): yield to the event loop now and then all the same.
       if (performance.now() - this.lastYield >= YIELD_EVERY_MS) {

@@ -1,8 +1,17 @@
 /**
  * The load balancer's configuration, as text (pure): HAProxy in HTTP mode, least connections, health
  * checks on /healthz every 500 ms (a replica is out after 2 failures, back after 2 successes), and a
- * request that could not reach a replica (connection refused: it was killed) retried on another one.
+ * request that got no byte back from its replica (the connection refused or closed unanswered: it was
+ * killed; or a 503: it is draining) retried on another one. HAProxy's own errors are JSON in the
+ * service's shape, never an HTML page.
  */
+/** The balancer's own errors, in the service's error shape: their type, and what they mean for a client. */
+const BALANCER: Record<number, [string, string]> = {
+  502: ["bad_gateway", "the replica serving this request failed before answering it; retry"],
+  503: ["service_unavailable", "no replica is available; retry later"],
+  504: ["gateway_timeout", "the replica did not answer in time"],
+};
+
 export interface Backend {
   name: string;
   host: string;
@@ -30,10 +39,20 @@ export function haproxyConfig(o: HaproxyOptions): string {
     "  timeout client 120s",
     `  timeout server ${o.serverTimeoutS ?? 300}s`,
     "  timeout http-request 30s",
-    // A request whose replica refused the connection (killed, restarting) goes to another one.
+    // A request whose replica refused the connection (killed, restarting), or closed it without a byte
+    // of answer (killed while the request was in flight), goes to another one: nothing was answered, so
+    // nothing is repeated to the client. HAProxy can resend only a request it holds whole: a POST body is
+    // buffered before a replica is chosen; one larger than its buffer (tune.bufsize, 16 KiB by default)
+    // is passed on as it comes and cannot be resent.
     "  retries 3",
     "  option redispatch 1",
-    "  retry-on conn-failure empty-response",
+    "  option http-buffer-request",
+    "  retry-on conn-failure empty-response junk-response 503",
+    ...Object.entries(BALANCER).map(([status, [type, message]]) =>
+      `  http-error status ${status} content-type application/json string ${
+        JSON.stringify(JSON.stringify({ error: { type, message, param: null } }))
+      }`
+    ),
     "frontend judgeq",
     `  bind ${o.bindHost}:${o.bindPort}`,
     "  default_backend replicas",

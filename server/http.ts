@@ -3,7 +3,7 @@
  * against a zod schema (400 naming the field).
  */
 import type { z } from "zod";
-import { fromZod, HttpError } from "./errors.ts";
+import { Cancelled, fromZod, HttpError } from "./errors.ts";
 
 /** Compares secrets in time independent of where they differ. */
 export function timingSafeEqual(a: string, b: string): boolean {
@@ -31,8 +31,18 @@ export async function readJson(req: Request, limits: BodyLimits): Promise<unknow
       timedOut = true;
       reader.cancel().catch(() => {});
     }, limits.timeoutMs);
+    /**
+     * A failed read is the client's doing: the HTTP layer never hands the handler a body it cannot frame
+     * (a bad chunk size closes the connection before the handler runs), so a read that fails means the
+     * connection went away mid-body (BadResource). A client disconnect (499), not a 500.
+     */
+    const next = () =>
+      reader.read().catch((e) => {
+        if (timedOut) return { done: true as const, value: undefined };
+        throw e instanceof HttpError ? e : new Cancelled();
+      });
     try {
-      for (let r = await reader.read(); !r.done; r = await reader.read()) {
+      for (let r = await next(); !r.done; r = await next()) {
         size += r.value.byteLength;
         if (size > limits.maxBytes) {
           reader.cancel().catch(() => {});

@@ -37,6 +37,10 @@ const SPEC = {
   method: { kind: "string", help: "KV compression method (default: none)" },
   budget: { kind: "int", help: "KV budget per head for --method" },
   "api-key": { kind: "string", help: "API key of the target server" },
+  model: {
+    kind: "string",
+    help: "model directory or .gguf file of the server it starts (default: the embedded one)",
+  },
   ...executorFlags("auto", "; for the server it starts"),
   "queue-size": { kind: "int", help: "queue size of the server it starts (default 64)", default: 64 },
   bare: {
@@ -167,6 +171,9 @@ async function main(argv: string[]): Promise<number> {
   }
 
   let url = f.url as string | undefined;
+  if (url !== undefined && f.model !== undefined) {
+    throw new UsageError("--model: for the server loadtest starts, not with --url");
+  }
   let stop = async () => {};
   let executor = "remote";
   if (url !== undefined) {
@@ -184,6 +191,7 @@ async function main(argv: string[]): Promise<number> {
     url = parsed.origin;
   } else {
     const model = await loadModel({
+      model: f.model as string | undefined,
       executor: executorChoice,
       weightFormat,
       threads,

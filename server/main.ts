@@ -8,7 +8,8 @@
  *                   [--context-ttl 600] [--context-max-mb 256] [--context-store memory|redis://HOST:PORT]
  *                   [--max-tokens-per-request N] [--max-questions 64]
  *                   [--max-streams 16] [--max-batch-tokens 256] [--kv-cache-mb N] (batched decoding)
- *                   [--header-timeout-s 10] [--idle-timeout-s 30] [--body-timeout-s 30] [--max-connections 1024]
+ *                   [--header-timeout-s 10] [--idle-timeout-s 30] [--body-timeout-s 30] [--stream-stall-timeout-s 30] [--max-connections 1024]
+ *                   [--max-connections-per-peer N]
  * The model and adapter are fixed here, at start-up; no request can choose files. SIGINT/SIGTERM stop
  * accepting, let in-flight and queued requests finish, then exit.
  */
@@ -127,11 +128,21 @@ const SPEC = {
     help:
       `connections open at once through the front; one more gets a 503 and is closed (default ${DEFAULT_MAX_CONNECTIONS})`,
   },
+  "max-connections-per-peer": {
+    kind: "int",
+    help: "connections one client address may hold open through the front; one more gets a 503 " +
+      "(default: no cap of its own; at --max-connections, the address holding most gives up its oldest idle one)",
+  },
   "idle-timeout-s": {
     kind: "number",
     help:
       `seconds a kept-alive connection may wait for its next request, closed after (default ${DEFAULT_IDLE_TIMEOUT_S}; ` +
       "0: none; both 0: Deno.serve alone, no TCP front)",
+  },
+  "stream-stall-timeout-s": {
+    kind: "number",
+    help: "seconds a stream may wait for its client to read (its buffer full; the job off the executor " +
+      `meanwhile) before it is cut (default ${DEFAULT_OPTIONS.streamStallMs! / 1000}; 0: no limit)`,
   },
   "body-timeout-s": {
     kind: "number",
@@ -259,7 +270,9 @@ async function main(argv: string[]): Promise<number> {
   const headerTimeoutS = positive("header-timeout-s", f["header-timeout-s"], 0) ?? DEFAULT_HEADER_TIMEOUT_S;
   const idleTimeoutS = positive("idle-timeout-s", f["idle-timeout-s"], 0) ?? DEFAULT_IDLE_TIMEOUT_S;
   const maxConnections = positive("max-connections", f["max-connections"]) ?? DEFAULT_MAX_CONNECTIONS;
+  const maxConnectionsPerPeer = positive("max-connections-per-peer", f["max-connections-per-peer"]) ?? 0;
   const bodyTimeoutS = positive("body-timeout-s", f["body-timeout-s"], 0.001);
+  const stallS = positive("stream-stall-timeout-s", f["stream-stall-timeout-s"], 0);
   if (maxQuestions !== undefined && maxQuestions > 64) {
     throw new UsageError(`--max-questions: expected 1 to 64, got '${maxQuestions}'`);
   }
@@ -294,6 +307,7 @@ async function main(argv: string[]): Promise<number> {
     ...(maxTokensPerRequest !== undefined ? { maxTokensPerRequest } : {}),
     ...(maxQuestions !== undefined ? { maxQuestions } : {}),
     ...(bodyTimeoutS !== undefined ? { bodyTimeoutMs: bodyTimeoutS * 1000 } : {}),
+    ...(stallS !== undefined ? { streamStallMs: stallS === 0 ? null : stallS * 1000 } : {}),
     contextStore: contextStore ? new RedisBlobs(contextStore) : null,
   });
   if (apiKeys.length > 1) {
@@ -312,6 +326,7 @@ async function main(argv: string[]): Promise<number> {
     headerTimeoutMs: headerTimeoutS * 1000,
     idleTimeoutMs: idleTimeoutS * 1000,
     maxConnections,
+    maxConnectionsPerPeer,
     onError: (e) => errorResponse(toHttpError(e)), // a JSON body, never a stack trace
   }, app.handler);
   const addr = server.addr;

@@ -129,7 +129,7 @@ export class ServerMetrics {
   );
   readonly jobs = new Counter(
     "judgeq_jobs_total",
-    "Executor jobs by outcome (ok, error, cancelled, time_limit).",
+    "Executor jobs by outcome (ok, error, cancelled, time_limit, stalled).",
   );
   readonly rejected = new Counter(
     "judgeq_queue_rejected_total",

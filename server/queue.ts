@@ -7,6 +7,8 @@ import { HttpError } from "./errors.ts";
 export class JobQueue {
   private readonly waiting: { run: () => void }[] = [];
   private running = 0;
+  /** Jobs that gave their slot up while they wait (a stream whose client is not reading). */
+  private parked = 0;
   private idleResolvers: (() => void)[] = [];
   /** Jobs refused because the queue was full, since start. */
   rejected = 0;
@@ -61,9 +63,32 @@ export class JobQueue {
     });
   }
 
+  /**
+   * A running job gives its slot to the next job waiting until `wait` settles, then waits for a slot
+   * again, ahead of the jobs queued: a job blocked on its client does not hold a place on the executor.
+   */
+  async park<T>(wait: Promise<T>): Promise<T> {
+    this.running--;
+    this.parked++;
+    this.waiting.shift()?.run();
+    try {
+      return await wait;
+    } finally {
+      await new Promise<void>((resolve) => {
+        const resume = () => {
+          this.parked--;
+          this.running++;
+          resolve();
+        };
+        if (this.running < this.concurrency) resume();
+        else this.waiting.unshift({ run: resume });
+      });
+    }
+  }
+
   /** Resolves once nothing runs or waits (graceful shutdown). */
   idle(): Promise<void> {
-    if (this.running === 0 && this.waiting.length === 0) return Promise.resolve();
+    if (this.running === 0 && this.parked === 0 && this.waiting.length === 0) return Promise.resolve();
     return new Promise((r) => this.idleResolvers.push(r));
   }
 
@@ -75,7 +100,7 @@ export class JobQueue {
       this.running--;
       const next = this.waiting.shift();
       if (next) next.run();
-      else if (this.running === 0) {
+      else if (this.running === 0 && this.parked === 0) {
         for (const r of this.idleResolvers.splice(0)) r();
       }
     }

@@ -6,7 +6,15 @@ import type { z } from "zod";
 import type { Model } from "../core/engine.ts";
 import { type BlobBackend, type Contexts, MemoryContexts, SharedContexts } from "./context_stores.ts";
 import { ContextStore } from "./contexts.ts";
-import { Cancelled, errorBody, HttpError, isDeviceLost, jsonResponse, toHttpError } from "./errors.ts";
+import {
+  Cancelled,
+  errorBody,
+  HttpError,
+  isDeviceLost,
+  jsonResponse,
+  Stalled,
+  toHttpError,
+} from "./errors.ts";
 import type { DecodeParams, JobHooks, JobResult } from "./generation.ts";
 import { parseBody } from "./http.ts";
 import type { ApiKey } from "./keys.ts";
@@ -15,6 +23,7 @@ import { JobQueue } from "./queue.ts";
 import { BatchScheduler } from "./batch_scheduler.ts";
 import type { stopSchema } from "./schemas.ts";
 import { createSse, type SseStream } from "./sse.ts";
+import { clientFull } from "./client_flow.ts";
 import { type Mutex, Ticket, TimeLimitExceeded, Turns } from "./turns.ts";
 
 export interface AppOptions {
@@ -51,6 +60,11 @@ export interface AppOptions {
   maxTokensPerRequest: number | null;
   /** Questions one request may ask (the schemas allow at most 64). */
   maxQuestions: number;
+  /**
+   * How long a stream may wait for its client to read (its buffer full) before it is cut; meanwhile its
+   * job is off the executor and its slot given to others. null: no limit.
+   */
+  streamStallMs: number | null;
   /** Reports whether the executor's device is lost (503 while so); defaults to the executor's `lost`. */
   deviceLost: () => boolean;
   log: (message: string) => void;
@@ -70,6 +84,7 @@ export const DEFAULT_OPTIONS: Omit<AppOptions, "deviceLost" | "log"> = {
   contextStore: null,
   maxTokensPerRequest: null,
   maxQuestions: 64,
+  streamStallMs: 30_000,
 };
 
 /** Sampling fields as the wire has them (every generating endpoint). */
@@ -266,7 +281,7 @@ export class Service {
    */
   enqueue<T>(
     signal: AbortSignal,
-    work: (pass: () => Promise<void>) => Promise<T>,
+    work: (pass: () => Promise<void>, park: (wait: Promise<void>) => Promise<void>) => Promise<T>,
     exclusive?: Mutex,
   ): Promise<Timed<T>> {
     this.checkAvailable();
@@ -282,17 +297,24 @@ export class Service {
         try {
           if (!this.scheduler) await this.turns.take(ticket);
           if (signal.aborted) throw new Cancelled();
-          const value = await work(() =>
-            this.scheduler ? this.batchPass(signal, started) : this.turns.offer(ticket)
+          const value = await work(
+            () => this.scheduler ? this.batchPass(signal, started) : this.turns.offer(ticket),
+            (wait) => this.park(ticket, wait, signal),
           );
           m.jobs.inc({ outcome: "ok" });
           return { value, queueMs: started - queued, runMs: performance.now() - started };
         } catch (e) {
           const cancelled = e instanceof Cancelled || signal.aborted;
-          const outcome = cancelled ? "cancelled" : e instanceof TimeLimitExceeded ? "time_limit" : "error";
+          const outcome = e instanceof Stalled
+            ? "stalled"
+            : cancelled
+            ? "cancelled"
+            : e instanceof TimeLimitExceeded
+            ? "time_limit"
+            : "error";
           m.jobs.inc({ outcome });
           if (isDeviceLost(e)) this.lost = true;
-          throw cancelled ? new Cancelled() : e;
+          throw e instanceof Stalled ? e : cancelled ? new Cancelled() : e;
         } finally {
           this.turns.release(ticket);
           unlock?.();
@@ -304,6 +326,7 @@ export class Service {
     }
     // Aborted while waiting: the queue rejects with the signal's reason.
     return job.catch((e) => {
+      if (e instanceof Stalled) throw e;
       throw e instanceof Cancelled || signal.aborted ? new Cancelled() : e;
     });
   }
@@ -319,6 +342,38 @@ export class Service {
     if (limit !== null && used > limit) return Promise.reject(new TimeLimitExceeded(limit, used));
     return Promise.resolve();
   }
+
+  /**
+   * A job waits for `wait` (its stream's client to read) off the executor: it gives up its turn and its
+   * slot, then takes them again. Past --stream-stall-timeout it ends with Stalled; a client gone ends
+   * the wait at once (the decode loop then sees its signal).
+   */
+  private async park(ticket: Ticket, wait: Promise<void>, signal: AbortSignal) {
+    const limit = this.o.streamStallMs;
+    this.stalledNow++;
+    if (!this.scheduler) this.turns.release(ticket); // batched jobs hold no turn
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const gone = Promise.withResolvers<void>();
+    const onAbort = () => gone.resolve();
+    signal.addEventListener("abort", onAbort, { once: true });
+    try {
+      await this.queue.park(Promise.race([
+        wait,
+        gone.promise,
+        ...(limit === null ? [] : [
+          new Promise<void>((_, reject) => timer = setTimeout(() => reject(new Stalled(limit)), limit)),
+        ]),
+      ]));
+    } finally {
+      clearTimeout(timer);
+      signal.removeEventListener("abort", onAbort);
+      this.stalledNow--;
+      if (!this.scheduler) await this.turns.take(ticket);
+    }
+  }
+
+  /** Jobs waiting now for their stream's client to read. */
+  stalledNow = 0;
 
   /** Token and KV counters of a finished generation. */
   account(r: JobResult) {
@@ -363,7 +418,17 @@ export class Service {
     try {
       job = this.enqueue(
         signal,
-        (pass) => work({ signal, pass, onText: (i, text, ids) => shape.streamText(sse, i, text, ids) }),
+        (pass, park) =>
+          work({
+            signal,
+            pass,
+            onText: (i, text, ids) => shape.streamText(sse, i, text, ids),
+            // The stream's buffer is full: wait off the executor for the client to read.
+            backpressure: async () => {
+              const full = sse.full() ?? clientFull(req);
+              if (full) await park(full);
+            },
+          }),
         exclusive,
       );
     } catch (e) {
@@ -375,7 +440,8 @@ export class Service {
       this.account(value);
       shape.streamEnd(sse, value, queueMs, runMs);
     }, (e) => {
-      if (!(e instanceof Cancelled)) sse.send(errorBody(toHttpError(e, this.o.log)));
+      if (e instanceof Stalled) sse.abort(e.message); // its client stopped reading: cut the connection
+      else if (!(e instanceof Cancelled)) sse.send(errorBody(toHttpError(e, this.o.log)));
     }).finally(() => {
       sse.close();
       cleanup();

@@ -6,11 +6,13 @@
  * (after a warm-up), at its peak (sampled every 100 ms), and at the end, with every status seen.
  *   deno task soak [--requests 2000] [--warmup 6000] [--concurrency 8] [--duration 300] [--seed 1] [--context-max-mb 16]
  *                  [--executor auto|wasm|cpu] [--json]
- * Exit status 1 when a 5xx was seen or the end RSS is more than 20% over the start.
+ *   deno task soak --fill-cycle [--context-max-mb 16] [--executor auto|wasm|cpu]
+ * Exit status 1 when a 5xx was seen or the end RSS is more than 20% over the start (with --fill-cycle: the
+ * second fill's RSS more than 10% over the first's).
  */
 import { mulberry32, pick, type Rng } from "../core/random.ts";
 import { executorFlag, executorFlags, parseFlags, usage, UsageError } from "../io/flags.ts";
-import { watch } from "./processes.ts";
+import { SERVER_V8_FLAGS, watch } from "./processes.ts";
 import { readSse } from "./sse.ts";
 
 const SPEC = {
@@ -30,6 +32,11 @@ const SPEC = {
     default: 16,
   },
   ...executorFlags("auto", "; of the server it starts"),
+  "fill-cycle": {
+    kind: "boolean",
+    help: "instead: fill the context cap, delete every context, fill it again, and compare the resident " +
+      "memory after each fill (exit 1 past 10%)",
+  },
   json: { kind: "boolean", help: "print one JSON object" },
   help: { kind: "boolean", help: "show this help" },
 } as const;
@@ -173,6 +180,7 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
     args: [
       "run",
       "-A",
+      ...SERVER_V8_FLAGS,
       main,
       "--port",
       "0",
@@ -272,12 +280,116 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
   }
 }
 
+export interface FillCycleReport {
+  /** Contexts created in each fill (until the cap evicted one). */
+  contexts: [number, number];
+  /** After loading; after the first fill; after deleting every context; after the second fill. */
+  rss_mb: { cold: number; first_fill: number; deleted: number; second_fill: number };
+  /** Bytes the kept contexts held allocated at the end of each fill (judgeq_contexts_kv_bytes). */
+  context_mb: [number, number];
+  /** second_fill / first_fill - 1: a second fill should reuse the memory the first one freed. */
+  second_over_first: number;
+  context_cap_mb: number;
+}
+
+/**
+ * Fill, delete, fill: contexts are created (no compression, a long story each) until the cap evicts
+ * one, then every one is deleted and the same fill runs again. A WebAssembly memory never shrinks, so
+ * the resident size after the delete stays at the first fill's; what matters is that the second fill
+ * reuses the freed KV space instead of growing the process.
+ */
+export async function runFillCycle(o: { contextMaxMb: number; executor: string }): Promise<FillCycleReport> {
+  const main = new URL("./main.ts", import.meta.url).pathname;
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      ...SERVER_V8_FLAGS,
+      main,
+      "--port",
+      "0",
+      "--executor",
+      o.executor,
+      "--adapter",
+      "none",
+    ]
+      .concat(["--context-max-mb", String(o.contextMaxMb), "--idle-timeout-s", String(IDLE_TIMEOUT_S)]),
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  try {
+    const ready = await watch(child, /^judgeq serving .* at http:\/\//, "the server", 120_000);
+    const base = /at (http:\/\/127\.0\.0\.1:\d+)/.exec(ready)?.[1];
+    if (!base) throw new Error(`no ready line: ${ready}`);
+    const metric = async (name: string) => {
+      const text = await (await fetch(`${base}/metrics`)).text();
+      return Number(new RegExp(`^${name} (\\S+)$`, "m").exec(text)?.[1] ?? NaN);
+    };
+    const settle = () => new Promise((res) => setTimeout(res, (IDLE_TIMEOUT_S + 1) * 1000));
+    const ids: string[] = [];
+    const fill = async (seed: number) => {
+      const evicted = await metric("judgeq_contexts_evicted_total");
+      const r = mulberry32(seed);
+      let made = 0;
+      while ((await metric("judgeq_contexts_evicted_total")) === evicted && made < 100_000) {
+        const words = Array.from({ length: 60 }, () => pick(r, STORY.split(" "))).join(" ");
+        const res = await fetch(`${base}/v1/contexts`, {
+          method: "POST",
+          body: JSON.stringify({ context: `${STORY}${words}`, kv_compression: { method: "full" } }),
+        });
+        const body = await res.json();
+        if (res.status !== 200) throw new Error(`POST /v1/contexts: ${res.status} ${JSON.stringify(body)}`);
+        ids.push(body.id);
+        made++;
+      }
+      const bytes = await metric("judgeq_contexts_kv_bytes");
+      await settle();
+      return { made, bytes, rss: residentBytes(child.pid) };
+    };
+    const cold = residentBytes(child.pid);
+    const first = await fill(1);
+    for (const id of ids.splice(0)) {
+      const res = await fetch(`${base}/v1/contexts/${id}`, { method: "DELETE" });
+      await res.body?.cancel();
+    }
+    await settle();
+    const deleted = residentBytes(child.pid);
+    const second = await fill(2);
+    const mb = (b: number) => Math.round(b / 2 ** 20 * 10) / 10;
+    return {
+      contexts: [first.made, second.made],
+      rss_mb: {
+        cold: mb(cold),
+        first_fill: mb(first.rss),
+        deleted: mb(deleted),
+        second_fill: mb(second.rss),
+      },
+      context_mb: [mb(first.bytes), mb(second.bytes)],
+      second_over_first: Math.round((second.rss / first.rss - 1) * 1000) / 1000,
+      context_cap_mb: o.contextMaxMb,
+    };
+  } finally {
+    try {
+      child.kill("SIGKILL");
+    } catch { /* already gone */ }
+    await child.status;
+  }
+}
+
 if (import.meta.main) {
   try {
     const f = parseFlags(Deno.args, SPEC);
     if (f.help) {
       console.log(usage("deno task soak", SPEC));
       Deno.exit(0);
+    }
+    if (f["fill-cycle"]) {
+      const report = await runFillCycle({
+        contextMaxMb: f["context-max-mb"] as number,
+        executor: executorFlag(f.executor),
+      });
+      console.log(f.json ? JSON.stringify(report) : JSON.stringify(report, null, 2));
+      Deno.exit(report.second_over_first <= 0.1 ? 0 : 1);
     }
     for (const k of ["requests", "concurrency"] as const) {
       if (!((f[k] as number) >= 1)) throw new UsageError(`--${k}: expected a number >= 1, got '${f[k]}'`);

@@ -1,7 +1,14 @@
 /**
  * Server-sent events: `data: <json>\n\n` frames ending in `data: [DONE]`, as OpenAI streams. The
  * stream's cancel (the client went away) aborts `signal`, which the job's decode loop watches.
+ *
+ * Backpressure: the body queues at most STREAM_BUFFER_BYTES beyond what the HTTP layer has taken (it
+ * takes more only as the socket drains). Past that, `full()` gives a promise that resolves once the
+ * client has read some: the job waits on it, off the executor, instead of generating into memory.
  */
+/** Bytes a stream may queue beyond its socket before its job waits for the client to read. */
+export const STREAM_BUFFER_BYTES = 64 << 10;
+
 export interface SseStream {
   response: Response;
   /** Aborted when the client disconnects. */
@@ -11,26 +18,42 @@ export interface SseStream {
   close(): void;
   /** Resolves when the body ended, true if the client cancelled it. */
   finished: Promise<boolean>;
+  /** Null while the buffer has room; else a promise resolved when it has room again or the stream ends. */
+  full(): Promise<void> | null;
+  /** Ends the body with an error (the connection is cut): a stream whose client stopped reading. */
+  abort(reason: string): void;
 }
 
 const encoder = new TextEncoder();
 
-export function createSse(headers: Record<string, string> = {}): SseStream {
+export function createSse(
+  headers: Record<string, string> = {},
+  bufferBytes = STREAM_BUFFER_BYTES,
+): SseStream {
   const gone = new AbortController();
   let controller!: ReadableStreamDefaultController<Uint8Array>;
   let open = true;
   let settle!: (cancelled: boolean) => void;
   const finished = new Promise<boolean>((r) => (settle = r));
+  let room: PromiseWithResolvers<void> | null = null;
+  const roomAgain = () => {
+    room?.resolve();
+    room = null;
+  };
   const body = new ReadableStream<Uint8Array>({
     start(c) {
       controller = c;
+    },
+    pull() {
+      roomAgain(); // the HTTP layer wants more: the socket took what was queued
     },
     cancel(reason) {
       open = false;
       gone.abort(reason ?? new DOMException("client disconnected", "AbortError"));
       settle(true);
+      roomAgain();
     },
-  });
+  }, { highWaterMark: bufferBytes, size: (chunk) => chunk.byteLength });
   const write = (text: string) => {
     if (!open) return;
     try {
@@ -60,6 +83,17 @@ export function createSse(headers: Record<string, string> = {}): SseStream {
       }
     },
     finished,
+    full() {
+      if (!open || (controller.desiredSize ?? 1) > 0) return null;
+      return (room ??= Promise.withResolvers<void>()).promise;
+    },
+    abort(reason) {
+      if (!open) return;
+      open = false;
+      controller.error(new Error(reason));
+      settle(true);
+      roomAgain();
+    },
   };
 }
 

@@ -1,22 +1,17 @@
 /** The CPU reference executor against llama2.c's own logits for the converted stories260K. */
 import { CpuExecutor } from "../core/cpu/executor.ts";
 import { GREEDY } from "../core/sampling.ts";
-import { assertClose, assertEquals, embeddedModel, GOLDEN, maxAbsDiff, readF32 } from "./helpers.ts";
+import {
+  assertClose,
+  assertEquals,
+  embeddedModel,
+  GOLDEN,
+  maxAbsDiff,
+  readF32,
+  readGoldenTsv,
+} from "./helpers.ts";
 
 const VOCAB = 512;
-
-/** Parses a golden .tsv: prompt ids and, per position, the token fed next (forced or greedy). */
-export async function readGoldenTsv(name: string): Promise<{ prompt: number[]; next: number[] }> {
-  const lines = (await Deno.readTextFile(GOLDEN + name)).split("\n");
-  const prompt = lines[0].split(":")[1].trim().split(" ").map(Number);
-  const next: number[] = [];
-  for (const line of lines.slice(3)) {
-    const cols = line.split("\t");
-    if (cols.length < 7 || !/^\d+$/.test(cols[0])) break;
-    next.push(Number(cols[5]));
-  }
-  return { prompt, next };
-}
 
 for (const name of ["once_upon_a_time_n64", "bos_n512"]) {
   Deno.test(`cpu reference: logits of ${name} match llama2.c within 1e-4 at every position`, async () => {

@@ -207,12 +207,13 @@ Deno.test("decode-time compression on a context: each answer is bounded, the con
 });
 
 for (const under of EXECUTORS_UNDER_TEST.filter((e) => e.name !== "reference")) {
-  Deno.test(`decode-time compression keeps the same positions on ${under.name} as on the CPU reference`, async () => {
+  Deno.test(`decode-time compression keeps the same positions on ${under.name} as on the CPU reference`, async (t) => {
     const { files, adapter, emb } = await setup();
     const weights = under.weights?.(files.weights) ?? files.weights;
     const ex = await under.create(weights);
     if (typeof ex === "string") {
-      console.log(`skipped: ${ex}`);
+      // Reported as ignored, with the reason: never a pass for work that did not run.
+      await t.step({ name: `${under.name} unavailable: ${ex}`, ignore: true, fn: () => {} });
       return;
     }
     const ref = new CpuExecutor(weights);

@@ -75,7 +75,11 @@ const DENO_ALLOWED: Record<string, string> = {
   "server/processes.ts": "child processes of the cluster and soak tools: free ports, ready lines",
   "server/cluster.ts": "`deno task cluster`: replicas, redis-server and haproxy as subprocesses, signals",
   "server/cluster_loadtest.ts": "the `deno task loadtest:cluster` entry",
+  "server/attack_probe.ts": "issue 25's larger attack runs against a server process (an entry point)",
   "gpu/train/bench.ts": "a benchmark entry point",
+  "native/":
+    "the native executor: ggml's libraries through Deno FFI (io/executor_choice.ts imports it only " +
+    "where Deno.dlopen exists, by a specifier no bundler follows)",
   "wasm/build.ts": "`deno task build:wasm`: compiles and writes the kernels",
   "bench/": "`deno task bench` and its probes (entry points, files, subprocesses)",
   "train/": "`deno task train`: a work directory on disk, progress on the terminal",

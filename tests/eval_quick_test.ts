@@ -131,7 +131,10 @@ Deno.test("tokenSpan finds the tokens of a substring in a real tokenization", as
 Deno.test("eval flags: --executor, --threads and --weights are checked; --jobs workers share the cores", async () => {
   for (
     const [argv, message] of [
-      [["--executor", "tpu"], "--executor: expected auto, gpu, native, wasm or cpu (or reference), got 'tpu'"],
+      [
+        ["--executor", "tpu"],
+        "--executor: expected auto, gpu, native, wasm or cpu (or reference), got 'tpu'",
+      ],
       [["--threads", "0"], "--threads: expected a whole number from 1 to 256, got '0'"],
       [["--threads", "1.5"], "--threads: expected a whole number from 1 to 256, got '1.5'"],
       [["--weights", "f8"], "--weights: expected auto, f32, f16, int8, q8_0, q4_0, got 'f8'"],

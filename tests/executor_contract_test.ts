@@ -13,18 +13,27 @@
  *   JUDGEQ_EXECUTORS=gpu deno test -A tests/executor_contract_test.ts   # only the named executors
  */
 import { decodeAdapter } from "../core/adapter.ts";
-import { CpuExecutor } from "../core/cpu/executor.ts";
+import { CpuExecutor, type CpuSession } from "../core/cpu/executor.ts";
 import type { ModelConfig } from "../core/config.ts";
-import type { CacheSnapshot, DecodeOptions, Executor, KvSession, SamplingOptions } from "../core/executor.ts";
+import type {
+  CacheSnapshot,
+  DecodeOptions,
+  Executor,
+  KvSession,
+  QueryRows,
+  SamplingOptions,
+} from "../core/executor.ts";
 import { FORWARD_CHUNK_ROWS } from "../core/executor.ts";
-import { type PlanResult, runPlan } from "../core/interpret.ts";
+import { runPlan } from "../core/interpret.ts";
 import { METHODS } from "../core/methods/registry.ts";
 import { compilePlan, type CompressionRequest } from "../core/plan.ts";
-import { GREEDY } from "../core/sampling.ts";
+import { GREEDY, nextUniform, seedState } from "../core/sampling.ts";
+import { randomSoftTokens } from "../core/soft_tokens.ts";
 import type { ModelWeights } from "../core/weights.ts";
 import { fixtureWeights, loadWeightsOnly, promptTokens } from "../fixtures/testing.ts";
 import { EXECUTORS_UNDER_TEST } from "./executors.ts";
 import { assert, assertClose, assertEquals, assertRejects, right } from "./helpers.ts";
+import { bruteCompression, type BruteOptions } from "./oracles.ts";
 
 /** Tolerances of the executor under test (its entry may loosen them; see tests/executors.ts). */
 let TOL = 1e-3;
@@ -520,6 +529,22 @@ async function cacheContract({ ex, oracle, w, m, toks }: Ctx) {
   }
 }
 
+/** Options of an uncompressed plan (the oracle reads none of them then). */
+const NO_OPTIONS: BruteOptions = {
+  budget: 0,
+  window: 0,
+  pooling: "none",
+  kernel: 1,
+  gqa: "mean",
+  sinks: 0,
+  normalize: false,
+  seed: 0,
+  beta: 20,
+  floor: 0,
+  lookaheadTokens: 0,
+  allocation: "uniform",
+};
+
 /** The compression requests of a model: every registered method at both budgets, plus a few options. */
 /**
  * Memory: a session allocates for what it holds, not for its capacity. On the CPU executors storage is at
@@ -650,27 +675,49 @@ function loadAdapter(url: URL, dim: number) {
   return a;
 }
 
-/** The oracle's plan results and final scores, computed once per model and request across executors. */
-const oracleRuns = new WeakMap<
-  ModelWeights,
-  Map<string, Promise<{ result: PlanResult; scores: Float32Array | null }>>
->();
+/** The CPU reference holding a whole prompt, every row's queries captured: the brute-force oracle's input. */
+const oracleSessions = new WeakMap<ModelWeights, Promise<{ s: CpuSession; rows: QueryRows }>>();
+/** Brute-force compressions and reference tokens, once per weights and request (or kept set). */
+const oracleMemo = new WeakMap<ModelWeights, Map<string, Promise<unknown>>>();
 
-/**
- * Runs the oracle's plan, keeping the scores its `score` step computed ([layer][kvHead][L]; null when
- * nothing was scored). The method's score function is wrapped for the duration of the run only.
- */
-async function oracleWithScores(method: string, run: () => Promise<PlanResult>) {
-  const m = METHODS[method];
-  const original = m.score;
-  let scores: Float32Array | null = null;
-  m.score = (inputs, o) => (scores = original.call(m, inputs, o));
-  try {
-    const result = await run();
-    return { result, scores: scores as Float32Array | null };
-  } finally {
-    m.score = original;
+function memo<T>(w: ModelWeights, key: string, f: () => Promise<T>): Promise<T> {
+  if (!oracleMemo.has(w)) oracleMemo.set(w, new Map());
+  const m = oracleMemo.get(w)!;
+  if (!m.has(key)) m.set(key, f());
+  return m.get(key) as Promise<T>;
+}
+
+function oracleSession(w: ModelWeights, prompt: number[]) {
+  let p = oracleSessions.get(w);
+  if (!p) {
+    const s = new CpuExecutor(w).createSession(prompt.length + 64) as CpuSession;
+    p = s.forward({ kind: "tokens", tokens: prompt }, { logits: "last", captureQueries: true })
+      .then((r) => ({ s, rows: r.queries! }));
+    oracleSessions.set(w, p);
   }
+  return p;
+}
+
+/** The seeded uniform stream `random` ranks by. */
+const uniformStream = (seed: number, n: number) => {
+  const out = new Float64Array(n);
+  let state = seedState(seed);
+  for (let k = 0; k < n; k++) [out[k], state] = nextUniform(state);
+  return out;
+};
+
+/** Greedy tokens of a CPU reference session holding only `kept` of the prompt: what a compressed cache decodes. */
+function keptTokens(w: ModelWeights, prompt: number[], kept: number[][][], n: number): Promise<number[]> {
+  return memo(w, `tokens ${n} ${JSON.stringify(kept)}`, async () => {
+    const s = new CpuExecutor(w).createSession(prompt.length + n + 1);
+    try {
+      await s.forward({ kind: "tokens", tokens: prompt }, { logits: "last" });
+      await s.keepPositions(kept.map((hs) => hs.map((h) => Int32Array.from(h))), prompt.length);
+      return (await s.decode({ maxTokens: n, sampling: GREEDY, stopTokenIds: [] })).tokens;
+    } finally {
+      s.dispose();
+    }
+  });
 }
 
 /**
@@ -689,7 +736,7 @@ const TIE_TOL = 1e-4;
 function assertKeptMatches(
   got: number[][][],
   want: number[][][],
-  scores: Float32Array | null,
+  scores: ArrayLike<number> | null,
   adaptive: boolean,
   L: number,
   label: string,
@@ -724,7 +771,7 @@ function assertKeptMatches(
   return false;
 }
 
-async function methodsContract({ ex, oracle, w, m }: Ctx) {
+async function methodsContract({ ex, w, m }: Ctx) {
   const c = w.config, L = m.methodPrompt;
   const prompt = promptTokens(L, c.vocabSize, 17).map((t, i) => (i === 0 ? 1 : t));
   const adapter = m.adapter ? await loadAdapter(m.adapter, c.dim) : null;
@@ -747,18 +794,25 @@ async function methodsContract({ ex, oracle, w, m }: Ctx) {
         tokenEmbeddings: w.embed,
       });
     const label = JSON.stringify(request) + (useAdapter ? " (trained adapter)" : "");
+    const count = useAdapter ? adapter!.n : 32;
+    const soft = useAdapter ? adapter!.soft : randomSoftTokens(w.embed, c.dim, count, request.seed ?? 0);
     // Keyed by the weights too: an executor may run transformed (f16-rounded) weights.
-    if (!oracleRuns.has(w)) oracleRuns.set(w, new Map());
-    const runs = oracleRuns.get(w)!;
-    if (!runs.has(label)) runs.set(label, oracleWithScores(request.method, () => run(oracle)));
-    const { result: want, scores } = await runs.get(label)!;
+    const want = await memo(w, label, async () => {
+      const { s, rows } = await oracleSession(w, prompt);
+      return bruteCompression(s, rows, request.method, plan.options ?? NO_OPTIONS, soft, uniformStream);
+    });
     const got = await run(ex);
     const adaptive = plan.options?.allocation === "adaptive";
-    const same = assertKeptMatches(got.compression.kept, want.compression.kept, scores, adaptive, L, label);
+    const same = assertKeptMatches(got.compression.kept, want.kept, want.scores, adaptive, L, label);
     if (!same) ties.push(label);
-    assertEquals(got.compression.kvBytesAfter, want.compression.kvBytesAfter, `${label}: kvBytes after`);
-    // Another choice among tied positions is another cache, so the tokens may then differ.
-    if (same) assertEquals(got.outputs, want.outputs, `${label}: decoded tokens`);
+    const entries = got.compression.kept.flat().reduce((n, h) => n + h.length, 0);
+    assertEquals(got.compression.kvBytesAfter, entries * c.headDim * 8, `${label}: kvBytes after`);
+    // Whatever was kept among ties, the tokens are those of a reference cache holding exactly that.
+    assertEquals(
+      got.outputs[0].tokens,
+      await keptTokens(w, prompt, got.compression.kept, 8),
+      `${label}: decoded tokens`,
+    );
     if (plan.compressed) {
       const counts = got.compression.kept.flat().map((k) => k.length);
       assert(counts.some((n) => n < L), `${label}: something was evicted`);

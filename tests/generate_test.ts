@@ -76,8 +76,14 @@ Deno.test("generate CLI: bad flags and inputs are named, exit code 2", async () 
       [["--prompt", "x", "--bogus", "1"], "unknown flag --bogus"],
       [["--max-tokens", "5"], "give --prompt or --context"],
       [["--prompt", "x", "--executor", "tpu"], "--executor"],
-      [["--prompt", "x", "--gpu-weights", "f8"], "--gpu-weights: expected auto, f32, f16, int8, q8_0, q4_0, got 'f8'"],
-      [["--prompt", "x", "--weights", "f8"], "--weights: expected auto, f32, f16, int8, q8_0, q4_0, got 'f8'"],
+      [
+        ["--prompt", "x", "--gpu-weights", "f8"],
+        "--gpu-weights: expected auto, f32, f16, int8, q8_0, q4_0, got 'f8'",
+      ],
+      [
+        ["--prompt", "x", "--weights", "f8"],
+        "--weights: expected auto, f32, f16, int8, q8_0, q4_0, got 'f8'",
+      ],
       [["--prompt", "x", "--kv-cache", "f8"], "--kv-cache: expected f32 or f16, got 'f8'"],
       [
         ["--prompt", "x", "--weights", "f32", "--gpu-weights", "f16"],
@@ -123,7 +129,8 @@ Deno.test("generate CLI: --help lists --executor, --threads and --weights", asyn
   for (const flag of ["--executor", "--threads", "--weights", "--gpu-weights"]) {
     assert(r.stdout.includes(`  ${flag} `), `${flag} missing from: ${r.stdout}`);
   }
-  assert(/auto \| gpu \| wasm \| cpu/.test(r.stdout), r.stdout);
+  assert(/auto \| gpu \| native \| wasm \| cpu/.test(r.stdout), r.stdout);
+  assert(r.stdout.includes("  --kv-cache "), r.stdout);
 });
 
 Deno.test("converter: truncated or malformed llama2.c checkpoints are refused with a clear error", async () => {

@@ -104,6 +104,23 @@ for (const shape of ["llama3", "qwen2"] as const) {
           );
         });
       }
+      // The same vocabulary under llama.cpp's other pre-tokenizers: its ids still ours.
+      const other = shape === "llama3" ? "default" : "gpt-2";
+      const w = fixtureWeights(shape);
+      const tj = JSON.parse(await Deno.readTextFile(`${FIXTURES}${shape}/tokenizer.json`));
+      const tc = JSON.parse(await Deno.readTextFile(`${FIXTURES}${shape}/tokenizer_config.json`));
+      const { vocab, options } = ggufTokenizerFromHf(tj, tc, w.config.vocabSize);
+      const renamed = writeGguf(w, { ...vocab, pre: other } as typeof vocab, {
+        ...options,
+        tensorType: "f32",
+      });
+      const r = await parseGgufBytes(renamed);
+      const rt = must(createTokenizer(r.tokenizerJson, r.tokenizerConfig, w.config.vocabSize));
+      const rp = await llamaCppOnGguf(renamed, { vocabSize: w.config.vocabSize, texts: BPE_TEXTS });
+      if (!rp.ok) throw new Error(rp.reason);
+      BPE_TEXTS.forEach((t, i) => {
+        assertEquals(rt.encode(t, { addBos: false }), rp.tokenized[i], `pre ${other}: ${JSON.stringify(t)}`);
+      });
       const peer = await llamaCppOnGguf(bytes, { vocabSize: g.config.vocabSize, prompt, steps });
       if (!peer.ok) throw new Error(peer.reason);
       const s = new CpuExecutor(g.weights).createSession(prompt.length + steps + 1);

@@ -12,6 +12,7 @@ import { parseGguf, parseGgufHeader, tensorBytes } from "../core/gguf/reader.ts"
 import type { GgufValue } from "../core/gguf/values.ts";
 import { encodeGguf } from "../core/gguf/writer.ts";
 import { createTokenizer } from "../core/tokenizer.ts";
+import { decodeToF32, encodeBf16, encodeF16 } from "../core/safetensors.ts";
 import type { ModelWeights } from "../core/weights.ts";
 import { fixtureWeights } from "../fixtures/testing.ts";
 import { adapterFromBytes, loadModelFromBytes, loadModelFromUrl, parseGgufBytes } from "../io/from_bytes.ts";
@@ -228,7 +229,9 @@ Deno.test("gguf: loadModelFromUrl fetches a .gguf URL whole (adapter by URL besi
   const fetchFake = (input: string | URL | Request) => {
     const url = String(input instanceof Request ? input.url : input);
     fetched.push(url);
-    if (url === "https://models.example/s/stories.q8_0.gguf") return Promise.resolve(new Response(file.slice().buffer));
+    if (url === "https://models.example/s/stories.q8_0.gguf") {
+      return Promise.resolve(new Response(file.slice().buffer));
+    }
     if (url === "https://models.example/s/a.safetensors") return Promise.resolve(new Response(adapter));
     return Promise.resolve(new Response("no", { status: 404 }));
   };
@@ -255,4 +258,28 @@ Deno.test("gguf: loadModelFromUrl fetches a .gguf URL whole (adapter by URL besi
   );
   const f32 = await loadModelFromBytes({ gguf: stories("f32"), adapter, executor: "cpu", warn: () => {} });
   assert(f32.adapter !== null, "the embedded adapter serves the F32 file");
+});
+
+Deno.test("gguf BF16 and F16 matrices (as other converters write them) load as their rounded values", async () => {
+  const w = fixtureWeights("mistral");
+  const f32 = writeGguf(w, syntheticVocab(w.config.vocabSize), { tensorType: "f32" });
+  const f = right(parseGguf(f32));
+  for (const [type, encode] of [[GGML_TYPE.BF16, encodeBf16], [GGML_TYPE.F16, encodeF16]] as const) {
+    const tensors = [...f.tensors.values()].map((t) => {
+      const data = tensorBytes(f, f32, t);
+      if (t.dims.length !== 2) return { name: t.name, dims: t.dims, ggmlType: t.ggmlType, data };
+      return {
+        name: t.name,
+        dims: t.dims,
+        ggmlType: type,
+        data: encode(new Float32Array(data.slice().buffer)),
+      };
+    });
+    const g = await parseGgufBytes(encodeGguf([...f.metadata] as [string, GgufValue][], tensors));
+    const dtype = type === GGML_TYPE.BF16 ? "BF16" : "F16";
+    const round = (a: Float32Array) => decodeToF32(dtype, dtype === "BF16" ? encodeBf16(a) : encodeF16(a));
+    assert(same(g.weights.layers[1].wq, round(w.layers[1].wq)), `${dtype} wq`);
+    assert(same(g.weights.lmHead, round(w.lmHead)), `${dtype} lm_head`);
+    assertEquals(g.weights.quantized!.get("model.layers.0.mlp.up_proj.weight")!.typeName, dtype);
+  }
 });

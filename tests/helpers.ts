@@ -72,6 +72,19 @@ export function randomModel(shape: TestShape, seed = 1234): ModelWeights {
 
 export const GOLDEN = new URL("./golden/", import.meta.url).pathname;
 
+/** Parses a golden .tsv: prompt ids and, per position, the token fed next (forced or greedy). */
+export async function readGoldenTsv(name: string): Promise<{ prompt: number[]; next: number[] }> {
+  const lines = (await Deno.readTextFile(GOLDEN + name)).split("\n");
+  const prompt = lines[0].split(":")[1].trim().split(" ").map(Number);
+  const next: number[] = [];
+  for (const line of lines.slice(3)) {
+    const cols = line.split("\t");
+    if (cols.length < 7 || !/^\d+$/.test(cols[0])) break;
+    next.push(Number(cols[5]));
+  }
+  return { prompt, next };
+}
+
 export async function readF32(path: string): Promise<Float32Array> {
   return new Float32Array((await Deno.readFile(path)).buffer);
 }

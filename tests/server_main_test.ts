@@ -67,7 +67,10 @@ Deno.test("server/main.ts: a bad flag is a usage error naming it", async () => {
       [["--port", "abc"], "--port: expected an integer, got 'abc'"],
       [["--gpu-weights", "int4"], "--gpu-weights: expected auto, f32, f16, int8, q8_0, q4_0, got 'int4'"],
       [["--weights", "int4"], "--weights: expected auto, f32, f16, int8, q8_0, q4_0, got 'int4'"],
-      [["--executor", "tpu"], "--executor: expected auto, gpu, native, wasm or cpu (or reference), got 'tpu'"],
+      [
+        ["--executor", "tpu"],
+        "--executor: expected auto, gpu, native, wasm or cpu (or reference), got 'tpu'",
+      ],
       [["--threads", "0"], "--threads: expected a whole number from 1 to 256, got '0'"],
       [["--threads", "-1"], "--threads: expected a whole number from 1 to 256, got '-1'"],
       [["--threads", "1.5"], "--threads: expected a whole number from 1 to 256, got '1.5'"],

@@ -38,8 +38,9 @@ Deno.test({
       { count: 0, bytes: 0 },
       "every kept context deleted or evicted, its bytes freed",
     );
-    // The full soak holds end within 20% of start (README); a short run is noisier: a gross leak still shows.
-    assert(r.end_over_start < 0.5, `RSS ${r.rss_mb.start} -> ${r.rss_mb.end} MB`);
+    // `deno task soak` fails past 20% (README, Soak); this short run has not fully settled (four runs of it
+    // ended 7.6% to 15.7% over the start), so CI allows 30%, as README says: a leak still shows.
+    assert(r.end_over_start <= 0.3, `RSS ${r.rss_mb.start} -> ${r.rss_mb.end} MB`);
   },
 });
 

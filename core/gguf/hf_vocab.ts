@@ -3,7 +3,7 @@
  * fallback or Unigram, scores) or byte-level BPE (`gpt2`: tokens and merges), padded to the model's size.
  */
 import { GGUF_TOKEN_TYPE, type GgufVocab, type GgufWriteOptions } from "./model_writer.ts";
-import { PRE_REGEX } from "./tokenizer_files.ts";
+import { preTokenizerOfRegex } from "./tokenizer_files.ts";
 
 const BYTE_TOKEN = /^<0x[0-9A-F]{2}>$/;
 
@@ -97,13 +97,20 @@ export function vocabFromTokenizerJson(json: unknown, size: number, pre = "defau
 
 /** The `tokenizer.ggml.pre` name whose regex a byte-level tokenizer.json's Split pre-tokenizer uses. */
 export function preTokenizerName(json: unknown): string {
-  const text = JSON.stringify((json as TokenizerJsonLike).pre_tokenizer ?? null);
-  for (const name of ["llama-bpe", "qwen2", "gpt2"]) {
-    if (text.includes(JSON.stringify(PRE_REGEX[name]))) return name;
+  const pre = (json as TokenizerJsonLike).pre_tokenizer as Record<string, unknown> | null | undefined;
+  const parts = (pre?.type === "Sequence" ? pre.pretokenizers : [pre]) as
+    | Record<string, unknown>[]
+    | undefined;
+  for (const p of parts ?? []) {
+    const regex = (p?.pattern as { Regex?: string } | undefined)?.Regex;
+    if (p?.type === "Split" && regex !== undefined) {
+      const name = preTokenizerOfRegex(regex);
+      if (name) return name;
+    }
+    // GPT-2's own ByteLevel pre-tokenizer (use_regex true) splits with the GPT-2 pattern.
+    if (p?.type === "ByteLevel" && p.use_regex === true) return "gpt-2";
   }
-  // GPT-2's own ByteLevel pre-tokenizer (use_regex true) splits with the gpt2 pattern.
-  if (/"use_regex":true/.test(text)) return "gpt2";
-  throw new Error("tokenizer.json: its pre-tokenizer matches none of gpt2, llama-bpe, qwen2");
+  throw new Error("tokenizer.json: its pre-tokenizer matches none of gpt-2, llama-bpe, qwen2");
 }
 
 type TokenRef = string | { content?: string } | null | undefined;

@@ -39,6 +39,8 @@ export type GgufHeaderResult = { complete: true; file: GgufFile } | { complete: 
 /** Dimensions per tensor (GGML_MAX_DIMS) and nesting of metadata arrays accepted. */
 const MAX_DIMS = 4;
 const MAX_ARRAY_DEPTH = 4;
+/** Items per metadata array: real vocabularies have ~300k merges; a JS string per item costs far more than its bytes. */
+export const MAX_ARRAY_ITEMS = 1 << 24;
 
 class Bad {
   constructor(readonly message: string, readonly where: string) {}
@@ -151,6 +153,7 @@ function readValue(c: Cursor, typeId: number, key: string, depth: number): GgufV
   // Smallest encoding of one item: a string's 8-byte length, an array's 4 + 8 bytes header.
   const unit = itemType === "string" ? 8 : itemType === "array" ? 12 : SCALAR_BYTES[itemType];
   const n = c.count(`array of ${itemType}: item count`, unit, key);
+  if (n > MAX_ARRAY_ITEMS) throw new Bad(`array of ${n} items (at most ${MAX_ARRAY_ITEMS})`, key);
   if (itemType === "string") {
     const value: string[] = new Array(n);
     for (let i = 0; i < n; i++) value[i] = c.str(`item ${i}`, key);
@@ -167,10 +170,22 @@ function readValue(c: Cursor, typeId: number, key: string, depth: number): GgufV
     for (let i = 0; i < n; i++) value[i] = c.scalar(itemType, key);
     return { type, itemType, value } as GgufValue;
   }
-  const value = new Array<number>(n);
+  // Numbers into a typed array of their own width: as many bytes as the file holds for them, no more.
+  const value = new TYPED[itemType](n);
   for (let i = 0; i < n; i++) value[i] = c.scalar(itemType, key) as number;
   return { type, itemType, value };
 }
+
+const TYPED = {
+  u8: Uint8Array,
+  i8: Int8Array,
+  u16: Uint16Array,
+  i16: Int16Array,
+  u32: Uint32Array,
+  i32: Int32Array,
+  f32: Float32Array,
+  f64: Float64Array,
+} as const;
 
 function parse(bytes: Uint8Array, fileSize: number, file: string): GgufFile {
   const c = new Cursor(bytes, fileSize, file);

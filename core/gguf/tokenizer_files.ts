@@ -5,11 +5,12 @@
  *   whose concatenation is a piece, best score first, so every split of a normal piece into two normal
  *   pieces is a merge, ranked by the piece's score (ties: by id, then shorter left part). The dummy
  *   prefix (`tokenizer.ggml.add_space_prefix`, default true) is a Prepend normalizer.
- * - `gpt2` (byte-level BPE): the vocabulary and merges as stored, the pre-tokenizer regex of
- *   `tokenizer.ggml.pre` (gpt2/default, llama-bpe (Llama 3), qwen2), merges ignored for whole words in
- *   the vocabulary with llama-bpe, as llama.cpp does.
+ * - `gpt2` (byte-level BPE): the vocabulary and merges as stored, the pre-tokenizer regexes of
+ *   `tokenizer.ggml.pre` (default, gpt-2, llama3/llama-v3/llama-bpe, qwen2), merges ignored for whole
+ *   words in the vocabulary with the Llama 3 ones, as llama.cpp does.
  * Token types: control and unknown tokens are special added tokens, user-defined ones plain added tokens.
- * Absent keys take llama.cpp's defaults: SentencePiece adds BOS (id 1; EOS 2, unknown 0); gpt2 adds none.
+ * Absent keys take llama.cpp's defaults: SentencePiece adds BOS (id 1; EOS 2, unknown 0); gpt2 adds BOS
+ * with the Llama 3 pre-tokenizers only.
  */
 import * as E from "fp-ts/Either";
 import { fail, type JudgeQError } from "../errors.ts";
@@ -19,14 +20,50 @@ import type { GgufFile } from "./reader.ts";
 const SPACE = "\u2581";
 const TYPE = { normal: 1, unknown: 2, control: 3, userDefined: 4, unused: 5, byte: 6 };
 
-/** Pre-tokenizer regexes by `tokenizer.ggml.pre` name (the patterns of the models' own tokenizer.json). */
-export const PRE_REGEX: Record<string, string> = {
-  "default": "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+",
-  "gpt2": "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+",
-  "llama-bpe":
-    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
-  "qwen2":
-    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+interface PreTokenizer {
+  /** Applied one after the other, each splitting the pieces of the last (llama.cpp's regex lists). */
+  regexes: string[];
+  /** A word that is a token is that token, merges or not (llama.cpp's ignore_merges). */
+  ignoreMerges: boolean;
+  /** llama.cpp's add_bos when the file does not say. */
+  addBos: boolean;
+}
+
+const LLAMA3 =
+  "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+const QWEN2 =
+  "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+const GPT2 = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
+
+/**
+ * Pre-tokenizers by `tokenizer.ggml.pre` name, as llama.cpp's llama-vocab.cpp maps them (the regexes in
+ * the models' tokenizer.json syntax; llama.cpp's "default" is its list of four).
+ */
+/** The pre-tokenizer name of a single regex (a byte-level tokenizer.json's Split), or null. */
+export function preTokenizerOfRegex(regex: string): string | null {
+  for (const name of ["llama-bpe", "qwen2", "gpt-2"]) {
+    if (PRE_TOKENIZERS[name].regexes[0] === regex) return name;
+  }
+  return null;
+}
+
+export const PRE_TOKENIZERS: Record<string, PreTokenizer> = {
+  "default": {
+    regexes: [
+      "[\\p{P}\\$\\+<=>\\^~\\|]+",
+      "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)",
+      "\\p{N}+",
+      "[0-9][0-9][0-9]",
+    ],
+    ignoreMerges: false,
+    addBos: false,
+  },
+  "gpt-2": { regexes: [GPT2], ignoreMerges: false, addBos: false },
+  "llama3": { regexes: [LLAMA3], ignoreMerges: true, addBos: true },
+  "llama-v3": { regexes: [LLAMA3], ignoreMerges: true, addBos: true },
+  "llama-bpe": { regexes: [LLAMA3], ignoreMerges: true, addBos: true },
+  "qwen2": { regexes: [QWEN2], ignoreMerges: false, addBos: false },
+  "deepseek-r1-qwen": { regexes: [QWEN2], ignoreMerges: false, addBos: false },
 };
 
 export interface TokenizerFiles {
@@ -88,6 +125,20 @@ export function ggufTokenizerFiles(f: GgufFile): E.Either<JudgeQError, Tokenizer
       : bad(`must be a bool, got ${v.type}`, `tokenizer.ggml.${key}`);
   };
   const spm = model === "llama";
+  let pre = "default";
+  if (!spm) {
+    const preValue = f.metadata.get("tokenizer.ggml.pre");
+    const name = preValue === undefined ? "default" : preValue.type === "string" ? preValue.value : null;
+    if (name === null || !Object.hasOwn(PRE_TOKENIZERS, name)) {
+      return bad(
+        `unsupported pre-tokenizer ${JSON.stringify(name)} (supported: ${
+          Object.keys(PRE_TOKENIZERS).join(", ")
+        })`,
+        "tokenizer.ggml.pre",
+      );
+    }
+    pre = name;
+  }
   const ids = {
     bos: id("bos_token_id", spm ? 1 : null),
     eos: id("eos_token_id", spm ? 2 : null),
@@ -95,7 +146,7 @@ export function ggufTokenizerFiles(f: GgufFile): E.Either<JudgeQError, Tokenizer
   };
   for (const r of Object.values(ids)) if (E.isLeft(r)) return r;
   const [bos, eos, unk] = [ids.bos, ids.eos, ids.unk].map((r) => (r as E.Right<number | null>).right);
-  const addBos = flag("add_bos_token", spm);
+  const addBos = flag("add_bos_token", spm || PRE_TOKENIZERS[pre].addBos);
   if (E.isLeft(addBos)) return addBos;
   const spacePrefix = flag("add_space_prefix", spm);
   if (E.isLeft(spacePrefix)) return spacePrefix;
@@ -158,14 +209,6 @@ export function ggufTokenizerFiles(f: GgufFile): E.Either<JudgeQError, Tokenizer
   } else {
     const merges = stringArray(f, "tokenizer.ggml.merges");
     if (!merges) return bad("is missing or not an array of strings", "tokenizer.ggml.merges");
-    const preValue = f.metadata.get("tokenizer.ggml.pre");
-    const pre = preValue === undefined ? "default" : preValue.type === "string" ? preValue.value : null;
-    if (pre === null || !Object.hasOwn(PRE_REGEX, pre)) {
-      return bad(
-        `unsupported pre-tokenizer ${JSON.stringify(pre)} (supported: ${Object.keys(PRE_REGEX).join(", ")})`,
-        "tokenizer.ggml.pre",
-      );
-    }
     for (let i = 0; i < merges.length; i++) {
       if (merges[i].split(" ").length !== 2) {
         return bad(`merge ${i} ${JSON.stringify(merges[i])} is not "left right"`, "tokenizer.ggml.merges");
@@ -179,14 +222,19 @@ export function ggufTokenizerFiles(f: GgufFile): E.Either<JudgeQError, Tokenizer
       end_of_word_suffix: null,
       fuse_unk: false,
       byte_fallback: false,
-      ignore_merges: pre === "llama-bpe",
+      ignore_merges: PRE_TOKENIZERS[pre].ignoreMerges,
       vocab,
       merges,
     };
     preTokenizer = {
       type: "Sequence",
       pretokenizers: [
-        { type: "Split", pattern: { Regex: PRE_REGEX[pre] }, behavior: "Isolated", invert: false },
+        ...PRE_TOKENIZERS[pre].regexes.map((r) => ({
+          type: "Split",
+          pattern: { Regex: r },
+          behavior: "Isolated",
+          invert: false,
+        })),
         { type: "ByteLevel", add_prefix_space: false, trim_offsets: true, use_regex: false },
       ],
     };
