@@ -297,9 +297,17 @@ export class Service {
         try {
           if (!this.scheduler) await this.turns.take(ticket);
           if (signal.aborted) throw new Cancelled();
+          let parkedMs = 0; // waiting for a slow client is not the job's time (batched: wall time counts)
           const value = await work(
-            () => this.scheduler ? this.batchPass(signal, started) : this.turns.offer(ticket),
-            (wait) => this.park(ticket, wait, signal),
+            () => this.scheduler ? this.batchPass(signal, started + parkedMs) : this.turns.offer(ticket),
+            async (wait) => {
+              const t = performance.now();
+              try {
+                await this.park(ticket, wait, signal);
+              } finally {
+                parkedMs += performance.now() - t;
+              }
+            },
           );
           m.jobs.inc({ outcome: "ok" });
           return { value, queueMs: started - queued, runMs: performance.now() - started };
@@ -334,11 +342,11 @@ export class Service {
   /**
    * A batched job's yield point: its rows share every step with the others', so there is no turn to
    * offer; it stops when its client left, or once its time since admission passes the per-request limit
-   * (with batching, executor time is shared: wall time bounds it).
+   * (with batching, executor time is shared: wall time bounds it, less the time parked for a slow client).
    */
-  private batchPass(signal: AbortSignal, started: number): Promise<void> {
+  private batchPass(signal: AbortSignal, since: number): Promise<void> {
     if (signal.aborted) return Promise.reject(new Cancelled());
-    const limit = this.o.maxRequestMs, used = performance.now() - started;
+    const limit = this.o.maxRequestMs, used = performance.now() - since;
     if (limit !== null && used > limit) return Promise.reject(new TimeLimitExceeded(limit, used));
     return Promise.resolve();
   }
