@@ -85,6 +85,9 @@ class MergedRows implements QueryRows {
   }
 }
 
+/** How often a request waiting for KV room is asked whether it should stop (client gone, time limit). */
+const CHECK_EVERY_MS = 20;
+
 /** The scheduler behind each wrapped executor. */
 const schedulers = new WeakMap<Executor, BatchScheduler>();
 
@@ -206,9 +209,16 @@ export class BatchScheduler {
 
   /**
    * Sets `s`'s reservation to `bytes`: lowering is at once (waiters may then fit); raising waits in line
-   * until the reservations fit the cap. A reservation that can never fit is a 422 naming the cap.
+   * until the reservations fit the cap, polling `check` meanwhile (the request's hook: it throws once the
+   * client left or the time limit passed, and the wait then ends with its error). A reservation that can
+   * never fit is a 422 naming the cap.
    */
-  async reserve(s: ScheduledSession, bytes: number, lower = false): Promise<void> {
+  async reserve(
+    s: ScheduledSession,
+    bytes: number,
+    lower = false,
+    check: (() => Promise<void>) | null = null,
+  ): Promise<void> {
     if (bytes <= s.reserved) {
       if (lower && bytes < s.reserved) this.setReserved(s, bytes);
       return;
@@ -216,21 +226,26 @@ export class BatchScheduler {
     const cap = this.limits.kvCapBytes, refused = this.refusal(bytes);
     if (refused) throw refused;
     if (cap !== null && (this.kvWaiters.length > 0 || this.reservedTotal - s.reserved + bytes > cap)) {
-      const signal = s.signal;
       await new Promise<void>((resolve, reject) => {
-        const waiter = { s, bytes, wake: () => resolve() };
-        const onAbort = () => {
-          const i = this.kvWaiters.indexOf(waiter);
-          if (i >= 0) this.kvWaiters.splice(i, 1);
-          reject(new Cancelled());
-          this.grant();
+        const poll = check
+          ? setInterval(() =>
+            check().catch((e) => {
+              const i = this.kvWaiters.indexOf(waiter);
+              if (i < 0) return; // granted meanwhile: the request's own code sees the error next
+              this.kvWaiters.splice(i, 1);
+              clearInterval(poll);
+              reject(e);
+              this.grant(); // those behind it may fit now
+            }), CHECK_EVERY_MS)
+          : undefined;
+        const waiter = {
+          s,
+          bytes,
+          wake: () => {
+            clearInterval(poll);
+            resolve();
+          },
         };
-        waiter.wake = () => {
-          signal?.removeEventListener("abort", onAbort);
-          resolve();
-        };
-        if (signal?.aborted) return onAbort();
-        signal?.addEventListener("abort", onAbort, { once: true });
         this.kvWaiters.push(waiter);
       });
       return;
@@ -475,8 +490,6 @@ export class ScheduledSession implements KvSession {
   busy = 0;
   private disposed = false;
   private freeLater = false;
-  /** Set by the service to the request's signal: waits end at once when it aborts. */
-  signal: AbortSignal | null = null;
 
   constructor(
     readonly scheduler: BatchScheduler,
@@ -494,17 +507,17 @@ export class ScheduledSession implements KvSession {
   }
 
   /** Reserves what the rows may add (the plan's whole capacity before the first forward). */
-  private async room(rows: number) {
+  private async room(rows: number, check: (() => Promise<void>) | null) {
     const first = this.firstReserve;
     this.firstReserve = 0;
-    await this.scheduler.reserve(this, Math.max(first, this.scheduler.boundFor(this, rows)));
+    await this.scheduler.reserve(this, Math.max(first, this.scheduler.boundFor(this, rows)), false, check);
   }
 
   async forward(input: ForwardInput, options: ForwardOptions = {}): Promise<ForwardResult> {
     this.live();
-    await this.room(rowsOf(input));
     const { between, ...rest } = options;
-    const r = await this.scheduler.submit(this, input, rest, this.signal, false, between ?? null);
+    await this.room(rowsOf(input), between ?? null);
+    const r = await this.scheduler.submit(this, input, rest, null, false, between ?? null);
     if (r === null) throw new Cancelled();
     return r;
   }
@@ -516,9 +529,7 @@ export class ScheduledSession implements KvSession {
     this.firstReserve = 0;
     await s.reserve(this, s.boundFor(this, o.maxTokens), true);
     let current = await s.exclusive(() => this.inner.currentLogits());
-    const signal = o.signal && this.signal
-      ? AbortSignal.any([o.signal, this.signal])
-      : o.signal ?? this.signal;
+    const signal = o.signal ?? null;
     s.noteDecoding(this, true);
     try {
       return await decodeTokens({ ...o, signal: signal ?? undefined }, {
@@ -598,7 +609,6 @@ export class ScheduledSession implements KvSession {
   async clone(): Promise<KvSession> {
     const inner = await this.scheduler.exclusive(() => this.inner.clone());
     const copy = this.scheduler.adopt(inner, this.capacity, 0);
-    copy.signal = this.signal;
     await this.scheduler.reserve(copy, inner.allocatedBytes()).catch((e) => {
       copy.dispose();
       throw e;

@@ -171,6 +171,34 @@ test("the KV cap is never exceeded, and requests wait for room instead of failin
   assertEquals(scheduler.kvReserved, 0);
 });
 
+test("a request waiting for KV room leaves the line once its hook says stop", async ({ model, vocab }) => {
+  const probe = new BatchScheduler(model.executor, { maxBatchTokens: 1, kvCapBytes: null });
+  const cap = Math.ceil(1.2 * probe.boundBytes(401)); // room for the first stream alone
+  const { scheduler, model: m } = scheduled(model, 64, cap);
+  const req = (seed: number, maxTokens = 40): TextRequest => ({
+    prompt: promptTokens(100, vocab, seed),
+    maxTokens,
+    ignoreEos: true,
+  });
+  let firstDone = false;
+  const first = generateText(m, req(60, 300)).finally(() => firstDone = true);
+  let stop = false;
+  const waiting = generateText(m, req(61), {
+    between: () => stop ? Promise.reject(new Error("the client left")) : Promise.resolve(),
+  });
+  const third = generateText(m, req(62));
+  while (scheduler.kvWaiting < 2) await new Promise((r) => setTimeout(r, 1));
+  const t0 = performance.now();
+  stop = true;
+  await assertRejects(() => waiting, "the client left");
+  const waitedMs = performance.now() - t0;
+  assert(!firstDone, `the request left the line only when room came (${waitedMs} ms)`);
+  const [a, c] = await Promise.all([first, third]);
+  assertEquals(a.outputs[0].tokens.length, 300);
+  assertEquals(c.outputs[0].tokens, (await generateText(model, req(62))).outputs[0].tokens);
+  assertEquals(scheduler.kvReserved, 0);
+});
+
 test("a request whose cache can never fit the cap is refused naming --kv-cache-mb", async ({ model, vocab }) => {
   const { model: m } = scheduled(model, 64, 4096);
   const e = await assertRejects(
