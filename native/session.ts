@@ -410,13 +410,19 @@ export class NativeSession implements KvSession {
     return Promise.resolve();
   }
 
-  decode(o: DecodeOptions): Promise<DecodeResult> {
+  async decode(o: DecodeOptions): Promise<DecodeResult> {
     if (!this.logits) throw new Error("decode: no current logits (run a forward pass first)");
-    return decodeTokens(o, {
-      logits: () => this.logits!,
-      feed: async (token, captureQueries) =>
-        (await this.forward({ kind: "tokens", tokens: [token] }, { logits: "last", captureQueries })).queries,
-    }, (rows) => NativeQueryRows.concat(rows as NativeQueryRows[], this.config.nLayers));
+    try {
+      return await decodeTokens(o, {
+        logits: () => this.logits!,
+        feed: async (token, captureQueries) =>
+          (await this.forward({ kind: "tokens", tokens: [token] }, { logits: "last", captureQueries }))
+            .queries,
+      }, (rows) => NativeQueryRows.concat(rows as NativeQueryRows[], this.config.nLayers));
+    } finally {
+      // The step graph and its buffers live through one decode: a kept, idle session holds only its cache.
+      this.dropStep();
+    }
   }
 
   currentLogits(): Promise<Float32Array> {

@@ -32,14 +32,16 @@ export async function readJson(req: Request, limits: BodyLimits): Promise<unknow
       reader.cancel().catch(() => {});
     }, limits.timeoutMs);
     /**
-     * A failed read is the client's doing: the HTTP layer never hands the handler a body it cannot frame
-     * (a bad chunk size closes the connection before the handler runs), so a read that fails means the
-     * connection went away mid-body (BadResource). A client disconnect (499), not a 500.
+     * A read that fails is the client's doing, never a 500: the connection went away mid-body (Deno's
+     * BadResource: a client disconnect, 499, nothing logged), or the body broke its framing (a bad chunk
+     * size after the first chunk: a 400 the client can still read).
      */
     const next = () =>
       reader.read().catch((e) => {
         if (timedOut) return { done: true as const, value: undefined };
-        throw e instanceof HttpError ? e : new Cancelled();
+        if (e instanceof HttpError) throw e;
+        if (req.signal.aborted || (e as Error)?.name === "BadResource") throw new Cancelled();
+        throw new HttpError(400, `the request body could not be read: ${(e as Error)?.message ?? e}`);
       });
     try {
       for (let r = await next(); !r.done; r = await next()) {

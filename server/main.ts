@@ -329,6 +329,18 @@ async function main(argv: string[]): Promise<number> {
     maxConnectionsPerPeer,
     onError: (e) => errorResponse(toHttpError(e)), // a JSON body, never a stack trace
   }, app.handler);
+  // The front's connection counts, read from its worker now and then (a scrape reads the last).
+  let front = { open: 0, evicted: 0 };
+  const refresh = () => server.stats().then((s) => front = s, () => {});
+  const poll = setInterval(refresh, 1000);
+  refresh();
+  app.metrics.gauge("judgeq_connections_open", "Connections open through the TCP front.", () => front.open);
+  app.metrics.gauge(
+    "judgeq_connections_evicted_total",
+    "Connections closed at --max-connections to make room for another address's (the heaviest address's oldest idle one).",
+    () => front.evicted,
+    "counter",
+  );
   const addr = server.addr;
   const base = `http://${addr.hostname.includes(":") ? `[${addr.hostname}]` : addr.hostname}:${addr.port}`;
   const auth = apiKeys.length ? ` -H 'authorization: Bearer <key>'` : "";
@@ -348,6 +360,7 @@ async function main(argv: string[]): Promise<number> {
       Deno.exit(130);
     }
     stopping = true;
+    clearInterval(poll);
     console.error(`${signal}: draining ${app.queue.inFlight + app.queue.depth} job(s), then exiting`);
     app.drain();
     const closed = server.shutdown();
