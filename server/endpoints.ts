@@ -138,6 +138,7 @@ export const createContext = (svc: Service): Handler => async (req) => {
     ctx.session.dispose();
     throw new Cancelled();
   }
+  svc.scheduler?.settle(ctx.session); // a kept context reserves what it holds, not its whole capacity
   svc.metrics.promptTokens.inc({}, ctx.contextTokens.length);
   svc.metrics.kvBytesSaved.inc({}, ctx.stats.kvBytesBefore - ctx.stats.kvBytesAfter);
   // May evict older contexts, refuse one over the cap (422), or fail while a shared store is down (503).

@@ -19,6 +19,7 @@ import type { CompressionStats } from "../core/interpret.ts";
 import { fail } from "../core/errors.ts";
 import type { CompressionRequest } from "../core/plan.ts";
 import type { TextTokenizer } from "../core/tokenizer.ts";
+import { refuseUnfitting } from "./batch_scheduler.ts";
 import { Cancelled, HttpError } from "./errors.ts";
 import { OutputText } from "./output.ts";
 import { type PartialWork, TimeLimitExceeded, YIELD_EVERY_MS } from "./turns.ts";
@@ -233,6 +234,7 @@ export function precheck(
       decode: { maxTokens: p.maxTokens, sampling: coreSampling(p), stopTokenIds: p.stopTokenIds },
     });
     if (E.isLeft(plan)) throw plan.left;
+    refuseUnfitting(model.executor, plan.right.capacity);
     checkRoom(model, input.contextTokens.length + Math.max(...questions.map((q) => q.length)), p, true);
     return;
   }
@@ -240,6 +242,7 @@ export function precheck(
   if (E.isLeft(req)) throw req.left;
   const plan = planFor(model, req.right);
   if (E.isLeft(plan)) throw plan.left;
+  refuseUnfitting(model.executor, plan.right.capacity);
   const i = req.right.input;
   const used = i.kind === "prompt"
     ? i.tokens.length

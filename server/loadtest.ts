@@ -5,6 +5,7 @@
  *   deno task loadtest [--requests 200] [--concurrency 8] [--max-tokens 32] [--method snapkv --budget 64]
  *                      [--endpoint generate|completions|chat] [--stream] [--url http://127.0.0.1:8000] [--json]
  *                      [--long N --long-tokens 480] [--active-jobs 4] [--bare]
+ *                      [--max-streams 16] [--max-batch-tokens 256] [--kv-cache-mb N] (batched decoding)
  * With --long, N clients keep a long generation running the whole time (fairness: what short requests
  * pay while long ones run); their own count is reported apart.
  */
@@ -21,6 +22,7 @@ import { loadModel } from "../io/runtime.ts";
 import { createApp } from "./app.ts";
 import { errorResponse, toHttpError } from "./errors.ts";
 import { serveFronted } from "./front.ts";
+import { batchFlags } from "./main.ts";
 import { sampleValue } from "./metrics.ts";
 import { readSse } from "./sse.ts";
 
@@ -46,6 +48,9 @@ const SPEC = {
     help: "serve with Deno.serve alone; default: through the TCP front, as `deno task start` serves",
   },
   "active-jobs": { kind: "int", help: "--active-jobs of the server it starts (default: the server's, 4)" },
+  "max-streams": { kind: "int", help: "batched decoding in the server it starts: --max-streams (see start)" },
+  "max-batch-tokens": { kind: "int", help: "batched decoding: --max-batch-tokens (see start)" },
+  "kv-cache-mb": { kind: "int", help: "batched decoding: --kv-cache-mb (see start)" },
   long: { kind: "int", help: "clients keeping a long generation running meanwhile (default 0)", default: 0 },
   "long-tokens": { kind: "int", help: "tokens of each long generation (default 480)", default: 480 },
   json: { kind: "boolean", help: "print one JSON object" },
@@ -157,6 +162,7 @@ async function main(argv: string[]): Promise<number> {
   if (activeJobs !== undefined && !(activeJobs >= 1)) {
     throw new UsageError(`--active-jobs: expected a number >= 1, got '${activeJobs}'`);
   }
+  const batch = batchFlags(f["max-streams"], f["max-batch-tokens"], f["kv-cache-mb"]);
   const executorChoice = executorFlag(f.executor);
   const threads = threadsFlag(f.threads), weightFormat = weightsFlag(f);
   const endpoint = f.endpoint as string;
@@ -194,6 +200,7 @@ async function main(argv: string[]): Promise<number> {
     const app = createApp(model, {
       queueSize: f["queue-size"] as number,
       ...(activeJobs !== undefined ? { activeJobs } : {}),
+      batch,
     });
     // As `deno task start` serves (its default deadlines), unless --bare.
     const server = await serveFronted({
@@ -248,6 +255,9 @@ async function main(argv: string[]): Promise<number> {
   const lat = ok.map((s) => s.ms).sort((a, b) => a - b);
   const ttft = ok.map((s) => s.ttftMs).filter((x): x is number => x !== null).sort((a, b) => a - b);
   const tokens = ok.reduce((n, s) => n + s.tokens, 0);
+  // Time per output token after the first (streamed requests).
+  const tpot = ok.filter((s) => s.ttftMs !== null && s.tokens > 1)
+    .map((s) => (s.ms - s.ttftMs!) / (s.tokens - 1)).sort((a, b) => a - b);
   const statuses: Record<string, number> = {};
   for (const s of samples) statuses[s.status] = (statuses[s.status] ?? 0) + 1;
   const r2 = (x: number) => Math.round(x * 100) / 100;
@@ -273,6 +283,17 @@ async function main(argv: string[]): Promise<number> {
       max: r2(lat.at(-1) ?? NaN),
     },
     ttft_ms: ttft.length ? { p50: r2(percentile(ttft, 50)), p99: r2(percentile(ttft, 99)) } : null,
+    per_token_ms: tpot.length ? { p50: r2(percentile(tpot, 50)), p99: r2(percentile(tpot, 99)) } : null,
+    batch: batch
+      ? {
+        ...batch,
+        steps: sampleValue(metricsText, "judgeq_batch_steps_total"),
+        rows_per_step: r2(
+          sampleValue(metricsText, "judgeq_batch_rows_total") /
+            Math.max(1, sampleValue(metricsText, "judgeq_batch_steps_total")),
+        ),
+      }
+      : null,
     long: longs > 0 ? { clients: longs, tokens: f["long-tokens"], completed: longDone } : null,
     server_queue_wait_s_mean: metricsText
       ? r2(
@@ -293,8 +314,14 @@ async function main(argv: string[]): Promise<number> {
     console.log(
       `  latency p50 ${report.latency_ms.p50} ms, p90 ${report.latency_ms.p90} ms, p99 ${report.latency_ms.p99} ms, max ${report.latency_ms.max} ms`,
     );
+    if (report.batch) {
+      console.log(`  batched: ${report.batch.steps} steps, ${report.batch.rows_per_step} rows per step`);
+    }
     if (report.ttft_ms) {
       console.log(`  time to first token p50 ${report.ttft_ms.p50} ms, p99 ${report.ttft_ms.p99} ms`);
+    }
+    if (report.per_token_ms) {
+      console.log(`  per token p50 ${report.per_token_ms.p50} ms, p99 ${report.per_token_ms.p99} ms`);
     }
   }
   return ok.length === samples.length ? 0 : 1;

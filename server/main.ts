@@ -7,6 +7,7 @@
  *                   [--queue-size 32] [--active-jobs 4] [--max-request-seconds 120] [--max-body-bytes 1048576]
  *                   [--context-ttl 600] [--context-max-mb 256] [--context-store memory|redis://HOST:PORT]
  *                   [--max-tokens-per-request N] [--max-questions 64]
+ *                   [--max-streams 16] [--max-batch-tokens 256] [--kv-cache-mb N] (batched decoding)
  *                   [--header-timeout-s 10] [--idle-timeout-s 30] [--body-timeout-s 30] [--stream-stall-timeout-s 30] [--max-connections 1024]
  *                   [--max-connections-per-peer N]
  * The model and adapter are fixed here, at start-up; no request can choose files. SIGINT/SIGTERM stop
@@ -25,10 +26,13 @@ import {
   weightsFlag,
 } from "../io/flags.ts";
 import { loadModel } from "../io/runtime.ts";
-import { createApp, DEFAULT_OPTIONS } from "./app.ts";
+import { type AppOptions, createApp, DEFAULT_OPTIONS } from "./app.ts";
 import { errorResponse, toHttpError } from "./errors.ts";
 import { serveFronted } from "./front.ts";
 import { type ApiKey, DEFAULT_LABEL, KeysFileError, parseKeysFile } from "./keys.ts";
+
+/** Batched decoding's defaults, once any of its flags is given. */
+export const DEFAULT_BATCH = { maxStreams: 16, maxBatchTokens: 256 };
 
 const DEFAULT_HEADER_TIMEOUT_S = 10, DEFAULT_IDLE_TIMEOUT_S = 30, DEFAULT_MAX_CONNECTIONS = 1024;
 import { isRedisUrl, redact, RedisBlobs } from "./redis_blobs.ts";
@@ -65,6 +69,21 @@ const SPEC = {
     kind: "int",
     help: "jobs admitted at once; they take turns on the executor between decode batches, so a long " +
       `generation does not hold up short ones (default ${DEFAULT_OPTIONS.activeJobs}; 1: first come, first served)`,
+  },
+  "max-streams": {
+    kind: "int",
+    help: "batched decoding: streams that run at once, their rows sharing every forward step (in place of " +
+      `--active-jobs; default ${DEFAULT_BATCH.maxStreams} once any batching flag is given)`,
+  },
+  "max-batch-tokens": {
+    kind: "int",
+    help: "batched decoding: rows one step runs, every stream's next token first, then chunks of waiting " +
+      `prompts (default ${DEFAULT_BATCH.maxBatchTokens})`,
+  },
+  "kv-cache-mb": {
+    kind: "int",
+    help: "batched decoding: MiB of KV cache all live streams and kept contexts may reserve; a request " +
+      "waits in the queue until its (compressed) cache fits, one that never can gets a 422 (default: no cap)",
   },
   "max-request-seconds": {
     kind: "number",
@@ -143,6 +162,19 @@ function positive(name: string, v: unknown, min = 1): number | undefined {
     throw new UsageError(`--${name}: expected a number >= ${min}, got '${v}'`);
   }
   return v;
+}
+
+/** --max-streams, --max-batch-tokens, --kv-cache-mb: batched decoding's limits, or null when none is given. */
+export function batchFlags(streams: unknown, tokens: unknown, kvMb: unknown): AppOptions["batch"] {
+  const maxStreams = positive("max-streams", streams);
+  const maxBatchTokens = positive("max-batch-tokens", tokens);
+  const mb = positive("kv-cache-mb", kvMb);
+  if (maxStreams === undefined && maxBatchTokens === undefined && mb === undefined) return null;
+  return {
+    maxStreams: maxStreams ?? DEFAULT_BATCH.maxStreams,
+    maxBatchTokens: maxBatchTokens ?? DEFAULT_BATCH.maxBatchTokens,
+    kvCapBytes: mb === undefined ? null : mb * 2 ** 20,
+  };
 }
 
 /** --context-store: null for memory, else the Redis URL. */
@@ -229,6 +261,7 @@ async function main(argv: string[]): Promise<number> {
   const queueSize = positive("queue-size", f["queue-size"], 0);
   const maxBodyBytes = positive("max-body-bytes", f["max-body-bytes"]);
   const activeJobs = positive("active-jobs", f["active-jobs"]);
+  const batch = batchFlags(f["max-streams"], f["max-batch-tokens"], f["kv-cache-mb"]);
   const maxRequestSeconds = positive("max-request-seconds", f["max-request-seconds"], 0);
   const ttl = positive("context-ttl", f["context-ttl"]);
   const maxMb = positive("context-max-mb", f["context-max-mb"], 0);
@@ -265,6 +298,7 @@ async function main(argv: string[]): Promise<number> {
     ...(queueSize !== undefined ? { queueSize } : {}),
     ...(maxBodyBytes !== undefined ? { maxBodyBytes } : {}),
     ...(activeJobs !== undefined ? { activeJobs } : {}),
+    batch,
     ...(maxRequestSeconds !== undefined
       ? { maxRequestMs: maxRequestSeconds === 0 ? null : maxRequestSeconds * 1000 }
       : {}),

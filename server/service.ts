@@ -20,6 +20,7 @@ import { parseBody } from "./http.ts";
 import type { ApiKey } from "./keys.ts";
 import { ServerMetrics } from "./metrics.ts";
 import { JobQueue } from "./queue.ts";
+import { BatchScheduler } from "./batch_scheduler.ts";
 import type { stopSchema } from "./schemas.ts";
 import { createSse, type SseStream } from "./sse.ts";
 import { clientFull } from "./client_flow.ts";
@@ -38,6 +39,12 @@ export interface AppOptions {
   queueSize: number;
   /** Jobs admitted at once, taking turns on the executor between decode batches (turns.ts). */
   activeJobs: number;
+  /**
+   * Batched decoding (batch_scheduler.ts): `maxStreams` jobs run at once (in place of activeJobs) and their
+   * rows share each forward step, at most `maxBatchTokens` rows a step, under a cap on the KV bytes of every
+   * live stream and kept context (null: none). Null: one job's forward at a time (turns.ts).
+   */
+  batch: { maxBatchTokens: number; maxStreams: number; kvCapBytes: number | null } | null;
   /** Executor time one request may use (422 with what it produced, beyond); null: no limit. */
   maxRequestMs: number | null;
   /** Idle time after which a kept context expires. */
@@ -70,6 +77,7 @@ export const DEFAULT_OPTIONS: Omit<AppOptions, "deviceLost" | "log"> = {
   bodyTimeoutMs: 30_000,
   queueSize: 32,
   activeJobs: 4,
+  batch: null,
   maxRequestMs: 120_000,
   contextTtlMs: 10 * 60_000,
   contextMaxBytes: 256 << 20,
@@ -118,6 +126,10 @@ export interface Timed<T> {
 
 export class Service {
   readonly metrics = new ServerMetrics();
+  /** The model the endpoints run: with batching, its executor's sessions go through the scheduler. */
+  readonly model: Model;
+  /** Batched decoding's scheduler (null: jobs take turns, one forward at a time). */
+  readonly scheduler: BatchScheduler | null;
   readonly queue: JobQueue;
   readonly turns = new Turns();
   /** The contexts this replica holds live. */
@@ -129,8 +141,12 @@ export class Service {
   /** Streaming responses, to the promise of their end (latency is measured to the last byte). */
   readonly streams = new WeakMap<Response, Promise<unknown>>();
 
-  constructor(readonly model: Model, readonly o: AppOptions) {
-    this.queue = new JobQueue(o.queueSize, o.activeJobs);
+  constructor(model: Model, readonly o: AppOptions) {
+    const b = o.batch ?? null;
+    this.scheduler = b ? new BatchScheduler(model.executor, b) : null;
+    this.model = this.scheduler ? { ...model, executor: this.scheduler.wrap() } : model;
+    this.queue = new JobQueue(o.queueSize, b ? b.maxStreams : o.activeJobs);
+    if (this.scheduler) batchGauges(this.metrics, this.scheduler);
     this.local = new ContextStore({ ttlMs: o.contextTtlMs, maxBytes: o.contextMaxBytes, sweepMs: 30_000 });
     this.contexts = o.contextStore === null ? new MemoryContexts(this.local) : new SharedContexts(
       this.local,
@@ -279,9 +295,20 @@ export class Service {
         const unlock = exclusive ? await exclusive.lock() : null;
         const ticket = new Ticket(this.o.maxRequestMs);
         try {
-          await this.turns.take(ticket);
+          if (!this.scheduler) await this.turns.take(ticket);
           if (signal.aborted) throw new Cancelled();
-          const value = await work(() => this.turns.offer(ticket), (wait) => this.park(ticket, wait, signal));
+          let parkedMs = 0; // waiting for a slow client is not the job's time (batched: wall time counts)
+          const value = await work(
+            () => this.scheduler ? this.batchPass(signal, started + parkedMs) : this.turns.offer(ticket),
+            async (wait) => {
+              const t = performance.now();
+              try {
+                await this.park(ticket, wait, signal);
+              } finally {
+                parkedMs += performance.now() - t;
+              }
+            },
+          );
           m.jobs.inc({ outcome: "ok" });
           return { value, queueMs: started - queued, runMs: performance.now() - started };
         } catch (e) {
@@ -313,6 +340,18 @@ export class Service {
   }
 
   /**
+   * A batched job's yield point: its rows share every step with the others', so there is no turn to
+   * offer; it stops when its client left, or once its time since admission passes the per-request limit
+   * (with batching, executor time is shared: wall time bounds it, less the time parked for a slow client).
+   */
+  private batchPass(signal: AbortSignal, since: number): Promise<void> {
+    if (signal.aborted) return Promise.reject(new Cancelled());
+    const limit = this.o.maxRequestMs, used = performance.now() - since;
+    if (limit !== null && used > limit) return Promise.reject(new TimeLimitExceeded(limit, used));
+    return Promise.resolve();
+  }
+
+  /**
    * A job waits for `wait` (its stream's client to read) off the executor: it gives up its turn and its
    * slot, then takes them again. Past --stream-stall-timeout it ends with Stalled; a client gone ends
    * the wait at once (the decode loop then sees its signal).
@@ -320,7 +359,7 @@ export class Service {
   private async park(ticket: Ticket, wait: Promise<void>, signal: AbortSignal) {
     const limit = this.o.streamStallMs;
     this.stalledNow++;
-    this.turns.release(ticket);
+    if (!this.scheduler) this.turns.release(ticket); // batched jobs hold no turn
     let timer: ReturnType<typeof setTimeout> | undefined;
     const gone = Promise.withResolvers<void>();
     const onAbort = () => gone.resolve();
@@ -337,7 +376,7 @@ export class Service {
       clearTimeout(timer);
       signal.removeEventListener("abort", onAbort);
       this.stalledNow--;
-      await this.turns.take(ticket);
+      if (!this.scheduler) await this.turns.take(ticket);
     }
   }
 
@@ -418,4 +457,32 @@ export class Service {
     this.streams.set(sse.response, sse.finished);
     return sse.response;
   }
+}
+
+/** Gauges of batched decoding: the last step's streams and rows, totals, and the KV bytes under the cap. */
+function batchGauges(m: ServerMetrics, s: BatchScheduler) {
+  m.gauge("judgeq_batch_streams", "Streams (sessions) in the last batched step.", () => s.last.streams);
+  m.gauge(
+    "judgeq_batch_rows",
+    "Rows (decode tokens + prefill tokens) in the last batched step.",
+    () => s.last.rows,
+  );
+  m.gauge("judgeq_batch_steps_total", "Batched steps run.", () => s.steps, "counter");
+  m.gauge("judgeq_batch_rows_total", "Rows run in batched steps.", () => s.rows, "counter");
+  m.gauge(
+    "judgeq_kv_bytes_in_use",
+    "KV-cache bytes live streams and kept contexts hold allocated.",
+    () => s.kvAllocated(),
+  );
+  m.gauge(
+    "judgeq_kv_bytes_reserved",
+    "KV-cache bytes reserved by live streams and kept contexts.",
+    () => s.kvReserved,
+  );
+  m.gauge(
+    "judgeq_kv_bytes_free",
+    "KV-cache bytes left under --kv-cache-mb (+Inf without a cap).",
+    () => (s.limits.kvCapBytes ?? Infinity) - s.kvReserved,
+  );
+  m.gauge("judgeq_kv_waiting", "Streams waiting for KV-cache room.", () => s.kvWaiting);
 }
