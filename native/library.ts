@@ -193,6 +193,11 @@ export async function loadGgml(): Promise<Ggml> {
   return opened!;
 }
 
+/** The folder of ggml's prebuilt libraries for this platform (throws naming why there is none). */
+export async function ggmlBinsDir(): Promise<string> {
+  return await binsDir();
+}
+
 async function binsDir(): Promise<string> {
   const platform = `${Deno.build.os}-${Deno.build.arch}`;
   const pkg = PACKAGES[platform];

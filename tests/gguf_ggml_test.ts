@@ -4,16 +4,17 @@
  * for bit, and our dequantizers give dequantize_row_{q8_0,q4_0,q4_K,q6_K}'s floats bit for bit on blocks
  * ggml quantized (Q4_K and Q6_K by quantize_row_q4_K_ref / _q6_K_ref).
  *
- * Runs when node-llama-cpp is installed in .cache/llamacpp-peer/ (JUDGEQ_PEER_TESTS=1 installs it, as for
- * tests/llamacpp_peer_test.ts) on linux-x64; otherwise ignored, saying why.
+ * Runs wherever the native executor finds ggml's prebuilt library (npm @node-llama-cpp/<platform>, fetched by
+ * Deno's npm support: CI included) on linux-x64; otherwise ignored, saying why.
  */
 import { GGML_TYPE } from "../core/gguf/ggml_types.ts";
 import { dequantize, quantizeQ4_0, quantizeQ8_0 } from "../core/gguf/quants.ts";
 import { mulberry32 } from "../core/random.ts";
-import { LLAMACPP_PEER_DIR } from "../bench/llamacpp.ts";
+import { ggmlBinsDir } from "../native/library.ts";
 import { assertEquals } from "./helpers.ts";
 
-const LIB = `${LLAMACPP_PEER_DIR}node_modules/@node-llama-cpp/linux-x64/bins/linux-x64/libggml-base.so`;
+// ggml's prebuilt library, where the native executor finds it (npm @node-llama-cpp/<platform>, through Deno's npm).
+const LIB = await ggmlBinsDir().then((d) => `${d}/libggml-base.so`).catch(() => "");
 const sig = { parameters: ["buffer", "buffer", "i64"], result: "void" } as const;
 const SYMBOLS = {
   quantize_row_q8_0_ref: sig,
@@ -34,7 +35,7 @@ if (Deno.build.os !== "linux" || Deno.build.arch !== "x86_64") {
   try {
     lib = Deno.dlopen(LIB, SYMBOLS);
   } catch (e) {
-    skipReason = `libggml-base.so not loadable (node-llama-cpp not installed in .cache/llamacpp-peer/?): ${
+    skipReason = `libggml-base.so not loadable (${LIB || "no prebuilt ggml found"}): ${
       (e as Error).message.split("\n")[0]
     }`;
   }
