@@ -54,6 +54,8 @@ interface ForwardGraph {
   pos: Tensor;
   rows: Tensor[];
   masks: Tensor[];
+  /** Per layer, the entries its attention spans (its masks' width). */
+  widths: number[];
   queries: Tensor[];
   /** Per layer, the captured rows' summed attention [1, room, nH] (capturing graphs only). */
   mass: Tensor[];
@@ -63,7 +65,7 @@ interface ForwardGraph {
 }
 
 /**
- * The attention mass a capturing forward graph summed as it ran: per layer [nHeads][room] over the rows of
+ * The attention mass a capturing forward graph summed as it ran: per layer [nHeads][width] over the rows of
  * one graph, entry i of head h being entry i of its KV head's slot. Valid while the cache has lost no entry
  * since (its `removals` count unchanged): causality hides whatever was appended after.
  */
@@ -175,7 +177,7 @@ export class NativeSession implements KvSession {
       b.set(f.pos, Int32Array.from({ length: n }, (_, i) => p0 + i));
       for (let l = 0; l < c.nLayers; l++) {
         b.set(f.rows[l], this.appendRows(l, n));
-        b.set(f.masks[l], this.forwardMask(l, n, shape.maskHeads[l]));
+        b.set(f.masks[l], this.forwardMask(l, n, shape.maskHeads[l], f.widths[l]));
       }
       await b.run(this.rt.threads);
       cache.appended(p0, n);
@@ -189,8 +191,8 @@ export class NativeSession implements KvSession {
             f.queries.map((t) => b.readF32(t, n * c.nHeads * c.headDim)),
             [{
               removals: cache.removals,
-              room: Array.from(cache.room),
-              layers: f.mass.map((t, l) => b.readF32(t, cache.room[l] * c.nHeads)),
+              room: [...f.widths],
+              layers: f.mass.map((t, l) => b.readF32(t, f.widths[l] * c.nHeads)),
             }],
           )
           : null,
@@ -226,6 +228,7 @@ export class NativeSession implements KvSession {
     const pos = b.input(GGML_TYPE.i32, [n]);
     const eb = cache.elementBytes;
     const rows: Tensor[] = [], masks: Tensor[] = [], queries: Tensor[] = [], mass: Tensor[] = [];
+    const widths: number[] = [];
     for (let l = 0; l < c.nLayers; l++) {
       const lw = w.layers[l], room = cache.room[l], rowBytes = hd * eb;
       let cur = b.mul(b.rmsNorm(x, c.rmsNormEps), lw.attnNorm);
@@ -241,9 +244,13 @@ export class NativeSession implements KvSession {
       const flat = (t: Tensor) => b.reshape2d(t, hd, room * c.nKvHeads);
       b.expand(b.setRows(flat(cache.k[l]), b.reshape2d(k, hd, c.nKvHeads * n), index));
       b.expand(b.setRows(flat(cache.v[l]), b.reshape2d(v, hd, c.nKvHeads * n), index));
-      const kAll = b.view3d(cache.k[l], hd, room, c.nKvHeads, rowBytes, room * rowBytes, 0);
-      const vAll = b.view3d(cache.v[l], hd, room, c.nKvHeads, rowBytes, room * rowBytes, 0);
-      const mask = b.input(GGML_TYPE.f16, [room, n, shape.maskHeads[l]]);
+      // A kept step graph attends over the whole room (its shape holds while the cache grows into it); a
+      // one-off graph only over what the fullest head will hold, so early prefill chunks skip the empty room.
+      const width = keep ? room : Math.min(room, cache.most(l) + n);
+      widths.push(width);
+      const kAll = b.view3d(cache.k[l], hd, width, c.nKvHeads, rowBytes, room * rowBytes, 0);
+      const vAll = b.view3d(cache.v[l], hd, width, c.nKvHeads, rowBytes, room * rowBytes, 0);
+      const mask = b.input(GGML_TYPE.f16, [width, n, shape.maskHeads[l]]);
       masks.push(mask);
       let attn: Tensor;
       if (shape.capture) {
@@ -269,7 +276,19 @@ export class NativeSession implements KvSession {
     }
     const allocator = keep ? this.rt.g.sym.ggml_gallocr_new(this.rt.g.bufferType) : this.rt.allocator;
     b.allocate(allocator);
-    return { b, shape, x: xIn, pos, rows, masks, queries, mass, logits, allocator: keep ? allocator : null };
+    return {
+      b,
+      shape,
+      x: xIn,
+      pos,
+      rows,
+      masks,
+      widths,
+      queries,
+      mass,
+      logits,
+      allocator: keep ? allocator : null,
+    };
   }
 
   /** Destination rows (in the layer's [heads * room] rows) of the chunk's K/V: head g's next free rows. */
@@ -285,11 +304,12 @@ export class NativeSession implements KvSession {
   }
 
   /**
-   * The f16 mask of layer l for `n` new rows: [room, n, heads]. A row sees every entry its head holds and
-   * the new rows up to itself (cached entries all precede the new rows); the rest of the room is -inf.
+   * The f16 mask of layer l for `n` new rows: [width, n, heads] (width: the room, or the entries the fullest
+   * head holds once the rows are in). A row sees every entry its head holds and the new rows up to itself
+   * (cached entries all precede the new rows); the rest is -inf.
    */
-  forwardMask(l: number, n: number, heads: number): Uint16Array {
-    const c = this.config, cache = this.cache, room = cache.room[l], group = c.nHeads / c.nKvHeads;
+  forwardMask(l: number, n: number, heads: number, width = this.cache.room[l]): Uint16Array {
+    const c = this.config, cache = this.cache, room = width, group = c.nHeads / c.nKvHeads;
     const mask = new Uint16Array(room * n * heads).fill(F16_NEG_INF);
     for (let h = 0; h < heads; h++) {
       const had = cache.counts[cache.slot(l, Math.floor(h / group))];
