@@ -233,7 +233,7 @@ async function runOurs(engine: Engine, w: ModelWeights, model: ModelName): Promi
         const ids = engine === "reference" ? prompt(Math.min(64, L), r) : prompt(L, r);
         const s = x.createSession(ids.length + 64);
         try {
-          const m = await measureSession(s, engine === "reference" ? ids : ids);
+          const m = await measureSession(s, ids);
           pre.push(m.prefill);
           dec.push(m.decode);
           if (engine !== "reference") {

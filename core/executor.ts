@@ -10,6 +10,25 @@ export type ForwardInput =
   /** Input vectors fed in place of token embeddings (Judge Q soft tokens), `count` rows of `dim`. */
   | { kind: "embeddings"; rows: Float32Array; count: number };
 
+/**
+ * The rows of a forward input, checked against the model: token ids inside the vocabulary, enough embedding
+ * values for `count` rows. Throws a RangeError saying what is wrong.
+ */
+export function forwardRows(input: ForwardInput, c: ModelConfig): number {
+  if (input.kind === "tokens") {
+    for (const t of input.tokens) {
+      if (!Number.isInteger(t) || t < 0 || t >= c.vocabSize) {
+        throw new RangeError(`token id ${t} out of range`);
+      }
+    }
+    return input.tokens.length;
+  }
+  if (input.rows.length < input.count * c.dim) {
+    throw new RangeError(`embeddings: ${input.rows.length} values for ${input.count} rows of ${c.dim}`);
+  }
+  return input.count;
+}
+
 /** Post-RoPE query vectors of some rows, kept for attention scoring. Opaque to the core. */
 export interface QueryRows {
   /** Absolute positions of the rows, ascending. */

@@ -4,7 +4,7 @@
  * and its rows attend over its own heads (flash attention over that session's room, its own mask), so
  * compressed caches of any per-head lengths batch together with no padding to the longest.
  */
-import type { BatchItem, ForwardResult } from "../core/executor.ts";
+import { type BatchItem, type ForwardResult, forwardRows } from "../core/executor.ts";
 import { GraphBuilder, type Tensor } from "./graph.ts";
 import { GGML_TYPE } from "./library.ts";
 import type { NativeRuntime } from "./runtime.ts";
@@ -39,11 +39,7 @@ export async function nativeForwardBatch(rt: NativeRuntime, items: BatchItem[]):
       results[i] = await s.forward(it.input, it.options);
       continue;
     }
-    for (const t of it.input.tokens) {
-      if (!Number.isInteger(t) || t < 0 || t >= rt.config.vocabSize) {
-        throw new RangeError(`token id ${t} out of range`);
-      }
-    }
+    forwardRows(it.input, rt.config);
     parts.push({
       s,
       tokens: it.input.tokens,
@@ -143,7 +139,7 @@ async function runParts(rt: NativeRuntime, parts: Part[], rows: number): Promise
       const last = mine ? mine.subarray((count - 1) * V) : null;
       p.s.stepped(p.p0, n, last ? last.slice() : null);
       out.push({
-        logits: p.want === "none" ? null : p.want === "last" ? mine : mine,
+        logits: mine,
         queries: p.capture
           ? new NativeQueryRows(
             Array.from({ length: n }, (_, i) => p.p0 + i),

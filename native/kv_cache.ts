@@ -159,15 +159,9 @@ export class NativeKvCache {
   /** Sets the counts (a rewind: only entries appended since are dropped) and lays out what remains. */
   setCounts(counts: Int32Array) {
     this.removals++;
-    const host = Array.from(
-      { length: this.nLayers },
-      (_, l) => ({ k: this.read(l, "k"), v: this.read(l, "v") }),
-    );
-    const oldRoom = this.room;
     this.counts.set(counts);
-    const room = Int32Array.from({ length: this.nLayers }, (_, l) => this.most(l));
-    this.allocateTensors(room);
-    this.copyIn(host, oldRoom);
+    // Laid out anew even at the same room: the dropped tails are then not copied, and the new room is zero.
+    this.relayout(Int32Array.from({ length: this.nLayers }, (_, l) => this.most(l)));
   }
 
   /** Lays the buffer out anew with `room` entries per head per layer, copying what the heads hold. */
@@ -203,22 +197,6 @@ export class NativeKvCache {
       }
     } else if (old.ctx) {
       this.g.sym.ggml_free(old.ctx);
-    }
-  }
-
-  /** Writes each head's counted entries from host copies laid out with `oldRoom`. */
-  private copyIn(host: { k: Uint8Array; v: Uint8Array }[], oldRoom: Int32Array) {
-    const eb = this.entryBytes(), room = this.room;
-    for (let l = 0; l < this.nLayers; l++) {
-      if (room[l] === 0) continue;
-      const nk = new Uint8Array(room[l] * this.nKvHeads * eb), nv = new Uint8Array(nk.length);
-      for (let g = 0; g < this.nKvHeads; g++) {
-        const n = this.counts[this.slot(l, g)] * eb, from = g * oldRoom[l] * eb;
-        nk.set(host[l].k.subarray(from, from + n), g * room[l] * eb);
-        nv.set(host[l].v.subarray(from, from + n), g * room[l] * eb);
-      }
-      this.write(l, "k", nk);
-      this.write(l, "v", nv);
     }
   }
 

@@ -195,10 +195,6 @@ export async function loadGgml(): Promise<Ggml> {
 
 /** The folder of ggml's prebuilt libraries for this platform (throws naming why there is none). */
 export async function ggmlBinsDir(): Promise<string> {
-  return await binsDir();
-}
-
-async function binsDir(): Promise<string> {
   const platform = `${Deno.build.os}-${Deno.build.arch}`;
   const pkg = PACKAGES[platform];
   if (!pkg) throw new Error(`no prebuilt ggml for this platform (${platform})`);
@@ -239,7 +235,7 @@ async function openGgml(): Promise<Ggml> {
   if (ffi.state !== "granted") throw new Error("FFI is not permitted (run with --allow-ffi or -A)");
   let dir: string;
   try {
-    dir = await binsDir();
+    dir = await ggmlBinsDir();
   } catch (e) {
     throw new Error(`the ggml libraries could not be found: ${(e as Error).message}`);
   }

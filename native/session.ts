@@ -17,6 +17,7 @@ import type {
   KvSession,
   QueryRows,
 } from "../core/executor.ts";
+import { forwardRows } from "../core/executor.ts";
 import { GraphBuilder, type Tensor } from "./graph.ts";
 import { GGML_TYPE } from "./library.ts";
 import type { NativeKvCache } from "./kv_cache.ts";
@@ -108,16 +109,7 @@ export class NativeSession implements KvSession {
 
   async forward(input: ForwardInput, options: ForwardOptions = {}): Promise<ForwardResult> {
     const c = this.config;
-    const rows = input.kind === "tokens" ? input.tokens.length : input.count;
-    if (input.kind === "tokens") {
-      for (const t of input.tokens) {
-        if (!Number.isInteger(t) || t < 0 || t >= c.vocabSize) {
-          throw new RangeError(`token id ${t} out of range`);
-        }
-      }
-    } else if (input.rows.length < rows * c.dim) {
-      throw new RangeError(`embeddings: ${input.rows.length} floats for ${rows} rows of ${c.dim}`);
-    }
+    const rows = forwardRows(input, c);
     const want = options.logits ?? "last";
     const chunk = NATIVE_CHUNK_ROWS;
     const all = want === "all" ? new Float32Array(rows * c.vocabSize) : null;

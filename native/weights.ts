@@ -24,6 +24,15 @@ const TYPE_OF: Record<NativeWeightFormat, number> = {
 /** Values per block of each format (a quantized row must hold whole blocks). */
 const BLOCK: Record<NativeWeightFormat, number> = { f32: 1, f16: 1, q8_0: 32, q4_0: 32 };
 
+/**
+ * The ggml type a matrix of `cols`-value rows takes in `format`: as the project's GGUF writer does, the output
+ * matrix of a Q4_0 model is Q8_0, and rows that are not whole blocks are f16.
+ */
+function matrixType(format: NativeWeightFormat, cols: number, output: boolean): number {
+  const f = format === "q4_0" && output ? "q8_0" : format;
+  return cols % BLOCK[f] === 0 ? TYPE_OF[f] : GGML_TYPE.f16;
+}
+
 export interface NativeLayer {
   attnNorm: Tensor;
   wq: Tensor;
@@ -78,10 +87,9 @@ export class NativeWeights {
   }
 
   private typeFor(m: Matrix): number {
-    const want = this.format === "q4_0" && m.output ? "q8_0" : this.format;
-    if (m.cols % BLOCK[want] === 0) return TYPE_OF[want];
-    this.notes.push(m.name);
-    return GGML_TYPE.f16;
+    const type = matrixType(this.format, m.cols, m.output === true);
+    if (type === GGML_TYPE.f16 && this.format !== "f16") this.notes.push(m.name);
+    return type;
   }
 
   private load(w: ModelWeights) {
@@ -268,8 +276,7 @@ export function roundToNativeFormat(g: Ggml, w: ModelWeights, format: NativeWeig
   if (format === "f32") return w;
   const s = g.sym, c = w.config;
   const round = (data: Float32Array, cols: number, output = false): Float32Array => {
-    const f = format === "q4_0" && output ? "q8_0" : format;
-    const type = cols % BLOCK[f] === 0 ? TYPE_OF[f] : GGML_TYPE.f16;
+    const type = matrixType(format, cols, output);
     const rows = data.length / cols;
     const bytes = new Uint8Array(Number(s.ggml_row_size(type, BigInt(cols))) * rows);
     s.ggml_quantize_chunk(

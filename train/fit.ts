@@ -76,17 +76,7 @@ export const untrainedEmbeddings = (w: ModelWeights, n: number, noise: number, s
 export async function promptKvOf(session: KvSession, length: number): Promise<PromptKv> {
   if (session instanceof CpuSession) return promptKvFromCache(session.cache, length);
   if (session instanceof WasmSession) return promptKvFromCache(session.toCpuCache(), length);
-  const snap = await session.exportCache();
-  const cache = new CpuKvCache(snap.nLayers, snap.nKvHeads, snap.headDim, Math.max(1, length));
-  const hd = snap.headDim;
-  for (let l = 0; l < snap.nLayers; l++) {
-    for (let g = 0; g < snap.nKvHeads; g++) {
-      const s = cache.slot(l, g), p = snap.positions[s], k = snap.keys[s], v = snap.values[s];
-      for (let i = 0; i < p.length && p[i] < length; i++) {
-        cache.append(l, g, p[i], k.subarray(i * hd, (i + 1) * hd), v.subarray(i * hd, (i + 1) * hd));
-      }
-    }
-  }
+  const cache = CpuKvCache.fromSnapshot(await session.exportCache(), Math.max(1, length), length);
   return promptKvFromCache(cache, length);
 }
 

@@ -14,6 +14,7 @@ import type {
   KvSession,
   QueryRows,
 } from "../core/executor.ts";
+import { forwardRows } from "../core/executor.ts";
 import { decodeTokens } from "../core/decode_loop.ts";
 import type { Arena } from "./arena.ts";
 import type { Job, ThreadPool } from "./pool.ts";
@@ -107,16 +108,7 @@ export class WasmSession implements KvSession {
 
   async forward(input: ForwardInput, options: ForwardOptions = {}): Promise<ForwardResult> {
     const c = this.config;
-    const rows = input.kind === "tokens" ? input.tokens.length : input.count;
-    if (input.kind === "tokens") {
-      for (const t of input.tokens) {
-        if (!Number.isInteger(t) || t < 0 || t >= c.vocabSize) {
-          throw new RangeError(`token id ${t} out of range`);
-        }
-      }
-    } else if (input.rows.length < rows * c.dim) {
-      throw new RangeError(`embeddings: ${input.rows.length} values for ${rows} rows of ${c.dim}`);
-    }
+    const rows = forwardRows(input, c);
     this.kv.reserve(rows);
     if (this.x.parallel) await this.x.pool.ready();
     const cache = this.kv.addresses();

@@ -316,19 +316,7 @@ export class CpuSession implements KvSession {
 
   /** A session holding `snap` (checked by the executor). */
   static restore(weights: ModelWeights, snap: CacheSnapshot, capacity: number): CpuSession {
-    const c = weights.config;
-    const cache = new CpuKvCache(c.nLayers, c.nKvHeads, c.headDim, capacity);
-    const hd = c.headDim;
-    // Through the cache's own append (whatever its storage layout), entry by entry.
-    for (let l = 0; l < c.nLayers; l++) {
-      for (let g = 0; g < c.nKvHeads; g++) {
-        const s = cache.slot(l, g), p = snap.positions[s], k = snap.keys[s], v = snap.values[s];
-        for (let i = 0; i < p.length; i++) {
-          cache.append(l, g, p[i], k.subarray(i * hd, (i + 1) * hd), v.subarray(i * hd, (i + 1) * hd));
-        }
-      }
-    }
-    cache.trim(); // allocated for exactly what it holds
+    const cache = CpuKvCache.fromSnapshot(snap, capacity);
     const session = new CpuSession(weights, cache);
     session.nextPosition = snap.nextPosition;
     session.logits = snap.logits ? snap.logits.slice() : null;

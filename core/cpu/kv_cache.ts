@@ -4,6 +4,8 @@
  * demand and is cut back to what it holds after pruning (`trim`): a compressed cache allocates only
  * what it keeps, whatever its `capacity` (the most entries a head may ever hold).
  */
+import type { CacheSnapshot } from "../executor.ts";
+
 export class CpuKvCache {
   readonly keys: Float32Array[]; // [layer * nKv + head] -> [allocated, headDim]
   readonly values: Float32Array[];
@@ -103,6 +105,25 @@ export class CpuKvCache {
 
   entries(): number {
     return this.counts.reduce((a, b) => a + b, 0);
+  }
+
+  /**
+   * A cache holding a snapshot's entries (appended one by one, whatever the storage layout), those at
+   * positions below `below` only when given; allocated for exactly what it holds.
+   */
+  static fromSnapshot(snap: CacheSnapshot, capacity: number, below = Infinity): CpuKvCache {
+    const cache = new CpuKvCache(snap.nLayers, snap.nKvHeads, snap.headDim, capacity);
+    const hd = snap.headDim;
+    for (let l = 0; l < snap.nLayers; l++) {
+      for (let g = 0; g < snap.nKvHeads; g++) {
+        const s = cache.slot(l, g), p = snap.positions[s], k = snap.keys[s], v = snap.values[s];
+        for (let i = 0; i < p.length && p[i] < below; i++) {
+          cache.append(l, g, p[i], k.subarray(i * hd, (i + 1) * hd), v.subarray(i * hd, (i + 1) * hd));
+        }
+      }
+    }
+    cache.trim();
+    return cache;
   }
 
   /** A copy holding exactly the entries (no spare room). */
