@@ -6,16 +6,10 @@ import * as E from "fp-ts/Either";
 import type { Adapter } from "./adapter.ts";
 import type { ModelConfig } from "./config.ts";
 import { JudgeQError } from "./errors.ts";
-import type { Executor, KvSession } from "./executor.ts";
+import type { DecodeSpec, Executor, KvSession, SamplingOptions } from "./executor.ts";
 import type { DecodeCompressionRequest, DecodeCompressionStats } from "./decode_compression.ts";
 import { type PlanResult, runOnSession, runPlan } from "./interpret.ts";
-import {
-  compilePlan,
-  type CompressionRequest,
-  type DecodeSpec,
-  type GenerateRequest,
-  type Plan,
-} from "./plan.ts";
+import { compilePlan, type CompressionRequest, type GenerateRequest, type Plan } from "./plan.ts";
 import { decodeContinuation, type TextTokenizer } from "./tokenizer.ts";
 
 export interface Model {
@@ -29,18 +23,16 @@ export interface Model {
   stopTokenIds: number[];
 }
 
-/** How to decode: length, sampling and stops, with the defaults filled in by `decodeSpecOf`. */
-export interface DecodeParams {
-  maxTokens: number;
-  /** 0 (the default) is greedy. */
-  temperature?: number;
-  topP?: number;
-  topK?: number;
-  seed?: number;
-  /** Extra stop token ids (model stops are always on unless ignoreEos). */
-  stopTokenIds?: number[];
-  ignoreEos?: boolean;
-}
+/**
+ * How a request decodes: DecodeSpec (core/executor.ts) given flat, its sampling optional (greedy by
+ * default), `stopTokenIds` the request's extra stops (the model's are always on unless ignoreEos).
+ * `decodeSpecOf` fills in the rest.
+ */
+export type DecodeParams =
+  & Pick<DecodeSpec, "maxTokens">
+  & Partial<SamplingOptions>
+  & Partial<Pick<DecodeSpec, "stopTokenIds">>
+  & { ignoreEos?: boolean };
 
 /** How text is read: special-token text ("</s>") is plain text unless allowSpecialTokens (core/tokenizer.ts). */
 export interface TextOptions {

@@ -70,10 +70,19 @@ export interface SamplingOptions {
   seed: number;
 }
 
-export interface DecodeOptions {
+/**
+ * The decode parameters, once: length, sampling and stop tokens. A plan's decode steps carry them
+ * (core/plan.ts), every executor's decode takes them (DecodeOptions), and requests give them flat with
+ * defaults (core/engine.ts DecodeParams, derived from this).
+ */
+export interface DecodeSpec {
   maxTokens: number;
   sampling: SamplingOptions;
   stopTokenIds: number[];
+}
+
+/** A decode on an executor: the spec, and what the caller wants back or told along the way. */
+export interface DecodeOptions extends DecodeSpec {
   /** Return the logits of every step (before sampling), for fidelity metrics. */
   returnLogits?: boolean;
   captureQueries?: boolean;

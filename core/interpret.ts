@@ -8,9 +8,9 @@ import {
   type DecodeCompression,
   type DecodeCompressionStats,
 } from "./decode_compression.ts";
-import type { DecodeResult, Executor, KvSession, QueryRows } from "./executor.ts";
+import type { DecodeResult, DecodeSpec, Executor, KvSession, QueryRows } from "./executor.ts";
 import { METHODS } from "./methods/registry.ts";
-import type { DecodeSpec, Plan, Step } from "./plan.ts";
+import type { Plan, Step } from "./plan.ts";
 import { adaptiveSelect, pyramidBudgets, topPerHead } from "./selection.ts";
 import { randomSoftTokens } from "./soft_tokens.ts";
 

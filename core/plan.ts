@@ -11,6 +11,7 @@ import {
   resolveDecodeCompression,
 } from "./decode_compression.ts";
 import { fail, type JudgeQError } from "./errors.ts";
+import type { DecodeSpec } from "./executor.ts";
 import { GLOBAL_DEFAULTS, METHOD_NAMES, METHODS } from "./methods/registry.ts";
 import { type Allocation, ALLOCATIONS, type MethodOptions } from "./methods/types.ts";
 
@@ -43,19 +44,6 @@ export type CompressionRequest = {
   /** Compression during decoding: the cache bounded to budget + interval entries per KV head. */
   decode?: DecodeCompressionRequest;
 };
-
-export interface SamplingSpec {
-  temperature: number;
-  topP: number;
-  topK: number;
-  seed: number;
-}
-
-export interface DecodeSpec {
-  maxTokens: number;
-  sampling: SamplingSpec;
-  stopTokenIds: number[];
-}
 
 export type PlanInput =
   | { kind: "prompt"; tokens: number[] }

@@ -9,9 +9,12 @@ import {
   answerOnContext,
   compressContext,
   type CompressedContext,
+  type DecodeParams,
+  decodeSpecOf,
   generateText,
   type Model,
   planFor,
+  type TextOptions,
   tokenizeRequest,
 } from "../core/engine.ts";
 import type { DecodeCompressionRequest, DecodeCompressionStats } from "../core/decode_compression.ts";
@@ -26,17 +29,12 @@ import { type PartialWork, TimeLimitExceeded, YIELD_EVERY_MS } from "./turns.ts"
 
 export { Cancelled };
 
-export interface DecodeParams {
-  maxTokens: number;
-  temperature: number;
-  topP: number;
-  topK: number;
-  seed: number;
+/**
+ * A job's decode: the core's DecodeParams and TextOptions (core/engine.ts) with every default filled in
+ * (Service.decodeParams), plus what only text decoding has: stop strings.
+ */
+export interface JobDecodeParams extends Required<DecodeParams>, Required<TextOptions> {
   stopStrings: string[];
-  stopTokenIds: number[];
-  ignoreEos: boolean;
-  /** Special-token text in the request's text is read as control tokens (default: plain text). */
-  allowSpecialTokens: boolean;
   /**
    * The field that asked for maxTokens when it must fit the model's context (a 400 naming it if not);
    * null when it may be cut at the context's end (a default, or `truncate_max_tokens: true`).
@@ -87,7 +85,7 @@ class JobRun {
   readonly outputs: OutputText[] = [];
   readonly stopControllers: AbortController[] = [];
 
-  constructor(readonly model: Model, readonly p: DecodeParams, readonly hooks: JobHooks) {}
+  constructor(readonly model: Model, readonly p: JobDecodeParams, readonly hooks: JobHooks) {}
 
   /** A new output whose decode a matched stop string (or the client) can end. */
   open(prefixIds: readonly number[]): { out: OutputText; signal: AbortSignal; index: number } {
@@ -160,7 +158,8 @@ class JobRun {
   }
 }
 
-const coreSampling = (p: DecodeParams) => ({
+/** The part of a job's parameters the core reads (stop strings are the job's own: OutputText). */
+const coreParams = (p: JobDecodeParams): DecodeParams & TextOptions => ({
   maxTokens: p.maxTokens,
   temperature: p.temperature,
   topP: p.topP,
@@ -214,7 +213,7 @@ export function precheck(
     questions: string[];
   },
   compression: CompressionRequest | null,
-  p: DecodeParams,
+  p: JobDecodeParams,
 ) {
   const special = p.allowSpecialTokens;
   if ("prompt" in input && typeof input.prompt === "string") {
@@ -231,14 +230,14 @@ export function precheck(
     const plan = planFor(model, {
       input: { kind: "context", context: input.contextTokens, questions },
       compression, // an answer's: its decode-time compression alone (answerCompression)
-      decode: { maxTokens: p.maxTokens, sampling: coreSampling(p), stopTokenIds: p.stopTokenIds },
+      decode: decodeSpecOf(model, p),
     });
     if (E.isLeft(plan)) throw plan.left;
     refuseUnfitting(model.executor, plan.right.capacity);
     checkRoom(model, input.contextTokens.length + Math.max(...questions.map((q) => q.length)), p, true);
     return;
   }
-  const req = tokenizeRequest(model, { ...input, compression, ...coreSampling(p) });
+  const req = tokenizeRequest(model, { ...input, compression, ...coreParams(p) });
   if (E.isLeft(req)) throw req.left;
   const plan = planFor(model, req.right);
   if (E.isLeft(plan)) throw plan.left;
@@ -255,7 +254,7 @@ export function precheck(
  * "maximum context length" 400): the core would otherwise cut it silently. A request that opts in
  * (`truncate_max_tokens: true`) and a default max_tokens stop at the context's end instead.
  */
-function checkRoom(model: Model, used: number, p: DecodeParams, withContext: boolean) {
+function checkRoom(model: Model, used: number, p: JobDecodeParams, withContext: boolean) {
   const n = model.config.maxSeqLen, room = n - used;
   if (!p.maxTokensParam || used >= n || p.maxTokens <= room) return; // used >= n: the core's 422
   const what = withContext ? "context and question tokens" : "prompt tokens";
@@ -283,7 +282,7 @@ export function precheckContext(
       questions: [[model.tokenizer.bosId ?? 0]],
     },
     compression,
-    decode: { maxTokens: 0, sampling: { temperature: 0, topP: 1, topK: 0, seed: 0 }, stopTokenIds: [] },
+    decode: decodeSpecOf(model, { maxTokens: 0 }),
   });
   if (E.isLeft(plan)) throw plan.left;
 }
@@ -293,7 +292,7 @@ export async function runPrompt(
   model: Model,
   prompt: string | number[],
   compression: CompressionRequest | null,
-  p: DecodeParams,
+  p: JobDecodeParams,
   hooks: JobHooks,
 ): Promise<JobResult> {
   const job = new JobRun(model, p, hooks);
@@ -301,7 +300,7 @@ export async function runPrompt(
     ? model.tokenizer.encode(prompt, { addBos: true, allowSpecial: p.allowSpecialTokens })
     : prompt;
   const { signal } = job.open(promptIds);
-  const r = await generateText(model, { prompt: promptIds, compression, ...coreSampling(p) }, {
+  const r = await generateText(model, { prompt: promptIds, compression, ...coreParams(p) }, {
     onTokens: job.onTokens,
     between: job.between,
     signal,
@@ -321,7 +320,7 @@ export async function runAnswers(
   model: Model,
   ctx: CompressedContext,
   questions: string[],
-  p: DecodeParams,
+  p: JobDecodeParams,
   hooks: JobHooks,
   compressTimings: Record<string, number> = {},
   decode: DecodeCompressionRequest | null = null,
@@ -340,7 +339,7 @@ export async function runAnswers(
     const a = await answerOnContext(
       model,
       ctx,
-      { question, decodeCompression: decode, ...coreSampling(p) },
+      { question, decodeCompression: decode, ...coreParams(p) },
       { onTokens, signal },
     );
     outputs.push(job.close(index, a.finishReason));
@@ -365,7 +364,7 @@ export async function runContext(
   context: string,
   questions: string[],
   compression: CompressionRequest | null,
-  p: DecodeParams,
+  p: JobDecodeParams,
   hooks: JobHooks,
 ): Promise<JobResult> {
   const job = new JobRun(model, p, hooks);

@@ -8,8 +8,8 @@ import type { CompressionRequest } from "../core/plan.ts";
 import { encodeTemplate, type TextTokenizer } from "../core/tokenizer.ts";
 import { HttpError } from "./errors.ts";
 import { type JobOutput, type JobResult, precheck, refuseOverlong, runPrompt } from "./generation.ts";
-import { type ChatMessage, chatSchema, completionSchema } from "./schemas.ts";
-import type { DecodeFields, Service, Shape } from "./service.ts";
+import { type ChatMessage, chatSchema, completionSchema, type DecodeFields } from "./schemas.ts";
+import type { Service, Shape } from "./service.ts";
 import { compressionJson } from "./wire.ts";
 
 const textOf = (c: ChatMessage["content"]): string =>
@@ -256,7 +256,6 @@ export const chat = (svc: Service): Handler => async (req) => {
 };
 
 interface OpenAiFields extends DecodeFields {
-  stream?: boolean | null;
   stream_options?: { include_usage?: boolean | null } | null;
   kv_compression?: CompressionRequest | null;
 }

@@ -120,6 +120,8 @@ const decodeFields = {
   /** An explicit max_tokens past the model's context stops at its end instead of a 400. */
   truncate_max_tokens: z.boolean().nullish(),
 };
+/** The decode fields as the wire has them (Service.decodeParams reads them). */
+export type DecodeFields = z.infer<z.ZodObject<typeof decodeFields>>;
 
 const extras = {
   model: z.string().nullish(),

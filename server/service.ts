@@ -15,13 +15,13 @@ import {
   Stalled,
   toHttpError,
 } from "./errors.ts";
-import type { DecodeParams, JobHooks, JobResult } from "./generation.ts";
+import type { JobDecodeParams, JobHooks, JobResult } from "./generation.ts";
 import { parseBody } from "./http.ts";
 import type { ApiKey } from "./keys.ts";
 import { ServerMetrics } from "./metrics.ts";
 import { JobQueue } from "./queue.ts";
 import { BatchScheduler } from "./batch_scheduler.ts";
-import type { stopSchema } from "./schemas.ts";
+import type { DecodeFields } from "./schemas.ts";
 import { createSse, type SseStream } from "./sse.ts";
 import { clientFull } from "./client_flow.ts";
 import { type Mutex, Ticket, TimeLimitExceeded, Turns } from "./turns.ts";
@@ -86,19 +86,6 @@ export const DEFAULT_OPTIONS: Omit<AppOptions, "deviceLost" | "log"> = {
   maxQuestions: 64,
   streamStallMs: 30_000,
 };
-
-/** Sampling fields as the wire has them (every generating endpoint). */
-export interface DecodeFields {
-  max_tokens?: number | null;
-  temperature?: number | null;
-  top_p?: number | null;
-  top_k?: number | null;
-  seed?: number | null;
-  stop?: z.infer<typeof stopSchema> | null;
-  ignore_eos?: boolean | null;
-  allow_special_tokens?: boolean | null;
-  truncate_max_tokens?: boolean | null;
-}
 
 /** An endpoint's defaults: ours are greedy; OpenAI's sample at temperature 1. */
 export interface DecodeDefaults {
@@ -175,7 +162,7 @@ export class Service {
     }
   }
 
-  decodeParams(b: DecodeFields, d: DecodeDefaults): DecodeParams {
+  decodeParams(b: DecodeFields, d: DecodeDefaults): JobDecodeParams {
     const stops = b.stop === null || b.stop === undefined
       ? []
       : typeof b.stop === "string"
