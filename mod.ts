@@ -73,7 +73,19 @@ export {
   isExecutorChoice,
   softwareAdapterReason,
 } from "./io/executor_choice.ts";
-export { GpuExecutor, type GpuExecutorOptions, WEIGHT_FORMATS, type WeightFormatChoice } from "./gpu/mod.ts";
+export { GpuExecutor, type GpuExecutorOptions } from "./gpu/mod.ts";
+// Weight formats: the vocabulary and each executor's subset.
+export {
+  GPU_WEIGHT_CHOICES,
+  GPU_WEIGHT_FORMATS,
+  NATIVE_WEIGHT_FORMATS,
+  WASM_WEIGHT_CHOICES,
+  WASM_WEIGHT_FORMATS,
+  WEIGHT_CHOICES,
+  WEIGHT_FORMATS,
+  type WeightFormat,
+  type WeightFormatChoice,
+} from "./core/weight_formats.ts";
 export {
   checkThreads,
   defaultThreads,

@@ -20,7 +20,8 @@
  * @module
  */
 import type { Model } from "./core/engine.ts";
-import { isExecutorChoice, WEIGHT_CHOICES, type WeightFormatChoice } from "./io/executor_choice.ts";
+import { isExecutorChoice } from "./io/executor_choice.ts";
+import { WEIGHT_CHOICES, type WeightFormatChoice } from "./core/weight_formats.ts";
 import { loadModel, type LoadOptions } from "./io/runtime.ts";
 import { type App, type AppOptions, createApp } from "./server/app.ts";
 import { parseKeysFile } from "./server/keys.ts";

@@ -25,13 +25,16 @@ import type { DecodeOptions, KvSession } from "../core/executor.ts";
 import { parameterCount } from "../core/weights.ts";
 import type { ModelWeights } from "../core/weights.ts";
 import { GpuExecutor } from "../gpu/executor.ts";
-import type { WeightFormat } from "../gpu/weights.ts";
+import type {
+  GpuWeightFormat as WeightFormat,
+  WasmWeightFormat as CpuWeightFormat,
+} from "../core/weight_formats.ts";
 import type { GpuSession } from "../gpu/session.ts";
 import { fixtureWeights, loadWeightsOnly, promptTokens } from "../fixtures/testing.ts";
 import { parseFlags, usage, UsageError } from "../io/flags.ts";
 import { benchFastCpu, type FastCpuResult } from "./fast_cpu.ts";
 import { type LlamaCppMeasurement, measureLlamaCpp } from "./llamacpp.ts";
-import { checkThreads, defaultThreads, type WeightFormat as CpuWeightFormat } from "../wasm/mod.ts";
+import { checkThreads, defaultThreads } from "../wasm/mod.ts";
 
 const SPEC = {
   json: { kind: "boolean", help: "print one JSON object (progress goes to stderr)" },

@@ -11,7 +11,7 @@ import { topPerHead } from "../core/selection.ts";
 import type { ModelWeights } from "../core/weights.ts";
 import { promptTokens } from "../fixtures/testing.ts";
 import { WasmExecutor, type WasmQueryRows } from "../wasm/mod.ts";
-import type { WeightFormat } from "../wasm/weights.ts";
+import type { WasmWeightFormat as WeightFormat } from "../core/weight_formats.ts";
 
 const greedy = (maxTokens: number): DecodeOptions => ({
   maxTokens,

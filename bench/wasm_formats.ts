@@ -14,7 +14,7 @@ import { fixtureWeights, promptTokens } from "../fixtures/testing.ts";
 import { parseFlags, usage, UsageError } from "../io/flags.ts";
 import { WasmExecutor } from "../wasm/mod.ts";
 import type { KernelChoice } from "../wasm/kernels.ts";
-import type { WeightFormat } from "../wasm/weights.ts";
+import type { WasmWeightFormat as WeightFormat } from "../core/weight_formats.ts";
 
 const SPEC = {
   rounds: { kind: "string", help: "interleaved rounds (default 5)" },

@@ -8,16 +8,17 @@ import { JudgeQError } from "../core/errors.ts";
 import { checkSnapshot } from "../core/cache_snapshot.ts";
 import type { CacheSnapshot, Executor, KvSession } from "../core/executor.ts";
 import { beyondF16Error, type ModelWeights, tensorBeyondF16 } from "../core/weights.ts";
+import {
+  choiceList,
+  GPU_WEIGHT_CHOICES,
+  type GpuWeightChoice,
+  type GpuWeightFormat,
+  isChoice,
+} from "../core/weight_formats.ts";
 import { acquireDevice, checkDevice, type GpuContext } from "./device.ts";
 import { GpuModel } from "./model.ts";
 import { GpuSession } from "./session.ts";
-import {
-  type GpuWeights,
-  unsupportedShape,
-  WEIGHT_FORMATS,
-  type WeightFormat,
-  type WeightFormatChoice,
-} from "./weights.ts";
+import { type GpuWeights, unsupportedShape } from "./weights.ts";
 
 export interface GpuExecutorOptions {
   /** Largest bytes of one weight binding; lower than the device limit to force splitting (tests). */
@@ -32,7 +33,7 @@ export interface GpuExecutorOptions {
    * Projection/embedding storage: "auto" (default) is f16 when the adapter has shader-f16 and every
    * weight fits f16's range, else f32. f16 is packed in u32 words, so it also works without shader-f16.
    */
-  weightFormat?: WeightFormatChoice;
+  weightFormat?: GpuWeightChoice;
   /**
    * RMSNorm as its own dispatch before the projections instead of inside them (default: hidden size
    * >= SEPARATE_NORM_MIN_DIM). Fused, every invocation of a projection recomputes the row's norm (a
@@ -44,12 +45,11 @@ export interface GpuExecutorOptions {
 
 export const SEPARATE_NORM_MIN_DIM = 256;
 
-export { WEIGHT_FORMATS, type WeightFormatChoice };
-
 /** The format "auto" resolves to, or an error naming the tensor that cannot be f16. */
-export function resolveWeightFormat(choice: WeightFormatChoice, w: ModelWeights, features: Set<string>) {
-  if (!WEIGHT_FORMATS.includes(choice)) {
-    throw new JudgeQError("invalid_request", `expected auto, f32 or f16, got '${choice}'`, "weight_format");
+export function resolveWeightFormat(choice: GpuWeightChoice, w: ModelWeights, features: Set<string>) {
+  if (!isChoice(GPU_WEIGHT_CHOICES, choice)) {
+    const expected = choiceList(GPU_WEIGHT_CHOICES);
+    throw new JudgeQError("invalid_request", `expected ${expected}, got '${choice}'`, "weight_format");
   }
   if (choice === "f32" || (choice === "auto" && !features.has("shader-f16"))) return "f32";
   const beyond = tensorBeyondF16(w); // one pass over the weights, only when f16 is in question
@@ -69,7 +69,7 @@ export class GpuExecutor implements Executor {
     readonly ctx: GpuContext,
     readonly weights: ModelWeights,
     o: GpuExecutorOptions,
-    format: WeightFormat,
+    format: GpuWeightFormat,
   ) {
     const c = weights.config;
     this.config = c;

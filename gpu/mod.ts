@@ -26,13 +26,7 @@ import type { ModelWeights } from "../core/weights.ts";
 import { GpuExecutor, type GpuExecutorOptions } from "./executor.ts";
 
 export { acquireDevice, gpuAvailable } from "./device.ts";
-export {
-  GpuExecutor,
-  type GpuExecutorOptions,
-  resolveWeightFormat,
-  WEIGHT_FORMATS,
-  type WeightFormatChoice,
-} from "./executor.ts";
+export { GpuExecutor, type GpuExecutorOptions, resolveWeightFormat } from "./executor.ts";
 export { GpuQueryRows, GpuSession } from "./session.ts";
 
 export interface BestExecutorOptions extends GpuExecutorOptions {

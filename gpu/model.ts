@@ -10,10 +10,11 @@ import { BufferPool, bufferWith, STORAGE } from "./buffers.ts";
 import { checkDevice, type GpuContext } from "./device.ts";
 import { compileKernels, type Kernels } from "./kernels/compile.ts";
 import { PipelineCache } from "./pipelines.ts";
-import { type GpuWeights, uploadWeights, type WeightFormat } from "./weights.ts";
+import type { GpuWeightFormat } from "../core/weight_formats.ts";
+import { type GpuWeights, uploadWeights } from "./weights.ts";
 
 export interface ModelOptions {
-  format: WeightFormat;
+  format: GpuWeightFormat;
   /** Largest bytes of one weight binding. */
   maxBindingBytes: number;
   /** Decode steps recorded per submission. */

@@ -9,13 +9,8 @@
 import { JudgeQError } from "../core/errors.ts";
 import type { ModelConfig } from "../core/config.ts";
 import type { ModelWeights } from "../core/weights.ts";
+import type { GpuWeightFormat } from "../core/weight_formats.ts";
 import { bufferWith, STORAGE, UNIFORM } from "./buffers.ts";
-
-/** How projection and embedding matrices are stored on the GPU (norms and biases stay f32). */
-export type WeightFormat = "f32" | "f16";
-/** A requested format: "auto" lets the executor choose (see executor.ts `resolveWeightFormat`). */
-export type WeightFormatChoice = "auto" | WeightFormat;
-export const WEIGHT_FORMATS: readonly WeightFormatChoice[] = ["auto", "f32", "f16"];
 
 export interface Chunk {
   /** [K][n] weights, blocked (f32) or packed (f16). */
@@ -47,7 +42,7 @@ export interface GpuLayer {
 }
 
 export interface GpuWeights {
-  format: WeightFormat;
+  format: GpuWeightFormat;
   layers: GpuLayer[];
   /** Transposed embedding table, [dim][vocab] in chunks (the same object as lmHead when tied). */
   embed: Matrix;
@@ -94,7 +89,7 @@ export class WeightUploader {
     private readonly device: GPUDevice,
     /** Largest bytes of one chunk (a storage binding). */
     private readonly maxBinding: number,
-    readonly format: WeightFormat = "f32",
+    readonly format: GpuWeightFormat = "f32",
   ) {}
 
   private upload(data: Float32Array | Uint32Array, usage = STORAGE, label?: string): GPUBuffer {
@@ -179,7 +174,7 @@ export function uploadWeights(
   device: GPUDevice,
   w: ModelWeights,
   maxBinding: number,
-  format: WeightFormat = "f32",
+  format: GpuWeightFormat = "f32",
 ): GpuWeights {
   const c = w.config, hd = c.headDim;
   const up = new WeightUploader(device, maxBinding, format);

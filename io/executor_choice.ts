@@ -16,12 +16,19 @@ import { CpuExecutor } from "../core/cpu/executor.ts";
 import { fail, JudgeQError } from "../core/errors.ts";
 import type { Executor } from "../core/executor.ts";
 import { type ModelWeights, parameterCount } from "../core/weights.ts";
+import {
+  choiceList,
+  GPU_WEIGHT_CHOICES,
+  isChoice,
+  type NativeWeightFormat,
+  WASM_WEIGHT_CHOICES,
+  type WeightFormatChoice,
+} from "../core/weight_formats.ts";
 import { gpuAvailable, GpuExecutor } from "../gpu/mod.ts";
 import { checkThreads, WasmExecutor, wasmUnsupportedReason } from "../wasm/mod.ts";
 
 /** KV cache storage of the native executor. */
 export type KvType = "f32" | "f16";
-type NativeWeightFormat = "f32" | "f16" | "q8_0" | "q4_0";
 
 /** What this module uses of native/mod.ts (ggml through Deno FFI), loaded only where FFI exists. */
 interface NativeApi {
@@ -61,14 +68,8 @@ export async function nativeUnsupportedReason(): Promise<string | null> {
 export const EXECUTOR_CHOICES = ["auto", "gpu", "native", "wasm", "cpu", "reference"] as const;
 export type ExecutorChoice = typeof EXECUTOR_CHOICES[number];
 
-/**
- * Weight storage of the projection and embedding matrices: auto, f32 and f16 everywhere but the reference;
- * int8 (a scale per row) for the WebAssembly executor, and on the native executor ggml's Q8_0 (a scale per
- * block of 32); q8_0 and q4_0 (ggml's blocks) for the native executor only. `auto` skips WebGPU for the
- * integer formats.
- */
-export const WEIGHT_CHOICES = ["auto", "f32", "f16", "int8", "q8_0", "q4_0"] as const;
-export type WeightFormatChoice = typeof WEIGHT_CHOICES[number];
+// Weight formats (core/weight_formats.ts): int8 on the native executor is ggml's Q8_0 (a scale per block
+// of 32); `auto` skips WebGPU for the formats it does not store.
 
 export interface ExecutorOptions {
   /** Threads of the fast CPU executor, the calling one included (default: the cores available). */
@@ -135,9 +136,6 @@ export async function hardwareGpuUnavailableReason(
   return why ? `the WebGPU adapter is a software one: ${why}` : null;
 }
 
-const INTEGER_FORMATS = ["int8", "q8_0", "q4_0"];
-const NATIVE_ONLY_FORMATS = ["q8_0", "q4_0"];
-
 /**
  * Below this many parameters `auto` takes the WebAssembly executor over the native one: ggml synchronises its
  * threads after every op, which costs more than such small matrices take (`deno task bench --models
@@ -146,17 +144,18 @@ const NATIVE_ONLY_FORMATS = ["q8_0", "q4_0"];
 export const NATIVE_MIN_PARAMETERS = 10_000_000;
 
 async function gpu(weights: ModelWeights, o: ExecutorOptions): Promise<Executor> {
-  if (INTEGER_FORMATS.includes(o.weightFormat ?? "auto")) {
+  const weightFormat = o.weightFormat ?? "auto";
+  if (!isChoice(GPU_WEIGHT_CHOICES, weightFormat)) {
     throw fail(
       "invalid_request",
-      `${o.weightFormat} weights are for the CPU executors (native, wasm); WebGPU takes auto, f32 or f16`,
+      `${weightFormat} weights are for the CPU executors (native, wasm); WebGPU takes ${
+        choiceList(GPU_WEIGHT_CHOICES)
+      }`,
       "weights",
     );
   }
   try {
-    return await GpuExecutor.create(weights, {
-      weightFormat: (o.weightFormat ?? "auto") as "auto" | "f32" | "f16",
-    });
+    return await GpuExecutor.create(weights, { weightFormat });
   } catch (e) {
     throw fail("internal", `WebGPU executor unavailable: ${(e as Error).message}`, "executor");
   }
@@ -181,26 +180,28 @@ async function native(weights: ModelWeights, o: ExecutorOptions): Promise<Execut
   });
 }
 
-function wasmFormatCheck(o: ExecutorOptions) {
-  if (o.weightFormat === "q8_0" || o.weightFormat === "q4_0") {
+/** The WebAssembly executor's format of a choice, or an error naming `weights`. */
+function wasmFormat(o: ExecutorOptions) {
+  const weightFormat = o.weightFormat ?? "auto";
+  if (!isChoice(WASM_WEIGHT_CHOICES, weightFormat)) {
     throw fail(
       "invalid_request",
-      `${o.weightFormat} weights are for the native executor; the WebAssembly executor takes auto, f32, f16 or int8`,
+      `${weightFormat} weights are for the native executor; the WebAssembly executor takes ${
+        choiceList(WASM_WEIGHT_CHOICES)
+      }`,
       "weights",
     );
   }
+  return weightFormat;
 }
 
 function wasm(weights: ModelWeights, o: ExecutorOptions): Promise<Executor> {
-  wasmFormatCheck(o);
+  const weightFormat = wasmFormat(o);
   const why = wasmUnsupportedReason();
   if (why) {
     throw fail("internal", `the fast CPU executor (wasm) cannot run in this runtime: ${why}`, "executor");
   }
-  return WasmExecutor.create(weights, {
-    threads: o.threads,
-    weightFormat: (o.weightFormat ?? "auto") as "auto" | "f32" | "f16" | "int8",
-  });
+  return WasmExecutor.create(weights, { threads: o.threads, weightFormat });
 }
 
 /** The executor for a choice; see the module comment. `auto` never fails for want of a backend. */
@@ -229,20 +230,19 @@ export async function chooseExecutor(
       return new CpuExecutor(weights);
   }
   const warn = o.warn ?? console.warn;
-  if (!INTEGER_FORMATS.includes(o.weightFormat ?? "auto")) {
+  const format = o.weightFormat ?? "auto";
+  if (isChoice(GPU_WEIGHT_CHOICES, format)) {
     const noGpu = await hardwareGpuUnavailableReason(o.requestAdapter);
     if (noGpu === null) {
       try {
-        return await GpuExecutor.create(weights, {
-          weightFormat: (o.weightFormat ?? "auto") as "auto" | "f32" | "f16",
-        });
+        return await GpuExecutor.create(weights, { weightFormat: format });
       } catch (e) {
         warn(`WebGPU unavailable (${(e as Error).message}): trying the native executor`);
       }
     }
   }
   const tiny = parameterCount(weights) < NATIVE_MIN_PARAMETERS && wasmUnsupportedReason() === null &&
-    !NATIVE_ONLY_FORMATS.includes(o.weightFormat ?? "auto");
+    isChoice(WASM_WEIGHT_CHOICES, format);
   const noNative = tiny ? null : await (o.nativeReason ?? nativeUnsupportedReason)();
   if (tiny) {
     // Not a fallback: the WebAssembly executor is the faster one for such small models.
@@ -256,17 +256,14 @@ export async function chooseExecutor(
   } else {
     warn(`the native executor cannot run here (${noNative}): using the WebAssembly executor`);
   }
-  wasmFormatCheck(o);
+  const weightFormat = wasmFormat(o);
   const why = wasmUnsupportedReason();
   if (why) {
     warn(`the fast CPU executor (wasm) cannot run in this runtime (${why}): using the slower CPU reference`);
     return new CpuExecutor(weights);
   }
   try {
-    return await WasmExecutor.create(weights, {
-      threads: o.threads,
-      weightFormat: (o.weightFormat ?? "auto") as "auto" | "f32" | "f16" | "int8",
-    });
+    return await WasmExecutor.create(weights, { threads: o.threads, weightFormat });
   } catch (e) {
     // A bad thread count or weight format is the caller's to fix, not a reason to fall back.
     if (e instanceof JudgeQError && (e.param === "threads" || e.param === "weights")) throw e;

@@ -2,7 +2,7 @@
  * A small flag parser for the project's commands: typed flags, repeatable ones, and an error that
  * names the flag ("--budget: expected an integer, got 'abc'").
  */
-import { WEIGHT_CHOICES, type WeightFormatChoice } from "./executor_choice.ts";
+import { WEIGHT_CHOICES, type WeightFormatChoice } from "../core/weight_formats.ts";
 import { EXECUTOR_CHOICES, type ExecutorChoice } from "./executor_choice.ts";
 import { defaultThreads } from "../wasm/mod.ts";
 

@@ -32,7 +32,8 @@ import {
   type ModelWeights,
   type NamedTensor,
 } from "../core/weights.ts";
-import { chooseExecutor, type ExecutorChoice, type WeightFormatChoice } from "./executor_choice.ts";
+import type { WeightFormatChoice } from "../core/weight_formats.ts";
+import { chooseExecutor, type ExecutorChoice } from "./executor_choice.ts";
 
 /** A JSON file's content: its bytes, its text, or the value already parsed. */
 export type JsonInput = Uint8Array | ArrayBuffer | string | Record<string, unknown>;

@@ -10,7 +10,8 @@ import { fail } from "../core/errors.ts";
 import type { Executor } from "../core/executor.ts";
 import { modelFingerprint } from "../core/fingerprint.ts";
 import type { ModelWeights } from "../core/weights.ts";
-import { chooseExecutor, type ExecutorChoice, type WeightFormatChoice } from "./executor_choice.ts";
+import type { WeightFormatChoice } from "../core/weight_formats.ts";
+import { chooseExecutor, type ExecutorChoice } from "./executor_choice.ts";
 import { isGgufPath, loadModelFromUrl, modelFromFiles } from "./from_bytes.ts";
 import { embeddedModelLocation, loadModelDir } from "./model_dir.ts";
 
@@ -20,8 +21,8 @@ export {
   type ExecutorChoice,
   type ExecutorOptions,
   isExecutorChoice,
-  type WeightFormatChoice,
 } from "./executor_choice.ts";
+export type { WeightFormatChoice } from "../core/weight_formats.ts";
 
 export interface LoadOptions {
   /** A model directory, or an http(s) URL of one (fetched: see loadModelFromUrl); default the embedded model. */

@@ -12,7 +12,8 @@ import { type KvType, NativeKvCache } from "./kv_cache.ts";
 import { loadGgml } from "./library.ts";
 import { NativeRuntime } from "./runtime.ts";
 import { NATIVE_CHUNK_ROWS, NativeSession } from "./session.ts";
-import { type NativeWeightFormat, NativeWeights } from "./weights.ts";
+import type { NativeWeightFormat } from "../core/weight_formats.ts";
+import { NativeWeights } from "./weights.ts";
 
 export interface NativeExecutorOptions {
   /** Threads of ggml's CPU backend (default: the cores available). */

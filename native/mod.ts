@@ -10,5 +10,6 @@
  */
 export { NativeExecutor, type NativeExecutorOptions } from "./executor.ts";
 export { GGML_PACKAGE_VERSION, loadGgml, nativeUnsupportedReason } from "./library.ts";
-export { NATIVE_WEIGHT_FORMATS, type NativeWeightFormat, roundToNativeFormat } from "./weights.ts";
+export { roundToNativeFormat } from "./weights.ts";
+export { NATIVE_WEIGHT_FORMATS, type NativeWeightFormat } from "../core/weight_formats.ts";
 export type { KvType } from "./kv_cache.ts";

@@ -9,11 +9,9 @@
 import { type ModelConfig, ropeInverseFrequencies } from "../core/config.ts";
 import { fail } from "../core/errors.ts";
 import type { ModelWeights } from "../core/weights.ts";
+import type { NativeWeightFormat } from "../core/weight_formats.ts";
 import { headerContext, type Tensor } from "./graph.ts";
 import { type Ggml, GGML_TYPE } from "./library.ts";
-
-export const NATIVE_WEIGHT_FORMATS = ["f32", "f16", "q8_0", "q4_0"] as const;
-export type NativeWeightFormat = typeof NATIVE_WEIGHT_FORMATS[number];
 
 const TYPE_OF: Record<NativeWeightFormat, number> = {
   f32: GGML_TYPE.f32,

@@ -1,6 +1,11 @@
 /** Command-line flags of `deno task train`: parsed, range-checked, and every error names its flag. */
 import { LOSS_KINDS, type LossKind } from "../core/train/loss.ts";
-import type { WeightFormatChoice } from "../io/executor_choice.ts";
+import {
+  choiceList,
+  isChoice,
+  WASM_WEIGHT_CHOICES,
+  type WeightFormatChoice,
+} from "../core/weight_formats.ts";
 import {
   flagError,
   type FlagSpec,
@@ -185,8 +190,11 @@ function range(flag: string, v: string): Range {
 
 /** fit's wasm prefill takes the wasm executor's formats only. */
 function wasmWeights(v: WeightFormatChoice): WeightFormatChoice {
-  if (v === "q8_0" || v === "q4_0") {
-    throw flagError("--weights", `${v} is a native format; fit's wasm prefill takes auto, f32, f16 or int8`);
+  if (!isChoice(WASM_WEIGHT_CHOICES, v)) {
+    throw flagError(
+      "--weights",
+      `${v} is a native format; fit's wasm prefill takes ${choiceList(WASM_WEIGHT_CHOICES)}`,
+    );
   }
   return v;
 }

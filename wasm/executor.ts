@@ -9,6 +9,7 @@ import { JudgeQError } from "../core/errors.ts";
 import { checkSnapshot } from "../core/cache_snapshot.ts";
 import type { CacheSnapshot, Executor, KvSession } from "../core/executor.ts";
 import type { ModelWeights } from "../core/weights.ts";
+import type { WasmWeightChoice } from "../core/weight_formats.ts";
 import { Arena } from "./arena.ts";
 import {
   KERNEL_CHOICES,
@@ -21,20 +22,14 @@ import {
 import { chunksFor, ThreadPool } from "./pool.ts";
 import { CONTROL_BYTES } from "./pool_protocol.ts";
 import { WasmSession } from "./session.ts";
-import {
-  checkFits,
-  resolveWeightFormat,
-  uploadWeights,
-  type WasmWeights,
-  type WeightFormatChoice,
-} from "./weights.ts";
+import { checkFits, resolveWeightFormat, uploadWeights, type WasmWeights } from "./weights.ts";
 import { Workspace } from "./workspace.ts";
 
 export interface WasmExecutorOptions {
   /** Threads, the calling one included (default: the cores available). */
   threads?: number;
   /** "auto" (f32), "f32", "f16" or "int8" storage of the projection and embedding matrices. */
-  weightFormat?: WeightFormatChoice;
+  weightFormat?: WasmWeightChoice;
   /**
    * Multiply-adds of work below which a step runs on one thread (default: per dispatch 65,536, and
    * models whose layers are smaller than ~131,000 never wake the workers). 0 splits every step: tests use it.

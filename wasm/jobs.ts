@@ -4,11 +4,12 @@
  * byte offsets in the shared memory; 0 is "none" where a pointer is optional.
  */
 import type { Job } from "./pool.ts";
-import type { Matrix, WeightFormat } from "./weights.ts";
+import type { WasmWeightFormat } from "../core/weight_formats.ts";
+import type { Matrix } from "./weights.ts";
 
 /** y[m, :] (+)= w . x[m, :] (+ bias) for M rows; the kernel follows the weights' format. */
 export interface GemmArgs {
-  format: WeightFormat;
+  format: WasmWeightFormat;
   x: number;
   w: Matrix;
   bias: number;
@@ -54,11 +55,11 @@ export function siluMulJob(a: { gate: number; up: number; M: number; N: number }
   return { kernel: "siluMul", args: [a.gate, a.up, a.M, a.N] };
 }
 
-const FORMAT_CODES: Record<WeightFormat, number> = { f32: 0, f16: 1, int8: 2 };
+const FORMAT_CODES: Record<WasmWeightFormat, number> = { f32: 0, f16: 1, int8: 2 };
 
 /** x rows = the table's rows of the M tokens (int32 at `tokens`). */
 export function embedJob(
-  a: { table: Matrix; format: WeightFormat; tokens: number; x: number; M: number; D: number },
+  a: { table: Matrix; format: WasmWeightFormat; tokens: number; x: number; M: number; D: number },
 ): Job {
   return {
     kernel: "embed",

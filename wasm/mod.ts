@@ -5,10 +5,4 @@
 export { checkThreads, defaultThreads, WasmExecutor, type WasmExecutorOptions } from "./executor.ts";
 export { unsupportedReason as wasmUnsupportedReason } from "./kernels.ts";
 export { WasmQueryRows, WasmSession } from "./session.ts";
-export {
-  resolveWeightFormat,
-  roundProjectionsToInt8,
-  WEIGHT_FORMATS,
-  type WeightFormat,
-  type WeightFormatChoice,
-} from "./weights.ts";
+export { resolveWeightFormat, roundProjectionsToInt8 } from "./weights.ts";

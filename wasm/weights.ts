@@ -5,11 +5,14 @@
 import type { ModelConfig } from "../core/config.ts";
 import { JudgeQError } from "../core/errors.ts";
 import { beyondF16Error, mapProjections, type ModelWeights, tensorBeyondF16 } from "../core/weights.ts";
+import {
+  choiceList,
+  isChoice,
+  WASM_WEIGHT_CHOICES,
+  type WasmWeightChoice,
+  type WasmWeightFormat,
+} from "../core/weight_formats.ts";
 import { type Arena, MAX_BYTES } from "./arena.ts";
-
-export type WeightFormat = "f32" | "f16" | "int8";
-export type WeightFormatChoice = "auto" | WeightFormat;
-export const WEIGHT_FORMATS: readonly WeightFormatChoice[] = ["auto", "f32", "f16", "int8"];
 
 /**
  * Address of a matrix in the arena, and of its row scales and row sums (int8; 0 otherwise). int8 rows are
@@ -40,7 +43,7 @@ export interface LayerPointers {
 }
 
 export interface WasmWeights {
-  format: WeightFormat;
+  format: WasmWeightFormat;
   embed: Matrix;
   lmHead: Matrix;
   finalNorm: number;
@@ -52,9 +55,10 @@ export interface WasmWeights {
  * "auto" is f32 (the reference's arithmetic); f16 halves the weight bytes, int8 (a scale per row,
  * max |w| / 127) quarters them: decoding streams every weight once per token.
  */
-export function resolveWeightFormat(choice: WeightFormatChoice, w: ModelWeights): WeightFormat {
-  if (!WEIGHT_FORMATS.includes(choice)) {
-    throw new JudgeQError("invalid_request", `expected auto, f32, f16 or int8, got '${choice}'`, "weights");
+export function resolveWeightFormat(choice: WasmWeightChoice, w: ModelWeights): WasmWeightFormat {
+  if (!isChoice(WASM_WEIGHT_CHOICES, choice)) {
+    const expected = choiceList(WASM_WEIGHT_CHOICES);
+    throw new JudgeQError("invalid_request", `expected ${expected}, got '${choice}'`, "weights");
   }
   if (choice === "int8") return "int8";
   if (choice !== "f16") return "f32";
@@ -64,7 +68,7 @@ export function resolveWeightFormat(choice: WeightFormatChoice, w: ModelWeights)
 }
 
 /** Bytes the weights take in a format, computed from the config alone (before anything is allocated). */
-export function weightBytes(c: ModelConfig, format: WeightFormat): number {
+export function weightBytes(c: ModelConfig, format: WasmWeightFormat): number {
   const e = format === "f16" ? 2 : format === "int8" ? 1 : 4,
     q = c.nHeads * c.headDim,
     kv = c.nKvHeads * c.headDim;
@@ -77,7 +81,7 @@ export function weightBytes(c: ModelConfig, format: WeightFormat): number {
 }
 
 /** Throws, naming the model, when weights plus the given working bytes cannot fit 4 GiB of wasm32 memory. */
-export function checkFits(c: ModelConfig, format: WeightFormat, working: number) {
+export function checkFits(c: ModelConfig, format: WasmWeightFormat, working: number) {
   const need = weightBytes(c, format) + working;
   if (need > MAX_BYTES) {
     const gib = (need / 2 ** 30).toFixed(2);
@@ -90,7 +94,7 @@ export function checkFits(c: ModelConfig, format: WeightFormat, working: number)
   }
 }
 
-export function uploadWeights(arena: Arena, w: ModelWeights, format: WeightFormat): WasmWeights {
+export function uploadWeights(arena: Arena, w: ModelWeights, format: WasmWeightFormat): WasmWeights {
   const start = arena.size;
   const vector = (v: Float32Array): number => {
     const at = arena.alloc(v.length * 4);

@@ -4,7 +4,7 @@
  */
 import type { ModelConfig } from "../../core/config.ts";
 import type { Kernel, PipelineCache } from "../pipelines.ts";
-import type { WeightFormat } from "../weights.ts";
+import type { GpuWeightFormat } from "../../core/weight_formats.ts";
 import { attentionCombine, attentionPartial, attentionRows } from "./attention.ts";
 import { matmulWorkgroup, PREFILL_TR } from "./common.ts";
 import { matmul, type MatmulMode } from "./matmul.ts";
@@ -31,7 +31,7 @@ export interface Kernels {
 }
 
 export interface KernelOptions {
-  format: WeightFormat;
+  format: GpuWeightFormat;
   /** The QKV projection adds a bias (Qwen-style models). */
   bias: boolean;
   /** RMSNorm as its own dispatch (else fused into the projections). */
