@@ -33,6 +33,13 @@ export interface TextTokenizer {
    */
   minTokens(text: string): number;
   /**
+   * UTF-8 bytes of text the vocabulary's longest piece spells (a byte-level vocabulary's characters count one
+   * byte each; SentencePiece's space marker three, as written): no token covers more of a text. Infinity
+   * for a vocabulary with a piece that is not text. Measured on first use; minTokens and the server's
+   * early refusal of overlong texts (server/generation.ts) both read it.
+   */
+  longestPieceBytes(): number;
+  /**
    * Text of `ids`; throws RangeError on an id that is not in the vocabulary (ids of the model's that the
    * tokenizer lacks, below createTokenizer's `maxIds`, are no text).
    */
@@ -251,6 +258,28 @@ export function createTokenizer(
   // UTF-16 length never exceeds its UTF-8 length: so tokens >= text.length / widest. The same holds for
   // the characters that are not whitespace, against the most any token spells (`solid`): that bound is the
   // tighter one where the vocabulary has long runs of spaces (Llama 3: 128). Measured on first use.
+  // A byte-level vocabulary spells each byte as one character (some of them two bytes in UTF-8).
+  const byteLevel = JSON.stringify(tj.data.decoder ?? null).includes('"ByteLevel"');
+  /** The longest piece, and the most non-whitespace text any piece spells, in UTF-8 bytes. */
+  let pieces: { longest: number; solid: number } | null = null;
+  const measurePieces = (): { longest: number; solid: number } => {
+    if (pieces !== null) return pieces;
+    const utf8 = new TextEncoder();
+    let longest = 0, solid = 0;
+    for (const piece of hf.get_vocab(true).keys() as Iterable<unknown>) {
+      // A piece that is not a string (a malformed vocabulary the JS port accepted) has no length to bound.
+      if (typeof piece !== "string") return pieces = { longest: Infinity, solid: Infinity };
+      longest = Math.max(longest, byteLevel ? piece.length : utf8.encode(piece).length);
+      let n = 0;
+      for (const ch of piece) {
+        if (byteLevel ? !BYTE_LEVEL_WHITESPACE.has(ch) : !WHITESPACE.has(ch)) {
+          n += byteLevel ? 1 : utf8.encode(ch).length;
+        }
+      }
+      solid = Math.max(solid, n);
+    }
+    return pieces = { longest, solid };
+  };
   let bounds: { widest: number; solid: number } | null = null;
   const tokenBounds = (): { widest: number; solid: number } => {
     if (bounds !== null) return bounds;
@@ -262,23 +291,8 @@ export function createTokenizer(
       // A vocabulary that cannot spell the probe (no unknown token, no byte fallback): no bound.
     }
     if (!roundTrips) return bounds = { widest: Infinity, solid: Infinity };
-    // A byte-level vocabulary spells each byte as one character (some of them two bytes in UTF-8).
-    const byteLevel = JSON.stringify(tj.data.decoder ?? null).includes('"ByteLevel"');
-    const utf8 = new TextEncoder();
-    let widest = 0, solid = 0;
-    for (const piece of hf.get_vocab(true).keys() as Iterable<unknown>) {
-      // A piece that is not a string (a malformed vocabulary the JS port accepted) has no length to bound.
-      if (typeof piece !== "string") return bounds = { widest: Infinity, solid: Infinity };
-      widest = Math.max(widest, byteLevel ? piece.length : utf8.encode(piece).length);
-      let n = 0;
-      for (const ch of piece) {
-        if (byteLevel ? !BYTE_LEVEL_WHITESPACE.has(ch) : !WHITESPACE.has(ch)) {
-          n += byteLevel ? 1 : utf8.encode(ch).length;
-        }
-      }
-      solid = Math.max(solid, n);
-    }
-    return bounds = { widest: widest + 1, solid: Math.max(1, solid) };
+    const { longest, solid } = measurePieces();
+    return bounds = { widest: longest + 1, solid: Math.max(1, solid) };
   };
   const tokenizer: TextTokenizer = {
     minTokens(text) {
@@ -290,6 +304,7 @@ export function createTokenizer(
       }
       return Math.max(Math.ceil(text.length / widest), Math.ceil((text.length - spaces) / solid));
     },
+    longestPieceBytes: () => measurePieces().longest,
     encode(text, opts) {
       const ids = opts?.allowSpecial ? hf.encode(text, { add_special_tokens: false }).ids : textIds(text);
       // A vocabulary with no unknown token and no byte fallback gives no id for what it cannot spell.

@@ -21,7 +21,6 @@ import type { DecodeCompressionRequest, DecodeCompressionStats } from "../core/d
 import type { CompressionStats } from "../core/interpret.ts";
 import { fail } from "../core/errors.ts";
 import type { CompressionRequest } from "../core/plan.ts";
-import type { TextTokenizer } from "../core/tokenizer.ts";
 import { refuseUnfitting } from "./batch_scheduler.ts";
 import { Cancelled, HttpError } from "./errors.ts";
 import { OutputText } from "./output.ts";
@@ -170,9 +169,6 @@ const coreParams = (p: JobDecodeParams): DecodeParams & TextOptions => ({
   allowSpecialTokens: p.allowSpecialTokens,
 });
 
-/** The longest vocabulary entry of each tokenizer, in UTF-16 code units. */
-const longestPiece = new WeakMap<TextTokenizer, number>();
-
 /**
  * Refuses a text that cannot fit the model's context without tokenizing all of it: a body-sized text
  * (a megabyte) takes seconds to tokenize, on the event loop. A text longer than the context could hold
@@ -182,14 +178,9 @@ const longestPiece = new WeakMap<TextTokenizer, number>();
  */
 export function refuseOverlong(model: Model, text: string, param: string, allowSpecial: boolean) {
   const tok = model.tokenizer, context = model.config.maxSeqLen;
-  let piece = longestPiece.get(tok);
-  if (piece === undefined) {
-    piece = 1;
-    for (let id = 0; id < tok.vocabSize; id++) piece = Math.max(piece, tok.idToToken(id)?.length ?? 0);
-    longestPiece.set(tok, piece);
-  }
-  let end = 4 * context * piece;
-  if (text.length <= end) return;
+  // A token covers at most the longest piece's UTF-8 bytes, so at most as many UTF-16 units of text.
+  let end = 4 * context * Math.max(1, tok.longestPieceBytes());
+  if (text.length <= end) return; // Infinity (a vocabulary with no bound): left to the core
   const high = text.charCodeAt(end - 1);
   if (high >= 0xd800 && high <= 0xdbff) end--; // not half a surrogate pair
   const n = tok.encode(text.slice(0, end), { addBos: false, allowSpecial }).length;

@@ -517,6 +517,20 @@ Deno.test("minTokens is a lower bound on the tokens of any text (stories260K, ll
   }
 });
 
+Deno.test("longestPieceBytes: the vocabulary's longest piece in UTF-8 bytes (byte-level: one per character)", () => {
+  // Brute force over the files' own vocabularies (model.vocab and added_tokens), not the tokenizer's.
+  const longest = (json: unknown, perChar: boolean) => {
+    const j = json as { model: { vocab: Record<string, number> }; added_tokens?: { content: string }[] };
+    const pieces = [...Object.keys(j.model.vocab), ...(j.added_tokens ?? []).map((t) => t.content)];
+    const utf8 = new TextEncoder();
+    return pieces.reduce((m, p) => Math.max(m, perChar ? p.length : utf8.encode(p).length), 0);
+  };
+  assert.equal(stories.longestPieceBytes(), longest(storiesJson, false));
+  assert.equal(stories.longestPieceBytes(), 9); // "\u2581friend": the space marker is 3 bytes
+  assert.equal(llama3.longestPieceBytes(), longest(llama3Json, true));
+  assert.equal(llama3.longestPieceBytes(), 128); // 128 spaces, one character each
+});
+
 Deno.test("a tokenizer with a gap in its ids loads; the gap and padding ids decode as no text", () => {
   const json = {
     model: { type: "BPE", vocab: { "a": 0, "b": 1, "c": 3 }, merges: [] },
