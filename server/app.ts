@@ -9,7 +9,7 @@ import type { ContextStore } from "./contexts.ts";
 import * as ep from "./endpoints.ts";
 import { errorResponse, HttpError, toHttpError } from "./errors.ts";
 import { DEFAULT_LABEL, keyLabel, setPrincipal } from "./keys.ts";
-import type { ServerMetrics } from "./metrics.ts";
+import { serverGauges, type ServerMetrics } from "./metrics.ts";
 import { chat, completions } from "./openai.ts";
 import type { JobQueue } from "./queue.ts";
 import { type AppOptions, DEFAULT_OPTIONS, Service } from "./service.ts";
@@ -85,76 +85,15 @@ export function createApp(model: Model, options: Partial<AppOptions> = {}): App 
   const { metrics, queue, local: contexts, o } = svc;
   const keys = [...o.apiKeys, ...(o.apiKey !== null ? [{ label: DEFAULT_LABEL, key: o.apiKey }] : [])];
   let httpInFlight = 0;
-
-  metrics.gauge("judgeq_queue_depth", "Jobs waiting for the executor.", () => queue.depth);
-  metrics.gauge(
-    "judgeq_jobs_in_flight",
-    "Jobs admitted to the executor, taking turns between decode batches.",
-    () => queue.inFlight,
-  );
-  metrics.gauge(
-    "judgeq_http_requests_in_flight",
-    "HTTP requests being handled, streams until they end (scrapes not counted).",
-    () => httpInFlight,
-  );
-  metrics.gauge(
-    "judgeq_jobs_waiting_turn",
-    "Admitted jobs waiting for their turn on the executor (round-robin between decode batches).",
-    () => svc.turns.depth,
-  );
-  metrics.gauge(
-    "judgeq_turn_handovers_total",
-    "Times a running job passed the executor to another between decode batches.",
-    () => svc.turns.handovers,
-    "counter",
-  );
-  metrics.gauge(
-    "judgeq_streams_stalled",
-    "Streaming jobs waiting, off the executor, for their client to read (their buffer full).",
-    () => svc.stalledNow,
-  );
-  metrics.gauge("judgeq_contexts", "Compressed contexts kept.", () => contexts.size);
-  metrics.gauge(
-    "judgeq_contexts_kv_bytes",
-    "Bytes kept contexts hold allocated (KV storage with its room, positions, logits): what --context-max-mb caps.",
-    () => contexts.bytes,
-  );
-  metrics.gauge(
-    "judgeq_contexts_evicted_total",
-    "Contexts evicted under the memory cap.",
-    () => contexts.evicted,
-    "counter",
-  );
-  metrics.gauge(
-    "judgeq_contexts_expired_total",
-    "Contexts expired by TTL.",
-    () => contexts.expired,
-    "counter",
-  );
-  metrics.gauge(
-    "judgeq_contexts_restored_total",
-    "Contexts restored from the shared context store (another replica made them, or this one evicted them).",
-    () => svc.contexts.restored,
-    "counter",
-  );
-  metrics.gauge(
-    "judgeq_device_lost",
-    "1 once the executor's device is lost.",
-    () => (svc.deviceLost() ? 1 : 0),
-  );
-  // The process's own memory where the runtime tells it (Deno, Node); absent on edge runtimes.
-  const memory =
-    (globalThis as { Deno?: { memoryUsage?: () => { rss: number; heapUsed: number; external: number } } })
-      .Deno?.memoryUsage;
-  if (memory) {
-    metrics.gauge("process_resident_memory_bytes", "Resident memory of the process.", () => memory().rss);
-    metrics.gauge("judgeq_js_heap_used_bytes", "JavaScript heap in use.", () => memory().heapUsed);
-    metrics.gauge(
-      "judgeq_external_memory_bytes",
-      "Memory outside the JavaScript heap held by its objects (typed arrays, WebAssembly memory).",
-      () => memory().external,
-    );
-  }
+  serverGauges(metrics, {
+    queue,
+    turns: svc.turns,
+    contexts,
+    httpInFlight: () => httpInFlight,
+    stalledStreams: () => svc.stalledNow,
+    restoredContexts: () => svc.contexts.restored,
+    deviceLost: () => svc.deviceLost(),
+  });
 
   const routes: Route[] = [
     { pattern: /^\/v1\/generate$/, label: "/v1/generate", methods: { POST: ep.generate(svc) } },

@@ -1,17 +1,9 @@
 /**
- * Request plumbing: constant-time secret comparison (keys.ts) and JSON bodies bounded in size (413) and in time (408), parsed
- * against a zod schema (400 naming the field).
+ * Request plumbing: JSON bodies bounded in size (413) and in time (408), parsed against a zod schema
+ * (400 naming the field).
  */
 import type { z } from "zod";
 import { Cancelled, fromZod, HttpError } from "./errors.ts";
-
-/** Compares secrets in time independent of where they differ. */
-export function timingSafeEqual(a: string, b: string): boolean {
-  const x = new TextEncoder().encode(a), y = new TextEncoder().encode(b);
-  let diff = x.length ^ y.length;
-  for (let i = 0; i < Math.max(x.length, y.length); i++) diff |= (x[i] ?? 0) ^ (y[i] ?? 0);
-  return diff === 0;
-}
 
 export interface BodyLimits {
   maxBytes: number;

@@ -4,7 +4,14 @@
  * label of the key it presented; kept contexts belong to that label. Labels, never keys, appear in
  * metrics and logs.
  */
-import { timingSafeEqual } from "./http.ts";
+
+/** Compares secrets in time independent of where they differ. */
+export function timingSafeEqual(a: string, b: string): boolean {
+  const x = new TextEncoder().encode(a), y = new TextEncoder().encode(b);
+  let diff = x.length ^ y.length;
+  for (let i = 0; i < Math.max(x.length, y.length); i++) diff |= (x[i] ?? 0) ^ (y[i] ?? 0);
+  return diff === 0;
+}
 
 export interface ApiKey {
   /** What metrics and logs show: [A-Za-z0-9_.-], 1 to 64 characters. */

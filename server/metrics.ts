@@ -91,7 +91,7 @@ export class Gauge implements Metric {
 
 const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
 
-/** The server's metrics. Gauges are wired by the app, which owns the values they read. */
+/** The server's metrics. Gauges read values others own: serverGauges declares them, app.ts wires them. */
 export class ServerMetrics {
   readonly requests = new Counter("judgeq_http_requests_total", "HTTP requests by route, method and status.");
   /** By the key's label (--api-keys-file), never the key itself. */
@@ -157,6 +157,95 @@ export class ServerMetrics {
       ...this.gauges,
     ];
     return all.map((m) => m.render()).join("\n") + "\n";
+  }
+}
+
+/** What the server's gauges read, at scrape time (app.ts hands them the service's parts). */
+export interface GaugeSources {
+  queue: { readonly depth: number; readonly inFlight: number };
+  turns: { readonly depth: number; readonly handovers: number };
+  contexts: {
+    readonly size: number;
+    readonly bytes: number;
+    readonly evicted: number;
+    readonly expired: number;
+  };
+  httpInFlight: () => number;
+  stalledStreams: () => number;
+  restoredContexts: () => number;
+  deviceLost: () => boolean;
+}
+
+/** Declares the server's gauges on `m`, each reading its value from `s` when scraped. */
+export function serverGauges(m: ServerMetrics, s: GaugeSources) {
+  m.gauge("judgeq_queue_depth", "Jobs waiting for the executor.", () => s.queue.depth);
+  m.gauge(
+    "judgeq_jobs_in_flight",
+    "Jobs admitted to the executor, taking turns between decode batches.",
+    () => s.queue.inFlight,
+  );
+  m.gauge(
+    "judgeq_http_requests_in_flight",
+    "HTTP requests being handled, streams until they end (scrapes not counted).",
+    s.httpInFlight,
+  );
+  m.gauge(
+    "judgeq_jobs_waiting_turn",
+    "Admitted jobs waiting for their turn on the executor (round-robin between decode batches).",
+    () => s.turns.depth,
+  );
+  m.gauge(
+    "judgeq_turn_handovers_total",
+    "Times a running job passed the executor to another between decode batches.",
+    () => s.turns.handovers,
+    "counter",
+  );
+  m.gauge(
+    "judgeq_streams_stalled",
+    "Streaming jobs waiting, off the executor, for their client to read (their buffer full).",
+    s.stalledStreams,
+  );
+  m.gauge("judgeq_contexts", "Compressed contexts kept.", () => s.contexts.size);
+  m.gauge(
+    "judgeq_contexts_kv_bytes",
+    "Bytes kept contexts hold allocated (KV storage with its room, positions, logits): what --context-max-mb caps.",
+    () => s.contexts.bytes,
+  );
+  m.gauge(
+    "judgeq_contexts_evicted_total",
+    "Contexts evicted under the memory cap.",
+    () => s.contexts.evicted,
+    "counter",
+  );
+  m.gauge(
+    "judgeq_contexts_expired_total",
+    "Contexts expired by TTL.",
+    () => s.contexts.expired,
+    "counter",
+  );
+  m.gauge(
+    "judgeq_contexts_restored_total",
+    "Contexts restored from the shared context store (another replica made them, or this one evicted them).",
+    s.restoredContexts,
+    "counter",
+  );
+  m.gauge(
+    "judgeq_device_lost",
+    "1 once the executor's device is lost.",
+    () => (s.deviceLost() ? 1 : 0),
+  );
+  // The process's own memory where the runtime tells it (Deno, Node); absent on edge runtimes.
+  const memory =
+    (globalThis as { Deno?: { memoryUsage?: () => { rss: number; heapUsed: number; external: number } } })
+      .Deno?.memoryUsage;
+  if (memory) {
+    m.gauge("process_resident_memory_bytes", "Resident memory of the process.", () => memory().rss);
+    m.gauge("judgeq_js_heap_used_bytes", "JavaScript heap in use.", () => memory().heapUsed);
+    m.gauge(
+      "judgeq_external_memory_bytes",
+      "Memory outside the JavaScript heap held by its objects (typed arrays, WebAssembly memory).",
+      () => memory().external,
+    );
   }
 }
 
