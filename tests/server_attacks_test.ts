@@ -467,6 +467,102 @@ Deno.test("attack: a stream whose client never reads waits off the executor (its
   }
 });
 
+/** Whether python3 runs here (the slow reader's client needs its socket options). */
+function hasPython(): boolean {
+  try {
+    return new Deno.Command("python3", { args: ["--version"], stdout: "null", stderr: "null" }).outputSync()
+      .success;
+  } catch {
+    return false;
+  }
+}
+
+const PYTHON = hasPython();
+
+Deno.test({
+  name:
+    "attack: over a real socket, a stream whose client never reads parks (a short request goes first), then is cut",
+  // A client whose kernel buffers stay small needs setsockopt before connect (tests/slow_reader.py).
+  ignore: Deno.build.os !== "linux" || !PYTHON,
+  fn: async () => {
+    const stallS = 2;
+    const s = await serve([
+      "--executor",
+      "cpu",
+      "--active-jobs",
+      "1",
+      "--stream-stall-timeout-s",
+      String(stallS),
+    ]);
+    const client = new Deno.Command("python3", {
+      args: [new URL("./slow_reader.py", import.meta.url).pathname, String(s.port), "/v1/generate"],
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const say = client.stdin.getWriter();
+    const lines = client.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    let pending = "";
+    const line = async () => {
+      while (!pending.includes("\n")) {
+        const { value, done } = await lines.read();
+        if (done) throw new Error(`the client ended: ${pending}`);
+        pending += value;
+      }
+      const at = pending.indexOf("\n");
+      const text = pending.slice(0, at);
+      pending = pending.slice(at + 1);
+      return JSON.parse(text);
+    };
+    const metric = async (name: string) => sampleValue(await s.metrics(), name);
+    try {
+      // 64 x 400 tokens, 3.6 MB of events: tens of seconds of the CPU reference if generated whole.
+      const request = { context: "Once upon a time", ...LONG, stream: true };
+      await say.write(enc.encode(JSON.stringify(request) + "\n"));
+      await line(); // sent
+      const t0 = performance.now();
+      while (await metric("judgeq_streams_stalled") === 0 && performance.now() - t0 < 8000) await sleep(50);
+      assertEquals(await metric("judgeq_streams_stalled"), 1, "parked once the client's socket was full");
+      const parked = performance.now();
+      // With one job admitted at a time, a short request runs while the stream waits.
+      const short = await fetch(`${s.base}/v1/generate`, {
+        method: "POST",
+        body: JSON.stringify({ prompt: "Once upon a time", max_tokens: 8 }),
+      });
+      assertEquals(short.status, 200);
+      await short.body?.cancel();
+      const shortMs = performance.now() - parked;
+      assert(shortMs < 1000, `the short request took ${shortMs} ms`);
+      // Nothing read meanwhile: past the stall limit the stream is cut, not before.
+      const stalled = 'judgeq_jobs_total{outcome="stalled"}';
+      while (await metric(stalled) === 0 && performance.now() - parked < (stallS + 4) * 1000) await sleep(50);
+      const cutS = (performance.now() - parked) / 1000;
+      assertEquals(await metric(stalled), 1, "cut");
+      assert(cutS > stallS - 0.2, `cut ${cutS} s after it parked, before --stream-stall-timeout-s`);
+      assertEquals(await metric("judgeq_streams_stalled"), 0);
+      assertEquals(await metric("judgeq_jobs_in_flight"), 0);
+      // The client reads now: what was written before the cut, no [DONE] (the connection closed).
+      await say.write(enc.encode("go\n"));
+      const got = await line();
+      assertEquals([got.status, got.done], ["HTTP/1.1 200 OK", false], JSON.stringify(got));
+      assert(got.bytes < 512 << 10, `${got.bytes} bytes were generated for a client that read none`);
+      const [status, stderr] = await Promise.all([client.status, readAll(client.stderr)]);
+      assert(status.success, `the client failed: ${stderr}`);
+    } finally {
+      // On a failure the client may still hold the stream: killing it cancels the job, so the server
+      // stops at once instead of finishing the whole stream for nobody.
+      try {
+        client.kill("SIGKILL");
+      } catch { /* already exited */ }
+      await say.close().catch(() => {});
+      await lines.cancel().catch(() => {});
+      await client.stderr.cancel().catch(() => {});
+      await client.status;
+      await s.stop();
+    }
+  },
+});
+
 Deno.test({
   name: "memory: filling the context cap again after deleting every context reuses what the first fill took",
   ignore: Deno.build.os !== "linux", // resident memory is read from /proc
