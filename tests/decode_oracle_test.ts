@@ -40,6 +40,7 @@ import {
   bruteHeadScores,
   bruteKeep,
   bruteKeyNorms,
+  rowsFrom,
   type ScoreShape,
 } from "./oracles.ts";
 
@@ -97,7 +98,6 @@ const nested = (kept: number[][], c: { nLayers: number; nKvHeads: number }) =>
 async function check(k: Case) {
   const { weights } = await embeddedModel();
   const c = weights.config, ad = await adapter();
-  // Shorter than budget + interval: the first compression comes after rows were run (see tests/README.md).
   const input = k.input ?? { kind: "prompt", tokens: prompt(24) };
   const maxTokens = k.maxTokens ?? 60;
   const plan = right(compilePlan({
@@ -125,7 +125,19 @@ async function check(k: Case) {
   const context = input.kind === "prompt" ? input.tokens : input.context;
   const questions = input.kind === "prompt" ? [null] : input.questions;
   const base = new CpuExecutor(weights).createSession(context.length + 200) as CpuSession;
-  await base.forward({ kind: "tokens", tokens: context }, { logits: "last" });
+  const stride = context.length + 200;
+  const size = c.nLayers * c.nHeads * stride;
+  const run = await base.forward({ kind: "tokens", tokens: context }, {
+    logits: "last",
+    captureQueries: input.kind === "prompt",
+  });
+  // A prompt that alone fills budget + interval is compressed before any token is run: the prompt's own rows
+  // score that first compression, as the method's prefill would (observation window: the last `interval`
+  // rows), with their attention as they ran, over the whole prompt.
+  const L = context.length;
+  const standFrom = method === "h2o" ? 0 : method === "tova" ? L - 1 : Math.max(0, L - d.interval);
+  const standIn = new Float64Array(size);
+  if (run.queries) addBruteMass(base, rowsFrom(run.queries, standFrom), stride, standIn, stride);
   // The plan's own prune (a compressed prefill) comes first; every later keep is a decode-time compression.
   const prefillKeeps = plan.steps.some((x) => x.op === "prune") ? 1 : 0;
   const prefillKeep = log[prefillKeeps - 1], decodeKeeps = log.slice(prefillKeeps);
@@ -133,8 +145,6 @@ async function check(k: Case) {
   let e = 0, events = 0, ties = 0, adapterDiffers = 0;
   for (const [out, question] of questions.entries()) {
     const s = (await base.clone()) as CpuSession;
-    const stride = context.length + 200;
-    const size = c.nLayers * c.nHeads * stride;
     const since = new Float64Array(size), running = new Float64Array(size), last = new Float64Array(size);
     if (question) {
       const r = await s.forward({ kind: "tokens", tokens: question }, {
@@ -154,6 +164,7 @@ async function check(k: Case) {
         const P = s.nextPosition,
           budget = budgetAt(P),
           label = `${method} output ${out} step ${step} (P ${P})`;
+        if (step === 0 && !question) { for (const m of [since, running, last]) m.set(standIn); }
         const at = async (rows: Float32Array) => {
           const t = (await s.clone()) as CpuSession;
           const r = await t.forward({ kind: "embeddings", rows, count: ad.n }, {
@@ -272,4 +283,24 @@ Deno.test("decode-time compression after a compressed prefill and on a context's
   for (const method of ["snapkv", "tova", "judgeq"]) {
     await check({ input, maxTokens: 40, compression: { method: "full", decode: { method, ...DECODE } } });
   }
+});
+
+Deno.test("decode-time snapkv, pyramidkv, adakv, h2o, tova on a prompt that alone fills budget + interval", async () => {
+  // The first compression comes before any token: the prompt's rows score it (with none, every score was 0
+  // and each head kept its earliest positions). The methods that need no rows keep what they kept before.
+  const input: PlanInput = { kind: "prompt", tokens: prompt(40) };
+  for (const method of ["snapkv", "pyramidkv", "adakv", "h2o", "tova", "judgeq", "knorm", "streaming_llm"]) {
+    await check({ input, compression: { method: "full", decode: { method, ...DECODE } } });
+  }
+  await check({
+    input,
+    compression: { method: "full", pooling: "max", decode: { method: "snapkv", ...DECODE } },
+  });
+  // A fraction: 25% of 40 is 10, so the prompt holds more than 10 + 6 at once.
+  await check({
+    input,
+    compression: { method: "full", decode: { method: "tova", fraction: 0.25, interval: 6, buffer: 3 } },
+  });
+  // After a compressed prefill that still holds more than budget + interval.
+  await check({ input, compression: { method: "snapkv", budget: 30, decode: { method: "h2o", ...DECODE } } });
 });
