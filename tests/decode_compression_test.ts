@@ -6,7 +6,8 @@
  */
 import { decodeAdapter } from "../core/adapter.ts";
 import { CpuExecutor } from "../core/cpu/executor.ts";
-import { boundedDecode, DECODE_METHOD_NAMES } from "../core/decode_compression.ts";
+import { boundedDecode, prefillForBoundedDecode } from "../core/bounded_decode.ts";
+import { DECODE_METHOD_NAMES } from "../core/decode_compression.ts";
 import type { Executor, KvSession } from "../core/executor.ts";
 import { kvBytesFor, type PlanResult, runOnSession, runPlan } from "../core/interpret.ts";
 import { compilePlan, type CompressionRequest, type GenerateRequest, type PlanInput } from "../core/plan.ts";
@@ -260,7 +261,11 @@ Deno.test("decode-time compression: bad input names the field; unknown methods l
     [req({ method: "snapkv", fraction: 1.5, interval: 4 }), "fraction", "(0, 1]"],
     [req({ method: "snapkv", interval: 4 }), "budget", "budget or fraction"],
     [req({ method: "snapkv", budget: 8, fraction: 0.5, interval: 4 }), "budget", "budget or fraction"],
-    [req({ method: "bogus", budget: 16, interval: 4 }), "method", "known: judgeq, snapkv"],
+    [
+      req({ method: "bogus", budget: 16, interval: 4 }),
+      "method",
+      "known: random, streaming_llm, h2o, snapkv, pyramidkv, adakv, tova, knorm, judgeq",
+    ],
     [req({ method: "lookahead", budget: 16, interval: 4 }), "method", "unknown decode method"],
     [req({ budget: 16, interval: 4 }), "method", "give decode.method"],
     [req({ method: "judgeq", budget: 16, interval: 4 }), "method", "adapter"],
@@ -294,7 +299,7 @@ Deno.test("decode-time compression, teacher-forced: the same compressions and lo
     const runOnce = async (forced?: number[]) => {
       const s = ex.createSession(plan.capacity);
       try {
-        await s.forward({ kind: "tokens", tokens: prompt(30) }, { logits: "last" });
+        const promptMass = await prefillForBoundedDecode(s, prompt(30), bound.compression);
         const kept: string[] = [];
         const r = await boundedDecode(
           s,
@@ -302,6 +307,7 @@ Deno.test("decode-time compression, teacher-forced: the same compressions and lo
           bound.compression,
           {
             softEmbeddings: adapter.soft,
+            promptMass,
             randomSoft: () => new Float32Array(0),
             forced,
             onCompress: (_e, k) => kept.push(JSON.stringify(k.map((h) => h.map((p) => Array.from(p))))),
