@@ -235,7 +235,7 @@ async function check(k: Case) {
   base.dispose();
   assertEquals(e, decodeKeeps.length, `${method}: compressions made by the code`);
   assert(events >= 4, `${method}: only ${events} compressions replayed`);
-  return { events, ties, adapterDiffers };
+  return { events, ties, adapterDiffers, prefillKeep };
 }
 
 Deno.test("decode-time snapkv, pyramidkv, adakv: rows since the last compression (unpooled and max-pooled)", async () => {
@@ -301,6 +301,27 @@ Deno.test("decode-time snapkv, pyramidkv, adakv, h2o, tova on a prompt that alon
     input,
     compression: { method: "full", decode: { method: "tova", fraction: 0.25, interval: 6, buffer: 3 } },
   });
-  // After a compressed prefill that still holds more than budget + interval.
-  await check({ input, compression: { method: "snapkv", budget: 30, decode: { method: "h2o", ...DECODE } } });
+  // After a compressed prefill that still holds more than budget + interval: the stand-in rows are captured
+  // with the prefill's scoring rows (from 0 for H2O, the last 16 for SnapKV) without changing what it keeps.
+  const { weights } = await embeddedModel();
+  for (
+    const compression of [
+      { method: "snapkv", budget: 30, decode: { method: "h2o", ...DECODE } },
+      { method: "h2o", budget: 30, decode: { method: "snapkv", ...DECODE } },
+    ]
+  ) {
+    const r = await check({ input, compression });
+    const alone = right(compilePlan({
+      input,
+      compression: { ...compression, decode: undefined },
+      decode: { maxTokens: 1, sampling: GREEDY, stopTokenIds: [] },
+    }, { config: weights.config, adapterTokens: null }));
+    const log: Keep[] = [];
+    await runPlan(alone, {
+      executor: recordingExecutor(weights, log),
+      softEmbeddings: null,
+      tokenEmbeddings: weights.embed,
+    });
+    assertEquals(r.prefillKeep, log[0], `${compression.method}: the prefill keeps what it keeps alone`);
+  }
 });
