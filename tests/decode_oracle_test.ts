@@ -20,10 +20,15 @@
  * oracles.TIE_REL; the replay then continues from the cache the code kept, so one tie never hides a later
  * difference. Every greedy token must also be the argmax of the replay's logits.
  *
+ * A prompt that alone fills budget + interval is compressed before any row is decoded: its own rows, as they
+ * ran, stand in for that first compression (the last `interval` for the SnapKV family, the last for TOVA,
+ * all for H2O, which keeps them in its running sums).
+ *
  * Bugs this test catches (each tried by hand in a scratch copy, see tests/README.md): SnapKV's row sums not
  * cleared after a compression; H2O's running sums not accumulated during decoding; decode-time Judge Q
  * scoring with random soft rows instead of the adapter's (and the check below that the adapter's rows and
- * random rows keep different sets here, so that bug cannot pass unseen); the soft rows not stripped.
+ * random rows keep different sets here, so that bug cannot pass unseen); the soft rows not stripped; a
+ * prompt's stand-in rows missing or shifted; StreamingLLM scored without its recency order.
  */
 import { decodeAdapter } from "../core/adapter.ts";
 import { CpuExecutor, type CpuSession } from "../core/cpu/executor.ts";
