@@ -329,4 +329,19 @@ Deno.test("decode-time snapkv, pyramidkv, adakv, h2o, tova on a prompt that alon
     });
     assertEquals(r.prefillKeep, log[0], `${compression.method}: the prefill keeps what it keeps alone`);
   }
+  // Budgets per layer or head: some heads hold more than 20 + 6 after the prefill (its first layers'
+  // pyramid budget; AdaKV's favoured heads), so the first compression comes before any token.
+  const long: PlanInput = { kind: "prompt", tokens: prompt(80) };
+  for (const allocation of ["pyramid", "adaptive"]) {
+    await check({
+      input: long,
+      compression: {
+        method: "snapkv",
+        window: 4,
+        budget: 20,
+        allocation,
+        decode: { method: "snapkv", ...DECODE },
+      },
+    });
+  }
 });
