@@ -11,6 +11,7 @@ import { DECODE_METHOD_NAMES } from "../core/decode_compression.ts";
 import type { Executor, KvSession } from "../core/executor.ts";
 import { kvBytesFor, type PlanResult, runOnSession, runPlan } from "../core/interpret.ts";
 import { compilePlan, type CompressionRequest, type GenerateRequest, type PlanInput } from "../core/plan.ts";
+import { METHODS } from "../core/methods/registry.ts";
 import { argmax, GREEDY } from "../core/sampling.ts";
 import { EXECUTORS_UNDER_TEST } from "./executors.ts";
 import { assert, assertEquals, assertLeft, embeddedModel, right } from "./helpers.ts";
@@ -244,6 +245,50 @@ for (const under of EXECUTORS_UNDER_TEST.filter((e) => e.name !== "reference")) 
     }
   });
 }
+
+Deno.test("a method added to the registry alone compresses at prefill and during decoding", async () => {
+  // One module and one registry line: a toy scorer ranking earlier positions higher, with `decoding` set.
+  const { files } = await setup();
+  const c = files.config;
+  METHODS.test_oldest = {
+    name: "test_oldest",
+    description: "the earliest positions (a test method)",
+    defaults: { window: 0 },
+    source: () => ({ kind: "none" }),
+    decoding: "none",
+    score: (i) => new Float32Array(c.nLayers * c.nKvHeads * i.length).map((_, k) => -(k % i.length)),
+  };
+  try {
+    const L = 14, budget = 10, decode = { method: "test_oldest", budget: 12, interval: 4, buffer: 2 };
+    const plan = right(compilePlan({
+      input: { kind: "prompt", tokens: prompt(L) },
+      compression: { method: "test_oldest", budget, decode },
+      decode: { maxTokens: 30, sampling: GREEDY, stopTokenIds: [] },
+    }, { config: c, adapterTokens: null }));
+    const boundaries: string[] = [], want: string[] = [];
+    const r = await runPlan(plan, {
+      executor: new CpuExecutor(files.weights),
+      softEmbeddings: null,
+      tokenEmbeddings: files.weights.embed,
+      onDecodeBoundary: async (s) => {
+        boundaries.push(JSON.stringify((await s.positions()).flat().map((p) => Array.from(p))));
+        // Written out: the prompt's first 10 (the earliest), then every boundary holds them plus the buffer
+        // kept at the last compression (2) and the 4 decoded since: the last 6 positions (none at first).
+        const P = s.nextPosition, all = Array.from({ length: P }, (_, t) => t);
+        const held = [...all.slice(0, budget), ...all.slice(Math.max(L, P - 6))];
+        want.push(JSON.stringify(Array(c.nLayers * c.nKvHeads).fill(held)));
+      },
+    });
+    assertEquals(
+      r.compression.kept.flat(),
+      Array(c.nLayers * c.nKvHeads).fill([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]),
+    );
+    assert(r.compression.decode!.events.length >= 4, "decode-time compressions");
+    assertEquals(boundaries, want);
+  } finally {
+    delete METHODS.test_oldest;
+  }
+});
 
 Deno.test("decode-time compression: bad input names the field; unknown methods list the known ones", async () => {
   const { files } = await setup();
