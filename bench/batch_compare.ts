@@ -14,7 +14,7 @@ import { parseFlags, threadsFlag, usage, UsageError } from "../io/flags.ts";
 import { EMBEDDED_MODEL_DIR, loadModelDir } from "../io/model_dir.ts";
 import { loadModel } from "../io/runtime.ts";
 import { BatchScheduler } from "../server/batch_scheduler.ts";
-import { percentile } from "../server/loadtest.ts";
+import { percentile } from "../ops/loadtest.ts";
 import { ensureLlamaCppPeer, LLAMACPP_PEER_DIR } from "./llamacpp.ts";
 
 const SPEC = {

@@ -4,8 +4,8 @@
  * in endpoints.ts and openai.ts, the shared job plumbing in service.ts.
  */
 import type { Model } from "../core/engine.ts";
-import type { Contexts } from "./context_stores.ts";
-import type { ContextStore } from "./contexts.ts";
+import type { Contexts } from "./contexts/kept.ts";
+import type { ContextStore } from "./contexts/local.ts";
 import * as ep from "./endpoints.ts";
 import { errorResponse, HttpError, toHttpError } from "./errors.ts";
 import { DEFAULT_LABEL, keyLabel, setPrincipal } from "./keys.ts";

@@ -28,14 +28,14 @@ import {
 import { loadModel } from "../io/runtime.ts";
 import { type AppOptions, createApp, DEFAULT_OPTIONS } from "./app.ts";
 import { errorResponse, toHttpError } from "./errors.ts";
-import { serveFronted } from "./front.ts";
+import { serveFronted } from "./front/front.ts";
 import { type ApiKey, DEFAULT_LABEL, KeysFileError, parseKeysFile } from "./keys.ts";
 
 /** Batched decoding's defaults, once any of its flags is given. */
 export const DEFAULT_BATCH = { maxStreams: 16, maxBatchTokens: 256 };
 
 const DEFAULT_HEADER_TIMEOUT_S = 10, DEFAULT_IDLE_TIMEOUT_S = 30, DEFAULT_MAX_CONNECTIONS = 1024;
-import { isRedisUrl, redact, RedisBlobs } from "./redis_blobs.ts";
+import { isRedisUrl, redact, RedisBlobs } from "./contexts/redis.ts";
 
 const SPEC = {
   model: { kind: "string", help: "model directory (default: the embedded stories260K)" },
@@ -319,7 +319,7 @@ async function main(argv: string[]): Promise<number> {
     );
   }
 
-  // Deno.serve behind a TCP front that enforces the header and idle deadlines (front.ts).
+  // Deno.serve behind a TCP front that enforces the header and idle deadlines (front/front.ts).
   const server = await serveFronted({
     hostname: host,
     port,

@@ -4,8 +4,8 @@
  */
 import type { z } from "zod";
 import type { Model } from "../core/engine.ts";
-import { type BlobBackend, type Contexts, MemoryContexts, SharedContexts } from "./context_stores.ts";
-import { ContextStore } from "./contexts.ts";
+import { type BlobBackend, type Contexts, MemoryContexts, SharedContexts } from "./contexts/kept.ts";
+import { ContextStore } from "./contexts/local.ts";
 import {
   Cancelled,
   errorBody,
@@ -23,7 +23,7 @@ import { JobQueue } from "./queue.ts";
 import { BatchScheduler } from "./batch_scheduler.ts";
 import type { DecodeFields } from "./schemas.ts";
 import { createSse, type SseStream } from "./sse.ts";
-import { clientFull } from "./client_flow.ts";
+import { clientFull } from "./front/client_flow.ts";
 import { type Mutex, Ticket, TimeLimitExceeded, Turns } from "./turns.ts";
 
 export interface AppOptions {
@@ -52,7 +52,7 @@ export interface AppOptions {
   /** Cap on the KV bytes of kept contexts this replica holds live (least recently used evicted first). */
   contextMaxBytes: number;
   /**
-   * Where contexts are shared between replicas (server/redis_blobs.ts's RedisBlobs), or null for this
+   * Where contexts are shared between replicas (server/contexts/redis.ts's RedisBlobs), or null for this
    * process only. The app closes it.
    */
   contextStore: BlobBackend | null;

@@ -5,11 +5,11 @@
  * Skipped, saying so, where redis-server or haproxy is absent (apt-get install redis-server haproxy).
  * The balancer's configuration and the --context-store flag are checked here too.
  */
-import { findBinary } from "../server/cluster.ts";
-import { runClusterLoad } from "../server/cluster_loadtest.ts";
-import { haproxyConfig } from "../server/haproxy.ts";
+import { findBinary } from "../ops/cluster.ts";
+import { runClusterLoad } from "../ops/cluster_loadtest.ts";
+import { haproxyConfig } from "../ops/haproxy.ts";
 import { contextStoreFlag } from "../server/main.ts";
-import { redact } from "../server/redis_blobs.ts";
+import { redact } from "../server/contexts/redis.ts";
 import { assert, assertEquals } from "./helpers.ts";
 
 function missing(): string | null {

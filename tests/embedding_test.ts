@@ -16,7 +16,7 @@ import { EMBEDDED_MODEL_DIR, embeddedModelLocation } from "../io/model_dir.ts";
 import { loadModel } from "../io/runtime.ts";
 import { generateText, type Model } from "../mod.ts";
 import { serveOptionsFromEnv } from "../serve.ts";
-import { freePort } from "../server/processes.ts";
+import { freePort } from "../ops/processes.ts";
 import { assert, assertEquals, assertRejects } from "./helpers.ts";
 
 const ROOT = new URL("../", import.meta.url);
@@ -68,14 +68,14 @@ const DENO_ALLOWED: Record<string, string> = {
   "io/": "the filesystem edge: reads model directories and adapters, then calls io/from_bytes.ts",
   "cli/": "command-line entry points (args, exit codes, files)",
   "server/main.ts": "the `deno task start` entry (Deno.serve, signals, exit)",
-  "server/front.ts": "main.ts's TCP front: header and idle deadlines (Deno.serve, a worker)",
-  "server/front_worker.ts": "the front's worker: Deno.listen, Deno.connect and the relay",
-  "server/loadtest.ts": "the `deno task loadtest` entry",
-  "server/soak.ts": "the `deno task soak` entry (a server process, its RSS from /proc)",
-  "server/processes.ts": "child processes of the cluster and soak tools: free ports, ready lines",
-  "server/cluster.ts": "`deno task cluster`: replicas, redis-server and haproxy as subprocesses, signals",
-  "server/cluster_loadtest.ts": "the `deno task loadtest:cluster` entry",
-  "server/attack_probe.ts": "issue 25's larger attack runs against a server process (an entry point)",
+  "server/front/front.ts": "main.ts's TCP front: header and idle deadlines (Deno.serve, a worker)",
+  "server/front/worker.ts": "the front's worker: Deno.listen, Deno.connect and the relay",
+  "ops/loadtest.ts": "the `deno task loadtest` entry",
+  "ops/soak.ts": "the `deno task soak` entry (a server process, its RSS from /proc)",
+  "ops/processes.ts": "child processes of the cluster and soak tools: free ports, ready lines",
+  "ops/cluster.ts": "`deno task cluster`: replicas, redis-server and haproxy as subprocesses, signals",
+  "ops/cluster_loadtest.ts": "the `deno task loadtest:cluster` entry",
+  "ops/attack_probe.ts": "issue 25's larger attack runs against a server process (an entry point)",
   "gpu/train/bench.ts": "a benchmark entry point",
   "native/":
     "the native executor: ggml's libraries through Deno FFI (io/executor_choice.ts imports it only " +

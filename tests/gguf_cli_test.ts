@@ -36,7 +36,7 @@ Deno.test("convert --from --gguf, then generate and loadtest --model FILE.gguf (
   assertEquals(a.code, 0, a.stderr);
   assertEquals(a.stdout, b.stdout, "the F32 file generates the directory's text");
   const load = await runScript(
-    "server/loadtest.ts",
+    "ops/loadtest.ts",
     ...["--model", file, "--requests", "4", "--concurrency", "2", "--max-tokens", "4", "--executor", "cpu"],
   );
   assertEquals(load.code, 0, load.stderr);

@@ -4,7 +4,7 @@
  * Debian: `apt-get install redis-server` (.ci/run does). Where it is absent the tests skip, saying so.
  */
 
-import { freePort } from "../server/processes.ts";
+import { freePort } from "../ops/processes.ts";
 
 /** The path of redis-server, or null. */
 export function redisServerPath(): string | null {

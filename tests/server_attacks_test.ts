@@ -8,11 +8,11 @@
 import net from "node:net";
 import { decodeContextBlob, encodeContextBlob } from "../core/context_blob.ts";
 import { sampleValue } from "../server/metrics.ts";
-import { RedisBlobs } from "../server/redis_blobs.ts";
-import { runFillCycle } from "../server/soak.ts";
-import { findBinary } from "../server/cluster.ts";
-import { haproxyConfig } from "../server/haproxy.ts";
-import { freePort } from "../server/processes.ts";
+import { RedisBlobs } from "../server/contexts/redis.ts";
+import { runFillCycle } from "../ops/soak.ts";
+import { findBinary } from "../ops/cluster.ts";
+import { haproxyConfig } from "../ops/haproxy.ts";
+import { freePort } from "../ops/processes.ts";
 import { createApp } from "../server/app.ts";
 import { STREAM_BUFFER_BYTES } from "../server/sse.ts";
 import { testModel } from "./server_testing.ts";

@@ -7,7 +7,7 @@
 import { type App, createApp } from "../server/app.ts";
 import { sampleValue } from "../server/metrics.ts";
 import { errorResponse, toHttpError } from "../server/errors.ts";
-import { type FrontedServer, layerAnswer, serveFronted } from "../server/front.ts";
+import { type FrontedServer, layerAnswer, serveFronted } from "../server/front/front.ts";
 import { KeysFileError, parseKeysFile } from "../server/keys.ts";
 import { startServer, testModel } from "./server_testing.ts";
 import { assert, assertEquals, readAll, runServerMain, spawnServerMain } from "./helpers.ts";

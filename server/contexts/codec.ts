@@ -4,11 +4,11 @@
  * with the model's and the adapter's fingerprints so that no replica answers on another model's cache.
  */
 import { z } from "zod";
-import { BlobError, decodeContextBlob, encodeContextBlob } from "../core/context_blob.ts";
-import { type CompressedContext, contextCapacity, type Model } from "../core/engine.ts";
-import type { CacheSnapshot } from "../core/executor.ts";
-import { adapterFingerprint, modelFingerprintOf } from "../core/fingerprint.ts";
-import { HttpError } from "./errors.ts";
+import { BlobError, decodeContextBlob, encodeContextBlob } from "../../core/context_blob.ts";
+import { type CompressedContext, contextCapacity, type Model } from "../../core/engine.ts";
+import type { CacheSnapshot } from "../../core/executor.ts";
+import { adapterFingerprint, modelFingerprintOf } from "../../core/fingerprint.ts";
+import { HttpError } from "../errors.ts";
 
 /** The identity a blob must carry to be restored here. */
 export interface Identity {

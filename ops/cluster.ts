@@ -9,7 +9,7 @@
 import { executorFlags, parseFlags, threadsFlag, usage, UsageError } from "../io/flags.ts";
 import { type Backend, haproxyConfig } from "./haproxy.ts";
 import { freePort, SERVER_V8_FLAGS, watch } from "./processes.ts";
-import { isRedisUrl, redact } from "./redis_blobs.ts";
+import { isRedisUrl, redact } from "../server/contexts/redis.ts";
 
 const SPEC = {
   replicas: { kind: "int", help: "replicas to start (default 3)", default: 3 },
@@ -119,7 +119,7 @@ export async function startCluster(o: ClusterOptions): Promise<Cluster> {
       redisUrl = `redis://127.0.0.1:${port}`;
       log(`redis-server on ${redisUrl}`);
     }
-    const main = new URL("./main.ts", import.meta.url).pathname;
+    const main = new URL("../server/main.ts", import.meta.url).pathname;
     const replicas = await Promise.all(Array.from({ length: o.replicas }, async (_, i) => {
       const child = new Deno.Command(Deno.execPath(), {
         args: [

@@ -20,7 +20,7 @@
  * shape (layerAnswer) and sends the service's JSON error with the same status instead.
  */
 import { setClientRoom } from "./client_flow.ts";
-import { errorBody, HttpError } from "./errors.ts";
+import { errorBody, HttpError } from "../errors.ts";
 
 export interface FrontOptions {
   /** Public address. */
@@ -151,7 +151,7 @@ export type FromFront =
 const ANNOUNCE_MS = 1000;
 
 /**
- * Serves `handler` with Deno.serve behind the front. The front (front_worker.ts) runs in a worker, on
+ * Serves `handler` with Deno.serve behind the front. The front (worker.ts) runs in a worker, on
  * its own thread and event loop: relaying bytes and keeping time never wait for a job holding the main
  * thread. Timeouts of 0 mean no deadline, not no front: the front is also how a client's disconnect is
  * seen (see `gone` below), whatever the deadlines. `bare` leaves it out.
@@ -193,7 +193,7 @@ export async function serveFronted(
   const counts = new Map<number, (n: { open: number; evicted: number }) => void>();
   const drained = Promise.withResolvers<void>();
   const listening = Promise.withResolvers<Deno.NetAddr>();
-  const worker = new Worker(new URL("./front_worker.ts", import.meta.url), { type: "module" });
+  const worker = new Worker(new URL("./worker.ts", import.meta.url), { type: "module" });
   const post = (m: ToFront) => worker.postMessage(m);
   worker.onmessage = (ev: MessageEvent<FromFront>) => {
     const m = ev.data;

@@ -5,7 +5,7 @@
  * answer was delivered ("end"); this thread, free of the jobs that hold the main one, keeps the time.
  */
 /// <reference lib="deno.worker" />
-import { HttpError } from "./errors.ts";
+import { HttpError } from "../errors.ts";
 import { type FromFront, layerAnswer, layerError, rawError, type ToFront } from "./front.ts";
 
 type Start = Extract<ToFront, { type: "start" }>;

@@ -5,9 +5,9 @@
  * only unlisted when evicted; its session is disposed when the job lets go of it, and re-measured when
  * released (an answer grows the cache for a while; the room it took is given back on rewind).
  */
-import type { CompressedContext } from "../core/engine.ts";
-import { HttpError } from "./errors.ts";
-import { Mutex } from "./turns.ts";
+import type { CompressedContext } from "../../core/engine.ts";
+import { HttpError } from "../errors.ts";
+import { Mutex } from "../turns.ts";
 
 export interface StoredContext {
   readonly id: string;

@@ -4,7 +4,7 @@
  * send a body and hang up (the statuses counted), and one address holding more connections than the cap while
  * another sends requests (their statuses). The attacking address is 127.0.0.2 (Linux routes all of 127/8 to
  * loopback). --url probes a server already running (its resident memory is then not read).
- *   deno run -A server/attack_probe.ts [--methods 20000] [--hangups 2000] [--hold 1100] [--legit 105]
+ *   deno run -A ops/attack_probe.ts [--methods 20000] [--hangups 2000] [--hold 1100] [--legit 105]
  *                                      [--max-connections 1024] [--executor wasm] [--url URL]
  */
 import net from "node:net";
@@ -121,7 +121,7 @@ async function probe(port: number, pid: number | null, f: Record<string, unknown
 async function main(argv: string[]): Promise<number> {
   const f = parseFlags(argv, SPEC);
   if (f.help) {
-    console.log(usage("deno run -A server/attack_probe.ts", SPEC));
+    console.log(usage("deno run -A ops/attack_probe.ts", SPEC));
     return 0;
   }
   for (const k of ["methods", "hangups", "hold", "legit", "max-connections"] as const) {
@@ -134,7 +134,14 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", ...SERVER_V8_FLAGS, new URL("./main.ts", import.meta.url).pathname, "--port", "0"]
+    args: [
+      "run",
+      "-A",
+      ...SERVER_V8_FLAGS,
+      new URL("../server/main.ts", import.meta.url).pathname,
+      "--port",
+      "0",
+    ]
       .concat(["--adapter", "none", "--executor", executorFlag(f.executor)])
       .concat(["--max-connections", String(f["max-connections"])]),
     stdout: "piped",
@@ -156,7 +163,7 @@ if (import.meta.main) {
     Deno.exit(await main(Deno.args));
   } catch (e) {
     if (e instanceof UsageError) {
-      console.error(`error: ${e.message}\n${usage("deno run -A server/attack_probe.ts", SPEC)}`);
+      console.error(`error: ${e.message}\n${usage("deno run -A ops/attack_probe.ts", SPEC)}`);
     } else console.error(`error: ${e instanceof Error ? e.message : String(e)}`);
     Deno.exit(2);
   }

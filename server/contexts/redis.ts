@@ -6,7 +6,7 @@
  */
 import { Buffer } from "node:buffer";
 import { Redis } from "ioredis";
-import type { BlobBackend } from "./context_stores.ts";
+import type { BlobBackend } from "./kept.ts";
 
 export const KEY_PREFIX = "judgeq:ctx:";
 

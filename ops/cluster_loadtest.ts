@@ -1,5 +1,5 @@
 /**
- * deno task loadtest:cluster: a bounded load test of replicas behind the load balancer (server/cluster.ts).
+ * deno task loadtest:cluster: a bounded load test of replicas behind the load balancer (ops/cluster.ts).
  * A pool of contexts is compressed directly on the replicas, round robin; then --requests requests go
  * through the balancer, --concurrency at a time: every other one answers a question on a pool context
  * (mostly held by another replica: it is restored from Redis), the rest alternate between plain
@@ -14,7 +14,7 @@
 import { executorFlags, parseFlags, threadsFlag, usage, UsageError } from "../io/flags.ts";
 import { startCluster } from "./cluster.ts";
 import { percentile } from "./loadtest.ts";
-import { readSse } from "./sse.ts";
+import { readSse } from "../server/sse.ts";
 
 const SPEC = {
   replicas: { kind: "int", help: "replicas (default 3)", default: 3 },

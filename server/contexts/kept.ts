@@ -4,10 +4,10 @@
  * store with its TTL, so any replica answers on it; each replica keeps the contexts it has loaded in its
  * own LRU under its memory cap, and restores the others from the store on first use.
  */
-import { type CompressedContext, contextCapacity, type Model } from "../core/engine.ts";
-import { decodeContext, encodeContext, type Identity, identityOf } from "./context_codec.ts";
-import { CONTEXT_ID, type ContextStore, newContextId, type StoredContext } from "./contexts.ts";
-import { HttpError } from "./errors.ts";
+import { type CompressedContext, contextCapacity, type Model } from "../../core/engine.ts";
+import { decodeContext, encodeContext, type Identity, identityOf } from "./codec.ts";
+import { CONTEXT_ID, type ContextStore, newContextId, type StoredContext } from "./local.ts";
+import { HttpError } from "../errors.ts";
 
 export interface Contexts {
   readonly kind: "memory" | "redis";
@@ -33,7 +33,7 @@ export interface Contexts {
   close(): Promise<void>;
 }
 
-/** Blobs by id with a TTL: Redis (redis_blobs.ts), or anything that keeps bytes the same way. */
+/** Blobs by id with a TTL: Redis (redis.ts), or anything that keeps bytes the same way. */
 export interface BlobBackend {
   readonly kind: string;
   readonly ready: boolean;

@@ -19,12 +19,12 @@ import {
   weightsFlag,
 } from "../io/flags.ts";
 import { loadModel } from "../io/runtime.ts";
-import { createApp } from "./app.ts";
-import { errorResponse, toHttpError } from "./errors.ts";
-import { serveFronted } from "./front.ts";
-import { batchFlags } from "./main.ts";
-import { sampleValue } from "./metrics.ts";
-import { readSse } from "./sse.ts";
+import { createApp } from "../server/app.ts";
+import { errorResponse, toHttpError } from "../server/errors.ts";
+import { serveFronted } from "../server/front/front.ts";
+import { batchFlags } from "../server/main.ts";
+import { sampleValue } from "../server/metrics.ts";
+import { readSse } from "../server/sse.ts";
 
 const SPEC = {
   url: { kind: "string", help: "target a running server (loopback only); default: start one on a free port" },

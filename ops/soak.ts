@@ -13,7 +13,7 @@
 import { mulberry32, pick, type Rng } from "../core/random.ts";
 import { executorFlag, executorFlags, parseFlags, usage, UsageError } from "../io/flags.ts";
 import { SERVER_V8_FLAGS, watch } from "./processes.ts";
-import { readSse } from "./sse.ts";
+import { readSse } from "../server/sse.ts";
 
 const SPEC = {
   requests: { kind: "int", help: "requests to send (default 2000)", default: 2000 },
@@ -175,7 +175,7 @@ async function oneRequest(
 }
 
 export async function runSoak(o: SoakOptions): Promise<SoakReport> {
-  const main = new URL("./main.ts", import.meta.url).pathname;
+  const main = new URL("../server/main.ts", import.meta.url).pathname;
   const child = new Deno.Command(Deno.execPath(), {
     args: [
       "run",
@@ -299,7 +299,7 @@ export interface FillCycleReport {
  * reuses the freed KV space instead of growing the process.
  */
 export async function runFillCycle(o: { contextMaxMb: number; executor: string }): Promise<FillCycleReport> {
-  const main = new URL("./main.ts", import.meta.url).pathname;
+  const main = new URL("../server/main.ts", import.meta.url).pathname;
   const child = new Deno.Command(Deno.execPath(), {
     args: [
       "run",
