@@ -273,7 +273,7 @@ export async function fuzzRequests(
     // Contexts the mutations create are let go at once, so the kept one is never evicted.
     const made = outcome.json as { object?: unknown; id?: unknown } | undefined;
     if (made?.object === "context" && typeof made.id === "string" && made.id !== contextId) {
-      app.contexts.delete(made.id);
+      app.local.delete(made.id);
     }
     o.onProgress?.(report.requests);
   };

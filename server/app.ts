@@ -4,8 +4,8 @@
  * in endpoints.ts and openai.ts, the shared job plumbing in service.ts.
  */
 import type { Model } from "../core/engine.ts";
-import type { Contexts } from "./contexts/kept.ts";
-import type { ContextStore } from "./contexts/local.ts";
+import type { KeptContexts } from "./contexts/kept.ts";
+import type { LocalContexts } from "./contexts/local.ts";
 import * as ep from "./endpoints.ts";
 import { errorResponse, HttpError, toHttpError } from "./errors.ts";
 import { DEFAULT_LABEL, keyLabel, setPrincipal } from "./keys.ts";
@@ -21,9 +21,9 @@ export interface App {
   metrics: ServerMetrics;
   queue: JobQueue;
   /** The contexts this replica holds live. */
-  contexts: ContextStore;
-  /** Every kept context (memory, or a shared store in front of which `contexts` is the local LRU). */
-  store: Contexts;
+  local: LocalContexts;
+  /** Every kept context: `local` alone, or `local` in front of the store replicas share. */
+  kept: KeptContexts;
   /** Refuse new work (503) while in-flight requests finish. */
   drain(): void;
   /** Frees the kept contexts and timers, and disconnects a shared store (the executor is the caller's). */
@@ -82,13 +82,13 @@ export function createApp(model: Model, options: Partial<AppOptions> = {}): App 
     log: (m) => console.error(m),
     ...options,
   });
-  const { metrics, queue, local: contexts, o } = svc;
+  const { metrics, queue, local, o } = svc;
   const keys = [...o.apiKeys, ...(o.apiKey !== null ? [{ label: DEFAULT_LABEL, key: o.apiKey }] : [])];
   let httpInFlight = 0;
   serverGauges(metrics, {
     queue,
     turns: svc.turns,
-    contexts,
+    contexts: local,
     httpInFlight: () => httpInFlight,
     stalledStreams: () => svc.stalledNow,
     restoredContexts: () => svc.contexts.restored,
@@ -186,8 +186,8 @@ export function createApp(model: Model, options: Partial<AppOptions> = {}): App 
     handler,
     metrics,
     queue,
-    contexts,
-    store: svc.contexts,
+    local,
+    kept: svc.contexts,
     drain() {
       svc.draining = true;
     },

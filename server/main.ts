@@ -308,7 +308,7 @@ async function main(argv: string[]): Promise<number> {
     ...(maxQuestions !== undefined ? { maxQuestions } : {}),
     ...(bodyTimeoutS !== undefined ? { bodyTimeoutMs: bodyTimeoutS * 1000 } : {}),
     ...(stallS !== undefined ? { streamStallMs: stallS === 0 ? null : stallS * 1000 } : {}),
-    contextStore: contextStore ? new RedisBlobs(contextStore) : null,
+    sharedStore: contextStore ? new RedisBlobs(contextStore) : null,
   });
   if (apiKeys.length > 1) {
     console.error(`${apiKeys.length} API keys: ${apiKeys.map((k) => k.label).join(", ")}`);

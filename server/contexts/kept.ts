@@ -1,18 +1,18 @@
 /**
- * Where kept contexts live. `MemoryContexts` (the default): in this process only, the ContextStore's LRU.
+ * Where kept contexts live. `LocalOnlyContexts` (the default): in this process only, the LocalContexts LRU.
  * `SharedContexts` (--context-store redis://...): every context is also serialised into a shared blob
  * store with its TTL, so any replica answers on it; each replica keeps the contexts it has loaded in its
  * own LRU under its memory cap, and restores the others from the store on first use.
  */
 import { type CompressedContext, contextCapacity, type Model } from "../../core/engine.ts";
 import { decodeContext, encodeContext, type Identity, identityOf } from "./codec.ts";
-import { CONTEXT_ID, type ContextStore, newContextId, type StoredContext } from "./local.ts";
+import { CONTEXT_ID, type LocalContexts, newContextId, type StoredContext } from "./local.ts";
 import { HttpError } from "../errors.ts";
 
-export interface Contexts {
+export interface KeptContexts {
   readonly kind: "memory" | "redis";
   /** The contexts this replica holds live (gauges, /healthz). */
-  readonly local: ContextStore;
+  readonly local: LocalContexts;
   /**
    * Lists a freshly compressed context (taking ownership of its session), owned by the label of the API
    * key that made it (null: no keys). Every other call takes the caller's label: another owner's context
@@ -34,7 +34,7 @@ export interface Contexts {
 }
 
 /** Blobs by id with a TTL: Redis (redis.ts), or anything that keeps bytes the same way. */
-export interface BlobBackend {
+export interface SharedBlobs {
   readonly kind: string;
   readonly ready: boolean;
   put(id: string, blob: Uint8Array, ttlMs: number): Promise<void>;
@@ -45,10 +45,10 @@ export interface BlobBackend {
   close(): Promise<void>;
 }
 
-export class MemoryContexts implements Contexts {
+export class LocalOnlyContexts implements KeptContexts {
   readonly kind = "memory";
   readonly restored = 0;
-  constructor(readonly local: ContextStore) {}
+  constructor(readonly local: LocalContexts) {}
   create(ctx: CompressedContext, owner: string | null): Promise<StoredContext> {
     try {
       return Promise.resolve(this.local.add(ctx, owner));
@@ -91,7 +91,7 @@ export const STORE_RETRY_AFTER_S = 2;
 const unknown = (id: string) =>
   new HttpError(404, `no context ${JSON.stringify(id)} (unknown, deleted or expired)`, "id");
 
-export class SharedContexts implements Contexts {
+export class SharedContexts implements KeptContexts {
   readonly kind = "redis";
   private identity: Promise<Identity> | null = null;
   /** Restores in progress, so concurrent first uses of one id restore it once. */
@@ -99,8 +99,8 @@ export class SharedContexts implements Contexts {
   restored = 0;
 
   constructor(
-    readonly local: ContextStore,
-    private readonly blobs: BlobBackend,
+    readonly local: LocalContexts,
+    private readonly blobs: SharedBlobs,
     private readonly model: Model,
     private readonly ttlMs: number,
     /** Runs work alone on the executor (the job queue): exporting and restoring caches. */

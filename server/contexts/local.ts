@@ -30,7 +30,7 @@ export const newContextId = () => `ctx_${crypto.randomUUID().replaceAll("-", "")
 /** What an id must look like to be looked up in a shared store (anything else is simply unknown). */
 export const CONTEXT_ID = /^ctx_[0-9a-f]{32}$/;
 
-export interface ContextStoreOptions {
+export interface LocalContextsOptions {
   ttlMs: number;
   maxBytes: number;
   /** Clock, for tests. */
@@ -39,7 +39,7 @@ export interface ContextStoreOptions {
   sweepMs?: number;
 }
 
-export class ContextStore {
+export class LocalContexts {
   private readonly entries = new Map<string, StoredContext>(); // in LRU order: oldest first
   /** Sum of the listed entries' bytes (the cap is checked against it on every add and release). */
   private total = 0;
@@ -48,7 +48,7 @@ export class ContextStore {
   evicted = 0;
   expired = 0;
 
-  constructor(readonly opts: ContextStoreOptions) {
+  constructor(readonly opts: LocalContextsOptions) {
     this.now = opts.now ?? Date.now;
     if (opts.sweepMs) {
       const timer = setInterval(() => this.sweep(), opts.sweepMs);

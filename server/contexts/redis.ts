@@ -6,7 +6,7 @@
  */
 import { Buffer } from "node:buffer";
 import { Redis } from "ioredis";
-import type { BlobBackend } from "./kept.ts";
+import type { SharedBlobs } from "./kept.ts";
 
 export const KEY_PREFIX = "judgeq:ctx:";
 
@@ -19,7 +19,7 @@ export interface RedisOptions {
 /** Whether `url` names a Redis server (redis:// or rediss://). */
 export const isRedisUrl = (url: string) => /^rediss?:\/\/[^/\s]+/.test(url);
 
-export class RedisBlobs implements BlobBackend {
+export class RedisBlobs implements SharedBlobs {
   readonly kind = "redis";
   private readonly client: Redis;
   private lastError = "";
