@@ -2,10 +2,21 @@
  * The HTTP application: a `(Request) => Promise<Response>` handler over one loaded Model, so tests and
  * main.ts serve it alike. Here: the route table, auth, 404/405, and per-request metrics; endpoints are
  * in endpoints.ts and openai.ts, the shared job plumbing in service.ts.
+ *
+ * How server/ is laid out, by concern (operator tools, which import it, are in ops/):
+ *   entry       main.ts (deno task start: flags, the front, signals), app.ts (this file)
+ *   requests    endpoints.ts, openai.ts (handlers), schemas.ts (bodies), http.ts (bounded JSON bodies),
+ *               errors.ts (one error shape), keys.ts (API keys)
+ *   jobs        service.ts (admission, queueing, responses), generation.ts (the jobs on the executor),
+ *               output.ts (incremental text, stop strings), the scheduling of jobs on the executor
+ *               (batch_scheduler.ts and its helpers)
+ *   responses   sse.ts (streams), wire.ts (compression stats and timings as JSON)
+ *   metrics.ts  the Prometheus registry and the server's gauges
+ *   contexts/   kept contexts, this replica's or shared through Redis (contexts/mod.ts)
+ *   front/      the TCP front: deadlines, disconnects, per-address fairness; client_flow.ts (backpressure)
  */
 import type { Model } from "../core/engine.ts";
-import type { KeptContexts } from "./contexts/kept.ts";
-import type { LocalContexts } from "./contexts/local.ts";
+import type { KeptContexts, LocalContexts } from "./contexts/mod.ts";
 import * as ep from "./endpoints.ts";
 import { errorResponse, HttpError, toHttpError } from "./errors.ts";
 import { DEFAULT_LABEL, keyLabel, setPrincipal } from "./keys.ts";

@@ -5,7 +5,7 @@ import { DECODE_METHOD_NAMES, type DecodeCompressionRequest } from "../core/deco
 import { answerCompression, compressContext } from "../core/engine.ts";
 import { METHOD_NAMES } from "../core/methods/registry.ts";
 import type { CompressionRequest } from "../core/plan.ts";
-import type { StoredContext } from "./contexts/local.ts";
+import type { StoredContext } from "./contexts/mod.ts";
 import { Cancelled, HttpError, jsonResponse } from "./errors.ts";
 import { principalOf } from "./keys.ts";
 import {

@@ -4,8 +4,13 @@
  */
 import type { z } from "zod";
 import type { Model } from "../core/engine.ts";
-import { type KeptContexts, LocalOnlyContexts, type SharedBlobs, SharedContexts } from "./contexts/kept.ts";
-import { LocalContexts } from "./contexts/local.ts";
+import {
+  type KeptContexts,
+  LocalContexts,
+  LocalOnlyContexts,
+  type SharedBlobs,
+  SharedContexts,
+} from "./contexts/mod.ts";
 import {
   Cancelled,
   errorBody,

@@ -70,12 +70,7 @@ const DENO_ALLOWED: Record<string, string> = {
   "server/main.ts": "the `deno task start` entry (Deno.serve, signals, exit)",
   "server/front/front.ts": "main.ts's TCP front: header and idle deadlines (Deno.serve, a worker)",
   "server/front/worker.ts": "the front's worker: Deno.listen, Deno.connect and the relay",
-  "ops/loadtest.ts": "the `deno task loadtest` entry",
-  "ops/soak.ts": "the `deno task soak` entry (a server process, its RSS from /proc)",
-  "ops/processes.ts": "child processes of the cluster and soak tools: free ports, ready lines",
-  "ops/cluster.ts": "`deno task cluster`: replicas, redis-server and haproxy as subprocesses, signals",
-  "ops/cluster_loadtest.ts": "the `deno task loadtest:cluster` entry",
-  "ops/attack_probe.ts": "issue 25's larger attack runs against a server process (an entry point)",
+  "ops/": "operator tools: load tests, soak, cluster (processes, files, signals; entry points)",
   "gpu/train/bench.ts": "a benchmark entry point",
   "native/":
     "the native executor: ggml's libraries through Deno FFI (io/executor_choice.ts imports it only " +

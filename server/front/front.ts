@@ -18,6 +18,10 @@
  * The HTTP layer answers a request it cannot parse (a broken request line or header) itself, with an
  * empty 400, before any handler runs (onError is not called). The front recognises that answer by its
  * shape (layerAnswer) and sends the service's JSON error with the same status instead.
+ *
+ * server/front/: this file (main.ts's side: the private Deno.serve, the worker's messages), worker.ts
+ * (the accepting and relaying, on its own thread), client_flow.ts (whether a client takes what is written
+ * to it: the service asks it, without importing the front, for stream backpressure).
  */
 import { setClientRoom } from "./client_flow.ts";
 import { errorBody, HttpError } from "../errors.ts";
