@@ -16,7 +16,7 @@ import { generateText, type Model } from "../core/engine.ts";
 import { parseFlags, threadsFlag, usage, UsageError } from "../io/flags.ts";
 import { loadModel } from "../io/runtime.ts";
 import { BatchScheduler } from "../server/batch_scheduler.ts";
-import { percentile } from "../server/loadtest.ts";
+import { percentile } from "../server/percentile.ts";
 import {
   BENCH_FORMATS,
   BENCH_MODELS,
@@ -52,8 +52,12 @@ const SPEC = {
 } as const;
 
 const PASSAGES = 4;
+/** Alternating runs of one stream without and with the scheduler. */
+const PAIRS = 3;
 
-interface Level {
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
+export interface Level {
   streams: number;
   tokens: number;
   tokPerS: number;
@@ -87,7 +91,7 @@ type PeerOut =
   | { ok: false; reason: string };
 
 /** llama.cpp's run of `spec` on the GGUF file at `model`, in its own node process. */
-async function llamaCpp(model: string, spec: Record<string, unknown>): Promise<PeerOut> {
+export async function llamaCpp(model: string, spec: Record<string, unknown>): Promise<PeerOut> {
   const ready = await ensureLlamaCppPeer({});
   if (!ready.ok) return ready;
   const dir = await Deno.makeTempDir({ prefix: "judgeq-batch-compare-" });
@@ -131,7 +135,15 @@ async function streamTimes(m: Model, prompts: number[][], n: number, maxTokens: 
 interface FormatReport {
   format: BenchFormat;
   description: string;
-  unbatched_single_stream: Level;
+  /**
+   * One stream without the scheduler (today's single-stream path) and through it, run in alternation
+   * (PAIRS times each): tok/s of each run and the median of batched / unbatched.
+   */
+  single_stream: {
+    unbatched_tok_per_s: number[];
+    batched_tok_per_s: number[];
+    batched_over_unbatched: number;
+  };
   ours: Level[];
   llamacpp: Level[] | { unavailable: string };
   tok_per_s_ratio: (number | null)[];
@@ -157,13 +169,19 @@ async function runFormat(
     warn: log,
   });
   const ours: Level[] = [], theirs: (Level | null)[] = [];
-  let alone: Level, unavailable = "";
+  const unbatched: number[] = [], batched: number[] = [];
+  let unavailable = "";
   try {
-    // Today's single-stream path (no scheduler), the baseline a batched single stream must keep up with.
+    // Today's single-stream path (no scheduler) against one stream through it, in alternation.
     await generateText(model, { prompt: prompts[0], maxTokens: 2 });
-    const a = await streamTimes(model, prompts, 1, maxTokens);
-    alone = summarize(1, a.wallMs, a.times);
-    log(`  ${format} unbatched 1 stream: ${alone.tokPerS} tok/s, per token p50 ${alone.perTokenMs.p50} ms`);
+    for (let r = 0; r < PAIRS; r++) {
+      const a = await streamTimes(model, prompts, 1, maxTokens);
+      unbatched.push(summarize(1, a.wallMs, a.times).tokPerS);
+      const scheduler = new BatchScheduler(model.executor, { maxBatchTokens: 512, kvCapBytes: null });
+      const b = await streamTimes({ ...model, executor: scheduler.wrap() }, prompts, 1, maxTokens);
+      batched.push(summarize(1, b.wallMs, b.times).tokPerS);
+    }
+    log(`  ${format} 1 stream, unbatched / batched tok/s: ${unbatched.join(" ")} / ${batched.join(" ")}`);
     for (const n of levels) {
       const scheduler = new BatchScheduler(model.executor, { maxBatchTokens: 512, kvCapBytes: null });
       const m = { ...model, executor: scheduler.wrap() };
@@ -197,7 +215,11 @@ async function runFormat(
   return {
     format,
     description: model.executor.description,
-    unbatched_single_stream: alone!,
+    single_stream: {
+      unbatched_tok_per_s: unbatched,
+      batched_tok_per_s: batched,
+      batched_over_unbatched: r2(median(batched.map((b, i) => b / unbatched[i]))),
+    },
     ours,
     llamacpp: theirs.every((t) => t) ? theirs as Level[] : { unavailable },
     tok_per_s_ratio: ours.map((o, i) => (theirs[i] ? r2(o.tokPerS / theirs[i]!.tokPerS) : null)),
@@ -268,7 +290,8 @@ async function main(argv: string[]): Promise<number> {
       `${r.format}: ours/llama.cpp ${r.tok_per_s_ratio.join(", ")} (decode phase ${
         r.decode_tok_per_s_ratio.join(", ")
       }); ` +
-        `ours over our 1 stream ${r.over_own_single_stream.join(", ")} at ${levels.join(", ")} streams`,
+        `ours over our 1 stream ${r.over_own_single_stream.join(", ")} at ${levels.join(", ")} streams; ` +
+        `1 stream batched / unbatched ${r.single_stream.batched_over_unbatched} (median of ${PAIRS})`,
     );
   }
   const json = JSON.stringify(report);

@@ -85,3 +85,21 @@ export async function tempGguf(bytes: Uint8Array): Promise<{ dir: string; path: 
   await Deno.writeFile(`${dir}/model.gguf`, bytes);
   return { dir, path: `${dir}/model.gguf` };
 }
+
+/**
+ * Prompts for an HTTP run (the API takes text): each essay prompt's text (its ids past BOS, decoded), with
+ * the ids the service's tokenizer makes of that text (BOS included), which llama.cpp is then given.
+ */
+export async function essayTexts(
+  count: number,
+  length: number,
+  textDir = DEFAULT_TEXT_DIR,
+): Promise<{ text: string; ids: number[] }[]> {
+  const hf = await loadModelDir(EMBEDDED_MODEL_DIR);
+  const t = createTokenizer(hf.tokenizerJson, hf.tokenizerConfig, hf.config.vocabSize);
+  if (t._tag === "Left") throw t.left;
+  return (await essayPrompts(count, length, textDir)).map((p) => {
+    const text = t.right.decode(p.slice(1));
+    return { text, ids: t.right.encode(text, { addBos: true }) };
+  });
+}
