@@ -95,6 +95,10 @@ export class BatchScheduler {
   readonly ledger: KvLedger<ScheduledSession>;
   private running = false;
   private lastYield = performance.now();
+  /** A 0 ms timer set before each step; it fires only if the event loop turns (see `loop`). */
+  private marker: number | null = null;
+  /** The marker fired: the event loop has polled I/O since it was set. */
+  private polled = false;
   /** Steps run, rows run, since start. */
   steps = 0;
   rows = 0;
@@ -283,15 +287,28 @@ export class BatchScheduler {
           if (this.ops.length > 0) continue;
           return; // `running` is cleared below with no await in between: no submission is missed
         }
+        this.marker ??= setTimeout(() => {
+          this.marker = null;
+          this.polled = true;
+        }, 0);
         await this.run(step);
-        if (performance.now() - this.lastYield >= YIELD_EVERY_MS) {
+        if (this.polled) {
+          // The step awaited work off this thread (native graphs), and the event loop polled I/O meanwhile:
+          // no timer needed, and no extra sleep and wake-up per step, which a busy machine makes costly.
+          this.polled = false;
+          this.lastYield = performance.now();
+        } else if (performance.now() - this.lastYield >= YIELD_EVERY_MS) {
           // Only a timer lets the event loop poll I/O (see turns.ts): requests, disconnects, stream writes.
           await new Promise((r) => setTimeout(r, 0));
+          this.polled = false;
           this.lastYield = performance.now();
         }
       }
     } finally {
       this.running = false;
+      if (this.marker !== null) clearTimeout(this.marker);
+      this.marker = null;
+      this.polled = false;
     }
   }
 
