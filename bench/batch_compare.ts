@@ -12,6 +12,7 @@
  * stream has its first, over that span), p50/p99 time to first token and per-token latency, our/llama.cpp
  * ratios and ours over our own single stream.
  */
+import process from "node:process";
 import { generateText, type Model } from "../core/engine.ts";
 import { parseFlags, threadsFlag, usage, UsageError } from "../io/flags.ts";
 import { loadModel } from "../io/runtime.ts";
@@ -63,6 +64,11 @@ export interface Level {
   tokPerS: number;
   /** Tokens after every stream had its first, per second of that span (the batched decode rate). */
   decodeTokPerS: number;
+  /**
+   * Tokens per CPU second of the engine's process (every thread; null where not measured): what a quiet
+   * machine's cores would give, about, whatever share of them a busy machine left the engine.
+   */
+  tokPerCpuS: number | null;
   ttftMs: { p50: number; p99: number };
   perTokenMs: { p50: number; p99: number };
 }
@@ -70,7 +76,12 @@ export interface Level {
 const r2 = (x: number) => Math.round(x * 100) / 100;
 
 /** Level statistics from each stream's token arrival times (ms since the level started). */
-export function summarize(streams: number, wallMs: number, times: number[][]): Level {
+export function summarize(
+  streams: number,
+  wallMs: number,
+  times: number[][],
+  cpuMs: number | null = null,
+): Level {
   const tokens = times.reduce((n, t) => n + t.length, 0);
   const ttft = times.filter((t) => t.length > 0).map((t) => t[0]).sort((a, b) => a - b);
   const gaps = times.flatMap((t) => t.slice(1).map((x, i) => x - t[i])).sort((a, b) => a - b);
@@ -81,13 +92,14 @@ export function summarize(streams: number, wallMs: number, times: number[][]): L
     tokens,
     tokPerS: r2(tokens / (wallMs / 1000)),
     decodeTokPerS: end > allStarted ? r2(later / ((end - allStarted) / 1000)) : NaN,
+    tokPerCpuS: cpuMs === null ? null : r2(tokens / (cpuMs / 1000)),
     ttftMs: { p50: r2(percentile(ttft, 50)), p99: r2(percentile(ttft, 99)) },
     perTokenMs: { p50: r2(percentile(gaps, 50)), p99: r2(percentile(gaps, 99)) },
   };
 }
 
 type PeerOut =
-  | { ok: true; levels: { streams: number; wallMs: number; times: number[][] }[] }
+  | { ok: true; levels: { streams: number; wallMs: number; cpuMs: number; times: number[][] }[] }
   | { ok: false; reason: string };
 
 /** llama.cpp's run of `spec` on the GGUF file at `model`, in its own node process. */
@@ -119,7 +131,7 @@ export async function llamaCpp(model: string, spec: Record<string, unknown>): Pr
 /** Each stream's token arrival times (ms since `t0`) through `generateText` on `m`. */
 async function streamTimes(m: Model, prompts: number[][], n: number, maxTokens: number) {
   const times: number[][] = Array.from({ length: n }, () => []);
-  const t0 = performance.now();
+  const c0 = process.cpuUsage(), t0 = performance.now();
   await Promise.all(
     times.map((t, k) =>
       generateText(m, { prompt: prompts[k % prompts.length], maxTokens, ignoreEos: true }, {
@@ -129,7 +141,8 @@ async function streamTimes(m: Model, prompts: number[][], n: number, maxTokens: 
       })
     ),
   );
-  return { wallMs: performance.now() - t0, times };
+  const cpu = process.cpuUsage(c0);
+  return { wallMs: performance.now() - t0, cpuMs: (cpu.user + cpu.system) / 1000, times };
 }
 
 interface FormatReport {
@@ -143,11 +156,18 @@ interface FormatReport {
     unbatched_tok_per_s: number[];
     batched_tok_per_s: number[];
     batched_over_unbatched: number;
+    unbatched_tok_per_cpu_s: number[];
+    batched_tok_per_cpu_s: number[];
+    batched_over_unbatched_cpu: number;
   };
   ours: Level[];
   llamacpp: Level[] | { unavailable: string };
   tok_per_s_ratio: (number | null)[];
   decode_tok_per_s_ratio: (number | null)[];
+  /** Tokens per CPU second, ours over llama.cpp's (the figure a busy machine disturbs least). */
+  tok_per_cpu_s_ratio: (number | null)[];
+  /** Ours at each level over our own single stream, per CPU second. */
+  over_own_single_stream_cpu: number[];
   /** Ours at each level over our own batched single stream. */
   over_own_single_stream: number[];
 }
@@ -169,7 +189,10 @@ async function runFormat(
     warn: log,
   });
   const ours: Level[] = [], theirs: (Level | null)[] = [];
-  const unbatched: number[] = [], batched: number[] = [];
+  const unbatched: number[] = [],
+    batched: number[] = [],
+    unbatchedCpu: number[] = [],
+    batchedCpu: number[] = [];
   let unavailable = "";
   try {
     // Today's single-stream path (no scheduler) against one stream through it, in alternation.
@@ -177,17 +200,24 @@ async function runFormat(
     for (let r = 0; r < PAIRS; r++) {
       const a = await streamTimes(model, prompts, 1, maxTokens);
       unbatched.push(summarize(1, a.wallMs, a.times).tokPerS);
+      unbatchedCpu.push(summarize(1, a.wallMs, a.times, a.cpuMs).tokPerCpuS!);
       const scheduler = new BatchScheduler(model.executor, { maxBatchTokens: 512, kvCapBytes: null });
       const b = await streamTimes({ ...model, executor: scheduler.wrap() }, prompts, 1, maxTokens);
       batched.push(summarize(1, b.wallMs, b.times).tokPerS);
+      batchedCpu.push(summarize(1, b.wallMs, b.times, b.cpuMs).tokPerCpuS!);
     }
-    log(`  ${format} 1 stream, unbatched / batched tok/s: ${unbatched.join(" ")} / ${batched.join(" ")}`);
+    log(
+      `  ${format} 1 stream, unbatched / batched tok/s: ${unbatched.join(" ")} / ${
+        batched.join(" ")
+      }; per CPU s ` +
+        `${unbatchedCpu.join(" ")} / ${batchedCpu.join(" ")}`,
+    );
     for (const n of levels) {
       const scheduler = new BatchScheduler(model.executor, { maxBatchTokens: 512, kvCapBytes: null });
       const m = { ...model, executor: scheduler.wrap() };
       await generateText(m, { prompt: prompts[0], maxTokens: 2 }); // warm-up
       const r = await streamTimes(m, prompts, n, maxTokens);
-      ours.push(summarize(n, r.wallMs, r.times));
+      ours.push(summarize(n, r.wallMs, r.times, r.cpuMs));
       const peer = await llamaCpp(gguf, {
         threads,
         kvCacheType: "F32",
@@ -196,14 +226,18 @@ async function runFormat(
         maxTokens,
       });
       if (!peer.ok) unavailable = peer.reason;
-      const t = peer.ok ? summarize(n, peer.levels[0].wallMs, peer.levels[0].times) : null;
+      const t = peer.ok
+        ? summarize(n, peer.levels[0].wallMs, peer.levels[0].times, peer.levels[0].cpuMs)
+        : null;
       theirs.push(t);
       const o = ours.at(-1)!;
       log(
-        `  ${format} ${String(n).padStart(3)} streams: ours ${o.tokPerS} tok/s (decode ${o.decodeTokPerS}, ` +
+        `  ${format} ${
+          String(n).padStart(3)
+        } streams: ours ${o.tokPerS} tok/s, ${o.tokPerCpuS} per CPU s (decode ${o.decodeTokPerS}, ` +
           `ttft p50 ${o.ttftMs.p50} ms, per token p50 ${o.perTokenMs.p50} p99 ${o.perTokenMs.p99} ms)` +
           (t
-            ? `; llama.cpp ${t.tokPerS} tok/s (decode ${t.decodeTokPerS}, ttft p50 ${t.ttftMs.p50} ms, per token ` +
+            ? `; llama.cpp ${t.tokPerS} tok/s, ${t.tokPerCpuS} per CPU s (decode ${t.decodeTokPerS}, ttft p50 ${t.ttftMs.p50} ms, per token ` +
               `p50 ${t.perTokenMs.p50} p99 ${t.perTokenMs.p99} ms); ratio ${r2(o.tokPerS / t.tokPerS)}`
             : "; llama.cpp unavailable"),
       );
@@ -212,6 +246,7 @@ async function runFormat(
     model.executor.dispose();
   }
   const one = ours[levels.indexOf(1)]?.tokPerS ?? NaN;
+  const oneCpu = ours[levels.indexOf(1)]?.tokPerCpuS ?? NaN;
   return {
     format,
     description: model.executor.description,
@@ -219,10 +254,15 @@ async function runFormat(
       unbatched_tok_per_s: unbatched,
       batched_tok_per_s: batched,
       batched_over_unbatched: r2(median(batched.map((b, i) => b / unbatched[i]))),
+      unbatched_tok_per_cpu_s: unbatchedCpu,
+      batched_tok_per_cpu_s: batchedCpu,
+      batched_over_unbatched_cpu: r2(median(batchedCpu.map((b, i) => b / unbatchedCpu[i]))),
     },
     ours,
     llamacpp: theirs.every((t) => t) ? theirs as Level[] : { unavailable },
     tok_per_s_ratio: ours.map((o, i) => (theirs[i] ? r2(o.tokPerS / theirs[i]!.tokPerS) : null)),
+    tok_per_cpu_s_ratio: ours.map((o, i) => (theirs[i] ? r2(o.tokPerCpuS! / theirs[i]!.tokPerCpuS!) : null)),
+    over_own_single_stream_cpu: ours.map((o) => r2(o.tokPerCpuS! / oneCpu)),
     decode_tok_per_s_ratio: ours.map((
       o,
       i,
@@ -291,7 +331,11 @@ async function main(argv: string[]): Promise<number> {
         r.decode_tok_per_s_ratio.join(", ")
       }); ` +
         `ours over our 1 stream ${r.over_own_single_stream.join(", ")} at ${levels.join(", ")} streams; ` +
-        `1 stream batched / unbatched ${r.single_stream.batched_over_unbatched} (median of ${PAIRS})`,
+        `1 stream batched / unbatched ${r.single_stream.batched_over_unbatched} (median of ${PAIRS}); per CPU s: ` +
+        `ours/llama.cpp ${r.tok_per_cpu_s_ratio.join(", ")}, over our 1 stream ${
+          r.over_own_single_stream_cpu.join(", ")
+        }, ` +
+        `1 stream batched / unbatched ${r.single_stream.batched_over_unbatched_cpu}`,
     );
   }
   const json = JSON.stringify(report);

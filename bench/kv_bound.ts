@@ -13,6 +13,7 @@
  * (decoding or prefilling); "decoding at once" the most decode rows in one step. The cap is checked
  * against what every stream holds allocated at every step, and the run fails if it is ever passed.
  */
+import process from "node:process";
 import { generateText, type Model, type TextRequest } from "../core/engine.ts";
 import { parseFlags, threadsFlag, usage, UsageError } from "../io/flags.ts";
 import { loadModel } from "../io/runtime.ts";
@@ -54,6 +55,10 @@ interface Run {
   tokens: number;
   wallS: number;
   tokensPerS: number;
+  /** CPU seconds this process used (every thread): a busy machine's share of the cores does not change it. */
+  cpuS: number;
+  /** Tokens per CPU second: the rate a quiet machine's one thread would give (about). */
+  tokensPerCpuS: number;
   /** Decode rows per second of the steps that ran decode rows only (what the batch size buys). */
   decodeStepRowsPerS: number;
   steps: number;
@@ -75,9 +80,10 @@ async function run(model: Model, label: string, reqs: TextRequest[], capBytes: n
       decodeMs += s.ms;
     }
   };
-  const t0 = performance.now();
+  const c0 = process.cpuUsage(), t0 = performance.now();
   const out = await Promise.all(reqs.map((r) => generateText(m, r)));
-  const wallS = (performance.now() - t0) / 1000;
+  const wallS = (performance.now() - t0) / 1000, cpu = process.cpuUsage(c0);
+  const cpuS = (cpu.user + cpu.system) / 1e6;
   if (worst > capBytes) throw new Error(`${label}: ${worst} bytes allocated over the cap of ${capBytes}`);
   const tokens = out.reduce((n, o) => n + o.outputs[0].tokens.length, 0);
   return {
@@ -87,6 +93,8 @@ async function run(model: Model, label: string, reqs: TextRequest[], capBytes: n
     tokens,
     wallS: r2(wallS),
     tokensPerS: r2(tokens / wallS),
+    cpuS: r2(cpuS),
+    tokensPerCpuS: r2(tokens / cpuS),
     decodeStepRowsPerS: r2(decodeRows / (decodeMs / 1000)),
     steps: scheduler.steps,
     peakAllocatedBytes: worst,
@@ -145,7 +153,7 @@ async function main(argv: string[]): Promise<number> {
       const r = await run(model, label, requests(compression), cap, rows);
       log(
         `  ${label.padEnd(12)} ${r.admittedAtOnce} admitted, ${r.decodingAtOnce} decoding at once, ` +
-          `${r.tokensPerS} tok/s (decode steps ${r.decodeStepRowsPerS} rows/s), ${r.steps} steps, ${r.wallS} s`,
+          `${r.tokensPerS} tok/s, ${r.tokensPerCpuS} tok per CPU s (decode steps ${r.decodeStepRowsPerS} rows/s), ${r.steps} steps, ${r.wallS} s`,
       );
       runs.push(r);
     }
@@ -171,6 +179,7 @@ async function main(argv: string[]): Promise<number> {
       admitted_vs_full: vs(r.admittedAtOnce, runs[0].admittedAtOnce),
       decoding_vs_full: vs(r.decodingAtOnce, runs[0].decodingAtOnce),
       tokens_per_s_vs_full: vs(r.tokensPerS, runs[0].tokensPerS),
+      tokens_per_cpu_s_vs_full: vs(r.tokensPerCpuS, runs[0].tokensPerCpuS),
       decode_step_rows_per_s_vs_full: vs(r.decodeStepRowsPerS, runs[0].decodeStepRowsPerS),
     })),
   };
@@ -180,7 +189,7 @@ async function main(argv: string[]): Promise<number> {
   for (const r of report.runs) {
     log(
       `  ${r.label.padEnd(12)} admitted ${r.admitted_vs_full}x, decoding ${r.decoding_vs_full}x, tok/s ` +
-        `${r.tokens_per_s_vs_full}x, decode-step rows/s ${r.decode_step_rows_per_s_vs_full}x the full cache's`,
+        `${r.tokens_per_s_vs_full}x, tok per CPU s ${r.tokens_per_cpu_s_vs_full}x, decode-step rows/s ${r.decode_step_rows_per_s_vs_full}x the full cache's`,
     );
   }
   const json = JSON.stringify(report);

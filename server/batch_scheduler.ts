@@ -96,7 +96,7 @@ export class BatchScheduler {
   private running = false;
   private lastYield = performance.now();
   /** A 0 ms timer set before each step; it fires only if the event loop turns (see `loop`). */
-  private marker: number | null = null;
+  private marker: ReturnType<typeof setTimeout> | null = null;
   /** The marker fired: the event loop has polled I/O since it was set. */
   private polled = false;
   /** Steps run, rows run, since start. */

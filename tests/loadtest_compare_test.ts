@@ -60,4 +60,6 @@ Deno.test("bench:batch level figures from token arrival times", () => {
   assertEquals(l.perTokenMs, { p50: 10, p99: 20 }); // gaps 10, 20, 10
   // Both streams started by 15 ms: 3 tokens after it (20, 25, 40) over the 25 ms to the last one.
   assertEquals(l.decodeTokPerS, 120);
+  assertEquals(l.tokPerCpuS, null); // not measured
+  assertEquals(summarize(2, 50, [[10, 20, 40], [15, 25]], 25).tokPerCpuS, 200); // 5 tokens in 25 CPU ms
 });
