@@ -50,7 +50,12 @@ export async function nativeForwardBatch(rt: NativeRuntime, items: BatchItem[]):
     });
     rows += it.input.tokens.length;
   }
-  if (parts.length > 0) {
+  if (parts.length === 1) {
+    // One session alone: its own path, whose one-row step graph is kept and run again from step to step
+    // (a single stream costs what it costs unbatched: no graph built and planned per token).
+    const i = results.indexOf(null);
+    results[i] = await parts[0].s.forward(items[i].input, items[i].options);
+  } else if (parts.length > 0) {
     const out = await rt.exclusive(() => runParts(rt, parts, rows));
     let k = 0;
     for (let i = 0; i < items.length; i++) if (!results[i]) results[i] = out[k++];
