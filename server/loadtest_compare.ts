@@ -8,7 +8,8 @@
  *     [--kv-cache-mb N] [--text DIR] [--json] [--out FILE]
  * Every stream is one streamed POST /v1/generate (greedy, end of story ignored, its token ids returned per
  * event); its tokens' arrival times give the time to first token and the per-token gaps. Reports per level:
- * aggregate completion tok/s, p50/p99 time to first token and per-token latency, for both, and the ratios.
+ * aggregate completion tok/s (wall clock, and per CPU second of the server process, read from /proc, and
+ * of llama.cpp's), p50/p99 time to first token and per-token latency, for both, and the ratios.
  */
 import { parseFlags, threadsFlag, usage, UsageError } from "../io/flags.ts";
 import { type Level, llamaCpp, summarize } from "../bench/batch_compare.ts";
@@ -125,12 +126,27 @@ async function startServer(o: Options, gguf: string) {
         child.kill("SIGTERM");
         await child.status;
       };
-      return { url: m[1], stop };
+      return { url: m[1], stop, pid: child.pid };
     }
   }
   child.kill("SIGKILL");
   throw new Error(`the server did not start: ${seen.slice(-2000)}`);
 }
+
+/** CPU ms a process has used (every thread), from /proc (Linux); null where it cannot be read. */
+function cpuMsOf(pid: number): number | null {
+  try {
+    // Fields after the command's closing parenthesis: utime and stime are the 12th and 13th (clock ticks).
+    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return ((Number(f[11]) + Number(f[12])) * 1000) / CLOCK_TICKS;
+  } catch {
+    return null;
+  }
+}
+
+/** Linux's USER_HZ, the unit of /proc/PID/stat's times (100 on every mainstream build). */
+const CLOCK_TICKS = 100;
 
 /** One streamed request's token arrival times (ms since `t0`), and its prompt token count. */
 async function stream(url: string, text: string, maxTokens: number, t0: number) {
@@ -160,19 +176,24 @@ async function stream(url: string, text: string, maxTokens: number, t0: number) 
   return { times, promptTokens };
 }
 
-async function oursAt(url: string, prompts: { text: string; ids: number[] }[], n: number, maxTokens: number) {
-  const t0 = performance.now();
+async function oursAt(
+  server: { url: string; pid: number },
+  prompts: { text: string; ids: number[] }[],
+  n: number,
+  maxTokens: number,
+) {
+  const url = server.url, c0 = cpuMsOf(server.pid), t0 = performance.now();
   const out = await Promise.all(
     Array.from({ length: n }, (_, k) => stream(url, prompts[k % prompts.length].text, maxTokens, t0)),
   );
-  const wallMs = performance.now() - t0;
+  const wallMs = performance.now() - t0, c1 = cpuMsOf(server.pid);
   out.forEach((o, k) => {
     const want = prompts[k % prompts.length].ids.length;
     if (o.promptTokens !== want) {
       throw new Error(`stream ${k}: the server read ${o.promptTokens} prompt tokens, llama.cpp gets ${want}`);
     }
   });
-  return summarize(n, wallMs, out.map((o) => o.times));
+  return summarize(n, wallMs, out.map((o) => o.times), c0 !== null && c1 !== null ? c1 - c0 : null);
 }
 
 export async function compareMain(argv: string[]): Promise<number> {
@@ -198,7 +219,7 @@ export async function compareMain(argv: string[]): Promise<number> {
     try {
       await stream(server.url, prompts[0].text, 2, performance.now()); // warm-up
       for (const n of o.levels) {
-        ours.push(await oursAt(server.url, prompts, n, o.maxTokens));
+        ours.push(await oursAt(server, prompts, n, o.maxTokens));
         const peer = await llamaCpp(file.path, {
           threads: o.threads,
           kvCacheType: "F32",
@@ -207,15 +228,17 @@ export async function compareMain(argv: string[]): Promise<number> {
           maxTokens: o.maxTokens,
         });
         if (!peer.ok) unavailable = peer.reason;
-        theirs.push(peer.ok ? summarize(n, peer.levels[0].wallMs, peer.levels[0].times) : null);
+        theirs.push(
+          peer.ok ? summarize(n, peer.levels[0].wallMs, peer.levels[0].times, peer.levels[0].cpuMs) : null,
+        );
         const a = ours.at(-1)!, b = theirs.at(-1);
         log(
           `  ${
             String(n).padStart(3)
-          } streams: service ${a.tokPerS} tok/s (ttft p50 ${a.ttftMs.p50} p99 ${a.ttftMs.p99} ms, ` +
+          } streams: service ${a.tokPerS} tok/s, ${a.tokPerCpuS} per CPU s (ttft p50 ${a.ttftMs.p50} p99 ${a.ttftMs.p99} ms, ` +
             `per token p50 ${a.perTokenMs.p50} p99 ${a.perTokenMs.p99} ms)` +
             (b
-              ? `; llama.cpp ${b.tokPerS} tok/s (ttft p50 ${b.ttftMs.p50} p99 ${b.ttftMs.p99} ms, per token p50 ` +
+              ? `; llama.cpp ${b.tokPerS} tok/s, ${b.tokPerCpuS} per CPU s (ttft p50 ${b.ttftMs.p50} p99 ${b.ttftMs.p99} ms, per token p50 ` +
                 `${b.perTokenMs.p50} p99 ${b.perTokenMs.p99} ms); ratio ${r2(a.tokPerS / b.tokPerS)}`
               : "; llama.cpp unavailable"),
         );
@@ -240,6 +263,11 @@ export async function compareMain(argv: string[]): Promise<number> {
     service: ours,
     llamacpp: theirs.every((t) => t) ? theirs : { unavailable },
     tok_per_s_ratio: ours.map((a, i) => (theirs[i] ? r2(a.tokPerS / theirs[i]!.tokPerS) : null)),
+    tok_per_cpu_s_ratio: ours.map((a, i) =>
+      theirs[i] && a.tokPerCpuS !== null && theirs[i]!.tokPerCpuS !== null
+        ? r2(a.tokPerCpuS / theirs[i]!.tokPerCpuS!)
+        : null
+    ),
     ttft_p50_ratio: ours.map((a, i) => (theirs[i] ? r2(a.ttftMs.p50 / theirs[i]!.ttftMs.p50) : null)),
     per_token_p50_ratio: ours.map((
       a,
@@ -249,7 +277,12 @@ export async function compareMain(argv: string[]): Promise<number> {
   const json = JSON.stringify(report);
   if (o.out) await Deno.writeTextFile(o.out, json + "\n");
   if (o.json) console.log(json);
-  else log(`service/llama.cpp tok/s at ${o.levels.join(", ")} streams: ${report.tok_per_s_ratio.join(", ")}`);
+  else {
+    log(
+      `service/llama.cpp tok/s at ${o.levels.join(", ")} streams: ${report.tok_per_s_ratio.join(", ")}; ` +
+        `per CPU s ${report.tok_per_cpu_s_ratio.join(", ")}`,
+    );
+  }
   return 0;
 }
 
