@@ -33,27 +33,33 @@ interface Level {
   perTokenMs: { p50: number; p99: number };
 }
 
-Deno.test("README bench:batch table equals results/batch/bench_batch_llama76m.json", async () => {
-  const r = await json("bench_batch_llama76m.json");
-  const want: string[][] = [];
-  for (const f of r.formats) {
-    f.ours.forEach((o: Level, i: number) => {
-      const t: Level = f.llamacpp[i];
-      want.push([
-        f.format,
-        String(o.streams),
-        String(o.tokPerS),
-        String(t.tokPerS),
-        `${f.tok_per_s_ratio[i]}x`,
-        String(o.tokPerCpuS),
-        String(t.tokPerCpuS),
-        `${f.tok_per_cpu_s_ratio[i]}x`,
-        `${f.over_own_single_stream[i]}x / ${f.over_own_single_stream_cpu[i]}x`,
-        `${o.perTokenMs.p50} / ${t.perTokenMs.p50} ms`,
-      ]);
-    });
+Deno.test("README bench:batch tables equal their results/batch/bench_batch_*.json, in order", async () => {
+  const files = [...Deno.readDirSync(new URL("results/batch/", root))].map((e) => e.name)
+    .filter((n) => n.startsWith("bench_batch_")).sort();
+  const got = tables("| weights | streams | ours tok/s");
+  assertEquals(got.length, files.length, "one README table per bench:batch run");
+  for (const [k, file] of files.entries()) {
+    const r = await json(file);
+    const want: string[][] = [];
+    for (const f of r.formats) {
+      f.ours.forEach((o: Level, i: number) => {
+        const t: Level = f.llamacpp[i];
+        want.push([
+          f.format,
+          String(o.streams),
+          String(o.tokPerS),
+          String(t.tokPerS),
+          `${f.tok_per_s_ratio[i]}x`,
+          String(o.tokPerCpuS),
+          String(t.tokPerCpuS),
+          `${f.tok_per_cpu_s_ratio[i]}x`,
+          `${f.over_own_single_stream[i]}x / ${f.over_own_single_stream_cpu[i]}x`,
+          `${o.perTokenMs.p50} / ${t.perTokenMs.p50} ms`,
+        ]);
+      });
+    }
+    assertEquals(got[k], want, file);
   }
-  assertEquals(tables("| weights | streams | ours tok/s")[0], want);
 });
 
 Deno.test("README loadtest --compare table equals results/batch/loadtest_compare_llama76m_q8_0.json", async () => {
