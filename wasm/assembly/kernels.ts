@@ -313,13 +313,81 @@ function panelF32(
   v128.store(y0, ra);
 }
 
-/** Rows of X kept hot in L2 while weight panels stream through L1. */
-const ROW_BLOCK: i32 = 64;
+/**
+ * One output of tile3x3: the lane sums hsum'd as hsum does, the K tail's scalar products added after (as
+ * dot1 and tile4x2 do), then bias and y. The same bits as dot1 for the same row pair.
+ */
+@inline function finish3(
+  a: v128, x0: usize, w0: usize, K4: i32, K: i32, y0: usize, bias: usize, acc: i32,
+): void {
+  let r = hsum(a);
+  if (K4 < K) {
+    let ta = f32x4.splat(0);
+    for (let k = K4; k < K; k++) {
+      const o = <usize>k << 2;
+      ta = madd(f32x4.splat(load<f32>(w0 + o)), f32x4.splat(load<f32>(x0 + o)), ta);
+    }
+    r += f32x4.extract_lane(ta, 0);
+  }
+  if (bias) r += load<f32>(bias);
+  if (acc) r += load<f32>(y0);
+  store<f32>(y0, r);
+}
+
+/**
+ * Dot products of 3 weight rows with 3 input rows (prefill's register tile): nine accumulators, three
+ * input vectors and one weight vector fit the 15 vector registers V8 gives wasm on x64, for 6 loads per
+ * 9 multiply-adds (tile4x2: 6 per 8; a 4 x 3 tile spills and ran 0.8x). Each output is the arithmetic of
+ * dot1 (lane sums over k in steps of 4, then hsum), so the bits do not depend on which tile computed it.
+ */
+function tile3x3(
+  x0: usize, w0: usize, ks: usize, K: i32, y0: usize, ys: usize, bias: usize, acc: i32,
+): void {
+  const x1 = x0 + ks, x2 = x1 + ks, w1 = w0 + ks, w2 = w1 + ks;
+  let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0);
+  let b0 = f32x4.splat(0), b1 = f32x4.splat(0), b2 = f32x4.splat(0);
+  let c0 = f32x4.splat(0), c1 = f32x4.splat(0), c2 = f32x4.splat(0);
+  const K4 = K & ~3, e = <usize>K4 << 2;
+  // One 4-float step per iteration: unrolling needs more address registers and ran slower.
+  for (let o: usize = 0; o < e; o += 16) {
+    const xa = v128.load(x0 + o), xb = v128.load(x1 + o), xc = v128.load(x2 + o);
+    let v = v128.load(w0 + o);
+    a0 = madd(v, xa, a0);
+    b0 = madd(v, xb, b0);
+    c0 = madd(v, xc, c0);
+    v = v128.load(w1 + o);
+    a1 = madd(v, xa, a1);
+    b1 = madd(v, xb, b1);
+    c1 = madd(v, xc, c1);
+    v = v128.load(w2 + o);
+    a2 = madd(v, xa, a2);
+    b2 = madd(v, xb, b2);
+    c2 = madd(v, xc, c2);
+  }
+  const y1 = y0 + ys, y2 = y1 + ys, b = bias;
+  finish3(a0, x0, w0, K4, K, y0, b, acc);
+  finish3(a1, x0, w1, K4, K, y0 + 4, b ? b + 4 : 0, acc);
+  finish3(a2, x0, w2, K4, K, y0 + 8, b ? b + 8 : 0, acc);
+  finish3(b0, x1, w0, K4, K, y1, b, acc);
+  finish3(b1, x1, w1, K4, K, y1 + 4, b ? b + 4 : 0, acc);
+  finish3(b2, x1, w2, K4, K, y1 + 8, b ? b + 8 : 0, acc);
+  finish3(c0, x2, w0, K4, K, y2, b, acc);
+  finish3(c1, x2, w1, K4, K, y2 + 4, b ? b + 4 : 0, acc);
+  finish3(c2, x2, w2, K4, K, y2 + 8, b ? b + 8 : 0, acc);
+}
+
+/**
+ * Rows of X kept hot in L2 while weight panels stream through L1: 66 = 22 row triples, so a chunk of
+ * 128 rows is 66 + 62 (20 triples and 2 rows for tile4x2).
+ */
+const ROW_BLOCK: i32 = 66;
 
 /**
  * y[m, n] (+)= x[m, :] . w[n, :] (+ bias[n]) for m < M and thread t's share of n < N. w is f32
  * [N, K] row-major; x [M, K]; y has row stride ldy. acc: add to y instead of overwriting it. xs: chunk t
- * reads its x at x + t x xs (rows a fused rmsNorm wrote for that chunk; 0: one x for all).
+ * reads its x at x + t x xs (rows a fused rmsNorm wrote for that chunk; 0: one x for all). Row triples
+ * run through tile3x3 (3-row weight panels), the one or two rows left (decode's single row) through
+ * panelF32's 4-row tiles: every output has dot1's bits whichever path and split computed it.
  */
 export function gemmF32(
   x: usize, w: usize, bias: usize, y: usize, M: i32, N: i32, K: i32, ldy: i32, acc: i32, xs: i32, t: i32,
@@ -328,9 +396,20 @@ export function gemmF32(
   const n0 = share(N, t, nt, 4), n1 = share(N, t + 1, nt, 4);
   if (n0 >= n1) return;
   x += <usize>t * <usize>xs;
+  const ks = <usize>K << 2, ys = <usize>ldy << 2;
   for (let mb = 0; mb < M; mb += ROW_BLOCK) {
-    const me = min(mb + ROW_BLOCK, M);
-    for (let n = n0; n < n1; n += 4) panelF32(x, w, 0, bias, y, mb, me, n, min(n + 4, n1), K, ldy, acc);
+    const me = min(mb + ROW_BLOCK, M), m3 = mb + (me - mb) / 3 * 3;
+    if (m3 > mb) {
+      let n = n0;
+      for (; n + 3 <= n1; n += 3) {
+        const wn = w + <usize>n * ks, o = <usize>n << 2, b = bias ? bias + o : 0;
+        for (let m = mb; m < m3; m += 3) tile3x3(x + <usize>m * ks, wn, ks, K, y + <usize>m * ys + o, ys, b, acc);
+      }
+      if (n < n1) panelF32(x, w, 0, bias, y, mb, m3, n, n1, K, ldy, acc);
+    }
+    if (m3 < me) {
+      for (let n = n0; n < n1; n += 4) panelF32(x, w, 0, bias, y, m3, me, n, min(n + 4, n1), K, ldy, acc);
+    }
   }
 }
 
