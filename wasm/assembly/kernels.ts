@@ -846,20 +846,16 @@ function expScores(scores: usize, n: i32, mx: f32): f32 {
 }
 
 /**
- * 1 / (sum of exps) of the last attend1 (query a) and attend2 (a and b) call: the scores scratch then
- * holds the unnormalised exps, so p_j = scores[j] x inverse. Globals are per instance, so per thread.
+ * out = softmax(scale x q . keys[0..n)) . values[0..n): one query (any head size). Returns 1 / (sum of
+ * exps): the scores scratch is left holding the unnormalised exps, so p_j = scores[j] x the result
+ * (what addMass adds).
  */
-let inverseA: f32 = 0;
-let inverseB: f32 = 0;
-
-/** out = softmax(scale x q . keys[0..n)) . values[0..n): one query (any head size). */
 function attend1(
   qv: usize, ov: usize, n: i32, hd: i32, scale: f32, kb: usize, vb: usize, scores: usize,
-): void {
+): f32 {
   const hb = <usize>hd << 2;
   const mx = scoreKeys(qv, kb, n, hd, scale, scores);
   const inv = <f32>1 / expScores(scores, n, mx);
-  inverseA = inv;
   memory.fill(ov, 0, hb);
   if ((hd & 3) == 0) {
     for (let j = 0; j < n; j++) {
@@ -880,6 +876,7 @@ function attend1(
       }
     }
   }
+  return inv;
 }
 
 /** Byte offset of row `row`, head `h` in a [rows][heads x hd] matrix. */
@@ -900,12 +897,14 @@ function maxOf(s: usize, n: i32): f32 {
 /**
  * Two queries over the same keys (head size a multiple of 4): query a sees keys [0, na), b sees
  * [0, nb), na <= nb. Each key and value row is loaded once for both. The arithmetic of each query
- * matches attend1's up to the order of the max and of the output accumulation.
+ * matches attend1's up to the order of the max and of the output accumulation. Returns
+ * [1 / (sum of a's exps), 1 / (sum of b's exps), 0, 0]: sa and sb are left holding the unnormalised exps,
+ * as attend1 leaves its scores.
  */
 function attend2(
   qa: usize, qb: usize, oa: usize, ob: usize, na: i32, nb: i32, hd: i32, scale: f32, kb: usize, vb: usize,
   sa: usize, sb: usize,
-): void {
+): v128 {
   const hb = <usize>hd << 2;
   const sv = f32x4.splat(scale);
   let j = 0;
@@ -943,8 +942,6 @@ function attend2(
   }
   const invA = <f32>1 / expScores(sa, na, maxOf(sa, na));
   const invB = <f32>1 / expScores(sb, nb, maxOf(sb, nb));
-  inverseA = invA;
-  inverseB = invB;
   for (let k = na; k < nb; k++) store<f32>(sa + (<usize>k << 2), 0);
   // P.V in column blocks of 16 floats held in registers, then of 4.
   let i = 0;
@@ -986,6 +983,7 @@ function attend2(
     v128.store(oa + o, f32x4.mul(x0, f32x4.splat(invA)));
     v128.store(ob + o, f32x4.mul(y0, f32x4.splat(invB)));
   }
+  return f32x4(invA, invB, 0, 0);
 }
 
 /** Adds p_j = scores[j] x inv to row[position_j] for j < n (positions ascending, all cached). */
@@ -1039,14 +1037,14 @@ export function attention(
       let m = 0;
       for (; paired && m + 1 < M; m += 2) {
         const n = base + m + 1;
-        attend2(q + qat(m, h, qw, hd), q + qat(m + 1, h, qw, hd), out + qat(m, h, qw, hd), out + qat(m + 1, h, qw, hd), n, n + 1, hd, scale, kb, vb, sa, sb);
-        addMass(row, sa, pb, n, inverseA);
-        addMass(row, sb, pb, n + 1, inverseB);
+        const inv = attend2(q + qat(m, h, qw, hd), q + qat(m + 1, h, qw, hd), out + qat(m, h, qw, hd), out + qat(m + 1, h, qw, hd), n, n + 1, hd, scale, kb, vb, sa, sb);
+        addMass(row, sa, pb, n, f32x4.extract_lane(inv, 0));
+        addMass(row, sb, pb, n + 1, f32x4.extract_lane(inv, 1));
       }
       for (; m < M; m++) {
         const n = base + m + 1;
-        attend1(q + qat(m, h, qw, hd), out + qat(m, h, qw, hd), n, hd, scale, kb, vb, sa);
-        addMass(row, sa, pb, n, inverseA);
+        const inv = attend1(q + qat(m, h, qw, hd), out + qat(m, h, qw, hd), n, hd, scale, kb, vb, sa);
+        addMass(row, sa, pb, n, inv);
       }
     }
     return;
