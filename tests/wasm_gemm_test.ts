@@ -5,6 +5,7 @@
  * it: the whole matrix in one call, split over 3 and 8 threads, and each row on its own (the decode path).
  * Shapes cover K not a multiple of 4, N not a multiple of 3 or 4, M with 0, 1 and 2 rows left after the
  * triples and past one row block (66 rows), with bias and accumulation into y. Both kernel modules.
+ * gemmF16 (f16 weights widened panel by panel) must give gemmF32's bits on the same values widened.
  */
 import { Arena } from "../wasm/arena.ts";
 import { hasRelaxedSimd, instantiate, type KernelFlavor, kernelModule } from "../wasm/kernels.ts";
@@ -89,6 +90,59 @@ async function check(flavor: KernelFlavor) {
     }
   }
 }
+
+/** Random finite f16 bit patterns (exponents 10..20) and their exact values. */
+function halves(n: number, rnd: () => number): [Uint16Array, Float32Array] {
+  const bits = new Uint16Array(n), vals = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    const sign = rnd() < 0 ? 1 : 0, e = 10 + Math.floor((rnd() + 1) * 5.5), m = Math.floor((rnd() + 1) * 512);
+    bits[i] = (sign << 15) | (e << 10) | m;
+    vals[i] = (sign ? -1 : 1) * (1 + m / 1024) * 2 ** (e - 15);
+  }
+  return [bits, vals];
+}
+
+async function checkF16(flavor: KernelFlavor) {
+  const arena = new Arena(CONTROL_BYTES);
+  const k = instantiate(await kernelModule(flavor), arena.memory);
+  const rnd = random(11);
+  for (const [M, N, K] of SHAPES) {
+    const x = arena.alloc(M * K * 4), w16 = arena.alloc(N * K * 2 + 16), w32 = arena.alloc(N * K * 4);
+    const b = arena.alloc(N * 4),
+      scratch = arena.alloc(8 * 16 * K),
+      ys = [0, 1, 2, 3].map(() => arena.alloc(M * N * 4));
+    const [bits, vals] = halves(N * K, rnd);
+    new Uint16Array(arena.memory.buffer, w16, N * K).set(bits);
+    arena.f32.set(vals, w32 / 4);
+    for (let i = 0; i < M * K; i++) arena.f32[x / 4 + i] = rnd();
+    for (let i = 0; i < N; i++) arena.f32[b / 4 + i] = rnd();
+    k.gemmF32(x, w32, b, ys[0], M, N, K, N, 0, 0, 0, 1);
+    k.gemmF16(x, w16, b, ys[1], M, N, K, N, 0, scratch, 0, 0, 1);
+    for (let t = 0; t < 3; t++) k.gemmF16(x, w16, b, ys[2], M, N, K, N, 0, scratch, 0, t, 3);
+    for (let m = 0; m < M; m++) {
+      k.gemmF16(x + m * K * 4, w16, b, ys[3] + m * N * 4, 1, N, K, N, 0, scratch, 0, 0, 1);
+    }
+    const got = (y: number) => new Uint32Array(arena.memory.buffer, y, M * N);
+    for (let i = 0; i < M * N; i++) {
+      for (const v of [1, 2, 3]) {
+        assert(
+          got(ys[v])[i] === got(ys[0])[i],
+          `${flavor} f16: M ${M}, N ${N}, K ${K}: output ${i} (run ${v})`,
+        );
+      }
+    }
+    for (const p of [x, w16, w32, b, scratch, ...ys]) arena.release(p);
+  }
+}
+
+Deno.test({
+  name: "wasm f16 GEMM: gemmF32's bits on the widened weights, from every tile and split",
+  ignore: why !== null,
+  fn: async () => {
+    await checkF16("simd");
+    if (hasRelaxedSimd()) await checkF16("relaxed");
+  },
+});
 
 Deno.test({
   name: "wasm f32 GEMM: within float32 rounding of float64, the same bits from every tile and split",

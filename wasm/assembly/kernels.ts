@@ -425,8 +425,8 @@ function halvesToFloats(src: usize, dst: usize, count: i32): void {
 }
 
 /**
- * gemmF32 with f16 weights [N, K]. Several rows: each 4-row weight panel is widened once into the
- * thread's scratch (4 x K floats at scratch + t x 16 K bytes) and reused by every input row.
+ * gemmF32 with f16 weights [N, K]. Several rows: each 3-row weight panel is widened once into the
+ * thread's scratch (4 x K floats at scratch + t x 16 K bytes) and reused by every row triple.
  * One row (decode): the panel is widened the same way, then one pass; the weight traffic is halved.
  */
 export function gemmF16(
@@ -438,13 +438,26 @@ export function gemmF16(
   x += <usize>t * <usize>xs;
   const panel = scratch + <usize>t * (<usize>K << 4);
   const hs = <usize>K << 1;
+  const ks = <usize>K << 2, ys = <usize>ldy << 2;
   for (let mb = 0; mb < M; mb += ROW_BLOCK) {
-    const me = min(mb + ROW_BLOCK, M);
-    for (let n = n0; n < n1; n += 4) {
+    const me = min(mb + ROW_BLOCK, M), m3 = mb + (me - mb) / 3 * 3;
+    // Row triples: 3-row panels through tile3x3, as gemmF32 (a partial panel through panelF32).
+    for (let n = n0; m3 > mb && n < n1; n += 3) {
+      const ne = min(n + 3, n1);
+      halvesToFloats(w + <usize>n * hs, panel, (ne - n) * K);
+      if (ne - n == 3) {
+        const o = <usize>n << 2, b = bias ? bias + o : 0;
+        for (let m = mb; m < m3; m += 3) tile3x3(x + <usize>m * ks, panel, ks, K, y + <usize>m * ys + o, ys, b, acc);
+      } else {
+        panelF32(x, panel - <usize>n * ks, 0, bias, y, mb, m3, n, ne, K, ldy, acc);
+      }
+    }
+    // The rows left (decode's one row): 4-row panels.
+    for (let n = n0; m3 < me && n < n1; n += 4) {
       const ne = min(n + 4, n1);
       halvesToFloats(w + <usize>n * hs, panel, (ne - n) * K);
       // The panel holds rows n..ne-1; address it as if it began at row n of a full matrix.
-      panelF32(x, panel - <usize>n * (<usize>K << 2), 0, bias, y, mb, me, n, ne, K, ldy, acc);
+      panelF32(x, panel - <usize>n * ks, 0, bias, y, m3, me, n, ne, K, ldy, acc);
     }
   }
 }
