@@ -19,9 +19,9 @@ async function measure(M: number, N: number, K: number) {
   for (let i = 0; i < N * K; i++) arena.f32[wf / 4 + i] = Math.cos(i) * 0.1;
   new Int8Array(arena.memory.buffer, wi, N * K).forEach((_, i, a) => (a[i] = (i * 37) % 255 - 127));
   arena.f32.fill(0.01, scales / 4, scales / 4 + N);
-  const stride = 64 + 16 * 3 * Math.ceil(K / 16) * 16, scratch = arena.alloc(stride);
+  const stride = Math.max(64 + 16 * 3 * Math.ceil(K / 16) * 16, 32 * K + 32), scratch = arena.alloc(stride);
   const kernels: [string, () => void][] = [
-    ["f32", () => relaxed.gemmF32(x, wf, 0, y, M, N, K, N, 0, 0, 0, 1)],
+    ["f32", () => relaxed.gemmF32(x, wf, 0, y, M, N, K, N, 0, scratch, 0, 0, 1)],
     [
       "int8 relaxed SIMD",
       () => relaxed.gemmI8(x, wi, scales, sums, 0, y, M, N, K, N, 0, scratch, stride, 0, 0, 1),

@@ -1,11 +1,13 @@
 /**
- * The f32 GEMM (gemmF32): prefill's row triples run through a 3 x 3 register tile, the rows left over
- * (and decode's single row) through 4 x 2 / 4 x 1 tiles and dot1. Checked against a float64 brute force
- * (within float32 rounding of sum |x||w|), and every output must have the same bits whichever tile computed
- * it: the whole matrix in one call, split over 3 and 8 threads, and each row on its own (the decode path).
- * Shapes cover K not a multiple of 4, N not a multiple of 3 or 4, M with 0, 1 and 2 rows left after the
- * triples and past one row block (66 rows), with bias and accumulation into y. Both kernel modules.
- * gemmF16 (f16 weights widened panel by panel) must give gemmF32's bits on the same values widened.
+ * The f32 GEMM (gemmF32): from 8 input rows (prefill) weight panels are packed and run through the 6 x 8
+ * outer-product tile; fewer rows (decoding) go through the dot-product tiles (4 x 2, 4 x 1, dot1). Checked
+ * against a float64 brute force (within float32 rounding of sum |x||w|), and the bits must not depend on
+ * the split over threads (1, 3, 8), on the row blocks, or on which rows share a call: a call's rows cut in
+ * two calls of 8 or more rows give the same bits, and below 8 rows each row alone gives them. Shapes cover
+ * K not a multiple of 4, N not a multiple of 4 or 8, M with every remainder mod 6, past one row block (K
+ * 2100: 62 rows a block), with bias and accumulation into y. Both kernel modules.
+ * gemmF16 (f16 weights widened panel by panel, 3 x 3 dot-product tiles) must give the dot path's bits
+ * (gemmF32 row by row) on the same values widened.
  */
 import { Arena } from "../wasm/arena.ts";
 import { hasRelaxedSimd, instantiate, type KernelFlavor, kernelModule } from "../wasm/kernels.ts";
@@ -35,6 +37,8 @@ const SHAPES: [number, number, number][] = [
   [68, 14, 20],
   [70, 4, 1],
   [131, 17, 72],
+  [13, 8, 8],
+  [131, 9, 2100],
 ];
 
 async function check(flavor: KernelFlavor) {
@@ -45,7 +49,7 @@ async function check(flavor: KernelFlavor) {
     for (const withBias of [false, true]) {
       for (const acc of [0, 1]) {
         const x = arena.alloc(M * K * 4), w = arena.alloc(N * K * 4), b = arena.alloc(N * 4);
-        const ys = [0, 1, 2, 3].map(() => arena.alloc(M * N * 4));
+        const ys = [0, 1, 2, 3].map(() => arena.alloc(M * N * 4)), scratch = arena.alloc(8 * (32 * K + 32));
         const f = () => arena.f32;
         for (let i = 0; i < M * K; i++) f()[x / 4 + i] = rnd();
         for (let i = 0; i < N * K; i++) f()[w / 4 + i] = rnd();
@@ -53,12 +57,17 @@ async function check(flavor: KernelFlavor) {
         const y0 = Float32Array.from({ length: M * N }, () => rnd());
         for (const y of ys) f().set(y0, y / 4);
         const bias = withBias ? b : 0;
-        k.gemmF32(x, w, bias, ys[0], M, N, K, N, acc, 0, 0, 1);
-        for (let t = 0; t < 3; t++) k.gemmF32(x, w, bias, ys[1], M, N, K, N, acc, 0, t, 3);
-        for (let t = 0; t < 8; t++) k.gemmF32(x, w, bias, ys[2], M, N, K, N, acc, 0, t, 8);
-        for (let m = 0; m < M; m++) {
-          k.gemmF32(x + m * K * 4, w, bias, ys[3] + m * N * 4, 1, N, K, N, acc, 0, 0, 1);
-        }
+        const gemm = (at: number, rows: number, y: number, t: number, nt: number) =>
+          k.gemmF32(x + at * K * 4, w, bias, y + at * N * 4, rows, N, K, N, acc, scratch, 0, t, nt);
+        gemm(0, M, ys[0], 0, 1);
+        for (let t = 0; t < 3; t++) gemm(0, M, ys[1], t, 3);
+        for (let t = 0; t < 8; t++) gemm(0, M, ys[2], t, 8);
+        if (M < 8) { for (let m = 0; m < M; m++) gemm(m, 1, ys[3], 0, 1); }
+        else if (M >= 16) {
+          const cut = 8 + (M - 16 >> 1) + 1; // 8 or more rows on each side, the two halves' tiles unaligned
+          gemm(0, cut, ys[3], 0, 1);
+          gemm(cut, M - cut, ys[3], 0, 1);
+        } else gemm(0, M, ys[3], 0, 1);
         const what = `${flavor}: M ${M}, N ${N}, K ${K}, bias ${withBias}, acc ${acc}`;
         const bits = (y: number) => new Uint32Array(arena.memory.buffer, y, M * N);
         for (let i = 0; i < M * N; i++) {
@@ -78,14 +87,14 @@ async function check(flavor: KernelFlavor) {
             Math.abs(got - exact) <= mag * (K + 2) * 2 ** -23,
             `${what}: y[${m}][${n}] ${got}, exact ${exact}`,
           );
-          for (const [v, name] of [[1, "3 threads"], [2, "8 threads"], [3, "row by row"]] as const) {
+          for (const [v, name] of [[1, "3 threads"], [2, "8 threads"], [3, "rows in other calls"]] as const) {
             assert(
               bits(ys[v])[i] === bits(ys[0])[i],
               `${what}: y[${m}][${n}] ${f()[ys[v] / 4 + i]} (${name}) != ${got} (one call)`,
             );
           }
         }
-        for (const p of [x, w, b, ...ys]) arena.release(p);
+        for (const p of [x, w, b, scratch, ...ys]) arena.release(p);
       }
     }
   }
@@ -116,7 +125,9 @@ async function checkF16(flavor: KernelFlavor) {
     arena.f32.set(vals, w32 / 4);
     for (let i = 0; i < M * K; i++) arena.f32[x / 4 + i] = rnd();
     for (let i = 0; i < N; i++) arena.f32[b / 4 + i] = rnd();
-    k.gemmF32(x, w32, b, ys[0], M, N, K, N, 0, 0, 0, 1);
+    for (let m = 0; m < M; m++) {
+      k.gemmF32(x + m * K * 4, w32, b, ys[0] + m * N * 4, 1, N, K, N, 0, scratch, 0, 0, 1);
+    }
     k.gemmF16(x, w16, b, ys[1], M, N, K, N, 0, scratch, 0, 0, 1);
     for (let t = 0; t < 3; t++) k.gemmF16(x, w16, b, ys[2], M, N, K, N, 0, scratch, 0, t, 3);
     for (let m = 0; m < M; m++) {
@@ -136,7 +147,7 @@ async function checkF16(flavor: KernelFlavor) {
 }
 
 Deno.test({
-  name: "wasm f16 GEMM: gemmF32's bits on the widened weights, from every tile and split",
+  name: "wasm f16 GEMM: the dot path's bits on the widened weights, from every tile and split",
   ignore: why !== null,
   fn: async () => {
     await checkF16("simd");

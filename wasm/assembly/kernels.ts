@@ -382,33 +382,162 @@ function tile3x3(
  */
 const ROW_BLOCK: i32 = 66;
 
+/** Rows from which gemmF32 packs weight panels and runs the outer-product tile (opTile6x8). */
+const OP_ROWS: i32 = 8;
+
+/** Packs weight rows [n, ne) of w (row stride ks bytes) into panel [K][8] floats; rows past ne are 0. */
+function packPanel8(w: usize, ks: usize, n: i32, ne: i32, K: i32, panel: usize): void {
+  const w0 = w + <usize>n * ks;
+  let k = 0;
+  if (ne - n == 8) {
+    // 4 x 4 transposes: 4 floats of each of 8 rows become 4 k-steps of 8 floats.
+    for (; k + 4 <= K; k += 4) {
+      const o = <usize>k << 2, d = panel + (<usize>k << 5);
+      const r0 = v128.load(w0 + o), r1 = v128.load(w0 + ks + o), r2 = v128.load(w0 + 2 * ks + o);
+      const r3 = v128.load(w0 + 3 * ks + o), r4 = v128.load(w0 + 4 * ks + o), r5 = v128.load(w0 + 5 * ks + o);
+      const r6 = v128.load(w0 + 6 * ks + o), r7 = v128.load(w0 + 7 * ks + o);
+      let t0 = v128.shuffle<i32>(r0, r1, 0, 4, 1, 5), t1 = v128.shuffle<i32>(r0, r1, 2, 6, 3, 7);
+      let t2 = v128.shuffle<i32>(r2, r3, 0, 4, 1, 5), t3 = v128.shuffle<i32>(r2, r3, 2, 6, 3, 7);
+      v128.store(d, v128.shuffle<i32>(t0, t2, 0, 1, 4, 5));
+      v128.store(d, v128.shuffle<i32>(t0, t2, 2, 3, 6, 7), 32);
+      v128.store(d, v128.shuffle<i32>(t1, t3, 0, 1, 4, 5), 64);
+      v128.store(d, v128.shuffle<i32>(t1, t3, 2, 3, 6, 7), 96);
+      t0 = v128.shuffle<i32>(r4, r5, 0, 4, 1, 5);
+      t1 = v128.shuffle<i32>(r4, r5, 2, 6, 3, 7);
+      t2 = v128.shuffle<i32>(r6, r7, 0, 4, 1, 5);
+      t3 = v128.shuffle<i32>(r6, r7, 2, 6, 3, 7);
+      v128.store(d, v128.shuffle<i32>(t0, t2, 0, 1, 4, 5), 16);
+      v128.store(d, v128.shuffle<i32>(t0, t2, 2, 3, 6, 7), 48);
+      v128.store(d, v128.shuffle<i32>(t1, t3, 0, 1, 4, 5), 80);
+      v128.store(d, v128.shuffle<i32>(t1, t3, 2, 3, 6, 7), 112);
+    }
+  }
+  for (; k < K; k++) {
+    const d = panel + (<usize>k << 5);
+    for (let j = 0; j < 8; j++) {
+      store<f32>(d + (<usize>j << 2), n + j < ne ? load<f32>(w0 + <usize>j * ks + (<usize>k << 2)) : 0);
+    }
+  }
+}
+
+/**
+ * One output row of opTile6x8: lo, hi (its 8 columns) + bias, + y; `cols` of them stored (a partial panel
+ * goes through `tmp`, 32 bytes, lane by lane with the same two additions).
+ */
+@inline function storeRow8(
+  lo: v128, hi: v128, y: usize, cols: i32, bias: usize, acc: i32, tmp: usize,
+): void {
+  if (cols == 8) {
+    if (bias) {
+      lo = f32x4.add(lo, v128.load(bias));
+      hi = f32x4.add(hi, v128.load(bias, 16));
+    }
+    if (acc) {
+      lo = f32x4.add(lo, v128.load(y));
+      hi = f32x4.add(hi, v128.load(y, 16));
+    }
+    v128.store(y, lo);
+    v128.store(y, hi, 16);
+    return;
+  }
+  v128.store(tmp, lo);
+  v128.store(tmp, hi, 16);
+  for (let j = 0; j < cols; j++) {
+    const o = <usize>j << 2;
+    let r = load<f32>(tmp + o);
+    if (bias) r += load<f32>(bias + o);
+    if (acc) r += load<f32>(y + o);
+    store<f32>(y + o, r);
+  }
+}
+
+/**
+ * Outer-product tile: 6 input rows x 8 outputs from a packed panel ([K][8]). Per k, two panel vectors and
+ * six broadcast inputs feed twelve multiply-adds into twelve accumulators (15 of V8's x64 vector
+ * registers); the dot-product tiles need a load per 1.5 multiply-adds. Each output is a plain chain
+ * y = w_k x_k + y over k = 0..K-1 (then bias, then y), whatever the rows beside it: rows past `rows`
+ * repeat the last row's input and are not stored.
+ */
+function opTile6x8(
+  x0: usize, ks: usize, rows: i32, panel: usize, K: i32, y0: usize, ys: usize, cols: i32, bias: usize,
+  acc: i32, tmp: usize,
+): void {
+  const last = <usize>(rows - 1);
+  const p1 = x0 + min<usize>(1, last) * ks, p2 = x0 + min<usize>(2, last) * ks;
+  const p3 = x0 + min<usize>(3, last) * ks, p4 = x0 + min<usize>(4, last) * ks;
+  const p5 = x0 + min<usize>(5, last) * ks;
+  let a0 = f32x4.splat(0), a1 = f32x4.splat(0), b0 = f32x4.splat(0), b1 = f32x4.splat(0);
+  let c0 = f32x4.splat(0), c1 = f32x4.splat(0), d0 = f32x4.splat(0), d1 = f32x4.splat(0);
+  let e0 = f32x4.splat(0), e1 = f32x4.splat(0), f0 = f32x4.splat(0), f1 = f32x4.splat(0);
+  let q = panel;
+  const end = <usize>K << 2;
+  for (let o: usize = 0; o < end; o += 4) {
+    const v0 = v128.load(q), v1 = v128.load(q, 16);
+    q += 32;
+    let s = v128.load32_splat(x0 + o);
+    a0 = madd(v0, s, a0);
+    a1 = madd(v1, s, a1);
+    s = v128.load32_splat(p1 + o);
+    b0 = madd(v0, s, b0);
+    b1 = madd(v1, s, b1);
+    s = v128.load32_splat(p2 + o);
+    c0 = madd(v0, s, c0);
+    c1 = madd(v1, s, c1);
+    s = v128.load32_splat(p3 + o);
+    d0 = madd(v0, s, d0);
+    d1 = madd(v1, s, d1);
+    s = v128.load32_splat(p4 + o);
+    e0 = madd(v0, s, e0);
+    e1 = madd(v1, s, e1);
+    s = v128.load32_splat(p5 + o);
+    f0 = madd(v0, s, f0);
+    f1 = madd(v1, s, f1);
+  }
+  storeRow8(a0, a1, y0, cols, bias, acc, tmp);
+  if (rows > 1) storeRow8(b0, b1, y0 + ys, cols, bias, acc, tmp);
+  if (rows > 2) storeRow8(c0, c1, y0 + 2 * ys, cols, bias, acc, tmp);
+  if (rows > 3) storeRow8(d0, d1, y0 + 3 * ys, cols, bias, acc, tmp);
+  if (rows > 4) storeRow8(e0, e1, y0 + 4 * ys, cols, bias, acc, tmp);
+  if (rows > 5) storeRow8(f0, f1, y0 + 5 * ys, cols, bias, acc, tmp);
+}
+
+/** Bytes of one chunk's f32 panel scratch: [K][8] floats and a 32-byte row for partial stores. */
+@inline function panelBytes(K: i32): usize {
+  return (<usize>K << 5) + 32;
+}
+
 /**
  * y[m, n] (+)= x[m, :] . w[n, :] (+ bias[n]) for m < M and thread t's share of n < N. w is f32
  * [N, K] row-major; x [M, K]; y has row stride ldy. acc: add to y instead of overwriting it. xs: chunk t
- * reads its x at x + t x xs (rows a fused rmsNorm wrote for that chunk; 0: one x for all). Row triples
- * run through tile3x3 (3-row weight panels), the one or two rows left (decode's single row) through
- * panelF32's 4-row tiles: every output has dot1's bits whichever path and split computed it.
+ * reads its x at x + t x xs (rows a fused rmsNorm wrote for that chunk; 0: one x for all).
+ * M >= OP_ROWS (prefill): every 8 weight rows are packed into the chunk's scratch (at scratch + t x
+ * (32 K + 32) bytes) once per row block, then run against 6 input rows at a time (opTile6x8): the same
+ * bits for every row whatever M (>= OP_ROWS), the row blocks and the split. Fewer rows (decode): the
+ * dot-product tiles of panelF32 (dot1's bits).
  */
 export function gemmF32(
-  x: usize, w: usize, bias: usize, y: usize, M: i32, N: i32, K: i32, ldy: i32, acc: i32, xs: i32, t: i32,
-  nt: i32,
+  x: usize, w: usize, bias: usize, y: usize, M: i32, N: i32, K: i32, ldy: i32, acc: i32, scratch: usize,
+  xs: i32, t: i32, nt: i32,
 ): void {
   const n0 = share(N, t, nt, 4), n1 = share(N, t + 1, nt, 4);
   if (n0 >= n1) return;
   x += <usize>t * <usize>xs;
   const ks = <usize>K << 2, ys = <usize>ldy << 2;
-  for (let mb = 0; mb < M; mb += ROW_BLOCK) {
-    const me = min(mb + ROW_BLOCK, M), m3 = mb + (me - mb) / 3 * 3;
-    if (m3 > mb) {
-      let n = n0;
-      for (; n + 3 <= n1; n += 3) {
-        const wn = w + <usize>n * ks, o = <usize>n << 2, b = bias ? bias + o : 0;
-        for (let m = mb; m < m3; m += 3) tile3x3(x + <usize>m * ks, wn, ks, K, y + <usize>m * ys + o, ys, b, acc);
+  if (M < OP_ROWS) {
+    for (let n = n0; n < n1; n += 4) panelF32(x, w, 0, bias, y, 0, M, n, min(n + 4, n1), K, ldy, acc);
+    return;
+  }
+  const panel = scratch + <usize>t * panelBytes(K), tmp = panel + (<usize>K << 5);
+  // Input blocks of at most 512 KB stay in L2 while every panel of the share passes over them.
+  const rb = max(6, (131072 / K) / 6 * 6);
+  for (let mb = 0; mb < M; mb += rb) {
+    const me = min(mb + rb, M);
+    for (let n = n0; n < n1; n += 8) {
+      const ne = min(n + 8, n1), o = <usize>n << 2, b = bias ? bias + o : 0;
+      packPanel8(w, ks, n, ne, K, panel);
+      for (let m = mb; m < me; m += 6) {
+        opTile6x8(x + <usize>m * ks, ks, min(6, me - m), panel, K, y + <usize>m * ys + o, ys, ne - n, b, acc, tmp);
       }
-      if (n < n1) panelF32(x, w, 0, bias, y, mb, m3, n, n1, K, ldy, acc);
-    }
-    if (m3 < me) {
-      for (let n = n0; n < n1; n += 4) panelF32(x, w, 0, bias, y, m3, me, n, min(n + 4, n1), K, ldy, acc);
     }
   }
 }
