@@ -17,7 +17,7 @@ import { generateText, type Model } from "../core/engine.ts";
 import { parseFlags, threadsFlag, usage, UsageError } from "../io/flags.ts";
 import { loadModel } from "../io/runtime.ts";
 import { BatchScheduler } from "../server/batch_scheduler.ts";
-import { percentile } from "../server/percentile.ts";
+import { percentile } from "../core/percentile.ts";
 import {
   BENCH_FORMATS,
   BENCH_MODELS,

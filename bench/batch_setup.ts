@@ -1,6 +1,6 @@
 /**
  * The setup the batched-decoding benchmarks share (bench/batch_compare.ts, bench/kv_bound.ts,
- * server/loadtest_compare.ts): one model's values written once as GGUF by the project's writer, so that
+ * ops/loadtest_compare.ts): one model's values written once as GGUF by the project's writer, so that
  * our native executor and llama.cpp read the same weights, and prompt ids = BOS + essay text tokenized by
  * the embedded tokenizer (every prompt a different passage).
  */

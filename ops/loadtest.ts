@@ -6,7 +6,7 @@
  *                      [--endpoint generate|completions|chat] [--stream] [--url http://127.0.0.1:8000] [--json]
  *                      [--long N --long-tokens 480] [--active-jobs 4] [--bare]
  *                      [--max-streams 16] [--max-batch-tokens 256] [--kv-cache-mb N] (batched decoding)
- * `deno task loadtest --compare [...]`: the service against llama.cpp (server/loadtest_compare.ts).
+ * `deno task loadtest --compare [...]`: the service against llama.cpp (ops/loadtest_compare.ts).
  * With --long, N clients keep a long generation running the whole time (fairness: what short requests
  * pay while long ones run); their own count is reported apart.
  */
@@ -25,7 +25,7 @@ import { errorResponse, toHttpError } from "../server/errors.ts";
 import { serveFronted } from "../server/front/front.ts";
 import { batchFlags } from "../server/main.ts";
 import { sampleValue } from "../server/metrics.ts";
-import { percentile } from "../server/percentile.ts";
+import { percentile } from "../core/percentile.ts";
 import { readSse } from "../server/sse.ts";
 
 const SPEC = {
@@ -139,7 +139,7 @@ async function one(
 async function main(argv: string[]): Promise<number> {
   // --compare: the service against llama.cpp (its own flags and module).
   if (argv.includes("--compare")) {
-    return await (await import("../server/loadtest_compare.ts")).compareMain(argv);
+    return await (await import("./loadtest_compare.ts")).compareMain(argv);
   }
   const f = parseFlags(argv, SPEC);
   if (f.help) {

@@ -3,6 +3,7 @@
  * `soak`, `cluster`, `loadtest:cluster`). They import server/; nothing in server/ imports them
  * (tests/layout_test.ts). Each is its own entry point; this module gathers what tests reuse.
  *   loadtest.ts          bounded load over loopback: throughput and latency percentiles
+ *   loadtest_compare.ts  loadtest --compare: a server process against llama.cpp's on the same load
  *   soak.ts              a seeded request mix against a server process, its resident memory over time;
  *                        the context-cap fill cycle
  *   cluster.ts           N replicas sharing contexts through Redis, behind HAProxy (subprocesses, signals)
@@ -11,7 +12,7 @@
  *   processes.ts         child processes: a free loopback port, waiting for a ready line
  *   attack_probe.ts      issue 25's larger attack runs against a server process
  */
-export { percentile } from "./loadtest.ts";
+export { compareOptions } from "./loadtest_compare.ts";
 export { runFillCycle, runSoak, type SoakOptions, type SoakReport } from "./soak.ts";
 export { type Cluster, type ClusterOptions, findBinary, startCluster } from "./cluster.ts";
 export { runClusterLoad } from "./cluster_loadtest.ts";

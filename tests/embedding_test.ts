@@ -70,7 +70,6 @@ const DENO_ALLOWED: Record<string, string> = {
   "server/main.ts": "the `deno task start` entry (Deno.serve, signals, exit)",
   "server/front/front.ts": "main.ts's TCP front: header and idle deadlines (Deno.serve, a worker)",
   "server/front/worker.ts": "the front's worker: Deno.listen, Deno.connect and the relay",
-  "server/loadtest_compare.ts": "`deno task loadtest --compare`: a server process, llama.cpp's, /proc",
   "ops/": "operator tools: load tests, soak, cluster (processes, files, signals; entry points)",
   "gpu/train/bench.ts": "a benchmark entry point",
   "native/":

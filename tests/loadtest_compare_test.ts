@@ -1,12 +1,12 @@
 /**
- * `deno task loadtest --compare` (server/loadtest_compare.ts) and bench:batch's level statistics
+ * `deno task loadtest --compare` (ops/loadtest_compare.ts) and bench:batch's level statistics
  * (bench/batch_compare.ts): bad flags are refused naming the flag (exit 2 from the task), before anything is
  * loaded; a level's figures from token arrival times equal the ones worked out by hand.
  */
 import { assert, assertEquals } from "./helpers.ts";
 import { summarize } from "../bench/batch_compare.ts";
 import { UsageError } from "../io/flags.ts";
-import { compareOptions } from "../server/loadtest_compare.ts";
+import { compareOptions } from "../ops/loadtest_compare.ts";
 
 Deno.test("loadtest --compare: bad flags name the flag", () => {
   const cases: [string[], string][] = [

@@ -23,7 +23,7 @@ import {
   parseList,
   tempGguf,
 } from "../bench/batch_setup.ts";
-import { readSse } from "./sse.ts";
+import { readSse } from "../server/sse.ts";
 
 const SPEC = {
   compare: { kind: "boolean", help: "this comparison (the flag that chose it)" },
@@ -85,7 +85,7 @@ async function startServer(o: Options, gguf: string) {
   const args = [
     "run",
     "-A",
-    new URL("./main.ts", import.meta.url).pathname,
+    new URL("../server/main.ts", import.meta.url).pathname,
     "--model",
     gguf,
     "--adapter",
