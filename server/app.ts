@@ -8,8 +8,8 @@
  *   requests    endpoints.ts, openai.ts (handlers), schemas.ts (bodies), http.ts (bounded JSON bodies),
  *               errors.ts (one error shape), keys.ts (API keys)
  *   jobs        service.ts (admission, queueing, responses), generation.ts (the jobs on the executor),
- *               output.ts (incremental text, stop strings), the scheduling of jobs on the executor
- *               (batch_scheduler.ts and its helpers)
+ *               output.ts (incremental text, stop strings); batched decoding: batch_scheduler.ts over
+ *               scheduled_session.ts (each request's session) and kv_ledger.ts (KV bytes as admission)
  *   responses   sse.ts (streams), wire.ts (compression stats and timings as JSON)
  *   metrics.ts  the Prometheus registry and the server's gauges
  *   contexts/   kept contexts, this replica's or shared through Redis (contexts/mod.ts)
