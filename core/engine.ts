@@ -142,8 +142,28 @@ export async function generateTokens(model: Model, req: GenerateRequest, hooks: 
 export async function generateText(model: Model, r: TextRequest, hooks: RunHooks = {}): Promise<TextResult> {
   const req = tokenizeRequest(model, r);
   if (E.isLeft(req)) throw req.left;
-  const { plan, run } = await generateTokens(model, req.right, hooks);
-  const input = req.right.input;
+  const plan = planFor(model, req.right);
+  if (E.isLeft(plan)) throw plan.left;
+  return await runCompiled(model, req.right, plan.right, hooks);
+}
+
+/**
+ * Runs a request already tokenized and compiled (`tokenizeRequest`, `planFor`): the server checks a request
+ * before it queues it, and runs what it checked rather than tokenizing and compiling it again.
+ */
+export async function runCompiled(
+  model: Model,
+  req: GenerateRequest,
+  plan: Plan,
+  hooks: RunHooks = {},
+): Promise<TextResult> {
+  const run = await runPlan(plan, {
+    executor: model.executor,
+    softEmbeddings: model.adapter?.softEmbeddings ?? null,
+    tokenEmbeddings: model.tokenEmbeddings,
+    ...hooks,
+  });
+  const input = req.input;
   return {
     plan,
     promptTokens: input.kind === "prompt" ? input.tokens : input.context,
@@ -197,13 +217,16 @@ export function contextCapacity(model: Model, planCapacity: number): number {
 /** Compresses a context once; the caller owns the returned session (dispose it when done). */
 export async function compressContext(
   model: Model,
-  context: string,
+  context: string | readonly number[],
   compression: CompressionRequest | null,
   hooks: RunHooks = {},
   text: TextOptions = {},
 ): Promise<CompressedContext> {
   const allowSpecial = text.allowSpecialTokens ?? false;
-  const tokens = model.tokenizer.encode(context, { addBos: true, allowSpecial });
+  // Ids: a context the caller tokenized already (the server, when it checked the request).
+  const tokens = typeof context === "string"
+    ? model.tokenizer.encode(context, { addBos: true, allowSpecial })
+    : [...context];
   // A placeholder question sizes nothing: the plan is compiled without its answer steps.
   const plan = planFor(model, {
     input: { kind: "context", context: tokens, questions: [[model.tokenizer.bosId ?? 0]] },
@@ -237,7 +260,8 @@ export async function compressContext(
 }
 
 export interface AnswerRequest extends DecodeParams, TextOptions {
-  question: string;
+  /** Text, or ids the caller tokenized already (without BOS). */
+  question: string | readonly number[];
   /** Decode-time compression for this answer (default: the context's, see `answerDecode`). */
   decodeCompression?: DecodeCompressionRequest | null;
 }
@@ -249,10 +273,9 @@ export async function answerOnContext(
   r: AnswerRequest,
   hooks: RunHooks = {},
 ): Promise<TextOutput & { questionTokens: number[]; decode: DecodeCompressionStats | null }> {
-  const question = model.tokenizer.encode(r.question, {
-    addBos: false,
-    allowSpecial: r.allowSpecialTokens ?? false,
-  });
+  const question = typeof r.question === "string"
+    ? model.tokenizer.encode(r.question, { addBos: false, allowSpecial: r.allowSpecialTokens ?? false })
+    : [...r.question];
   const plan = planFor(model, {
     input: { kind: "context", context: ctx.contextTokens, questions: [question] },
     compression: answerCompression(ctx, r.decodeCompression),

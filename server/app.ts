@@ -11,7 +11,8 @@ import { errorResponse, HttpError, toHttpError } from "./errors.ts";
 import { DEFAULT_LABEL, keyLabel, setPrincipal } from "./keys.ts";
 import type { ServerMetrics } from "./metrics.ts";
 import { chat, completions } from "./openai.ts";
-import type { JobQueue } from "./queue.ts";
+import type { Jobs } from "./jobs.ts";
+import type { BatchScheduler } from "./batch_scheduler.ts";
 import { type AppOptions, DEFAULT_OPTIONS, Service } from "./service.ts";
 
 export { type AppOptions, DEFAULT_OPTIONS };
@@ -19,7 +20,10 @@ export { type AppOptions, DEFAULT_OPTIONS };
 export interface App {
   handler: (req: Request) => Promise<Response>;
   metrics: ServerMetrics;
-  queue: JobQueue;
+  /** Admission: stream slots and the waiting line (depth, in flight, idle for draining). */
+  queue: Jobs;
+  /** The batch scheduler every request runs through. */
+  scheduler: BatchScheduler;
   /** The contexts this replica holds live. */
   contexts: ContextStore;
   /** Every kept context (memory, or a shared store in front of which `contexts` is the local LRU). */
@@ -82,14 +86,14 @@ export function createApp(model: Model, options: Partial<AppOptions> = {}): App 
     log: (m) => console.error(m),
     ...options,
   });
-  const { metrics, queue, local: contexts, o } = svc;
+  const { metrics, jobs: queue, local: contexts, o } = svc;
   const keys = [...o.apiKeys, ...(o.apiKey !== null ? [{ label: DEFAULT_LABEL, key: o.apiKey }] : [])];
   let httpInFlight = 0;
 
-  metrics.gauge("judgeq_queue_depth", "Jobs waiting for the executor.", () => queue.depth);
+  metrics.gauge("judgeq_queue_depth", "Jobs waiting for a stream slot.", () => queue.depth);
   metrics.gauge(
     "judgeq_jobs_in_flight",
-    "Jobs admitted to the executor, taking turns between decode batches.",
+    "Jobs running: their streams' rows share the batch scheduler's steps (parked streams not counted).",
     () => queue.inFlight,
   );
   metrics.gauge(
@@ -98,20 +102,9 @@ export function createApp(model: Model, options: Partial<AppOptions> = {}): App 
     () => httpInFlight,
   );
   metrics.gauge(
-    "judgeq_jobs_waiting_turn",
-    "Admitted jobs waiting for their turn on the executor (round-robin between decode batches).",
-    () => svc.turns.depth,
-  );
-  metrics.gauge(
-    "judgeq_turn_handovers_total",
-    "Times a running job passed the executor to another between decode batches.",
-    () => svc.turns.handovers,
-    "counter",
-  );
-  metrics.gauge(
     "judgeq_streams_stalled",
-    "Streaming jobs waiting, off the executor, for their client to read (their buffer full).",
-    () => svc.stalledNow,
+    "Streaming jobs waiting, off their slot, for their client to read (their buffer full).",
+    () => queue.stalledNow,
   );
   metrics.gauge("judgeq_contexts", "Compressed contexts kept.", () => contexts.size);
   metrics.gauge(
@@ -247,6 +240,7 @@ export function createApp(model: Model, options: Partial<AppOptions> = {}): App 
     handler,
     metrics,
     queue,
+    scheduler: svc.scheduler,
     contexts,
     store: svc.contexts,
     drain() {

@@ -28,7 +28,7 @@ import {
   type QueryRows,
 } from "../core/executor.ts";
 import { Cancelled, HttpError } from "./errors.ts";
-import { YIELD_EVERY_MS } from "./turns.ts";
+import { YIELD_EVERY_MS } from "./jobs.ts";
 
 export interface BatchLimits {
   /** Rows (decode tokens + prefill tokens) one step runs at most. */
@@ -370,7 +370,7 @@ export class BatchScheduler {
         }
         await this.run(step);
         if (performance.now() - this.lastYield >= YIELD_EVERY_MS) {
-          // Only a timer lets the event loop poll I/O (see turns.ts): requests, disconnects, stream writes.
+          // Only a timer lets the event loop poll I/O (see jobs.ts): requests, disconnects, stream writes.
           await new Promise((r) => setTimeout(r, 0));
           this.lastYield = performance.now();
         }

@@ -61,7 +61,7 @@ Deno.test("attack: a megabyte prompt, context, question or chat is refused (422)
 
 Deno.test("a full queue answers 429 before the request's text is tokenized", async () => {
   const { model, encoded } = await countingModel();
-  const s = await startServer({ queueSize: 0, activeJobs: 1 }, model);
+  const s = await startServer({ queueSize: 0, maxStreams: 1 }, model);
   try {
     const running = await fetch(`${s.base}/v1/completions`, {
       method: "POST",

@@ -31,7 +31,7 @@ async function shorts(s: TestServer): Promise<{ at: number; texts: string[] }> {
 }
 
 Deno.test("one long generation and six short ones: the short ones finish first, with the same text", async () => {
-  const s = await startServer({ activeJobs: 4 });
+  const s = await startServer({ maxStreams: 4 });
   try {
     const expected = await Promise.all(
       ["The cat", "Lily saw", "Tom had", "The sun", "A dog", "Once upon"].map(
@@ -53,7 +53,7 @@ Deno.test("one long generation and six short ones: the short ones finish first, 
     await s.close();
   }
   // First come, first served (one job at a time): the short ones wait for all of the long one.
-  const fifo = await startServer({ activeJobs: 1 });
+  const fifo = await startServer({ maxStreams: 1 });
   try {
     const long = await startLong(fifo);
     const short = await shorts(fifo);
@@ -64,7 +64,7 @@ Deno.test("one long generation and six short ones: the short ones finish first, 
 });
 
 Deno.test("answers on one kept context take turns on its cache: concurrent answers equal sequential ones", async () => {
-  const s = await startServer({ activeJobs: 4 });
+  const s = await startServer({ maxStreams: 4 });
   try {
     const context = "Once upon a time, there was a little girl named Lily. She liked to play with her ball.";
     const id =
