@@ -59,7 +59,9 @@ export function decideMaxTokens(a: MaxTokensAsk, at: Room): E.Either<JudgeQError
     if (limit !== null) {
       const each = Math.floor(limit / outputs);
       if (each < 1) {
-        return E.left(fail("invalid_request", `${outputs} questions leave no token each under ${per}`, "questions"));
+        return E.left(
+          fail("invalid_request", `${outputs} questions leave no token each under ${per}`, "questions"),
+        );
       }
       n = Math.min(n, each);
     }

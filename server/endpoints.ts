@@ -10,9 +10,9 @@ import { Cancelled, HttpError, jsonResponse } from "./errors.ts";
 import { principalOf } from "./keys.ts";
 import {
   type JobResult,
-  type Prepared,
   precheck,
   precheckContext,
+  type Prepared,
   runAnswers,
   runContext,
   runPrompt,
@@ -98,8 +98,12 @@ export const generate = (svc: Service): Handler => async (req) => {
   const prepared = precheck(model, input, compression, p);
   const shape = generateShape(svc, env, b.prompt !== undefined ? null : b.questions!, b);
   const stream = b.stream ?? false;
-  if (prepared.kind === "prompt") return svc.respond(req, stream, (h) => runPrompt(model, prepared, h), shape);
-  if (prepared.kind === "context") return svc.respond(req, stream, (h) => runContext(model, prepared, h), shape);
+  if (prepared.kind === "prompt") {
+    return svc.respond(req, stream, (h) => runPrompt(model, prepared, h), shape);
+  }
+  if (prepared.kind === "context") {
+    return svc.respond(req, stream, (h) => runContext(model, prepared, h), shape);
+  }
   throw new Error("a prompt or context request prepared as answers");
 };
 

@@ -110,7 +110,8 @@ const SPEC = {
   },
   "max-questions": {
     kind: "int",
-    help: `questions one request may ask, 1 to ${MAX_QUESTIONS}, 400 beyond (default ${DEFAULT_OPTIONS.maxQuestions})`,
+    help:
+      `questions one request may ask, 1 to ${MAX_QUESTIONS}, 400 beyond (default ${DEFAULT_OPTIONS.maxQuestions})`,
   },
   "header-timeout-s": {
     kind: "number",

@@ -118,7 +118,9 @@ Deno.test("deno task start: bad batching flags exit 2 naming the flag", async ()
 
 Deno.test("batched service: a client leaving mid-stream frees its KV; a job past its time limit ends with a 422", async () => {
   const t = await startServer({
-    maxBatchTokens: 64, maxStreams: 4, kvCapBytes: 8 << 20,
+    maxBatchTokens: 64,
+    maxStreams: 4,
+    kvCapBytes: 8 << 20,
     maxRequestMs: null,
   }, model);
   try {
@@ -145,7 +147,9 @@ Deno.test("batched service: a client leaving mid-stream frees its KV; a job past
   }
   // 40 ms of wall time is far less than 480 tokens take on the reference.
   const tight = await startServer({
-    maxBatchTokens: 64, maxStreams: 4, kvCapBytes: null,
+    maxBatchTokens: 64,
+    maxStreams: 4,
+    kvCapBytes: null,
     maxRequestMs: 40,
   }, model);
   try {

@@ -78,3 +78,39 @@ Deno.test("a full queue answers 429 before the request's text is tokenized", asy
     await s.close();
   }
 });
+
+Deno.test("one request path: every text of a request is tokenized once, checked and run alike", async () => {
+  const { model, encoded } = await countingModel();
+  const s = await startServer({}, model);
+  try {
+    const story = "Once upon a time, there was a little girl named Lily.";
+    const questions = [" Who was there?", " What was her name?"];
+    const cases: [string, Record<string, unknown>, number][] = [
+      ["/v1/generate", { prompt: story }, story.length],
+      ["/v1/generate", { prompt: story, stream: true }, story.length],
+      ["/v1/generate", { context: story, questions }, story.length + questions.join("").length],
+      ["/v1/completions", { prompt: story }, story.length],
+      ["/v1/chat/completions", { messages: [{ role: "user", content: story }], max_tokens: 4 }, story.length],
+      [
+        "/v1/generate",
+        { prompt: story, kv_compression: { method: "snapkv", budget: 8, window: 4 } },
+        story.length,
+      ],
+    ];
+    for (const [path, body, chars] of cases) {
+      const before = encoded();
+      const r = body.stream ? await s.stream(path, body) : await s.post(path, { ...body, max_tokens: 4 });
+      assertEquals(r.status, 200, path);
+      assertEquals(encoded() - before, chars, `${path} ${JSON.stringify(body).slice(0, 60)}: tokenized once`);
+    }
+    let before = encoded();
+    const id = (await s.post("/v1/contexts", { context: story })).json.id;
+    assertEquals(encoded() - before, story.length, "a kept context is tokenized once");
+    before = encoded();
+    const answer = await s.post(`/v1/contexts/${id}/generate`, { questions, max_tokens: 4 });
+    assertEquals(answer.status, 200);
+    assertEquals(encoded() - before, questions.join("").length, "its questions are tokenized once");
+  } finally {
+    await s.close();
+  }
+});

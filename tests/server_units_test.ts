@@ -62,7 +62,10 @@ Deno.test("Jobs: one slot, FIFO, 429 (counted) when the line is full, aborted wa
 });
 
 Deno.test("Jobs: a parked job gives its slot to the next in line, then runs again ahead of the line", async () => {
-  const q = new Jobs({ streams: 1, maxWaiting: 4, maxRequestMs: null, streamStallMs: null }, new ServerMetrics());
+  const q = new Jobs(
+    { streams: 1, maxWaiting: 4, maxRequestMs: null, streamStallMs: null },
+    new ServerMetrics(),
+  );
   const never = new AbortController().signal;
   const order: string[] = [];
   const read = Promise.withResolvers<void>();
