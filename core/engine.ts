@@ -221,14 +221,16 @@ export async function compressContext(
   compression: CompressionRequest | null,
   hooks: RunHooks = {},
   text: TextOptions = {},
+  compiled?: Plan,
 ): Promise<CompressedContext> {
   const allowSpecial = text.allowSpecialTokens ?? false;
   // Ids: a context the caller tokenized already (the server, when it checked the request).
   const tokens = typeof context === "string"
     ? model.tokenizer.encode(context, { addBos: true, allowSpecial })
     : [...context];
-  // A placeholder question sizes nothing: the plan is compiled without its answer steps.
-  const plan = planFor(model, {
+  // The caller's plan for this context and `compression` (its questions' steps are dropped), or one with a
+  // placeholder question, which sizes nothing: the plan is run without its answer steps.
+  const plan = compiled ? E.right(compiled) : planFor(model, {
     input: { kind: "context", context: tokens, questions: [[model.tokenizer.bosId ?? 0]] },
     compression,
     decode: decodeSpecOf(model, { maxTokens: 0 }),

@@ -126,11 +126,11 @@ export const createContext = (svc: Service): Handler => async (req) => {
   const compression = (b.kv_compression ?? null) as CompressionRequest | null;
   const allowSpecialTokens = b.allow_special_tokens ?? false;
   svc.admit([{ text: b.context, param: "context" }], allowSpecialTokens);
-  const tokens = precheckContext(svc.model, b.context, compression, allowSpecialTokens);
+  const { tokens, plan } = precheckContext(svc.model, b.context, compression, allowSpecialTokens);
   const signal = req.signal;
   const { value: ctx, queueMs, runMs } = await svc.run(
     signal,
-    (pass) => compressContext(svc.model, tokens, compression, { signal, between: pass }),
+    (pass) => compressContext(svc.model, tokens, compression, { signal, between: pass }, {}, plan),
   );
   if (signal.aborted) {
     ctx.session.dispose();

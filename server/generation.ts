@@ -222,6 +222,8 @@ export type Prepared =
   | {
     kind: "context";
     p: DecodeParams;
+    /** The whole request's plan: its compression steps run as compiled, each answer compiles its own. */
+    plan: Plan;
     context: number[];
     questions: number[][];
     compression: CompressionRequest | null;
@@ -282,19 +284,19 @@ export function precheck(
   const plan = compiled(model, req);
   return i.kind === "prompt"
     ? { kind: "prompt", p, req, plan }
-    : { kind: "context", p, context: i.context, questions: i.questions, compression };
+    : { kind: "context", p, plan, context: i.context, questions: i.questions, compression };
 }
 
 /**
- * Checks a context to keep (POST /v1/contexts) as compressContext will compile it; returns its ids (the
- * job compresses these, without tokenizing the text again).
+ * Checks a context to keep (POST /v1/contexts) as compressContext compiles it; returns its ids and plan
+ * (the job compresses these, without tokenizing or compiling again).
  */
 export function precheckContext(
   model: Model,
   context: string,
   compression: CompressionRequest | null,
   allowSpecial = false,
-): number[] {
+): { tokens: number[]; plan: Plan } {
   const tokens = model.tokenizer.encode(context, { addBos: true, allowSpecial });
   const plan = planFor(model, {
     input: { kind: "context", context: tokens, questions: [[model.tokenizer.bosId ?? 0]] },
@@ -302,7 +304,7 @@ export function precheckContext(
     decode: { maxTokens: 0, sampling: { temperature: 0, topP: 1, topK: 0, seed: 0 }, stopTokenIds: [] },
   });
   if (E.isLeft(plan)) throw plan.left;
-  return tokens;
+  return { tokens, plan: plan.right };
 }
 
 /** Compress-then-generate from one prompt, as `precheck` tokenized and compiled it. */
@@ -374,12 +376,10 @@ export async function runContext(
   prepared: Extract<Prepared, { kind: "context" }>,
   hooks: JobHooks,
 ): Promise<JobResult> {
-  const { p, context, questions, compression } = prepared;
+  const { p, plan, context, questions, compression } = prepared;
   const job = new JobRun(model, p, hooks);
-  const ctx = await compressContext(model, context, compression, {
-    signal: hooks.signal,
-    between: job.between,
-  }, p);
+  const hooksOf = { signal: hooks.signal, between: job.between };
+  const ctx = await compressContext(model, context, compression, hooksOf, p, plan);
   try {
     if (hooks.signal.aborted) throw new Cancelled();
     const r = await runAnswers(model, ctx, questions, p, hooks, ctx.timings);
