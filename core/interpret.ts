@@ -2,16 +2,13 @@
  * The plan interpreter: runs a Plan's steps on any executor (CPU reference or WebGPU). The only effects
  * are the executor's; scoring and selection are the pure functions of methods/ and selection.ts.
  */
-import {
-  boundedDecode,
-  type BoundedDecodeContext,
-  type DecodeCompression,
-  type DecodeCompressionStats,
-} from "./decode_compression.ts";
+import { boundedDecode, type BoundedDecodeContext } from "./bounded_decode.ts";
+import type { DecodeCompression, DecodeCompressionStats } from "./decode_compression.ts";
 import type { DecodeResult, Executor, KvSession, QueryRows } from "./executor.ts";
 import { METHODS } from "./methods/registry.ts";
 import type { DecodeSpec, Plan, Step } from "./plan.ts";
 import { adaptiveSelect, pyramidBudgets, topPerHead } from "./selection.ts";
+import { softPass, softRows } from "./soft_pass.ts";
 import { randomSoftTokens } from "./soft_tokens.ts";
 
 export interface RunContext {
@@ -60,6 +57,8 @@ interface State {
   session: KvSession;
   /** Summed attention of the scoring rows, [layer][queryHead][L]. */
   mass: Float32Array | null;
+  /** Summed attention of the prompt's decode-time stand-in rows, [layer][queryHead][L]. */
+  standIn: Float32Array | null;
   firstRow: number;
   keyNorms: Float32Array | null;
   scores: Float32Array | null;
@@ -92,6 +91,7 @@ export async function runOnSession(plan: Plan, ctx: RunContext, session: KvSessi
   const st: State = {
     session,
     mass: null,
+    standIn: null,
     firstRow: 0,
     keyNorms: null,
     scores: null,
@@ -129,11 +129,19 @@ export async function runOnSession(plan: Plan, ctx: RunContext, session: KvSessi
   };
 }
 
-async function addMass(st: State, queries: QueryRows, promptLength: number) {
-  const m = await st.session.attentionMass(queries, promptLength);
-  queries.dispose();
-  if (!st.mass) st.mass = m;
-  else for (let i = 0; i < m.length; i++) st.mass[i] += m[i];
+async function massOf(st: State, queries: QueryRows, promptLength: number): Promise<Float32Array> {
+  try {
+    return await st.session.attentionMass(queries, promptLength);
+  } finally {
+    queries.dispose();
+  }
+}
+
+/** `into` plus `m` (a new sum when `into` is null). */
+function accumulate(into: Float32Array | null, m: Float32Array): Float32Array {
+  const sum = into ?? new Float32Array(m.length);
+  for (let i = 0; i < m.length; i++) sum[i] += m[i];
+  return sum;
 }
 
 async function runStep(step: Step, plan: Plan, ctx: RunContext, st: State): Promise<void> {
@@ -143,8 +151,10 @@ async function runStep(step: Step, plan: Plan, ctx: RunContext, st: State): Prom
   switch (step.op) {
     case "prefill": {
       const prompt = promptOf(plan);
-      const from = step.scoreFrom ?? L;
-      st.firstRow = from;
+      const scoreFrom = step.scoreFrom ?? L, standFrom = step.standInFrom ?? L;
+      st.firstRow = scoreFrom;
+      // Rows from `from` are captured; a chunk never straddles `split`, so each one is in one set or both.
+      const from = Math.min(scoreFrom, standFrom), split = Math.max(scoreFrom, standFrom);
       if (from > 0) {
         await s.forward({ kind: "tokens", tokens: prompt.slice(0, from) }, {
           logits: from === L ? "last" : "none",
@@ -152,27 +162,28 @@ async function runStep(step: Step, plan: Plan, ctx: RunContext, st: State): Prom
         });
       }
       // Scoring rows run in chunks: each chunk's queries see the cache up to themselves (causal).
-      for (let at = from; at < L; at += step.chunk) {
-        const chunk = prompt.slice(at, Math.min(L, at + step.chunk));
-        const r = await s.forward({ kind: "tokens", tokens: chunk }, {
-          logits: at + chunk.length === L ? "last" : "none",
+      for (let at = from; at < L;) {
+        const end = Math.min(at + step.chunk, at < split ? split : L);
+        const r = await s.forward({ kind: "tokens", tokens: prompt.slice(at, end) }, {
+          logits: end === L ? "last" : "none",
           captureQueries: true,
           between: ctx.between,
         });
-        if (at + step.chunk < L) await ctx.between?.();
-        await addMass(st, r.queries!, L);
+        if (end < L) await ctx.between?.();
+        const m = await massOf(st, r.queries!, L);
+        if (at >= scoreFrom) st.mass = accumulate(st.mass, m);
+        if (at >= standFrom) st.standIn = accumulate(st.standIn, m);
+        at = end;
       }
       return;
     }
     case "append_soft": {
-      const rows = step.randomSoft || !ctx.softEmbeddings
-        ? randomSoftTokens(ctx.tokenEmbeddings, c.dim, step.count, step.seed)
-        : ctx.softEmbeddings;
-      const r = await s.forward({ kind: "embeddings", rows, count: step.count }, {
-        logits: "none",
-        captureQueries: true,
-      });
-      await addMass(st, r.queries!, L);
+      const rows = softRows(
+        step.randomSoft,
+        ctx.softEmbeddings,
+        () => randomSoftTokens(ctx.tokenEmbeddings, c.dim, step.count, step.seed),
+      );
+      st.mass = accumulate(st.mass, await softPass(s, rows, step.count));
       return;
     }
     case "lookahead": {
@@ -197,7 +208,9 @@ async function runStep(step: Step, plan: Plan, ctx: RunContext, st: State): Prom
         });
         st.syncs += d.syncs;
         // The last pseudo token is sampled but never run, so it has no query; the rows that ran do.
-        if (d.queries && d.queries.positions.length > 0) await addMass(st, d.queries, L);
+        if (d.queries && d.queries.positions.length > 0) {
+          st.mass = accumulate(st.mass, await massOf(st, d.queries, L));
+        }
       } finally {
         draft.dispose();
       }
@@ -230,10 +243,6 @@ async function runStep(step: Step, plan: Plan, ctx: RunContext, st: State): Prom
     }
     case "prune":
       await s.keepPositions(st.kept!, L);
-      st.kvBytesAfter = s.kvBytes();
-      return;
-    case "strip":
-      await s.truncateFrom(L);
       st.kvBytesAfter = s.kvBytes();
       return;
     case "bound_decode": {
@@ -313,6 +322,7 @@ async function decodeBounded(
   }
   const d = await boundedDecode(s, decode, b, {
     softEmbeddings: ctx.softEmbeddings,
+    promptMass: question ? null : st.standIn,
     randomSoft: () => randomSoftTokens(ctx.tokenEmbeddings, c.dim, b.softCount, b.options.seed),
     onTokens: ctx.onTokens ? (ids) => ctx.onTokens!(index, ids) : undefined,
     signal: ctx.signal,

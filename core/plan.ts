@@ -9,11 +9,13 @@ import {
   type DecodeCompressionRequest,
   decodePeak,
   resolveDecodeCompression,
+  standInFrom,
 } from "./decode_compression.ts";
 import { fail, type JudgeQError } from "./errors.ts";
 import { decideMaxTokens } from "./max_tokens.ts";
 import { GLOBAL_DEFAULTS, METHOD_NAMES, METHODS } from "./methods/registry.ts";
 import { type Allocation, ALLOCATIONS, type MethodOptions } from "./methods/types.ts";
+import { pyramidBudgets } from "./selection.ts";
 
 /**
  * The `kv_compression` object of a request (snake_case, as on the wire; its zod schema, with the
@@ -70,9 +72,15 @@ export interface GenerateRequest {
 }
 
 export type Step =
-  /** Runs the prompt; rows from `scoreFrom` on add their attention to the score mass, `chunk` at a time. */
-  | { op: "prefill"; scoreFrom: number | null; chunk: number }
-  /** Runs the adapter's soft tokens after the prompt, adding their attention to the score mass. */
+  /**
+   * Runs the prompt; rows from `scoreFrom` on add their attention to the score mass, `chunk` at a time;
+   * rows from `standInFrom` on (see decode_compression.ts's `standInFrom`) to the decode-time stand-in.
+   */
+  | { op: "prefill"; scoreFrom: number | null; standInFrom: number | null; chunk: number }
+  /**
+   * Runs the adapter's soft tokens after the prompt, adds their attention to the score mass, and removes
+   * their entries again (core/soft_pass.ts): decoding resumes at the prompt length.
+   */
   | { op: "append_soft"; count: number; randomSoft: boolean; seed: number }
   /** Decodes pseudo tokens from a SnapKV draft of the cache and adds their attention to the mass. */
   | { op: "lookahead"; tokens: number; draftBudget: number; draftWindow: number }
@@ -88,8 +96,6 @@ export type Step =
   }
   /** Frees every prompt entry not selected, per KV head. */
   | { op: "prune" }
-  /** Drops the soft tokens' own entries; decoding resumes at the prompt length. */
-  | { op: "strip" }
   /** Bounds the cache of every later decode and answer: compress during decoding (see decode_compression.ts). */
   | { op: "bound_decode"; compression: DecodeCompression }
   | { op: "decode"; decode: DecodeSpec }
@@ -117,6 +123,28 @@ export interface ModelFacts {
 
 /** Chunk of prompt rows whose queries are held at once while summing attention (H2O). */
 export const SCORE_CHUNK = 128;
+
+/** Soft tokens Judge Q appends without an adapter (the random-soft ablation). */
+export const DEFAULT_SOFT_TOKENS = 32;
+
+/**
+ * The adapter rule, for the prefill and for decoding: Judge Q appends the adapter's soft tokens, or with
+ * `random_soft` (the ablation) as many random ones (DEFAULT_SOFT_TOKENS without an adapter); without
+ * either, the model cannot serve it (naming `param`).
+ */
+export function softTokenCount(
+  model: ModelFacts,
+  randomSoft: boolean,
+  param: string,
+): E.Either<JudgeQError, number> {
+  if (!randomSoft && model.adapterTokens === null) {
+    return unprocessable(
+      "judgeq needs a Judge Q adapter for this model (or random_soft: true for the ablation)",
+      param,
+    );
+  }
+  return E.right(model.adapterTokens ?? DEFAULT_SOFT_TOKENS);
+}
 
 const invalid = (message: string, param: string) => E.left(fail("invalid_request", message, param));
 const unprocessable = (message: string, param: string) => E.left(fail("unprocessable", message, param));
@@ -278,26 +306,40 @@ export function compilePlan(req: GenerateRequest, model: ModelFacts): E.Either<J
   if (E.isLeft(resolved)) return resolved;
   let bounded: DecodeCompression | null = null;
   if (comp.decode) {
-    const d = resolveDecodeCompression(comp.decode, comp, model.adapterTokens);
+    const d = resolveDecodeCompression(
+      comp.decode,
+      comp,
+      (param) => softTokenCount(model, comp.random_soft === true, param),
+    );
     if (E.isLeft(d)) return d;
     bounded = d.right;
   }
   const { options, compressed } = resolved.right;
   const method = METHODS[comp.method];
   const steps: Step[] = [];
+  // A prompt that holds budget + interval entries when decoding begins is compressed before any token: its
+  // own rows score that compression (at most this many entries are held: the prefill's largest budget).
+  const held = !compressed || options.allocation === "adaptive"
+    ? L
+    : options.allocation === "pyramid"
+    ? Math.max(...pyramidBudgets(c.nLayers, L, options.budget, options.window, options.beta))
+    : options.budget;
+  const standIn = bounded && req.input.kind === "prompt" ? standInFrom(bounded, L, held) : null;
+  const prefill = (scoreFrom: number | null): Step => ({
+    op: "prefill",
+    scoreFrom,
+    standInFrom: standIn,
+    chunk: SCORE_CHUNK,
+  });
   let extra = 0;
   if (!compressed) {
-    steps.push({ op: "prefill", scoreFrom: null, chunk: SCORE_CHUNK });
+    steps.push(prefill(null));
   } else {
     const source = method.source(options, L);
     if (source.kind === "soft") {
-      if (comp.random_soft !== true && model.adapterTokens === null) {
-        return unprocessable(
-          "judgeq needs a Judge Q adapter for this model (or random_soft: true for the ablation)",
-          "kv_compression.method",
-        );
-      }
-      const count = model.adapterTokens ?? 32;
+      const n = softTokenCount(model, comp.random_soft === true, "kv_compression.method");
+      if (E.isLeft(n)) return n;
+      const count = n.right;
       if (L + count > c.maxSeqLen) {
         return unprocessable(
           `prompt plus ${count} soft tokens exceed the context of ${c.maxSeqLen}`,
@@ -305,10 +347,10 @@ export function compilePlan(req: GenerateRequest, model: ModelFacts): E.Either<J
         );
       }
       extra = count;
-      steps.push({ op: "prefill", scoreFrom: null, chunk: SCORE_CHUNK });
+      steps.push(prefill(null));
       steps.push({ op: "append_soft", count, randomSoft: comp.random_soft === true, seed: options.seed });
     } else if (source.kind === "rows" || source.kind === "lookahead") {
-      steps.push({ op: "prefill", scoreFrom: source.from, chunk: SCORE_CHUNK });
+      steps.push(prefill(source.from));
       if (source.kind === "lookahead") {
         extra = options.lookaheadTokens;
         steps.push({
@@ -319,7 +361,7 @@ export function compilePlan(req: GenerateRequest, model: ModelFacts): E.Either<J
         });
       }
     } else {
-      steps.push({ op: "prefill", scoreFrom: null, chunk: SCORE_CHUNK });
+      steps.push(prefill(null));
       if (source.kind === "keys") steps.push({ op: "key_norms" });
     }
     steps.push({ op: "score", method: method.name, options });
@@ -332,7 +374,6 @@ export function compilePlan(req: GenerateRequest, model: ModelFacts): E.Either<J
       beta: options.beta,
     });
     steps.push({ op: "prune" });
-    if (source.kind === "soft") steps.push({ op: "strip" });
   }
   if (bounded) steps.push({ op: "bound_decode", compression: bounded });
   if (req.input.kind === "prompt") steps.push({ op: "decode", decode });

@@ -25,11 +25,8 @@ import {
   UsageError,
   weightsFlag,
 } from "../io/flags.ts";
-import {
-  boundedDecode,
-  type DecodeCompression,
-  type DecodeCompressionRequest,
-} from "../core/decode_compression.ts";
+import { boundedDecode, prefillForBoundedDecode } from "../core/bounded_decode.ts";
+import type { DecodeCompression, DecodeCompressionRequest } from "../core/decode_compression.ts";
 import type { KvSession } from "../core/executor.ts";
 import { kvBytesFor } from "../core/interpret.ts";
 import { compilePlan } from "../core/plan.ts";
@@ -130,10 +127,11 @@ async function bounded(m: EvalModel, prompt: number[], dc: DecodeCompression, n:
   const md = m.model;
   const s = md.executor.createSession(md.config.maxSeqLen + dc.softCount + 1);
   try {
-    await s.forward({ kind: "tokens", tokens: prompt }, { logits: "last" });
+    const promptMass = await prefillForBoundedDecode(s, prompt, dc);
     const kept: { position: number; kept: Int32Array[][] }[] = [];
     const r = await boundedDecode(s, { maxTokens: n, sampling: GREEDY, stopTokenIds: [] }, dc, {
       softEmbeddings: md.adapter?.softEmbeddings ?? null,
+      promptMass,
       randomSoft: () => randomSoftTokens(md.tokenEmbeddings, md.config.dim, dc.softCount, dc.options.seed),
       forced,
       onCompress: (e, k) => kept.push({ position: e.position, kept: k }),

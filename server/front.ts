@@ -31,6 +31,12 @@ export interface FrontOptions {
   /** Time a connection may wait for its next request once its answers are delivered; 0: none. */
   idleTimeoutMs: number;
   /**
+   * Deno.serve alone on the public address, no front: no deadlines, no connection caps, and a client's
+   * disconnect goes unnoticed once its request's body is over a few hundred bytes. Only to measure
+   * what the front costs (the load test's --bare); every served configuration keeps the front.
+   */
+  bare?: boolean;
+  /**
    * Connections open at once. At the cap, a newcomer from an address holding fewer than the heaviest
    * address takes the place of that one's oldest idle (or header-waiting) connection; else it is
    * answered 503 (JSON, Retry-After) and closed. 0: no cap.
@@ -51,7 +57,7 @@ export interface FrontedServer {
   connections(): Promise<number>;
   /** Connections open, and closed since start to make room for another address's (metrics). */
   stats(): Promise<{ open: number; evicted: number }>;
-  /** The private loopback address Deno.serve listens on behind the front (null without a front). */
+  /** The private loopback address Deno.serve listens on behind the front (null when bare). */
   inner: Deno.NetAddr | null;
 }
 
@@ -147,13 +153,14 @@ const ANNOUNCE_MS = 1000;
 /**
  * Serves `handler` with Deno.serve behind the front. The front (front_worker.ts) runs in a worker, on
  * its own thread and event loop: relaying bytes and keeping time never wait for a job holding the main
- * thread. With both timeouts 0 it is Deno.serve alone on the public address (no front, no deadlines).
+ * thread. Timeouts of 0 mean no deadline, not no front: the front is also how a client's disconnect is
+ * seen (see `gone` below), whatever the deadlines. `bare` leaves it out.
  */
 export async function serveFronted(
   o: FrontOptions,
   handler: (req: Request) => Promise<Response>,
 ): Promise<FrontedServer> {
-  if (o.headerTimeoutMs <= 0 && o.idleTimeoutMs <= 0) {
+  if (o.bare) {
     const listening = Promise.withResolvers<Deno.NetAddr>();
     const server = Deno.serve({
       hostname: o.hostname,

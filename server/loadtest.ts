@@ -200,6 +200,7 @@ async function main(argv: string[]): Promise<number> {
     const server = await serveFronted({
       hostname: "127.0.0.1",
       port: 0,
+      bare: f.bare === true,
       headerTimeoutMs: f.bare ? 0 : 10_000,
       idleTimeoutMs: f.bare ? 0 : 30_000,
       maxConnections: 1024,

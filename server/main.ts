@@ -132,7 +132,7 @@ const SPEC = {
     kind: "number",
     help:
       `seconds a kept-alive connection may wait for its next request, closed after (default ${DEFAULT_IDLE_TIMEOUT_S}; ` +
-      "0: none; both 0: Deno.serve alone, no TCP front)",
+      "0: none)",
   },
   "stream-stall-timeout-s": {
     kind: "number",

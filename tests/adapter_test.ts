@@ -39,7 +39,6 @@ Deno.test("an adapter written elsewhere loads, and judgeq prunes with it to the 
     "score",
     "select",
     "prune",
-    "strip",
     "decode",
   ]);
   for (const heads of r.run.compression.kept) for (const k of heads) assertEquals(k.length, 20);

@@ -35,7 +35,10 @@ Deno.test("generate CLI: bad --decode-* values are named, exit code 2", async ()
       [["--decode-budget", "8", "--decode-interval", "0"], "kv_compression.decode.interval"],
       [["--decode-budget", "8", "--decode-buffer", "8"], "kv_compression.decode.buffer"],
       [["--decode-interval", "4"], "--decode-budget or --decode-fraction"],
-      [["--decode-budget", "8", "--decode-method", "bogus"], "known: judgeq, snapkv"],
+      [
+        ["--decode-budget", "8", "--decode-method", "bogus"],
+        "known: random, streaming_llm, h2o, snapkv, pyramidkv, adakv, tova, knorm, judgeq",
+      ],
     ] as const
   ) {
     const r = await cli("--prompt", "x", ...args);

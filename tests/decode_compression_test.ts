@@ -6,10 +6,12 @@
  */
 import { decodeAdapter } from "../core/adapter.ts";
 import { CpuExecutor } from "../core/cpu/executor.ts";
-import { boundedDecode, DECODE_METHOD_NAMES } from "../core/decode_compression.ts";
+import { boundedDecode, prefillForBoundedDecode } from "../core/bounded_decode.ts";
+import { DECODE_METHOD_NAMES } from "../core/decode_compression.ts";
 import type { Executor, KvSession } from "../core/executor.ts";
 import { kvBytesFor, type PlanResult, runOnSession, runPlan } from "../core/interpret.ts";
 import { compilePlan, type CompressionRequest, type GenerateRequest, type PlanInput } from "../core/plan.ts";
+import { METHODS } from "../core/methods/registry.ts";
 import { argmax, GREEDY } from "../core/sampling.ts";
 import { EXECUTORS_UNDER_TEST } from "./executors.ts";
 import { assert, assertEquals, assertLeft, embeddedModel, right } from "./helpers.ts";
@@ -244,6 +246,50 @@ for (const under of EXECUTORS_UNDER_TEST.filter((e) => e.name !== "reference")) 
   });
 }
 
+Deno.test("a method added to the registry alone compresses at prefill and during decoding", async () => {
+  // One module and one registry line: a toy scorer ranking earlier positions higher, with `decoding` set.
+  const { files } = await setup();
+  const c = files.config;
+  METHODS.test_oldest = {
+    name: "test_oldest",
+    description: "the earliest positions (a test method)",
+    defaults: { window: 0 },
+    source: () => ({ kind: "none" }),
+    decoding: "none",
+    score: (i) => new Float32Array(c.nLayers * c.nKvHeads * i.length).map((_, k) => -(k % i.length)),
+  };
+  try {
+    const L = 14, budget = 10, decode = { method: "test_oldest", budget: 12, interval: 4, buffer: 2 };
+    const plan = right(compilePlan({
+      input: { kind: "prompt", tokens: prompt(L) },
+      compression: { method: "test_oldest", budget, decode },
+      decode: { maxTokens: 30, sampling: GREEDY, stopTokenIds: [] },
+    }, { config: c, adapterTokens: null }));
+    const boundaries: string[] = [], want: string[] = [];
+    const r = await runPlan(plan, {
+      executor: new CpuExecutor(files.weights),
+      softEmbeddings: null,
+      tokenEmbeddings: files.weights.embed,
+      onDecodeBoundary: async (s) => {
+        boundaries.push(JSON.stringify((await s.positions()).flat().map((p) => Array.from(p))));
+        // Written out: the prompt's first 10 (the earliest), then every boundary holds them plus the buffer
+        // kept at the last compression (2) and the 4 decoded since: the last 6 positions (none at first).
+        const P = s.nextPosition, all = Array.from({ length: P }, (_, t) => t);
+        const held = [...all.slice(0, budget), ...all.slice(Math.max(L, P - 6))];
+        want.push(JSON.stringify(Array(c.nLayers * c.nKvHeads).fill(held)));
+      },
+    });
+    assertEquals(
+      r.compression.kept.flat(),
+      Array(c.nLayers * c.nKvHeads).fill([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]),
+    );
+    assert(r.compression.decode!.events.length >= 4, "decode-time compressions");
+    assertEquals(boundaries, want);
+  } finally {
+    delete METHODS.test_oldest;
+  }
+});
+
 Deno.test("decode-time compression: bad input names the field; unknown methods list the known ones", async () => {
   const { files } = await setup();
   const facts = { config: files.config, adapterTokens: null };
@@ -260,7 +306,11 @@ Deno.test("decode-time compression: bad input names the field; unknown methods l
     [req({ method: "snapkv", fraction: 1.5, interval: 4 }), "fraction", "(0, 1]"],
     [req({ method: "snapkv", interval: 4 }), "budget", "budget or fraction"],
     [req({ method: "snapkv", budget: 8, fraction: 0.5, interval: 4 }), "budget", "budget or fraction"],
-    [req({ method: "bogus", budget: 16, interval: 4 }), "method", "known: judgeq, snapkv"],
+    [
+      req({ method: "bogus", budget: 16, interval: 4 }),
+      "method",
+      "known: random, streaming_llm, h2o, snapkv, pyramidkv, adakv, tova, knorm, judgeq",
+    ],
     [req({ method: "lookahead", budget: 16, interval: 4 }), "method", "unknown decode method"],
     [req({ budget: 16, interval: 4 }), "method", "give decode.method"],
     [req({ method: "judgeq", budget: 16, interval: 4 }), "method", "adapter"],
@@ -294,7 +344,7 @@ Deno.test("decode-time compression, teacher-forced: the same compressions and lo
     const runOnce = async (forced?: number[]) => {
       const s = ex.createSession(plan.capacity);
       try {
-        await s.forward({ kind: "tokens", tokens: prompt(30) }, { logits: "last" });
+        const promptMass = await prefillForBoundedDecode(s, prompt(30), bound.compression);
         const kept: string[] = [];
         const r = await boundedDecode(
           s,
@@ -302,6 +352,7 @@ Deno.test("decode-time compression, teacher-forced: the same compressions and lo
           bound.compression,
           {
             softEmbeddings: adapter.soft,
+            promptMass,
             randomSoft: () => new Float32Array(0),
             forced,
             onCompress: (_e, k) => kept.push(JSON.stringify(k.map((h) => h.map((p) => Array.from(p))))),

@@ -20,10 +20,15 @@
  * oracles.TIE_REL; the replay then continues from the cache the code kept, so one tie never hides a later
  * difference. Every greedy token must also be the argmax of the replay's logits.
  *
+ * A prompt that alone fills budget + interval is compressed before any row is decoded: its own rows, as they
+ * ran, stand in for that first compression (the last `interval` for the SnapKV family, the last for TOVA,
+ * all for H2O, which keeps them in its running sums).
+ *
  * Bugs this test catches (each tried by hand in a scratch copy, see tests/README.md): SnapKV's row sums not
  * cleared after a compression; H2O's running sums not accumulated during decoding; decode-time Judge Q
  * scoring with random soft rows instead of the adapter's (and the check below that the adapter's rows and
- * random rows keep different sets here, so that bug cannot pass unseen); the soft rows not stripped.
+ * random rows keep different sets here, so that bug cannot pass unseen); the soft rows not stripped; a
+ * prompt's stand-in rows missing or shifted; StreamingLLM scored without its recency order.
  */
 import { decodeAdapter } from "../core/adapter.ts";
 import { CpuExecutor, type CpuSession } from "../core/cpu/executor.ts";
@@ -40,6 +45,7 @@ import {
   bruteHeadScores,
   bruteKeep,
   bruteKeyNorms,
+  rowsFrom,
   type ScoreShape,
 } from "./oracles.ts";
 
@@ -97,7 +103,6 @@ const nested = (kept: number[][], c: { nLayers: number; nKvHeads: number }) =>
 async function check(k: Case) {
   const { weights } = await embeddedModel();
   const c = weights.config, ad = await adapter();
-  // Shorter than budget + interval: the first compression comes after rows were run (see tests/README.md).
   const input = k.input ?? { kind: "prompt", tokens: prompt(24) };
   const maxTokens = k.maxTokens ?? 60;
   const plan = right(compilePlan({
@@ -125,7 +130,19 @@ async function check(k: Case) {
   const context = input.kind === "prompt" ? input.tokens : input.context;
   const questions = input.kind === "prompt" ? [null] : input.questions;
   const base = new CpuExecutor(weights).createSession(context.length + 200) as CpuSession;
-  await base.forward({ kind: "tokens", tokens: context }, { logits: "last" });
+  const stride = context.length + 200;
+  const size = c.nLayers * c.nHeads * stride;
+  const run = await base.forward({ kind: "tokens", tokens: context }, {
+    logits: "last",
+    captureQueries: input.kind === "prompt",
+  });
+  // A prompt that alone fills budget + interval is compressed before any token is run: the prompt's own rows
+  // score that first compression, as the method's prefill would (observation window: the last `interval`
+  // rows), with their attention as they ran, over the whole prompt.
+  const L = context.length;
+  const standFrom = method === "h2o" ? 0 : method === "tova" ? L - 1 : Math.max(0, L - d.interval);
+  const standIn = new Float64Array(size);
+  if (run.queries) addBruteMass(base, rowsFrom(run.queries, standFrom), stride, standIn, stride);
   // The plan's own prune (a compressed prefill) comes first; every later keep is a decode-time compression.
   const prefillKeeps = plan.steps.some((x) => x.op === "prune") ? 1 : 0;
   const prefillKeep = log[prefillKeeps - 1], decodeKeeps = log.slice(prefillKeeps);
@@ -133,8 +150,6 @@ async function check(k: Case) {
   let e = 0, events = 0, ties = 0, adapterDiffers = 0;
   for (const [out, question] of questions.entries()) {
     const s = (await base.clone()) as CpuSession;
-    const stride = context.length + 200;
-    const size = c.nLayers * c.nHeads * stride;
     const since = new Float64Array(size), running = new Float64Array(size), last = new Float64Array(size);
     if (question) {
       const r = await s.forward({ kind: "tokens", tokens: question }, {
@@ -154,6 +169,7 @@ async function check(k: Case) {
         const P = s.nextPosition,
           budget = budgetAt(P),
           label = `${method} output ${out} step ${step} (P ${P})`;
+        if (step === 0 && !question) { for (const m of [since, running, last]) m.set(standIn); }
         const at = async (rows: Float32Array) => {
           const t = (await s.clone()) as CpuSession;
           const r = await t.forward({ kind: "embeddings", rows, count: ad.n }, {
@@ -224,7 +240,7 @@ async function check(k: Case) {
   base.dispose();
   assertEquals(e, decodeKeeps.length, `${method}: compressions made by the code`);
   assert(events >= 4, `${method}: only ${events} compressions replayed`);
-  return { events, ties, adapterDiffers };
+  return { events, ties, adapterDiffers, prefillKeep };
 }
 
 Deno.test("decode-time snapkv, pyramidkv, adakv: rows since the last compression (unpooled and max-pooled)", async () => {
@@ -271,5 +287,61 @@ Deno.test("decode-time compression after a compressed prefill and on a context's
   const input: PlanInput = { kind: "context", context: prompt(24), questions: [[403, 407, 261], [378, 432]] };
   for (const method of ["snapkv", "tova", "judgeq"]) {
     await check({ input, maxTokens: 40, compression: { method: "full", decode: { method, ...DECODE } } });
+  }
+});
+
+Deno.test("decode-time snapkv, pyramidkv, adakv, h2o, tova on a prompt that alone fills budget + interval", async () => {
+  // The first compression comes before any token: the prompt's rows score it (with none, every score was 0
+  // and each head kept its earliest positions). The methods that need no rows keep what they kept before.
+  const input: PlanInput = { kind: "prompt", tokens: prompt(40) };
+  for (const method of ["snapkv", "pyramidkv", "adakv", "h2o", "tova", "judgeq", "knorm", "streaming_llm"]) {
+    await check({ input, compression: { method: "full", decode: { method, ...DECODE } } });
+  }
+  await check({
+    input,
+    compression: { method: "full", pooling: "max", decode: { method: "snapkv", ...DECODE } },
+  });
+  // A fraction: 25% of 40 is 10, so the prompt holds more than 10 + 6 at once.
+  await check({
+    input,
+    compression: { method: "full", decode: { method: "tova", fraction: 0.25, interval: 6, buffer: 3 } },
+  });
+  // After a compressed prefill that still holds more than budget + interval: the stand-in rows are captured
+  // with the prefill's scoring rows (from 0 for H2O, the last 16 for SnapKV) without changing what it keeps.
+  const { weights } = await embeddedModel();
+  for (
+    const compression of [
+      { method: "snapkv", budget: 30, decode: { method: "h2o", ...DECODE } },
+      { method: "h2o", budget: 30, decode: { method: "snapkv", ...DECODE } },
+    ]
+  ) {
+    const r = await check({ input, compression });
+    const alone = right(compilePlan({
+      input,
+      compression: { ...compression, decode: undefined },
+      decode: { maxTokens: 1, sampling: GREEDY, stopTokenIds: [] },
+    }, { config: weights.config, adapterTokens: null }));
+    const log: Keep[] = [];
+    await runPlan(alone, {
+      executor: recordingExecutor(weights, log),
+      softEmbeddings: null,
+      tokenEmbeddings: weights.embed,
+    });
+    assertEquals(r.prefillKeep, log[0], `${compression.method}: the prefill keeps what it keeps alone`);
+  }
+  // Budgets per layer or head: some heads hold more than 20 + 6 after the prefill (its first layers'
+  // pyramid budget; AdaKV's favoured heads), so the first compression comes before any token.
+  const long: PlanInput = { kind: "prompt", tokens: prompt(80) };
+  for (const allocation of ["pyramid", "adaptive"]) {
+    await check({
+      input: long,
+      compression: {
+        method: "snapkv",
+        window: 4,
+        budget: 20,
+        allocation,
+        decode: { method: "snapkv", ...DECODE },
+      },
+    });
   }
 });

@@ -200,6 +200,47 @@ attack(
   },
 );
 
+/** 64 questions of 400 tokens: tens of seconds on the CPU reference, unless cancelled. */
+const LONG = {
+  questions: Array.from({ length: 64 }, (_, i) => ` Who is number ${i}?`),
+  max_tokens: 400,
+  ignore_eos: true,
+};
+
+/**
+ * Sends `request` to `path`, leaves 400 ms later (the job has started) without reading, and checks that
+ * the job is cancelled (not finished) within `withinMs` of the client leaving.
+ */
+async function leaveAndExpectCancel(
+  s: Awaited<ReturnType<typeof serve>>,
+  path: string,
+  request: Record<string, unknown>,
+  withinMs: number,
+) {
+  const body = JSON.stringify(request);
+  const m0 = await s.metrics();
+  const cancelled0 = sampleValue(m0, 'judgeq_jobs_total{outcome="cancelled"}');
+  await sendAndLeave(s.port, post(path, body), 400);
+  const t0 = performance.now();
+  let m = await s.metrics();
+  while (sampleValue(m, "judgeq_jobs_in_flight") > 0 && performance.now() - t0 < withinMs) {
+    await sleep(50);
+    m = await s.metrics();
+  }
+  const what = `${path} with a ${body.length}-byte body`;
+  assertEquals(
+    sampleValue(m, "judgeq_jobs_in_flight"),
+    0,
+    `${what}: still running ${withinMs} ms after its client left`,
+  );
+  assertEquals(sampleValue(m, 'judgeq_jobs_total{outcome="cancelled"}'), cancelled0 + 1, what);
+  assertEquals(
+    sampleValue(m, 'judgeq_jobs_total{outcome="ok"}'),
+    sampleValue(m0, 'judgeq_jobs_total{outcome="ok"}'),
+    what,
+  );
+}
+
 Deno.test({
   name:
     "attack: a client gone cancels its non-streaming job whatever the body's size and the request's shape",
@@ -207,44 +248,34 @@ Deno.test({
   fn: async () => {
     const s = await serve(["--executor", "cpu"]);
     try {
-      const questions = Array.from({ length: 64 }, (_, i) => ` Who is number ${i}?`);
       const ctx = await fetch(`${s.base}/v1/contexts`, {
         method: "POST",
         body: JSON.stringify({ context: "Once upon a time, there was a cat." }),
       });
       const id = (await ctx.json()).id;
-      // 64 questions of 400 tokens: tens of seconds on the CPU reference, unless cancelled.
-      const long = { questions, max_tokens: 400, ignore_eos: true };
       const cases: [string, Record<string, unknown>][] = [
-        ["/v1/generate", { context: "Once upon a time", ...long }], // ~1.6 KB
-        ["/v1/generate", { context: "Once upon a time", ...long, stop: ["x".repeat(300)] }],
-        ["/v1/generate", { context: "Once upon a time", ...long, stop: ["x".repeat(8000)] }],
-        [`/v1/contexts/${id}/generate`, long],
+        ["/v1/generate", { context: "Once upon a time", ...LONG }], // ~1.6 KB
+        ["/v1/generate", { context: "Once upon a time", ...LONG, stop: ["x".repeat(300)] }],
+        ["/v1/generate", { context: "Once upon a time", ...LONG, stop: ["x".repeat(8000)] }],
+        [`/v1/contexts/${id}/generate`, LONG],
       ];
-      for (const [path, request] of cases) {
-        const body = JSON.stringify(request);
-        const m0 = await s.metrics();
-        const cancelled0 = sampleValue(m0, 'judgeq_jobs_total{outcome="cancelled"}');
-        await sendAndLeave(s.port, post(path, body), 400); // the job has started; then the client leaves
-        const t0 = performance.now();
-        let m = await s.metrics();
-        while (sampleValue(m, "judgeq_jobs_in_flight") > 0 && performance.now() - t0 < 4000) {
-          await sleep(50);
-          m = await s.metrics();
-        }
-        const what = `${path} with a ${body.length}-byte body`;
-        assertEquals(
-          sampleValue(m, "judgeq_jobs_in_flight"),
-          0,
-          `${what}: still running 4 s after its client left`,
-        );
-        assertEquals(sampleValue(m, 'judgeq_jobs_total{outcome="cancelled"}'), cancelled0 + 1, what);
-        assertEquals(
-          sampleValue(m, 'judgeq_jobs_total{outcome="ok"}'),
-          sampleValue(m0, 'judgeq_jobs_total{outcome="ok"}'),
-          what,
-        );
-      }
+      for (const [path, request] of cases) await leaveAndExpectCancel(s, path, request, 4000);
+    } finally {
+      await s.stop();
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "attack: with no header or idle deadline (both 0), a client gone still cancels a job with a large body",
+  ignore: Deno.build.os === "windows",
+  fn: async () => {
+    // Timeouts 0 once meant Deno.serve alone, whose request.signal never fires for a body over ~500 bytes.
+    const s = await serve(["--executor", "cpu", "--header-timeout-s", "0", "--idle-timeout-s", "0"]);
+    try {
+      const request = { context: "Once upon a time", ...LONG, stop: ["x".repeat(4000)] }; // ~5.6 KB
+      await leaveAndExpectCancel(s, "/v1/generate", request, 1000);
     } finally {
       await s.stop();
     }
@@ -434,6 +465,102 @@ Deno.test("attack: a stream whose client never reads waits off the executor (its
   } finally {
     await app.close();
   }
+});
+
+/** Whether python3 runs here (the slow reader's client needs its socket options). */
+function hasPython(): boolean {
+  try {
+    return new Deno.Command("python3", { args: ["--version"], stdout: "null", stderr: "null" }).outputSync()
+      .success;
+  } catch {
+    return false;
+  }
+}
+
+const PYTHON = hasPython();
+
+Deno.test({
+  name:
+    "attack: over a real socket, a stream whose client never reads parks (a short request goes first), then is cut",
+  // A client whose kernel buffers stay small needs setsockopt before connect (tests/slow_reader.py).
+  ignore: Deno.build.os !== "linux" || !PYTHON,
+  fn: async () => {
+    const stallS = 2;
+    const s = await serve([
+      "--executor",
+      "cpu",
+      "--active-jobs",
+      "1",
+      "--stream-stall-timeout-s",
+      String(stallS),
+    ]);
+    const client = new Deno.Command("python3", {
+      args: [new URL("./slow_reader.py", import.meta.url).pathname, String(s.port), "/v1/generate"],
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const say = client.stdin.getWriter();
+    const lines = client.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    let pending = "";
+    const line = async () => {
+      while (!pending.includes("\n")) {
+        const { value, done } = await lines.read();
+        if (done) throw new Error(`the client ended: ${pending}`);
+        pending += value;
+      }
+      const at = pending.indexOf("\n");
+      const text = pending.slice(0, at);
+      pending = pending.slice(at + 1);
+      return JSON.parse(text);
+    };
+    const metric = async (name: string) => sampleValue(await s.metrics(), name);
+    try {
+      // 64 x 400 tokens, 3.6 MB of events: tens of seconds of the CPU reference if generated whole.
+      const request = { context: "Once upon a time", ...LONG, stream: true };
+      await say.write(enc.encode(JSON.stringify(request) + "\n"));
+      await line(); // sent
+      const t0 = performance.now();
+      while (await metric("judgeq_streams_stalled") === 0 && performance.now() - t0 < 8000) await sleep(50);
+      assertEquals(await metric("judgeq_streams_stalled"), 1, "parked once the client's socket was full");
+      const parked = performance.now();
+      // With one job admitted at a time, a short request runs while the stream waits.
+      const short = await fetch(`${s.base}/v1/generate`, {
+        method: "POST",
+        body: JSON.stringify({ prompt: "Once upon a time", max_tokens: 8 }),
+      });
+      assertEquals(short.status, 200);
+      await short.body?.cancel();
+      const shortMs = performance.now() - parked;
+      assert(shortMs < 1000, `the short request took ${shortMs} ms`);
+      // Nothing read meanwhile: past the stall limit the stream is cut, not before.
+      const stalled = 'judgeq_jobs_total{outcome="stalled"}';
+      while (await metric(stalled) === 0 && performance.now() - parked < (stallS + 4) * 1000) await sleep(50);
+      const cutS = (performance.now() - parked) / 1000;
+      assertEquals(await metric(stalled), 1, "cut");
+      assert(cutS > stallS - 0.2, `cut ${cutS} s after it parked, before --stream-stall-timeout-s`);
+      assertEquals(await metric("judgeq_streams_stalled"), 0);
+      assertEquals(await metric("judgeq_jobs_in_flight"), 0);
+      // The client reads now: what was written before the cut, no [DONE] (the connection closed).
+      await say.write(enc.encode("go\n"));
+      const got = await line();
+      assertEquals([got.status, got.done], ["HTTP/1.1 200 OK", false], JSON.stringify(got));
+      assert(got.bytes < 512 << 10, `${got.bytes} bytes were generated for a client that read none`);
+      const [status, stderr] = await Promise.all([client.status, readAll(client.stderr)]);
+      assert(status.success, `the client failed: ${stderr}`);
+    } finally {
+      // On a failure the client may still hold the stream: killing it cancels the job, so the server
+      // stops at once instead of finishing the whole stream for nobody.
+      try {
+        client.kill("SIGKILL");
+      } catch { /* already exited */ }
+      await say.close().catch(() => {});
+      await lines.cancel().catch(() => {});
+      await client.stderr.cancel().catch(() => {});
+      await client.status;
+      await s.stop();
+    }
+  },
 });
 
 Deno.test({

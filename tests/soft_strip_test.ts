@@ -6,8 +6,8 @@
  * compressed cache equal those of a CPU reference session that holds only the kept prompt positions and
  * never saw a soft row (not the same code on both sides).
  *
- * Bugs this test catches: the plan's strip step removed, or the interpreter's strip doing nothing; the
- * decode-time strip (truncateFrom after scoring) removed; a context stored with its soft rows.
+ * Bugs this test catches: the soft pass's strip (truncateFrom after scoring, core/soft_pass.ts, run by the
+ * plan's append_soft and by decode-time Judge Q) removed; a context stored with its soft rows.
  */
 import { decodeAdapter } from "../core/adapter.ts";
 import { CpuExecutor } from "../core/cpu/executor.ts";

@@ -8,6 +8,7 @@ export const h2o: Method = {
   defaults: { pooling: "none", normalize: false },
   windowFor: (budget) => Math.floor(budget / 2),
   source: () => ({ kind: "rows", from: 0 }),
+  decoding: "running",
   score: (inputs, o) => {
     if (!o.normalize) return scoreFromMass(inputs, o);
     // Key t is seen by rows max(t, firstRow)..L-1: divide its sum by that count.
@@ -27,6 +28,7 @@ export const tova: Method = {
   description: "the last prompt token's attention",
   defaults: { window: 0, pooling: "none" },
   source: (_o, L) => ({ kind: "rows", from: L - 1 }),
+  decoding: "last_row",
   score: scoreFromMass,
   allocatable: true,
 };
@@ -50,6 +52,7 @@ export const judgeq: Method = {
   description: "trained soft-token queries (Judge Q)",
   defaults: { window: 0, pooling: "none" },
   source: () => ({ kind: "soft" }),
+  decoding: "soft",
   score: scoreFromMass,
   allocatable: true,
 };

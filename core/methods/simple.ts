@@ -18,6 +18,7 @@ export const random: Method = {
   description: "uniformly random positions (seeded)",
   defaults: { window: 0 },
   source: () => ({ kind: "none" }),
+  decoding: "none",
   score: (i, o) => {
     const s = perKvHead(i.config, i.length);
     let state = seedState(o.seed);
@@ -26,7 +27,11 @@ export const random: Method = {
   },
 };
 
-/** StreamingLLM: the first `sinks` positions score highest; the window (budget - sinks) keeps the recent. */
+/**
+ * StreamingLLM: the first `sinks` positions score highest, then the more recent the higher. At prefill the
+ * window (budget - sinks) keeps the recent ones; during decoding, where the window is the buffer, the
+ * scores do.
+ */
 export const streamingLlm: Method = {
   name: "streaming_llm",
   description: "attention sinks plus the most recent positions",
@@ -34,9 +39,13 @@ export const streamingLlm: Method = {
   windowFor: (budget, o) => Math.max(0, budget - o.sinks),
   fixedWindow: "streaming_llm keeps budget - sinks recent positions; set sinks instead",
   source: () => ({ kind: "none" }),
+  decoding: "none",
   score: (i, o) => {
     const s = perKvHead(i.config, i.length);
-    for (let k = 0; k < s.length; k++) s[k] = k % i.length < o.sinks ? 1 : 0;
+    for (let k = 0; k < s.length; k++) {
+      const t = k % i.length;
+      s[k] = t < o.sinks ? i.length : t;
+    }
     return s;
   },
 };
@@ -47,5 +56,6 @@ export const knorm: Method = {
   description: "lowest key norms",
   defaults: { window: 0 },
   source: () => ({ kind: "keys" }),
+  decoding: "keys",
   score: (i) => i.keyNorms!.map((n) => -n),
 };

@@ -6,6 +6,7 @@ export const snapkv: Method = {
   description: "last-window queries' attention, max-pooled (SnapKV)",
   defaults: { window: 16, pooling: "none", kernel: 7 },
   source: (o, L) => ({ kind: "rows", from: L - Math.min(o.window, L) }),
+  decoding: "rows",
   score: scoreFromMass,
   allocatable: true,
 };

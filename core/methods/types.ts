@@ -53,6 +53,14 @@ export interface ScoreInputs {
   keyNorms: Float32Array | null;
 }
 
+/**
+ * Which attention scores cached entries during decoding (core/bounded_decode.ts): `rows` the rows run since
+ * the last compression (SnapKV's observation window), `last_row` the last row run (TOVA), `running` every
+ * row run since decoding began (H2O's running sums), `soft` the soft tokens appended after the cache
+ * (Judge Q), `keys` key norms, `none` no attention (scores from positions or a seed).
+ */
+export type DecodeSource = "rows" | "last_row" | "running" | "soft" | "keys" | "none";
+
 export const ALLOCATIONS = ["uniform", "pyramid", "adaptive"] as const;
 export type Allocation = typeof ALLOCATIONS[number];
 
@@ -66,6 +74,11 @@ export interface Method {
   /** Set when the window is derived and a requested one would contradict the method. */
   fixedWindow?: string;
   source(o: MethodOptions, length: number): ScoreSource;
+  /**
+   * Set for a method that can compress during decoding: where its attention comes from there. Its `score`
+   * then ranks every cached entry (length = the next position), as kvpress's DecodingPress wraps a scorer.
+   */
+  decoding?: DecodeSource;
   /** Scores [layer][kvHead][length]; higher is kept first. */
   score(inputs: ScoreInputs, o: MethodOptions): Float32Array;
   /**
