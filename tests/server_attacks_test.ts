@@ -489,7 +489,7 @@ Deno.test({
     const s = await serve([
       "--executor",
       "cpu",
-      "--active-jobs",
+      "--max-streams",
       "1",
       "--stream-stall-timeout-s",
       String(stallS),
