@@ -264,6 +264,11 @@ export async function compressContext(
 export interface AnswerRequest extends DecodeParams, TextOptions {
   /** Text, or ids the caller tokenized already (without BOS). */
   question: string | readonly number[];
+  /**
+   * The answer's plan, when the caller compiled it already (`answerPlan`, with this question, the context's
+   * tokens, `answerCompression(ctx, decodeCompression)` and these decode parameters).
+   */
+  plan?: Plan;
   /** Decode-time compression for this answer (default: the context's, see `answerDecode`). */
   decodeCompression?: DecodeCompressionRequest | null;
 }
@@ -278,14 +283,11 @@ export async function answerOnContext(
   const question = typeof r.question === "string"
     ? model.tokenizer.encode(r.question, { addBos: false, allowSpecial: r.allowSpecialTokens ?? false })
     : [...r.question];
-  const plan = planFor(model, {
-    input: { kind: "context", context: ctx.contextTokens, questions: [question] },
-    compression: answerCompression(ctx, r.decodeCompression),
-    decode: decodeSpecOf(model, r),
-  });
+  const plan = r.plan
+    ? E.right(r.plan)
+    : answerPlan(model, ctx.contextTokens, question, answerCompression(ctx, r.decodeCompression), r);
   if (E.isLeft(plan)) throw plan.left;
-  const answer = plan.right.steps.filter((s) => s.op === "answer" || s.op === "bound_decode");
-  const run = await runOnSession({ ...plan.right, steps: answer }, {
+  const run = await runOnSession(plan.right, {
     executor: model.executor,
     softEmbeddings: null,
     tokenEmbeddings: model.tokenEmbeddings,
@@ -299,6 +301,29 @@ export async function answerOnContext(
     questionTokens: question,
     decode: run.compression.decode ?? null,
   };
+}
+
+/**
+ * The plan of one answer on a context of `contextTokens`: its decode-time compression, if any, and the
+ * answer (`compression` as `answerCompression` gives it).
+ */
+export function answerPlan(
+  model: Model,
+  contextTokens: number[],
+  question: number[],
+  compression: CompressionRequest | null,
+  r: DecodeParams,
+): E.Either<JudgeQError, Plan> {
+  const plan = planFor(model, {
+    input: { kind: "context", context: contextTokens, questions: [question] },
+    compression,
+    decode: decodeSpecOf(model, r),
+  });
+  if (E.isLeft(plan)) return plan;
+  return E.right({
+    ...plan.right,
+    steps: plan.right.steps.filter((s) => s.op === "answer" || s.op === "bound_decode"),
+  });
 }
 
 /** The compression request an answer compiles with: nothing but its decode-time compression, if any. */

@@ -173,11 +173,11 @@ export const contextGenerate = (svc: Service): Handler => async (req, [id]) => {
     svc.contexts.release(entry);
     throw e;
   }
-  const { p: decided, questions: ids } = prepared as Extract<Prepared, { kind: "answers" }>;
+  const { p: decided, questions: ids, plans } = prepared as Extract<Prepared, { kind: "answers" }>;
   return svc.respond(
     req,
     b.stream ?? false,
-    (h) => runAnswers(svc.model, entry.ctx, ids, decided, h, {}, decode),
+    (h) => runAnswers(svc.model, entry.ctx, ids, decided, h, {}, decode, plans),
     generateShape(svc, newEnvelope("gen", svc.model.name), questions, b, id),
     () => svc.contexts.release(entry),
     entry.lock,

@@ -7,6 +7,7 @@
 import * as E from "fp-ts/Either";
 import {
   answerOnContext,
+  answerPlan,
   compressContext,
   type CompressedContext,
   type Model,
@@ -16,7 +17,7 @@ import {
 } from "../core/engine.ts";
 import type { DecodeCompressionRequest, DecodeCompressionStats } from "../core/decode_compression.ts";
 import type { CompressionStats } from "../core/interpret.ts";
-import { fail } from "../core/errors.ts";
+import { fail, type JudgeQError } from "../core/errors.ts";
 import { decideMaxTokens, type MaxTokensAsk } from "../core/max_tokens.ts";
 import type { CompressionRequest, GenerateRequest, Plan } from "../core/plan.ts";
 import type { TextTokenizer } from "../core/tokenizer.ts";
@@ -228,7 +229,8 @@ export type Prepared =
     questions: number[][];
     compression: CompressionRequest | null;
   }
-  | { kind: "answers"; p: DecodeParams; questions: number[][] };
+  /** Questions on a kept context: one plan each, compiled here and run as compiled. */
+  | { kind: "answers"; p: DecodeParams; questions: number[][]; plans: Plan[] };
 
 /** maxTokens decided for a prompt taking `used` positions; a 400 when the request asks what cannot be. */
 function decided(model: Model, p: DecodeParams, used: number, withContext: boolean): DecodeParams {
@@ -237,6 +239,12 @@ function decided(model: Model, p: DecodeParams, used: number, withContext: boole
   const n = decideMaxTokens(p.ask, { size: model.config.maxSeqLen, used, what });
   if (E.isLeft(n)) throw n.left;
   return { ...p, maxTokens: n.right };
+}
+
+/** A one-question plan's error about its question, named as the request's question `i`. */
+function questionParam(e: JudgeQError, i: number): JudgeQError {
+  if (e.param !== "questions.0" || i === 0) return e;
+  return fail(e.kind, e.message.slice("questions.0: ".length), `questions.${i}`);
 }
 
 /** A compiled plan, refused (422) now if its cache can never fit the server's KV cap. */
@@ -266,12 +274,14 @@ export function precheck(
     const questions = input.questions.map((q) => model.tokenizer.encode(q, { addBos: false, allowSpecial }));
     const used = input.contextTokens.length + Math.max(...questions.map((q) => q.length));
     const p = decided(model, p0, used, true);
-    compiled(model, {
-      input: { kind: "context", context: input.contextTokens, questions },
-      compression, // an answer's: its decode-time compression alone (answerCompression)
-      decode: { maxTokens: p.maxTokens, sampling: coreSampling(p), stopTokenIds: p.stopTokenIds },
+    // `compression` is an answer's: its decode-time compression alone (answerCompression).
+    const plans = questions.map((q, i) => {
+      const plan = answerPlan(model, input.contextTokens, q, compression, coreSampling(p));
+      if (E.isLeft(plan)) throw questionParam(plan.left, i);
+      refuseUnfitting(model.executor, plan.right.capacity);
+      return plan.right;
     });
-    return { kind: "answers", p, questions };
+    return { kind: "answers", p, questions, plans };
   }
   const tokenized = tokenizeRequest(model, { ...input, compression, ...coreSampling(p0) });
   if (E.isLeft(tokenized)) throw tokenized.left;
@@ -337,6 +347,8 @@ export async function runAnswers(
   hooks: JobHooks,
   compressTimings: Record<string, number> = {},
   decode: DecodeCompressionRequest | null = null,
+  /** Each question's plan, compiled by `precheck` (absent: each answer compiles its own). */
+  plans: Plan[] | null = null,
 ): Promise<JobResult> {
   const job = new JobRun(model, p, hooks);
   const outputs: JobOutput[] = [];
@@ -351,7 +363,7 @@ export async function runAnswers(
     const a = await answerOnContext(
       model,
       ctx,
-      { question, decodeCompression: decode, ...coreSampling(p) },
+      { question, decodeCompression: decode, plan: plans?.[index], ...coreSampling(p) },
       { onTokens, signal },
     );
     outputs.push(job.close(index, a.finishReason));
