@@ -197,7 +197,7 @@ export interface CompressedContext {
  * Without a method it takes the context's compression method.
  */
 export function answerDecode(
-  ctx: CompressedContext,
+  ctx: Pick<CompressedContext, "decode" | "plan">,
   requested: DecodeCompressionRequest | null | undefined,
 ): DecodeCompressionRequest | null {
   const d = requested ?? ctx.decode;
@@ -212,6 +212,12 @@ export function answerDecode(
 export function contextCapacity(model: Model, planCapacity: number): number {
   const softRows = (model.adapter?.softEmbeddings.length ?? 0) / model.config.dim;
   return Math.max(planCapacity, model.config.maxSeqLen + 1 + softRows);
+}
+
+/** A context's decode-time compression for its answers: the request's, its method defaulting to the prefill's. */
+export function contextDecode(compression: CompressionRequest | null): DecodeCompressionRequest | null {
+  const d = compression?.decode;
+  return d ? { ...d, method: d.method ?? compression!.method } : null;
 }
 
 /** Compresses a context once; the caller owns the returned session (dispose it when done). */
@@ -251,9 +257,7 @@ export async function compressContext(
       contextTokens: tokens,
       stats: run.compression,
       timings: run.timings,
-      decode: compression?.decode
-        ? { ...compression.decode, method: compression.decode.method ?? compression.method }
-        : null,
+      decode: contextDecode(compression),
     };
   } catch (e) {
     session.dispose();
@@ -328,7 +332,7 @@ export function answerPlan(
 
 /** The compression request an answer compiles with: nothing but its decode-time compression, if any. */
 export function answerCompression(
-  ctx: CompressedContext,
+  ctx: Pick<CompressedContext, "decode" | "plan">,
   requested?: DecodeCompressionRequest | null,
 ): CompressionRequest | null {
   const decode = answerDecode(ctx, requested);

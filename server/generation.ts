@@ -6,10 +6,12 @@
  */
 import * as E from "fp-ts/Either";
 import {
+  answerCompression,
   answerOnContext,
   answerPlan,
   compressContext,
   type CompressedContext,
+  contextDecode,
   type Model,
   planFor,
   runCompiled,
@@ -223,8 +225,10 @@ export type Prepared =
   | {
     kind: "context";
     p: DecodeParams;
-    /** The whole request's plan: its compression steps run as compiled, each answer compiles its own. */
+    /** The whole request's plan: its compression steps run as compiled. */
     plan: Plan;
+    /** Each question's answer plan, as on a kept context of this compression. */
+    answers: Plan[];
     context: number[];
     questions: number[][];
     compression: CompressionRequest | null;
@@ -239,6 +243,22 @@ function decided(model: Model, p: DecodeParams, used: number, withContext: boole
   const n = decideMaxTokens(p.ask, { size: model.config.maxSeqLen, used, what });
   if (E.isLeft(n)) throw n.left;
   return { ...p, maxTokens: n.right };
+}
+
+/** Each question's answer plan on a context (`compression`: an answer's), refused now if it can never fit. */
+function answerPlans(
+  model: Model,
+  context: number[],
+  questions: number[][],
+  compression: CompressionRequest | null,
+  p: DecodeParams,
+): Plan[] {
+  return questions.map((q, i) => {
+    const plan = answerPlan(model, context, q, compression, coreSampling(p));
+    if (E.isLeft(plan)) throw questionParam(plan.left, i);
+    refuseUnfitting(model.executor, plan.right.capacity);
+    return plan.right;
+  });
 }
 
 /** A one-question plan's error about its question, named as the request's question `i`. */
@@ -275,12 +295,7 @@ export function precheck(
     const used = input.contextTokens.length + Math.max(...questions.map((q) => q.length));
     const p = decided(model, p0, used, true);
     // `compression` is an answer's: its decode-time compression alone (answerCompression).
-    const plans = questions.map((q, i) => {
-      const plan = answerPlan(model, input.contextTokens, q, compression, coreSampling(p));
-      if (E.isLeft(plan)) throw questionParam(plan.left, i);
-      refuseUnfitting(model.executor, plan.right.capacity);
-      return plan.right;
-    });
+    const plans = answerPlans(model, input.contextTokens, questions, compression, p);
     return { kind: "answers", p, questions, plans };
   }
   const tokenized = tokenizeRequest(model, { ...input, compression, ...coreSampling(p0) });
@@ -292,9 +307,10 @@ export function precheck(
   const p = decided(model, p0, used, i.kind === "context");
   const req = { ...tokenized.right, decode: { ...tokenized.right.decode, maxTokens: p.maxTokens } };
   const plan = compiled(model, req);
-  return i.kind === "prompt"
-    ? { kind: "prompt", p, req, plan }
-    : { kind: "context", p, plan, context: i.context, questions: i.questions, compression };
+  if (i.kind === "prompt") return { kind: "prompt", p, req, plan };
+  const asKept = answerCompression({ decode: contextDecode(compression), plan }, null);
+  const answers = answerPlans(model, i.context, i.questions, asKept, p);
+  return { kind: "context", p, plan, answers, context: i.context, questions: i.questions, compression };
 }
 
 /**
@@ -388,13 +404,13 @@ export async function runContext(
   prepared: Extract<Prepared, { kind: "context" }>,
   hooks: JobHooks,
 ): Promise<JobResult> {
-  const { p, plan, context, questions, compression } = prepared;
+  const { p, plan, answers, context, questions, compression } = prepared;
   const job = new JobRun(model, p, hooks);
   const hooksOf = { signal: hooks.signal, between: job.between };
   const ctx = await compressContext(model, context, compression, hooksOf, p, plan);
   try {
     if (hooks.signal.aborted) throw new Cancelled();
-    const r = await runAnswers(model, ctx, questions, p, hooks, ctx.timings);
+    const r = await runAnswers(model, ctx, questions, p, hooks, ctx.timings, null, answers);
     return { ...r, promptTokens: r.promptTokens + ctx.contextTokens.length };
   } finally {
     ctx.session.dispose();
