@@ -6,8 +6,7 @@
 import type { z } from "zod";
 import type { Model } from "../core/engine.ts";
 import { MAX_QUESTIONS } from "../core/max_tokens.ts";
-import type { Executor } from "../core/executor.ts";
-import { FORWARD_CHUNK_ROWS } from "../core/executor.ts";
+import { type Executor, FORWARD_CHUNK_ROWS } from "../core/executor.ts";
 import { type BlobBackend, type Contexts, MemoryContexts, SharedContexts } from "./context_stores.ts";
 import { ContextStore } from "./contexts.ts";
 import { Cancelled, errorBody, HttpError, jsonResponse, Stalled, toHttpError } from "./errors.ts";
