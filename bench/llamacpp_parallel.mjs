@@ -8,8 +8,8 @@
 //              "maxTokens": 64 }
 // For each level N: one context with N sequences; every sequence evaluates its prompt and generates
 // maxTokens greedy tokens (end-of-generation tokens do not stop it), all at once; node-llama-cpp batches
-// the sequences' tokens into shared llama_decode calls. Prints one JSON line: per level the wall time,
-// tokens, and each stream's time to first token and per-token times.
+// the sequences' tokens into shared llama_decode calls. Prints one JSON line: per level the wall time, the
+// CPU time of the process (every thread), and each stream's token arrival times.
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
@@ -44,6 +44,7 @@ async function main() {
       experimentalKvCacheValueType: spec.kvCacheType ?? "F32",
     });
     const seqs = Array.from({ length: n }, () => ctx.getSequence());
+    const c0 = process.cpuUsage();
     const t0 = performance.now();
     const streams = await Promise.all(seqs.map(async (seq, k) => {
       const it = seq.evaluate(spec.prompts[k % spec.prompts.length], { temperature: 0, yieldEogToken: true });
@@ -57,7 +58,14 @@ async function main() {
       return times;
     }));
     const wallMs = performance.now() - t0;
-    levels.push({ streams: n, contextSize: ctx.contextSize, wallMs, times: streams });
+    const cpu = process.cpuUsage(c0);
+    levels.push({
+      streams: n,
+      contextSize: ctx.contextSize,
+      wallMs,
+      cpuMs: (cpu.user + cpu.system) / 1000,
+      times: streams,
+    });
     await ctx.dispose();
   }
   await model.dispose();

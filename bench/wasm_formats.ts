@@ -4,9 +4,12 @@
  * and greedy decode of 32 tokens after it, at each thread count asked. Rounds interleave the configurations
  * (this machine is shared), and each figure is the median over rounds with its min and max; the int8/f32
  * ratios are per round, then their median. Also: kernel dispatches and barriers (dispatches split over the
- * threads) per decoded token.
+ * threads) per decoded token. With --baseline DIR (a checkout of another revision, e.g. a git worktree of
+ * main), that tree's wasm executor runs the same configurations in the same rounds ("before ..."), and
+ * the ratios now / before are per round too.
  *
- *   deno run -A bench/wasm_formats.ts [--rounds 5] [--threads 1,2] [--prompt 512] [--decode 32] [--json]
+ *   deno run -A bench/wasm_formats.ts [--rounds 5] [--threads 1,2] [--prompt 512] [--decode 32]
+ *     [--formats f32,int8,int8-simd] [--baseline DIR] [--json]
  */
 import type { DecodeOptions } from "../core/executor.ts";
 import type { ModelWeights } from "../core/weights.ts";
@@ -21,6 +24,8 @@ const SPEC = {
   threads: { kind: "string", help: "thread counts, comma-separated (default 1,2)" },
   prompt: { kind: "string", help: "prompt tokens prefilled (default 512)" },
   decode: { kind: "string", help: "tokens decoded greedily after it (default 32)" },
+  formats: { kind: "string", help: "configurations, comma-separated: f32, int8, int8-simd (default all)" },
+  baseline: { kind: "string", help: "another checkout whose wasm executor runs the same configurations" },
   json: { kind: "boolean", help: "print one JSON object" },
   help: { kind: "boolean", help: "this help" },
 } as const;
@@ -34,8 +39,15 @@ function positive(name: string, v: string | undefined, fallback: number): number
   return n;
 }
 
+/** The executor class of this tree or of a baseline checkout (its own module graph and kernels). */
+type Executor = typeof WasmExecutor;
+
+const FORMATS = ["f32", "int8", "int8-simd"] as const;
+type FormatName = typeof FORMATS[number];
+
 interface Config {
   name: string;
+  executor: Executor;
   format: WeightFormat;
   kernels: KernelChoice;
   threads: number;
@@ -82,19 +94,35 @@ async function once(x: WasmExecutor, w: ModelWeights, prompt: number, decode: nu
   }
 }
 
-export async function benchFormats(o: { rounds: number; threads: number[]; prompt: number; decode: number }) {
+export async function benchFormats(o: {
+  rounds: number;
+  threads: number[];
+  prompt: number;
+  decode: number;
+  formats?: readonly FormatName[];
+  baseline?: Executor;
+}) {
   const w = fixtureWeights("llama76m");
-  const configs: Config[] = o.threads.flatMap((threads) => [
-    { name: `f32 t${threads}`, format: "f32" as const, kernels: "auto" as const, threads },
-    { name: `int8 t${threads}`, format: "int8" as const, kernels: "auto" as const, threads },
-    { name: `int8-simd t${threads}`, format: "int8" as const, kernels: "simd" as const, threads },
-  ]);
+  const formats = o.formats ?? FORMATS;
+  const sides: [string, Executor][] = [["", WasmExecutor]];
+  if (o.baseline) sides.push(["before ", o.baseline]);
+  const configs: Config[] = o.threads.flatMap((threads) =>
+    sides.flatMap(([prefix, executor]) =>
+      formats.map((f) => ({
+        name: `${prefix}${f} t${threads}`,
+        executor,
+        format: f === "f32" ? "f32" as const : "int8" as const,
+        kernels: f === "int8-simd" ? "simd" as const : "auto" as const,
+        threads,
+      }))
+    )
+  );
   const results = new Map<string, Awaited<ReturnType<typeof once>>[]>();
   for (const c of configs) results.set(c.name, []);
   const executors = new Map<string, WasmExecutor>();
   try {
     for (const c of configs) {
-      const x = await WasmExecutor.create(w, {
+      const x = await c.executor.create(w, {
         threads: c.threads,
         weightFormat: c.format,
         kernels: c.kernels,
@@ -124,15 +152,19 @@ export async function benchFormats(o: { rounds: number; threads: number[]; promp
     };
   }
   const ratios: Record<string, unknown> = {};
+  const ratio = (a: string, b: string) => {
+    const p = results.get(a), q = results.get(b);
+    if (!p || !q) return;
+    ratios[`${a} / ${b}`] = {
+      prefill: stats(p.map((x, i) => x.prefill / q[i].prefill)),
+      decode: stats(p.map((x, i) => x.decode / q[i].decode)),
+    };
+  };
   for (const t of o.threads) {
-    const f = results.get(`f32 t${t}`)!;
-    for (const n of [`int8 t${t}`, `int8-simd t${t}`]) {
-      const q = results.get(n)!;
-      ratios[`${n} / f32 t${t}`] = {
-        prefill: stats(q.map((x, i) => x.prefill / f[i].prefill)),
-        decode: stats(q.map((x, i) => x.decode / f[i].decode)),
-      };
+    for (const [prefix] of sides) {
+      for (const n of ["int8", "int8-simd"]) ratio(`${prefix}${n} t${t}`, `${prefix}f32 t${t}`);
     }
+    if (o.baseline) { for (const f of formats) ratio(`${f} t${t}`, `before ${f} t${t}`); }
   }
   return {
     model: "llama76m (random)",
@@ -156,7 +188,24 @@ if (import.meta.main) {
     const threads = ((flags.threads as string | undefined) ?? "1,2").split(",").map((t) =>
       positive("threads", t, 1)
     );
+    const formats = ((flags.formats as string | undefined) ?? FORMATS.join(",")).split(",").map((f) => {
+      if (!(FORMATS as readonly string[]).includes(f)) {
+        throw new UsageError(`--formats: expected f32, int8 or int8-simd, got '${f}'`);
+      }
+      return f as FormatName;
+    });
+    let baseline: Executor | undefined;
+    if (flags.baseline !== undefined) {
+      const url = new URL(`${flags.baseline}/wasm/mod.ts`, `file://${Deno.cwd()}/`);
+      try {
+        baseline = (await import(url.href)).WasmExecutor;
+      } catch (e) {
+        throw new UsageError(`--baseline: cannot load ${url.pathname}: ${(e as Error).message}`);
+      }
+    }
     const r = await benchFormats({
+      formats,
+      baseline,
       rounds: positive("rounds", flags.rounds as string | undefined, 5),
       threads,
       prompt: positive("prompt", flags.prompt as string | undefined, 512),

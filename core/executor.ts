@@ -152,6 +152,12 @@ export interface KvSession {
    * after `keepPositions`, `truncateFrom` and `rewind`, so a compressed cache holds only what it keeps.
    */
   allocatedBytes(): number;
+  /**
+   * Optional: lays the storage out now for exactly `rows` more entries per head than each layer's fullest
+   * head holds (none past the capacity, no growth slack), so that appending up to `rows` entries allocates
+   * nothing: a scheduler can then reserve exactly `allocatedBytes()` for a decode of `rows` tokens.
+   */
+  reserveRoom?(rows: number): Promise<void>;
   /** A deep copy with its own cache. */
   clone(): Promise<KvSession>;
   /** The cache and current logits, copied out (see CacheSnapshot). */

@@ -50,12 +50,33 @@ export async function nativeForwardBatch(rt: NativeRuntime, items: BatchItem[]):
     });
     rows += it.input.tokens.length;
   }
-  if (parts.length > 0) {
+  if (parts.length === 1) {
+    // One session alone: its own path, whose one-row step graph is kept and run again from step to step
+    // (a single stream costs what it costs unbatched: no graph built and planned per token).
+    const i = results.indexOf(null);
+    results[i] = await parts[0].s.forward(items[i].input, items[i].options);
+  } else if (parts.length > 0) {
     const out = await rt.exclusive(() => runParts(rt, parts, rows));
     let k = 0;
     for (let i = 0; i < items.length; i++) if (!results[i]) results[i] = out[k++];
   }
   return results as ForwardResult[];
+}
+
+/**
+ * The parts' attention outputs joined in row order, pairwise (a balanced tree of concats copies each row
+ * log2(parts) times; a chain would copy the first rows once per part).
+ */
+function joinRows(b: GraphBuilder, outs: Tensor[]): Tensor {
+  let level = outs;
+  while (level.length > 1) {
+    const next: Tensor[] = [];
+    for (let i = 0; i < level.length; i += 2) {
+      next.push(i + 1 < level.length ? b.concat(level[i], level[i + 1], 1) : level[i]);
+    }
+    level = next;
+  }
+  return level[0];
 }
 
 async function runParts(rt: NativeRuntime, parts: Part[], rows: number): Promise<ForwardResult[]> {
@@ -83,7 +104,7 @@ async function runParts(rt: NativeRuntime, parts: Part[], rows: number): Promise
       q = b.rope(b.reshape3d(q, hd, c.nHeads, rows), pos, w.ropeFactors, hd, c.ropeTheta);
       k = b.rope(b.reshape3d(k, hd, c.nKvHeads, rows), pos, w.ropeFactors, hd, c.ropeTheta);
       if (capture) queries.push(b.output(q));
-      let attn: Tensor = null;
+      const outs: Tensor[] = [];
       for (const p of parts) {
         const n = p.tokens.length,
           cache = p.s.cache,
@@ -105,9 +126,9 @@ async function runParts(rt: NativeRuntime, parts: Part[], rows: number): Promise
         const heads = p.s.sameCounts(l) ? 1 : c.nHeads;
         const mask = b.input(GGML_TYPE.f16, [room, n, heads], p.s.forwardMask(l, n, heads));
         const o = b.flashAttn(b.permute(slice(q, c.nHeads), 0, 2, 1, 3), kAll, vAll, mask, 1 / Math.sqrt(hd));
-        const o2 = b.reshape2d(o, hd * c.nHeads, n);
-        attn = attn === null ? o2 : b.concat(attn, o2, 1);
+        outs.push(b.reshape2d(o, hd * c.nHeads, n));
       }
+      const attn = joinRows(b, outs);
       x = b.add(x, b.mulMat(lw.wo, attn));
       cur = b.mul(b.rmsNorm(x, c.rmsNormEps), lw.mlpNorm);
       x = b.add(x, b.mulMat(lw.wDown, b.swiglu(b.mulMat(lw.wGate, cur), b.mulMat(lw.wUp, cur))));

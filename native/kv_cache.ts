@@ -92,6 +92,17 @@ export class NativeKvCache {
     if (grow) this.relayout(want);
   }
 
+  /** Room for exactly `rows` more entries than each layer's fullest head holds (capped at the capacity). */
+  reserveExact(rows: number) {
+    const want = new Int32Array(this.nLayers);
+    let change = false;
+    for (let l = 0; l < this.nLayers; l++) {
+      want[l] = Math.min(this.capacity, this.most(l) + rows);
+      change ||= want[l] !== this.room[l];
+    }
+    if (change) this.relayout(want);
+  }
+
   /** Cuts every layer's room back to its fullest head. */
   trim() {
     const want = new Int32Array(this.nLayers);

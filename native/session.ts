@@ -515,6 +515,11 @@ export class NativeSession implements KvSession {
     return this.cache.allocatedBytes() + (this.logits?.byteLength ?? 0);
   }
 
+  reserveRoom(rows: number): Promise<void> {
+    this.cache.reserveExact(rows);
+    return Promise.resolve();
+  }
+
   clone(): Promise<KvSession> {
     const copy = new NativeSession(this.rt, this.cache.clone());
     copy.nextPosition = this.nextPosition;

@@ -12,23 +12,21 @@
  * runs, waiting in line while the reservations of all live sessions would pass `kvCapBytes`. What pruning
  * frees is given back when decoding starts; a cancelled stream gives everything back at once.
  */
-import { decodeTokens } from "../core/decode_loop.ts";
 import {
   type BatchItem,
-  type CacheMark,
-  type CacheSnapshot,
-  type DecodeOptions,
-  type DecodeResult,
   type Executor,
   forwardBatch,
   type ForwardInput,
   type ForwardOptions,
   type ForwardResult,
   type KvSession,
-  type QueryRows,
 } from "../core/executor.ts";
-import { Cancelled, HttpError } from "./errors.ts";
+import { Cancelled, type HttpError } from "./errors.ts";
+import { kvBoundBytes, KvLedger } from "./kv_ledger.ts";
+import { rowsOf, ScheduledSession } from "./scheduled_session.ts";
 import { YIELD_EVERY_MS } from "./jobs.ts";
+
+export { ScheduledSession } from "./scheduled_session.ts";
 
 export interface BatchLimits {
   /** Rows (decode tokens + prefill tokens) one step runs at most. */
@@ -72,22 +70,6 @@ interface Piece {
   last: boolean;
 }
 
-const rowsOf = (i: ForwardInput) => (i.kind === "tokens" ? i.tokens.length : i.count);
-
-/** Query rows captured over several steps; attention mass is a sum over rows, so parts add up. */
-class MergedRows implements QueryRows {
-  readonly positions: number[];
-  constructor(readonly parts: QueryRows[]) {
-    this.positions = parts.flatMap((p) => p.positions);
-  }
-  dispose() {
-    for (const p of this.parts) p.dispose();
-  }
-}
-
-/** How often a request waiting for KV room is asked whether it should stop (client gone, time limit). */
-const CHECK_EVERY_MS = 20;
-
 /** The scheduler behind each wrapped executor. */
 const schedulers = new WeakMap<Executor, BatchScheduler>();
 
@@ -109,10 +91,14 @@ export class BatchScheduler {
   private readonly decodes: Pending[] = [];
   private readonly prefills: Pending[] = [];
   private readonly ops: (() => Promise<void>)[] = [];
-  private readonly kvWaiters: { s: ScheduledSession; bytes: number; wake: () => void }[] = [];
+  /** The KV reservations (kv_ledger.ts: the admission rule). */
+  readonly ledger: KvLedger<ScheduledSession>;
   private running = false;
   private lastYield = performance.now();
-  private reservedTotal = 0;
+  /** A 0 ms timer set before each step; it fires only if the event loop turns (see `loop`). */
+  private marker: ReturnType<typeof setTimeout> | null = null;
+  /** The marker fired: the event loop has polled I/O since it was set. */
+  private polled = false;
   /** Steps run, rows run, since start. */
   steps = 0;
   rows = 0;
@@ -122,11 +108,12 @@ export class BatchScheduler {
 
   constructor(readonly executor: Executor, readonly limits: BatchLimits) {
     if (!(limits.maxBatchTokens >= 1)) throw new RangeError("maxBatchTokens must be at least 1");
+    this.ledger = new KvLedger(limits.kvCapBytes);
   }
 
   /** Bytes reserved by live sessions. */
   get kvReserved(): number {
-    return this.reservedTotal;
+    return this.ledger.reserved;
   }
 
   /** Bytes live sessions hold allocated now (never above `kvReserved`). */
@@ -138,7 +125,7 @@ export class BatchScheduler {
 
   /** Sessions waiting for KV room. */
   get kvWaiting(): number {
-    return this.kvWaiters.length;
+    return this.ledger.waiting;
   }
 
   /** An executor whose sessions run through this scheduler (what a request's model uses). */
@@ -173,14 +160,7 @@ export class BatchScheduler {
 
   /** The 422 for a cache of `bytes` that no waiting can make fit, or null. */
   refusal(bytes: number): HttpError | null {
-    const cap = this.limits.kvCapBytes;
-    if (cap === null || bytes <= cap) return null;
-    return new HttpError(
-      422,
-      `the request's KV cache needs up to ${bytes} bytes, over this server's --kv-cache-mb cap of ${cap} bytes; ` +
-        "ask for a shorter prompt, fewer max_tokens or a smaller compression budget",
-      "kv_cache",
-    );
+    return this.ledger.refusal(bytes);
   }
 
   /** Wraps an executor session; `firstReserve` is reserved before its first forward. */
@@ -190,15 +170,9 @@ export class BatchScheduler {
     return s;
   }
 
-  /**
-   * Bytes a session's cache may hold allocated with at most `entries` entries per head: storage grows by
-   * half again (at least 16 entries, at most the capacity) on every executor; each entry holds K and V
-   * (f32 at most) and its position; plus the current logits.
-   */
+  /** Bytes a session's cache may hold allocated with at most `entries` entries per head (kv_ledger.ts). */
   boundBytes(entries: number, capacity = entries): number {
-    const c = this.executor.config;
-    const room = Math.min(capacity, Math.max(16, Math.ceil(entries * 1.5)));
-    return room * c.nLayers * c.nKvHeads * (2 * c.headDim * 4 + 4) + c.vocabSize * 4;
+    return kvBoundBytes(this.executor.config, entries, capacity);
   }
 
   /** The bound for `s` holding `extra` more entries per head than its fullest head does now. */
@@ -207,69 +181,14 @@ export class BatchScheduler {
     return this.boundBytes(Math.min(s.capacity, most + extra), s.capacity);
   }
 
-  /**
-   * Sets `s`'s reservation to `bytes`: lowering is at once (waiters may then fit); raising waits in line
-   * until the reservations fit the cap, polling `check` meanwhile (the request's hook: it throws once the
-   * client left or the time limit passed, and the wait then ends with its error). A reservation that can
-   * never fit is a 422 naming the cap.
-   */
-  async reserve(
+  /** Sets `s`'s reservation (see KvLedger.reserve). */
+  reserve(
     s: ScheduledSession,
     bytes: number,
     lower = false,
     check: (() => Promise<void>) | null = null,
   ): Promise<void> {
-    if (bytes <= s.reserved) {
-      if (lower && bytes < s.reserved) this.setReserved(s, bytes);
-      return;
-    }
-    const cap = this.limits.kvCapBytes, refused = this.refusal(bytes);
-    if (refused) throw refused;
-    if (cap !== null && (this.kvWaiters.length > 0 || this.reservedTotal - s.reserved + bytes > cap)) {
-      await new Promise<void>((resolve, reject) => {
-        const poll = check
-          ? setInterval(() =>
-            check().catch((e) => {
-              const i = this.kvWaiters.indexOf(waiter);
-              if (i < 0) return; // granted meanwhile: the request's own code sees the error next
-              this.kvWaiters.splice(i, 1);
-              clearInterval(poll);
-              reject(e);
-              this.grant(); // those behind it may fit now
-            }), CHECK_EVERY_MS)
-          : undefined;
-        const waiter = {
-          s,
-          bytes,
-          wake: () => {
-            clearInterval(poll);
-            resolve();
-          },
-        };
-        this.kvWaiters.push(waiter);
-      });
-      return;
-    }
-    this.setReserved(s, bytes);
-  }
-
-  private setReserved(s: ScheduledSession, bytes: number) {
-    this.reservedTotal += bytes - s.reserved;
-    s.reserved = bytes;
-    this.grant();
-  }
-
-  /** Wakes waiters in arrival order while they fit (the first that does not fit keeps its place). */
-  private grant() {
-    const cap = this.limits.kvCapBytes ?? Infinity;
-    while (this.kvWaiters.length > 0) {
-      const w = this.kvWaiters[0];
-      if (this.reservedTotal - w.s.reserved + w.bytes > cap) return;
-      this.kvWaiters.shift();
-      this.reservedTotal += w.bytes - w.s.reserved;
-      w.s.reserved = w.bytes;
-      w.wake();
-    }
+    return this.ledger.reserve(s, bytes, lower, check);
   }
 
   /** Lowers an idle session's reservation (a kept context's) to what it holds. */
@@ -286,7 +205,7 @@ export class BatchScheduler {
         if (q[i].owner === s) this.cancel(q.splice(i, 1)[0]);
       }
     }
-    this.setReserved(s, 0);
+    this.ledger.set(s, 0);
   }
 
   /** Runs `fn` between steps (a request's own work on its cache: scoring, pruning, copying). */
@@ -368,15 +287,28 @@ export class BatchScheduler {
           if (this.ops.length > 0) continue;
           return; // `running` is cleared below with no await in between: no submission is missed
         }
+        this.marker ??= setTimeout(() => {
+          this.marker = null;
+          this.polled = true;
+        }, 0);
         await this.run(step);
-        if (performance.now() - this.lastYield >= YIELD_EVERY_MS) {
+        if (this.polled) {
+          // The step awaited work off this thread (native graphs), and the event loop polled I/O meanwhile:
+          // no timer needed, and no extra sleep and wake-up per step, which a busy machine makes costly.
+          this.polled = false;
+          this.lastYield = performance.now();
+        } else if (performance.now() - this.lastYield >= YIELD_EVERY_MS) {
           // Only a timer lets the event loop poll I/O (see jobs.ts): requests, disconnects, stream writes.
           await new Promise((r) => setTimeout(r, 0));
+          this.polled = false;
           this.lastYield = performance.now();
         }
       }
     } finally {
       this.running = false;
+      if (this.marker !== null) clearTimeout(this.marker);
+      this.marker = null;
+      this.polled = false;
     }
   }
 
@@ -477,174 +409,5 @@ export class BatchScheduler {
       }
     });
     this.onStep?.(this.last);
-  }
-}
-
-/**
- * A request's session as the engine sees it: forwards and decodes go through the scheduler's steps, other
- * work on the cache runs between steps. The inner session is the executor's own.
- */
-export class ScheduledSession implements KvSession {
-  reserved = 0;
-  /** Steps in flight that include this session (its disposal waits for them). */
-  busy = 0;
-  private disposed = false;
-  private freeLater = false;
-
-  constructor(
-    readonly scheduler: BatchScheduler,
-    readonly inner: KvSession,
-    readonly capacity: number,
-    private firstReserve: number,
-  ) {}
-
-  get config() {
-    return this.inner.config;
-  }
-
-  get nextPosition(): number {
-    return this.inner.nextPosition;
-  }
-
-  /** Reserves what the rows may add (the plan's whole capacity before the first forward). */
-  private async room(rows: number, check: (() => Promise<void>) | null) {
-    const first = this.firstReserve;
-    this.firstReserve = 0;
-    await this.scheduler.reserve(this, Math.max(first, this.scheduler.boundFor(this, rows)), false, check);
-  }
-
-  async forward(input: ForwardInput, options: ForwardOptions = {}): Promise<ForwardResult> {
-    this.live();
-    const { between, ...rest } = options;
-    await this.room(rowsOf(input), between ?? null);
-    const r = await this.scheduler.submit(this, input, rest, null, false, between ?? null);
-    if (r === null) throw new Cancelled();
-    return r;
-  }
-
-  async decode(o: DecodeOptions): Promise<DecodeResult> {
-    this.live();
-    const s = this.scheduler;
-    // What pruning freed goes back now: from here on the cache holds at most what it has plus the tokens.
-    this.firstReserve = 0;
-    await s.reserve(this, s.boundFor(this, o.maxTokens), true);
-    let current = await s.exclusive(() => this.inner.currentLogits());
-    const signal = o.signal ?? null;
-    s.noteDecoding(this, true);
-    try {
-      return await decodeTokens({ ...o, signal: signal ?? undefined }, {
-        logits: () => current,
-        feed: async (token, capture) => {
-          const r = await s.submit(
-            this,
-            { kind: "tokens", tokens: [token] },
-            {
-              logits: "last",
-              captureQueries: capture,
-            },
-            signal,
-            true,
-          );
-          if (r === null) return null; // aborted: the loop sees it and ends
-          current = o.returnLogits ? r.logits!.slice() : r.logits!;
-          return r.queries;
-        },
-      }, (rows) => new MergedRows(rows));
-    } finally {
-      s.noteDecoding(this, false);
-    }
-  }
-
-  async attentionMass(queries: QueryRows, promptLength: number): Promise<Float32Array> {
-    const parts = queries instanceof MergedRows ? queries.parts : [queries];
-    return await this.scheduler.exclusive(async () => {
-      let sum: Float32Array | null = null;
-      for (const q of parts) {
-        const m = await this.inner.attentionMass(q, promptLength);
-        if (!sum) sum = m;
-        else for (let i = 0; i < m.length; i++) sum[i] += m[i];
-      }
-      return sum ?? new Float32Array(0);
-    });
-  }
-
-  keyNorms(promptLength: number): Promise<Float32Array> {
-    return this.scheduler.exclusive(() => this.inner.keyNorms(promptLength));
-  }
-
-  keepPositions(kept: Int32Array[][], promptLength: number): Promise<void> {
-    return this.scheduler.exclusive(() => this.inner.keepPositions(kept, promptLength));
-  }
-
-  truncateFrom(position: number): Promise<void> {
-    return this.scheduler.exclusive(() => this.inner.truncateFrom(position));
-  }
-
-  mark(): CacheMark {
-    return this.inner.mark();
-  }
-
-  /** After a rewind (an answer's end) the cache holds what it held before: its reservation follows. */
-  async rewind(mark: CacheMark): Promise<void> {
-    await this.scheduler.exclusive(() => this.inner.rewind(mark));
-    this.settle();
-  }
-
-  currentLogits(): Promise<Float32Array> {
-    return this.scheduler.exclusive(() => this.inner.currentLogits());
-  }
-
-  positions(): Promise<Int32Array[][]> {
-    return this.scheduler.exclusive(() => this.inner.positions());
-  }
-
-  kvBytes(): number {
-    return this.inner.kvBytes();
-  }
-
-  allocatedBytes(): number {
-    return this.inner.allocatedBytes();
-  }
-
-  async clone(): Promise<KvSession> {
-    const inner = await this.scheduler.exclusive(() => this.inner.clone());
-    const copy = this.scheduler.adopt(inner, this.capacity, 0);
-    await this.scheduler.reserve(copy, inner.allocatedBytes()).catch((e) => {
-      copy.dispose();
-      throw e;
-    });
-    return copy;
-  }
-
-  exportCache(): Promise<CacheSnapshot> {
-    return this.scheduler.exclusive(() => this.inner.exportCache());
-  }
-
-  /** An idle session (a kept context between answers) reserves what it holds, no more. */
-  settle() {
-    if (this.disposed) return;
-    this.firstReserve = 0;
-    void this.scheduler.reserve(this, this.inner.allocatedBytes(), true);
-  }
-
-  dispose() {
-    if (this.disposed) return;
-    this.disposed = true;
-    this.scheduler.release(this);
-    if (this.busy > 0) this.freeLater = true;
-    else this.inner.dispose();
-  }
-
-  /** A step that included this session ended. */
-  idle() {
-    this.busy--;
-    if (this.busy === 0 && this.freeLater) {
-      this.freeLater = false;
-      this.inner.dispose();
-    }
-  }
-
-  private live() {
-    if (this.disposed) throw new Error("the session was disposed");
   }
 }

@@ -6,6 +6,7 @@
  *                      [--endpoint generate|completions|chat] [--stream] [--url http://127.0.0.1:8000] [--json]
  *                      [--long N --long-tokens 480] [--bare]
  *                      [--max-streams N] [--max-batch-tokens N] [--kv-cache-mb N] (the server's scheduler)
+ * `deno task loadtest --compare [...]`: the service against llama.cpp (server/loadtest_compare.ts).
  * With --long, N clients keep a long generation running the whole time (fairness: what short requests
  * pay while long ones run); their own count is reported apart.
  */
@@ -24,6 +25,7 @@ import { errorResponse, toHttpError } from "./errors.ts";
 import { serveFronted } from "./front.ts";
 import { batchFlags } from "./main.ts";
 import { sampleValue } from "./metrics.ts";
+import { percentile } from "./percentile.ts";
 import { readSse } from "./sse.ts";
 
 const SPEC = {
@@ -70,11 +72,7 @@ interface Sample {
   tokens: number;
 }
 
-export function percentile(sorted: number[], p: number): number {
-  if (sorted.length === 0) return NaN;
-  const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
-  return sorted[i];
-}
+export { percentile };
 
 const isLoopback = (host: string) => ["127.0.0.1", "localhost", "[::1]", "::1"].includes(host);
 
@@ -138,6 +136,8 @@ async function one(
 }
 
 async function main(argv: string[]): Promise<number> {
+  // --compare: the service against llama.cpp (its own flags and module).
+  if (argv.includes("--compare")) return await (await import("./loadtest_compare.ts")).compareMain(argv);
   const f = parseFlags(argv, SPEC);
   if (f.help) {
     console.log(usage("deno task loadtest", SPEC));

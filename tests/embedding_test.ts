@@ -71,6 +71,7 @@ const DENO_ALLOWED: Record<string, string> = {
   "server/front.ts": "main.ts's TCP front: header and idle deadlines (Deno.serve, a worker)",
   "server/front_worker.ts": "the front's worker: Deno.listen, Deno.connect and the relay",
   "server/loadtest.ts": "the `deno task loadtest` entry",
+  "server/loadtest_compare.ts": "`deno task loadtest --compare`: a server process, llama.cpp's, /proc",
   "server/soak.ts": "the `deno task soak` entry (a server process, its RSS from /proc)",
   "server/processes.ts": "child processes of the cluster and soak tools: free ports, ready lines",
   "server/cluster.ts": "`deno task cluster`: replicas, redis-server and haproxy as subprocesses, signals",

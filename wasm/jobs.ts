@@ -20,7 +20,7 @@ export interface GemmArgs {
   ldy?: number;
   /** Chunk t reads its x at x + t x xStride (rows a fused rmsNorm wrote per chunk); 0: one x for all. */
   xStride?: number;
-  /** f16: the chunks' weight panels. int8: the chunks' quantization scratch and its stride. */
+  /** f32, f16: the chunks' weight panels. int8: the chunks' quantization scratch and its stride. */
   panels: number;
   quant: number;
   quantStride: number;
@@ -31,7 +31,7 @@ export function gemmJob(a: GemmArgs): Job {
   const xs = a.xStride ?? 0;
   switch (a.format) {
     case "f32":
-      return { kernel: "gemmF32", args: [a.x, a.w.at, a.bias, a.y, ...shape, xs] };
+      return { kernel: "gemmF32", args: [a.x, a.w.at, a.bias, a.y, ...shape, a.panels, xs] };
     case "f16":
       return { kernel: "gemmF16", args: [a.x, a.w.at, a.bias, a.y, ...shape, a.panels, xs] };
     case "int8":

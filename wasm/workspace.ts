@@ -1,6 +1,7 @@
 /**
  * Scratch memory shared by an executor's sessions (they run one operation at a time): activations of
- * one chunk of rows, RoPE tables, and per dispatch chunk an f16 weight panel, the int8 GEMM's quantized input
+ * one chunk of rows, RoPE tables, and per dispatch chunk a weight panel (f32: 8 rows packed [K][8]
+ * and 32 bytes; f16: 4 rows widened), the int8 GEMM's quantized input
  * rows and two rows of attention scores.
  */
 import type { ModelConfig } from "../core/config.ts";
@@ -20,6 +21,11 @@ const Q_ROWS = 16;
 function quantStride(c: ModelConfig): number {
   const k = Math.max(c.dim, c.hiddenDim, c.nHeads * c.headDim);
   return Math.ceil((Q_ROWS * 4 + Q_ROWS * 3 * (Math.ceil(k / 16) * 16)) / 64) * 64;
+}
+
+/** Bytes of one chunk's weight panel: gemmF32's 8 packed rows and 32 bytes (gemmF16 uses 4 rows of it). */
+function panelBytes(c: ModelConfig): number {
+  return 32 * Math.max(c.dim, c.hiddenDim, c.nHeads * c.headDim) + 32;
 }
 
 function normedStride(c: ModelConfig): number {
@@ -64,7 +70,7 @@ export class Workspace {
     this.tokens = f32(rows);
     this.cos = f32(rows * c.headDim / 2);
     this.sin = f32(rows * c.headDim / 2);
-    this.panels = f32(chunks * 4 * Math.max(c.dim, c.hiddenDim, qw));
+    this.panels = arena.alloc(chunks * panelBytes(c));
     this.quantStride = quantStride(c);
     this.quant = arena.alloc(chunks * this.quantStride);
     this.normedStride = normedStride(c);
@@ -74,8 +80,8 @@ export class Workspace {
   /** Bytes a workspace needs, for the memory check before anything is allocated. */
   static bytes(c: ModelConfig, chunks: number): number {
     const rows = CHUNK_ROWS, qw = c.nHeads * c.headDim, kvw = c.nKvHeads * c.headDim;
-    return 4 * (rows * (2 * c.dim + 2 * qw + 2 * kvw + 2 * c.hiddenDim + c.vocabSize + 1 + c.headDim) +
-          chunks * 4 * Math.max(c.dim, c.hiddenDim, qw)) + chunks * (quantStride(c) + normedStride(c));
+    return 4 * rows * (2 * c.dim + 2 * qw + 2 * kvw + 2 * c.hiddenDim + c.vocabSize + 1 + c.headDim) +
+      chunks * (panelBytes(c) + quantStride(c) + normedStride(c));
   }
 
   /** Attention score rows of `capacity` floats, two per dispatch chunk. */

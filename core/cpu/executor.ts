@@ -293,6 +293,11 @@ export class CpuSession implements KvSession {
     return this.cache.allocatedBytes() + (this.logits?.byteLength ?? 0);
   }
 
+  reserveRoom(rows: number): Promise<void> {
+    this.cache.reserveExact(rows);
+    return Promise.resolve();
+  }
+
   clone(): Promise<KvSession> {
     const copy = new CpuSession(this.weights, this.cache.clone());
     copy.nextPosition = this.nextPosition;

@@ -51,6 +51,14 @@ export class CpuKvCache {
     if (need > have) this.resize(s, Math.min(this.capacity, Math.max(need, Math.ceil(have * 1.5), 16)));
   }
 
+  /** Storage for exactly `rows` more entries than each head holds (capped at the capacity). */
+  reserveExact(rows: number) {
+    for (let s = 0; s < this.counts.length; s++) {
+      const want = Math.min(this.capacity, this.counts[s] + rows);
+      if (this.allocated(s) !== want) this.resize(s, want);
+    }
+  }
+
   /** Frees the room no head uses: storage shrinks to the entries held. */
   trim() {
     for (let s = 0; s < this.counts.length; s++) {

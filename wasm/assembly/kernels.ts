@@ -313,24 +313,232 @@ function panelF32(
   v128.store(y0, ra);
 }
 
-/** Rows of X kept hot in L2 while weight panels stream through L1. */
-const ROW_BLOCK: i32 = 64;
+/**
+ * One output of tile3x3: the lane sums hsum'd as hsum does, the K tail's scalar products added after (as
+ * dot1 and tile4x2 do), then bias and y. The same bits as dot1 for the same row pair.
+ */
+@inline function finish3(
+  a: v128, x0: usize, w0: usize, K4: i32, K: i32, y0: usize, bias: usize, acc: i32,
+): void {
+  let r = hsum(a);
+  if (K4 < K) {
+    let ta = f32x4.splat(0);
+    for (let k = K4; k < K; k++) {
+      const o = <usize>k << 2;
+      ta = madd(f32x4.splat(load<f32>(w0 + o)), f32x4.splat(load<f32>(x0 + o)), ta);
+    }
+    r += f32x4.extract_lane(ta, 0);
+  }
+  if (bias) r += load<f32>(bias);
+  if (acc) r += load<f32>(y0);
+  store<f32>(y0, r);
+}
+
+/**
+ * Dot products of 3 weight rows with 3 input rows (prefill's register tile): nine accumulators, three
+ * input vectors and one weight vector fit the 15 vector registers V8 gives wasm on x64, for 6 loads per
+ * 9 multiply-adds (tile4x2: 6 per 8; a 4 x 3 tile spills and ran 0.8x). Each output is the arithmetic of
+ * dot1 (lane sums over k in steps of 4, then hsum), so the bits do not depend on which tile computed it.
+ */
+function tile3x3(
+  x0: usize, w0: usize, ks: usize, K: i32, y0: usize, ys: usize, bias: usize, acc: i32,
+): void {
+  const x1 = x0 + ks, x2 = x1 + ks, w1 = w0 + ks, w2 = w1 + ks;
+  let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0);
+  let b0 = f32x4.splat(0), b1 = f32x4.splat(0), b2 = f32x4.splat(0);
+  let c0 = f32x4.splat(0), c1 = f32x4.splat(0), c2 = f32x4.splat(0);
+  const K4 = K & ~3, e = <usize>K4 << 2;
+  // One 4-float step per iteration: unrolling needs more address registers and ran slower.
+  for (let o: usize = 0; o < e; o += 16) {
+    const xa = v128.load(x0 + o), xb = v128.load(x1 + o), xc = v128.load(x2 + o);
+    let v = v128.load(w0 + o);
+    a0 = madd(v, xa, a0);
+    b0 = madd(v, xb, b0);
+    c0 = madd(v, xc, c0);
+    v = v128.load(w1 + o);
+    a1 = madd(v, xa, a1);
+    b1 = madd(v, xb, b1);
+    c1 = madd(v, xc, c1);
+    v = v128.load(w2 + o);
+    a2 = madd(v, xa, a2);
+    b2 = madd(v, xb, b2);
+    c2 = madd(v, xc, c2);
+  }
+  const y1 = y0 + ys, y2 = y1 + ys, b = bias;
+  finish3(a0, x0, w0, K4, K, y0, b, acc);
+  finish3(a1, x0, w1, K4, K, y0 + 4, b ? b + 4 : 0, acc);
+  finish3(a2, x0, w2, K4, K, y0 + 8, b ? b + 8 : 0, acc);
+  finish3(b0, x1, w0, K4, K, y1, b, acc);
+  finish3(b1, x1, w1, K4, K, y1 + 4, b ? b + 4 : 0, acc);
+  finish3(b2, x1, w2, K4, K, y1 + 8, b ? b + 8 : 0, acc);
+  finish3(c0, x2, w0, K4, K, y2, b, acc);
+  finish3(c1, x2, w1, K4, K, y2 + 4, b ? b + 4 : 0, acc);
+  finish3(c2, x2, w2, K4, K, y2 + 8, b ? b + 8 : 0, acc);
+}
+
+/**
+ * Rows of X kept hot in L2 while weight panels stream through L1: 66 = 22 row triples, so a chunk of
+ * 128 rows is 66 + 62 (20 triples and 2 rows for tile4x2).
+ */
+const ROW_BLOCK: i32 = 66;
+
+/** Rows from which gemmF32 packs weight panels and runs the outer-product tile (opTile6x8). */
+const OP_ROWS: i32 = 8;
+
+/** Packs weight rows [n, ne) of w (row stride ks bytes) into panel [K][8] floats; rows past ne are 0. */
+function packPanel8(w: usize, ks: usize, n: i32, ne: i32, K: i32, panel: usize): void {
+  const w0 = w + <usize>n * ks;
+  let k = 0;
+  if (ne - n == 8) {
+    // 4 x 4 transposes: 4 floats of each of 8 rows become 4 k-steps of 8 floats.
+    for (; k + 4 <= K; k += 4) {
+      const o = <usize>k << 2, d = panel + (<usize>k << 5);
+      const r0 = v128.load(w0 + o), r1 = v128.load(w0 + ks + o), r2 = v128.load(w0 + 2 * ks + o);
+      const r3 = v128.load(w0 + 3 * ks + o), r4 = v128.load(w0 + 4 * ks + o), r5 = v128.load(w0 + 5 * ks + o);
+      const r6 = v128.load(w0 + 6 * ks + o), r7 = v128.load(w0 + 7 * ks + o);
+      let t0 = v128.shuffle<i32>(r0, r1, 0, 4, 1, 5), t1 = v128.shuffle<i32>(r0, r1, 2, 6, 3, 7);
+      let t2 = v128.shuffle<i32>(r2, r3, 0, 4, 1, 5), t3 = v128.shuffle<i32>(r2, r3, 2, 6, 3, 7);
+      v128.store(d, v128.shuffle<i32>(t0, t2, 0, 1, 4, 5));
+      v128.store(d, v128.shuffle<i32>(t0, t2, 2, 3, 6, 7), 32);
+      v128.store(d, v128.shuffle<i32>(t1, t3, 0, 1, 4, 5), 64);
+      v128.store(d, v128.shuffle<i32>(t1, t3, 2, 3, 6, 7), 96);
+      t0 = v128.shuffle<i32>(r4, r5, 0, 4, 1, 5);
+      t1 = v128.shuffle<i32>(r4, r5, 2, 6, 3, 7);
+      t2 = v128.shuffle<i32>(r6, r7, 0, 4, 1, 5);
+      t3 = v128.shuffle<i32>(r6, r7, 2, 6, 3, 7);
+      v128.store(d, v128.shuffle<i32>(t0, t2, 0, 1, 4, 5), 16);
+      v128.store(d, v128.shuffle<i32>(t0, t2, 2, 3, 6, 7), 48);
+      v128.store(d, v128.shuffle<i32>(t1, t3, 0, 1, 4, 5), 80);
+      v128.store(d, v128.shuffle<i32>(t1, t3, 2, 3, 6, 7), 112);
+    }
+  }
+  for (; k < K; k++) {
+    const d = panel + (<usize>k << 5);
+    for (let j = 0; j < 8; j++) {
+      store<f32>(d + (<usize>j << 2), n + j < ne ? load<f32>(w0 + <usize>j * ks + (<usize>k << 2)) : 0);
+    }
+  }
+}
+
+/**
+ * One output row of opTile6x8: lo, hi (its 8 columns) + bias, + y; `cols` of them stored (a partial panel
+ * goes through `tmp`, 32 bytes, lane by lane with the same two additions).
+ */
+@inline function storeRow8(
+  lo: v128, hi: v128, y: usize, cols: i32, bias: usize, acc: i32, tmp: usize,
+): void {
+  if (cols == 8) {
+    if (bias) {
+      lo = f32x4.add(lo, v128.load(bias));
+      hi = f32x4.add(hi, v128.load(bias, 16));
+    }
+    if (acc) {
+      lo = f32x4.add(lo, v128.load(y));
+      hi = f32x4.add(hi, v128.load(y, 16));
+    }
+    v128.store(y, lo);
+    v128.store(y, hi, 16);
+    return;
+  }
+  v128.store(tmp, lo);
+  v128.store(tmp, hi, 16);
+  for (let j = 0; j < cols; j++) {
+    const o = <usize>j << 2;
+    let r = load<f32>(tmp + o);
+    if (bias) r += load<f32>(bias + o);
+    if (acc) r += load<f32>(y + o);
+    store<f32>(y + o, r);
+  }
+}
+
+/**
+ * Outer-product tile: 6 input rows x 8 outputs from a packed panel ([K][8]). Per k, two panel vectors and
+ * six broadcast inputs feed twelve multiply-adds into twelve accumulators (15 of V8's x64 vector
+ * registers); the dot-product tiles need a load per 1.5 multiply-adds. Each output is a plain chain
+ * y = w_k x_k + y over k = 0..K-1 (then bias, then y), whatever the rows beside it: rows past `rows`
+ * repeat the last row's input and are not stored.
+ */
+function opTile6x8(
+  x0: usize, ks: usize, rows: i32, panel: usize, K: i32, y0: usize, ys: usize, cols: i32, bias: usize,
+  acc: i32, tmp: usize,
+): void {
+  const last = <usize>(rows - 1);
+  const p1 = x0 + min<usize>(1, last) * ks, p2 = x0 + min<usize>(2, last) * ks;
+  const p3 = x0 + min<usize>(3, last) * ks, p4 = x0 + min<usize>(4, last) * ks;
+  const p5 = x0 + min<usize>(5, last) * ks;
+  let a0 = f32x4.splat(0), a1 = f32x4.splat(0), b0 = f32x4.splat(0), b1 = f32x4.splat(0);
+  let c0 = f32x4.splat(0), c1 = f32x4.splat(0), d0 = f32x4.splat(0), d1 = f32x4.splat(0);
+  let e0 = f32x4.splat(0), e1 = f32x4.splat(0), f0 = f32x4.splat(0), f1 = f32x4.splat(0);
+  let q = panel;
+  const end = <usize>K << 2;
+  for (let o: usize = 0; o < end; o += 4) {
+    const v0 = v128.load(q), v1 = v128.load(q, 16);
+    q += 32;
+    let s = v128.load32_splat(x0 + o);
+    a0 = madd(v0, s, a0);
+    a1 = madd(v1, s, a1);
+    s = v128.load32_splat(p1 + o);
+    b0 = madd(v0, s, b0);
+    b1 = madd(v1, s, b1);
+    s = v128.load32_splat(p2 + o);
+    c0 = madd(v0, s, c0);
+    c1 = madd(v1, s, c1);
+    s = v128.load32_splat(p3 + o);
+    d0 = madd(v0, s, d0);
+    d1 = madd(v1, s, d1);
+    s = v128.load32_splat(p4 + o);
+    e0 = madd(v0, s, e0);
+    e1 = madd(v1, s, e1);
+    s = v128.load32_splat(p5 + o);
+    f0 = madd(v0, s, f0);
+    f1 = madd(v1, s, f1);
+  }
+  storeRow8(a0, a1, y0, cols, bias, acc, tmp);
+  if (rows > 1) storeRow8(b0, b1, y0 + ys, cols, bias, acc, tmp);
+  if (rows > 2) storeRow8(c0, c1, y0 + 2 * ys, cols, bias, acc, tmp);
+  if (rows > 3) storeRow8(d0, d1, y0 + 3 * ys, cols, bias, acc, tmp);
+  if (rows > 4) storeRow8(e0, e1, y0 + 4 * ys, cols, bias, acc, tmp);
+  if (rows > 5) storeRow8(f0, f1, y0 + 5 * ys, cols, bias, acc, tmp);
+}
+
+/** Bytes of one chunk's f32 panel scratch: [K][8] floats and a 32-byte row for partial stores. */
+@inline function panelBytes(K: i32): usize {
+  return (<usize>K << 5) + 32;
+}
 
 /**
  * y[m, n] (+)= x[m, :] . w[n, :] (+ bias[n]) for m < M and thread t's share of n < N. w is f32
  * [N, K] row-major; x [M, K]; y has row stride ldy. acc: add to y instead of overwriting it. xs: chunk t
  * reads its x at x + t x xs (rows a fused rmsNorm wrote for that chunk; 0: one x for all).
+ * M >= OP_ROWS (prefill): every 8 weight rows are packed into the chunk's scratch (at scratch + t x
+ * (32 K + 32) bytes) once per row block, then run against 6 input rows at a time (opTile6x8): the same
+ * bits for every row whatever M (>= OP_ROWS), the row blocks and the split. Fewer rows (decode): the
+ * dot-product tiles of panelF32 (dot1's bits).
  */
 export function gemmF32(
-  x: usize, w: usize, bias: usize, y: usize, M: i32, N: i32, K: i32, ldy: i32, acc: i32, xs: i32, t: i32,
-  nt: i32,
+  x: usize, w: usize, bias: usize, y: usize, M: i32, N: i32, K: i32, ldy: i32, acc: i32, scratch: usize,
+  xs: i32, t: i32, nt: i32,
 ): void {
   const n0 = share(N, t, nt, 4), n1 = share(N, t + 1, nt, 4);
   if (n0 >= n1) return;
   x += <usize>t * <usize>xs;
-  for (let mb = 0; mb < M; mb += ROW_BLOCK) {
-    const me = min(mb + ROW_BLOCK, M);
-    for (let n = n0; n < n1; n += 4) panelF32(x, w, 0, bias, y, mb, me, n, min(n + 4, n1), K, ldy, acc);
+  const ks = <usize>K << 2, ys = <usize>ldy << 2;
+  if (M < OP_ROWS) {
+    for (let n = n0; n < n1; n += 4) panelF32(x, w, 0, bias, y, 0, M, n, min(n + 4, n1), K, ldy, acc);
+    return;
+  }
+  const panel = scratch + <usize>t * panelBytes(K), tmp = panel + (<usize>K << 5);
+  // Input blocks of at most 512 KB stay in L2 while every panel of the share passes over them.
+  const rb = max(6, (131072 / K) / 6 * 6);
+  for (let mb = 0; mb < M; mb += rb) {
+    const me = min(mb + rb, M);
+    for (let n = n0; n < n1; n += 8) {
+      const ne = min(n + 8, n1), o = <usize>n << 2, b = bias ? bias + o : 0;
+      packPanel8(w, ks, n, ne, K, panel);
+      for (let m = mb; m < me; m += 6) {
+        opTile6x8(x + <usize>m * ks, ks, min(6, me - m), panel, K, y + <usize>m * ys + o, ys, ne - n, b, acc, tmp);
+      }
+    }
   }
 }
 
@@ -346,8 +554,8 @@ function halvesToFloats(src: usize, dst: usize, count: i32): void {
 }
 
 /**
- * gemmF32 with f16 weights [N, K]. Several rows: each 4-row weight panel is widened once into the
- * thread's scratch (4 x K floats at scratch + t x 16 K bytes) and reused by every input row.
+ * gemmF32 with f16 weights [N, K]. Several rows: each 3-row weight panel is widened once into the
+ * thread's scratch (4 x K floats at scratch + t x 16 K bytes) and reused by every row triple.
  * One row (decode): the panel is widened the same way, then one pass; the weight traffic is halved.
  */
 export function gemmF16(
@@ -359,13 +567,26 @@ export function gemmF16(
   x += <usize>t * <usize>xs;
   const panel = scratch + <usize>t * (<usize>K << 4);
   const hs = <usize>K << 1;
+  const ks = <usize>K << 2, ys = <usize>ldy << 2;
   for (let mb = 0; mb < M; mb += ROW_BLOCK) {
-    const me = min(mb + ROW_BLOCK, M);
-    for (let n = n0; n < n1; n += 4) {
+    const me = min(mb + ROW_BLOCK, M), m3 = mb + (me - mb) / 3 * 3;
+    // Row triples: 3-row panels through tile3x3, as gemmF32 (a partial panel through panelF32).
+    for (let n = n0; m3 > mb && n < n1; n += 3) {
+      const ne = min(n + 3, n1);
+      halvesToFloats(w + <usize>n * hs, panel, (ne - n) * K);
+      if (ne - n == 3) {
+        const o = <usize>n << 2, b = bias ? bias + o : 0;
+        for (let m = mb; m < m3; m += 3) tile3x3(x + <usize>m * ks, panel, ks, K, y + <usize>m * ys + o, ys, b, acc);
+      } else {
+        panelF32(x, panel - <usize>n * ks, 0, bias, y, mb, m3, n, ne, K, ldy, acc);
+      }
+    }
+    // The rows left (decode's one row): 4-row panels.
+    for (let n = n0; m3 < me && n < n1; n += 4) {
       const ne = min(n + 4, n1);
       halvesToFloats(w + <usize>n * hs, panel, (ne - n) * K);
       // The panel holds rows n..ne-1; address it as if it began at row n of a full matrix.
-      panelF32(x, panel - <usize>n * (<usize>K << 2), 0, bias, y, mb, me, n, ne, K, ldy, acc);
+      panelF32(x, panel - <usize>n * ks, 0, bias, y, m3, me, n, ne, K, ldy, acc);
     }
   }
 }
@@ -767,20 +988,16 @@ function expScores(scores: usize, n: i32, mx: f32): f32 {
 }
 
 /**
- * 1 / (sum of exps) of the last attend1 (query a) and attend2 (a and b) call: the scores scratch then
- * holds the unnormalised exps, so p_j = scores[j] x inverse. Globals are per instance, so per thread.
+ * out = softmax(scale x q . keys[0..n)) . values[0..n): one query (any head size). Returns 1 / (sum of
+ * exps): the scores scratch is left holding the unnormalised exps, so p_j = scores[j] x the result
+ * (what addMass adds).
  */
-let inverseA: f32 = 0;
-let inverseB: f32 = 0;
-
-/** out = softmax(scale x q . keys[0..n)) . values[0..n): one query (any head size). */
 function attend1(
   qv: usize, ov: usize, n: i32, hd: i32, scale: f32, kb: usize, vb: usize, scores: usize,
-): void {
+): f32 {
   const hb = <usize>hd << 2;
   const mx = scoreKeys(qv, kb, n, hd, scale, scores);
   const inv = <f32>1 / expScores(scores, n, mx);
-  inverseA = inv;
   memory.fill(ov, 0, hb);
   if ((hd & 3) == 0) {
     for (let j = 0; j < n; j++) {
@@ -801,6 +1018,7 @@ function attend1(
       }
     }
   }
+  return inv;
 }
 
 /** Byte offset of row `row`, head `h` in a [rows][heads x hd] matrix. */
@@ -821,12 +1039,14 @@ function maxOf(s: usize, n: i32): f32 {
 /**
  * Two queries over the same keys (head size a multiple of 4): query a sees keys [0, na), b sees
  * [0, nb), na <= nb. Each key and value row is loaded once for both. The arithmetic of each query
- * matches attend1's up to the order of the max and of the output accumulation.
+ * matches attend1's up to the order of the max and of the output accumulation. Returns
+ * [1 / (sum of a's exps), 1 / (sum of b's exps), 0, 0]: sa and sb are left holding the unnormalised exps,
+ * as attend1 leaves its scores.
  */
 function attend2(
   qa: usize, qb: usize, oa: usize, ob: usize, na: i32, nb: i32, hd: i32, scale: f32, kb: usize, vb: usize,
   sa: usize, sb: usize,
-): void {
+): v128 {
   const hb = <usize>hd << 2;
   const sv = f32x4.splat(scale);
   let j = 0;
@@ -864,8 +1084,6 @@ function attend2(
   }
   const invA = <f32>1 / expScores(sa, na, maxOf(sa, na));
   const invB = <f32>1 / expScores(sb, nb, maxOf(sb, nb));
-  inverseA = invA;
-  inverseB = invB;
   for (let k = na; k < nb; k++) store<f32>(sa + (<usize>k << 2), 0);
   // P.V in column blocks of 16 floats held in registers, then of 4.
   let i = 0;
@@ -907,6 +1125,7 @@ function attend2(
     v128.store(oa + o, f32x4.mul(x0, f32x4.splat(invA)));
     v128.store(ob + o, f32x4.mul(y0, f32x4.splat(invB)));
   }
+  return f32x4(invA, invB, 0, 0);
 }
 
 /** Adds p_j = scores[j] x inv to row[position_j] for j < n (positions ascending, all cached). */
@@ -960,14 +1179,14 @@ export function attention(
       let m = 0;
       for (; paired && m + 1 < M; m += 2) {
         const n = base + m + 1;
-        attend2(q + qat(m, h, qw, hd), q + qat(m + 1, h, qw, hd), out + qat(m, h, qw, hd), out + qat(m + 1, h, qw, hd), n, n + 1, hd, scale, kb, vb, sa, sb);
-        addMass(row, sa, pb, n, inverseA);
-        addMass(row, sb, pb, n + 1, inverseB);
+        const inv = attend2(q + qat(m, h, qw, hd), q + qat(m + 1, h, qw, hd), out + qat(m, h, qw, hd), out + qat(m + 1, h, qw, hd), n, n + 1, hd, scale, kb, vb, sa, sb);
+        addMass(row, sa, pb, n, f32x4.extract_lane(inv, 0));
+        addMass(row, sb, pb, n + 1, f32x4.extract_lane(inv, 1));
       }
       for (; m < M; m++) {
         const n = base + m + 1;
-        attend1(q + qat(m, h, qw, hd), out + qat(m, h, qw, hd), n, hd, scale, kb, vb, sa);
-        addMass(row, sa, pb, n, inverseA);
+        const inv = attend1(q + qat(m, h, qw, hd), out + qat(m, h, qw, hd), n, hd, scale, kb, vb, sa);
+        addMass(row, sa, pb, n, inv);
       }
     }
     return;
