@@ -201,13 +201,9 @@ export interface Executor {
   dispose(): void;
 }
 
-/**
- * A batched step on any executor: its own `forwardBatch`, else each item's forward in turn. A step of one
- * item is that session's own forward (the single-stream path: on native, about 1.4x the tokens per second
- * of a one-row batch graph through the service, stories260K).
- */
+/** A batched step on any executor: its own `forwardBatch`, else each item's forward in turn. */
 export async function forwardBatch(ex: Executor, items: BatchItem[]): Promise<ForwardResult[]> {
-  if (ex.forwardBatch && items.length > 1) return await ex.forwardBatch(items);
+  if (ex.forwardBatch) return await ex.forwardBatch(items);
   const out: ForwardResult[] = [];
   for (const it of items) out.push(await it.session.forward(it.input, it.options));
   return out;
