@@ -216,6 +216,19 @@ export class BatchScheduler {
     });
   }
 
+  /** Holds the executor between steps until the returned function is called. */
+  async hold(): Promise<() => void> {
+    let release!: () => void;
+    const released = new Promise<void>((r) => release = r);
+    await new Promise<void>((held) => {
+      this.exclusive(() => {
+        held();
+        return released;
+      });
+    });
+    return release;
+  }
+
   /** Queues rows of `s` for a step; resolves with their result, or null when `signal` aborted first. */
   submit(
     s: ScheduledSession,
