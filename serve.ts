@@ -14,7 +14,7 @@
  * net permission instead of read), JUDGEQ_ADAPTER (a file or URL, `none` for no adapter; default the
  * model's judgeq.safetensors), JUDGEQ_EXECUTOR (auto|gpu|wasm|cpu), JUDGEQ_THREADS, JUDGEQ_WEIGHTS
  * (auto|f32|f16|int8), JUDGEQ_API_KEY, or JUDGEQ_API_KEYS (several keys, one a line as in
- * --api-keys-file), JUDGEQ_QUEUE_SIZE, JUDGEQ_ACTIVE_JOBS, JUDGEQ_MAX_REQUEST_SECONDS (0: no limit),
+ * --api-keys-file), JUDGEQ_QUEUE_SIZE, JUDGEQ_MAX_STREAMS, JUDGEQ_MAX_REQUEST_SECONDS (0: no limit),
  * JUDGEQ_MAX_BODY_BYTES, JUDGEQ_CONTEXT_TTL (seconds), JUDGEQ_CONTEXT_MAX_MB. Connection deadlines
  * (header, idle) are the host's: `deno serve` and edge runtimes own the socket.
  * @module
@@ -110,7 +110,7 @@ export function serveOptionsFromEnv(env: Env = denoEnv): ServeOptions {
   const maxMb = number(env, "JUDGEQ_CONTEXT_MAX_MB", 0);
   const queueSize = number(env, "JUDGEQ_QUEUE_SIZE", 0);
   const maxBodyBytes = number(env, "JUDGEQ_MAX_BODY_BYTES", 1);
-  const activeJobs = number(env, "JUDGEQ_ACTIVE_JOBS", 1);
+  const maxStreams = number(env, "JUDGEQ_MAX_STREAMS", 1);
   const maxRequestS = number(env, "JUDGEQ_MAX_REQUEST_SECONDS", 0);
   const apiKey = env("JUDGEQ_API_KEY") || null, apiKeysText = env("JUDGEQ_API_KEYS") || null;
   if (apiKey !== null && apiKeysText !== null) {
@@ -120,7 +120,7 @@ export function serveOptionsFromEnv(env: Env = denoEnv): ServeOptions {
     apiKey,
     // Several keys, one per line as in --api-keys-file (LABEL:KEY or KEY): contexts belong to their key.
     ...(apiKeysText !== null ? { apiKeys: parseKeysFile(apiKeysText, "JUDGEQ_API_KEYS") } : {}),
-    ...(activeJobs !== undefined ? { activeJobs } : {}),
+    ...(maxStreams !== undefined ? { maxStreams } : {}),
     ...(maxRequestS !== undefined ? { maxRequestMs: maxRequestS === 0 ? null : maxRequestS * 1000 } : {}),
     ...(queueSize !== undefined ? { queueSize } : {}),
     ...(maxBodyBytes !== undefined ? { maxBodyBytes } : {}),

@@ -134,8 +134,28 @@ export async function generateTokens(model: Model, req: GenerateRequest, hooks: 
 export async function generateText(model: Model, r: TextRequest, hooks: RunHooks = {}): Promise<TextResult> {
   const req = tokenizeRequest(model, r);
   if (E.isLeft(req)) throw req.left;
-  const { plan, run } = await generateTokens(model, req.right, hooks);
-  const input = req.right.input;
+  const plan = planFor(model, req.right);
+  if (E.isLeft(plan)) throw plan.left;
+  return await runCompiled(model, req.right, plan.right, hooks);
+}
+
+/**
+ * Runs a request already tokenized and compiled (`tokenizeRequest`, `planFor`): the server checks a request
+ * before it queues it, and runs what it checked rather than tokenizing and compiling it again.
+ */
+export async function runCompiled(
+  model: Model,
+  req: GenerateRequest,
+  plan: Plan,
+  hooks: RunHooks = {},
+): Promise<TextResult> {
+  const run = await runPlan(plan, {
+    executor: model.executor,
+    softEmbeddings: model.adapter?.softEmbeddings ?? null,
+    tokenEmbeddings: model.tokenEmbeddings,
+    ...hooks,
+  });
+  const input = req.input;
   return {
     plan,
     promptTokens: input.kind === "prompt" ? input.tokens : input.context,
@@ -169,7 +189,7 @@ export interface CompressedContext {
  * Without a method it takes the context's compression method.
  */
 export function answerDecode(
-  ctx: CompressedContext,
+  ctx: Pick<CompressedContext, "decode" | "plan">,
   requested: DecodeCompressionRequest | null | undefined,
 ): DecodeCompressionRequest | null {
   const d = requested ?? ctx.decode;
@@ -186,18 +206,29 @@ export function contextCapacity(model: Model, planCapacity: number): number {
   return Math.max(planCapacity, model.config.maxSeqLen + 1 + softRows);
 }
 
+/** A context's decode-time compression for its answers: the request's, its method defaulting to the prefill's. */
+export function contextDecode(compression: CompressionRequest | null): DecodeCompressionRequest | null {
+  const d = compression?.decode;
+  return d ? { ...d, method: d.method ?? compression!.method } : null;
+}
+
 /** Compresses a context once; the caller owns the returned session (dispose it when done). */
 export async function compressContext(
   model: Model,
-  context: string,
+  context: string | readonly number[],
   compression: CompressionRequest | null,
   hooks: RunHooks = {},
   text: TextOptions = {},
+  compiled?: Plan,
 ): Promise<CompressedContext> {
   const allowSpecial = text.allowSpecialTokens ?? false;
-  const tokens = model.tokenizer.encode(context, { addBos: true, allowSpecial });
-  // A placeholder question sizes nothing: the plan is compiled without its answer steps.
-  const plan = planFor(model, {
+  // Ids: a context the caller tokenized already (the server, when it checked the request).
+  const tokens = typeof context === "string"
+    ? model.tokenizer.encode(context, { addBos: true, allowSpecial })
+    : [...context];
+  // The caller's plan for this context and `compression` (its questions' steps are dropped), or one with a
+  // placeholder question, which sizes nothing: the plan is run without its answer steps.
+  const plan = compiled ? E.right(compiled) : planFor(model, {
     input: { kind: "context", context: tokens, questions: [[model.tokenizer.bosId ?? 0]] },
     compression,
     decode: decodeSpecOf(model, { maxTokens: 0 }),
@@ -218,9 +249,7 @@ export async function compressContext(
       contextTokens: tokens,
       stats: run.compression,
       timings: run.timings,
-      decode: compression?.decode
-        ? { ...compression.decode, method: compression.decode.method ?? compression.method }
-        : null,
+      decode: contextDecode(compression),
     };
   } catch (e) {
     session.dispose();
@@ -229,7 +258,13 @@ export async function compressContext(
 }
 
 export interface AnswerRequest extends DecodeParams, TextOptions {
-  question: string;
+  /** Text, or ids the caller tokenized already (without BOS). */
+  question: string | readonly number[];
+  /**
+   * The answer's plan, when the caller compiled it already (`answerPlan`, with this question, the context's
+   * tokens, `answerCompression(ctx, decodeCompression)` and these decode parameters).
+   */
+  plan?: Plan;
   /** Decode-time compression for this answer (default: the context's, see `answerDecode`). */
   decodeCompression?: DecodeCompressionRequest | null;
 }
@@ -241,18 +276,14 @@ export async function answerOnContext(
   r: AnswerRequest,
   hooks: RunHooks = {},
 ): Promise<TextOutput & { questionTokens: number[]; decode: DecodeCompressionStats | null }> {
-  const question = model.tokenizer.encode(r.question, {
-    addBos: false,
-    allowSpecial: r.allowSpecialTokens ?? false,
-  });
-  const plan = planFor(model, {
-    input: { kind: "context", context: ctx.contextTokens, questions: [question] },
-    compression: answerCompression(ctx, r.decodeCompression),
-    decode: decodeSpecOf(model, r),
-  });
+  const question = typeof r.question === "string"
+    ? model.tokenizer.encode(r.question, { addBos: false, allowSpecial: r.allowSpecialTokens ?? false })
+    : [...r.question];
+  const plan = r.plan
+    ? E.right(r.plan)
+    : answerPlan(model, ctx.contextTokens, question, answerCompression(ctx, r.decodeCompression), r);
   if (E.isLeft(plan)) throw plan.left;
-  const answer = plan.right.steps.filter((s) => s.op === "answer" || s.op === "bound_decode");
-  const run = await runOnSession({ ...plan.right, steps: answer }, {
+  const run = await runOnSession(plan.right, {
     executor: model.executor,
     softEmbeddings: null,
     tokenEmbeddings: model.tokenEmbeddings,
@@ -268,9 +299,32 @@ export async function answerOnContext(
   };
 }
 
+/**
+ * The plan of one answer on a context of `contextTokens`: its decode-time compression, if any, and the
+ * answer (`compression` as `answerCompression` gives it).
+ */
+export function answerPlan(
+  model: Model,
+  contextTokens: number[],
+  question: number[],
+  compression: CompressionRequest | null,
+  r: DecodeParams,
+): E.Either<JudgeQError, Plan> {
+  const plan = planFor(model, {
+    input: { kind: "context", context: contextTokens, questions: [question] },
+    compression,
+    decode: decodeSpecOf(model, r),
+  });
+  if (E.isLeft(plan)) return plan;
+  return E.right({
+    ...plan.right,
+    steps: plan.right.steps.filter((s) => s.op === "answer" || s.op === "bound_decode"),
+  });
+}
+
 /** The compression request an answer compiles with: nothing but its decode-time compression, if any. */
 export function answerCompression(
-  ctx: CompressedContext,
+  ctx: Pick<CompressedContext, "decode" | "plan">,
   requested?: DecodeCompressionRequest | null,
 ): CompressionRequest | null {
   const decode = answerDecode(ctx, requested);

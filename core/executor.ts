@@ -189,6 +189,12 @@ export interface Executor {
    * absent). A forward's numbers do not depend on whether `between` is given.
    */
   readonly forwardChunkRows?: number;
+  /**
+   * True where a session's own `decode` runs several steps per host round trip (WebGPU: tokens sampled on
+   * the device, batches pipelined), so a scheduler without `forwardBatch` lets a stream decode through it
+   * rather than one forward per token.
+   */
+  readonly decodesAhead?: boolean;
   /** Human-readable backend description (adapter, features). */
   readonly description: string;
   /** True once the device behind the executor is lost (GPU); requests then fail until a new one is made. */

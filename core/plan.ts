@@ -13,6 +13,7 @@ import {
 } from "./decode_compression.ts";
 import { fail, type JudgeQError } from "./errors.ts";
 import type { DecodeSpec } from "./executor.ts";
+import { decideMaxTokens } from "./max_tokens.ts";
 import { GLOBAL_DEFAULTS, METHOD_NAMES, METHODS } from "./methods/registry.ts";
 import { type Allocation, ALLOCATIONS, type MethodOptions } from "./methods/types.ts";
 import { pyramidBudgets } from "./selection.ts";
@@ -280,8 +281,13 @@ export function compilePlan(req: GenerateRequest, model: ModelFacts): E.Either<J
       promptParam,
     );
   }
-  // Generation stops at the context's end: clamp rather than refuse.
-  const decode = { ...d, maxTokens: Math.min(d.maxTokens, c.maxSeqLen - L - longestQuestion) };
+  // Generation stops at the context's end: cut rather than refuse (the one max_tokens decision).
+  const cut = decideMaxTokens(
+    { asked: d.maxTokens, fallback: null, outputs: 1, perRequest: null, strict: null },
+    { size: c.maxSeqLen, used: L + longestQuestion, what: "prompt tokens" },
+  );
+  if (E.isLeft(cut)) return cut;
+  const decode = { ...d, maxTokens: cut.right };
 
   const comp = req.compression ?? { method: "full" };
   const resolved = resolveOptions(comp, L);

@@ -60,6 +60,7 @@ export function resolveWeightFormat(choice: GpuWeightChoice, w: ModelWeights, fe
 
 export class GpuExecutor implements Executor {
   readonly kind = "gpu" as const;
+  readonly decodesAhead = true;
   readonly config: ModelConfig;
   readonly description: string;
   /** Weights, kernels, RoPE table and buffer pool, shared by the sessions. */

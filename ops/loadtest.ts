@@ -4,8 +4,8 @@
  * --duration seconds, and prints throughput and latency percentiles (one JSON object with --json).
  *   deno task loadtest [--requests 200] [--concurrency 8] [--max-tokens 32] [--method snapkv --budget 64]
  *                      [--endpoint generate|completions|chat] [--stream] [--url http://127.0.0.1:8000] [--json]
- *                      [--long N --long-tokens 480] [--active-jobs 4] [--bare]
- *                      [--max-streams 16] [--max-batch-tokens 256] [--kv-cache-mb N] (batched decoding)
+ *                      [--long N --long-tokens 480] [--bare]
+ *                      [--max-streams N] [--max-batch-tokens N] [--kv-cache-mb N] (the server's scheduler)
  * `deno task loadtest --compare [...]`: the service against llama.cpp (ops/loadtest_compare.ts).
  * With --long, N clients keep a long generation running the whole time (fairness: what short requests
  * pay while long ones run); their own count is reported apart.
@@ -49,10 +49,9 @@ const SPEC = {
     kind: "boolean",
     help: "serve with Deno.serve alone; default: through the TCP front, as `deno task start` serves",
   },
-  "active-jobs": { kind: "int", help: "--active-jobs of the server it starts (default: the server's, 4)" },
-  "max-streams": { kind: "int", help: "batched decoding in the server it starts: --max-streams (see start)" },
-  "max-batch-tokens": { kind: "int", help: "batched decoding: --max-batch-tokens (see start)" },
-  "kv-cache-mb": { kind: "int", help: "batched decoding: --kv-cache-mb (see start)" },
+  "max-streams": { kind: "int", help: "--max-streams of the server it starts (see start)" },
+  "max-batch-tokens": { kind: "int", help: "--max-batch-tokens of the server it starts (see start)" },
+  "kv-cache-mb": { kind: "int", help: "--kv-cache-mb of the server it starts (see start)" },
   long: { kind: "int", help: "clients keeping a long generation running meanwhile (default 0)", default: 0 },
   "long-tokens": { kind: "int", help: "tokens of each long generation (default 480)", default: 480 },
   json: { kind: "boolean", help: "print one JSON object" },
@@ -160,10 +159,6 @@ async function main(argv: string[]): Promise<number> {
   }
   const longs = f.long as number;
   if (!(longs >= 0 && longs <= 64)) throw new UsageError(`--long: expected 0..64, got '${longs}'`);
-  const activeJobs = f["active-jobs"] as number | undefined;
-  if (activeJobs !== undefined && !(activeJobs >= 1)) {
-    throw new UsageError(`--active-jobs: expected a number >= 1, got '${activeJobs}'`);
-  }
   const batch = batchFlags(f["max-streams"], f["max-batch-tokens"], f["kv-cache-mb"]);
   const executorChoice = executorFlag(f.executor);
   const threads = threadsFlag(f.threads), weightFormat = weightsFlag(f);
@@ -201,8 +196,7 @@ async function main(argv: string[]): Promise<number> {
     });
     const app = createApp(model, {
       queueSize: f["queue-size"] as number,
-      ...(activeJobs !== undefined ? { activeJobs } : {}),
-      batch,
+      ...batch,
     });
     // As `deno task start` serves (its default deadlines), unless --bare.
     const server = await serveFronted({
@@ -287,9 +281,11 @@ async function main(argv: string[]): Promise<number> {
     },
     ttft_ms: ttft.length ? { p50: r2(percentile(ttft, 50)), p99: r2(percentile(ttft, 99)) } : null,
     per_token_ms: tpot.length ? { p50: r2(percentile(tpot, 50)), p99: r2(percentile(tpot, 99)) } : null,
-    batch: batch
+    batch: metricsText
       ? {
-        ...batch,
+        max_streams: sampleValue(metricsText, "judgeq_batch_max_streams"),
+        max_batch_tokens: sampleValue(metricsText, "judgeq_batch_max_rows"),
+        kv_cap_bytes: batch.kvCapBytes,
         steps: sampleValue(metricsText, "judgeq_batch_steps_total"),
         rows_per_step: r2(
           sampleValue(metricsText, "judgeq_batch_rows_total") /

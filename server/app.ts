@@ -7,8 +7,9 @@
  *   entry       main.ts (deno task start: flags, the front, signals), app.ts (this file)
  *   requests    endpoints.ts, openai.ts (handlers), schemas.ts (bodies), http.ts (bounded JSON bodies),
  *               errors.ts (one error shape), keys.ts (API keys)
- *   jobs        service.ts (admission, queueing, responses), generation.ts (the jobs on the executor),
- *               output.ts (incremental text, stop strings); batched decoding: batch_scheduler.ts over
+ *   jobs        service.ts (responses), jobs.ts (admission: stream slots, the waiting line, time limit),
+ *               generation.ts (the jobs on the executor), output.ts (incremental text, stop strings);
+ *               batched decoding: batch_scheduler.ts over
  *               scheduled_session.ts (each request's session) and kv_ledger.ts (KV bytes as admission)
  *   responses   sse.ts (streams), wire.ts (compression stats and timings as JSON)
  *   metrics.ts  the Prometheus registry and the server's gauges
@@ -22,7 +23,8 @@ import { errorResponse, HttpError, toHttpError } from "./errors.ts";
 import { DEFAULT_LABEL, keyLabel, setPrincipal } from "./keys.ts";
 import { serverGauges, type ServerMetrics } from "./metrics.ts";
 import { chat, completions } from "./openai.ts";
-import type { JobQueue } from "./queue.ts";
+import type { Jobs } from "./jobs.ts";
+import type { BatchScheduler } from "./batch_scheduler.ts";
 import { type AppOptions, DEFAULT_OPTIONS, Service } from "./service.ts";
 
 export { type AppOptions, DEFAULT_OPTIONS };
@@ -30,7 +32,10 @@ export { type AppOptions, DEFAULT_OPTIONS };
 export interface App {
   handler: (req: Request) => Promise<Response>;
   metrics: ServerMetrics;
-  queue: JobQueue;
+  /** Admission: stream slots and the waiting line (depth, in flight, idle for draining). */
+  queue: Jobs;
+  /** The batch scheduler every request runs through. */
+  scheduler: BatchScheduler;
   /** The contexts this replica holds live. */
   local: LocalContexts;
   /** Every kept context: `local` alone, or `local` in front of the store replicas share. */
@@ -93,15 +98,14 @@ export function createApp(model: Model, options: Partial<AppOptions> = {}): App 
     log: (m) => console.error(m),
     ...options,
   });
-  const { metrics, queue, local, o } = svc;
+  const { metrics, jobs: queue, local, o } = svc;
   const keys = [...o.apiKeys, ...(o.apiKey !== null ? [{ label: DEFAULT_LABEL, key: o.apiKey }] : [])];
   let httpInFlight = 0;
   serverGauges(metrics, {
     queue,
-    turns: svc.turns,
     contexts: local,
     httpInFlight: () => httpInFlight,
-    stalledStreams: () => svc.stalledNow,
+    stalledStreams: () => queue.stalledNow,
     restoredContexts: () => svc.contexts.restored,
     deviceLost: () => svc.deviceLost(),
   });
@@ -197,6 +201,7 @@ export function createApp(model: Model, options: Partial<AppOptions> = {}): App 
     handler,
     metrics,
     queue,
+    scheduler: svc.scheduler,
     local,
     kept: svc.contexts,
     drain() {

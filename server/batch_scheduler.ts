@@ -24,7 +24,7 @@ import {
 import { Cancelled, type HttpError } from "./errors.ts";
 import { kvBoundBytes, KvLedger } from "./kv_ledger.ts";
 import { rowsOf, ScheduledSession } from "./scheduled_session.ts";
-import { YIELD_EVERY_MS } from "./turns.ts";
+import { YIELD_EVERY_MS } from "./jobs.ts";
 
 export { ScheduledSession } from "./scheduled_session.ts";
 
@@ -216,6 +216,19 @@ export class BatchScheduler {
     });
   }
 
+  /** Holds the executor between steps until the returned function is called. */
+  async hold(): Promise<() => void> {
+    let release!: () => void;
+    const released = new Promise<void>((r) => release = r);
+    await new Promise<void>((held) => {
+      this.exclusive(() => {
+        held();
+        return released;
+      });
+    });
+    return release;
+  }
+
   /** Queues rows of `s` for a step; resolves with their result, or null when `signal` aborted first. */
   submit(
     s: ScheduledSession,
@@ -298,7 +311,7 @@ export class BatchScheduler {
           this.polled = false;
           this.lastYield = performance.now();
         } else if (performance.now() - this.lastYield >= YIELD_EVERY_MS) {
-          // Only a timer lets the event loop poll I/O (see turns.ts): requests, disconnects, stream writes.
+          // Only a timer lets the event loop poll I/O (see jobs.ts): requests, disconnects, stream writes.
           await new Promise((r) => setTimeout(r, 0));
           this.polled = false;
           this.lastYield = performance.now();

@@ -12,6 +12,7 @@ import {
   type JobResult,
   precheck,
   precheckContext,
+  type Prepared,
   runAnswers,
   runContext,
   runPrompt,
@@ -86,26 +87,24 @@ export const generate = (svc: Service): Handler => async (req) => {
     ...(b.prompt !== undefined ? [{ text: b.prompt, param: "prompt" }] : []),
     ...(b.context !== undefined ? [{ text: b.context, param: "context" }] : []),
     ...(b.questions ?? []).map((text, i) => ({ text, param: `questions.${i}` })),
-  ]);
+  ], b.allow_special_tokens ?? false);
   const model = svc.model;
   const p = svc.decodeParams(b, { maxTokens: 64, temperature: 0, outputs: b.questions?.length ?? 1 });
   const compression = (b.kv_compression ?? null) as CompressionRequest | null;
   const env = newEnvelope("gen", model.name);
-  if (b.prompt !== undefined) {
-    const prompt = b.prompt;
-    precheck(model, { prompt }, compression, p);
-    const shape = generateShape(svc, env, null, b);
-    return svc.respond(req, b.stream ?? false, (h) => runPrompt(model, prompt, compression, p, h), shape);
+  const input = b.prompt !== undefined
+    ? { prompt: b.prompt }
+    : { context: b.context!, questions: b.questions! };
+  const prepared = precheck(model, input, compression, p);
+  const shape = generateShape(svc, env, b.prompt !== undefined ? null : b.questions!, b);
+  const stream = b.stream ?? false;
+  if (prepared.kind === "prompt") {
+    return svc.respond(req, stream, (h) => runPrompt(model, prepared, h), shape);
   }
-  const context = b.context!, questions = b.questions!;
-  precheck(model, { context, questions }, compression, p);
-  const shape = generateShape(svc, env, questions, b);
-  return svc.respond(
-    req,
-    b.stream ?? false,
-    (h) => runContext(model, context, questions, compression, p, h),
-    shape,
-  );
+  if (prepared.kind === "context") {
+    return svc.respond(req, stream, (h) => runContext(model, prepared, h), shape);
+  }
+  throw new Error("a prompt or context request prepared as answers");
 };
 
 const contextJson = (svc: Service, e: StoredContext, withPositions: boolean) => ({
@@ -126,19 +125,18 @@ export const createContext = (svc: Service): Handler => async (req) => {
   svc.checkModel(b.model);
   const compression = (b.kv_compression ?? null) as CompressionRequest | null;
   const allowSpecialTokens = b.allow_special_tokens ?? false;
-  svc.admit([{ text: b.context, param: "context" }]);
-  precheckContext(svc.model, b.context, compression, allowSpecialTokens);
+  svc.admit([{ text: b.context, param: "context" }], allowSpecialTokens);
+  const { tokens, plan } = precheckContext(svc.model, b.context, compression, allowSpecialTokens);
   const signal = req.signal;
-  const { value: ctx, queueMs, runMs } = await svc.enqueue(
+  const { value: ctx, queueMs, runMs } = await svc.run(
     signal,
-    (pass) =>
-      compressContext(svc.model, b.context, compression, { signal, between: pass }, { allowSpecialTokens }),
+    (pass) => compressContext(svc.model, tokens, compression, { signal, between: pass }, {}, plan),
   );
   if (signal.aborted) {
     ctx.session.dispose();
     throw new Cancelled();
   }
-  svc.scheduler?.settle(ctx.session); // a kept context reserves what it holds, not its whole capacity
+  svc.scheduler.settle(ctx.session); // a kept context reserves what it holds, not its whole capacity
   svc.metrics.promptTokens.inc({}, ctx.contextTokens.length);
   svc.metrics.kvBytesSaved.inc({}, ctx.stats.kvBytesBefore - ctx.stats.kvBytesAfter);
   // May evict older contexts, refuse one over the cap (422), or fail while a shared store is down (503).
@@ -158,23 +156,28 @@ export const contextGenerate = (svc: Service): Handler => async (req, [id]) => {
   }
   const questions = b.questions ?? (b.question !== undefined ? [b.question] : null);
   if (!questions) throw new HttpError(400, "question is required", "question");
-  svc.admit(questions.map((text, i) => ({ text, param: b.questions ? `questions.${i}` : "question" })));
+  svc.admit(
+    questions.map((text, i) => ({ text, param: b.questions ? `questions.${i}` : "question" })),
+    b.allow_special_tokens ?? false,
+  );
   const p = svc.decodeParams(b, { maxTokens: 64, temperature: 0, outputs: questions.length });
   // Held until the job ends, so eviction cannot free it mid-answer; restored from a shared store if need be.
   // Another key's context is a 404 like an unknown one.
   const entry = await svc.contexts.acquire(id, principalOf(req));
   const decode = (b.kv_compression?.decode ?? null) as DecodeCompressionRequest | null;
+  let prepared: Prepared;
   try {
     const compression = answerCompression(entry.ctx, decode);
-    precheck(svc.model, { contextTokens: entry.ctx.contextTokens, questions }, compression, p);
+    prepared = precheck(svc.model, { contextTokens: entry.ctx.contextTokens, questions }, compression, p);
   } catch (e) {
     svc.contexts.release(entry);
     throw e;
   }
+  const { p: decided, questions: ids, plans } = prepared as Extract<Prepared, { kind: "answers" }>;
   return svc.respond(
     req,
     b.stream ?? false,
-    (h) => runAnswers(svc.model, entry.ctx, questions, p, h, {}, decode),
+    (h) => runAnswers(svc.model, entry.ctx, ids, decided, h, {}, decode, plans),
     generateShape(svc, newEnvelope("gen", svc.model.name), questions, b, id),
     () => svc.contexts.release(entry),
     entry.lock,
@@ -225,8 +228,8 @@ export const healthz = (svc: Service): Handler => () => {
     status,
     model: svc.model.name,
     executor: svc.model.executor.kind,
-    queue_depth: svc.queue.depth,
-    in_flight: svc.queue.inFlight,
+    queue_depth: svc.jobs.depth,
+    in_flight: svc.jobs.inFlight,
     contexts: svc.local.size,
     // Generation does not need the shared store: a replica with it down still serves (and stays healthy).
     context_store: { kind: svc.contexts.kind, status: svc.contexts.health() },

@@ -6,25 +6,28 @@
  */
 import * as E from "fp-ts/Either";
 import {
+  answerCompression,
   answerOnContext,
+  answerPlan,
   compressContext,
   type CompressedContext,
+  contextDecode,
   type DecodeParams,
-  decodeSpecOf,
-  generateText,
   type Model,
   planFor,
+  runCompiled,
   type TextOptions,
   tokenizeRequest,
 } from "../core/engine.ts";
 import type { DecodeCompressionRequest, DecodeCompressionStats } from "../core/decode_compression.ts";
 import type { CompressionStats } from "../core/interpret.ts";
-import { fail } from "../core/errors.ts";
-import type { CompressionRequest } from "../core/plan.ts";
+import { fail, type JudgeQError } from "../core/errors.ts";
+import { decideMaxTokens, type MaxTokensAsk } from "../core/max_tokens.ts";
+import type { CompressionRequest, GenerateRequest, Plan } from "../core/plan.ts";
 import { refuseUnfitting } from "./batch_scheduler.ts";
-import { Cancelled, HttpError } from "./errors.ts";
+import { Cancelled } from "./errors.ts";
 import { OutputText } from "./output.ts";
-import { type PartialWork, TimeLimitExceeded, YIELD_EVERY_MS } from "./turns.ts";
+import { type PartialWork, TimeLimitExceeded, YIELD_EVERY_MS } from "./jobs.ts";
 
 export { Cancelled };
 
@@ -35,10 +38,10 @@ export { Cancelled };
 export interface JobDecodeParams extends Required<DecodeParams>, Required<TextOptions> {
   stopStrings: string[];
   /**
-   * The field that asked for maxTokens when it must fit the model's context (a 400 naming it if not);
-   * null when it may be cut at the context's end (a default, or `truncate_max_tokens: true`).
+   * How maxTokens is to be decided once the request is tokenized (core/max_tokens.ts); `precheck` sets
+   * maxTokens from it. Absent: maxTokens is final.
    */
-  maxTokensParam?: string | null;
+  ask?: MaxTokensAsk;
 }
 
 export interface JobHooks {
@@ -52,8 +55,8 @@ export interface JobHooks {
    */
   backpressure?: () => Promise<void>;
   /**
-   * Offers the executor to other jobs between decode batches (fair scheduling, see turns.ts); rejects
-   * with TimeLimitExceeded once the job is over its executor time.
+   * The job's check point between decode steps and prefill chunks (server/jobs.ts): rejects with
+   * Cancelled once the client left, TimeLimitExceeded once the job is over its time.
    */
   pass?: () => Promise<void>;
 }
@@ -74,8 +77,8 @@ export interface JobResult {
 }
 
 /**
- * A job's hooks: passes the executor between decode batches (which also lets the event loop poll I/O,
- * see turns.ts), tracks outputs and first-token time.
+ * A job's hooks: its check point between decode steps (server/jobs.ts), tracks outputs and first-token
+ * time.
  */
 class JobRun {
   private lastYield = performance.now();
@@ -106,7 +109,7 @@ class JobRun {
     if (out.stopped) this.stopControllers[index].abort();
     await this.hooks.backpressure?.();
     if (!this.hooks.pass) {
-      // Outside the service's turns (no scheduler): yield to the event loop now and then all the same.
+      // Outside the service (no check point): yield to the event loop now and then all the same.
       if (performance.now() - this.lastYield >= YIELD_EVERY_MS) {
         await new Promise((r) => setTimeout(r, 0));
         this.lastYield = performance.now();
@@ -121,7 +124,7 @@ class JobRun {
     }
   };
 
-  /** Between chunks of a long prefill: the executor's turn is offered as between decode batches. */
+  /** Between chunks of a long prefill: the same check point as between decode steps. */
   between = async () => {
     try {
       await this.hooks.pass?.();
@@ -170,14 +173,23 @@ const coreParams = (p: JobDecodeParams): DecodeParams & TextOptions => ({
 });
 
 /**
- * Refuses a text that cannot fit the model's context without tokenizing all of it: a body-sized text
- * (a megabyte) takes seconds to tokenize, on the event loop. A text longer than the context could hold
- * four times over, were every token the vocabulary's longest, has its first that many characters
- * tokenized alone: over twice the context there, the whole cannot fit (422 naming the field, as the
- * core's own check). Shorter texts, and long ones the tokenizer shrinks, are left to the core.
+ * Admission by length, the one measure before a text is tokenized whole: 422 naming `param` for a text
+ * that cannot fit the model's context. First a lower bound on its tokens found from its length alone
+ * (TextTokenizer.minTokens: a megabyte prompt costs nothing). Then a text longer than the context could
+ * hold four times over, were every token the vocabulary's longest, has its first that many characters
+ * tokenized alone (a body-sized text takes seconds to tokenize, on the event loop): over twice the context
+ * there, the whole cannot fit. Shorter texts, and long ones the tokenizer shrinks, are left to the core.
  */
 export function refuseOverlong(model: Model, text: string, param: string, allowSpecial: boolean) {
   const tok = model.tokenizer, context = model.config.maxSeqLen;
+  const least = tok.minTokens(text);
+  if (least > context) {
+    throw fail(
+      "unprocessable",
+      `${text.length} characters are at least ${least} tokens, over the model's context of ${context}`,
+      param,
+    );
+  }
   // A token covers at most the longest piece's UTF-8 bytes, so at most as many UTF-16 units of text.
   let end = 4 * context * Math.max(1, tok.longestPieceBytes());
   if (text.length <= end) return; // Infinity (a vocabulary with no bound): left to the core
@@ -194,8 +206,68 @@ export function refuseOverlong(model: Model, text: string, param: string, allowS
 }
 
 /**
- * Checks a request against the model before it is queued (so 400/422 come before any streamed 200).
- * Throws the core's JudgeQError.
+ * A request checked, tokenized and compiled before it is queued: what its job runs, so that nothing is
+ * tokenized or compiled again. `p.maxTokens` is decided (core/max_tokens.ts).
+ */
+export type Prepared =
+  | { kind: "prompt"; p: JobDecodeParams; req: GenerateRequest; plan: Plan }
+  | {
+    kind: "context";
+    p: JobDecodeParams;
+    /** The whole request's plan: its compression steps run as compiled. */
+    plan: Plan;
+    /** Each question's answer plan, as on a kept context of this compression. */
+    answers: Plan[];
+    context: number[];
+    questions: number[][];
+    compression: CompressionRequest | null;
+  }
+  /** Questions on a kept context: one plan each, compiled here and run as compiled. */
+  | { kind: "answers"; p: JobDecodeParams; questions: number[][]; plans: Plan[] };
+
+/** maxTokens decided for a prompt taking `used` positions; a 400 when the request asks what cannot be. */
+function decided(model: Model, p: JobDecodeParams, used: number, withContext: boolean): JobDecodeParams {
+  if (!p.ask) return p;
+  const what = withContext ? "context and question tokens" : "prompt tokens";
+  const n = decideMaxTokens(p.ask, { size: model.config.maxSeqLen, used, what });
+  if (E.isLeft(n)) throw n.left;
+  return { ...p, maxTokens: n.right };
+}
+
+/** Each question's answer plan on a context (`compression`: an answer's), refused now if it can never fit. */
+function answerPlans(
+  model: Model,
+  context: number[],
+  questions: number[][],
+  compression: CompressionRequest | null,
+  p: JobDecodeParams,
+): Plan[] {
+  return questions.map((q, i) => {
+    const plan = answerPlan(model, context, q, compression, coreParams(p));
+    if (E.isLeft(plan)) throw questionParam(plan.left, i);
+    refuseUnfitting(model.executor, plan.right.capacity);
+    return plan.right;
+  });
+}
+
+/** A one-question plan's error about its question, named as the request's question `i`. */
+function questionParam(e: JudgeQError, i: number): JudgeQError {
+  if (e.param !== "questions.0" || i === 0) return e;
+  return fail(e.kind, e.message.slice("questions.0: ".length), `questions.${i}`);
+}
+
+/** A compiled plan, refused (422) now if its cache can never fit the server's KV cap. */
+function compiled(model: Model, req: GenerateRequest): Plan {
+  const plan = planFor(model, req);
+  if (E.isLeft(plan)) throw plan.left;
+  refuseUnfitting(model.executor, plan.right.capacity);
+  return plan.right;
+}
+
+/**
+ * Checks a request against the model before it is queued (so 400/422 come before any streamed 200),
+ * tokenizing and compiling it once: the job runs what this returns. The texts passed admission
+ * (`refuseOverlong`) already. Throws the core's JudgeQError.
  */
 export function precheck(
   model: Model,
@@ -204,98 +276,63 @@ export function precheck(
     questions: string[];
   },
   compression: CompressionRequest | null,
-  p: JobDecodeParams,
-) {
-  const special = p.allowSpecialTokens;
-  if ("prompt" in input && typeof input.prompt === "string") {
-    refuseOverlong(model, input.prompt, "prompt", special);
-  }
-  if ("context" in input) refuseOverlong(model, input.context, "context", special);
-  if ("questions" in input) {
-    input.questions.forEach((q, i) => refuseOverlong(model, q, `questions.${i}`, special));
-  }
+  p0: JobDecodeParams,
+): Prepared {
+  const allowSpecial = p0.allowSpecialTokens;
   if ("contextTokens" in input) {
-    const questions = input.questions.map((q) =>
-      model.tokenizer.encode(q, { addBos: false, allowSpecial: p.allowSpecialTokens })
-    );
-    const plan = planFor(model, {
-      input: { kind: "context", context: input.contextTokens, questions },
-      compression, // an answer's: its decode-time compression alone (answerCompression)
-      decode: decodeSpecOf(model, p),
-    });
-    if (E.isLeft(plan)) throw plan.left;
-    refuseUnfitting(model.executor, plan.right.capacity);
-    checkRoom(model, input.contextTokens.length + Math.max(...questions.map((q) => q.length)), p, true);
-    return;
+    const questions = input.questions.map((q) => model.tokenizer.encode(q, { addBos: false, allowSpecial }));
+    const used = input.contextTokens.length + Math.max(...questions.map((q) => q.length));
+    const p = decided(model, p0, used, true);
+    // `compression` is an answer's: its decode-time compression alone (answerCompression).
+    const plans = answerPlans(model, input.contextTokens, questions, compression, p);
+    return { kind: "answers", p, questions, plans };
   }
-  const req = tokenizeRequest(model, { ...input, compression, ...coreParams(p) });
-  if (E.isLeft(req)) throw req.left;
-  const plan = planFor(model, req.right);
-  if (E.isLeft(plan)) throw plan.left;
-  refuseUnfitting(model.executor, plan.right.capacity);
-  const i = req.right.input;
+  const tokenized = tokenizeRequest(model, { ...input, compression, ...coreParams(p0) });
+  if (E.isLeft(tokenized)) throw tokenized.left;
+  const i = tokenized.right.input;
   const used = i.kind === "prompt"
     ? i.tokens.length
     : i.context.length + Math.max(...i.questions.map((q) => q.length));
-  checkRoom(model, used, p, i.kind === "context");
+  const p = decided(model, p0, used, i.kind === "context");
+  const req = { ...tokenized.right, decode: { ...tokenized.right.decode, maxTokens: p.maxTokens } };
+  const plan = compiled(model, req);
+  if (i.kind === "prompt") return { kind: "prompt", p, req, plan };
+  const asKept = answerCompression({ decode: contextDecode(compression), plan }, null);
+  const answers = answerPlans(model, i.context, i.questions, asKept, p);
+  return { kind: "context", p, plan, answers, context: i.context, questions: i.questions, compression };
 }
 
 /**
- * An explicit max_tokens must fit what the prompt leaves of the model's context (as OpenAI's
- * "maximum context length" 400): the core would otherwise cut it silently. A request that opts in
- * (`truncate_max_tokens: true`) and a default max_tokens stop at the context's end instead.
+ * Checks a context to keep (POST /v1/contexts) as compressContext compiles it; returns its ids and plan
+ * (the job compresses these, without tokenizing or compiling again).
  */
-function checkRoom(model: Model, used: number, p: JobDecodeParams, withContext: boolean) {
-  const n = model.config.maxSeqLen, room = n - used;
-  if (!p.maxTokensParam || used >= n || p.maxTokens <= room) return; // used >= n: the core's 422
-  const what = withContext ? "context and question tokens" : "prompt tokens";
-  throw new HttpError(
-    400,
-    `${p.maxTokensParam} ${p.maxTokens} does not fit the model's context of ${n} tokens: ${used} ${what} + ` +
-      `${p.maxTokens} = ${used + p.maxTokens}; at most ${room} can be generated (or send ` +
-      `"truncate_max_tokens": true to stop at the context's end)`,
-    p.maxTokensParam,
-  );
-}
-
-/** Checks a context to keep (POST /v1/contexts) as compressContext will compile it. */
 export function precheckContext(
   model: Model,
   context: string,
   compression: CompressionRequest | null,
   allowSpecial = false,
-) {
-  refuseOverlong(model, context, "context", allowSpecial);
+): { tokens: number[]; plan: Plan } {
+  const tokens = model.tokenizer.encode(context, { addBos: true, allowSpecial });
   const plan = planFor(model, {
-    input: {
-      kind: "context",
-      context: model.tokenizer.encode(context, { addBos: true, allowSpecial }),
-      questions: [[model.tokenizer.bosId ?? 0]],
-    },
+    input: { kind: "context", context: tokens, questions: [[model.tokenizer.bosId ?? 0]] },
     compression,
-    decode: decodeSpecOf(model, { maxTokens: 0 }),
+    decode: { maxTokens: 0, sampling: { temperature: 0, topP: 1, topK: 0, seed: 0 }, stopTokenIds: [] },
   });
   if (E.isLeft(plan)) throw plan.left;
+  return { tokens, plan: plan.right };
 }
 
-/** Compress-then-generate from one prompt (text, or ids already encoded: a chat's). */
+/** Compress-then-generate from one prompt, as `precheck` tokenized and compiled it. */
 export async function runPrompt(
   model: Model,
-  prompt: string | number[],
-  compression: CompressionRequest | null,
-  p: JobDecodeParams,
+  prepared: Extract<Prepared, { kind: "prompt" }>,
   hooks: JobHooks,
 ): Promise<JobResult> {
+  const { p, req, plan } = prepared;
   const job = new JobRun(model, p, hooks);
-  const promptIds = typeof prompt === "string"
-    ? model.tokenizer.encode(prompt, { addBos: true, allowSpecial: p.allowSpecialTokens })
-    : prompt;
+  const promptIds = req.input.kind === "prompt" ? req.input.tokens : [];
   const { signal } = job.open(promptIds);
-  const r = await generateText(model, { prompt: promptIds, compression, ...coreParams(p) }, {
-    onTokens: job.onTokens,
-    between: job.between,
-    signal,
-  });
+  const r = await runCompiled(model, req, plan, { onTokens: job.onTokens, between: job.between, signal });
   const output = job.close(0, r.outputs[0]?.finishReason ?? "length");
   return {
     outputs: [output],
@@ -310,11 +347,13 @@ export async function runPrompt(
 export async function runAnswers(
   model: Model,
   ctx: CompressedContext,
-  questions: string[],
+  questions: number[][],
   p: JobDecodeParams,
   hooks: JobHooks,
   compressTimings: Record<string, number> = {},
   decode: DecodeCompressionRequest | null = null,
+  /** Each question's plan, compiled by `precheck` (absent: each answer compiles its own). */
+  plans: Plan[] | null = null,
 ): Promise<JobResult> {
   const job = new JobRun(model, p, hooks);
   const outputs: JobOutput[] = [];
@@ -323,14 +362,13 @@ export async function runAnswers(
   const answerStart = performance.now();
   for (const question of questions) {
     if (hooks.signal.aborted) throw new Cancelled();
-    const qIds = model.tokenizer.encode(question, { addBos: false, allowSpecial: p.allowSpecialTokens });
-    promptTokens += qIds.length;
-    const { index, signal } = job.open(qIds);
+    promptTokens += question.length;
+    const { index, signal } = job.open(question);
     const onTokens = (_: number, ids: number[]) => job.onTokens(index, ids);
     const a = await answerOnContext(
       model,
       ctx,
-      { question, decodeCompression: decode, ...coreParams(p) },
+      { question, decodeCompression: decode, plan: plans?.[index], ...coreParams(p) },
       { onTokens, signal },
     );
     outputs.push(job.close(index, a.finishReason));
@@ -349,23 +387,19 @@ export async function runAnswers(
   };
 }
 
-/** Compresses a context once, answers every question after it, then frees it. */
+/** Compresses a context once (as `precheck` tokenized it), answers every question after it, then frees it. */
 export async function runContext(
   model: Model,
-  context: string,
-  questions: string[],
-  compression: CompressionRequest | null,
-  p: JobDecodeParams,
+  prepared: Extract<Prepared, { kind: "context" }>,
   hooks: JobHooks,
 ): Promise<JobResult> {
+  const { p, plan, answers, context, questions, compression } = prepared;
   const job = new JobRun(model, p, hooks);
-  const ctx = await compressContext(model, context, compression, {
-    signal: hooks.signal,
-    between: job.between,
-  }, p);
+  const hooksOf = { signal: hooks.signal, between: job.between };
+  const ctx = await compressContext(model, context, compression, hooksOf, p, plan);
   try {
     if (hooks.signal.aborted) throw new Cancelled();
-    const r = await runAnswers(model, ctx, questions, p, hooks, ctx.timings);
+    const r = await runAnswers(model, ctx, questions, p, hooks, ctx.timings, null, answers);
     return { ...r, promptTokens: r.promptTokens + ctx.contextTokens.length };
   } finally {
     ctx.session.dispose();

@@ -4,10 +4,10 @@
  *                   [--api-key-file FILE | --api-key KEY (visible in ps: prefer $JUDGEQ_API_KEY or the file)
  *                    | --api-keys-file FILE (several keys, LABEL:KEY a line; each key's contexts its own)]
  *                   [--executor auto|gpu|wasm|cpu] [--threads N] [--weights auto|f32|f16]
- *                   [--queue-size 32] [--active-jobs 4] [--max-request-seconds 120] [--max-body-bytes 1048576]
+ *                   [--queue-size 32] [--max-request-seconds 120] [--max-body-bytes 1048576]
  *                   [--context-ttl 600] [--context-max-mb 256] [--context-store memory|redis://HOST:PORT]
  *                   [--max-tokens-per-request N] [--max-questions 64]
- *                   [--max-streams 16] [--max-batch-tokens 256] [--kv-cache-mb N] (batched decoding)
+ *                   [--max-streams N] [--max-batch-tokens N] [--kv-cache-mb N] (the batch scheduler)
  *                   [--header-timeout-s 10] [--idle-timeout-s 30] [--body-timeout-s 30] [--stream-stall-timeout-s 30] [--max-connections 1024]
  *                   [--max-connections-per-peer N]
  * The model and adapter are fixed here, at start-up; no request can choose files. SIGINT/SIGTERM stop
@@ -30,9 +30,7 @@ import { type AppOptions, createApp, DEFAULT_OPTIONS } from "./app.ts";
 import { errorResponse, toHttpError } from "./errors.ts";
 import { serveFronted } from "./front/front.ts";
 import { type ApiKey, DEFAULT_LABEL, KeysFileError, parseKeysFile } from "./keys.ts";
-
-/** Batched decoding's defaults, once any of its flags is given. */
-export const DEFAULT_BATCH = { maxStreams: 16, maxBatchTokens: 256 };
+import { MAX_QUESTIONS } from "../core/max_tokens.ts";
 
 const DEFAULT_HEADER_TIMEOUT_S = 10, DEFAULT_IDLE_TIMEOUT_S = 30, DEFAULT_MAX_CONNECTIONS = 1024;
 import { isRedisUrl, redact, RedisBlobs } from "./contexts/redis.ts";
@@ -65,29 +63,25 @@ const SPEC = {
     kind: "int",
     help: `requests that may wait for the executor, 429 beyond (default ${DEFAULT_OPTIONS.queueSize})`,
   },
-  "active-jobs": {
-    kind: "int",
-    help: "jobs admitted at once; they take turns on the executor between decode batches, so a long " +
-      `generation does not hold up short ones (default ${DEFAULT_OPTIONS.activeJobs}; 1: first come, first served)`,
-  },
   "max-streams": {
     kind: "int",
-    help: "batched decoding: streams that run at once, their rows sharing every forward step (in place of " +
-      `--active-jobs; default ${DEFAULT_BATCH.maxStreams} once any batching flag is given)`,
+    help: "requests that run at once, their rows sharing every forward step; a stream whose client is " +
+      "not reading gives its place to the next (default: 16 on native, 4 on wasm, WebGPU and the reference)",
   },
   "max-batch-tokens": {
     kind: "int",
-    help: "batched decoding: rows one step runs, every stream's next token first, then chunks of waiting " +
-      `prompts (default ${DEFAULT_BATCH.maxBatchTokens})`,
+    help: "rows one forward step runs: every stream's next token first, then chunks of waiting prompts " +
+      "(default: 256 on native, 128 elsewhere)",
   },
   "kv-cache-mb": {
     kind: "int",
-    help: "batched decoding: MiB of KV cache all live streams and kept contexts may reserve; a request " +
-      "waits in the queue until its (compressed) cache fits, one that never can gets a 422 (default: no cap)",
+    help: "MiB of KV cache all live streams and kept contexts may reserve; a request waits in the queue " +
+      "until its (compressed) cache fits, one that never can gets a 422 (default: no cap)",
   },
   "max-request-seconds": {
     kind: "number",
-    help: "executor time one request may use; beyond, it ends with a 422 holding what it produced " +
+    help: "time one request may run (less time parked for a slow client); beyond, it ends with a 422 " +
+      "holding what it produced " +
       `(default ${DEFAULT_OPTIONS.maxRequestMs! / 1000}; 0: no limit)`,
   },
   "max-body-bytes": {
@@ -116,7 +110,8 @@ const SPEC = {
   },
   "max-questions": {
     kind: "int",
-    help: `questions one request may ask, 1 to 64, 400 beyond (default ${DEFAULT_OPTIONS.maxQuestions})`,
+    help:
+      `questions one request may ask, 1 to ${MAX_QUESTIONS}, 400 beyond (default ${DEFAULT_OPTIONS.maxQuestions})`,
   },
   "header-timeout-s": {
     kind: "number",
@@ -141,7 +136,7 @@ const SPEC = {
   },
   "stream-stall-timeout-s": {
     kind: "number",
-    help: "seconds a stream may wait for its client to read (its buffer full; the job off the executor " +
+    help: "seconds a stream may wait for its client to read (its buffer full; its place given to others " +
       `meanwhile) before it is cut (default ${DEFAULT_OPTIONS.streamStallMs! / 1000}; 0: no limit)`,
   },
   "body-timeout-s": {
@@ -164,15 +159,16 @@ function positive(name: string, v: unknown, min = 1): number | undefined {
   return v;
 }
 
-/** --max-streams, --max-batch-tokens, --kv-cache-mb: batched decoding's limits, or null when none is given. */
-export function batchFlags(streams: unknown, tokens: unknown, kvMb: unknown): AppOptions["batch"] {
-  const maxStreams = positive("max-streams", streams);
-  const maxBatchTokens = positive("max-batch-tokens", tokens);
+/** --max-streams, --max-batch-tokens, --kv-cache-mb: the batch scheduler's limits (null: the defaults). */
+export function batchFlags(
+  streams: unknown,
+  tokens: unknown,
+  kvMb: unknown,
+): Pick<AppOptions, "maxStreams" | "maxBatchTokens" | "kvCapBytes"> {
   const mb = positive("kv-cache-mb", kvMb);
-  if (maxStreams === undefined && maxBatchTokens === undefined && mb === undefined) return null;
   return {
-    maxStreams: maxStreams ?? DEFAULT_BATCH.maxStreams,
-    maxBatchTokens: maxBatchTokens ?? DEFAULT_BATCH.maxBatchTokens,
+    maxStreams: positive("max-streams", streams) ?? null,
+    maxBatchTokens: positive("max-batch-tokens", tokens) ?? null,
     kvCapBytes: mb === undefined ? null : mb * 2 ** 20,
   };
 }
@@ -260,7 +256,6 @@ async function main(argv: string[]): Promise<number> {
   if (port < 0 || port > 65535) throw new UsageError(`--port: expected 0..65535, got '${port}'`);
   const queueSize = positive("queue-size", f["queue-size"], 0);
   const maxBodyBytes = positive("max-body-bytes", f["max-body-bytes"]);
-  const activeJobs = positive("active-jobs", f["active-jobs"]);
   const batch = batchFlags(f["max-streams"], f["max-batch-tokens"], f["kv-cache-mb"]);
   const maxRequestSeconds = positive("max-request-seconds", f["max-request-seconds"], 0);
   const ttl = positive("context-ttl", f["context-ttl"]);
@@ -273,8 +268,8 @@ async function main(argv: string[]): Promise<number> {
   const maxConnectionsPerPeer = positive("max-connections-per-peer", f["max-connections-per-peer"]) ?? 0;
   const bodyTimeoutS = positive("body-timeout-s", f["body-timeout-s"], 0.001);
   const stallS = positive("stream-stall-timeout-s", f["stream-stall-timeout-s"], 0);
-  if (maxQuestions !== undefined && maxQuestions > 64) {
-    throw new UsageError(`--max-questions: expected 1 to 64, got '${maxQuestions}'`);
+  if (maxQuestions !== undefined && maxQuestions > MAX_QUESTIONS) {
+    throw new UsageError(`--max-questions: expected 1 to ${MAX_QUESTIONS}, got '${maxQuestions}'`);
   }
   const contextStore = contextStoreFlag(f["context-store"] as string | undefined);
   const apiKeys = await apiKeysOf(
@@ -297,8 +292,7 @@ async function main(argv: string[]): Promise<number> {
     apiKeys,
     ...(queueSize !== undefined ? { queueSize } : {}),
     ...(maxBodyBytes !== undefined ? { maxBodyBytes } : {}),
-    ...(activeJobs !== undefined ? { activeJobs } : {}),
-    batch,
+    ...batch,
     ...(maxRequestSeconds !== undefined
       ? { maxRequestMs: maxRequestSeconds === 0 ? null : maxRequestSeconds * 1000 }
       : {}),

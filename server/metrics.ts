@@ -163,7 +163,6 @@ export class ServerMetrics {
 /** What the server's gauges read, at scrape time (app.ts hands them the service's parts). */
 export interface GaugeSources {
   queue: { readonly depth: number; readonly inFlight: number };
-  turns: { readonly depth: number; readonly handovers: number };
   contexts: {
     readonly size: number;
     readonly bytes: number;
@@ -178,10 +177,10 @@ export interface GaugeSources {
 
 /** Declares the server's gauges on `m`, each reading its value from `s` when scraped. */
 export function serverGauges(m: ServerMetrics, s: GaugeSources) {
-  m.gauge("judgeq_queue_depth", "Jobs waiting for the executor.", () => s.queue.depth);
+  m.gauge("judgeq_queue_depth", "Jobs waiting for a stream slot.", () => s.queue.depth);
   m.gauge(
     "judgeq_jobs_in_flight",
-    "Jobs admitted to the executor, taking turns between decode batches.",
+    "Jobs running: their streams' rows share the batch scheduler's steps (parked streams not counted).",
     () => s.queue.inFlight,
   );
   m.gauge(
@@ -190,19 +189,8 @@ export function serverGauges(m: ServerMetrics, s: GaugeSources) {
     s.httpInFlight,
   );
   m.gauge(
-    "judgeq_jobs_waiting_turn",
-    "Admitted jobs waiting for their turn on the executor (round-robin between decode batches).",
-    () => s.turns.depth,
-  );
-  m.gauge(
-    "judgeq_turn_handovers_total",
-    "Times a running job passed the executor to another between decode batches.",
-    () => s.turns.handovers,
-    "counter",
-  );
-  m.gauge(
     "judgeq_streams_stalled",
-    "Streaming jobs waiting, off the executor, for their client to read (their buffer full).",
+    "Streaming jobs waiting, off their slot, for their client to read (their buffer full).",
     s.stalledStreams,
   );
   m.gauge("judgeq_contexts", "Compressed contexts kept.", () => s.contexts.size);

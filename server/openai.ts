@@ -7,7 +7,7 @@ import { fail, JudgeQError } from "../core/errors.ts";
 import type { CompressionRequest } from "../core/plan.ts";
 import { encodeTemplate, type TextTokenizer } from "../core/tokenizer.ts";
 import { HttpError } from "./errors.ts";
-import { type JobOutput, type JobResult, precheck, refuseOverlong, runPrompt } from "./generation.ts";
+import { type JobOutput, type JobResult, precheck, type Prepared, runPrompt } from "./generation.ts";
 import { type ChatMessage, chatSchema, completionSchema, type DecodeFields } from "./schemas.ts";
 import type { Service, Shape } from "./service.ts";
 import { compressionJson } from "./wire.ts";
@@ -229,7 +229,10 @@ type Handler = (req: Request) => Promise<Response>;
 export const completions = (svc: Service): Handler => async (req) => {
   const b = await svc.parse(req, completionSchema);
   svc.checkModel(b.model);
-  svc.admit([{ text: typeof b.prompt === "string" ? b.prompt : b.prompt[0], param: "prompt" }]);
+  svc.admit(
+    [{ text: typeof b.prompt === "string" ? b.prompt : b.prompt[0], param: "prompt" }],
+    b.allow_special_tokens ?? false,
+  );
   return run(svc, req, b, typeof b.prompt === "string" ? b.prompt : b.prompt[0], false);
 };
 
@@ -237,12 +240,11 @@ export const completions = (svc: Service): Handler => async (req) => {
 export const chat = (svc: Service): Handler => async (req) => {
   const b = await svc.parse(req, chatSchema);
   svc.checkModel(b.model);
-  svc.admit([{ text: b.messages.map((m) => textOf(m.content)).join(""), param: "messages" }]);
   const special = b.allow_special_tokens ?? false;
   // The messages' text (names only where a template renders them), before the template renders it all.
   const named = svc.model.tokenizer.chatTemplate !== null;
   const texts = b.messages.flatMap((m) => [textOf(m.content), named ? m.name ?? "" : ""]);
-  refuseOverlong(svc.model, texts.join("\n"), "messages", special);
+  svc.admit([{ text: texts.join("\n"), param: "messages" }], special);
   const prompt = encodeChat(svc.model.tokenizer, b.messages, special);
   const maxTokensParam = b.max_completion_tokens != null ? "max_completion_tokens" : "max_tokens";
   return run(
@@ -268,17 +270,12 @@ function run(
   isChat: boolean,
   maxTokensParam = "max_tokens",
 ): Promise<Response> {
-  // Chat runs to the end of the context by default (OpenAI sets no limit): what the prompt leaves of it.
-  // Completions default to 16.
-  const left = svc.model.config.maxSeqLen - (typeof prompt === "string" ? 0 : prompt.length);
-  const p = svc.decodeParams(b, {
-    maxTokens: isChat ? Math.max(0, left) : 16,
-    temperature: 1,
-    maxTokensParam,
-  });
+  // Chat runs to the end of the context by default (OpenAI sets no limit); completions default to 16.
+  const p = svc.decodeParams(b, { maxTokens: isChat ? null : 16, temperature: 1, maxTokensParam });
   const compression = (b.kv_compression ?? null) as CompressionRequest | null;
+  let prepared: Prepared;
   try {
-    precheck(svc.model, { prompt }, compression, p);
+    prepared = precheck(svc.model, { prompt }, compression, p);
   } catch (e) {
     // A chat has no `prompt` field: its rendered messages are the prompt.
     if (isChat && e instanceof JudgeQError && e.param === "prompt") throw fail(e.kind, e.message, "messages");
@@ -303,5 +300,6 @@ function run(
       }
     },
   };
-  return svc.respond(req, b.stream ?? false, (h) => runPrompt(svc.model, prompt, compression, p, h), shape);
+  if (prepared.kind !== "prompt") throw new Error("a prompt prepared as another kind");
+  return svc.respond(req, b.stream ?? false, (h) => runPrompt(svc.model, prepared, h), shape);
 }

@@ -86,6 +86,14 @@ export class ScheduledSession implements KvSession {
       await s.exclusive(() => inner.reserveRoom!(o.maxTokens));
       await s.reserve(this, inner.allocatedBytes(), true);
     }
+    if (s.executor.decodesAhead && !s.executor.forwardBatch) {
+      s.noteDecoding(this, true);
+      try {
+        return await this.decodeAhead(o);
+      } finally {
+        s.noteDecoding(this, false);
+      }
+    }
     let current = await s.exclusive(() => this.inner.currentLogits());
     const signal = o.signal ?? null;
     s.noteDecoding(this, true);
@@ -110,6 +118,26 @@ export class ScheduledSession implements KvSession {
       }, (rows) => new MergedRows(rows));
     } finally {
       s.noteDecoding(this, false);
+    }
+  }
+
+  /**
+   * The executor's own decode (several tokens per host round trip), holding the executor while it runs and
+   * handing it over between its batches, when new tokens are known: other streams take their turn there.
+   */
+  private async decodeAhead(o: DecodeOptions): Promise<DecodeResult> {
+    let release = await this.scheduler.hold();
+    try {
+      return await this.inner.decode({
+        ...o,
+        onTokens: async (ids) => {
+          release();
+          await o.onTokens?.(ids);
+          release = await this.scheduler.hold();
+        },
+      });
+    } finally {
+      release();
     }
   }
 

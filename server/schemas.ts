@@ -3,6 +3,7 @@
  * can judge (context length, budget against window, a missing adapter) is left to the core's compiler.
  */
 import { z } from "zod";
+import { MAX_QUESTIONS } from "../core/max_tokens.ts";
 import { METHOD_NAMES } from "../core/methods/registry.ts";
 import { DECODE_METHOD_NAMES, type DecodeCompressionRequest } from "../core/decode_compression.ts";
 import { allocationError, type CompressionRequest } from "../core/plan.ts";
@@ -135,7 +136,7 @@ const extras = {
 export const generateSchema = z.object({
   prompt: z.string().min(1).optional(),
   context: z.string().min(1).optional(),
-  questions: z.array(z.string().min(1)).min(1).max(64).optional(),
+  questions: z.array(z.string().min(1)).min(1).max(MAX_QUESTIONS).optional(),
   kv_compression: kvCompressionSchema.nullish(),
   ...decodeFields,
   ...extras,
@@ -156,7 +157,7 @@ export type ContextCreateBody = z.infer<typeof contextCreateSchema>;
 export const contextGenerateSchema = z.object({
   question: z.string().min(1).optional(),
   kv_compression: answerCompressionSchema.nullish(),
-  questions: z.array(z.string().min(1)).min(1).max(64).optional(),
+  questions: z.array(z.string().min(1)).min(1).max(MAX_QUESTIONS).optional(),
   ...decodeFields,
   ...extras,
 }).strict();

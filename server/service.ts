@@ -1,9 +1,12 @@
 /**
- * What every endpoint shares: the model, the job queue in front of its executor, the kept contexts,
- * the metrics, and the one way a job runs for a request (as JSON or as server-sent events).
+ * What every endpoint shares: the model, the one way requests run (admission in server/jobs.ts, then the
+ * batch scheduler's steps, server/batch_scheduler.ts), the kept contexts, the metrics, and the way a job
+ * answers (as JSON or as server-sent events).
  */
 import type { z } from "zod";
 import type { Model } from "../core/engine.ts";
+import { MAX_QUESTIONS } from "../core/max_tokens.ts";
+import { type Executor, FORWARD_CHUNK_ROWS } from "../core/executor.ts";
 import {
   type KeptContexts,
   LocalContexts,
@@ -11,25 +14,18 @@ import {
   type SharedBlobs,
   SharedContexts,
 } from "./contexts/mod.ts";
-import {
-  Cancelled,
-  errorBody,
-  HttpError,
-  isDeviceLost,
-  jsonResponse,
-  Stalled,
-  toHttpError,
-} from "./errors.ts";
-import type { JobDecodeParams, JobHooks, JobResult } from "./generation.ts";
+import { Cancelled, errorBody, HttpError, jsonResponse, Stalled, toHttpError } from "./errors.ts";
+import { type JobDecodeParams, type JobHooks, type JobResult, refuseOverlong } from "./generation.ts";
 import { parseBody } from "./http.ts";
 import type { ApiKey } from "./keys.ts";
 import { ServerMetrics } from "./metrics.ts";
-import { JobQueue } from "./queue.ts";
 import { BatchScheduler } from "./batch_scheduler.ts";
+import { Jobs, type Mutex, type Timed, type Work } from "./jobs.ts";
 import type { DecodeFields } from "./schemas.ts";
 import { createSse, type SseStream } from "./sse.ts";
 import { clientFull } from "./front/client_flow.ts";
-import { type Mutex, Ticket, TimeLimitExceeded, Turns } from "./turns.ts";
+
+export type { Timed };
 
 export interface AppOptions {
   /** Required as `Authorization: Bearer KEY` (or `x-api-key`) on every route but /healthz. */
@@ -40,16 +36,17 @@ export interface AppOptions {
   maxBodyBytes: number;
   /** Time a request body may take to arrive (408 after). */
   bodyTimeoutMs: number;
-  /** Jobs that may wait for the executor (429 beyond). */
+  /** Jobs that may wait for a stream slot (429 beyond). */
   queueSize: number;
-  /** Jobs admitted at once, taking turns on the executor between decode batches (turns.ts). */
-  activeJobs: number;
   /**
-   * Batched decoding (batch_scheduler.ts): `maxStreams` jobs run at once (in place of activeJobs) and their
-   * rows share each forward step, at most `maxBatchTokens` rows a step, under a cap on the KV bytes of every
-   * live stream and kept context (null: none). Null: one job's forward at a time (turns.ts).
+   * Streams that run at once, their rows sharing each forward step of the batch scheduler; null: chosen
+   * from the executor (`batchDefaults`).
    */
-  batch: { maxBatchTokens: number; maxStreams: number; kvCapBytes: number | null } | null;
+  maxStreams: number | null;
+  /** Rows (decode tokens + prefill chunks) one step runs at most; null: chosen from the executor. */
+  maxBatchTokens: number | null;
+  /** Cap on the KV bytes of every live stream and kept context (--kv-cache-mb); null: none. */
+  kvCapBytes: number | null;
   /** Executor time one request may use (422 with what it produced, beyond); null: no limit. */
   maxRequestMs: number | null;
   /** Idle time after which a kept context expires. */
@@ -57,17 +54,17 @@ export interface AppOptions {
   /** Cap on the KV bytes of kept contexts this replica holds live (least recently used evicted first). */
   contextMaxBytes: number;
   /**
-   * Where contexts are shared between replicas (server/contexts/redis.ts's RedisBlobs), or null for this
+   * Where contexts are shared between replicas (server/redis_blobs.ts's RedisBlobs), or null for this
    * process only. The app closes it.
    */
   sharedStore: SharedBlobs | null;
   /** Tokens one request may generate over all its outputs (max_tokens x questions); null: no limit. */
   maxTokensPerRequest: number | null;
-  /** Questions one request may ask (the schemas allow at most 64). */
+  /** Questions one request may ask (at most MAX_QUESTIONS, core/max_tokens.ts). */
   maxQuestions: number;
   /**
    * How long a stream may wait for its client to read (its buffer full) before it is cut; meanwhile its
-   * job is off the executor and its slot given to others. null: no limit.
+   * slot is given to others. null: no limit.
    */
   streamStallMs: number | null;
   /** Reports whether the executor's device is lost (503 while so); defaults to the executor's `lost`. */
@@ -81,20 +78,33 @@ export const DEFAULT_OPTIONS: Omit<AppOptions, "deviceLost" | "log"> = {
   maxBodyBytes: 1 << 20,
   bodyTimeoutMs: 30_000,
   queueSize: 32,
-  activeJobs: 4,
-  batch: null,
+  maxStreams: null,
+  maxBatchTokens: null,
+  kvCapBytes: null,
   maxRequestMs: 120_000,
   contextTtlMs: 10 * 60_000,
   contextMaxBytes: 256 << 20,
   sharedStore: null,
   maxTokensPerRequest: null,
-  maxQuestions: 64,
+  maxQuestions: MAX_QUESTIONS,
   streamStallMs: 30_000,
 };
 
+/**
+ * Streams and step rows when not given: executors with a batched forward (native) run 16 streams in
+ * steps of up to 256 rows; the others (wasm, WebGPU, the reference) run a step's rows one session after
+ * another, so more streams only divide each one's rate: 4, with a prefill chunk of FORWARD_CHUNK_ROWS.
+ */
+export function batchDefaults(ex: Executor): { maxStreams: number; maxBatchTokens: number } {
+  return ex.forwardBatch
+    ? { maxStreams: 16, maxBatchTokens: 256 }
+    : { maxStreams: 4, maxBatchTokens: ex.forwardChunkRows ?? FORWARD_CHUNK_ROWS };
+}
+
 /** An endpoint's defaults: ours are greedy; OpenAI's sample at temperature 1. */
 export interface DecodeDefaults {
-  maxTokens: number;
+  /** Tokens per output without max_tokens; null: up to the context's end (chat). */
+  maxTokens: number | null;
   temperature: number;
   /** Outputs the request asks for (its questions; default 1): the per-request limits count them. */
   outputs?: number;
@@ -110,47 +120,45 @@ export interface Shape {
   streamEnd(sse: SseStream, r: JobResult, queueMs: number, runMs: number): void;
 }
 
-export interface Timed<T> {
-  value: T;
-  queueMs: number;
-  runMs: number;
-}
-
 export class Service {
   readonly metrics = new ServerMetrics();
-  /** The model the endpoints run: with batching, its executor's sessions go through the scheduler. */
+  /** The model the endpoints run: its executor's sessions go through the scheduler. */
   readonly model: Model;
-  /** Batched decoding's scheduler (null: jobs take turns, one forward at a time). */
-  readonly scheduler: BatchScheduler | null;
-  readonly queue: JobQueue;
-  readonly turns = new Turns();
+  readonly scheduler: BatchScheduler;
+  /** Admission: stream slots and the waiting line in front of the scheduler. */
+  readonly jobs: Jobs;
   /** The contexts this replica holds live. */
   readonly local: LocalContexts;
   /** Every kept context: `local` alone, or `local` in front of a shared store. */
   readonly contexts: KeptContexts;
   draining = false;
-  private lost = false;
   /** Streaming responses, to the promise of their end (latency is measured to the last byte). */
   readonly streams = new WeakMap<Response, Promise<unknown>>();
 
   constructor(model: Model, readonly o: AppOptions) {
-    const b = o.batch ?? null;
-    this.scheduler = b ? new BatchScheduler(model.executor, b) : null;
-    this.model = this.scheduler ? { ...model, executor: this.scheduler.wrap() } : model;
-    this.queue = new JobQueue(o.queueSize, b ? b.maxStreams : o.activeJobs);
-    if (this.scheduler) batchGauges(this.metrics, this.scheduler);
+    const d = batchDefaults(model.executor);
+    const maxStreams = o.maxStreams ?? d.maxStreams, maxBatchTokens = o.maxBatchTokens ?? d.maxBatchTokens;
+    this.scheduler = new BatchScheduler(model.executor, { maxBatchTokens, kvCapBytes: o.kvCapBytes });
+    this.model = { ...model, executor: this.scheduler.wrap() };
+    this.jobs = new Jobs({
+      streams: maxStreams,
+      maxWaiting: o.queueSize,
+      maxRequestMs: o.maxRequestMs,
+      streamStallMs: o.streamStallMs,
+    }, this.metrics);
+    batchGauges(this.metrics, this.scheduler, maxStreams);
     this.local = new LocalContexts({ ttlMs: o.contextTtlMs, maxBytes: o.contextMaxBytes, sweepMs: 30_000 });
     this.contexts = o.sharedStore === null ? new LocalOnlyContexts(this.local) : new SharedContexts(
       this.local,
       o.sharedStore,
       model,
       o.contextTtlMs,
-      async (work) => (await this.enqueue(new AbortController().signal, work)).value,
+      async (work) => (await this.run(new AbortController().signal, () => work())).value,
     );
   }
 
   deviceLost(): boolean {
-    return this.lost || this.o.deviceLost();
+    return this.jobs.deviceLost || this.o.deviceLost();
   }
 
   parse<S extends z.ZodType>(req: Request, schema: S): Promise<z.infer<S>> {
@@ -167,6 +175,10 @@ export class Service {
     }
   }
 
+  /**
+   * The request's sampling and stops. Its max_tokens is decided once the prompt is tokenized (`precheck`,
+   * core/max_tokens.ts); the number of outputs is checked here, before any work (--max-questions).
+   */
   decodeParams(b: DecodeFields, d: DecodeDefaults): JobDecodeParams {
     const stops = b.stop === null || b.stop === undefined
       ? []
@@ -181,9 +193,18 @@ export class Service {
         throw new HttpError(400, `token id ${s} is outside the vocabulary`, `stop.${i}`);
       } else stopTokenIds.push(s);
     });
+    const outputs = d.outputs ?? 1, maxQuestions = this.o.maxQuestions;
+    if (outputs > maxQuestions) {
+      throw new HttpError(
+        400,
+        `${outputs} questions exceed this server's limit of ${maxQuestions} per request`,
+        "questions",
+      );
+    }
     const temperature = b.temperature ?? d.temperature;
+    const asked = b.max_tokens ?? null;
     return {
-      maxTokens: this.limitTokens(b.max_tokens ?? null, d.maxTokens, d.outputs ?? 1),
+      maxTokens: asked ?? d.maxTokens ?? this.model.config.maxSeqLen, // decided by precheck
       temperature,
       topP: b.top_p ?? 1,
       topK: b.top_k ?? 0,
@@ -193,46 +214,15 @@ export class Service {
       stopTokenIds,
       ignoreEos: b.ignore_eos ?? false,
       allowSpecialTokens: b.allow_special_tokens ?? false,
-      // An explicit max_tokens must fit the context (400 naming it) unless truncation is asked for.
-      maxTokensParam: b.max_tokens !== null && b.max_tokens !== undefined && !b.truncate_max_tokens
-        ? d.maxTokensParam ?? "max_tokens"
-        : null,
+      ask: {
+        asked,
+        fallback: d.maxTokens,
+        outputs,
+        perRequest: this.o.maxTokensPerRequest,
+        // An explicit max_tokens must fit the context (400 naming it) unless truncation is asked for.
+        strict: asked !== null && !b.truncate_max_tokens ? d.maxTokensParam ?? "max_tokens" : null,
+      },
     };
-  }
-
-  /**
-   * Per-request limits (--max-questions, --max-tokens-per-request), before any work: a request over
-   * them is a 400 naming the field. A default max_tokens is lowered to fit instead.
-   */
-  limitTokens(asked: number | null, fallback: number, outputs: number): number {
-    const { maxQuestions, maxTokensPerRequest: limit } = this.o;
-    if (outputs > maxQuestions) {
-      throw new HttpError(
-        400,
-        `${outputs} questions exceed this server's limit of ${maxQuestions} per request`,
-        "questions",
-      );
-    }
-    if (limit === null) return asked ?? fallback;
-    const per = `this server's limit of ${limit} generated tokens per request`;
-    if (asked !== null) {
-      if (asked * outputs > limit) {
-        const total = outputs > 1
-          ? `max_tokens ${asked} x ${outputs} questions = ${asked * outputs} tokens`
-          : null;
-        throw new HttpError(
-          400,
-          `${total ?? `max_tokens ${asked}`} exceed${total ? "" : "s"} ${per}`,
-          "max_tokens",
-        );
-      }
-      return asked;
-    }
-    const each = Math.floor(limit / outputs);
-    if (each < 1) {
-      throw new HttpError(400, `${outputs} questions leave no token each under ${per}`, "questions");
-    }
-    return Math.min(fallback, each);
   }
 
   /** 503 while the server drains or after its device was lost. */
@@ -242,138 +232,24 @@ export class Service {
   }
 
   /**
-   * Admission, before any work is spent on a request: 503 while draining or lost, 429 when the queue is
-   * full, and 422 for a text that cannot fit the model's context by its length alone (a lower bound on its
-   * tokens, found without tokenizing it: a megabyte prompt costs nothing). Then the texts are tokenized.
+   * Admission, before any work is spent on a request: 503 while draining or lost, 429 when the waiting
+   * line is full (server/jobs.ts), and 422 for a text that cannot fit the model's context by its length
+   * (generation.ts refuseOverlong). Then the request is tokenized and compiled, once (`precheck`).
    */
-  admit(texts: { text: string; param: string }[]) {
+  admit(texts: { text: string; param: string }[], allowSpecial: boolean) {
     this.checkAvailable();
-    if (this.queue.full) {
-      this.metrics.rejected.inc();
-      throw this.queue.refusal();
-    }
-    const context = this.model.config.maxSeqLen, tok = this.model.tokenizer;
-    for (const { text, param } of texts) {
-      const least = tok.minTokens(text);
-      if (least > context) {
-        throw new HttpError(
-          422,
-          `${text.length} characters are at least ${least} tokens, over the model's context of ${context}`,
-          param,
-        );
-      }
-    }
+    this.jobs.admit();
+    for (const { text, param } of texts) refuseOverlong(this.model, text, param, allowSpecial);
   }
 
   /**
-   * Runs `work` on the executor through the queue (429 when full and 503 when draining or lost, both
-   * thrown synchronously) and records its outcome. A job whose client left rejects with Cancelled. Once
-   * admitted, the job waits for `exclusive` (a kept context's lock), then for its turn on the executor;
-   * `work` gets the function that offers the turn to others between decode batches.
+   * Runs `work` through the admission line (429 and 503 thrown synchronously) and the scheduler; a job
+   * whose client left rejects with Cancelled.
    */
-  enqueue<T>(
-    signal: AbortSignal,
-    work: (pass: () => Promise<void>, park: (wait: Promise<void>) => Promise<void>) => Promise<T>,
-    exclusive?: Mutex,
-  ): Promise<Timed<T>> {
+  run<T>(signal: AbortSignal, work: Work<T>, exclusive?: Mutex): Promise<Timed<T>> {
     this.checkAvailable();
-    const m = this.metrics;
-    const queued = performance.now();
-    let job: Promise<Timed<T>>;
-    try {
-      job = this.queue.submit(async () => {
-        const started = performance.now();
-        m.queueWait.observe((started - queued) / 1000);
-        const unlock = exclusive ? await exclusive.lock() : null;
-        const ticket = new Ticket(this.o.maxRequestMs);
-        try {
-          if (!this.scheduler) await this.turns.take(ticket);
-          if (signal.aborted) throw new Cancelled();
-          let parkedMs = 0; // waiting for a slow client is not the job's time (batched: wall time counts)
-          const value = await work(
-            () => this.scheduler ? this.batchPass(signal, started + parkedMs) : this.turns.offer(ticket),
-            async (wait) => {
-              const t = performance.now();
-              try {
-                await this.park(ticket, wait, signal);
-              } finally {
-                parkedMs += performance.now() - t;
-              }
-            },
-          );
-          m.jobs.inc({ outcome: "ok" });
-          return { value, queueMs: started - queued, runMs: performance.now() - started };
-        } catch (e) {
-          const cancelled = e instanceof Cancelled || signal.aborted;
-          const outcome = e instanceof Stalled
-            ? "stalled"
-            : cancelled
-            ? "cancelled"
-            : e instanceof TimeLimitExceeded
-            ? "time_limit"
-            : "error";
-          m.jobs.inc({ outcome });
-          if (isDeviceLost(e)) this.lost = true;
-          throw e instanceof Stalled ? e : cancelled ? new Cancelled() : e;
-        } finally {
-          this.turns.release(ticket);
-          unlock?.();
-        }
-      }, signal);
-    } catch (e) {
-      if (e instanceof HttpError && e.status === 429) m.rejected.inc();
-      throw e;
-    }
-    // Aborted while waiting: the queue rejects with the signal's reason.
-    return job.catch((e) => {
-      if (e instanceof Stalled) throw e;
-      throw e instanceof Cancelled || signal.aborted ? new Cancelled() : e;
-    });
+    return this.jobs.run(signal, work, exclusive);
   }
-
-  /**
-   * A batched job's yield point: its rows share every step with the others', so there is no turn to
-   * offer; it stops when its client left, or once its time since admission passes the per-request limit
-   * (with batching, executor time is shared: wall time bounds it, less the time parked for a slow client).
-   */
-  private batchPass(signal: AbortSignal, since: number): Promise<void> {
-    if (signal.aborted) return Promise.reject(new Cancelled());
-    const limit = this.o.maxRequestMs, used = performance.now() - since;
-    if (limit !== null && used > limit) return Promise.reject(new TimeLimitExceeded(limit, used));
-    return Promise.resolve();
-  }
-
-  /**
-   * A job waits for `wait` (its stream's client to read) off the executor: it gives up its turn and its
-   * slot, then takes them again. Past --stream-stall-timeout it ends with Stalled; a client gone ends
-   * the wait at once (the decode loop then sees its signal).
-   */
-  private async park(ticket: Ticket, wait: Promise<void>, signal: AbortSignal) {
-    const limit = this.o.streamStallMs;
-    this.stalledNow++;
-    if (!this.scheduler) this.turns.release(ticket); // batched jobs hold no turn
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const gone = Promise.withResolvers<void>();
-    const onAbort = () => gone.resolve();
-    signal.addEventListener("abort", onAbort, { once: true });
-    try {
-      await this.queue.park(Promise.race([
-        wait,
-        gone.promise,
-        ...(limit === null ? [] : [
-          new Promise<void>((_, reject) => timer = setTimeout(() => reject(new Stalled(limit)), limit)),
-        ]),
-      ]));
-    } finally {
-      clearTimeout(timer);
-      signal.removeEventListener("abort", onAbort);
-      this.stalledNow--;
-      if (!this.scheduler) await this.turns.take(ticket);
-    }
-  }
-
-  /** Jobs waiting now for their stream's client to read. */
-  stalledNow = 0;
 
   /** Token and KV counters of a finished generation. */
   account(r: JobResult) {
@@ -401,7 +277,7 @@ export class Service {
     if (!stream) {
       const signal = req.signal; // aborts when the client disconnects
       try {
-        const { value, queueMs, runMs } = await this.enqueue(
+        const { value, queueMs, runMs } = await this.run(
           signal,
           (pass) => work({ signal, pass }),
           exclusive,
@@ -416,14 +292,14 @@ export class Service {
     const signal = AbortSignal.any([sse.signal, req.signal]);
     let job: Promise<Timed<JobResult>>;
     try {
-      job = this.enqueue(
+      job = this.run(
         signal,
         (pass, park) =>
           work({
             signal,
             pass,
             onText: (i, text, ids) => shape.streamText(sse, i, text, ids),
-            // The stream's buffer is full: wait off the executor for the client to read.
+            // The stream's buffer is full: wait off its slot for the client to read.
             backpressure: async () => {
               const full = sse.full() ?? clientFull(req);
               if (full) await park(full);
@@ -452,7 +328,13 @@ export class Service {
 }
 
 /** Gauges of batched decoding: the last step's streams and rows, totals, and the KV bytes under the cap. */
-function batchGauges(m: ServerMetrics, s: BatchScheduler) {
+function batchGauges(m: ServerMetrics, s: BatchScheduler, maxStreams: number) {
+  m.gauge("judgeq_batch_max_streams", "Streams that may run at once (--max-streams).", () => maxStreams);
+  m.gauge(
+    "judgeq_batch_max_rows",
+    "Rows one batched step may run (--max-batch-tokens).",
+    () => s.limits.maxBatchTokens,
+  );
   m.gauge("judgeq_batch_streams", "Streams (sessions) in the last batched step.", () => s.last.streams);
   m.gauge(
     "judgeq_batch_rows",

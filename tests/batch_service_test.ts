@@ -39,7 +39,7 @@ const alone = await Promise.all(BODIES.map(async (b) => {
 }));
 
 Deno.test("batched service: concurrent mixed requests get their texts alone, through shared steps", async () => {
-  const t = await startServer({ batch: { maxBatchTokens: 48, maxStreams: 8, kvCapBytes: 8 << 20 } }, model);
+  const t = await startServer({ maxBatchTokens: 48, maxStreams: 8, kvCapBytes: 8 << 20 }, model);
   try {
     const got = await Promise.all(
       BODIES.map((b, i) =>
@@ -66,7 +66,7 @@ Deno.test("batched service: concurrent mixed requests get their texts alone, thr
 
 Deno.test("batched service: a kept context reserves what it holds, and answers as without batching", async () => {
   const plain = await startServer({}, model);
-  const t = await startServer({ batch: { maxBatchTokens: 64, maxStreams: 4, kvCapBytes: null } }, model);
+  const t = await startServer({ maxBatchTokens: 64, maxStreams: 4, kvCapBytes: null }, model);
   try {
     const body = { context: story, kv_compression: { method: "judgeq", budget: 16 } };
     const [a, b] = [await plain.post("/v1/contexts", body), await t.post("/v1/contexts", body)];
@@ -87,7 +87,7 @@ Deno.test("batched service: a kept context reserves what it holds, and answers a
 });
 
 Deno.test("batched service: a request that can never fit --kv-cache-mb is a 422 naming it", async () => {
-  const t = await startServer({ batch: { maxBatchTokens: 64, maxStreams: 4, kvCapBytes: 64 << 10 } }, model);
+  const t = await startServer({ maxBatchTokens: 64, maxStreams: 4, kvCapBytes: 64 << 10 }, model);
   try {
     for (const stream of [false, true]) {
       const r = await t.stream("/v1/generate", { prompt: story + story + story, max_tokens: 200, stream });
@@ -118,7 +118,9 @@ Deno.test("deno task start: bad batching flags exit 2 naming the flag", async ()
 
 Deno.test("batched service: a client leaving mid-stream frees its KV; a job past its time limit ends with a 422", async () => {
   const t = await startServer({
-    batch: { maxBatchTokens: 64, maxStreams: 4, kvCapBytes: 8 << 20 },
+    maxBatchTokens: 64,
+    maxStreams: 4,
+    kvCapBytes: 8 << 20,
     maxRequestMs: null,
   }, model);
   try {
@@ -145,7 +147,9 @@ Deno.test("batched service: a client leaving mid-stream frees its KV; a job past
   }
   // 40 ms of wall time is far less than 480 tokens take on the reference.
   const tight = await startServer({
-    batch: { maxBatchTokens: 64, maxStreams: 4, kvCapBytes: null },
+    maxBatchTokens: 64,
+    maxStreams: 4,
+    kvCapBytes: null,
     maxRequestMs: 40,
   }, model);
   try {

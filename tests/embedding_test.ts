@@ -347,13 +347,13 @@ Deno.test("embedding: serve.ts options from environment variables, bad values na
   assertEquals(
     serveOptionsFromEnv(env({
       JUDGEQ_API_KEYS: "alice:a-key\n# comment\nbob:b-key\n",
-      JUDGEQ_ACTIVE_JOBS: "2",
+      JUDGEQ_MAX_STREAMS: "2",
       JUDGEQ_MAX_REQUEST_SECONDS: "0",
     })).app,
     {
       apiKey: null,
       apiKeys: [{ label: "alice", key: "a-key" }, { label: "bob", key: "b-key" }],
-      activeJobs: 2,
+      maxStreams: 2,
       maxRequestMs: null,
     },
   );
@@ -363,7 +363,7 @@ Deno.test("embedding: serve.ts options from environment variables, bad values na
       ["JUDGEQ_THREADS", "0"],
       ["JUDGEQ_WEIGHTS", "q4"],
       ["JUDGEQ_API_KEYS", "bad label:key"],
-      ["JUDGEQ_ACTIVE_JOBS", "0"],
+      ["JUDGEQ_MAX_STREAMS", "0"],
     ]
   ) {
     let message = "";

@@ -422,7 +422,7 @@ Deno.test({
 Deno.test("attack: a stream whose client never reads waits off the executor (its slot given to others), then is cut", async () => {
   // In process, so that nothing reads the body at all: over loopback sockets the kernel's buffers (up to
   // tcp_wmem's 4 MB a side) hold a whole stories260K stream (3.6 MB at most) before any backpressure.
-  const app = createApp(await testModel(), { log: () => {}, activeJobs: 1, streamStallMs: 1500 });
+  const app = createApp(await testModel(), { log: () => {}, maxStreams: 1, streamStallMs: 1500 });
   const call = (body: unknown) =>
     app.handler(new Request("http://x/v1/generate", { method: "POST", body: JSON.stringify(body) }));
   try {
@@ -489,7 +489,7 @@ Deno.test({
     const s = await serve([
       "--executor",
       "cpu",
-      "--active-jobs",
+      "--max-streams",
       "1",
       "--stream-stall-timeout-s",
       String(stallS),

