@@ -54,7 +54,7 @@ export interface AppOptions {
   /** Cap on the KV bytes of kept contexts this replica holds live (least recently used evicted first). */
   contextMaxBytes: number;
   /**
-   * Where contexts are shared between replicas (server/redis_blobs.ts's RedisBlobs), or null for this
+   * Where contexts are shared between replicas (server/contexts/redis.ts's RedisBlobs), or null for this
    * process only. The app closes it.
    */
   sharedStore: SharedBlobs | null;
