@@ -6,7 +6,7 @@
 import { checkSnapshot } from "../core/cache_snapshot.ts";
 import type { ModelConfig } from "../core/config.ts";
 import type { BatchItem, CacheSnapshot, Executor, ForwardResult, KvSession } from "../core/executor.ts";
-import { nativeForwardBatch } from "./batch.ts";
+import { dropBatchGraph, nativeForwardBatch } from "./batch.ts";
 import type { ModelWeights } from "../core/weights.ts";
 import { type KvType, NativeKvCache } from "./kv_cache.ts";
 import { loadGgml } from "./library.ts";
@@ -70,6 +70,7 @@ export class NativeExecutor implements Executor {
   }
 
   dispose() {
+    dropBatchGraph(this.rt);
     this.rt.dispose();
   }
 }

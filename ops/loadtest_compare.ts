@@ -4,7 +4,7 @@
  * with N sequences, bench/llamacpp_parallel.mjs) get the same prompt ids and the same GGUF values, level by
  * level, interleaved (ours, then llama.cpp's, at each level), so a busy machine hits both sides alike.
  *   deno task loadtest --compare [--model llama76m|stories260K] [--format q8_0|f32] [--threads 1]
- *     [--levels 1,4,16,32] [--prompt-tokens 64] [--max-tokens 64] [--max-batch-tokens 512]
+ *     [--kv f16|f32] [--levels 1,4,16,32] [--prompt-tokens 64] [--max-tokens 64] [--max-batch-tokens 512]
  *     [--kv-cache-mb N] [--text DIR] [--json] [--out FILE]
  * Every stream is one streamed POST /v1/generate (greedy, end of story ignored, its token ids returned per
  * event); its tokens' arrival times give the time to first token and the per-token gaps. Reports per level:
@@ -30,6 +30,11 @@ const SPEC = {
   model: { kind: "string", help: `${BENCH_MODELS.join(" or ")} (default llama76m)`, default: "llama76m" },
   format: { kind: "string", help: "weights of both: q8_0 (default) or f32", default: "q8_0" },
   threads: { kind: "int", help: "threads of both engines (default 1)", default: 1 },
+  kv: {
+    kind: "string",
+    help: "KV cache type of both engines: f16 (llama.cpp's default) or f32",
+    default: "f16",
+  },
   levels: {
     kind: "string",
     help: "concurrent streams, comma-separated (default 1,4,16,32)",
@@ -69,6 +74,7 @@ export function compareOptions(argv: string[]) {
     model: parseList(String(f.model), BENCH_MODELS, "model")[0],
     format: parseList(String(f.format), BENCH_FORMATS, "format")[0],
     threads: threadsFlag(f.threads) ?? 1,
+    kv: parseList(String(f.kv), ["f16", "f32"] as const, "kv")[0],
     levels,
     promptTokens: f["prompt-tokens"] as number,
     maxTokens: f["max-tokens"] as number,
@@ -94,6 +100,8 @@ async function startServer(o: Options, gguf: string) {
     "native",
     "--threads",
     String(o.threads),
+    "--kv-cache",
+    o.kv,
     "--weights",
     o.format,
     "--port",
@@ -222,7 +230,7 @@ export async function compareMain(argv: string[]): Promise<number> {
         ours.push(await oursAt(server, prompts, n, o.maxTokens));
         const peer = await llamaCpp(file.path, {
           threads: o.threads,
-          kvCacheType: "F32",
+          kvCacheType: o.kv === "f16" ? "F16" : "F32",
           levels: [n],
           prompts: prompts.map((p) => p.ids),
           maxTokens: o.maxTokens,
@@ -254,7 +262,7 @@ export async function compareMain(argv: string[]): Promise<number> {
     date: new Date().toISOString(),
     model: o.model,
     format: o.format,
-    kv_cache: "f32",
+    kv_cache: o.kv,
     threads: o.threads,
     max_tokens: o.maxTokens,
     prompt_tokens: prompts.map((p) => p.ids.length),
