@@ -244,3 +244,48 @@ export function sampleValue(text: string, series: string): number {
   }
   return 0;
 }
+
+/** What the batch scheduler's gauges read (server/batch_scheduler.ts's BatchScheduler). */
+export interface BatchSources {
+  readonly limits: { readonly maxBatchTokens: number; readonly kvCapBytes: number | null };
+  readonly last: { readonly streams: number; readonly rows: number };
+  readonly steps: number;
+  readonly rows: number;
+  readonly kvReserved: number;
+  readonly kvWaiting: number;
+  kvAllocated(): number;
+}
+
+/** Declares the batch scheduler's gauges and the limits in force on `m`. */
+export function batchGauges(m: ServerMetrics, s: BatchSources, maxStreams: number) {
+  m.gauge("judgeq_batch_max_streams", "Streams that may run at once (--max-streams).", () => maxStreams);
+  m.gauge(
+    "judgeq_batch_max_rows",
+    "Rows one batched step may run (--max-batch-tokens).",
+    () => s.limits.maxBatchTokens,
+  );
+  m.gauge("judgeq_batch_streams", "Streams (sessions) in the last batched step.", () => s.last.streams);
+  m.gauge(
+    "judgeq_batch_rows",
+    "Rows (decode tokens + prefill tokens) in the last batched step.",
+    () => s.last.rows,
+  );
+  m.gauge("judgeq_batch_steps_total", "Batched steps run.", () => s.steps, "counter");
+  m.gauge("judgeq_batch_rows_total", "Rows run in batched steps.", () => s.rows, "counter");
+  m.gauge(
+    "judgeq_kv_bytes_in_use",
+    "KV-cache bytes live streams and kept contexts hold allocated.",
+    () => s.kvAllocated(),
+  );
+  m.gauge(
+    "judgeq_kv_bytes_reserved",
+    "KV-cache bytes reserved by live streams and kept contexts.",
+    () => s.kvReserved,
+  );
+  m.gauge(
+    "judgeq_kv_bytes_free",
+    "KV-cache bytes left under --kv-cache-mb (+Inf without a cap).",
+    () => (s.limits.kvCapBytes ?? Infinity) - s.kvReserved,
+  );
+  m.gauge("judgeq_kv_waiting", "Streams waiting for KV-cache room.", () => s.kvWaiting);
+}

@@ -18,7 +18,7 @@ import { Cancelled, errorBody, HttpError, jsonResponse, Stalled, toHttpError } f
 import { type JobDecodeParams, type JobHooks, type JobResult, refuseOverlong } from "./generation.ts";
 import { parseBody } from "./http.ts";
 import type { ApiKey } from "./keys.ts";
-import { ServerMetrics } from "./metrics.ts";
+import { batchGauges, ServerMetrics } from "./metrics.ts";
 import { BatchScheduler } from "./batch_scheduler.ts";
 import { Jobs, type Mutex, type Timed, type Work } from "./jobs.ts";
 import type { DecodeFields } from "./schemas.ts";
@@ -328,35 +328,3 @@ export class Service {
 }
 
 /** Gauges of batched decoding: the last step's streams and rows, totals, and the KV bytes under the cap. */
-function batchGauges(m: ServerMetrics, s: BatchScheduler, maxStreams: number) {
-  m.gauge("judgeq_batch_max_streams", "Streams that may run at once (--max-streams).", () => maxStreams);
-  m.gauge(
-    "judgeq_batch_max_rows",
-    "Rows one batched step may run (--max-batch-tokens).",
-    () => s.limits.maxBatchTokens,
-  );
-  m.gauge("judgeq_batch_streams", "Streams (sessions) in the last batched step.", () => s.last.streams);
-  m.gauge(
-    "judgeq_batch_rows",
-    "Rows (decode tokens + prefill tokens) in the last batched step.",
-    () => s.last.rows,
-  );
-  m.gauge("judgeq_batch_steps_total", "Batched steps run.", () => s.steps, "counter");
-  m.gauge("judgeq_batch_rows_total", "Rows run in batched steps.", () => s.rows, "counter");
-  m.gauge(
-    "judgeq_kv_bytes_in_use",
-    "KV-cache bytes live streams and kept contexts hold allocated.",
-    () => s.kvAllocated(),
-  );
-  m.gauge(
-    "judgeq_kv_bytes_reserved",
-    "KV-cache bytes reserved by live streams and kept contexts.",
-    () => s.kvReserved,
-  );
-  m.gauge(
-    "judgeq_kv_bytes_free",
-    "KV-cache bytes left under --kv-cache-mb (+Inf without a cap).",
-    () => (s.limits.kvCapBytes ?? Infinity) - s.kvReserved,
-  );
-  m.gauge("judgeq_kv_waiting", "Streams waiting for KV-cache room.", () => s.kvWaiting);
-}
