@@ -5,7 +5,8 @@
  * (mostly held by another replica: it is restored from Redis), the rest alternate between plain
  * generation, streamed chats and new contexts (each asked once more at the end: none may be lost). Halfway
  * (--kill-at) one replica is SIGKILLed. Reported: throughput, latency percentiles, statuses, 5xx (there
- * must be none), streams cut by the kill (200 without [DONE]), lost contexts (a 404 on a context
+ * must be none), streams cut by the kill (200 without [DONE]) and answers cut after their status line,
+ * lost contexts (a 404 on a context
  * that was created) and answers that differ between replicas (greedy: the same context and question must
  * give the same text anywhere). With --compare the same workload runs on a single replica first.
  *   deno task loadtest:cluster [--replicas 3] [--requests 600] [--concurrency 16] [--max-tokens 16]
@@ -61,13 +62,21 @@ interface Outcome {
   ms: number;
 }
 
+/** An answer whose replica died after its first bytes: it began, so no balancer can move it; retry it. */
+class CutAnswer extends Error {}
+
 async function post(url: string, body: unknown): Promise<{ status: number; json: Record<string, unknown> }> {
   const r = await fetch(url, {
     method: "POST",
     headers: { "content-type": "application/json" },
     body: JSON.stringify(body),
   });
-  const text = await r.text();
+  let text: string;
+  try {
+    text = await r.text();
+  } catch (e) {
+    throw new CutAnswer(`status ${r.status} then the connection was cut: ${(e as Error).message}`);
+  }
   let json: Record<string, unknown> = {};
   try {
     json = JSON.parse(text);
@@ -117,7 +126,14 @@ export async function runClusterLoad(o: Options) {
     const created: string[] = []; // through the balancer during the run
     let killed = false, answeredAfterKill = 0;
     const answers = new Map<string, string>(); // context + question -> first text seen
-    let mismatched = 0, lost = 0, next = 0, inFlight = 0, inFlightAtKill = -1, killedAfter = -1, cut = 0;
+    let mismatched = 0,
+      lost = 0,
+      next = 0,
+      inFlight = 0,
+      inFlightAtKill = -1,
+      killedAfter = -1,
+      cut = 0,
+      cutAnswers = 0;
     const killAt = o.killAt > 0 && cluster.replicas.length > 1 ? Math.floor(o.requests * o.killAt) : -1;
     const outcomes: Outcome[] = [];
     const one = async (i: number): Promise<Outcome> => {
@@ -168,6 +184,12 @@ export async function runClusterLoad(o: Options) {
         try {
           outcomes.push(await one(i));
         } catch (e) {
+          if (e instanceof CutAnswer) {
+            cutAnswers++; // its status line came, then the kill: cut like a stream without [DONE], not a 5xx
+            outcomes.push({ kind: "answer", status: 0, ms: 0 });
+            console.error(`request ${i}: ${e.message}`);
+            continue;
+          }
           outcomes.push({ kind: "answer", status: 599, ms: 0 }); // a connection error: counted as a 5xx
           console.error(`request ${i}: ${(e as Error).message}`);
         } finally {
@@ -203,6 +225,7 @@ export async function runClusterLoad(o: Options) {
       server_errors: outcomes.filter((x) => x.status >= 500).length,
       /** Streams answered 200 that ended without [DONE] (their replica was killed mid-way). */
       cut_streams: cut,
+      cut_answers: cutAnswers,
       lost_contexts: lost,
       contexts: {
         pool: pool.length,

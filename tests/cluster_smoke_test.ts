@@ -48,6 +48,8 @@ Deno.test({
       r.server_errors === 0, // what the killed replica never answered was retried on the other
       `${r.server_errors} 5xx, ${r.killed!.in_flight} in flight`,
     );
+    // An answer the killed replica had begun cannot move; only those in flight at the kill may be cut.
+    assert(r.cut_answers + r.cut_streams <= r.killed!.in_flight, JSON.stringify(r));
     assert(r.throughput_rps > 0 && r.latency_ms.p99 >= r.latency_ms.p50, JSON.stringify(r));
   },
 });
