@@ -6,6 +6,7 @@
  */
 import { type BatchItem, type ForwardResult, forwardRows } from "../core/executor.ts";
 import { GraphBuilder, type Tensor } from "./graph.ts";
+import { finishLayer, projectQkv } from "./layer.ts";
 import { GGML_TYPE } from "./library.ts";
 import type { NativeRuntime } from "./runtime.ts";
 import { NativeQueryRows, NativeSession } from "./session.ts";
@@ -200,13 +201,7 @@ function buildParts(
   const capture = parts.some((p) => p.capture);
   for (let l = 0; l < c.nLayers; l++) {
     const lw = w.layers[l];
-    let cur = b.mul(b.rmsNorm(x, c.rmsNormEps), lw.attnNorm);
-    let q = b.mulMat(lw.wq, cur), k = b.mulMat(lw.wk, cur), v = b.mulMat(lw.wv, cur);
-    if (lw.bq) q = b.add(q, lw.bq);
-    if (lw.bk) k = b.add(k, lw.bk);
-    if (lw.bv) v = b.add(v, lw.bv);
-    q = b.rope(b.reshape3d(q, hd, c.nHeads, rows), pos, w.ropeFactors, hd, c.ropeTheta);
-    k = b.rope(b.reshape3d(k, hd, c.nKvHeads, rows), pos, w.ropeFactors, hd, c.ropeTheta);
+    const { q, k, v } = projectQkv(b, c, w, lw, x, pos, rows);
     if (capture) queries.push(b.output(q));
     const outs: Tensor[] = [];
     parts.forEach((p, i) => {
@@ -234,9 +229,7 @@ function buildParts(
       outs.push(b.reshape2d(o, hd * c.nHeads, n));
     });
     const attn = joinRows(b, outs);
-    x = b.add(x, b.mulMat(lw.wo, attn));
-    cur = b.mul(b.rmsNorm(x, c.rmsNormEps), lw.mlpNorm);
-    x = b.add(x, b.mulMat(lw.wDown, b.swiglu(b.mulMat(lw.wGate, cur), b.mulMat(lw.wUp, cur))));
+    x = finishLayer(b, c, lw, x, attn);
   }
   // Logits only for the rows that want them.
   const picked: number[] = [];

@@ -19,6 +19,7 @@ import type {
 } from "../core/executor.ts";
 import { forwardRows } from "../core/executor.ts";
 import { GraphBuilder, type Tensor } from "./graph.ts";
+import { finishLayer, projectQkv } from "./layer.ts";
 import { GGML_TYPE } from "./library.ts";
 import type { NativeKvCache } from "./kv_cache.ts";
 import type { NativeRuntime } from "./runtime.ts";
@@ -223,13 +224,7 @@ export class NativeSession implements KvSession {
     const widths: number[] = [];
     for (let l = 0; l < c.nLayers; l++) {
       const lw = w.layers[l], room = cache.room[l], rowBytes = hd * eb;
-      let cur = b.mul(b.rmsNorm(x, c.rmsNormEps), lw.attnNorm);
-      let q = b.mulMat(lw.wq, cur), k = b.mulMat(lw.wk, cur), v = b.mulMat(lw.wv, cur);
-      if (lw.bq) q = b.add(q, lw.bq);
-      if (lw.bk) k = b.add(k, lw.bk);
-      if (lw.bv) v = b.add(v, lw.bv);
-      q = b.rope(b.reshape3d(q, hd, c.nHeads, n), pos, w.ropeFactors, hd, c.ropeTheta);
-      k = b.rope(b.reshape3d(k, hd, c.nKvHeads, n), pos, w.ropeFactors, hd, c.ropeTheta);
+      const { q, k, v } = projectQkv(b, c, w, lw, x, pos, n);
       if (shape.capture) queries.push(b.output(q));
       const index = b.input(GGML_TYPE.i64, [c.nKvHeads * n]);
       rows.push(index);
@@ -255,9 +250,7 @@ export class NativeSession implements KvSession {
       } else {
         attn = b.flashAttn(b.permute(q, 0, 2, 1, 3), kAll, vAll, mask, 1 / Math.sqrt(hd));
       }
-      x = b.add(x, b.mulMat(lw.wo, b.reshape2d(attn, hd * c.nHeads, n)));
-      cur = b.mul(b.rmsNorm(x, c.rmsNormEps), lw.mlpNorm);
-      x = b.add(x, b.mulMat(lw.wDown, b.swiglu(b.mulMat(lw.wGate, cur), b.mulMat(lw.wUp, cur))));
+      x = finishLayer(b, c, lw, x, b.reshape2d(attn, hd * c.nHeads, n));
     }
     let logits: Tensor | null = null;
     if (shape.logitRows !== "none") {

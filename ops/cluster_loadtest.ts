@@ -6,8 +6,7 @@
  * generation, streamed chats and new contexts (each asked once more at the end: none may be lost). Halfway
  * (--kill-at) one replica is SIGKILLed. Reported: throughput, latency percentiles, statuses, 5xx (there
  * must be none), streams cut by the kill (200 without [DONE]) and answers cut after their status line,
- * lost contexts (a 404 on a context
- * that was created) and answers that differ between replicas (greedy: the same context and question must
+ * lost contexts (a 404 on a context that was created) and answers that differ between replicas (greedy: the same context and question must
  * give the same text anywhere). With --compare the same workload runs on a single replica first.
  *   deno task loadtest:cluster [--replicas 3] [--requests 600] [--concurrency 16] [--max-tokens 16]
  *                              [--contexts 24] [--kill-at 0.5] [--compare] [--json]

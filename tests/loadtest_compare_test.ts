@@ -18,6 +18,7 @@ Deno.test("loadtest --compare: bad flags name the flag", () => {
     [["--max-batch-tokens", "-3"], "--max-batch-tokens"],
     [["--kv-cache-mb", "0"], "--kv-cache-mb"],
     [["--threads", "0"], "--threads"],
+    [["--kv", "f8"], "--kv"],
   ];
   for (const [argv, flag] of cases) {
     let caught: unknown = null;
@@ -32,6 +33,7 @@ Deno.test("loadtest --compare: bad flags name the flag", () => {
   const ok = compareOptions(["--compare", "--levels", "1,16", "--format", "f32"]);
   assertEquals(ok.levels, [1, 16]);
   assertEquals(ok.format, "f32");
+  assertEquals(ok.kv, "f16"); // llama.cpp's own default KV cache type
 });
 
 Deno.test("loadtest --compare: a bad flag exits 2 naming it", async () => {
