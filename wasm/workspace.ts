@@ -54,6 +54,7 @@ export class Workspace {
   readonly normedStride: number;
   private scoresAt = 0;
   private scoresCap = 0;
+  private readonly scoreRows: number;
 
   constructor(private readonly arena: Arena, c: ModelConfig, private readonly chunks: number) {
     const rows = CHUNK_ROWS, qw = c.nHeads * c.headDim, kvw = c.nKvHeads * c.headDim;
@@ -75,6 +76,7 @@ export class Workspace {
     this.quant = arena.alloc(chunks * this.quantStride);
     this.normedStride = normedStride(c);
     this.normed = arena.alloc(chunks * this.normedStride);
+    this.scoreRows = Math.max(2, c.nHeads / c.nKvHeads);
   }
 
   /** Bytes a workspace needs, for the memory check before anything is allocated. */
@@ -84,11 +86,14 @@ export class Workspace {
       chunks * (panelBytes(c) + quantStride(c) + normedStride(c));
   }
 
-  /** Attention score rows of `capacity` floats, two per dispatch chunk. */
+  /**
+   * Attention score rows of `capacity` floats, per dispatch chunk two or, for a decoded row's GQA group
+   * (kernel attendGroup), one per query head of the group.
+   */
   scores(capacity: number): number {
     if (capacity > this.scoresCap) {
       if (this.scoresAt) this.arena.release(this.scoresAt);
-      this.scoresAt = this.arena.alloc(this.chunks * capacity * 8);
+      this.scoresAt = this.arena.alloc(this.chunks * capacity * 4 * this.scoreRows);
       this.scoresCap = capacity;
     }
     return this.scoresAt;

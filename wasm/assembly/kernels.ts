@@ -1128,6 +1128,219 @@ function attend2(
   return f32x4(invA, invB, 0, 0);
 }
 
+// ---- decoding: every query head of a KV group in one pass over its entries ----------------------------
+
+/** Keys scored per sweep over a group's head tiles: 16 KiB of a 64-float head, read again from L1. */
+const KEY_CHUNK = 64;
+
+/** Values weighed per sweep over a group's head tiles and column blocks. */
+const VALUE_CHUNK = 4;
+
+/** Query heads in the register tile that starts at head h of a group of g: 3, but 2 + 2 for four left. */
+@inline function headTile(g: i32, h: i32, most: i32): i32 {
+  const r = g - h;
+  if (most == 2) return r >= 2 ? 2 : 1;
+  return r == 4 || r == 2 ? 2 : r == 1 ? 1 : 3;
+}
+const SCORE_HEADS = 3;
+const VALUE_HEADS = 3;
+
+/**
+ * Scores of H (1..3, a constant once inlined) query heads, hd floats apart from qv, over keys [j0, j1):
+ * p[h][j] = scale x q_h . key_j, rows of p pstride bytes apart. Four keys x H heads = up to 12 accumulators,
+ * a key vector and a query vector: within x64's 16 vector registers. Each head's arithmetic is attend2's.
+ */
+@inline function scoreHeads(
+  H: i32, qv: usize, keys: usize, j0: i32, j1: i32, hd: i32, sv: v128, p: usize, pstride: usize,
+): void {
+  const hb = <usize>hd << 2, q1 = qv + hb, q2 = q1 + hb, p1 = p + pstride, p2 = p1 + pstride;
+  let j = j0;
+  for (; j + 4 <= j1; j += 4) {
+    const k0 = keys + <usize>j * hb, k1 = k0 + hb, k2 = k1 + hb, k3 = k2 + hb;
+    let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
+    let b0 = f32x4.splat(0), b1 = f32x4.splat(0), b2 = f32x4.splat(0), b3 = f32x4.splat(0);
+    let c0 = f32x4.splat(0), c1 = f32x4.splat(0), c2 = f32x4.splat(0), c3 = f32x4.splat(0);
+    for (let i = 0; i < hd; i += 4) {
+      const o = <usize>i << 2;
+      let x = v128.load(k0 + o);
+      a0 = madd(x, v128.load(qv + o), a0);
+      if (H > 1) b0 = madd(x, v128.load(q1 + o), b0);
+      if (H > 2) c0 = madd(x, v128.load(q2 + o), c0);
+      x = v128.load(k1 + o);
+      a1 = madd(x, v128.load(qv + o), a1);
+      if (H > 1) b1 = madd(x, v128.load(q1 + o), b1);
+      if (H > 2) c1 = madd(x, v128.load(q2 + o), c1);
+      x = v128.load(k2 + o);
+      a2 = madd(x, v128.load(qv + o), a2);
+      if (H > 1) b2 = madd(x, v128.load(q1 + o), b2);
+      if (H > 2) c2 = madd(x, v128.load(q2 + o), c2);
+      x = v128.load(k3 + o);
+      a3 = madd(x, v128.load(qv + o), a3);
+      if (H > 1) b3 = madd(x, v128.load(q1 + o), b3);
+      if (H > 2) c3 = madd(x, v128.load(q2 + o), c3);
+    }
+    const at = <usize>j << 2;
+    v128.store(p + at, f32x4.mul(hsum4(a0, a1, a2, a3), sv));
+    if (H > 1) v128.store(p1 + at, f32x4.mul(hsum4(b0, b1, b2, b3), sv));
+    if (H > 2) v128.store(p2 + at, f32x4.mul(hsum4(c0, c1, c2, c3), sv));
+  }
+  for (; j < j1; j++) {
+    const kj = keys + <usize>j * hb;
+    let a = f32x4.splat(0), b = f32x4.splat(0), c = f32x4.splat(0);
+    for (let i = 0; i < hd; i += 4) {
+      const o = <usize>i << 2;
+      const x = v128.load(kj + o);
+      a = madd(x, v128.load(qv + o), a);
+      if (H > 1) b = madd(x, v128.load(q1 + o), b);
+      if (H > 2) c = madd(x, v128.load(q2 + o), c);
+    }
+    const at = <usize>j << 2;
+    store<f32>(p + at, hsum(a) * <f32>f32x4.extract_lane(sv, 0));
+    if (H > 1) store<f32>(p1 + at, hsum(b) * <f32>f32x4.extract_lane(sv, 0));
+    if (H > 2) store<f32>(p2 + at, hsum(c) * <f32>f32x4.extract_lane(sv, 0));
+  }
+}
+
+/**
+ * out_h[o .. o + 4V floats) += sum over j in [j0, j1) of p[h][j] x value_j[same columns], for H (1..3) heads
+ * (out rows hd floats apart) and V (1..4) vectors, both constants once inlined: up to 12 accumulators, a
+ * value vector and a broadcast weight in registers; the outputs are loaded and stored once per call, not
+ * per key, so cutting the keys into calls does not change a bit.
+ */
+@inline function weighValues(
+  H: i32, V: i32, p: usize, pstride: usize, vb: usize, j0: i32, j1: i32, hd: i32, out: usize, o: usize,
+): void {
+  const hb = <usize>hd << 2, p1 = p + pstride, p2 = p1 + pstride;
+  const o0 = out + o, o1 = o0 + hb, o2 = o1 + hb;
+  let x0 = v128.load(o0), x1 = f32x4.splat(0), x2 = f32x4.splat(0), x3 = f32x4.splat(0);
+  let y0 = f32x4.splat(0), y1 = f32x4.splat(0), y2 = f32x4.splat(0), y3 = f32x4.splat(0);
+  let z0 = f32x4.splat(0), z1 = f32x4.splat(0), z2 = f32x4.splat(0), z3 = f32x4.splat(0);
+  if (V > 1) x1 = v128.load(o0 + 16);
+  if (V > 2) x2 = v128.load(o0 + 32);
+  if (V > 3) x3 = v128.load(o0 + 48);
+  if (H > 1) {
+    y0 = v128.load(o1);
+    if (V > 1) y1 = v128.load(o1 + 16);
+    if (V > 2) y2 = v128.load(o1 + 32);
+    if (V > 3) y3 = v128.load(o1 + 48);
+  }
+  if (H > 2) {
+    z0 = v128.load(o2);
+    if (V > 1) z1 = v128.load(o2 + 16);
+    if (V > 2) z2 = v128.load(o2 + 32);
+    if (V > 3) z3 = v128.load(o2 + 48);
+  }
+  for (let j = j0; j < j1; j++) {
+    const vj = vb + <usize>j * hb + o, at = <usize>j << 2;
+    let v = v128.load(vj);
+    x0 = madd(v128.load32_splat(p + at), v, x0);
+    if (H > 1) y0 = madd(v128.load32_splat(p1 + at), v, y0);
+    if (H > 2) z0 = madd(v128.load32_splat(p2 + at), v, z0);
+    if (V > 1) {
+      v = v128.load(vj + 16);
+      x1 = madd(v128.load32_splat(p + at), v, x1);
+      if (H > 1) y1 = madd(v128.load32_splat(p1 + at), v, y1);
+      if (H > 2) z1 = madd(v128.load32_splat(p2 + at), v, z1);
+    }
+    if (V > 2) {
+      v = v128.load(vj + 32);
+      x2 = madd(v128.load32_splat(p + at), v, x2);
+      if (H > 1) y2 = madd(v128.load32_splat(p1 + at), v, y2);
+      if (H > 2) z2 = madd(v128.load32_splat(p2 + at), v, z2);
+    }
+    if (V > 3) {
+      v = v128.load(vj + 48);
+      x3 = madd(v128.load32_splat(p + at), v, x3);
+      if (H > 1) y3 = madd(v128.load32_splat(p1 + at), v, y3);
+      if (H > 2) z3 = madd(v128.load32_splat(p2 + at), v, z3);
+    }
+  }
+  v128.store(o0, x0);
+  if (V > 1) v128.store(o0 + 16, x1);
+  if (V > 2) v128.store(o0 + 32, x2);
+  if (V > 3) v128.store(o0 + 48, x3);
+  if (H > 1) {
+    v128.store(o1, y0);
+    if (V > 1) v128.store(o1 + 16, y1);
+    if (V > 2) v128.store(o1 + 32, y2);
+    if (V > 3) v128.store(o1 + 48, y3);
+  }
+  if (H > 2) {
+    v128.store(o2, z0);
+    if (V > 1) v128.store(o2 + 16, z1);
+    if (V > 2) v128.store(o2 + 32, z2);
+    if (V > 3) v128.store(o2 + 48, z3);
+  }
+}
+
+/** scoreHeads for the H heads of a tile (a runtime 1..3). */
+function scoreTile(
+  H: i32, qv: usize, keys: usize, j0: i32, j1: i32, hd: i32, sv: v128, p: usize, pstride: usize,
+): void {
+  if (H == 3) scoreHeads(3, qv, keys, j0, j1, hd, sv, p, pstride);
+  else if (H == 2) scoreHeads(2, qv, keys, j0, j1, hd, sv, p, pstride);
+  else scoreHeads(1, qv, keys, j0, j1, hd, sv, p, pstride);
+}
+
+/** weighValues for a tile of H heads (a runtime 1..3) over every column: blocks of 16 floats, then of 4. */
+function weighTile(H: i32, p: usize, pstride: usize, vb: usize, j0: i32, j1: i32, hd: i32, out: usize): void {
+  let i = 0;
+  for (; i + 16 <= hd; i += 16) {
+    const o = <usize>i << 2;
+    if (H == 3) weighValues(3, 4, p, pstride, vb, j0, j1, hd, out, o);
+    else if (H == 2) weighValues(2, 4, p, pstride, vb, j0, j1, hd, out, o);
+    else weighValues(1, 4, p, pstride, vb, j0, j1, hd, out, o);
+  }
+  for (; i < hd; i += 4) {
+    const o = <usize>i << 2;
+    if (H == 3) weighValues(3, 1, p, pstride, vb, j0, j1, hd, out, o);
+    else if (H == 2) weighValues(2, 1, p, pstride, vb, j0, j1, hd, out, o);
+    else weighValues(1, 1, p, pstride, vb, j0, j1, hd, out, o);
+  }
+}
+
+/**
+ * One decoded row's attention for the `group` query heads of one KV head (queries and outputs hd floats
+ * apart, hd a multiple of 4), over its n entries: the keys are scored, then the values weighed, KEY_CHUNK
+ * entries at a time for every head tile, so each key and value row comes from memory once for the whole
+ * group, whatever its size. Softmax in two passes as attend1's (maximum subtracted, then normalized):
+ * p holds the group's rows of probabilities (group x cap floats).
+ */
+function attendGroup(
+  q: usize, out: usize, group: i32, n: i32, hd: i32, scale: f32, kb: usize, vb: usize, p: usize, cap: i32,
+): void {
+  const hb = <usize>hd << 2, pstride = <usize>cap << 2, sv = f32x4.splat(scale);
+  for (let j0 = 0; j0 < n; j0 += KEY_CHUNK) {
+    const j1 = min(n, j0 + KEY_CHUNK);
+    for (let h = 0; h < group;) {
+      const H = headTile(group, h, SCORE_HEADS);
+      scoreTile(H, q + <usize>h * hb, kb, j0, j1, hd, sv, p + <usize>h * pstride, pstride);
+      h += H;
+    }
+  }
+  for (let h = 0; h < group; h++) {
+    const row = p + <usize>h * pstride;
+    scaleRow(row, n, <f32>1 / expScores(row, n, maxOf(row, n)));
+  }
+  memory.fill(out, 0, <usize>group * hb);
+  for (let j0 = 0; j0 < n; j0 += VALUE_CHUNK) {
+    const j1 = min(n, j0 + VALUE_CHUNK);
+    for (let h = 0; h < group;) {
+      const H = headTile(group, h, VALUE_HEADS);
+      weighTile(H, p + <usize>h * pstride, pstride, vb, j0, j1, hd, out + <usize>h * hb);
+      h += H;
+    }
+  }
+}
+
+/** s[0..n) x= f. */
+function scaleRow(s: usize, n: i32, f: f32): void {
+  const fv = f32x4.splat(f);
+  let j = 0;
+  for (; j + 4 <= n; j += 4) v128.store(s + (<usize>j << 2), f32x4.mul(v128.load(s + (<usize>j << 2)), fv));
+  for (; j < n; j++) store<f32>(s + (<usize>j << 2), load<f32>(s + (<usize>j << 2)) * f);
+}
+
 /** Adds p_j = scores[j] x inv to row[position_j] for j < n (positions ascending, all cached). */
 function addMass(row: usize, scores: usize, positions: usize, n: i32, inv: f32): void {
   if (n > 0 && load<i32>(positions + (<usize>(n - 1) << 2)) == n - 1) {
@@ -1154,8 +1367,8 @@ function addMass(row: usize, scores: usize, positions: usize, n: i32, inv: f32):
  * Causal attention of M new rows over each KV head's entries: row m sees the first
  * counts[slot] + m + 1 entries (everything cached before this call, then the new rows up to itself).
  * Units of work are (KV head, pair of rows), split over threads; the two rows of a pair share every
- * key and value load. A single row (decoding) pairs the heads of its group instead. Scores go to the
- * chunk's scratch (2 x cap floats at scratch + t x 2 cap x 4).
+ * key and value load. A single row (decoding) runs the whole group of query heads at once (attendGroup).
+ * Scores go to the chunk's scratch (max(2, group) x cap floats at scratch + t x max(2, group) x cap x 4).
  *
  * With `mass` (not 0), the rows' attention is also summed per query head and cached position into
  * mass[head][position] (row stride massStride floats): the scoring of captured rows comes out of the
@@ -1167,7 +1380,7 @@ export function attention(
   mass: usize, positions: usize, massStride: i32, t: i32, nt: i32,
 ): void {
   const pairs = (M + 1) >> 1, group = nHeads / nKv, hb = <usize>hd << 2, qw = nHeads * hd;
-  const sa = scratch + <usize>t * (<usize>cap << 3), sb = sa + (<usize>cap << 2);
+  const sa = scratch + <usize>t * <usize>max(2, group) * (<usize>cap << 2), sb = sa + (<usize>cap << 2);
   const paired = (hd & 3) == 0;
   if (mass) {
     const h0 = share(nHeads, t, nt, 1), h1 = share(nHeads, t + 1, nt, 1);
@@ -1207,14 +1420,10 @@ export function attention(
         attend1(q + qat(m, h, qw, hd), out + qat(m, h, qw, hd), n, hd, scale, kb, vb, sa);
         attend1(q + qat(m + 1, h, qw, hd), out + qat(m + 1, h, qw, hd), n + 1, hd, scale, kb, vb, sa);
       }
+    } else if (paired) {
+      attendGroup(q + qat(m, g * group, qw, hd), out + qat(m, g * group, qw, hd), group, n, hd, scale, kb, vb, sa, cap);
     } else {
-      let h = g * group;
-      if (paired) {
-        for (; h + 2 <= (g + 1) * group; h += 2) {
-          attend2(q + qat(m, h, qw, hd), q + qat(m, h + 1, qw, hd), out + qat(m, h, qw, hd), out + qat(m, h + 1, qw, hd), n, n, hd, scale, kb, vb, sa, sb);
-        }
-      }
-      for (; h < (g + 1) * group; h++) attend1(q + qat(m, h, qw, hd), out + qat(m, h, qw, hd), n, hd, scale, kb, vb, sa);
+      for (let h = g * group; h < (g + 1) * group; h++) attend1(q + qat(m, h, qw, hd), out + qat(m, h, qw, hd), n, hd, scale, kb, vb, sa);
     }
   }
 }
