@@ -11,6 +11,9 @@
  *
  *   deno run -A bench/attn_micro.ts [--ctx 512] [--rounds 7] [--cold] [--base /tmp/main_kernels.wasm]
  *     [--this FILE.wasm (instead of this tree's kernels)]
+ *
+ * Load-proof: instructions per token = the difference of two callgrind runs (0 and 2 rounds) / (2 x tokens
+ * per round, printed), with --v8-flags=--no-liftoff,--single-threaded so that compilation is the same.
  */
 import { Arena } from "../wasm/arena.ts";
 import { instantiate, kernelModule, type Kernels } from "../wasm/kernels.ts";
@@ -80,6 +83,7 @@ function time(k: Kernels, n: number): number {
   return (performance.now() - t0) / n;
 }
 const n = Math.max(20, Math.round(20000 / ctx));
+console.log(`${n} tokens per round`);
 time(mine, n);
 if (other) time(other, n);
 const ratios: number[] = [];
@@ -97,11 +101,14 @@ for (let r = 0; r < rounds; r++) {
       (other ? `, base ${b.toFixed(3)}, base/this ${(b / m).toFixed(2)}` : ""),
   );
 }
-console.log(
-  `ctx ${ctx}, load ${Deno.loadavg()[0].toFixed(1)}: this median ${median(mineMs).toFixed(3)} ms/token` +
-    (other
-      ? `, base ${median(baseMs).toFixed(3)}; base/this median ${median(ratios).toFixed(2)} (${
-        Math.min(...ratios).toFixed(2)
-      }-${Math.max(...ratios).toFixed(2)})`
-      : ""),
-);
+// With --rounds 0 only the warm-up runs (callgrind: the difference of two round counts is the kernel's).
+if (rounds > 0) {
+  console.log(
+    `ctx ${ctx}, load ${Deno.loadavg()[0].toFixed(1)}: this median ${median(mineMs).toFixed(3)} ms/token` +
+      (other
+        ? `, base ${median(baseMs).toFixed(3)}; base/this median ${median(ratios).toFixed(2)} (${
+          Math.min(...ratios).toFixed(2)
+        }-${Math.max(...ratios).toFixed(2)})`
+        : ""),
+  );
+}
