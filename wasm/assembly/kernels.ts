@@ -1133,27 +1133,33 @@ function attend2(
 /** Keys scored per sweep over a group's head tiles: 16 KiB of a 64-float head, read again from L1. */
 const KEY_CHUNK = 64;
 
-/** Values weighed per sweep over a group's head tiles and column blocks. */
+/**
+ * Values weighed per sweep over a group's head tiles and column blocks: the 4 rows' 16 cache lines are
+ * read close together, so the values stream in order (64, one column block of every row before the
+ * next, ran 1.28x slower with the entries in memory; 2 and 8 no faster than 4: bench/attn_micro.ts).
+ */
 const VALUE_CHUNK = 4;
 
-/** Query heads in the register tile that starts at head h of a group of g: 3, but 2 + 2 for four left. */
-@inline function headTile(g: i32, h: i32, most: i32): i32 {
+/**
+ * Query heads in the register tile that starts at head h of a group of g: 3, but 2 + 2 for four left.
+ * (Tiles of at most 2 heads, which fit the registers without spilling, measured slower for groups of 3.)
+ */
+@inline function headTile(g: i32, h: i32): i32 {
   const r = g - h;
-  if (most == 2) return r >= 2 ? 2 : 1;
   return r == 4 || r == 2 ? 2 : r == 1 ? 1 : 3;
 }
-const SCORE_HEADS = 3;
-const VALUE_HEADS = 3;
 
 /**
  * Scores of H (1..3, a constant once inlined) query heads, hd floats apart from qv, over keys [j0, j1):
- * p[h][j] = scale x q_h . key_j, rows of p pstride bytes apart. Four keys x H heads = up to 12 accumulators,
- * a key vector and a query vector: within x64's 16 vector registers. Each head's arithmetic is attend2's.
+ * p[h][j] = scale x q_h . key_j, rows of p pstride bytes apart. Four keys x H heads = up to 12 accumulators
+ * and a key vector; the optimizer keeps the H query vectors too (16 values where V8 allocates 15 vector
+ * registers on x64, so one or two spill). Each head's arithmetic is attend2's.
  */
 @inline function scoreHeads(
   H: i32, qv: usize, keys: usize, j0: i32, j1: i32, hd: i32, sv: v128, p: usize, pstride: usize,
 ): void {
   const hb = <usize>hd << 2, q1 = qv + hb, q2 = q1 + hb, p1 = p + pstride, p2 = p1 + pstride;
+  const scale = f32x4.extract_lane(sv, 0);
   let j = j0;
   for (; j + 4 <= j1; j += 4) {
     const k0 = keys + <usize>j * hb, k1 = k0 + hb, k2 = k1 + hb, k3 = k2 + hb;
@@ -1195,17 +1201,18 @@ const VALUE_HEADS = 3;
       if (H > 2) c = madd(x, v128.load(q2 + o), c);
     }
     const at = <usize>j << 2;
-    store<f32>(p + at, hsum(a) * <f32>f32x4.extract_lane(sv, 0));
-    if (H > 1) store<f32>(p1 + at, hsum(b) * <f32>f32x4.extract_lane(sv, 0));
-    if (H > 2) store<f32>(p2 + at, hsum(c) * <f32>f32x4.extract_lane(sv, 0));
+    store<f32>(p + at, hsum(a) * scale);
+    if (H > 1) store<f32>(p1 + at, hsum(b) * scale);
+    if (H > 2) store<f32>(p2 + at, hsum(c) * scale);
   }
 }
 
 /**
  * out_h[o .. o + 4V floats) += sum over j in [j0, j1) of p[h][j] x value_j[same columns], for H (1..3) heads
  * (out rows hd floats apart) and V (1..4) vectors, both constants once inlined: up to 12 accumulators, a
- * value vector and a broadcast weight in registers; the outputs are loaded and stored once per call, not
- * per key, so cutting the keys into calls does not change a bit.
+ * value vector and the H broadcast weights (the optimizer keeps them; V8 spills a few accumulators for 3 x
+ * 4, which still ran faster than 3 heads x 8 columns). The outputs are loaded and stored once per call,
+ * not per key, so cutting the keys into calls does not change a bit.
  */
 @inline function weighValues(
   H: i32, V: i32, p: usize, pstride: usize, vb: usize, j0: i32, j1: i32, hd: i32, out: usize, o: usize,
@@ -1313,7 +1320,7 @@ function attendGroup(
   for (let j0 = 0; j0 < n; j0 += KEY_CHUNK) {
     const j1 = min(n, j0 + KEY_CHUNK);
     for (let h = 0; h < group;) {
-      const H = headTile(group, h, SCORE_HEADS);
+      const H = headTile(group, h);
       scoreTile(H, q + <usize>h * hb, kb, j0, j1, hd, sv, p + <usize>h * pstride, pstride);
       h += H;
     }
@@ -1326,7 +1333,7 @@ function attendGroup(
   for (let j0 = 0; j0 < n; j0 += VALUE_CHUNK) {
     const j1 = min(n, j0 + VALUE_CHUNK);
     for (let h = 0; h < group;) {
-      const H = headTile(group, h, VALUE_HEADS);
+      const H = headTile(group, h);
       weighTile(H, p + <usize>h * pstride, pstride, vb, j0, j1, hd, out + <usize>h * hb);
       h += H;
     }
