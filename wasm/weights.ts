@@ -1,6 +1,7 @@
 /**
  * Model weights in the shared memory, as the kernels read them: norms and biases f32, projection and
- * embedding matrices f32, f16, or int8 with one f32 scale per row (row-major [out, in], as in ModelWeights).
+ * embedding matrices f32, f16, int8 with one f32 scale per row (row-major [out, in], as in ModelWeights),
+ * or q8_0 (ggml's blocks of 32 with a scale each, in gemmQ8's 3-row groups: wasm/q8_0.ts).
  */
 import type { ModelConfig } from "../core/config.ts";
 import { JudgeQError } from "../core/errors.ts";
@@ -13,6 +14,7 @@ import {
   type WasmWeightFormat,
 } from "../core/weight_formats.ts";
 import { type Arena, MAX_BYTES } from "./arena.ts";
+import { blocksOfGguf, ggufQ8Sources, layoutQ8, q8BlockError, quantizeBlocks } from "./q8_0.ts";
 
 /**
  * Address of a matrix in the arena, and of its row scales and row sums (int8; 0 otherwise). int8 rows are
@@ -23,7 +25,10 @@ export interface Matrix {
   rows: number;
   cols: number;
   scales: number;
-  /** int8: each row's sum of its quantized values (i32), which takes the activations' offset back out. */
+  /**
+   * int8: each row's sum of its quantized values (i32), which takes the activations' offset back out.
+   * q8_0: each row's offset term, 2^20 sum_b d_b (sum of block b's values), f64.
+   */
   sums: number;
 }
 
@@ -53,7 +58,8 @@ export interface WasmWeights {
 
 /**
  * "auto" is f32 (the reference's arithmetic); f16 halves the weight bytes, int8 (a scale per row,
- * max |w| / 127) quarters them: decoding streams every weight once per token.
+ * max |w| / 127) quarters them: decoding streams every weight once per token. q8_0 (a scale per block of
+ * 32, ggml's) keeps a GGUF file's Q8_0 values as stored; its rows must be whole blocks.
  */
 export function resolveWeightFormat(choice: WasmWeightChoice, w: ModelWeights): WasmWeightFormat {
   if (!isChoice(WASM_WEIGHT_CHOICES, choice)) {
@@ -61,6 +67,11 @@ export function resolveWeightFormat(choice: WasmWeightChoice, w: ModelWeights): 
     throw new JudgeQError("invalid_request", `expected ${expected}, got '${choice}'`, "weights");
   }
   if (choice === "int8") return "int8";
+  if (choice === "q8_0") {
+    const e = q8BlockError(w);
+    if (e) throw e;
+    return "q8_0";
+  }
   if (choice !== "f16") return "f32";
   const beyond = tensorBeyondF16(w);
   if (beyond) throw beyondF16Error(beyond, "weights");
@@ -69,10 +80,12 @@ export function resolveWeightFormat(choice: WasmWeightChoice, w: ModelWeights): 
 
 /** Bytes the weights take in a format, computed from the config alone (before anything is allocated). */
 export function weightBytes(c: ModelConfig, format: WasmWeightFormat): number {
-  const e = format === "f16" ? 2 : format === "int8" ? 1 : 4,
+  // q8_0: a byte per value and an f32 scale per 32 of them.
+  const e = format === "f16" ? 2 : format === "int8" ? 1 : format === "q8_0" ? 1.125 : 4,
     q = c.nHeads * c.headDim,
     kv = c.nKvHeads * c.headDim;
-  const scales = format === "int8" ? 8 : 0; // a scale and a sum per row
+  // int8: a scale and a sum per row; q8_0: an offset term per row.
+  const scales = format === "int8" || format === "q8_0" ? 8 : 0;
   const perLayer = e * (c.dim * (q + 2 * kv) + q * c.dim + 3 * c.dim * c.hiddenDim) +
     scales * (q + 2 * kv + c.dim + 2 * c.hiddenDim + c.dim) +
     4 * (2 * c.dim + (c.attentionBias ? q + 2 * kv : 0));
@@ -96,6 +109,7 @@ export function checkFits(c: ModelConfig, format: WasmWeightFormat, working: num
 
 export function uploadWeights(arena: Arena, w: ModelWeights, format: WasmWeightFormat): WasmWeights {
   const start = arena.size;
+  const gguf = format === "q8_0" ? ggufQ8Sources(w) : null;
   const vector = (v: Float32Array): number => {
     const at = arena.alloc(v.length * 4);
     arena.f32.set(v, at / 4);
@@ -103,6 +117,15 @@ export function uploadWeights(arena: Arena, w: ModelWeights, format: WasmWeightF
   };
   const matrix = (m: Float32Array, rows: number, cols: number): Matrix => {
     if (format === "f32") return { at: vector(m), rows, cols, scales: 0, sums: 0 };
+    if (gguf) {
+      const stored = gguf.get(m);
+      const l = layoutQ8(stored ? blocksOfGguf(stored, rows, cols) : quantizeBlocks(m, rows, cols));
+      const at = arena.alloc(l.bytes.length);
+      new Int8Array(arena.memory.buffer, at, l.bytes.length).set(l.bytes);
+      const offsets = arena.alloc(rows * 8);
+      new Float64Array(arena.memory.buffer, offsets, rows).set(l.offsets);
+      return { at, rows, cols, scales: vector(l.scales), sums: offsets };
+    }
     if (format === "int8") {
       const { q, scales } = quantizeRows(m, rows, cols);
       const at = arena.alloc(q.length + INT8_OVERREAD);

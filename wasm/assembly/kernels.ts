@@ -1282,3 +1282,180 @@ export function keyNorms(
     }
   }
 }
+
+// ---- q8_0 GEMM: ggml's blocks of 32 int8 weights, a scale each ------------------------------
+//
+// Weights [N, K], K a multiple of 32, in 3-row groups: rows 3g..3g+2 interleaved 16 bytes at a time (row
+// 0's bytes 0..15, row 1's, row 2's, then bytes 16..31 of each, ...), so a 3-row tile streams one run of
+// bytes; a group is 3K bytes, and the last N mod 3 rows follow row-major. The block scales (f32 holding
+// ggml's f16 values) are in their own array in the same order: group g's block b of row r at
+// 3g KB + 3b + r (KB = K / 32), a last row n's block b at n KB + b. Each row also has an f64 offset term,
+// 2^20 sum_b d_b (sum of block b's weights), which takes the activations' offset back out.
+//
+// Activations are quantized as for gemmI8 (quantizeRow: x' = x_q + 2^20 in three 7-bit digits). Per row
+// and block, each i32 lane sums 4 bytes of each of the block's two 16-byte halves (8 products per digit,
+// |sum| <= 8 x 128 x 127 = 130,048) and the digits are combined in the lane, (a2 2^7 + a1) 2^7 + a0, at
+// most 130,048 x 16,513 = 2,147,482,624 < 2^31: exact in i32. Lanes 0 + 2 and 1 + 3 are summed in f64
+// (exact, < 2^32) and multiplied by the block scale (exact: 32-bit integer x 11-bit f16 significand), then
+// added to the row's f64 accumulator, blocks in order: the one rounding per block is an f64 add in a fixed
+// order, so the output is the same bits whatever the thread split and on either kernel module (whose
+// lanes hold the same bytes: dotQ8).
+
+/** acc + the dot products of 16 int8 weights and 16 digits; lane j sums bytes 4j..4j+3 on both modules. */
+@inline function dotQ8(w: v128, d: v128, acc: v128): v128 {
+  if (ASC_FEATURE_RELAXED_SIMD) return i32x4.relaxed_dot_i8x16_i7x16_add_s(w, d, acc);
+  const lo = i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_s(w), i16x8.extend_low_i8x16_u(d));
+  const hi = i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_s(w), i16x8.extend_high_i8x16_u(d));
+  // lo = byte pairs (0,1) (2,3) (4,5) (6,7), hi = (8,9) ... (14,15): pairs of pairs are relaxed SIMD's lanes.
+  return i32x4.add(acc, i32x4.add(v128.shuffle<i32>(lo, hi, 0, 2, 4, 6), v128.shuffle<i32>(lo, hi, 1, 3, 5, 7)));
+}
+
+/** One row's block of 32 (halves wa, wb) against the block's six digit vectors: x'-products per lane. */
+@inline function blockQ8(
+  wa: v128, wb: v128, d2a: v128, d1a: v128, d0a: v128, d2b: v128, d1b: v128, d0b: v128,
+): v128 {
+  let a = dotQ8(wb, d2b, dotQ8(wa, d2a, i32x4.splat(0)));
+  a = dotQ8(wb, d1b, dotQ8(wa, d1a, i32x4.shl(a, 7)));
+  return dotQ8(wb, d0b, dotQ8(wa, d0a, i32x4.shl(a, 7)));
+}
+
+/** acc + (lanes 0 + 2, lanes 1 + 3) x d, in f64: every step exact but the add to acc. */
+@inline function scaleQ8(lanes: v128, d: f32, acc: v128): v128 {
+  const s = f64x2.add(
+    f64x2.convert_low_i32x4_s(lanes),
+    f64x2.convert_low_i32x4_s(v128.shuffle<i32>(lanes, lanes, 2, 3, 2, 3)),
+  );
+  const p = f64x2.mul(s, f64x2.splat(<f64>d));
+  return f64x2.add(acc, p);
+}
+
+/** y = ((acc lane 0 + lane 1) - offset of row n) x s_x (+ bias) (+ y). */
+@inline function finishQ8(
+  a: v128, n: i32, sx: f32, offs: usize, bias: usize, y: usize, acc: i32,
+): void {
+  const total = (f64x2.extract_lane(a, 0) + f64x2.extract_lane(a, 1)) - load<f64>(offs + (<usize>n << 3));
+  let r = <f32>(total * <f64>sx);
+  if (bias) r += load<f32>(bias + (<usize>n << 2));
+  if (acc) r += load<f32>(y);
+  store<f32>(y, r);
+}
+
+/** A 3-row group (at g, its scales at s) against one quantized row q; outputs rows n..n + 2 at y. */
+function tileQ8x3(
+  g: usize, s: usize, KB: i32, q: usize, sx: f32, n: i32, offs: usize, bias: usize, y: usize, acc: i32,
+): void {
+  let a0 = f64x2.splat(0), a1 = f64x2.splat(0), a2 = f64x2.splat(0);
+  for (let b = 0; b < KB; b++) {
+    const o = <usize>b * 96, qb = q + o, wb = g + o, sb = s + <usize>b * 12;
+    const d2a = v128.load(qb), d1a = v128.load(qb, 16), d0a = v128.load(qb, 32);
+    const d2b = v128.load(qb, 48), d1b = v128.load(qb, 64), d0b = v128.load(qb, 80);
+    a0 = scaleQ8(blockQ8(v128.load(wb), v128.load(wb, 48), d2a, d1a, d0a, d2b, d1b, d0b), load<f32>(sb), a0);
+    a1 = scaleQ8(blockQ8(v128.load(wb, 16), v128.load(wb, 64), d2a, d1a, d0a, d2b, d1b, d0b), load<f32>(sb, 4), a1);
+    a2 = scaleQ8(blockQ8(v128.load(wb, 32), v128.load(wb, 80), d2a, d1a, d0a, d2b, d1b, d0b), load<f32>(sb, 8), a2);
+  }
+  finishQ8(a0, n, sx, offs, bias, y, acc);
+  finishQ8(a1, n + 1, sx, offs, bias, y + 4, acc);
+  finishQ8(a2, n + 2, sx, offs, bias, y + 8, acc);
+}
+
+/**
+ * One row (its halves `ws` bytes apart from r, its scales `ss` bytes apart from s) against one quantized
+ * row: the same arithmetic as a row of tileQ8x3.
+ */
+function rowQ8(
+  r: usize, ws: usize, s: usize, ss: usize, KB: i32, q: usize, sx: f32, n: i32, offs: usize, bias: usize,
+  y: usize, acc: i32,
+): void {
+  let a = f64x2.splat(0);
+  for (let b = 0; b < KB; b++) {
+    const qb = q + <usize>b * 96, wb = r + <usize>b * (ws << 1);
+    const lanes = blockQ8(
+      v128.load(wb),
+      v128.load(wb + ws),
+      v128.load(qb),
+      v128.load(qb, 16),
+      v128.load(qb, 32),
+      v128.load(qb, 48),
+      v128.load(qb, 64),
+      v128.load(qb, 80),
+    );
+    a = scaleQ8(lanes, load<f32>(s + <usize>b * ss), a);
+  }
+  finishQ8(a, n, sx, offs, bias, y, acc);
+}
+
+/** rowQ8 for row n of a q8_0 matrix, wherever the layout puts it (in a group, or among the last rows). */
+function rowQ8At(
+  w: usize, scales: usize, N3: i32, K: i32, q: usize, sx: f32, n: i32, offs: usize, bias: usize, y: usize,
+  acc: i32,
+): void {
+  const KB = K >> 5;
+  if (n < N3) {
+    const r = n % 3, g = n - r;
+    const at = w + <usize>g * <usize>K + (<usize>r << 4), s = scales + ((<usize>g * <usize>KB + <usize>r) << 2);
+    rowQ8(at, 48, s, 12, KB, q, sx, n, offs, bias, y, acc);
+  } else {
+    rowQ8(w + <usize>n * <usize>K, 16, scales + ((<usize>n * <usize>KB) << 2), 4, KB, q, sx, n, offs, bias, y, acc);
+  }
+}
+
+/**
+ * y[m, n] (+)= s_x[m] sum_b d[n, b] (w[n, b] . x_q[m, b]) (+ bias[n]) for thread t's share of n: q8_0 weights
+ * (layout above), the input rows quantized as in gemmI8 into the chunk's
+ * scratch (scratch + t x scratchStride: Q_ROWS scales, then Q_ROWS rows of 3K bytes). The share is gemmI8's
+ * (whole groups of 4 outputs, as siluMul's in the same dispatch); rows of a group it cuts run one at a time.
+ */
+export function gemmQ8(
+  x: usize, w: usize, scales: usize, offs: usize, bias: usize, y: usize, M: i32, N: i32, K: i32, ldy: i32,
+  acc: i32, scratch: usize, scratchStride: i32, xs: i32, t: i32, nt: i32,
+): void {
+  const n0 = share(N, t, nt, 4), n1 = share(N, t + 1, nt, 4);
+  if (n0 >= n1) return;
+  x += <usize>t * <usize>xs;
+  const base = scratch + <usize>t * <usize>scratchStride, qs = base + (<usize>Q_ROWS << 2);
+  const rb = <usize>K * 3, ks = <usize>K << 2, ys = <usize>ldy << 2, KB = K >> 5;
+  const N3 = N - N % 3;
+  // Whole groups within [n0, n1): from the first group boundary at or after n0.
+  const g0 = min((n0 + 2) / 3 * 3, n1), g1 = max(g0, min(n1 - (n1 - g0) % 3, N3));
+  for (let mb = 0; mb < M; mb += Q_ROWS) {
+    const me = min(mb + Q_ROWS, M);
+    for (let m = mb; m < me; m++) {
+      store<f32>(base + (<usize>(m - mb) << 2), quantizeRow(x + <usize>m * ks, K, qs + <usize>(m - mb) * rb));
+    }
+    for (let m = mb; m < me; m++) {
+      const sx = load<f32>(base + (<usize>(m - mb) << 2)), qm = qs + <usize>(m - mb) * rb;
+      const yr = y + <usize>m * ys;
+      for (let n = n0; n < g0; n++) rowQ8At(w, scales, N3, K, qm, sx, n, offs, bias, yr + (<usize>n << 2), acc);
+      for (let n = g0; n < g1; n += 3) {
+        const g = w + <usize>n * <usize>K, s = scales + ((<usize>n * <usize>KB) << 2);
+        tileQ8x3(g, s, KB, qm, sx, n, offs, bias, yr + (<usize>n << 2), acc);
+      }
+      for (let n = g1; n < n1; n++) rowQ8At(w, scales, N3, K, qm, sx, n, offs, bias, yr + (<usize>n << 2), acc);
+    }
+  }
+}
+
+/** Gathers token embeddings from a q8_0 table [N, D] (layout above): each value q x d, exact in f32. */
+export function embedQ8(
+  table: usize, scales: usize, tokens: usize, x: usize, M: i32, D: i32, N: i32, t: i32, nt: i32,
+): void {
+  const m0 = share(M, t, nt, 1), m1 = share(M, t + 1, nt, 1);
+  const N3 = N - N % 3, KB = D >> 5;
+  for (let m = m0; m < m1; m++) {
+    const tok = load<i32>(tokens + (<usize>m << 2));
+    const r = tok % 3, g = tok - r, grouped = tok < N3;
+    const at = grouped ? table + <usize>g * <usize>D + (<usize>r << 4) : table + <usize>tok * <usize>D;
+    const ws: usize = grouped ? 48 : 16, ss: usize = grouped ? 12 : 4;
+    const s = scales + ((grouped ? <usize>g * <usize>KB + <usize>r : <usize>tok * <usize>KB) << 2);
+    const dst = x + <usize>m * (<usize>D << 2);
+    for (let c = 0; c < (D >> 4); c++) {
+      const d = f32x4.splat(load<f32>(s + <usize>(c >> 1) * ss));
+      const v = v128.load(at + <usize>c * ws);
+      const lo = i16x8.extend_low_i8x16_s(v), hi = i16x8.extend_high_i8x16_s(v), o = dst + (<usize>c << 6);
+      v128.store(o, f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(lo)), d));
+      v128.store(o, f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(lo)), d), 16);
+      v128.store(o, f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(hi)), d), 32);
+      v128.store(o, f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(hi)), d), 48);
+    }
+  }
+}
