@@ -56,33 +56,35 @@ for (const [shape, L] of [["llama100m", 200], ["mistral", 120]] as const) {
   });
 }
 
-Deno.test({
-  ...opts,
-  name: "wasm executor: logits are bitwise the same on 1, 2 and 3 threads, split or not",
-  fn: async () => {
-    const w = fixtureWeights("qwen2");
-    const toks = promptTokens(150, w.config.vocabSize);
-    const runs: Float32Array[][] = [];
-    for (
-      const o of [{ threads: 1 }, { threads: 2, parallelMinWork: 0 }, { threads: 3, parallelMinWork: 0 }]
-    ) {
-      const x = await WasmExecutor.create(w, o);
-      try {
-        const s = x.createSession(200);
-        const r = await s.forward({ kind: "tokens", tokens: toks }, { logits: "all" });
-        const d = await s.decode(greedy(16));
-        runs.push([r.logits!, ...d.logits!]);
-      } finally {
-        x.dispose();
+for (const weightFormat of ["f32", "q8_0"] as const) {
+  Deno.test({
+    ...opts,
+    name: `wasm executor: ${weightFormat} logits are bitwise the same on 1, 2 and 3 threads, split or not`,
+    fn: async () => {
+      const w = fixtureWeights("qwen2");
+      const toks = promptTokens(150, w.config.vocabSize);
+      const runs: Float32Array[][] = [];
+      for (
+        const o of [{ threads: 1 }, { threads: 2, parallelMinWork: 0 }, { threads: 3, parallelMinWork: 0 }]
+      ) {
+        const x = await WasmExecutor.create(w, { ...o, weightFormat });
+        try {
+          const s = x.createSession(200);
+          const r = await s.forward({ kind: "tokens", tokens: toks }, { logits: "all" });
+          const d = await s.decode(greedy(16));
+          runs.push([r.logits!, ...d.logits!]);
+        } finally {
+          x.dispose();
+        }
       }
-    }
-    for (const other of runs.slice(1)) {
-      other.forEach((l, i) =>
-        assert(l.every((v, j) => v === runs[0][i][j]), `row ${i} differs across threads`)
-      );
-    }
-  },
-});
+      for (const other of runs.slice(1)) {
+        other.forEach((l, i) =>
+          assert(l.every((v, j) => v === runs[0][i][j]), `row ${i} differs across threads`)
+        );
+      }
+    },
+  });
+}
 
 Deno.test({
   ...opts,
@@ -96,7 +98,7 @@ Deno.test({
     const e = await assertRejects(
       () => WasmExecutor.create(w, { weightFormat: "f8" as "f16" }),
       "weights",
-      "expected auto, f32, f16 or int8",
+      "expected auto, f32, f16, int8 or q8_0",
     );
     assert(e instanceof JudgeQError);
   },

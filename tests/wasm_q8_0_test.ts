@@ -141,7 +141,9 @@ async function runGemm(flavor: KernelFlavor, c: Case, seed: number, chunks: numb
 }
 
 const flavors: KernelFlavor[] = why || !hasRelaxedSimd() ? ["simd"] : ["relaxed", "simd"];
-if (!why && !hasRelaxedSimd()) console.warn("wasm_q8_0_test: no relaxed SIMD here, the fallback alone is checked");
+if (!why && !hasRelaxedSimd()) {
+  console.warn("wasm_q8_0_test: no relaxed SIMD here, the fallback alone is checked");
+}
 
 for (const flavor of flavors) {
   Deno.test({
@@ -228,7 +230,11 @@ Deno.test({
       const info = file.right.tensors.get(ggufTensorName(name)!)!;
       assertEquals(info.ggmlType, GGML_TYPE.Q8_0, name);
       let raw = tensorBytes(file.right, bytes, info);
-      const heads = name.endsWith("q_proj.weight") ? c.nHeads : name.endsWith("k_proj.weight") ? c.nKvHeads : 0;
+      const heads = name.endsWith("q_proj.weight")
+        ? c.nHeads
+        : name.endsWith("k_proj.weight")
+        ? c.nKvHeads
+        : 0;
       if (heads) raw = deinterleaveRows(raw, heads, c.headDim, raw.length / m.rows);
       const view = new DataView(raw.buffer, raw.byteOffset, raw.byteLength), kb = m.cols / Q8_BLOCK;
       for (let n = 0; n < m.rows; n++) {
