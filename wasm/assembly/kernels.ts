@@ -1294,8 +1294,8 @@ export function keyNorms(
 //
 // Activations are quantized as for gemmI8 (quantizeRow: x' = x_q + 2^20 in three 7-bit digits). Per row
 // and block, each i32 lane sums 4 bytes of each of the block's two 16-byte halves (8 products per digit,
-// |sum| <= 8 x 128 x 127 = 130,048) and the digits are combined in the lane, (a2 2^7 + a1) 2^7 + a0, at
-// most 130,048 x 16,513 = 2,147,482,624 < 2^31: exact in i32. Lanes 0 + 2 and 1 + 3 are summed in f64
+// |sum| <= 8 x 128 x 127 = 130,048) and the digits are combined in the lane, a2 2^14 + (a1 2^7 + a0), at
+// most 130,048 x 16,513 = 2,147,482,624 < 2^31 (each part less): exact in i32. Lanes 0 + 2 and 1 + 3 are summed in f64
 // (exact, < 2^32) and multiplied by the block scale (exact: 32-bit integer x 11-bit f16 significand), then
 // added to the row's f64 accumulator, blocks in order: the one rounding per block is an f64 add in a fixed
 // order, so the output is the same bits whatever the thread split and on either kernel module (whose
@@ -1310,23 +1310,31 @@ export function keyNorms(
   return i32x4.add(acc, i32x4.add(v128.shuffle<i32>(lo, hi, 0, 2, 4, 6), v128.shuffle<i32>(lo, hi, 1, 3, 5, 7)));
 }
 
-/** One row's block of 32 (halves wa, wb) against the block's six digit vectors: x'-products per lane. */
+/**
+ * One row's block of 32 (halves wa, wb) against the block's six digit vectors: x'-products per lane. The
+ * digits accumulate apart and combine in a tree (a Horner chain through the dot products' accumulator
+ * saved two adds but ran 0.67x of this: the chain's latency).
+ */
 @inline function blockQ8(
   wa: v128, wb: v128, d2a: v128, d1a: v128, d0a: v128, d2b: v128, d1b: v128, d0b: v128,
 ): v128 {
-  let a = dotQ8(wb, d2b, dotQ8(wa, d2a, i32x4.splat(0)));
-  a = dotQ8(wb, d1b, dotQ8(wa, d1a, i32x4.shl(a, 7)));
-  return dotQ8(wb, d0b, dotQ8(wa, d0a, i32x4.shl(a, 7)));
+  const z = i32x4.splat(0);
+  const a2 = dotQ8(wb, d2b, dotQ8(wa, d2a, z)), a1 = dotQ8(wb, d1b, dotQ8(wa, d1a, z));
+  const a0 = dotQ8(wb, d0b, dotQ8(wa, d0a, z));
+  return i32x4.add(i32x4.shl(a2, 14), i32x4.add(i32x4.shl(a1, 7), a0));
 }
 
-/** acc + (lanes 0 + 2, lanes 1 + 3) x d, in f64: every step exact but the add to acc. */
-@inline function scaleQ8(lanes: v128, d: f32, acc: v128): v128 {
+/**
+ * acc + (lanes 0 + 2, lanes 1 + 3) x d (d splat in both f64 lanes): every step exact but the add to acc,
+ * so fused (relaxed SIMD) or not, the same bits.
+ */
+@inline function scaleQ8(lanes: v128, d: v128, acc: v128): v128 {
   const s = f64x2.add(
     f64x2.convert_low_i32x4_s(lanes),
     f64x2.convert_low_i32x4_s(v128.shuffle<i32>(lanes, lanes, 2, 3, 2, 3)),
   );
-  const p = f64x2.mul(s, f64x2.splat(<f64>d));
-  return f64x2.add(acc, p);
+  if (ASC_FEATURE_RELAXED_SIMD) return f64x2.relaxed_madd(s, d, acc);
+  else return f64x2.add(acc, f64x2.mul(s, d));
 }
 
 /** y = ((acc lane 0 + lane 1) - offset of row n) x s_x (+ bias) (+ y). */
@@ -1349,9 +1357,12 @@ function tileQ8x3(
     const o = <usize>b * 96, qb = q + o, wb = g + o, sb = s + <usize>b * 12;
     const d2a = v128.load(qb), d1a = v128.load(qb, 16), d0a = v128.load(qb, 32);
     const d2b = v128.load(qb, 48), d1b = v128.load(qb, 64), d0b = v128.load(qb, 80);
-    a0 = scaleQ8(blockQ8(v128.load(wb), v128.load(wb, 48), d2a, d1a, d0a, d2b, d1b, d0b), load<f32>(sb), a0);
-    a1 = scaleQ8(blockQ8(v128.load(wb, 16), v128.load(wb, 64), d2a, d1a, d0a, d2b, d1b, d0b), load<f32>(sb, 4), a1);
-    a2 = scaleQ8(blockQ8(v128.load(wb, 32), v128.load(wb, 80), d2a, d1a, d0a, d2b, d1b, d0b), load<f32>(sb, 8), a2);
+    // The three rows' scales: one 8-byte load widened to f64 for rows 0 and 1, row 2's alone.
+    const d01 = f64x2.promote_low_f32x4(v128.load64_zero(sb)), d2 = f64x2.splat(<f64>load<f32>(sb, 8));
+    const s0 = v128.shuffle<i64>(d01, d01, 0, 0), s1 = v128.shuffle<i64>(d01, d01, 1, 1);
+    a0 = scaleQ8(blockQ8(v128.load(wb), v128.load(wb, 48), d2a, d1a, d0a, d2b, d1b, d0b), s0, a0);
+    a1 = scaleQ8(blockQ8(v128.load(wb, 16), v128.load(wb, 64), d2a, d1a, d0a, d2b, d1b, d0b), s1, a1);
+    a2 = scaleQ8(blockQ8(v128.load(wb, 32), v128.load(wb, 80), d2a, d1a, d0a, d2b, d1b, d0b), d2, a2);
   }
   finishQ8(a0, n, sx, offs, bias, y, acc);
   finishQ8(a1, n + 1, sx, offs, bias, y + 4, acc);
@@ -1379,7 +1390,7 @@ function rowQ8(
       v128.load(qb, 64),
       v128.load(qb, 80),
     );
-    a = scaleQ8(lanes, load<f32>(s + <usize>b * ss), a);
+    a = scaleQ8(lanes, f64x2.splat(<f64>load<f32>(s + <usize>b * ss)), a);
   }
   finishQ8(a, n, sx, offs, bias, y, acc);
 }
@@ -1422,15 +1433,17 @@ export function gemmQ8(
     for (let m = mb; m < me; m++) {
       store<f32>(base + (<usize>(m - mb) << 2), quantizeRow(x + <usize>m * ks, K, qs + <usize>(m - mb) * rb));
     }
-    for (let m = mb; m < me; m++) {
-      const sx = load<f32>(base + (<usize>(m - mb) << 2)), qm = qs + <usize>(m - mb) * rb;
-      const yr = y + <usize>m * ys;
-      for (let n = n0; n < g0; n++) rowQ8At(w, scales, N3, K, qm, sx, n, offs, bias, yr + (<usize>n << 2), acc);
-      for (let n = g0; n < g1; n += 3) {
-        const g = w + <usize>n * <usize>K, s = scales + ((<usize>n * <usize>KB) << 2);
-        tileQ8x3(g, s, KB, qm, sx, n, offs, bias, yr + (<usize>n << 2), acc);
+    // Each group (3K bytes) stays in L1 while the block's input rows pass over it.
+    for (let n = n0; n < n1;) {
+      const three = n >= g0 && n < g1;
+      const g = w + <usize>n * <usize>K, s = scales + ((<usize>n * <usize>KB) << 2);
+      for (let m = mb; m < me; m++) {
+        const sx = load<f32>(base + (<usize>(m - mb) << 2)), qm = qs + <usize>(m - mb) * rb;
+        const yn = y + <usize>m * ys + (<usize>n << 2);
+        if (three) tileQ8x3(g, s, KB, qm, sx, n, offs, bias, yn, acc);
+        else rowQ8At(w, scales, N3, K, qm, sx, n, offs, bias, yn, acc);
       }
-      for (let n = g1; n < n1; n++) rowQ8At(w, scales, N3, K, qm, sx, n, offs, bias, yr + (<usize>n << 2), acc);
+      n += three ? 3 : 1;
     }
   }
 }
