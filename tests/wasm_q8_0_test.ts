@@ -4,7 +4,9 @@
  *   each block's integer dot product exact (BigInt), times its f16 scale, summed exactly; the kernel's f64
  *   steps are all exact when the scales lie in [2^-8, 2^-4) (every partial sum a multiple of 2^-18 below
  *   2^35), so it must give the oracle's bits there, on both kernel modules, in one call or split in 3 or 8;
- *   with scales of any f16 size it stays within f64 rounding of the exact sum, then float32's.
+ *   with scales of any f16 size it stays within f64 rounding of the exact sum, then float32's; and where f64
+ *   does round (large scales' products cancelling against the offset term), both modules and every split
+ *   still give the same bits (their i32 lanes hold the same bytes, summed in the same order).
  * - the layout: a GGUF Q8_0 file (the project's writer) reaches the wasm memory with its int8 values and
  *   scales unchanged, and the embedding kernel reads its rows back exactly; float weights are quantized
  *   as ggml's quantize_row_q8_0 does (an implementation of that rule written here).
@@ -83,7 +85,15 @@ function halfScales(rand: () => number, count: number, lo: number, hi: number): 
 }
 
 /** Runs gemmQ8 on one flavor over `chunks` chunks, and the oracle; returns both and the exact sums. */
-async function runGemm(flavor: KernelFlavor, c: Case, seed: number, chunks: number, wide: boolean) {
+/**
+ * Scales: "exact" in [2^-8, 2^-4) (every f64 step exact), "wide" any f16 size, "cancel" 2^15 for even
+ * blocks and 2^-20 for odd ones, with the inputs of even blocks zero: the large x'-products cancel against
+ * the offset term only after f64 has rounded the small ones, so each output depends on which products
+ * share an f64 lane and in what order they were added.
+ */
+type Scales = "exact" | "wide" | "cancel";
+
+async function runGemm(flavor: KernelFlavor, c: Case, seed: number, chunks: number, scales: Scales) {
   const rand = random(seed), { M, N, K } = c, kb = K / Q8_BLOCK;
   const x = Float32Array.from({ length: M * K }, () => rand() * 3);
   if (M > 2) x.fill(0, K, 2 * K); // an all-zero row: scale 1
@@ -91,7 +101,12 @@ async function runGemm(flavor: KernelFlavor, c: Case, seed: number, chunks: numb
   if (M > 1) x.fill(5, K, 2 * K); // every x' = 2^21 - 1: each digit 127
   const q = Int8Array.from({ length: N * K }, () => Math.round(rand() * 127.5 - 0.5));
   q.fill(-128, 0, K); // row 0 all -128: with the row of 127-digits, the i32 lanes' extreme
-  const d = halfScales(rand, N * kb, wide ? -14 : -8, wide ? 5 : -4);
+  const d = scales === "cancel"
+    ? Float32Array.from({ length: N * kb }, (_, i) => i % 2 ? 2 ** -20 * (1 + (i % 7) / 8) : 2 ** 15)
+    : halfScales(rand, N * kb, scales === "wide" ? -14 : -8, scales === "wide" ? 5 : -4);
+  if (scales === "cancel") {
+    for (let i = 0; i < M * K; i++) if (Math.floor(i % K / Q8_BLOCK) % 2 === 0) x[i] = 0;
+  }
   const bias = c.bias ? Float32Array.from({ length: N }, () => rand()) : null;
   const y0 = c.acc ? Float32Array.from({ length: M * N }, () => rand()) : null;
 
@@ -152,7 +167,7 @@ for (const flavor of flavors) {
     fn: async () => {
       for (const [i, c] of CASES.entries()) {
         for (const chunks of [1, 3, 8]) {
-          const { got, want } = await runGemm(flavor, c, 31 + i, chunks, false);
+          const { got, want } = await runGemm(flavor, c, 31 + i, chunks, "exact");
           const label = `${JSON.stringify(c)} chunks ${chunks}`;
           for (let j = 0; j < got.length; j++) {
             assert(Object.is(got[j], want[j]), `${label}: y[${j}] ${got[j]} != oracle ${want[j]}`);
@@ -170,7 +185,7 @@ Deno.test({
     for (const [i, c] of CASES.entries()) {
       const runs = [];
       for (const flavor of flavors) {
-        for (const chunks of [1, 3]) runs.push(await runGemm(flavor, c, 77 + i, chunks, true));
+        for (const chunks of [1, 3]) runs.push(await runGemm(flavor, c, 77 + i, chunks, "wide"));
       }
       const { got, want, slack } = runs[0];
       for (let j = 0; j < got.length; j++) {
@@ -183,6 +198,27 @@ Deno.test({
         r.got.forEach((v, j) => assert(Object.is(v, got[j]), `${JSON.stringify(c)}: y[${j}] differs`));
       }
     }
+  },
+});
+
+Deno.test({
+  ...opts,
+  name: "wasm q8_0 GEMM: where f64 rounds and cancels, still the same bits on both modules and splits",
+  fn: async () => {
+    let rounded = 0;
+    for (const [i, c] of CASES.filter((c) => c.K >= 64).entries()) {
+      const runs = [];
+      for (const flavor of flavors) {
+        for (const chunks of [1, 3]) runs.push(await runGemm(flavor, c, 91 + i, chunks, "cancel"));
+      }
+      const { got, want } = runs[0];
+      rounded += got.filter((v, j) => Math.abs(v - want[j]) > 1e-6 * Math.abs(want[j])).length;
+      for (const r of runs.slice(1)) {
+        r.got.forEach((v, j) => assert(Object.is(v, got[j]), `${JSON.stringify(c)}: y[${j}] differs`));
+      }
+    }
+    // The cases must really round: outputs away from the exact value by more than float32's step.
+    assert(rounded > 0, "no f64 rounding seen");
   },
 });
 
