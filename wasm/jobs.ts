@@ -71,7 +71,7 @@ export function embedJob(
   }
   return {
     kernel: "embed",
-    args: [a.table.at, FORMAT_CODES[a.format], a.table.scales, a.tokens, a.x, a.M, a.D],
+    args: [a.table.at, FORMAT_CODES[a.format], a.table.scales, a.tokens, a.x, a.M, a.D, a.table.rows],
   };
 }
 

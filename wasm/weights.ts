@@ -84,12 +84,15 @@ export function weightBytes(c: ModelConfig, format: WasmWeightFormat): number {
   const e = format === "f16" ? 2 : format === "int8" ? 1 : format === "q8_0" ? 1.125 : 4,
     q = c.nHeads * c.headDim,
     kv = c.nKvHeads * c.headDim;
+  // int8 rows are padded to 16 bytes.
+  const row = (cols: number) => (format === "int8" ? int8RowBytes(cols) : cols);
   // int8: a scale and a sum per row; q8_0: an offset term per row.
   const scales = format === "int8" || format === "q8_0" ? 8 : 0;
-  const perLayer = e * (c.dim * (q + 2 * kv) + q * c.dim + 3 * c.dim * c.hiddenDim) +
+  // Rows x stored row length of wq, wk, wv ([q | kv, dim]), wo ([dim, q]), gate, up ([hidden, dim]), down.
+  const perLayer = e * ((q + 2 * kv + 2 * c.hiddenDim) * row(c.dim) + c.dim * (row(q) + row(c.hiddenDim))) +
     scales * (q + 2 * kv + c.dim + 2 * c.hiddenDim + c.dim) +
     4 * (2 * c.dim + (c.attentionBias ? q + 2 * kv : 0));
-  const tables = (e * c.dim + scales) * c.vocabSize * (c.tiedEmbeddings ? 1 : 2);
+  const tables = (e * row(c.dim) + scales) * c.vocabSize * (c.tiedEmbeddings ? 1 : 2);
   return c.nLayers * perLayer + tables + 4 * c.dim;
 }
 
@@ -128,8 +131,9 @@ export function uploadWeights(arena: Arena, w: ModelWeights, format: WasmWeightF
     }
     if (format === "int8") {
       const { q, scales } = quantizeRows(m, rows, cols);
-      const at = arena.alloc(q.length + INT8_OVERREAD);
-      new Int8Array(arena.memory.buffer, at, q.length + INT8_OVERREAD).set(q);
+      const stored = int8Layout(q, rows, cols);
+      const at = arena.alloc(stored.length);
+      new Int8Array(arena.memory.buffer, at, stored.length).set(stored);
       const sums = arena.alloc(rows * 4);
       arena.i32.set(rowSums(q, rows, cols), sums / 4);
       return { at, rows, cols, scales: vector(scales), sums };
@@ -159,8 +163,29 @@ export function uploadWeights(arena: Arena, w: ModelWeights, format: WasmWeightF
   return { format, embed, lmHead, finalNorm, layers, bytes: arena.size - start };
 }
 
-/** Bytes past an int8 matrix that the kernels may read (and multiply by zero). */
-const INT8_OVERREAD = 16;
+/** K rounded up to 16: the bytes an int8 row takes in memory (zeros past K). */
+export const int8RowBytes = (cols: number): number => Math.ceil(cols / 16) * 16;
+
+/**
+ * An int8 matrix [rows, cols] (row-major) as the kernels read it: rows in groups of three interleaved by 16
+ * bytes (16 of row n, 16 of n + 1, 16 of n + 2, then the next 16 of each), so that the GEMM's three-row
+ * tile streams one sequential run of bytes (three rows read side by side streamed less than half as fast);
+ * then the last rows mod 3 one after another. Every row is padded with zeros to int8RowBytes(cols).
+ */
+export function int8Layout(q: Int8Array, rows: number, cols: number): Int8Array {
+  const k16 = int8RowBytes(cols), out = new Int8Array(rows * k16);
+  const grouped = rows - (rows % 3);
+  for (let r = 0; r < rows; r++) {
+    const row = q.subarray(r * cols, (r + 1) * cols);
+    if (r >= grouped) {
+      out.set(row, r * k16);
+      continue;
+    }
+    const group = (r - (r % 3)) * k16, lane = (r % 3) * 16;
+    for (let k = 0; k < cols; k += 16) out.set(row.subarray(k, k + 16), group + k * 3 + lane);
+  }
+  return out;
+}
 
 /** Each row's sum of its int8 values. */
 export function rowSums(q: Int8Array, rows: number, cols: number): Int32Array {

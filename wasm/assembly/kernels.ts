@@ -9,6 +9,13 @@
 // ---- partitioning --------------------------------------------------------------------------
 
 /** Start of thread t's share of n items, in whole groups of `align`. */
+/**
+ * Where the GEMMs' and siluMul's shares of the output columns start: a multiple of 4 (f32 tiles, siluMul's
+ * vectors) and of 3 (int8's groups of three rows), so that chunk t's siluMul reads exactly the gate and up
+ * columns chunk t's GEMMs wrote in the same dispatch.
+ */
+const COLUMNS: i32 = 12;
+
 @inline function share(n: i32, t: i32, nt: i32, align: i32): i32 {
   const groups = (n + align - 1) / align;
   const g = <i32>((<i64>groups * t) / nt);
@@ -210,6 +217,44 @@
   if (bias) r += load<f32>(bias);
   if (acc) r += load<f32>(y0);
   store<f32>(y0, r);
+}
+
+/**
+ * One input row against weight rows [n0, n1), each row read start to end before the next (decoding's
+ * matrix-vector product): the rows then form one sequential run of memory, which a zen4 core streamed at
+ * ~38 GB/s where four rows read side by side (tile4x1) streamed 16-20. Each dot keeps four chains (k mod
+ * 16 in blocks of four), summed (c0 + c1) + (c2 + c3) and then as hsum; the K tail as dot1.
+ */
+function matvecF32(x: usize, w: usize, bias: usize, y: usize, n0: i32, n1: i32, K: i32, acc: i32): void {
+  const ks = <usize>K << 2, K16 = K & ~15, K4 = K & ~3;
+  for (let n = n0; n < n1; n++) {
+    const wr = w + <usize>n * ks;
+    let c0 = f32x4.splat(0), c1 = f32x4.splat(0), c2 = f32x4.splat(0), c3 = f32x4.splat(0);
+    for (let k = 0; k < K16; k += 16) {
+      const o = <usize>k << 2, p = wr + o, q = x + o;
+      c0 = madd(v128.load(p), v128.load(q), c0);
+      c1 = madd(v128.load(p, 16), v128.load(q, 16), c1);
+      c2 = madd(v128.load(p, 32), v128.load(q, 32), c2);
+      c3 = madd(v128.load(p, 48), v128.load(q, 48), c3);
+    }
+    for (let k = K16; k < K4; k += 4) {
+      const o = <usize>k << 2;
+      c0 = madd(v128.load(wr + o), v128.load(x + o), c0);
+    }
+    let r = hsum(f32x4.add(f32x4.add(c0, c1), f32x4.add(c2, c3)));
+    if (K4 < K) {
+      let ta = f32x4.splat(0);
+      for (let k = K4; k < K; k++) {
+        const o = <usize>k << 2;
+        ta = madd(f32x4.splat(load<f32>(wr + o)), f32x4.splat(load<f32>(x + o)), ta);
+      }
+      r += f32x4.extract_lane(ta, 0);
+    }
+    const o = <usize>n << 2;
+    if (bias) r += load<f32>(bias + o);
+    if (acc) r += load<f32>(y + o);
+    store<f32>(y + o, r);
+  }
 }
 
 /**
@@ -512,17 +557,21 @@ function opTile6x8(
  * reads its x at x + t x xs (rows a fused rmsNorm wrote for that chunk; 0: one x for all).
  * M >= OP_ROWS (prefill): every 8 weight rows are packed into the chunk's scratch (at scratch + t x
  * (32 K + 32) bytes) once per row block, then run against 6 input rows at a time (opTile6x8): the same
- * bits for every row whatever M (>= OP_ROWS), the row blocks and the split. Fewer rows (decode): the
- * dot-product tiles of panelF32 (dot1's bits).
+ * bits for every row whatever M (>= OP_ROWS), the row blocks and the split. One row (decoding):
+ * matvecF32, rows one after another. 2 to 7 rows: the dot-product tiles of panelF32 (dot1's bits).
  */
 export function gemmF32(
   x: usize, w: usize, bias: usize, y: usize, M: i32, N: i32, K: i32, ldy: i32, acc: i32, scratch: usize,
   xs: i32, t: i32, nt: i32,
 ): void {
-  const n0 = share(N, t, nt, 4), n1 = share(N, t + 1, nt, 4);
+  const n0 = share(N, t, nt, COLUMNS), n1 = share(N, t + 1, nt, COLUMNS);
   if (n0 >= n1) return;
   x += <usize>t * <usize>xs;
   const ks = <usize>K << 2, ys = <usize>ldy << 2;
+  if (M == 1) {
+    matvecF32(x, w, bias, y, n0, n1, K, acc);
+    return;
+  }
   if (M < OP_ROWS) {
     for (let n = n0; n < n1; n += 4) panelF32(x, w, 0, bias, y, 0, M, n, min(n + 4, n1), K, ldy, acc);
     return;
@@ -562,7 +611,7 @@ export function gemmF16(
   x: usize, w: usize, bias: usize, y: usize, M: i32, N: i32, K: i32, ldy: i32, acc: i32, scratch: usize,
   xs: i32, t: i32, nt: i32,
 ): void {
-  const n0 = share(N, t, nt, 4), n1 = share(N, t + 1, nt, 4);
+  const n0 = share(N, t, nt, COLUMNS), n1 = share(N, t + 1, nt, COLUMNS);
   if (n0 >= n1) return;
   x += <usize>t * <usize>xs;
   const panel = scratch + <usize>t * (<usize>K << 4);
@@ -711,36 +760,40 @@ function quantizeRow(x: usize, K: i32, q: usize): f32 {
 }
 
 /**
- * Three weight rows (from w0, stride K bytes) against one quantized row q; outputs at y (rows n..n + 2).
+ * One group of three weight rows against one quantized row q; outputs at y (rows n..n + 2). The group is
+ * stored interleaved (16 bytes of row n, of n + 1, of n + 2, then the next 16 of each: int8Group), so the
+ * tile reads one sequential run of bytes: three row-major rows read side by side streamed ~9.5 GB/s from
+ * memory on a zen4 core, the interleaved group 22-24 (decoding is bound by it).
  * Three rows: nine accumulators, three digit vectors and a weight vector fit x64's 16 vector registers
  * (four rows spill, and ran 1.4x slower).
  */
 function tileI8x3(
-  w0: usize, K: i32, q: usize, sx: f32, n: i32, scales: usize, sums: usize, bias: usize, y: usize, acc: i32,
+  g: usize, K: i32, q: usize, sx: f32, n: i32, scales: usize, sums: usize, bias: usize, y: usize, acc: i32,
 ): void {
-  const w1 = w0 + <usize>K, w2 = w1 + <usize>K;
   const K16 = (K + 15) & ~15;
   let t0: i64 = 0, t1: i64 = 0, t2: i64 = 0;
+  let wp = g;
   for (let kb = 0; kb < K16; kb += INT_BLOCK) {
     const ke = min(kb + INT_BLOCK, K16);
     let a0 = i32x4.splat(0), b0 = i32x4.splat(0), c0 = i32x4.splat(0);
     let a1 = i32x4.splat(0), b1 = i32x4.splat(0), c1 = i32x4.splat(0);
     let a2 = i32x4.splat(0), b2 = i32x4.splat(0), c2 = i32x4.splat(0);
     for (let k = kb; k < ke; k += 16) {
-      const o = <usize>k, qk = q + o * 3;
+      const qk = q + <usize>k * 3;
       const d2 = v128.load(qk), d1 = v128.load(qk, 16), d0 = v128.load(qk, 32);
-      const v0 = v128.load(w0 + o);
+      const v0 = v128.load(wp);
       a0 = dotDigits(v0, d2, a0);
       b0 = dotDigits(v0, d1, b0);
       c0 = dotDigits(v0, d0, c0);
-      const v1 = v128.load(w1 + o);
+      const v1 = v128.load(wp, 16);
       a1 = dotDigits(v1, d2, a1);
       b1 = dotDigits(v1, d1, b1);
       c1 = dotDigits(v1, d0, c1);
-      const v2 = v128.load(w2 + o);
+      const v2 = v128.load(wp, 32);
       a2 = dotDigits(v2, d2, a2);
       b2 = dotDigits(v2, d1, b2);
       c2 = dotDigits(v2, d0, c2);
+      wp += 48;
     }
     t0 += digitsTotal(a0, b0, c0);
     t1 += digitsTotal(a1, b1, c1);
@@ -751,7 +804,30 @@ function tileI8x3(
   finishI8(t2, n + 2, sx, scales, sums, bias, y + 8, acc);
 }
 
-/** One weight row against one quantized row: the same integers as a row of tileI8x3. */
+/**
+ * Where int8 row n's storage starts: rows in groups of three interleaved by 16 bytes (a group takes 3 K16
+ * bytes, K16 = K rounded up to 16, zero past K), then the last N mod 3 rows one after another, K16 bytes
+ * each; so a group (n a multiple of 3) or a last row starts at n x K16 (wasm/weights.ts lays it out).
+ */
+@inline function int8Group(w: usize, n: i32, K16: i32): usize {
+  return w + <usize>n * <usize>K16;
+}
+
+/** Row n of an int8 matrix [N, K] (int8Group's layout) as K floats at dst. */
+function int8RowToFloats(w: usize, n: i32, N: i32, K: i32, dst: usize): void {
+  const K16 = (K + 15) & ~15, first = n - n % 3;
+  if (first + 3 > N) {
+    bytesToFloats(int8Group(w, n, K16), dst, K);
+    return;
+  }
+  // A row of a group: its 16 bytes of each 48.
+  const src = int8Group(w, first, K16) + <usize>((n - first) << 4);
+  const K16full = K & ~15;
+  for (let k = 0; k < K16full; k += 16) bytesToFloats(src + <usize>k * 3, dst + (<usize>k << 2), 16);
+  if (K16full < K) bytesToFloats(src + <usize>K16full * 3, dst + (<usize>K16full << 2), K - K16full);
+}
+
+/** One weight row (K16 bytes, one of the last N mod 3) against one quantized row: the integers of tileI8x3. */
 function rowI8(
   w0: usize, K: i32, q: usize, sx: f32, n: i32, scales: usize, sums: usize, bias: usize, y: usize, acc: i32,
 ): void {
@@ -773,20 +849,22 @@ function rowI8(
 
 /**
  * y[m, n] (+)= s_w[n] s_x[m] (w[n, :] . x_q[m, :]) (+ bias[n]) for thread t's share of n: int8 weights
- * [N, K] (one scale per row, and the row's sum in sums[n]; rows readable 16 bytes past their end), each
- * input row quantized (quantizeRow) into the chunk's scratch (at scratch + t x scratchStride: Q_ROWS
- * scales, then Q_ROWS rows of 3 x K16 bytes), Q_ROWS rows at a time. Every output is an exact integer
- * dot product scaled once, so it is the same whatever the thread split and on either kernel module.
+ * [N, K] in groups of three rows interleaved by 16 bytes (int8Group; one scale per row, and the row's sum in
+ * sums[n]), each input row quantized (quantizeRow) into the chunk's scratch (at scratch + t x scratchStride:
+ * Q_ROWS scales, then Q_ROWS rows of 3 x K16 bytes), Q_ROWS rows at a time. Shares start on a group (COLUMNS). Every
+ * output is an exact integer dot product scaled once, so it is the same whatever the thread split and on
+ * either kernel module.
  */
 export function gemmI8(
   x: usize, w: usize, scales: usize, sums: usize, bias: usize, y: usize, M: i32, N: i32, K: i32, ldy: i32,
   acc: i32, scratch: usize, scratchStride: i32, xs: i32, t: i32, nt: i32,
 ): void {
-  const n0 = share(N, t, nt, 4), n1 = share(N, t + 1, nt, 4);
+  const n0 = share(N, t, nt, COLUMNS), n1 = share(N, t + 1, nt, COLUMNS);
   if (n0 >= n1) return;
   x += <usize>t * <usize>xs;
   const base = scratch + <usize>t * <usize>scratchStride, qs = base + (<usize>Q_ROWS << 2);
-  const rb = <usize>((K + 15) & ~15) * 3, ks = <usize>K << 2, ys = <usize>ldy << 2;
+  const K16 = (K + 15) & ~15;
+  const rb = <usize>K16 * 3, ks = <usize>K << 2, ys = <usize>ldy << 2;
   for (let mb = 0; mb < M; mb += Q_ROWS) {
     const me = min(mb + Q_ROWS, M);
     for (let m = mb; m < me; m++) {
@@ -794,16 +872,16 @@ export function gemmI8(
     }
     let n = n0;
     for (; n + 3 <= n1; n += 3) {
-      const wn = w + <usize>n * <usize>K;
+      const g = int8Group(w, n, K16);
       for (let m = mb; m < me; m++) {
         const sx = load<f32>(base + (<usize>(m - mb) << 2));
-        tileI8x3(wn, K, qs + <usize>(m - mb) * rb, sx, n, scales, sums, bias, y + <usize>m * ys + (<usize>n << 2), acc);
+        tileI8x3(g, K, qs + <usize>(m - mb) * rb, sx, n, scales, sums, bias, y + <usize>m * ys + (<usize>n << 2), acc);
       }
     }
     for (; n < n1; n++) {
       for (let m = mb; m < me; m++) {
         const sx = load<f32>(base + (<usize>(m - mb) << 2));
-        rowI8(w + <usize>n * <usize>K, K, qs + <usize>(m - mb) * rb, sx, n, scales, sums, bias, y + <usize>m * ys + (<usize>n << 2), acc);
+        rowI8(int8Group(w, n, K16), K, qs + <usize>(m - mb) * rb, sx, n, scales, sums, bias, y + <usize>m * ys + (<usize>n << 2), acc);
       }
     }
   }
@@ -845,7 +923,7 @@ export function rmsNorm(
 
 /** gate[m, n] = silu(gate[m, n]) x up[m, n] for thread t's share of n (the same split as gemm's). */
 export function siluMul(gate: usize, up: usize, M: i32, N: i32, t: i32, nt: i32): void {
-  const n0 = share(N, t, nt, 4), n1 = share(N, t + 1, nt, 4);
+  const n0 = share(N, t, nt, COLUMNS), n1 = share(N, t + 1, nt, COLUMNS);
   for (let m = 0; m < M; m++) {
     const row = <usize>m * (<usize>N << 2);
     let n = n0;
@@ -865,10 +943,10 @@ export function siluMul(gate: usize, up: usize, M: i32, N: i32, t: i32, nt: i32)
 
 /**
  * Gathers token embeddings into x rows, the share of M rows; the table [vocab, D] is f32 (format 0),
- * f16 (1) or int8 with a scale per row (2).
+ * f16 (1) or int8 with a scale per row (2), its rows in interleaved groups of three (see int8Group).
  */
 export function embed(
-  table: usize, format: i32, scales: usize, tokens: usize, x: usize, M: i32, D: i32, t: i32, nt: i32,
+  table: usize, format: i32, scales: usize, tokens: usize, x: usize, M: i32, D: i32, vocab: i32, t: i32, nt: i32,
 ): void {
   const m0 = share(M, t, nt, 1), m1 = share(M, t + 1, nt, 1);
   for (let m = m0; m < m1; m++) {
@@ -876,7 +954,7 @@ export function embed(
     const dst = x + <usize>m * (<usize>D << 2);
     if (format == 1) halvesToFloats(table + tok * (<usize>D << 1), dst, D);
     else if (format == 2) {
-      bytesToFloats(table + tok * <usize>D, dst, D);
+      int8RowToFloats(table, <i32>tok, vocab, D, dst);
       const s = load<f32>(scales + (tok << 2));
       for (let i = 0; i < D; i++) store<f32>(dst + (<usize>i << 2), load<f32>(dst + (<usize>i << 2)) * s);
     } else memory.copy(dst, table + tok * (<usize>D << 2), <usize>D << 2);
@@ -1412,15 +1490,15 @@ function rowQ8At(
 
 /**
  * y[m, n] (+)= s_x[m] sum_b d[n, b] (w[n, b] . x_q[m, b]) (+ bias[n]) for thread t's share of n: q8_0 weights
- * (layout above), the input rows quantized as in gemmI8 into the chunk's
- * scratch (scratch + t x scratchStride: Q_ROWS scales, then Q_ROWS rows of 3K bytes). The share is gemmI8's
- * (whole groups of 4 outputs, as siluMul's in the same dispatch); rows of a group it cuts run one at a time.
+ * (layout above), the input rows quantized as in gemmI8 into the chunk's scratch (scratch + t x
+ * scratchStride: Q_ROWS scales, then Q_ROWS rows of 3K bytes). The share is gemmI8's and siluMul's
+ * (COLUMNS); rows of a group a share would cut (none while COLUMNS is a multiple of 3) run one at a time.
  */
 export function gemmQ8(
   x: usize, w: usize, scales: usize, offs: usize, bias: usize, y: usize, M: i32, N: i32, K: i32, ldy: i32,
   acc: i32, scratch: usize, scratchStride: i32, xs: i32, t: i32, nt: i32,
 ): void {
-  const n0 = share(N, t, nt, 4), n1 = share(N, t + 1, nt, 4);
+  const n0 = share(N, t, nt, COLUMNS), n1 = share(N, t + 1, nt, COLUMNS);
   if (n0 >= n1) return;
   x += <usize>t * <usize>xs;
   const base = scratch + <usize>t * <usize>scratchStride, qs = base + (<usize>Q_ROWS << 2);
