@@ -1447,20 +1447,16 @@ function tileQ8x3(
   finishQ8(a2, n + 2, sx, offs, bias, y + 8, acc);
 }
 
-/**
- * One row (its halves `ws` bytes apart from r, its scales `ss` bytes apart from s) against one quantized
- * row: the same arithmetic as a row of tileQ8x3.
- */
+/** One of the last N mod 3 rows (row-major at r, its scales at s) against one quantized row: a tile row's arithmetic. */
 function rowQ8(
-  r: usize, ws: usize, s: usize, ss: usize, KB: i32, q: usize, sx: f32, n: i32, offs: usize, bias: usize,
-  y: usize, acc: i32,
+  r: usize, s: usize, KB: i32, q: usize, sx: f32, n: i32, offs: usize, bias: usize, y: usize, acc: i32,
 ): void {
   let a = f64x2.splat(0);
   for (let b = 0; b < KB; b++) {
-    const qb = q + <usize>b * 96, wb = r + <usize>b * (ws << 1);
+    const qb = q + <usize>b * 96, wb = r + <usize>b * 32;
     const lanes = blockQ8(
       v128.load(wb),
-      v128.load(wb + ws),
+      v128.load(wb, 16),
       v128.load(qb),
       v128.load(qb, 16),
       v128.load(qb, 32),
@@ -1468,31 +1464,16 @@ function rowQ8(
       v128.load(qb, 64),
       v128.load(qb, 80),
     );
-    a = scaleQ8(lanes, f64x2.splat(<f64>load<f32>(s + <usize>b * ss)), a);
+    a = scaleQ8(lanes, f64x2.splat(<f64>load<f32>(s + (<usize>b << 2))), a);
   }
   finishQ8(a, n, sx, offs, bias, y, acc);
-}
-
-/** rowQ8 for row n of a q8_0 matrix, wherever the layout puts it (in a group, or among the last rows). */
-function rowQ8At(
-  w: usize, scales: usize, N3: i32, K: i32, q: usize, sx: f32, n: i32, offs: usize, bias: usize, y: usize,
-  acc: i32,
-): void {
-  const KB = K >> 5;
-  if (n < N3) {
-    const r = n % 3, g = n - r;
-    const at = w + <usize>g * <usize>K + (<usize>r << 4), s = scales + ((<usize>g * <usize>KB + <usize>r) << 2);
-    rowQ8(at, 48, s, 12, KB, q, sx, n, offs, bias, y, acc);
-  } else {
-    rowQ8(w + <usize>n * <usize>K, 16, scales + ((<usize>n * <usize>KB) << 2), 4, KB, q, sx, n, offs, bias, y, acc);
-  }
 }
 
 /**
  * y[m, n] (+)= s_x[m] sum_b d[n, b] (w[n, b] . x_q[m, b]) (+ bias[n]) for thread t's share of n: q8_0 weights
  * (layout above), the input rows quantized as in gemmI8 into the chunk's scratch (scratch + t x
- * scratchStride: Q_ROWS scales, then Q_ROWS rows of 3K bytes). The share is gemmI8's and siluMul's
- * (COLUMNS); rows of a group a share would cut (none while COLUMNS is a multiple of 3) run one at a time.
+ * scratchStride: Q_ROWS scales, then Q_ROWS rows of 3K bytes). The share is gemmI8's and siluMul's: it
+ * starts on a multiple of COLUMNS, a multiple of 3, so it holds whole groups.
  */
 export function gemmQ8(
   x: usize, w: usize, scales: usize, offs: usize, bias: usize, y: usize, M: i32, N: i32, K: i32, ldy: i32,
@@ -1503,9 +1484,7 @@ export function gemmQ8(
   x += <usize>t * <usize>xs;
   const base = scratch + <usize>t * <usize>scratchStride, qs = base + (<usize>Q_ROWS << 2);
   const rb = <usize>K * 3, ks = <usize>K << 2, ys = <usize>ldy << 2, KB = K >> 5;
-  const N3 = N - N % 3;
-  // Whole groups within [n0, n1): from the first group boundary at or after n0.
-  const g0 = min((n0 + 2) / 3 * 3, n1), g1 = max(g0, min(n1 - (n1 - g0) % 3, N3));
+  const grouped = min(n1, N - N % 3);
   for (let mb = 0; mb < M; mb += Q_ROWS) {
     const me = min(mb + Q_ROWS, M);
     for (let m = mb; m < me; m++) {
@@ -1513,13 +1492,13 @@ export function gemmQ8(
     }
     // Each group (3K bytes) stays in L1 while the block's input rows pass over it.
     for (let n = n0; n < n1;) {
-      const three = n >= g0 && n < g1;
+      const three = n < grouped;
       const g = w + <usize>n * <usize>K, s = scales + ((<usize>n * <usize>KB) << 2);
       for (let m = mb; m < me; m++) {
         const sx = load<f32>(base + (<usize>(m - mb) << 2)), qm = qs + <usize>(m - mb) * rb;
         const yn = y + <usize>m * ys + (<usize>n << 2);
         if (three) tileQ8x3(g, s, KB, qm, sx, n, offs, bias, yn, acc);
-        else rowQ8At(w, scales, N3, K, qm, sx, n, offs, bias, yn, acc);
+        else rowQ8(g, s, KB, qm, sx, n, offs, bias, yn, acc);
       }
       n += three ? 3 : 1;
     }
