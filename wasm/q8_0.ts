@@ -69,7 +69,7 @@ export function layoutQ8(m: Q8Blocks): Q8Layout {
     for (let b = 0; b < kb; b++) {
       let sum = 0;
       for (let k = 0; k < Q8_BLOCK; k++) sum += q[n * cols + b * Q8_BLOCK + k];
-      off += d[n * kb + b] * sum; // exact: an f16 value times an integer below 2^12
+      off += d[n * kb + b] * sum; // each term exact (an f16 value times |sum| <= 2^12), summed in block order
     }
     offsets[n] = off * 2 ** 20;
   }
