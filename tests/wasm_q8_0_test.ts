@@ -18,7 +18,8 @@ import { WasmExecutor, wasmUnsupportedReason } from "../wasm/mod.ts";
 import { CONTROL_BYTES } from "../wasm/pool_protocol.ts";
 import { layoutQ8, Q8_BLOCK } from "../wasm/q8_0.ts";
 import { type Matrix, uploadWeights } from "../wasm/weights.ts";
-import { fixtureWeights, loadWeightsOnly } from "../fixtures/testing.ts";
+import { fixtureWeights, loadWeightsOnly, maxAbsDiff } from "../fixtures/testing.ts";
+import { CpuExecutor } from "../core/cpu/executor.ts";
 import { JudgeQError } from "../core/errors.ts";
 import { type ModelWeights, projectionMatrices } from "../core/weights.ts";
 import { GGML_TYPE } from "../core/gguf/ggml_types.ts";
@@ -257,12 +258,18 @@ Deno.test({
     const bytes = writeGguf(src, syntheticVocab(src.config.vocabSize), { tensorType: "q8_0" });
     const file = parseGguf(bytes);
     if (file._tag === "Left") throw file.left;
+    // Blocks ggml's rule would not write (every value halved, so none is +-127): re-quantizing the
+    // dequantized values would change them, keeping them as stored does not.
+    const up = tensorBytes(file.right, bytes, file.right.tensors.get("blk.1.ffn_up.weight")!);
+    for (let b = 0; b < 4; b++) {
+      for (let k = 0; k < 32; k++) up[b * 34 + 2 + k] = ((up[b * 34 + 2 + k] << 24) >> 25) & 0xff;
+    }
     const g = await parseGgufBytes(bytes, "q8.gguf");
     const w = g.weights, c = w.config;
     const arena = new Arena(CONTROL_BYTES);
-    const up = uploadWeights(arena, w, "q8_0");
+    const stored = uploadWeights(arena, w, "q8_0");
     let checked = 0;
-    for (const [name, m] of matricesOf(w, up)) {
+    for (const [name, m] of matricesOf(w, stored)) {
       const info = file.right.tensors.get(ggufTensorName(name)!)!;
       assertEquals(info.ggmlType, GGML_TYPE.Q8_0, name);
       let raw = tensorBytes(file.right, bytes, info);
@@ -292,12 +299,34 @@ Deno.test({
     const tokens = [0, 1, 2, 4, 299, 509, 510, 511], tok = arena.alloc(tokens.length * 4);
     arena.i32.set(tokens, tok / 4);
     const out = arena.alloc(tokens.length * c.dim * 4);
-    k.embedQ8(up.embed.at, up.embed.scales, tok, out, tokens.length, c.dim, c.vocabSize, 0, 1);
+    k.embedQ8(stored.embed.at, stored.embed.scales, tok, out, tokens.length, c.dim, c.vocabSize, 0, 1);
     tokens.forEach((t, i) => {
       const got = arena.f32.subarray(out / 4 + i * c.dim, out / 4 + (i + 1) * c.dim);
       const want = w.embed.subarray(t * c.dim, (t + 1) * c.dim); // the reader's dequantized values
       assert(got.every((v, j) => Object.is(v, want[j])), `embedding row ${t}`);
     });
+  },
+});
+
+Deno.test({
+  ...opts,
+  name: "wasm q8_0: a GGUF Q8_0 model runs as the reference runs the file's dequantized values (1e-3)",
+  fn: async () => {
+    const src = fixtureWeights("llama3");
+    const bytes = writeGguf(src, syntheticVocab(src.config.vocabSize), { tensorType: "q8_0" });
+    const w = (await parseGgufBytes(bytes, "q8.gguf")).weights;
+    const x = await WasmExecutor.create(w, { threads: 2, weightFormat: "q8_0", parallelMinWork: 0 });
+    try {
+      const toks = [1, ...Array.from({ length: 40 }, (_, i) => (i * 37 + 11) % w.config.vocabSize)];
+      const ref = await new CpuExecutor(w).createSession(64).forward({ kind: "tokens", tokens: toks }, {
+        logits: "all",
+      });
+      const got = await x.createSession(64).forward({ kind: "tokens", tokens: toks }, { logits: "all" });
+      const d = maxAbsDiff(ref.logits!, got.logits!);
+      assert(d < 1e-3, `logits differ by ${d}`);
+    } finally {
+      x.dispose();
+    }
   },
 });
 
