@@ -106,6 +106,14 @@ export const EXECUTORS_UNDER_TEST: ExecutorUnderTest[] = [
     create: (weights) => wasmOrBlocks(weights, { threads: 2, weightFormat: "q8_0", parallelMinWork: 0 }),
   },
   {
+    // q8_0 on the plain-SIMD fallback, forced (its GEMM gives relaxed SIMD's bits; the other kernels do not).
+    name: "wasm-simd-q8_0",
+    weights: roundProjectionsToQ8_0,
+    tolerance: INT8_TOLERANCE,
+    create: (weights) =>
+      wasmOrBlocks(weights, { threads: 2, weightFormat: "q8_0", parallelMinWork: 0, kernels: "simd" }),
+  },
+  {
     // ggml through FFI, f32 weights and cache: the reference's own numbers, to 1e-3 on logits. (f16, Q8_0 and
     // Q4_0 weights round the activations too, f16 or 8-bit blocks: near ties then pick other tokens and
     // positions than the reference, so tests/native_executor_test.ts checks them teacher-forced.) One thread: CI
