@@ -18,7 +18,7 @@
  * llama.cpp runs before and after ours; the ratios use its better run of the two.
  *
  *   deno run -A bench/bench.ts [--json] [--quick] [--models stories260K,llama76m,llama100m]
- *     [--formats f32,f16,int8] [--executors wasm,llamacpp,reference,gpu] [--threads N]
+ *     [--formats f32,f16,int8,q8_0] [--executors wasm,llamacpp,reference,gpu] [--threads N]
  */
 import { CpuExecutor, type CpuSession } from "../core/cpu/executor.ts";
 import type { DecodeOptions, KvSession } from "../core/executor.ts";
@@ -45,7 +45,7 @@ const SPEC = {
   },
   formats: {
     kind: "string",
-    help: "weight formats to measure: f32, f16, int8 (int8: CPU only; default all)",
+    help: "weight formats to measure: f32, f16, int8, q8_0 (int8, q8_0: CPU only; default f32,f16,int8)",
   },
   executors: {
     kind: "string",
@@ -92,8 +92,8 @@ try {
 }
 const formats = ((flags.formats as string | undefined) ?? "f32,f16,int8").split(",") as CpuWeightFormat[];
 for (const f of formats) {
-  if (f !== "f32" && f !== "f16" && f !== "int8") {
-    console.error(`error: --formats: unknown format '${f}' (known: f32, f16, int8)`);
+  if (f !== "f32" && f !== "f16" && f !== "int8" && f !== "q8_0") {
+    console.error(`error: --formats: unknown format '${f}' (known: f32, f16, int8, q8_0)`);
     Deno.exit(2);
   }
 }
@@ -358,7 +358,7 @@ for (const name of models) {
   }
   if (executors.includes("gpu")) {
     const gpuBy: Record<string, Record<string, unknown>> = {};
-    for (const f of formats.filter((f): f is WeightFormat => f !== "int8")) {
+    for (const f of formats.filter((f): f is WeightFormat => f === "f32" || f === "f16")) {
       // The f16 pass measures context 512 only (the format changes the weight traffic, not the cache);
       // the 76M model is measured at 512 only (its GPU figures complete the comparison, nothing more).
       const gpuContexts = f === "f32" && name !== "llama76m" ? contexts : [512];

@@ -8,12 +8,12 @@
  * each figure is a median with its min and max, each ratio ours / wllama per round, then its median.
  *
  *   deno run -A bench/browser.ts [--rounds 3] [--threads 1,2] [--prompt 512] [--decode 64]
- *     [--formats f32,int8] [--gguf f32,q8_0] [--out results/browser_bench.json]
+ *     [--formats f32,int8,q8_0] [--gguf f32,q8_0] [--out results/browser_bench.json]
  *
  * wllama is installed on first use into the gitignored .cache/wllama/ (npm). The GGUF writer is a
  * parameter (`GgufWriter`; default core/gguf's, through bench/gguf.ts). Ratios pair our f32 with wllama's
- * F32 and our int8 (a scale per row) with its Q8_0 (a scale per block of 32): same source weights, each
- * side's own 8-bit rounding of them.
+ * F32, our q8_0 with its Q8_0 (the same blocks: both quantized by ggml's rule), and our int8 (a scale per
+ * row) with its Q8_0 (a scale per block of 32): same source weights, each side's own 8-bit rounding of them.
  */
 import puppeteer, { type Browser, type Page } from "puppeteer-core";
 import { createTokenizer } from "../core/tokenizer.ts";
@@ -136,7 +136,7 @@ export interface BrowserBenchOptions {
   threads: number[];
   prompt: number;
   decode: number;
-  formats: ("f32" | "int8")[];
+  formats: ("f32" | "int8" | "q8_0")[];
   ggufTypes: GgufType[];
   chromium: string;
   gguf?: GgufWriter;
@@ -253,7 +253,7 @@ export async function benchBrowser(o: BrowserBenchOptions) {
       };
     }
     const ratios: Record<string, unknown> = {};
-    const pairs: [string, GgufType][] = [["f32", "f32"], ["int8", "q8_0"], ["int8", "f32"]];
+    const pairs: [string, GgufType][] = [["f32", "f32"], ["q8_0", "q8_0"], ["int8", "q8_0"], ["int8", "f32"]];
     for (const t of o.threads) {
       for (const [f, g] of pairs) {
         const ours = runs.get(`ours ${f} t${t}`), peer = runs.get(`wllama ${label(g)} t${t}`);
@@ -291,7 +291,7 @@ const SPEC = {
   threads: { kind: "string", help: "thread counts, comma-separated (default 1,2)" },
   prompt: { kind: "int", help: "prompt tokens (default 512)" },
   decode: { kind: "int", help: "greedy tokens decoded (default 64)" },
-  formats: { kind: "string", help: "this executor's weight formats (default f32,int8)" },
+  formats: { kind: "string", help: "this executor's weight formats: f32, int8, q8_0 (default f32,int8)" },
   gguf: { kind: "string", help: "wllama's GGUF tensor types (default f32,q8_0)" },
   out: { kind: "string", help: "also write the JSON here (default results/browser_bench.json)" },
   help: { kind: "boolean", help: "this help" },
@@ -315,8 +315,8 @@ if (import.meta.main) {
       throw new UsageError(`--threads: expected whole numbers from 1 to 64, got '${f.threads}'`);
     }
     const formats = ((f.formats as string | undefined) ?? "f32,int8").split(",");
-    if (!formats.every((x) => x === "f32" || x === "int8")) {
-      throw new UsageError(`--formats: expected f32 and/or int8, got '${f.formats}'`);
+    if (!formats.every((x) => x === "f32" || x === "int8" || x === "q8_0")) {
+      throw new UsageError(`--formats: expected f32, int8 and/or q8_0, got '${f.formats}'`);
     }
     const ggufTypes = ((f.gguf as string | undefined) ?? "f32,q8_0").split(",");
     if (!ggufTypes.every((x) => x === "f32" || x === "q8_0")) {
@@ -332,7 +332,7 @@ if (import.meta.main) {
       threads,
       prompt: positive("prompt", f.prompt, 512),
       decode: positive("decode", f.decode, 64),
-      formats: formats as ("f32" | "int8")[],
+      formats: formats as ("f32" | "int8" | "q8_0")[],
       ggufTypes: ggufTypes as GgufType[],
       chromium,
     });

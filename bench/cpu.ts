@@ -40,6 +40,7 @@ const ENGINES = [
   "native-q4_0",
   "wasm-f32",
   "wasm-int8",
+  "wasm-q8_0",
   "reference",
   "llamacpp-f32",
   "llamacpp-q8_0",
@@ -179,7 +180,7 @@ async function ourExecutor(engine: Engine, w: ModelWeights): Promise<Executor> {
       warn: log,
     });
   }
-  return await WasmExecutor.create(w, { threads, weightFormat: format as "f32" | "int8" });
+  return await WasmExecutor.create(w, { threads, weightFormat: format as "f32" | "int8" | "q8_0" });
 }
 
 /** Prefill of `ids`, then decode ending at the same length: llama.cpp's measurement, on a KvSession. */

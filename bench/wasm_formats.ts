@@ -1,15 +1,16 @@
 /**
  * The fast CPU executor's weight formats against each other in one run: f32, int8 on relaxed-SIMD integer
- * dot products, and int8 on the plain-SIMD fallback, on the random 76M llama, prefill of a 512-token prompt
+ * dot products, int8 on the plain-SIMD fallback, and q8_0 (ggml's blocks of 32, a scale each; q8_0-simd on
+ * the fallback), on the random 76M llama, prefill of a 512-token prompt
  * and greedy decode of 32 tokens after it, at each thread count asked. Rounds interleave the configurations
  * (this machine is shared), and each figure is the median over rounds with its min and max; the int8/f32
- * ratios are per round, then their median. Also: kernel dispatches and barriers (dispatches split over the
+ * ratios (and q8_0/int8) are per round, then their median. Also: kernel dispatches and barriers (dispatches split over the
  * threads) per decoded token. With --baseline DIR (a checkout of another revision, e.g. a git worktree of
  * main), that tree's wasm executor runs the same configurations in the same rounds ("before ..."), and
  * the ratios now / before are per round too.
  *
  *   deno run -A bench/wasm_formats.ts [--rounds 5] [--threads 1,2] [--prompt 512] [--decode 32]
- *     [--formats f32,int8,int8-simd] [--baseline DIR] [--json]
+ *     [--formats f32,int8,int8-simd,q8_0,q8_0-simd] [--baseline DIR] [--json]
  */
 import type { DecodeOptions } from "../core/executor.ts";
 import type { ModelWeights } from "../core/weights.ts";
@@ -24,7 +25,10 @@ const SPEC = {
   threads: { kind: "string", help: "thread counts, comma-separated (default 1,2)" },
   prompt: { kind: "string", help: "prompt tokens prefilled (default 512)" },
   decode: { kind: "string", help: "tokens decoded greedily after it (default 32)" },
-  formats: { kind: "string", help: "configurations, comma-separated: f32, int8, int8-simd (default all)" },
+  formats: {
+    kind: "string",
+    help: "configurations, comma-separated: f32, int8, int8-simd, q8_0, q8_0-simd (default all)",
+  },
   baseline: { kind: "string", help: "another checkout whose wasm executor runs the same configurations" },
   json: { kind: "boolean", help: "print one JSON object" },
   help: { kind: "boolean", help: "this help" },
@@ -42,7 +46,7 @@ function positive(name: string, v: string | undefined, fallback: number): number
 /** The executor class of this tree or of a baseline checkout (its own module graph and kernels). */
 type Executor = typeof WasmExecutor;
 
-const FORMATS = ["f32", "int8", "int8-simd"] as const;
+const FORMATS = ["f32", "int8", "int8-simd", "q8_0", "q8_0-simd"] as const;
 type FormatName = typeof FORMATS[number];
 
 interface Config {
@@ -111,8 +115,8 @@ export async function benchFormats(o: {
       formats.map((f) => ({
         name: `${prefix}${f} t${threads}`,
         executor,
-        format: f === "f32" ? "f32" as const : "int8" as const,
-        kernels: f === "int8-simd" ? "simd" as const : "auto" as const,
+        format: f === "f32" ? "f32" as const : f.startsWith("q8_0") ? "q8_0" as const : "int8" as const,
+        kernels: f.endsWith("-simd") ? "simd" as const : "auto" as const,
         threads,
       }))
     )
@@ -162,7 +166,11 @@ export async function benchFormats(o: {
   };
   for (const t of o.threads) {
     for (const [prefix] of sides) {
-      for (const n of ["int8", "int8-simd"]) ratio(`${prefix}${n} t${t}`, `${prefix}f32 t${t}`);
+      for (const n of ["int8", "int8-simd", "q8_0", "q8_0-simd"]) {
+        ratio(`${prefix}${n} t${t}`, `${prefix}f32 t${t}`);
+      }
+      ratio(`${prefix}q8_0 t${t}`, `${prefix}int8 t${t}`);
+      ratio(`${prefix}q8_0-simd t${t}`, `${prefix}int8-simd t${t}`);
     }
     if (o.baseline) { for (const f of formats) ratio(`${f} t${t}`, `before ${f} t${t}`); }
   }
@@ -190,7 +198,7 @@ if (import.meta.main) {
     );
     const formats = ((flags.formats as string | undefined) ?? FORMATS.join(",")).split(",").map((f) => {
       if (!(FORMATS as readonly string[]).includes(f)) {
-        throw new UsageError(`--formats: expected f32, int8 or int8-simd, got '${f}'`);
+        throw new UsageError(`--formats: expected f32, int8, int8-simd, q8_0 or q8_0-simd, got '${f}'`);
       }
       return f as FormatName;
     });

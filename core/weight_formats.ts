@@ -4,7 +4,8 @@
  * each executor's own check read the same lists; the CPU reference computes in f32 whatever is asked.
  *   f32, f16     every executor but the reference (WebGPU packs f16 in u32 words)
  *   int8         the WebAssembly executor: a scale per row (the native executor reads it as q8_0)
- *   q8_0, q4_0   the native executor: ggml's blocks of 32 values with a scale each
+ *   q8_0         the native and WebAssembly executors: ggml's blocks of 32 values with a scale each
+ *   q4_0         the native executor: ggml's 4-bit blocks of 32
  */
 export const WEIGHT_FORMATS = ["f32", "f16", "int8", "q8_0", "q4_0"] as const;
 export type WeightFormat = typeof WEIGHT_FORMATS[number];
@@ -16,7 +17,7 @@ export type WeightFormatChoice = typeof WEIGHT_CHOICES[number];
 export const GPU_WEIGHT_FORMATS = ["f32", "f16"] as const satisfies readonly WeightFormat[];
 export type GpuWeightFormat = typeof GPU_WEIGHT_FORMATS[number];
 
-export const WASM_WEIGHT_FORMATS = ["f32", "f16", "int8"] as const satisfies readonly WeightFormat[];
+export const WASM_WEIGHT_FORMATS = ["f32", "f16", "int8", "q8_0"] as const satisfies readonly WeightFormat[];
 export type WasmWeightFormat = typeof WASM_WEIGHT_FORMATS[number];
 
 export const NATIVE_WEIGHT_FORMATS = [

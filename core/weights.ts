@@ -141,7 +141,7 @@ export function parameterCount(w: ModelWeights): number {
 }
 
 /** The matrices a GPU executor may store as f16 (norms and biases always stay f32), by HF name. */
-function projectionMatrices(w: ModelWeights): [string, Float32Array][] {
+export function projectionMatrices(w: ModelWeights): [string, Float32Array][] {
   const out: [string, Float32Array][] = [["model.embed_tokens.weight", w.embed]];
   w.layers.forEach((l, i) => {
     const p = `model.layers.${i}.`;

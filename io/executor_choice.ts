@@ -25,7 +25,7 @@ import {
   type WeightFormatChoice,
 } from "../core/weight_formats.ts";
 import { gpuAvailable, GpuExecutor } from "../gpu/mod.ts";
-import { checkThreads, WasmExecutor, wasmUnsupportedReason } from "../wasm/mod.ts";
+import { checkThreads, q8BlockError, WasmExecutor, wasmUnsupportedReason } from "../wasm/mod.ts";
 
 /** KV cache storage of the native executor. */
 export type KvType = "f32" | "f16";
@@ -241,8 +241,9 @@ export async function chooseExecutor(
       }
     }
   }
+  // q8_0 on wasm needs rows of whole blocks (native keeps other rows f16): such a model goes native.
   const tiny = parameterCount(weights) < NATIVE_MIN_PARAMETERS && wasmUnsupportedReason() === null &&
-    isChoice(WASM_WEIGHT_CHOICES, format);
+    isChoice(WASM_WEIGHT_CHOICES, format) && !(format === "q8_0" && q8BlockError(weights));
   const noNative = tiny ? null : await (o.nativeReason ?? nativeUnsupportedReason)();
   if (tiny) {
     // Not a fallback: the WebAssembly executor is the faster one for such small models.

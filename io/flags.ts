@@ -162,7 +162,8 @@ export function executorFlags<D extends string>(defaultExecutor: D, why = "") {
       kind: "string",
       help:
         "weight storage: auto | f32 | f16 | int8 | q8_0 | q4_0 (default auto: f16 on a GPU with shader-f16, else " +
-        "f32; int8: wasm's 8-bit rows, on native the same as q8_0; q8_0, q4_0: ggml's blocks, native only)",
+        "f32; int8: wasm's 8-bit rows, on native the same as q8_0; q8_0: ggml's blocks, native and wasm; q4_0: " +
+        "native only)",
     },
   } as const;
 }

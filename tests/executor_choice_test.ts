@@ -15,7 +15,7 @@ import {
 } from "../io/executor_choice.ts";
 import { loadModel } from "../io/runtime.ts";
 import { parameterCount } from "../core/weights.ts";
-import { fixtureWeights } from "../fixtures/testing.ts";
+import { fixtureWeights, loadWeightsOnly } from "../fixtures/testing.ts";
 import { wasmUnsupportedReason } from "../wasm/mod.ts";
 import { nativeUnsupportedReason } from "../native/mod.ts";
 import { assert, assertEquals, assertRejects, randomModel } from "./helpers.ts";
@@ -241,4 +241,26 @@ Deno.test("executor choice: --executor native where ggml cannot load is an error
     "FFI is not permitted",
   );
   assert(e instanceof JudgeQError && e.param === "executor", e.message);
+});
+
+Deno.test({
+  name:
+    "executor choice: auto with q8_0 takes wasm for a tiny model of whole blocks, native for stories260K (rows of 172)",
+  ignore: noNative !== null || noWasm !== null,
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    const none = () => Promise.resolve(null);
+    const o = { weightFormat: "q8_0" as const, threads: 1, requestAdapter: none };
+    const x = await chooseExecutor(randomModel("llama3"), "auto", o);
+    try {
+      assertEquals(x.kind, "wasm");
+      assert(x.description.includes("q8_0 weights"), x.description);
+    } finally {
+      x.dispose();
+    }
+    const stories = await loadWeightsOnly();
+    assert(parameterCount(stories) < NATIVE_MIN_PARAMETERS, "stories260K is a tiny model");
+    assertEquals(await kindOf(chooseExecutor(stories, "auto", o)), "native");
+  },
 });

@@ -9,6 +9,7 @@ import type { ModelConfig } from "../core/config.ts";
 import { JudgeQError } from "../core/errors.ts";
 import type { DecodeOptions } from "../core/executor.ts";
 import type { ModelWeights } from "../core/weights.ts";
+import { WASM_WEIGHT_FORMATS } from "../core/weight_formats.ts";
 import { fixtureWeights, maxAbsDiff, promptTokens } from "../fixtures/testing.ts";
 import { WasmExecutor, wasmUnsupportedReason } from "../wasm/mod.ts";
 import { Arena } from "../wasm/arena.ts";
@@ -58,28 +59,30 @@ for (const [shape, L] of [["llama100m", 200], ["mistral", 120]] as const) {
 
 Deno.test({
   ...opts,
-  name: "wasm executor: logits are bitwise the same on 1, 2 and 3 threads, split or not",
+  name: "wasm executor: logits are bitwise the same on 1, 2 and 3 threads, split or not, every weight format",
   fn: async () => {
     const w = fixtureWeights("qwen2");
     const toks = promptTokens(150, w.config.vocabSize);
-    const runs: Float32Array[][] = [];
-    for (
-      const o of [{ threads: 1 }, { threads: 2, parallelMinWork: 0 }, { threads: 3, parallelMinWork: 0 }]
-    ) {
-      const x = await WasmExecutor.create(w, o);
-      try {
-        const s = x.createSession(200);
-        const r = await s.forward({ kind: "tokens", tokens: toks }, { logits: "all" });
-        const d = await s.decode(greedy(16));
-        runs.push([r.logits!, ...d.logits!]);
-      } finally {
-        x.dispose();
+    for (const weightFormat of WASM_WEIGHT_FORMATS) {
+      const runs: Float32Array[][] = [];
+      for (
+        const o of [{ threads: 1 }, { threads: 2, parallelMinWork: 0 }, { threads: 3, parallelMinWork: 0 }]
+      ) {
+        const x = await WasmExecutor.create(w, { ...o, weightFormat });
+        try {
+          const s = x.createSession(200);
+          const r = await s.forward({ kind: "tokens", tokens: toks }, { logits: "all" });
+          const d = await s.decode(greedy(16));
+          runs.push([r.logits!, ...d.logits!]);
+        } finally {
+          x.dispose();
+        }
       }
-    }
-    for (const other of runs.slice(1)) {
-      other.forEach((l, i) =>
-        assert(l.every((v, j) => v === runs[0][i][j]), `row ${i} differs across threads`)
-      );
+      for (const other of runs.slice(1)) {
+        other.forEach((l, i) =>
+          assert(l.every((v, j) => v === runs[0][i][j]), `${weightFormat}: row ${i} differs across threads`)
+        );
+      }
     }
   },
 });
@@ -96,7 +99,7 @@ Deno.test({
     const e = await assertRejects(
       () => WasmExecutor.create(w, { weightFormat: "f8" as "f16" }),
       "weights",
-      "expected auto, f32, f16 or int8",
+      "expected auto, f32, f16, int8 or q8_0",
     );
     assert(e instanceof JudgeQError);
   },
@@ -163,7 +166,7 @@ Deno.test({
     const table = arena.alloc(65536 * 2), tokens = arena.alloc(V * 4), x = arena.alloc(65536 * 4);
     arena.u16.set(Uint16Array.from({ length: 65536 }, (_, i) => i), table / 2);
     arena.i32.set(Int32Array.from({ length: V }, (_, i) => i), tokens / 4);
-    k.embed(table, 1, 0, tokens, x, V, D, 0, 1);
+    k.embed(table, 1, 0, tokens, x, V, D, V, 0, 1);
     const want = new Float16Array(Uint16Array.from({ length: 65536 }, (_, i) => i).buffer);
     const got = arena.f32.subarray(x / 4, x / 4 + 65536);
     let checked = 0;

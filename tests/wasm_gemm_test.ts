@@ -1,13 +1,14 @@
 /**
  * The f32 GEMM (gemmF32): from 8 input rows (prefill) weight panels are packed and run through the 6 x 8
- * outer-product tile; fewer rows (decoding) go through the dot-product tiles (4 x 2, 4 x 1, dot1). Checked
+ * outer-product tile; 2 to 7 rows go through the dot-product tiles (4 x 2, 4 x 1, dot1); one row (decoding)
+ * through matvecF32, weight rows one after another. Checked
  * against a float64 brute force (within float32 rounding of sum |x||w|), and the bits must not depend on
  * the split over threads (1, 3, 8), on the row blocks, or on which rows share a call: a call's rows cut in
- * two calls of 8 or more rows give the same bits, and below 8 rows each row alone gives them. Shapes cover
+ * two calls of 8 or more rows give the same bits, and from 4 to 7 rows, calls of 2 and M - 2 rows. Shapes cover
  * K not a multiple of 4, N not a multiple of 4 or 8, M with every remainder mod 6, past one row block (K
  * 2100: 62 rows a block), with bias and accumulation into y. Both kernel modules.
  * gemmF16 (f16 weights widened panel by panel, 3 x 3 dot-product tiles) must give the dot path's bits
- * (gemmF32 row by row) on the same values widened.
+ * (gemmF32 on two rows at a time) on the same values widened.
  */
 import { Arena } from "../wasm/arena.ts";
 import { hasRelaxedSimd, instantiate, type KernelFlavor, kernelModule } from "../wasm/kernels.ts";
@@ -27,6 +28,8 @@ function random(seed: number) {
 
 const SHAPES: [number, number, number][] = [
   [1, 7, 5],
+  [1, 9, 64], // one row (matvecF32): every chain, and K past its blocks of 16
+  [1, 5, 2103],
   [2, 5, 16],
   [3, 3, 4],
   [4, 13, 17],
@@ -62,8 +65,13 @@ async function check(flavor: KernelFlavor) {
         gemm(0, M, ys[0], 0, 1);
         for (let t = 0; t < 3; t++) gemm(0, M, ys[1], t, 3);
         for (let t = 0; t < 8; t++) gemm(0, M, ys[2], t, 8);
-        if (M < 8) { for (let m = 0; m < M; m++) gemm(m, 1, ys[3], 0, 1); }
-        else if (M >= 16) {
+        if (M < 8) {
+          // Below 4 rows there is no such cut (a single row runs matvecF32): the call again.
+          if (M >= 4) {
+            gemm(0, 2, ys[3], 0, 1);
+            gemm(2, M - 2, ys[3], 0, 1);
+          } else gemm(0, M, ys[3], 0, 1);
+        } else if (M >= 16) {
           const cut = 8 + (M - 16 >> 1) + 1; // 8 or more rows on each side, the two halves' tiles unaligned
           gemm(0, cut, ys[3], 0, 1);
           gemm(cut, M - cut, ys[3], 0, 1);
@@ -116,17 +124,22 @@ async function checkF16(flavor: KernelFlavor) {
   const k = instantiate(await kernelModule(flavor), arena.memory);
   const rnd = random(11);
   for (const [M, N, K] of SHAPES) {
-    const x = arena.alloc(M * K * 4), w16 = arena.alloc(N * K * 2 + 16), w32 = arena.alloc(N * K * 4);
+    // One spare input row: the dot path's reference runs two rows at a time.
+    const x = arena.alloc((M + 1) * K * 4), w16 = arena.alloc(N * K * 2 + 16), w32 = arena.alloc(N * K * 4);
     const b = arena.alloc(N * 4),
       scratch = arena.alloc(8 * 16 * K),
-      ys = [0, 1, 2, 3].map(() => arena.alloc(M * N * 4));
+      ys = [0, 1, 2, 3].map(() => arena.alloc(M * N * 4)),
+      pair = arena.alloc(2 * N * 4);
     const [bits, vals] = halves(N * K, rnd);
     new Uint16Array(arena.memory.buffer, w16, N * K).set(bits);
     arena.f32.set(vals, w32 / 4);
     for (let i = 0; i < M * K; i++) arena.f32[x / 4 + i] = rnd();
+    arena.f32.fill(0, x / 4 + M * K, x / 4 + (M + 1) * K);
     for (let i = 0; i < N; i++) arena.f32[b / 4 + i] = rnd();
     for (let m = 0; m < M; m++) {
-      k.gemmF32(x + m * K * 4, w32, b, ys[0] + m * N * 4, 1, N, K, N, 0, scratch, 0, 0, 1);
+      // Rows m and m + 1 (the spare row past the last), two rows being the dot path; row m kept.
+      k.gemmF32(x + m * K * 4, w32, b, pair, 2, N, K, N, 0, scratch, 0, 0, 1);
+      arena.f32.copyWithin(ys[0] / 4 + m * N, pair / 4, pair / 4 + N);
     }
     k.gemmF16(x, w16, b, ys[1], M, N, K, N, 0, scratch, 0, 0, 1);
     for (let t = 0; t < 3; t++) k.gemmF16(x, w16, b, ys[2], M, N, K, N, 0, scratch, 0, t, 3);
@@ -142,7 +155,7 @@ async function checkF16(flavor: KernelFlavor) {
         );
       }
     }
-    for (const p of [x, w16, w32, b, scratch, ...ys]) arena.release(p);
+    for (const p of [x, w16, w32, b, scratch, pair, ...ys]) arena.release(p);
   }
 }
 

@@ -9,6 +9,7 @@ import { Arena } from "../wasm/arena.ts";
 import { hasRelaxedSimd, instantiate, type KernelFlavor, kernelModule } from "../wasm/kernels.ts";
 import { WasmExecutor, wasmUnsupportedReason } from "../wasm/mod.ts";
 import { CONTROL_BYTES } from "../wasm/pool_protocol.ts";
+import { int8Layout } from "../wasm/weights.ts";
 import { fixtureWeights } from "../fixtures/testing.ts";
 import { JudgeQError } from "../core/errors.ts";
 import { assert, assertRejects } from "./helpers.ts";
@@ -76,6 +77,7 @@ const CASES: Case[] = [
   { M: 5, N: 9, K: 100, bias: true, acc: false },
   { M: 19, N: 16, K: 172, bias: false, acc: true }, // more rows than one quantized block (16)
   { M: 3, N: 8, K: 2051, bias: true, acc: true },
+  { M: 2, N: 30, K: 48, bias: false, acc: false }, // ten whole groups of three rows
 ];
 
 /** Runs gemmI8 on one flavor over `chunks` chunks; returns y. */
@@ -101,8 +103,9 @@ async function runGemm(flavor: KernelFlavor, c: Case, seed: number, chunks: numb
     else arena.f32.set(v, at / 4);
     return at;
   };
-  const xa = f32(x), wa = arena.alloc(q.length + 16), sa = f32(sw), ua = f32(sums);
-  new Int8Array(arena.memory.buffer, wa, q.length).set(q);
+  const stored = int8Layout(q, N, K);
+  const xa = f32(x), wa = arena.alloc(stored.length), sa = f32(sw), ua = f32(sums);
+  new Int8Array(arena.memory.buffer, wa, stored.length).set(stored);
   const ba = bias ? f32(bias) : 0, ya = f32(y0 ?? new Float32Array(M * N));
   const stride = 16 * 4 + 16 * 3 * Math.ceil(K / 16) * 16, scratch = arena.alloc(chunks * stride);
   for (let t = 0; t < chunks; t++) {
@@ -171,5 +174,32 @@ Deno.test({
       "expected auto, relaxed or simd",
     );
     assert(e instanceof JudgeQError && e.param === "kernels", e.message);
+  },
+});
+
+Deno.test({
+  ...opts,
+  name: "wasm embed kernel: every row of an int8 table (groups of three, and the rows after) is q x scale",
+  fn: async () => {
+    for (const [N, K] of [[8, 13], [9, 40], [7, 2051]]) {
+      const rand = random(N * K);
+      const q = Int8Array.from({ length: N * K }, () => Math.round(rand() * 127));
+      const sw = Float32Array.from({ length: N }, () => Math.fround(0.01 + Math.abs(rand())));
+      const arena = new Arena(CONTROL_BYTES);
+      const k = instantiate(await kernelModule(flavors[0]), arena.memory);
+      const stored = int8Layout(q, N, K), table = arena.alloc(stored.length);
+      new Int8Array(arena.memory.buffer, table, stored.length).set(stored);
+      const scales = arena.alloc(N * 4), tokens = arena.alloc(N * 4), x = arena.alloc(N * K * 4);
+      arena.f32.set(sw, scales / 4);
+      arena.i32.set(Int32Array.from({ length: N }, (_, i) => N - 1 - i), tokens / 4); // every row, reversed
+      k.embed(table, 2, scales, tokens, x, N, K, N, 0, 1);
+      for (let m = 0; m < N; m++) {
+        const row = N - 1 - m;
+        for (let i = 0; i < K; i++) {
+          const got = arena.f32[x / 4 + m * K + i], want = Math.fround(q[row * K + i] * sw[row]);
+          assert(got === want, `N ${N} K ${K} row ${row} [${i}]: ${got} != ${want}`);
+        }
+      }
+    }
   },
 });

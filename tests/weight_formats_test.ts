@@ -19,11 +19,11 @@ import { assert, assertEquals, randomModel } from "./helpers.ts";
 Deno.test("weight formats: one vocabulary, each executor's subset of it, every format someone's", () => {
   assertEquals([...WEIGHT_CHOICES], ["auto", "f32", "f16", "int8", "q8_0", "q4_0"]);
   assertEquals([...GPU_WEIGHT_CHOICES], ["auto", "f32", "f16"]);
-  assertEquals([...WASM_WEIGHT_CHOICES], ["auto", "f32", "f16", "int8"]);
+  assertEquals([...WASM_WEIGHT_CHOICES], ["auto", "f32", "f16", "int8", "q8_0"]);
   assertEquals([...NATIVE_WEIGHT_FORMATS], ["f32", "f16", "q8_0", "q4_0"]);
   const served = new Set([...GPU_WEIGHT_CHOICES, ...WASM_WEIGHT_CHOICES, ...NATIVE_WEIGHT_FORMATS]);
   assertEquals(WEIGHT_FORMATS.filter((f) => !served.has(f)), []);
-  assertEquals(choiceList(WASM_WEIGHT_CHOICES), "auto, f32, f16 or int8");
+  assertEquals(choiceList(WASM_WEIGHT_CHOICES), "auto, f32, f16, int8 or q8_0");
   assertEquals(choiceList(["f32"]), "f32");
   assert(isChoice(GPU_WEIGHT_CHOICES, "f16") && !isChoice(GPU_WEIGHT_CHOICES, "int8"));
   assert(!isChoice(WEIGHT_CHOICES, 16) && !isChoice(WEIGHT_CHOICES, "F16"));
@@ -46,7 +46,7 @@ Deno.test("weight formats: a format an executor lacks is refused naming weights 
   );
   assertEquals(
     await refusal("wasm", "q4_0"),
-    "weights: q4_0 weights are for the native executor; the WebAssembly executor takes auto, f32, f16 or int8",
+    "weights: q4_0 weights are for the native executor; the WebAssembly executor takes auto, f32, f16, int8 or q8_0",
   );
   let flag = "";
   try {

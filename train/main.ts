@@ -161,7 +161,7 @@ async function prefillExecutor(ctx: Ctx): Promise<Executor> {
   try {
     return await WasmExecutor.create(ctx.weights, {
       threads: args.threads ?? undefined,
-      weightFormat: args.weights as "auto" | "f32" | "f16" | "int8",
+      weightFormat: args.weights as "auto" | "f32" | "f16" | "int8" | "q8_0",
     });
   } catch (e) {
     if (e instanceof JudgeQError && e.param) {

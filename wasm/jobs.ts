@@ -40,6 +40,11 @@ export function gemmJob(a: GemmArgs): Job {
         kernel: "gemmI8",
         args: [a.x, a.w.at, a.w.scales, a.w.sums, a.bias, a.y, ...shape, a.quant, a.quantStride, xs],
       };
+    case "q8_0":
+      return {
+        kernel: "gemmQ8",
+        args: [a.x, a.w.at, a.w.scales, a.w.sums, a.bias, a.y, ...shape, a.quant, a.quantStride, xs],
+      };
   }
 }
 
@@ -55,15 +60,18 @@ export function siluMulJob(a: { gate: number; up: number; M: number; N: number }
   return { kernel: "siluMul", args: [a.gate, a.up, a.M, a.N] };
 }
 
-const FORMAT_CODES: Record<WasmWeightFormat, number> = { f32: 0, f16: 1, int8: 2 };
+const FORMAT_CODES: Record<Exclude<WasmWeightFormat, "q8_0">, number> = { f32: 0, f16: 1, int8: 2 };
 
 /** x rows = the table's rows of the M tokens (int32 at `tokens`). */
 export function embedJob(
   a: { table: Matrix; format: WasmWeightFormat; tokens: number; x: number; M: number; D: number },
 ): Job {
+  if (a.format === "q8_0") {
+    return { kernel: "embedQ8", args: [a.table.at, a.table.scales, a.tokens, a.x, a.M, a.D, a.table.rows] };
+  }
   return {
     kernel: "embed",
-    args: [a.table.at, FORMAT_CODES[a.format], a.table.scales, a.tokens, a.x, a.M, a.D],
+    args: [a.table.at, FORMAT_CODES[a.format], a.table.scales, a.tokens, a.x, a.M, a.D, a.table.rows],
   };
 }
 

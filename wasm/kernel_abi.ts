@@ -10,9 +10,11 @@ export interface Kernels {
   gemmF32: Fn;
   gemmF16: Fn;
   gemmI8: Fn;
+  gemmQ8: Fn;
   rmsNorm: Fn;
   siluMul: Fn;
   embed: Fn;
+  embedQ8: Fn;
   ropeAppend: Fn;
   attention: Fn;
   attentionMass: Fn;
@@ -23,9 +25,11 @@ export const KERNEL_NAMES: KernelName[] = [
   "gemmF32",
   "gemmF16",
   "gemmI8",
+  "gemmQ8",
   "rmsNorm",
   "siluMul",
   "embed",
+  "embedQ8",
   "ropeAppend",
   "attention",
   "attentionMass",

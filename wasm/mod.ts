@@ -6,3 +6,4 @@ export { checkThreads, defaultThreads, WasmExecutor, type WasmExecutorOptions } 
 export { unsupportedReason as wasmUnsupportedReason } from "./kernels.ts";
 export { WasmQueryRows, WasmSession } from "./session.ts";
 export { resolveWeightFormat, roundProjectionsToInt8 } from "./weights.ts";
+export { q8BlockError, roundProjectionsToQ8_0 } from "./q8_0.ts";

@@ -1,6 +1,7 @@
 /**
  * Model weights in the shared memory, as the kernels read them: norms and biases f32, projection and
- * embedding matrices f32, f16, or int8 with one f32 scale per row (row-major [out, in], as in ModelWeights).
+ * embedding matrices f32, f16, int8 with one f32 scale per row (row-major [out, in], as in ModelWeights),
+ * or q8_0 (ggml's blocks of 32 with a scale each, in gemmQ8's 3-row groups: wasm/q8_0.ts).
  */
 import type { ModelConfig } from "../core/config.ts";
 import { JudgeQError } from "../core/errors.ts";
@@ -13,6 +14,7 @@ import {
   type WasmWeightFormat,
 } from "../core/weight_formats.ts";
 import { type Arena, MAX_BYTES } from "./arena.ts";
+import { blocksOfGguf, ggufQ8Sources, layoutQ8, q8BlockError, quantizeBlocks } from "./q8_0.ts";
 
 /**
  * Address of a matrix in the arena, and of its row scales and row sums (int8; 0 otherwise). int8 rows are
@@ -23,7 +25,10 @@ export interface Matrix {
   rows: number;
   cols: number;
   scales: number;
-  /** int8: each row's sum of its quantized values (i32), which takes the activations' offset back out. */
+  /**
+   * int8: each row's sum of its quantized values (i32), which takes the activations' offset back out.
+   * q8_0: each row's offset term, 2^20 sum_b d_b (sum of block b's values), f64.
+   */
   sums: number;
 }
 
@@ -53,7 +58,8 @@ export interface WasmWeights {
 
 /**
  * "auto" is f32 (the reference's arithmetic); f16 halves the weight bytes, int8 (a scale per row,
- * max |w| / 127) quarters them: decoding streams every weight once per token.
+ * max |w| / 127) quarters them: decoding streams every weight once per token. q8_0 (a scale per block of
+ * 32, ggml's) keeps a GGUF file's Q8_0 values as stored; its rows must be whole blocks.
  */
 export function resolveWeightFormat(choice: WasmWeightChoice, w: ModelWeights): WasmWeightFormat {
   if (!isChoice(WASM_WEIGHT_CHOICES, choice)) {
@@ -61,6 +67,11 @@ export function resolveWeightFormat(choice: WasmWeightChoice, w: ModelWeights): 
     throw new JudgeQError("invalid_request", `expected ${expected}, got '${choice}'`, "weights");
   }
   if (choice === "int8") return "int8";
+  if (choice === "q8_0") {
+    const e = q8BlockError(w);
+    if (e) throw e;
+    return "q8_0";
+  }
   if (choice !== "f16") return "f32";
   const beyond = tensorBeyondF16(w);
   if (beyond) throw beyondF16Error(beyond, "weights");
@@ -69,14 +80,19 @@ export function resolveWeightFormat(choice: WasmWeightChoice, w: ModelWeights): 
 
 /** Bytes the weights take in a format, computed from the config alone (before anything is allocated). */
 export function weightBytes(c: ModelConfig, format: WasmWeightFormat): number {
-  const e = format === "f16" ? 2 : format === "int8" ? 1 : 4,
+  // q8_0: a byte per value and an f32 scale per 32 of them.
+  const e = format === "f16" ? 2 : format === "int8" ? 1 : format === "q8_0" ? 1.125 : 4,
     q = c.nHeads * c.headDim,
     kv = c.nKvHeads * c.headDim;
-  const scales = format === "int8" ? 8 : 0; // a scale and a sum per row
-  const perLayer = e * (c.dim * (q + 2 * kv) + q * c.dim + 3 * c.dim * c.hiddenDim) +
+  // int8 rows are padded to 16 bytes.
+  const row = (cols: number) => (format === "int8" ? int8RowBytes(cols) : cols);
+  // int8: a scale and a sum per row; q8_0: an offset term per row.
+  const scales = format === "int8" || format === "q8_0" ? 8 : 0;
+  // Rows x stored row length of wq, wk, wv ([q | kv, dim]), wo ([dim, q]), gate, up ([hidden, dim]), down.
+  const perLayer = e * ((q + 2 * kv + 2 * c.hiddenDim) * row(c.dim) + c.dim * (row(q) + row(c.hiddenDim))) +
     scales * (q + 2 * kv + c.dim + 2 * c.hiddenDim + c.dim) +
     4 * (2 * c.dim + (c.attentionBias ? q + 2 * kv : 0));
-  const tables = (e * c.dim + scales) * c.vocabSize * (c.tiedEmbeddings ? 1 : 2);
+  const tables = (e * row(c.dim) + scales) * c.vocabSize * (c.tiedEmbeddings ? 1 : 2);
   return c.nLayers * perLayer + tables + 4 * c.dim;
 }
 
@@ -96,6 +112,7 @@ export function checkFits(c: ModelConfig, format: WasmWeightFormat, working: num
 
 export function uploadWeights(arena: Arena, w: ModelWeights, format: WasmWeightFormat): WasmWeights {
   const start = arena.size;
+  const gguf = format === "q8_0" ? ggufQ8Sources(w) : null;
   const vector = (v: Float32Array): number => {
     const at = arena.alloc(v.length * 4);
     arena.f32.set(v, at / 4);
@@ -103,10 +120,20 @@ export function uploadWeights(arena: Arena, w: ModelWeights, format: WasmWeightF
   };
   const matrix = (m: Float32Array, rows: number, cols: number): Matrix => {
     if (format === "f32") return { at: vector(m), rows, cols, scales: 0, sums: 0 };
+    if (gguf) {
+      const stored = gguf.get(m);
+      const l = layoutQ8(stored ? blocksOfGguf(stored, rows, cols) : quantizeBlocks(m, rows, cols));
+      const at = arena.alloc(l.bytes.length);
+      new Int8Array(arena.memory.buffer, at, l.bytes.length).set(l.bytes);
+      const offsets = arena.alloc(rows * 8);
+      new Float64Array(arena.memory.buffer, offsets, rows).set(l.offsets);
+      return { at, rows, cols, scales: vector(l.scales), sums: offsets };
+    }
     if (format === "int8") {
       const { q, scales } = quantizeRows(m, rows, cols);
-      const at = arena.alloc(q.length + INT8_OVERREAD);
-      new Int8Array(arena.memory.buffer, at, q.length + INT8_OVERREAD).set(q);
+      const stored = int8Layout(q, rows, cols);
+      const at = arena.alloc(stored.length);
+      new Int8Array(arena.memory.buffer, at, stored.length).set(stored);
       const sums = arena.alloc(rows * 4);
       arena.i32.set(rowSums(q, rows, cols), sums / 4);
       return { at, rows, cols, scales: vector(scales), sums };
@@ -136,8 +163,29 @@ export function uploadWeights(arena: Arena, w: ModelWeights, format: WasmWeightF
   return { format, embed, lmHead, finalNorm, layers, bytes: arena.size - start };
 }
 
-/** Bytes past an int8 matrix that the kernels may read (and multiply by zero). */
-const INT8_OVERREAD = 16;
+/** K rounded up to 16: the bytes an int8 row takes in memory (zeros past K). */
+export const int8RowBytes = (cols: number): number => Math.ceil(cols / 16) * 16;
+
+/**
+ * An int8 matrix [rows, cols] (row-major) as the kernels read it: rows in groups of three interleaved by 16
+ * bytes (16 of row n, 16 of n + 1, 16 of n + 2, then the next 16 of each), so that the GEMM's three-row
+ * tile streams one sequential run of bytes (three rows read side by side streamed less than half as fast);
+ * then the last rows mod 3 one after another. Every row is padded with zeros to int8RowBytes(cols).
+ */
+export function int8Layout(q: Int8Array, rows: number, cols: number): Int8Array {
+  const k16 = int8RowBytes(cols), out = new Int8Array(rows * k16);
+  const grouped = rows - (rows % 3);
+  for (let r = 0; r < rows; r++) {
+    const row = q.subarray(r * cols, (r + 1) * cols);
+    if (r >= grouped) {
+      out.set(row, r * k16);
+      continue;
+    }
+    const group = (r - (r % 3)) * k16, lane = (r % 3) * 16;
+    for (let k = 0; k < cols; k += 16) out.set(row.subarray(k, k + 16), group + k * 3 + lane);
+  }
+  return out;
+}
 
 /** Each row's sum of its int8 values. */
 export function rowSums(q: Int8Array, rows: number, cols: number): Int32Array {

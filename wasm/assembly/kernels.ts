@@ -9,6 +9,13 @@
 // ---- partitioning --------------------------------------------------------------------------
 
 /** Start of thread t's share of n items, in whole groups of `align`. */
+/**
+ * Where the GEMMs' and siluMul's shares of the output columns start: a multiple of 4 (f32 tiles, siluMul's
+ * vectors) and of 3 (int8's groups of three rows), so that chunk t's siluMul reads exactly the gate and up
+ * columns chunk t's GEMMs wrote in the same dispatch.
+ */
+const COLUMNS: i32 = 12;
+
 @inline function share(n: i32, t: i32, nt: i32, align: i32): i32 {
   const groups = (n + align - 1) / align;
   const g = <i32>((<i64>groups * t) / nt);
@@ -210,6 +217,44 @@
   if (bias) r += load<f32>(bias);
   if (acc) r += load<f32>(y0);
   store<f32>(y0, r);
+}
+
+/**
+ * One input row against weight rows [n0, n1), each row read start to end before the next (decoding's
+ * matrix-vector product): the rows then form one sequential run of memory, which a zen4 core streamed at
+ * ~38 GB/s where four rows read side by side (tile4x1) streamed 16-20. Each dot keeps four chains (k mod
+ * 16 in blocks of four), summed (c0 + c1) + (c2 + c3) and then as hsum; the K tail as dot1.
+ */
+function matvecF32(x: usize, w: usize, bias: usize, y: usize, n0: i32, n1: i32, K: i32, acc: i32): void {
+  const ks = <usize>K << 2, K16 = K & ~15, K4 = K & ~3;
+  for (let n = n0; n < n1; n++) {
+    const wr = w + <usize>n * ks;
+    let c0 = f32x4.splat(0), c1 = f32x4.splat(0), c2 = f32x4.splat(0), c3 = f32x4.splat(0);
+    for (let k = 0; k < K16; k += 16) {
+      const o = <usize>k << 2, p = wr + o, q = x + o;
+      c0 = madd(v128.load(p), v128.load(q), c0);
+      c1 = madd(v128.load(p, 16), v128.load(q, 16), c1);
+      c2 = madd(v128.load(p, 32), v128.load(q, 32), c2);
+      c3 = madd(v128.load(p, 48), v128.load(q, 48), c3);
+    }
+    for (let k = K16; k < K4; k += 4) {
+      const o = <usize>k << 2;
+      c0 = madd(v128.load(wr + o), v128.load(x + o), c0);
+    }
+    let r = hsum(f32x4.add(f32x4.add(c0, c1), f32x4.add(c2, c3)));
+    if (K4 < K) {
+      let ta = f32x4.splat(0);
+      for (let k = K4; k < K; k++) {
+        const o = <usize>k << 2;
+        ta = madd(f32x4.splat(load<f32>(wr + o)), f32x4.splat(load<f32>(x + o)), ta);
+      }
+      r += f32x4.extract_lane(ta, 0);
+    }
+    const o = <usize>n << 2;
+    if (bias) r += load<f32>(bias + o);
+    if (acc) r += load<f32>(y + o);
+    store<f32>(y + o, r);
+  }
 }
 
 /**
@@ -512,17 +557,21 @@ function opTile6x8(
  * reads its x at x + t x xs (rows a fused rmsNorm wrote for that chunk; 0: one x for all).
  * M >= OP_ROWS (prefill): every 8 weight rows are packed into the chunk's scratch (at scratch + t x
  * (32 K + 32) bytes) once per row block, then run against 6 input rows at a time (opTile6x8): the same
- * bits for every row whatever M (>= OP_ROWS), the row blocks and the split. Fewer rows (decode): the
- * dot-product tiles of panelF32 (dot1's bits).
+ * bits for every row whatever M (>= OP_ROWS), the row blocks and the split. One row (decoding):
+ * matvecF32, rows one after another. 2 to 7 rows: the dot-product tiles of panelF32 (dot1's bits).
  */
 export function gemmF32(
   x: usize, w: usize, bias: usize, y: usize, M: i32, N: i32, K: i32, ldy: i32, acc: i32, scratch: usize,
   xs: i32, t: i32, nt: i32,
 ): void {
-  const n0 = share(N, t, nt, 4), n1 = share(N, t + 1, nt, 4);
+  const n0 = share(N, t, nt, COLUMNS), n1 = share(N, t + 1, nt, COLUMNS);
   if (n0 >= n1) return;
   x += <usize>t * <usize>xs;
   const ks = <usize>K << 2, ys = <usize>ldy << 2;
+  if (M == 1) {
+    matvecF32(x, w, bias, y, n0, n1, K, acc);
+    return;
+  }
   if (M < OP_ROWS) {
     for (let n = n0; n < n1; n += 4) panelF32(x, w, 0, bias, y, 0, M, n, min(n + 4, n1), K, ldy, acc);
     return;
@@ -562,7 +611,7 @@ export function gemmF16(
   x: usize, w: usize, bias: usize, y: usize, M: i32, N: i32, K: i32, ldy: i32, acc: i32, scratch: usize,
   xs: i32, t: i32, nt: i32,
 ): void {
-  const n0 = share(N, t, nt, 4), n1 = share(N, t + 1, nt, 4);
+  const n0 = share(N, t, nt, COLUMNS), n1 = share(N, t + 1, nt, COLUMNS);
   if (n0 >= n1) return;
   x += <usize>t * <usize>xs;
   const panel = scratch + <usize>t * (<usize>K << 4);
@@ -711,36 +760,40 @@ function quantizeRow(x: usize, K: i32, q: usize): f32 {
 }
 
 /**
- * Three weight rows (from w0, stride K bytes) against one quantized row q; outputs at y (rows n..n + 2).
+ * One group of three weight rows against one quantized row q; outputs at y (rows n..n + 2). The group is
+ * stored interleaved (16 bytes of row n, of n + 1, of n + 2, then the next 16 of each: int8Group), so the
+ * tile reads one sequential run of bytes: three row-major rows read side by side streamed ~9.5 GB/s from
+ * memory on a zen4 core, the interleaved group 22-24 (decoding is bound by it).
  * Three rows: nine accumulators, three digit vectors and a weight vector fit x64's 16 vector registers
  * (four rows spill, and ran 1.4x slower).
  */
 function tileI8x3(
-  w0: usize, K: i32, q: usize, sx: f32, n: i32, scales: usize, sums: usize, bias: usize, y: usize, acc: i32,
+  g: usize, K: i32, q: usize, sx: f32, n: i32, scales: usize, sums: usize, bias: usize, y: usize, acc: i32,
 ): void {
-  const w1 = w0 + <usize>K, w2 = w1 + <usize>K;
   const K16 = (K + 15) & ~15;
   let t0: i64 = 0, t1: i64 = 0, t2: i64 = 0;
+  let wp = g;
   for (let kb = 0; kb < K16; kb += INT_BLOCK) {
     const ke = min(kb + INT_BLOCK, K16);
     let a0 = i32x4.splat(0), b0 = i32x4.splat(0), c0 = i32x4.splat(0);
     let a1 = i32x4.splat(0), b1 = i32x4.splat(0), c1 = i32x4.splat(0);
     let a2 = i32x4.splat(0), b2 = i32x4.splat(0), c2 = i32x4.splat(0);
     for (let k = kb; k < ke; k += 16) {
-      const o = <usize>k, qk = q + o * 3;
+      const qk = q + <usize>k * 3;
       const d2 = v128.load(qk), d1 = v128.load(qk, 16), d0 = v128.load(qk, 32);
-      const v0 = v128.load(w0 + o);
+      const v0 = v128.load(wp);
       a0 = dotDigits(v0, d2, a0);
       b0 = dotDigits(v0, d1, b0);
       c0 = dotDigits(v0, d0, c0);
-      const v1 = v128.load(w1 + o);
+      const v1 = v128.load(wp, 16);
       a1 = dotDigits(v1, d2, a1);
       b1 = dotDigits(v1, d1, b1);
       c1 = dotDigits(v1, d0, c1);
-      const v2 = v128.load(w2 + o);
+      const v2 = v128.load(wp, 32);
       a2 = dotDigits(v2, d2, a2);
       b2 = dotDigits(v2, d1, b2);
       c2 = dotDigits(v2, d0, c2);
+      wp += 48;
     }
     t0 += digitsTotal(a0, b0, c0);
     t1 += digitsTotal(a1, b1, c1);
@@ -751,7 +804,30 @@ function tileI8x3(
   finishI8(t2, n + 2, sx, scales, sums, bias, y + 8, acc);
 }
 
-/** One weight row against one quantized row: the same integers as a row of tileI8x3. */
+/**
+ * Where int8 row n's storage starts: rows in groups of three interleaved by 16 bytes (a group takes 3 K16
+ * bytes, K16 = K rounded up to 16, zero past K), then the last N mod 3 rows one after another, K16 bytes
+ * each; so a group (n a multiple of 3) or a last row starts at n x K16 (wasm/weights.ts lays it out).
+ */
+@inline function int8Group(w: usize, n: i32, K16: i32): usize {
+  return w + <usize>n * <usize>K16;
+}
+
+/** Row n of an int8 matrix [N, K] (int8Group's layout) as K floats at dst. */
+function int8RowToFloats(w: usize, n: i32, N: i32, K: i32, dst: usize): void {
+  const K16 = (K + 15) & ~15, first = n - n % 3;
+  if (first + 3 > N) {
+    bytesToFloats(int8Group(w, n, K16), dst, K);
+    return;
+  }
+  // A row of a group: its 16 bytes of each 48.
+  const src = int8Group(w, first, K16) + <usize>((n - first) << 4);
+  const K16full = K & ~15;
+  for (let k = 0; k < K16full; k += 16) bytesToFloats(src + <usize>k * 3, dst + (<usize>k << 2), 16);
+  if (K16full < K) bytesToFloats(src + <usize>K16full * 3, dst + (<usize>K16full << 2), K - K16full);
+}
+
+/** One weight row (K16 bytes, one of the last N mod 3) against one quantized row: the integers of tileI8x3. */
 function rowI8(
   w0: usize, K: i32, q: usize, sx: f32, n: i32, scales: usize, sums: usize, bias: usize, y: usize, acc: i32,
 ): void {
@@ -773,20 +849,22 @@ function rowI8(
 
 /**
  * y[m, n] (+)= s_w[n] s_x[m] (w[n, :] . x_q[m, :]) (+ bias[n]) for thread t's share of n: int8 weights
- * [N, K] (one scale per row, and the row's sum in sums[n]; rows readable 16 bytes past their end), each
- * input row quantized (quantizeRow) into the chunk's scratch (at scratch + t x scratchStride: Q_ROWS
- * scales, then Q_ROWS rows of 3 x K16 bytes), Q_ROWS rows at a time. Every output is an exact integer
- * dot product scaled once, so it is the same whatever the thread split and on either kernel module.
+ * [N, K] in groups of three rows interleaved by 16 bytes (int8Group; one scale per row, and the row's sum in
+ * sums[n]), each input row quantized (quantizeRow) into the chunk's scratch (at scratch + t x scratchStride:
+ * Q_ROWS scales, then Q_ROWS rows of 3 x K16 bytes), Q_ROWS rows at a time. Shares start on a group (COLUMNS). Every
+ * output is an exact integer dot product scaled once, so it is the same whatever the thread split and on
+ * either kernel module.
  */
 export function gemmI8(
   x: usize, w: usize, scales: usize, sums: usize, bias: usize, y: usize, M: i32, N: i32, K: i32, ldy: i32,
   acc: i32, scratch: usize, scratchStride: i32, xs: i32, t: i32, nt: i32,
 ): void {
-  const n0 = share(N, t, nt, 4), n1 = share(N, t + 1, nt, 4);
+  const n0 = share(N, t, nt, COLUMNS), n1 = share(N, t + 1, nt, COLUMNS);
   if (n0 >= n1) return;
   x += <usize>t * <usize>xs;
   const base = scratch + <usize>t * <usize>scratchStride, qs = base + (<usize>Q_ROWS << 2);
-  const rb = <usize>((K + 15) & ~15) * 3, ks = <usize>K << 2, ys = <usize>ldy << 2;
+  const K16 = (K + 15) & ~15;
+  const rb = <usize>K16 * 3, ks = <usize>K << 2, ys = <usize>ldy << 2;
   for (let mb = 0; mb < M; mb += Q_ROWS) {
     const me = min(mb + Q_ROWS, M);
     for (let m = mb; m < me; m++) {
@@ -794,16 +872,16 @@ export function gemmI8(
     }
     let n = n0;
     for (; n + 3 <= n1; n += 3) {
-      const wn = w + <usize>n * <usize>K;
+      const g = int8Group(w, n, K16);
       for (let m = mb; m < me; m++) {
         const sx = load<f32>(base + (<usize>(m - mb) << 2));
-        tileI8x3(wn, K, qs + <usize>(m - mb) * rb, sx, n, scales, sums, bias, y + <usize>m * ys + (<usize>n << 2), acc);
+        tileI8x3(g, K, qs + <usize>(m - mb) * rb, sx, n, scales, sums, bias, y + <usize>m * ys + (<usize>n << 2), acc);
       }
     }
     for (; n < n1; n++) {
       for (let m = mb; m < me; m++) {
         const sx = load<f32>(base + (<usize>(m - mb) << 2));
-        rowI8(w + <usize>n * <usize>K, K, qs + <usize>(m - mb) * rb, sx, n, scales, sums, bias, y + <usize>m * ys + (<usize>n << 2), acc);
+        rowI8(int8Group(w, n, K16), K, qs + <usize>(m - mb) * rb, sx, n, scales, sums, bias, y + <usize>m * ys + (<usize>n << 2), acc);
       }
     }
   }
@@ -845,7 +923,7 @@ export function rmsNorm(
 
 /** gate[m, n] = silu(gate[m, n]) x up[m, n] for thread t's share of n (the same split as gemm's). */
 export function siluMul(gate: usize, up: usize, M: i32, N: i32, t: i32, nt: i32): void {
-  const n0 = share(N, t, nt, 4), n1 = share(N, t + 1, nt, 4);
+  const n0 = share(N, t, nt, COLUMNS), n1 = share(N, t + 1, nt, COLUMNS);
   for (let m = 0; m < M; m++) {
     const row = <usize>m * (<usize>N << 2);
     let n = n0;
@@ -865,10 +943,10 @@ export function siluMul(gate: usize, up: usize, M: i32, N: i32, t: i32, nt: i32)
 
 /**
  * Gathers token embeddings into x rows, the share of M rows; the table [vocab, D] is f32 (format 0),
- * f16 (1) or int8 with a scale per row (2).
+ * f16 (1) or int8 with a scale per row (2), its rows in interleaved groups of three (see int8Group).
  */
 export function embed(
-  table: usize, format: i32, scales: usize, tokens: usize, x: usize, M: i32, D: i32, t: i32, nt: i32,
+  table: usize, format: i32, scales: usize, tokens: usize, x: usize, M: i32, D: i32, vocab: i32, t: i32, nt: i32,
 ): void {
   const m0 = share(M, t, nt, 1), m1 = share(M, t + 1, nt, 1);
   for (let m = m0; m < m1; m++) {
@@ -876,7 +954,7 @@ export function embed(
     const dst = x + <usize>m * (<usize>D << 2);
     if (format == 1) halvesToFloats(table + tok * (<usize>D << 1), dst, D);
     else if (format == 2) {
-      bytesToFloats(table + tok * <usize>D, dst, D);
+      int8RowToFloats(table, <i32>tok, vocab, D, dst);
       const s = load<f32>(scales + (tok << 2));
       for (let i = 0; i < D; i++) store<f32>(dst + (<usize>i << 2), load<f32>(dst + (<usize>i << 2)) * s);
     } else memory.copy(dst, table + tok * (<usize>D << 2), <usize>D << 2);
@@ -1495,6 +1573,175 @@ export function keyNorms(
         ss += v * v;
       }
       store<f32>(out + ((<usize>s * <usize>promptLength + <usize>p) << 2), <f32>Math.sqrt(ss));
+    }
+  }
+}
+
+// ---- q8_0 GEMM: ggml's blocks of 32 int8 weights, a scale each ------------------------------
+//
+// Weights [N, K], K a multiple of 32, in 3-row groups: rows 3g..3g+2 interleaved 16 bytes at a time (row
+// 0's bytes 0..15, row 1's, row 2's, then bytes 16..31 of each, ...), so a 3-row tile streams one run of
+// bytes; a group is 3K bytes, and the last N mod 3 rows follow row-major. The block scales (f32 holding
+// ggml's f16 values) are in their own array in the same order: group g's block b of row r at
+// 3g KB + 3b + r (KB = K / 32), a last row n's block b at n KB + b. Each row also has an f64 offset term,
+// 2^20 sum_b d_b (sum of block b's weights), which takes the activations' offset back out.
+//
+// Activations are quantized as for gemmI8 (quantizeRow: x' = x_q + 2^20 in three 7-bit digits). Per row
+// and block, each i32 lane sums 4 bytes of each of the block's two 16-byte halves (8 products per digit,
+// |sum| <= 8 x 128 x 127 = 130,048) and the digits are combined in the lane, a2 2^14 + (a1 2^7 + a0), at
+// most 130,048 x 16,513 = 2,147,482,624 < 2^31 (each part less): exact in i32. Lanes 0 + 2 and 1 + 3 are summed in f64
+// (exact, < 2^32) and multiplied by the block scale (exact: 32-bit integer x 11-bit f16 significand), then
+// added to the row's f64 accumulator, blocks in order: the one rounding per block is an f64 add in a fixed
+// order, so the output is the same bits whatever the thread split and on either kernel module (whose
+// lanes hold the same bytes: dotQ8).
+
+/** acc + the dot products of 16 int8 weights and 16 digits; lane j sums bytes 4j..4j+3 on both modules. */
+@inline function dotQ8(w: v128, d: v128, acc: v128): v128 {
+  if (ASC_FEATURE_RELAXED_SIMD) return i32x4.relaxed_dot_i8x16_i7x16_add_s(w, d, acc);
+  const lo = i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_s(w), i16x8.extend_low_i8x16_u(d));
+  const hi = i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_s(w), i16x8.extend_high_i8x16_u(d));
+  // lo = byte pairs (0,1) (2,3) (4,5) (6,7), hi = (8,9) ... (14,15): pairs of pairs are relaxed SIMD's lanes.
+  return i32x4.add(acc, i32x4.add(v128.shuffle<i32>(lo, hi, 0, 2, 4, 6), v128.shuffle<i32>(lo, hi, 1, 3, 5, 7)));
+}
+
+/**
+ * One row's block of 32 (halves wa, wb) against the block's six digit vectors: x'-products per lane. The
+ * digits accumulate apart and combine in a tree (a Horner chain through the dot products' accumulator
+ * saved two adds but ran 0.67x of this: the chain's latency).
+ */
+@inline function blockQ8(
+  wa: v128, wb: v128, d2a: v128, d1a: v128, d0a: v128, d2b: v128, d1b: v128, d0b: v128,
+): v128 {
+  const z = i32x4.splat(0);
+  const a2 = dotQ8(wb, d2b, dotQ8(wa, d2a, z)), a1 = dotQ8(wb, d1b, dotQ8(wa, d1a, z));
+  const a0 = dotQ8(wb, d0b, dotQ8(wa, d0a, z));
+  return i32x4.add(i32x4.shl(a2, 14), i32x4.add(i32x4.shl(a1, 7), a0));
+}
+
+/**
+ * acc + (lanes 0 + 2, lanes 1 + 3) x d (d splat in both f64 lanes): every step exact but the add to acc,
+ * so fused (relaxed SIMD) or not, the same bits.
+ */
+@inline function scaleQ8(lanes: v128, d: v128, acc: v128): v128 {
+  const s = f64x2.add(
+    f64x2.convert_low_i32x4_s(lanes),
+    f64x2.convert_low_i32x4_s(v128.shuffle<i32>(lanes, lanes, 2, 3, 2, 3)),
+  );
+  if (ASC_FEATURE_RELAXED_SIMD) return f64x2.relaxed_madd(s, d, acc);
+  else return f64x2.add(acc, f64x2.mul(s, d));
+}
+
+/** y = ((acc lane 0 + lane 1) - offset of row n) x s_x (+ bias) (+ y). */
+@inline function finishQ8(
+  a: v128, n: i32, sx: f32, offs: usize, bias: usize, y: usize, acc: i32,
+): void {
+  const total = (f64x2.extract_lane(a, 0) + f64x2.extract_lane(a, 1)) - load<f64>(offs + (<usize>n << 3));
+  let r = <f32>(total * <f64>sx);
+  if (bias) r += load<f32>(bias + (<usize>n << 2));
+  if (acc) r += load<f32>(y);
+  store<f32>(y, r);
+}
+
+/** A 3-row group (at g, its scales at s) against one quantized row q; outputs rows n..n + 2 at y. */
+function tileQ8x3(
+  g: usize, s: usize, KB: i32, q: usize, sx: f32, n: i32, offs: usize, bias: usize, y: usize, acc: i32,
+): void {
+  let a0 = f64x2.splat(0), a1 = f64x2.splat(0), a2 = f64x2.splat(0);
+  for (let b = 0; b < KB; b++) {
+    const o = <usize>b * 96, qb = q + o, wb = g + o, sb = s + <usize>b * 12;
+    const d2a = v128.load(qb), d1a = v128.load(qb, 16), d0a = v128.load(qb, 32);
+    const d2b = v128.load(qb, 48), d1b = v128.load(qb, 64), d0b = v128.load(qb, 80);
+    // The three rows' scales: one 8-byte load widened to f64 for rows 0 and 1, row 2's alone.
+    const d01 = f64x2.promote_low_f32x4(v128.load64_zero(sb)), d2 = f64x2.splat(<f64>load<f32>(sb, 8));
+    const s0 = v128.shuffle<i64>(d01, d01, 0, 0), s1 = v128.shuffle<i64>(d01, d01, 1, 1);
+    a0 = scaleQ8(blockQ8(v128.load(wb), v128.load(wb, 48), d2a, d1a, d0a, d2b, d1b, d0b), s0, a0);
+    a1 = scaleQ8(blockQ8(v128.load(wb, 16), v128.load(wb, 64), d2a, d1a, d0a, d2b, d1b, d0b), s1, a1);
+    a2 = scaleQ8(blockQ8(v128.load(wb, 32), v128.load(wb, 80), d2a, d1a, d0a, d2b, d1b, d0b), d2, a2);
+  }
+  finishQ8(a0, n, sx, offs, bias, y, acc);
+  finishQ8(a1, n + 1, sx, offs, bias, y + 4, acc);
+  finishQ8(a2, n + 2, sx, offs, bias, y + 8, acc);
+}
+
+/** One of the last N mod 3 rows (row-major at r, its scales at s) against one quantized row: a tile row's arithmetic. */
+function rowQ8(
+  r: usize, s: usize, KB: i32, q: usize, sx: f32, n: i32, offs: usize, bias: usize, y: usize, acc: i32,
+): void {
+  let a = f64x2.splat(0);
+  for (let b = 0; b < KB; b++) {
+    const qb = q + <usize>b * 96, wb = r + <usize>b * 32;
+    const lanes = blockQ8(
+      v128.load(wb),
+      v128.load(wb, 16),
+      v128.load(qb),
+      v128.load(qb, 16),
+      v128.load(qb, 32),
+      v128.load(qb, 48),
+      v128.load(qb, 64),
+      v128.load(qb, 80),
+    );
+    a = scaleQ8(lanes, f64x2.splat(<f64>load<f32>(s + (<usize>b << 2))), a);
+  }
+  finishQ8(a, n, sx, offs, bias, y, acc);
+}
+
+/**
+ * y[m, n] (+)= s_x[m] sum_b d[n, b] (w[n, b] . x_q[m, b]) (+ bias[n]) for thread t's share of n: q8_0 weights
+ * (layout above), the input rows quantized as in gemmI8 into the chunk's scratch (scratch + t x
+ * scratchStride: Q_ROWS scales, then Q_ROWS rows of 3K bytes). The share is gemmI8's and siluMul's: it
+ * starts on a multiple of COLUMNS, a multiple of 3, so it holds whole groups.
+ */
+export function gemmQ8(
+  x: usize, w: usize, scales: usize, offs: usize, bias: usize, y: usize, M: i32, N: i32, K: i32, ldy: i32,
+  acc: i32, scratch: usize, scratchStride: i32, xs: i32, t: i32, nt: i32,
+): void {
+  const n0 = share(N, t, nt, COLUMNS), n1 = share(N, t + 1, nt, COLUMNS);
+  if (n0 >= n1) return;
+  x += <usize>t * <usize>xs;
+  const base = scratch + <usize>t * <usize>scratchStride, qs = base + (<usize>Q_ROWS << 2);
+  const rb = <usize>K * 3, ks = <usize>K << 2, ys = <usize>ldy << 2, KB = K >> 5;
+  const grouped = min(n1, N - N % 3);
+  for (let mb = 0; mb < M; mb += Q_ROWS) {
+    const me = min(mb + Q_ROWS, M);
+    for (let m = mb; m < me; m++) {
+      store<f32>(base + (<usize>(m - mb) << 2), quantizeRow(x + <usize>m * ks, K, qs + <usize>(m - mb) * rb));
+    }
+    // Each group (3K bytes) stays in L1 while the block's input rows pass over it.
+    for (let n = n0; n < n1;) {
+      const three = n < grouped;
+      const g = w + <usize>n * <usize>K, s = scales + ((<usize>n * <usize>KB) << 2);
+      for (let m = mb; m < me; m++) {
+        const sx = load<f32>(base + (<usize>(m - mb) << 2)), qm = qs + <usize>(m - mb) * rb;
+        const yn = y + <usize>m * ys + (<usize>n << 2);
+        if (three) tileQ8x3(g, s, KB, qm, sx, n, offs, bias, yn, acc);
+        else rowQ8(g, s, KB, qm, sx, n, offs, bias, yn, acc);
+      }
+      n += three ? 3 : 1;
+    }
+  }
+}
+
+/** Gathers token embeddings from a q8_0 table [N, D] (layout above): each value q x d, exact in f32. */
+export function embedQ8(
+  table: usize, scales: usize, tokens: usize, x: usize, M: i32, D: i32, N: i32, t: i32, nt: i32,
+): void {
+  const m0 = share(M, t, nt, 1), m1 = share(M, t + 1, nt, 1);
+  const N3 = N - N % 3, KB = D >> 5;
+  for (let m = m0; m < m1; m++) {
+    const tok = load<i32>(tokens + (<usize>m << 2));
+    const r = tok % 3, g = tok - r, grouped = tok < N3;
+    const at = grouped ? table + <usize>g * <usize>D + (<usize>r << 4) : table + <usize>tok * <usize>D;
+    const ws: usize = grouped ? 48 : 16, ss: usize = grouped ? 12 : 4;
+    const s = scales + ((grouped ? <usize>g * <usize>KB + <usize>r : <usize>tok * <usize>KB) << 2);
+    const dst = x + <usize>m * (<usize>D << 2);
+    for (let c = 0; c < (D >> 4); c++) {
+      const d = f32x4.splat(load<f32>(s + <usize>(c >> 1) * ss));
+      const v = v128.load(at + <usize>c * ws);
+      const lo = i16x8.extend_low_i8x16_s(v), hi = i16x8.extend_high_i8x16_s(v), o = dst + (<usize>c << 6);
+      v128.store(o, f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(lo)), d));
+      v128.store(o, f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(lo)), d), 16);
+      v128.store(o, f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(hi)), d), 32);
+      v128.store(o, f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(hi)), d), 48);
     }
   }
 }
