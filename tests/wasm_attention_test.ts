@@ -2,7 +2,7 @@
  * The wasm `attention` kernel against a float64 brute force written here: softmax(scale x q . k) . v for
  * each query head over its KV head's entries, M new rows (1: decoding, every query head of a GQA group in
  * one pass, attendGroup; 2 and 3: the row pairs of prefill) seeing the entries cached before them and
- * themselves. GQA groups of 1, 2, 3, 4 and 7 query heads per KV head, head sizes 64, 20 (a multiple of 4
+ * themselves. GQA groups of 1, 2, 3, 4, 7 and 8 query heads per KV head, head sizes 64, 20 (a multiple of 4
  * but not of 16: the 4-float column blocks) and 6 (not a multiple of 4: the scalar path), 1 to 600
  * entries. The bits must not depend on the split over threads (1, 3, 8), nor on what the scratch held
  * (NaN before every call). With `mass`, each head's attention summed per cached position is checked too.
@@ -40,7 +40,7 @@ interface Case {
 }
 
 const CASES: Case[] = [];
-for (const group of [1, 2, 3, 4, 7]) {
+for (const group of [1, 2, 3, 4, 7, 8]) {
   for (const hd of [64, 20, 6]) {
     for (const n of [1, 3, 4, 5, 17, 600]) {
       for (const M of [1, 2, 3]) if (M <= n && (M === 1 || hd !== 20)) CASES.push({ group, hd, n, M });
