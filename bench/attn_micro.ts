@@ -9,7 +9,10 @@
  * the entries come from memory, not from a cache level, as in a whole model's decoding (whose weights
  * stream through the caches between two layers' attention).
  *
- *   deno run -A bench/attn_micro.ts [--ctx 512] [--rounds 7] [--cold] [--base /tmp/main_kernels.wasm]
+ * `--rows M` times M new rows instead of one (a prefill chunk: the last M of the --ctx entries), ms per
+ * call of the 12 layers.
+ *
+ *   deno run -A bench/attn_micro.ts [--ctx 512] [--rows 1] [--rounds 7] [--cold] [--base FILE.wasm]
  *     [--this FILE.wasm (instead of this tree's kernels)]
  *
  * Load-proof: instructions per token = the difference of two callgrind runs (0 and 2 rounds) / (2 x tokens
@@ -23,23 +26,23 @@ const args = Deno.args;
 const arg = (name: string) => (args.includes(name) ? args[args.indexOf(name) + 1] : undefined);
 const ctx = Number(arg("--ctx") ?? 512), rounds = Number(arg("--rounds") ?? 7), base = arg("--base");
 const layers = 12, nHeads = Number(arg("--heads") ?? 12), nKv = Number(arg("--kv") ?? 4);
-const hd = Number(arg("--hd") ?? 64);
+const hd = Number(arg("--hd") ?? 64), M = Number(arg("--rows") ?? 1);
 const copies = args.includes("--cold") ? 4 : 1;
 const cap = ctx + 1, slots = copies * layers * nKv, qw = nHeads * hd;
 
 const arena = new Arena(CONTROL_BYTES);
 const f32 = (n: number) => arena.alloc(n * 4);
 const keys = f32(slots * cap * hd), values = f32(slots * cap * hd), positions = f32(slots * cap);
-const counts = f32(slots), q = f32(qw), out = f32(qw), scratch = f32(Math.max(2, nHeads / nKv) * cap);
+const counts = f32(slots), q = f32(M * qw), out = f32(M * qw), scratch = f32(2 * (nHeads / nKv) * cap);
 let s = 12345;
 const rnd = () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 31 - 1);
 const mem = () => arena.f32;
 for (let i = 0; i < slots * cap * hd; i++) mem()[keys / 4 + i] = rnd();
 for (let i = 0; i < slots * cap * hd; i++) mem()[values / 4 + i] = rnd();
-for (let i = 0; i < qw; i++) mem()[q / 4 + i] = rnd();
+for (let i = 0; i < M * qw; i++) mem()[q / 4 + i] = rnd();
 const i32 = () => new Int32Array(arena.memory.buffer);
 for (let sl = 0; sl < slots; sl++) {
-  i32()[counts / 4 + sl] = ctx - 1; // the new row makes ctx entries
+  i32()[counts / 4 + sl] = ctx - M; // the new rows make ctx entries
   for (let j = 0; j < cap; j++) i32()[positions / 4 + sl * cap + j] = j;
 }
 
@@ -58,7 +61,7 @@ function token(k: Kernels) {
     k.attention(
       q,
       out,
-      1,
+      M,
       nHeads,
       nKv,
       hd,
@@ -82,7 +85,7 @@ function time(k: Kernels, n: number): number {
   for (let i = 0; i < n; i++) token(k);
   return (performance.now() - t0) / n;
 }
-const n = Math.max(20, Math.round(20000 / ctx));
+const n = Math.max(M > 1 ? 3 : 20, Math.round(20000 / ctx / M));
 console.log(`${n} tokens per round`);
 time(mine, n);
 if (other) time(other, n);
