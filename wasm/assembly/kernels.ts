@@ -8,13 +8,15 @@
 
 // ---- partitioning --------------------------------------------------------------------------
 
-/** Start of thread t's share of n items, in whole groups of `align`. */
 /**
- * Where the GEMMs' and siluMul's shares of the output columns start: a multiple of 4 (f32 tiles, siluMul's
- * vectors) and of 3 (int8's groups of three rows), so that chunk t's siluMul reads exactly the gate and up
- * columns chunk t's GEMMs wrote in the same dispatch.
+ * Where the GEMMs' and siluMul's shares of the output columns start: a multiple of 8 (f32 prefill's packed
+ * panels, so no share ends in a part panel), of 4 (siluMul's vectors) and of 3 (int8's and q8_0's groups of
+ * three rows), so that chunk t's siluMul reads exactly the gate and up columns chunk t's GEMMs wrote in the
+ * same dispatch.
  */
-const COLUMNS: i32 = 12;
+const COLUMNS: i32 = 24;
+
+/** Start of thread t's share of n items, in whole groups of `align`. */
 
 @inline function share(n: i32, t: i32, nt: i32, align: i32): i32 {
   const groups = (n + align - 1) / align;
