@@ -310,13 +310,15 @@ Deno.test({
 
 Deno.test({
   ...opts,
-  name: "wasm q8_0: a GGUF Q8_0 model runs as the reference runs the file's dequantized values (1e-3)",
+  name:
+    "wasm q8_0: a GGUF Q8_0 model runs as q8_0 by default, as the reference runs its dequantized values (1e-3)",
   fn: async () => {
     const src = fixtureWeights("llama3");
     const bytes = writeGguf(src, syntheticVocab(src.config.vocabSize), { tensorType: "q8_0" });
     const w = (await parseGgufBytes(bytes, "q8.gguf")).weights;
-    const x = await WasmExecutor.create(w, { threads: 2, weightFormat: "q8_0", parallelMinWork: 0 });
+    const x = await WasmExecutor.create(w, { threads: 2, parallelMinWork: 0 }); // "auto": the file's Q8_0
     try {
+      assertEquals(x.weights.format, "q8_0", "auto runs a Q8_0 file's layers as stored");
       const toks = [1, ...Array.from({ length: 40 }, (_, i) => (i * 37 + 11) % w.config.vocabSize)];
       const ref = await new CpuExecutor(w).createSession(64).forward({ kind: "tokens", tokens: toks }, {
         logits: "all",

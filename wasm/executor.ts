@@ -19,7 +19,7 @@ import {
   resolveKernels,
   unsupportedReason,
 } from "./kernels.ts";
-import { chunksFor, ThreadPool } from "./pool.ts";
+import { chunksFor, type Job, ThreadPool } from "./pool.ts";
 import { CONTROL_BYTES } from "./pool_protocol.ts";
 import { WasmSession } from "./session.ts";
 import { checkFits, resolveWeightFormat, uploadWeights, type WasmWeights } from "./weights.ts";
@@ -111,6 +111,11 @@ export class WasmExecutor implements Executor {
 
   get threads(): number {
     return this.pool.threads;
+  }
+
+  /** Calls `observer` with every dispatch's jobs and wall time from now on (null: stop); for profiling. */
+  observeDispatches(observer: ((jobs: Job[], ms: number) => void) | null) {
+    this.pool.observer = observer;
   }
 
   /** Kernel dispatches so far, and those split over the threads (a barrier each): the benchmarks count them. */

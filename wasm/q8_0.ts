@@ -96,6 +96,15 @@ export function q8BlockError(w: ModelWeights): JudgeQError | null {
   return null;
 }
 
+/**
+ * Whether a GGUF file gave every layer's projection matrices as Q8_0 (its embedding and LM head may be
+ * another type): "auto" then runs them as stored, a quarter of f32's bytes, rather than dequantized.
+ */
+export function storedAsQ8_0(w: ModelWeights): boolean {
+  const layers = projectionMatrices(w).filter(([name]) => name.startsWith("model.layers."));
+  return layers.length > 0 && layers.every(([name]) => w.quantized?.get(name)?.ggmlType === GGML_TYPE.Q8_0);
+}
+
 /** The GGUF file's Q8_0 matrices (ModelWeights.quantized), by the f32 array they were dequantized into. */
 export function ggufQ8Sources(w: ModelWeights): Map<Float32Array, Uint8Array> {
   const out = new Map<Float32Array, Uint8Array>();

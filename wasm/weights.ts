@@ -14,7 +14,7 @@ import {
   type WasmWeightFormat,
 } from "../core/weight_formats.ts";
 import { type Arena, MAX_BYTES } from "./arena.ts";
-import { blocksOfGguf, ggufQ8Sources, layoutQ8, q8BlockError, quantizeBlocks } from "./q8_0.ts";
+import { blocksOfGguf, ggufQ8Sources, layoutQ8, q8BlockError, quantizeBlocks, storedAsQ8_0 } from "./q8_0.ts";
 
 /**
  * Address of a matrix in the arena, and of its row scales and row sums (int8; 0 otherwise). int8 rows are
@@ -57,7 +57,8 @@ export interface WasmWeights {
 }
 
 /**
- * "auto" is f32 (the reference's arithmetic); f16 halves the weight bytes, int8 (a scale per row,
+ * "auto" is f32 (the reference's arithmetic), or q8_0 for a GGUF file whose layers are Q8_0 (run as stored,
+ * not dequantized to four times the bytes); f16 halves the weight bytes, int8 (a scale per row,
  * max |w| / 127) quarters them: decoding streams every weight once per token. q8_0 (a scale per block of
  * 32, ggml's) keeps a GGUF file's Q8_0 values as stored; its rows must be whole blocks.
  */
@@ -67,6 +68,7 @@ export function resolveWeightFormat(choice: WasmWeightChoice, w: ModelWeights): 
     throw new JudgeQError("invalid_request", `expected ${expected}, got '${choice}'`, "weights");
   }
   if (choice === "int8") return "int8";
+  if (choice === "auto" && storedAsQ8_0(w) && !q8BlockError(w)) return "q8_0";
   if (choice === "q8_0") {
     const e = q8BlockError(w);
     if (e) throw e;
