@@ -12,17 +12,13 @@
 import { Arena } from "../wasm/arena.ts";
 import { instantiate, kernelModule } from "../wasm/kernels.ts";
 import { CONTROL_BYTES } from "../wasm/pool_protocol.ts";
+import { fastestInterleaved, skewedAllocator } from "./micro_timing.ts";
 
 async function measure(M: number, N: number, K: number, baseline: WebAssembly.Module | null) {
   const arena = new Arena(CONTROL_BYTES);
   const relaxed = instantiate(await kernelModule("relaxed"), arena.memory);
   const simd = instantiate(await kernelModule("simd"), arena.memory);
-  // 4 KiB-aligned, then 320 bytes apart, so that no two buffers share L1 sets by accident.
-  let skew = 0;
-  const alloc = (bytes: number) => {
-    const at = arena.alloc(bytes + 4096 + 320 * 8);
-    return Math.ceil(at / 4096) * 4096 + 320 * (skew++ % 8);
-  };
+  const alloc = skewedAllocator(arena);
   const x = alloc(M * K * 4), wf = alloc(N * K * 4), wi = alloc(N * K + 16);
   const scales = alloc(N * 4), sums = alloc(N * 4), y = alloc(M * N * 4);
   for (let i = 0; i < M * K; i++) arena.f32[x / 4 + i] = Math.sin(i);
@@ -46,14 +42,7 @@ async function measure(M: number, N: number, K: number, baseline: WebAssembly.Mo
     const args = old.gemmF32.length === 13 ? [scratch, 0, 0, 1] : [0, 0, 1];
     kernels.push(["f32 baseline", () => old.gemmF32(x, wf, 0, y, M, N, K, N, 0, ...args)]);
   }
-  const best = kernels.map(() => Infinity);
-  for (let r = 0; r < 25; r++) {
-    kernels.forEach(([, f], i) => {
-      const t = performance.now();
-      f();
-      best[i] = Math.min(best[i], performance.now() - t);
-    });
-  }
+  const best = fastestInterleaved(kernels.map(([, f]) => f));
   return Object.fromEntries(kernels.map(([name], i) => [name, {
     ms: Math.round(best[i] * 1000) / 1000,
     gmacPerS: Math.round(M * N * K / best[i] / 1e4) / 100,

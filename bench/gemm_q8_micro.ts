@@ -10,17 +10,14 @@
 import { Arena } from "../wasm/arena.ts";
 import { instantiate, type KernelFlavor, kernelModule } from "../wasm/kernels.ts";
 import { CONTROL_BYTES } from "../wasm/pool_protocol.ts";
+import { fastestInterleaved, skewedAllocator } from "./micro_timing.ts";
 import { layoutQ8 } from "../wasm/q8_0.ts";
 
 async function measure(M: number, N: number, K: number) {
   const arena = new Arena(CONTROL_BYTES);
   const flavors: KernelFlavor[] = ["relaxed", "simd"];
   const mods = await Promise.all(flavors.map(async (f) => instantiate(await kernelModule(f), arena.memory)));
-  let skew = 0;
-  const alloc = (bytes: number) => {
-    const at = arena.alloc(bytes + 4096 + 320 * 8);
-    return Math.ceil(at / 4096) * 4096 + 320 * (skew++ % 8);
-  };
+  const alloc = skewedAllocator(arena);
   const x = alloc(M * K * 4), wi = alloc(N * K + 16), wq = alloc(N * K);
   const scales = alloc(N * 4), sums = alloc(N * 4), y = alloc(M * N * 4);
   const qs = alloc(N * K / 8), offs = alloc(N * 8);
@@ -40,14 +37,7 @@ async function measure(M: number, N: number, K: number) {
       [`q8_0 ${f}`, () => k.gemmQ8(x, wq, qs, offs, 0, y, M, N, K, N, 0, scratch, stride, 0, 0, 1)],
     ] as [string, () => void][];
   });
-  const best = kernels.map(() => Infinity);
-  for (let r = 0; r < 25; r++) {
-    kernels.forEach(([, f], i) => {
-      const t = performance.now();
-      f();
-      best[i] = Math.min(best[i], performance.now() - t);
-    });
-  }
+  const best = fastestInterleaved(kernels.map(([, f]) => f));
   const out: Record<string, unknown> = Object.fromEntries(kernels.map(([name], i) => [name, {
     ms: Math.round(best[i] * 1000) / 1000,
     gmacPerS: Math.round(M * N * K / best[i] / 1e4) / 100,

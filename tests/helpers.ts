@@ -19,6 +19,21 @@ export function assertEquals<T>(actual: T, expected: T, message = "") {
   }
 }
 
+/** A seeded generator of floats in [-1, 1) (an LCG: the kernel tests' inputs, the same on every run). */
+export function seededFloats(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    return s / 2 ** 31 - 1;
+  };
+}
+
+/** Rounds to the nearest integer, halfway cases to even (as f32x4.nearest and float32 conversions do). */
+export const roundHalfEven = (v: number): number => {
+  const f = Math.floor(v), d = v - f;
+  return d < 0.5 ? f : d > 0.5 ? f + 1 : f % 2 === 0 ? f : f + 1;
+};
+
 export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
   if (a.length !== b.length) throw new Error(`length ${a.length} != ${b.length}`);
   let m = 0;

@@ -18,18 +18,10 @@ import { Arena } from "../wasm/arena.ts";
 import { hasRelaxedSimd, instantiate, type KernelFlavor, kernelModule } from "../wasm/kernels.ts";
 import { wasmUnsupportedReason } from "../wasm/mod.ts";
 import { CONTROL_BYTES } from "../wasm/pool_protocol.ts";
-import { assert } from "./helpers.ts";
+import { assert, seededFloats } from "./helpers.ts";
 
 const why = wasmUnsupportedReason();
 const U = 2 ** -24;
-
-function random(seed: number) {
-  let s = seed >>> 0;
-  return () => {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    return s / 2 ** 31 - 1;
-  };
-}
 
 interface Case {
   group: number;
@@ -80,7 +72,7 @@ function exact(q: Float32Array, keys: Float32Array, values: Float32Array, seen: 
 async function check(flavor: KernelFlavor) {
   const arena = new Arena(CONTROL_BYTES);
   const k = instantiate(await kernelModule(flavor), arena.memory);
-  const rnd = random(23);
+  const rnd = seededFloats(23);
   const f = () => arena.f32;
   for (const { group, hd, n, M } of CASES) {
     const nKv = 2, nHeads = nKv * group, qw = nHeads * hd, cap = n + 2, splits = [1, 3, 8];

@@ -14,17 +14,9 @@ import { Arena } from "../wasm/arena.ts";
 import { hasRelaxedSimd, instantiate, type KernelFlavor, kernelModule } from "../wasm/kernels.ts";
 import { wasmUnsupportedReason } from "../wasm/mod.ts";
 import { CONTROL_BYTES } from "../wasm/pool_protocol.ts";
-import { assert } from "./helpers.ts";
+import { assert, seededFloats } from "./helpers.ts";
 
 const why = wasmUnsupportedReason();
-
-function random(seed: number) {
-  let s = seed >>> 0;
-  return () => {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    return s / 2 ** 31 - 1;
-  };
-}
 
 const SHAPES: [number, number, number][] = [
   [1, 7, 5],
@@ -47,7 +39,7 @@ const SHAPES: [number, number, number][] = [
 async function check(flavor: KernelFlavor) {
   const arena = new Arena(CONTROL_BYTES);
   const k = instantiate(await kernelModule(flavor), arena.memory);
-  const rnd = random(7);
+  const rnd = seededFloats(7);
   for (const [M, N, K] of SHAPES) {
     for (const withBias of [false, true]) {
       for (const acc of [0, 1]) {
@@ -122,7 +114,7 @@ function halves(n: number, rnd: () => number): [Uint16Array, Float32Array] {
 async function checkF16(flavor: KernelFlavor) {
   const arena = new Arena(CONTROL_BYTES);
   const k = instantiate(await kernelModule(flavor), arena.memory);
-  const rnd = random(11);
+  const rnd = seededFloats(11);
   for (const [M, N, K] of SHAPES) {
     // One spare input row: the dot path's reference runs two rows at a time.
     const x = arena.alloc((M + 1) * K * 4), w16 = arena.alloc(N * K * 2 + 16), w32 = arena.alloc(N * K * 4);

@@ -12,24 +12,10 @@ import { CONTROL_BYTES } from "../wasm/pool_protocol.ts";
 import { int8Layout } from "../wasm/weights.ts";
 import { fixtureWeights } from "../fixtures/testing.ts";
 import { JudgeQError } from "../core/errors.ts";
-import { assert, assertRejects } from "./helpers.ts";
+import { assert, assertRejects, roundHalfEven, seededFloats } from "./helpers.ts";
 
 const why = wasmUnsupportedReason();
 const opts = { ignore: why !== null, sanitizeResources: false, sanitizeOps: false };
-
-/** A seeded generator of floats in [-1, 1). */
-function random(seed: number) {
-  let s = seed >>> 0;
-  return () => {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    return s / 2 ** 31 - 1;
-  };
-}
-
-const roundHalfEven = (v: number) => {
-  const f = Math.floor(v), d = v - f;
-  return d < 0.5 ? f : d > 0.5 ? f + 1 : f % 2 === 0 ? f : f + 1;
-};
 
 /** The oracle: y[m][n] for int8 weights q [N, K] with row scales sw, inputs x [M, K], bias, previous y. */
 function oracle(
@@ -82,7 +68,7 @@ const CASES: Case[] = [
 
 /** Runs gemmI8 on one flavor over `chunks` chunks; returns y. */
 async function runGemm(flavor: KernelFlavor, c: Case, seed: number, chunks: number) {
-  const rand = random(seed), { M, N, K } = c;
+  const rand = seededFloats(seed), { M, N, K } = c;
   const x = Float32Array.from({ length: M * K }, () => rand() * 3);
   if (M > 2) x.fill(0, K, 2 * K); // an all-zero row: scale 1
   x[0] = 40; // an outlier, as activations have
@@ -182,7 +168,7 @@ Deno.test({
   name: "wasm embed kernel: every row of an int8 table (groups of three, and the rows after) is q x scale",
   fn: async () => {
     for (const [N, K] of [[8, 13], [9, 40], [7, 2051]]) {
-      const rand = random(N * K);
+      const rand = seededFloats(N * K);
       const q = Int8Array.from({ length: N * K }, () => Math.round(rand() * 127));
       const sw = Float32Array.from({ length: N }, () => Math.fround(0.01 + Math.abs(rand())));
       const arena = new Arena(CONTROL_BYTES);

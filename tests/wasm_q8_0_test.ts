@@ -28,24 +28,11 @@ import { writeGguf } from "../core/gguf/model_writer.ts";
 import { deinterleaveRows, ggufTensorName } from "../core/gguf/model_weights.ts";
 import { parseGguf, tensorBytes } from "../core/gguf/reader.ts";
 import { parseGgufBytes } from "../io/from_bytes.ts";
-import { assert, assertEquals, assertRejects } from "./helpers.ts";
+import { assert, assertEquals, assertRejects, roundHalfEven, seededFloats } from "./helpers.ts";
 
 const why = wasmUnsupportedReason();
 const opts = { ignore: why !== null, sanitizeResources: false, sanitizeOps: false };
 
-/** A seeded generator of floats in [-1, 1). */
-function random(seed: number) {
-  let s = seed >>> 0;
-  return () => {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    return s / 2 ** 31 - 1;
-  };
-}
-
-const roundHalfEven = (v: number) => {
-  const f = Math.floor(v), d = v - f;
-  return d < 0.5 ? f : d > 0.5 ? f + 1 : f % 2 === 0 ? f : f + 1;
-};
 const QMAX = 2 ** 20 - 1;
 
 /** An input row quantized as documented (kernels.ts, quantizeRow): its scale and integers. */
@@ -95,7 +82,7 @@ function halfScales(rand: () => number, count: number, lo: number, hi: number): 
 type Scales = "exact" | "wide" | "cancel";
 
 async function runGemm(flavor: KernelFlavor, c: Case, seed: number, chunks: number, scales: Scales) {
-  const rand = random(seed), { M, N, K } = c, kb = K / Q8_BLOCK;
+  const rand = seededFloats(seed), { M, N, K } = c, kb = K / Q8_BLOCK;
   const x = Float32Array.from({ length: M * K }, () => rand() * 3);
   if (M > 2) x.fill(0, K, 2 * K); // an all-zero row: scale 1
   x[0] = 40; // an outlier, as activations have
