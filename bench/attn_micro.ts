@@ -21,6 +21,7 @@
 import { Arena } from "../wasm/arena.ts";
 import { instantiate, kernelModule, type Kernels } from "../wasm/kernels.ts";
 import { CONTROL_BYTES } from "../wasm/pool_protocol.ts";
+import { median } from "../core/percentile.ts";
 
 const args = Deno.args;
 const arg = (name: string) => (args.includes(name) ? args[args.indexOf(name) + 1] : undefined);
@@ -90,7 +91,6 @@ console.log(`${n} tokens per round`);
 time(mine, n);
 if (other) time(other, n);
 const ratios: number[] = [];
-const median = (a: number[]) => [...a].sort((x, y) => x - y)[a.length >> 1];
 const mineMs: number[] = [], baseMs: number[] = [];
 for (let r = 0; r < rounds; r++) {
   const b = other ? time(other, n) : NaN, m = time(mine, n);

@@ -18,7 +18,7 @@ import { generateText, type Model } from "../core/engine.ts";
 import { parseFlags, threadsFlag, usage, UsageError } from "../io/flags.ts";
 import { loadModel } from "../io/runtime.ts";
 import { BatchScheduler } from "../server/batch_scheduler.ts";
-import { percentile } from "../core/percentile.ts";
+import { median, percentile } from "../core/percentile.ts";
 import {
   BENCH_FORMATS,
   BENCH_MODELS,
@@ -61,8 +61,6 @@ const SPEC = {
 const PASSAGES = 4;
 /** Alternating runs of one stream without and with the scheduler. */
 const PAIRS = 3;
-
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 export interface Level {
   streams: number;

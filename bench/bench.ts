@@ -35,6 +35,7 @@ import { parseFlags, usage, UsageError } from "../io/flags.ts";
 import { benchFastCpu, type FastCpuResult } from "./fast_cpu.ts";
 import { type LlamaCppMeasurement, measureLlamaCpp } from "./llamacpp.ts";
 import { checkThreads, defaultThreads } from "../wasm/mod.ts";
+import { median } from "../core/percentile.ts";
 
 const SPEC = {
   json: { kind: "boolean", help: "print one JSON object (progress goes to stderr)" },
@@ -171,10 +172,6 @@ async function timeDecode(
 }
 
 const round = (x: number, d = 2) => Math.round(x * 10 ** d) / 10 ** d;
-const median = (xs: number[]) => {
-  const a = [...xs].sort((x, y) => x - y), m = a.length >> 1;
-  return a.length % 2 ? a[m] : (a[m - 1] + a[m]) / 2;
-};
 /** The run with the median tokens/s, annotated with the spread of all runs (min, max, count). */
 function summarize(runs: DecodeRun[]) {
   const tps = runs.map((r) => r.tokensPerSecond);

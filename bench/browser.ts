@@ -24,6 +24,7 @@ import { parseFlags, usage, UsageError } from "../io/flags.ts";
 import { buildBundle } from "../web/build.ts";
 import { ISOLATION } from "../web/serve_static.ts";
 import { encodeGgufF32, vocabFromTokenizerJson } from "./gguf.ts";
+import { median } from "../core/percentile.ts";
 
 const WLLAMA_VERSION = "3.8.1";
 const WLLAMA_DIR = new URL("../.cache/wllama/", import.meta.url).pathname;
@@ -120,10 +121,6 @@ interface Run {
 }
 
 const label = (g: GgufType) => (g === "f32" ? "F32" : "Q8_0");
-const median = (xs: number[]) => {
-  const a = [...xs].sort((x, y) => x - y), m = a.length >> 1;
-  return a.length % 2 ? a[m] : (a[m - 1] + a[m]) / 2;
-};
 const round = (x: number, d = 2) => Math.round(x * 10 ** d) / 10 ** d;
 const stats = (xs: number[]) => ({
   median: round(median(xs)),

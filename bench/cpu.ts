@@ -32,6 +32,7 @@ import { EMBEDDED_MODEL_DIR, loadModelDir } from "../io/model_dir.ts";
 import { NativeExecutor, type NativeWeightFormat } from "../native/mod.ts";
 import { WasmExecutor } from "../wasm/mod.ts";
 import { llamaCppRuns, type PeerRun } from "./llamacpp.ts";
+import { median } from "../core/percentile.ts";
 
 const ENGINES = [
   "native-f32",
@@ -114,10 +115,6 @@ const greedy = (maxTokens: number): DecodeOptions => ({
   stopTokenIds: [],
 });
 const round = (x: number, d = 1) => Math.round(x * 10 ** d) / 10 ** d;
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
 const stats = (xs: number[]) => ({
   median: round(median(xs)),
   min: round(Math.min(...xs)),

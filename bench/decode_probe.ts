@@ -13,6 +13,7 @@ import { GpuExecutor, type GpuExecutorOptions } from "../gpu/executor.ts";
 import type { GpuSession } from "../gpu/session.ts";
 import type { CacheMark } from "../core/executor.ts";
 import { fixtureWeights, loadWeightsOnly, promptTokens } from "../fixtures/testing.ts";
+import { median } from "../core/percentile.ts";
 
 const [name = "stories260K", ctxArg = "512", tokArg = "256", runsArg = "3", ...configArgs] = Deno.args;
 const ctx = Number(ctxArg), tokens = Number(tokArg), runs = Number(runsArg);
@@ -52,7 +53,6 @@ for (let i = 0; i < runs; i++) {
     p.rates.push(r.tokens.length / ((performance.now() - t) / 1000));
   }
 }
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 for (const p of probes) {
   console.log(
     `${p.config.padEnd(14)} ${median(p.rates).toFixed(2)} tok/s  runs ${

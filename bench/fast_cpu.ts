@@ -12,6 +12,7 @@ import type { ModelWeights } from "../core/weights.ts";
 import { promptTokens } from "../fixtures/testing.ts";
 import { WasmExecutor, type WasmQueryRows } from "../wasm/mod.ts";
 import type { WasmWeightFormat as WeightFormat } from "../core/weight_formats.ts";
+import { median } from "../core/percentile.ts";
 
 const greedy = (maxTokens: number): DecodeOptions => ({
   maxTokens,
@@ -19,10 +20,6 @@ const greedy = (maxTokens: number): DecodeOptions => ({
   stopTokenIds: [],
 });
 const round = (x: number, d = 2) => Math.round(x * 10 ** d) / 10 ** d;
-const median = (xs: number[]) => {
-  const a = [...xs].sort((x, y) => x - y), m = a.length >> 1;
-  return a.length % 2 ? a[m] : (a[m - 1] + a[m]) / 2;
-};
 
 export interface FastCpuContext {
   context: number;

@@ -15,6 +15,7 @@ import { softForward } from "../core/train/soft_pass.ts";
 import { EMBEDDED_MODEL_DIR, loadModelDir } from "../io/model_dir.ts";
 import { prefilled } from "../fixtures/tiny_models.ts";
 import { GpuTrainer } from "../gpu/train/trainer.ts";
+import { median } from "../core/percentile.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -48,7 +49,6 @@ t0 = performance.now();
 await trainer.gradient(one, e, "kl");
 const firstMs = performance.now() - t0;
 
-const median = (a: number[]) => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)];
 const time = async (fn: () => unknown, reps = 1) => {
   const t = performance.now();
   for (let i = 0; i < reps; i++) await fn();

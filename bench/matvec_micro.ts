@@ -7,6 +7,7 @@
  *   deno run -A bench/matvec_micro.ts [--shapes 768x2048,2048x768,768x32000] [--only name,...]
  */
 import { acquireDevice } from "../gpu/device.ts";
+import { median } from "../core/percentile.ts";
 
 const args = Deno.args;
 const arg = (name: string) => (args.includes(name) ? args[args.indexOf(name) + 1] : undefined);
@@ -313,7 +314,6 @@ async function timeRuns(pipe: GPUComputePipeline, group: GPUBindGroup, groups: n
   return performance.now() - t;
 }
 
-const median = (a: number[]) => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)];
 const ROUNDS = Number(arg("--rounds") ?? 5);
 const results: Record<string, Record<string, number>> = {};
 for (const [K, N] of shapes) {

@@ -19,6 +19,7 @@ import { parseFlags, usage, UsageError } from "../io/flags.ts";
 import { WasmExecutor } from "../wasm/mod.ts";
 import type { KernelChoice } from "../wasm/kernels.ts";
 import type { WasmWeightFormat as WeightFormat } from "../core/weight_formats.ts";
+import { median } from "../core/percentile.ts";
 
 const SPEC = {
   rounds: { kind: "string", help: "interleaved rounds (default 5)" },
@@ -57,10 +58,6 @@ interface Config {
   threads: number;
 }
 
-const median = (xs: number[]) => {
-  const a = [...xs].sort((x, y) => x - y), m = a.length >> 1;
-  return a.length % 2 ? a[m] : (a[m - 1] + a[m]) / 2;
-};
 const round = (x: number, d = 2) => Math.round(x * 10 ** d) / 10 ** d;
 const stats = (xs: number[]) => ({
   median: round(median(xs)),

@@ -5,6 +5,7 @@
  * drift from its run or be edited by hand.
  */
 import { assert, assertEquals } from "./helpers.ts";
+import { median } from "../core/percentile.ts";
 
 const root = new URL("../", import.meta.url);
 const README = await Deno.readTextFile(new URL("README.md", root));
@@ -21,10 +22,6 @@ function table(header: string): string[][] {
   return rows;
 }
 
-const median = (v: number[]) => {
-  const s = [...v].sort((a, b) => a - b), h = s.length >> 1;
-  return s.length % 2 ? s[h] : (s[h - 1] + s[h]) / 2;
-};
 /** A ratio as the README prints it: two decimals, trailing zeros kept, then x. */
 const x2 = (v: number) => `${v.toFixed(2)}x`;
 
