@@ -28,34 +28,19 @@ import {
   DEFAULT_TEXT_DIR,
   essayPrompts,
   parseList,
+  PEER_COMPARISON_FLAGS,
   tempGguf,
 } from "./batch_setup.ts";
 import { ensureLlamaCppPeer, LLAMACPP_PEER_DIR } from "./llamacpp.ts";
 
 const SPEC = {
-  model: { kind: "string", help: `${BENCH_MODELS.join(" or ")} (default llama76m)`, default: "llama76m" },
+  ...PEER_COMPARISON_FLAGS,
   formats: {
     kind: "string",
     help: "weight formats, comma-separated: f32, q8_0 (default both)",
     default: "f32,q8_0",
   },
-  threads: { kind: "int", help: "threads of both engines (default 1)", default: 1 },
-  kv: {
-    kind: "string",
-    help: "KV cache type of both engines: f16 (llama.cpp's default) or f32",
-    default: "f16",
-  },
-  levels: {
-    kind: "string",
-    help: "concurrent streams, comma-separated (default 1,4,16,32)",
-    default: "1,4,16,32",
-  },
   "prompt-tokens": { kind: "int", help: "prompt length with BOS (default 64)", default: 64 },
-  "max-tokens": { kind: "int", help: "tokens per stream (default 64)", default: 64 },
-  text: { kind: "string", help: "a folder of .txt files for the prompts (default the shared essays)" },
-  json: { kind: "boolean", help: "print one JSON object" },
-  out: { kind: "string", help: "also write the JSON to this file" },
-  help: { kind: "boolean", help: "show this help" },
 } as const;
 
 const PASSAGES = 4;

@@ -15,6 +15,30 @@ import { EMBEDDED_MODEL_DIR, loadModelDir } from "../io/model_dir.ts";
 export const BENCH_MODELS = ["llama76m", "stories260K"] as const;
 export type BenchModel = typeof BENCH_MODELS[number];
 export const BENCH_FORMATS = ["f32", "q8_0"] as const;
+
+/**
+ * The flags both comparisons with llama.cpp's batched decoding take (bench/batch_compare.ts in process,
+ * ops/loadtest_compare.ts over HTTP): the same model, threads, KV type, stream levels and lengths on both sides.
+ */
+export const PEER_COMPARISON_FLAGS = {
+  model: { kind: "string", help: `${BENCH_MODELS.join(" or ")} (default llama76m)`, default: "llama76m" },
+  threads: { kind: "int", help: "threads of both engines (default 1)", default: 1 },
+  kv: {
+    kind: "string",
+    help: "KV cache type of both engines: f16 (llama.cpp's default) or f32",
+    default: "f16",
+  },
+  levels: {
+    kind: "string",
+    help: "concurrent streams, comma-separated (default 1,4,16,32)",
+    default: "1,4,16,32",
+  },
+  "max-tokens": { kind: "int", help: "tokens per stream (default 64)", default: 64 },
+  text: { kind: "string", help: "a folder of .txt files for the prompts (default the shared essays)" },
+  json: { kind: "boolean", help: "print one JSON object" },
+  out: { kind: "string", help: "also write the JSON to this file" },
+  help: { kind: "boolean", help: "show this help" },
+} as const;
 export type BenchFormat = typeof BENCH_FORMATS[number];
 
 /** The shared essays (this repository sits beside shared/ on the bench machine); `--text DIR` elsewhere. */

@@ -21,33 +21,18 @@ import {
   DEFAULT_TEXT_DIR,
   essayTexts,
   parseList,
+  PEER_COMPARISON_FLAGS,
   tempGguf,
 } from "../bench/batch_setup.ts";
 import { readSse } from "../server/sse.ts";
 
 const SPEC = {
   compare: { kind: "boolean", help: "this comparison (the flag that chose it)" },
-  model: { kind: "string", help: `${BENCH_MODELS.join(" or ")} (default llama76m)`, default: "llama76m" },
+  ...PEER_COMPARISON_FLAGS,
   format: { kind: "string", help: "weights of both: q8_0 (default) or f32", default: "q8_0" },
-  threads: { kind: "int", help: "threads of both engines (default 1)", default: 1 },
-  kv: {
-    kind: "string",
-    help: "KV cache type of both engines: f16 (llama.cpp's default) or f32",
-    default: "f16",
-  },
-  levels: {
-    kind: "string",
-    help: "concurrent streams, comma-separated (default 1,4,16,32)",
-    default: "1,4,16,32",
-  },
   "prompt-tokens": { kind: "int", help: "prompt length with BOS, about (default 64)", default: 64 },
-  "max-tokens": { kind: "int", help: "tokens per stream (default 64)", default: 64 },
   "max-batch-tokens": { kind: "int", help: "the server's --max-batch-tokens (default 512)", default: 512 },
   "kv-cache-mb": { kind: "int", help: "the server's --kv-cache-mb (default: none)" },
-  text: { kind: "string", help: "a folder of .txt files for the prompts (default the shared essays)" },
-  json: { kind: "boolean", help: "print one JSON object" },
-  out: { kind: "string", help: "also write the JSON to this file" },
-  help: { kind: "boolean", help: "show this help" },
 } as const;
 
 const USAGE = "deno task loadtest --compare";
