@@ -8,7 +8,7 @@
  */
 import { executorFlags, parseFlags, threadsFlag, usage, UsageError } from "../io/flags.ts";
 import { type Backend, haproxyConfig } from "./haproxy.ts";
-import { freePort, SERVER_V8_FLAGS, watch } from "./processes.ts";
+import { freePort, startServer, watch } from "./processes.ts";
 import { isRedisUrl, redact } from "../server/contexts/redis.ts";
 
 const SPEC = {
@@ -119,26 +119,12 @@ export async function startCluster(o: ClusterOptions): Promise<Cluster> {
       redisUrl = `redis://127.0.0.1:${port}`;
       log(`redis-server on ${redisUrl}`);
     }
-    const main = new URL("../server/main.ts", import.meta.url).pathname;
     const replicas = await Promise.all(Array.from({ length: o.replicas }, async (_, i) => {
-      const child = new Deno.Command(Deno.execPath(), {
-        args: [
-          "run",
-          "-A",
-          ...SERVER_V8_FLAGS,
-          main,
-          "--port",
-          "0",
-          "--context-store",
-          redisUrl!,
-          ...(o.replicaArgs ?? []),
-        ],
-        stdout: "piped",
-        stderr: "piped",
-      }).spawn();
-      children.push(child);
-      const line = await watch(child, /^judgeq serving .* at http:\/\//, `replica r${i + 1}`, 120_000);
-      const url = /at (http:\/\/[^ ]+)/.exec(line)![1];
+      const { child, base: url } = await startServer(
+        ["--context-store", redisUrl!, ...(o.replicaArgs ?? [])],
+        `replica r${i + 1}`,
+        (c) => children.push(c),
+      );
       const port = Number(new URL(url).port);
       log(`replica r${i + 1} on ${url}`);
       return { name: `r${i + 1}`, port, url, child, alive: true };

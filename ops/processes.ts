@@ -1,6 +1,6 @@
 /**
- * Child processes of the service's tools (deno task cluster, deno task soak): a free loopback port, and
- * waiting for a process's ready line while its output keeps being drained.
+ * Child processes of the service's tools (deno task cluster, deno task soak): a server process on a free
+ * port, a free loopback port, and waiting for a process's ready line while its output keeps being drained.
  */
 
 /**
@@ -51,4 +51,42 @@ export function watch(
     timeoutMs,
   );
   return found.promise.finally(() => clearTimeout(timer));
+}
+
+/** A server process started by startServer: the child and the base URL it announced. */
+export interface ServerProcess {
+  child: Deno.ChildProcess;
+  base: string;
+}
+
+/**
+ * Starts `deno run -A server/main.ts --port 0 ARGS` with the server's V8 flags and resolves once it prints
+ * its ready line (within 120 s), with the URL from that line; on failure the child is killed before the
+ * error is thrown. `what` names it in errors; `spawned` hears of the child at once (a caller starting several
+ * can then stop them all when one fails).
+ */
+export async function startServer(
+  args: string[],
+  what = "the server",
+  spawned: (child: Deno.ChildProcess) => void = () => {},
+): Promise<ServerProcess> {
+  const main = new URL("../server/main.ts", import.meta.url).pathname;
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", ...SERVER_V8_FLAGS, main, "--port", "0", ...args],
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  spawned(child);
+  try {
+    const ready = await watch(child, /^judgeq serving .* at http:\/\//, what, 120_000);
+    const base = /at (http:\/\/[^ ]+)/.exec(ready)?.[1];
+    if (!base) throw new Error(`${what}: no URL in its ready line: ${ready}`);
+    return { child, base };
+  } catch (e) {
+    try {
+      child.kill("SIGKILL");
+    } catch { /* already gone */ }
+    await child.status;
+    throw e;
+  }
 }

@@ -12,7 +12,7 @@
  */
 import { mulberry32, pick, type Rng } from "../core/random.ts";
 import { executorFlag, executorFlags, parseFlags, usage, UsageError } from "../io/flags.ts";
-import { SERVER_V8_FLAGS, watch } from "./processes.ts";
+import { startServer } from "./processes.ts";
 import { readSse } from "../server/sse.ts";
 
 const SPEC = {
@@ -175,32 +175,17 @@ async function oneRequest(
 }
 
 export async function runSoak(o: SoakOptions): Promise<SoakReport> {
-  const main = new URL("../server/main.ts", import.meta.url).pathname;
-  const child = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "-A",
-      ...SERVER_V8_FLAGS,
-      main,
-      "--port",
-      "0",
-      "--executor",
-      o.executor,
-      "--context-max-mb",
-      String(o.contextMaxMb),
-      "--queue-size",
-      "256",
-      "--idle-timeout-s",
-      String(IDLE_TIMEOUT_S),
-    ],
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
+  const { child, base } = await startServer([
+    "--executor",
+    o.executor,
+    "--context-max-mb",
+    String(o.contextMaxMb),
+    "--queue-size",
+    "256",
+    "--idle-timeout-s",
+    String(IDLE_TIMEOUT_S),
+  ]);
   try {
-    const ready = await watch(child, /^judgeq serving .* at http:\/\//, "the server", 120_000);
-    const base = /at (http:\/\/127\.0\.0\.1:\d+)/.exec(ready)?.[1];
-    if (!base) throw new Error(`no ready line: ${ready}`);
-
     const contexts: string[] = [], counts = { created: 0, deleted: 0 };
     /** `requests` requests of the mix, `concurrency` at a time, then every kept context deleted. */
     const phase = async (requests: number, seed: number, deadline: number) => {
@@ -299,28 +284,17 @@ export interface FillCycleReport {
  * reuses the freed KV space instead of growing the process.
  */
 export async function runFillCycle(o: { contextMaxMb: number; executor: string }): Promise<FillCycleReport> {
-  const main = new URL("../server/main.ts", import.meta.url).pathname;
-  const child = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "-A",
-      ...SERVER_V8_FLAGS,
-      main,
-      "--port",
-      "0",
-      "--executor",
-      o.executor,
-      "--adapter",
-      "none",
-    ]
-      .concat(["--context-max-mb", String(o.contextMaxMb), "--idle-timeout-s", String(IDLE_TIMEOUT_S)]),
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
+  const { child, base } = await startServer([
+    "--executor",
+    o.executor,
+    "--adapter",
+    "none",
+    "--context-max-mb",
+    String(o.contextMaxMb),
+    "--idle-timeout-s",
+    String(IDLE_TIMEOUT_S),
+  ]);
   try {
-    const ready = await watch(child, /^judgeq serving .* at http:\/\//, "the server", 120_000);
-    const base = /at (http:\/\/127\.0\.0\.1:\d+)/.exec(ready)?.[1];
-    if (!base) throw new Error(`no ready line: ${ready}`);
     const metric = async (name: string) => {
       const text = await (await fetch(`${base}/metrics`)).text();
       return Number(new RegExp(`^${name} (\\S+)$`, "m").exec(text)?.[1] ?? NaN);
