@@ -9,7 +9,7 @@
  */
 import net from "node:net";
 import { executorFlag, executorFlags, parseFlags, usage, UsageError } from "../io/flags.ts";
-import { SERVER_V8_FLAGS, watch } from "./processes.ts";
+import { startServer, stopProcess } from "./processes.ts";
 import { residentBytes } from "./soak.ts";
 
 const SPEC = {
@@ -133,28 +133,19 @@ async function main(argv: string[]): Promise<number> {
     console.log(JSON.stringify(await probe(Number(u.port), null, f), null, 2));
     return 0;
   }
-  const child = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "-A",
-      ...SERVER_V8_FLAGS,
-      new URL("../server/main.ts", import.meta.url).pathname,
-      "--port",
-      "0",
-    ]
-      .concat(["--adapter", "none", "--executor", executorFlag(f.executor)])
-      .concat(["--max-connections", String(f["max-connections"])]),
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
+  const { child, base } = await startServer([
+    "--adapter",
+    "none",
+    "--executor",
+    executorFlag(f.executor),
+    "--max-connections",
+    String(f["max-connections"]),
+  ]);
   try {
-    const ready = await watch(child, /^judgeq serving .* at http:\/\//, "the server", 120_000);
-    const port = Number(/at http:\/\/127\.0\.0\.1:(\d+)/.exec(ready)?.[1]);
-    console.log(JSON.stringify(await probe(port, child.pid, f), null, 2));
+    console.log(JSON.stringify(await probe(Number(new URL(base).port), child.pid, f), null, 2));
     return 0;
   } finally {
-    child.kill("SIGKILL");
-    await child.status;
+    await stopProcess(child);
   }
 }
 

@@ -8,7 +8,7 @@
  */
 import { executorFlags, parseFlags, threadsFlag, usage, UsageError } from "../io/flags.ts";
 import { type Backend, haproxyConfig } from "./haproxy.ts";
-import { freePort, startServer, watch } from "./processes.ts";
+import { freePort, startServer, stopProcess, watch } from "./processes.ts";
 import { isRedisUrl, redact } from "../server/contexts/redis.ts";
 
 const SPEC = {
@@ -86,12 +86,7 @@ export async function startCluster(o: ClusterOptions): Promise<Cluster> {
   const children: Deno.ChildProcess[] = [];
   const dir = await Deno.makeTempDir({ prefix: "judgeq-cluster-" });
   const stopAll = async () => {
-    for (const c of children) {
-      try {
-        c.kill("SIGTERM");
-      } catch { /* already gone */ }
-    }
-    await Promise.all(children.map((c) => c.status));
+    await Promise.all(children.map((c) => stopProcess(c, "SIGTERM")));
     await Deno.remove(dir, { recursive: true }).catch(() => {});
   };
   try {
@@ -122,8 +117,7 @@ export async function startCluster(o: ClusterOptions): Promise<Cluster> {
     const replicas = await Promise.all(Array.from({ length: o.replicas }, async (_, i) => {
       const { child, base: url } = await startServer(
         ["--context-store", redisUrl!, ...(o.replicaArgs ?? [])],
-        `replica r${i + 1}`,
-        (c) => children.push(c),
+        { what: `replica r${i + 1}`, spawned: (c) => children.push(c) },
       );
       const port = Number(new URL(url).port);
       log(`replica r${i + 1} on ${url}`);
@@ -148,8 +142,7 @@ export async function startCluster(o: ClusterOptions): Promise<Cluster> {
         const r = replicas[index];
         if (!r.alive) return;
         r.alive = false;
-        r.child.kill("SIGKILL");
-        await r.child.status;
+        await stopProcess(r.child);
       },
       stop: stopAll,
     };

@@ -25,6 +25,7 @@ import {
   tempGguf,
 } from "../bench/batch_setup.ts";
 import { readSse } from "../server/sse.ts";
+import { stopProcess } from "./processes.ts";
 
 const SPEC = {
   compare: { kind: "boolean", help: "this comparison (the flag that chose it)" },
@@ -115,14 +116,10 @@ async function startServer(o: Options, gguf: string) {
       (async () => {
         while (!(await reader.read()).done);
       })().catch(() => {});
-      const stop = async () => {
-        child.kill("SIGTERM");
-        await child.status;
-      };
-      return { url: m[1], stop, pid: child.pid };
+      return { url: m[1], stop: () => stopProcess(child, "SIGTERM"), pid: child.pid };
     }
   }
-  child.kill("SIGKILL");
+  await stopProcess(child);
   throw new Error(`the server did not start: ${seen.slice(-2000)}`);
 }
 

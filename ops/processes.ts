@@ -53,40 +53,49 @@ export function watch(
   return found.promise.finally(() => clearTimeout(timer));
 }
 
+/** Kills a child (SIGKILL unless told otherwise) and waits for it to be reaped; one already gone is fine. */
+export async function stopProcess(child: Deno.ChildProcess, signal: Deno.Signal = "SIGKILL"): Promise<void> {
+  try {
+    child.kill(signal);
+  } catch { /* already gone */ }
+  await child.status;
+}
+
 /** A server process started by startServer: the child and the base URL it announced. */
 export interface ServerProcess {
   child: Deno.ChildProcess;
   base: string;
 }
 
+export interface StartServerOptions {
+  /** Names it in errors (default "the server"). */
+  what?: string;
+  /** Hears of the child at once (a caller starting several can then stop them all when one fails). */
+  spawned?: (child: Deno.ChildProcess) => void;
+  /** How long it may take to print its ready line (default 120 s). */
+  timeoutMs?: number;
+}
+
 /**
  * Starts `deno run -A server/main.ts --port 0 ARGS` with the server's V8 flags and resolves once it prints
- * its ready line (within 120 s), with the URL from that line; on failure the child is killed before the
- * error is thrown. `what` names it in errors; `spawned` hears of the child at once (a caller starting several
- * can then stop them all when one fails).
+ * its ready line, with the URL from that line; on failure the child is killed before the error is thrown.
  */
-export async function startServer(
-  args: string[],
-  what = "the server",
-  spawned: (child: Deno.ChildProcess) => void = () => {},
-): Promise<ServerProcess> {
+export async function startServer(args: string[], o: StartServerOptions = {}): Promise<ServerProcess> {
+  const what = o.what ?? "the server";
   const main = new URL("../server/main.ts", import.meta.url).pathname;
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", ...SERVER_V8_FLAGS, main, "--port", "0", ...args],
     stdout: "piped",
     stderr: "piped",
   }).spawn();
-  spawned(child);
+  o.spawned?.(child);
   try {
-    const ready = await watch(child, /^judgeq serving .* at http:\/\//, what, 120_000);
+    const ready = await watch(child, /^judgeq serving .* at http:\/\//, what, o.timeoutMs ?? 120_000);
     const base = /at (http:\/\/[^ ]+)/.exec(ready)?.[1];
     if (!base) throw new Error(`${what}: no URL in its ready line: ${ready}`);
     return { child, base };
   } catch (e) {
-    try {
-      child.kill("SIGKILL");
-    } catch { /* already gone */ }
-    await child.status;
+    await stopProcess(child);
     throw e;
   }
 }

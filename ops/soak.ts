@@ -12,7 +12,7 @@
  */
 import { mulberry32, pick, type Rng } from "../core/random.ts";
 import { executorFlag, executorFlags, parseFlags, usage, UsageError } from "../io/flags.ts";
-import { startServer } from "./processes.ts";
+import { startServer, stopProcess } from "./processes.ts";
 import { readSse } from "../server/sse.ts";
 
 const SPEC = {
@@ -258,10 +258,7 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
       context_cap_mb: o.contextMaxMb,
     };
   } finally {
-    try {
-      child.kill("SIGKILL");
-    } catch { /* already gone */ }
-    await child.status;
+    await stopProcess(child);
   }
 }
 
@@ -343,10 +340,7 @@ export async function runFillCycle(o: { contextMaxMb: number; executor: string }
       context_cap_mb: o.contextMaxMb,
     };
   } finally {
-    try {
-      child.kill("SIGKILL");
-    } catch { /* already gone */ }
-    await child.status;
+    await stopProcess(child);
   }
 }
 
