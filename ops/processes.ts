@@ -72,13 +72,11 @@ export interface StartServerOptions {
   what?: string;
   /** Hears of the child at once (a caller starting several can then stop them all when one fails). */
   spawned?: (child: Deno.ChildProcess) => void;
-  /** How long it may take to print its ready line (default 120 s). */
-  timeoutMs?: number;
 }
 
 /**
  * Starts `deno run -A server/main.ts --port 0 ARGS` with the server's V8 flags and resolves once it prints
- * its ready line, with the URL from that line; on failure the child is killed before the error is thrown.
+ * its ready line (within 120 s), with the URL from that line; on failure the child is killed before the error is thrown.
  */
 export async function startServer(args: string[], o: StartServerOptions = {}): Promise<ServerProcess> {
   const what = o.what ?? "the server";
@@ -90,7 +88,7 @@ export async function startServer(args: string[], o: StartServerOptions = {}): P
   }).spawn();
   o.spawned?.(child);
   try {
-    const ready = await watch(child, /^judgeq serving .* at http:\/\//, what, o.timeoutMs ?? 120_000);
+    const ready = await watch(child, /^judgeq serving .* at http:\/\//, what, 120_000);
     const base = /at (http:\/\/[^ ]+)/.exec(ready)?.[1];
     if (!base) throw new Error(`${what}: no URL in its ready line: ${ready}`);
     return { child, base };
