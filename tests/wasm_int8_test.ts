@@ -12,7 +12,8 @@ import { CONTROL_BYTES } from "../wasm/pool_protocol.ts";
 import { int8Layout } from "../wasm/weights.ts";
 import { fixtureWeights } from "../fixtures/testing.ts";
 import { JudgeQError } from "../core/errors.ts";
-import { assert, assertRejects, roundHalfEven, seededFloats } from "./helpers.ts";
+import { assert, assertRejects, seededFloats } from "./helpers.ts";
+import { type GemmCase, QMAX, quantizeInput } from "./wasm_gemm_oracle.ts";
 
 const why = wasmUnsupportedReason();
 const opts = { ignore: why !== null, sanitizeResources: false, sanitizeOps: false };
@@ -28,15 +29,9 @@ function oracle(
   N: number,
   K: number,
 ): Float32Array {
-  const out = new Float32Array(M * N), QMAX = 2 ** 20 - 1;
+  const out = new Float32Array(M * N);
   for (let m = 0; m < M; m++) {
-    let mx = 0;
-    for (let k = 0; k < K; k++) mx = Math.max(mx, Math.abs(x[m * K + k]));
-    const s = mx > 0 ? Math.fround(mx / QMAX) : 1, inv = Math.fround(1 / s);
-    const xq = Array.from({ length: K }, (_, k) => {
-      const v = roundHalfEven(Math.fround(x[m * K + k] * inv));
-      return Math.max(-QMAX, Math.min(QMAX, v));
-    });
+    const { s, xq } = quantizeInput(x.subarray(m * K, (m + 1) * K));
     for (let n = 0; n < N; n++) {
       let dot = 0;
       for (let k = 0; k < K; k++) dot += q[n * K + k] * xq[k];
@@ -49,15 +44,7 @@ function oracle(
   return out;
 }
 
-interface Case {
-  M: number;
-  N: number;
-  K: number;
-  bias: boolean;
-  acc: boolean;
-}
-
-const CASES: Case[] = [
+const CASES: GemmCase[] = [
   { M: 1, N: 12, K: 64, bias: false, acc: false }, // decode's matvec
   { M: 1, N: 7, K: 13, bias: true, acc: true }, // K not a multiple of 16, N not of 4
   { M: 5, N: 9, K: 100, bias: true, acc: false },
@@ -67,7 +54,7 @@ const CASES: Case[] = [
 ];
 
 /** Runs gemmI8 on one flavor over `chunks` chunks; returns y. */
-async function runGemm(flavor: KernelFlavor, c: Case, seed: number, chunks: number) {
+async function runGemm(flavor: KernelFlavor, c: GemmCase, seed: number, chunks: number) {
   const rand = seededFloats(seed), { M, N, K } = c;
   const x = Float32Array.from({ length: M * K }, () => rand() * 3);
   if (M > 2) x.fill(0, K, 2 * K); // an all-zero row: scale 1
@@ -111,7 +98,7 @@ async function runGemm(flavor: KernelFlavor, c: Case, seed: number, chunks: numb
         a += Math.abs(q[n * K + i] * sw[n]);
       }
       exact[m * N + n] = d + (bias ? bias[n] : 0) + (y0 ? y0[m * N + n] : 0);
-      bound[m * N + n] = a * mx / (2 ** 20 - 1) / 2;
+      bound[m * N + n] = a * mx / QMAX / 2;
     }
   }
   return { got, want: oracle(x, q, sw, bias, y0, M, N, K), exact, bound };

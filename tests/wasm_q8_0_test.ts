@@ -28,34 +28,16 @@ import { writeGguf } from "../core/gguf/model_writer.ts";
 import { deinterleaveRows, ggufTensorName } from "../core/gguf/model_weights.ts";
 import { parseGguf, tensorBytes } from "../core/gguf/reader.ts";
 import { parseGgufBytes } from "../io/from_bytes.ts";
-import { assert, assertEquals, assertRejects, roundHalfEven, seededFloats } from "./helpers.ts";
+import { assert, assertEquals, assertRejects, seededFloats } from "./helpers.ts";
+import { type GemmCase, quantizeInput } from "./wasm_gemm_oracle.ts";
 
 const why = wasmUnsupportedReason();
 const opts = { ignore: why !== null, sanitizeResources: false, sanitizeOps: false };
 
-const QMAX = 2 ** 20 - 1;
-
-/** An input row quantized as documented (kernels.ts, quantizeRow): its scale and integers. */
-function quantizeInput(x: Float32Array): { s: number; xq: number[] } {
-  let mx = 0;
-  for (const v of x) mx = Math.max(mx, Math.abs(v));
-  const s = mx > 0 ? Math.fround(mx / QMAX) : 1, inv = Math.fround(1 / s);
-  const xq = Array.from(x, (v) => Math.max(-QMAX, Math.min(QMAX, roundHalfEven(Math.fround(v * inv)))));
-  return { s, xq };
-}
-
 /** 2^24 x an f16 value: an integer for every f16 (the smallest step is 2^-24). */
 const SCALE_UNITS = 2n ** 24n;
 
-interface Case {
-  M: number;
-  N: number;
-  K: number;
-  bias: boolean;
-  acc: boolean;
-}
-
-const CASES: Case[] = [
+const CASES: GemmCase[] = [
   { M: 1, N: 7, K: 32, bias: true, acc: true }, // decode's matvec; one block; N not a multiple of 3 or 4
   { M: 2, N: 12, K: 64, bias: false, acc: false },
   { M: 5, N: 11, K: 96, bias: true, acc: false },
@@ -81,7 +63,7 @@ function halfScales(rand: () => number, count: number, lo: number, hi: number): 
  */
 type Scales = "exact" | "wide" | "cancel";
 
-async function runGemm(flavor: KernelFlavor, c: Case, seed: number, chunks: number, scales: Scales) {
+async function runGemm(flavor: KernelFlavor, c: GemmCase, seed: number, chunks: number, scales: Scales) {
   const rand = seededFloats(seed), { M, N, K } = c, kb = K / Q8_BLOCK;
   const x = Float32Array.from({ length: M * K }, () => rand() * 3);
   if (M > 2) x.fill(0, K, 2 * K); // an all-zero row: scale 1
