@@ -11,6 +11,7 @@ import { kernelModule } from "../wasm/kernels.ts";
 import { chunksFor, ThreadPool } from "../wasm/pool.ts";
 import { CONTROL_BYTES } from "../wasm/pool_protocol.ts";
 import { gemmJob } from "../wasm/jobs.ts";
+import type { Matrix } from "../wasm/weights.ts";
 const module = await kernelModule("relaxed");
 const N = 2048 * 12, K = 768; // 12 layers of gate-sized matrices: 18.9 MB of int8, 75 MB of f32
 for (const threads of [1, 2, 1, 2]) {
@@ -27,30 +28,11 @@ for (const threads of [1, 2, 1, 2]) {
   arena.f32.fill(0.5, x / 4, x / 4 + K);
   const stride = 64 + 16 * 3 * K, scratch = arena.alloc(chunks * stride);
   const panels = arena.alloc(chunks * (32 * K + 32));
-  const i8 = gemmJob({
-    format: "int8",
-    x,
-    w: { at: w, rows: N, cols: K, scales: sc, sums: su },
-    bias: 0,
-    y,
-    M: 1,
-    acc: false,
-    panels,
-    quant: scratch,
-    quantStride: stride,
-  });
-  const f32 = gemmJob({
-    format: "f32",
-    x,
-    w: { at: wf, rows: N, cols: K, scales: 0, sums: 0 },
-    bias: 0,
-    y,
-    M: 1,
-    acc: false,
-    panels,
-    quant: scratch,
-    quantStride: stride,
-  });
+  // The same one-row job on either weight copy (the kernel follows the format).
+  const job = (format: "int8" | "f32", w: Matrix) =>
+    gemmJob({ format, x, w, bias: 0, y, M: 1, acc: false, panels, quant: scratch, quantStride: stride });
+  const i8 = job("int8", { at: w, rows: N, cols: K, scales: sc, sums: su });
+  const f32 = job("f32", { at: wf, rows: N, cols: K, scales: 0, sums: 0 });
   for (const [name, job] of [["int8", i8], ["f32", f32]] as const) {
     let best = Infinity;
     for (let r = 0; r < 30; r++) {
