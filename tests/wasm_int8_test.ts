@@ -9,7 +9,7 @@ import { Arena } from "../wasm/arena.ts";
 import { hasRelaxedSimd, instantiate, type KernelFlavor, kernelModule } from "../wasm/kernels.ts";
 import { WasmExecutor, wasmUnsupportedReason } from "../wasm/mod.ts";
 import { CONTROL_BYTES } from "../wasm/pool_protocol.ts";
-import { int8Layout } from "../wasm/weights.ts";
+import { int8Layout } from "../wasm/row_groups.ts";
 import { fixtureWeights } from "../fixtures/testing.ts";
 import { JudgeQError } from "../core/errors.ts";
 import { assert, assertRejects, seededFloats } from "./helpers.ts";

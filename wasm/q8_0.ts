@@ -7,9 +7,10 @@
  * (core/gguf/quants.ts: d = max |x| / 127 stored as f16, q = round(x / d) with the f32 d).
  */
 import { fail, type JudgeQError } from "../core/errors.ts";
-import { mapProjections, type ModelWeights, projectionMatrices } from "../core/weights.ts";
+import { expectedTensors, mapProjections, type ModelWeights, projectionMatrices } from "../core/weights.ts";
 import { GGML_TYPE } from "../core/gguf/ggml_types.ts";
 import { dequantize, quantizeQ8_0 } from "../core/gguf/quants.ts";
+import { int8Layout } from "./row_groups.ts";
 
 /** Values per block. */
 export const Q8_BLOCK = 32;
@@ -51,18 +52,14 @@ export interface Q8Layout {
 
 export function layoutQ8(m: Q8Blocks): Q8Layout {
   const { rows, cols, q, d } = m, kb = cols / Q8_BLOCK, n3 = rows - rows % 3;
-  const bytes = new Int8Array(rows * cols), scales = new Float32Array(rows * kb);
+  // The values as int8's groups (whole blocks, so no row is padded); a group's three scales of a block side by side.
+  const bytes = int8Layout(q, rows, cols), scales = new Float32Array(rows * kb);
   const offsets = new Float64Array(rows);
   for (let g = 0; g < n3; g += 3) {
     for (let r = 0; r < 3; r++) {
-      const row = g + r;
-      for (let c = 0; c < cols / 16; c++) {
-        bytes.set(q.subarray(row * cols + 16 * c, row * cols + 16 * c + 16), g * cols + 48 * c + 16 * r);
-      }
-      for (let b = 0; b < kb; b++) scales[g * kb + 3 * b + r] = d[row * kb + b];
+      for (let b = 0; b < kb; b++) scales[g * kb + 3 * b + r] = d[(g + r) * kb + b];
     }
   }
-  bytes.set(q.subarray(n3 * cols), n3 * cols);
   scales.set(d.subarray(n3 * kb), n3 * kb);
   for (let n = 0; n < rows; n++) {
     let off = 0;
@@ -78,13 +75,9 @@ export function layoutQ8(m: Q8Blocks): Q8Layout {
 
 /** The first matrix whose rows are not whole blocks of 32, as an error naming it; null when all are. */
 export function q8BlockError(w: ModelWeights): JudgeQError | null {
-  const c = w.config;
+  const shapes = expectedTensors(w.config);
   for (const [name, t] of projectionMatrices(w)) {
-    const cols = name.endsWith("o_proj.weight")
-      ? c.nHeads * c.headDim
-      : name.endsWith("down_proj.weight")
-      ? c.hiddenDim
-      : c.dim;
+    const cols = shapes.get(name)![1];
     if (cols % Q8_BLOCK !== 0 || t.length % cols !== 0) {
       return fail(
         "unprocessable",
@@ -101,8 +94,9 @@ export function q8BlockError(w: ModelWeights): JudgeQError | null {
  * another type): "auto" then runs them as stored, a quarter of f32's bytes, rather than dequantized.
  */
 export function storedAsQ8_0(w: ModelWeights): boolean {
+  const stored = ggufQ8Sources(w);
   const layers = projectionMatrices(w).filter(([name]) => name.startsWith("model.layers."));
-  return layers.length > 0 && layers.every(([name]) => w.quantized?.get(name)?.ggmlType === GGML_TYPE.Q8_0);
+  return layers.length > 0 && layers.every(([, t]) => stored.has(t));
 }
 
 /** The GGUF file's Q8_0 matrices (ModelWeights.quantized), by the f32 array they were dequantized into. */

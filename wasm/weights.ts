@@ -14,6 +14,7 @@ import {
   type WasmWeightFormat,
 } from "../core/weight_formats.ts";
 import { type Arena, MAX_BYTES } from "./arena.ts";
+import { int8Layout, int8RowBytes } from "./row_groups.ts";
 import { blocksOfGguf, ggufQ8Sources, layoutQ8, q8BlockError, quantizeBlocks, storedAsQ8_0 } from "./q8_0.ts";
 
 /**
@@ -163,30 +164,6 @@ export function uploadWeights(arena: Arena, w: ModelWeights, format: WasmWeightF
   const finalNorm = vector(w.finalNorm);
   const lmHead = w.lmHead === w.embed ? embed : matrix(w.lmHead, c.vocabSize, c.dim);
   return { format, embed, lmHead, finalNorm, layers, bytes: arena.size - start };
-}
-
-/** K rounded up to 16: the bytes an int8 row takes in memory (zeros past K). */
-export const int8RowBytes = (cols: number): number => Math.ceil(cols / 16) * 16;
-
-/**
- * An int8 matrix [rows, cols] (row-major) as the kernels read it: rows in groups of three interleaved by 16
- * bytes (16 of row n, 16 of n + 1, 16 of n + 2, then the next 16 of each), so that the GEMM's three-row
- * tile streams one sequential run of bytes (three rows read side by side streamed less than half as fast);
- * then the last rows mod 3 one after another. Every row is padded with zeros to int8RowBytes(cols).
- */
-export function int8Layout(q: Int8Array, rows: number, cols: number): Int8Array {
-  const k16 = int8RowBytes(cols), out = new Int8Array(rows * k16);
-  const grouped = rows - (rows % 3);
-  for (let r = 0; r < rows; r++) {
-    const row = q.subarray(r * cols, (r + 1) * cols);
-    if (r >= grouped) {
-      out.set(row, r * k16);
-      continue;
-    }
-    const group = (r - (r % 3)) * k16, lane = (r % 3) * 16;
-    for (let k = 0; k < cols; k += 16) out.set(row.subarray(k, k + 16), group + k * 3 + lane);
-  }
-  return out;
 }
 
 /** Each row's sum of its int8 values. */
