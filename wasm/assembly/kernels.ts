@@ -1730,20 +1730,14 @@ export function embedQ8(
   const m0 = share(M, t, nt, 1), m1 = share(M, t + 1, nt, 1);
   const N3 = N - N % 3, KB = D >> 5;
   for (let m = m0; m < m1; m++) {
-    const tok = load<i32>(tokens + (<usize>m << 2));
-    const r = tok % 3, g = tok - r, grouped = tok < N3;
-    const at = grouped ? table + <usize>g * <usize>D + (<usize>r << 4) : table + <usize>tok * <usize>D;
-    const ws: usize = grouped ? 48 : 16, ss: usize = grouped ? 12 : 4;
-    const s = scales + ((grouped ? <usize>g * <usize>KB + <usize>r : <usize>tok * <usize>KB) << 2);
-    const dst = x + <usize>m * (<usize>D << 2);
-    for (let c = 0; c < (D >> 4); c++) {
-      const d = f32x4.splat(load<f32>(s + <usize>(c >> 1) * ss));
-      const v = v128.load(at + <usize>c * ws);
-      const lo = i16x8.extend_low_i8x16_s(v), hi = i16x8.extend_high_i8x16_s(v), o = dst + (<usize>c << 6);
-      v128.store(o, f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(lo)), d));
-      v128.store(o, f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(lo)), d), 16);
-      v128.store(o, f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(hi)), d), 32);
-      v128.store(o, f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(hi)), d), 48);
+    const tok = load<i32>(tokens + (<usize>m << 2)), dst = x + <usize>m * (<usize>D << 2);
+    int8RowToFloats(table, tok, N, D, dst); // the values, out of int8's row groups
+    // Its block scales: a group's three side by side per block, a last row's one after another.
+    const r = tok % 3, grouped = tok < N3, ss: usize = grouped ? 12 : 4;
+    const s = scales + ((grouped ? <usize>(tok - r) * <usize>KB + <usize>r : <usize>tok * <usize>KB) << 2);
+    for (let b = 0; b < KB; b++) {
+      const d = f32x4.splat(load<f32>(s + <usize>b * ss)), o = dst + (<usize>b << 7);
+      for (let i: usize = 0; i < 128; i += 16) v128.store(o + i, f32x4.mul(v128.load(o + i), d));
     }
   }
 }
