@@ -8,8 +8,7 @@
  *
  *   deno run -A bench/stream_micro.ts [--rounds 3]
  */
-import asc from "assemblyscript/asc";
-import { ascFlags } from "../wasm/build.ts";
+import { compileAssemblyScript } from "../wasm/build.ts";
 
 const roundsAt = Deno.args.indexOf("--rounds");
 const rounds = roundsAt >= 0 ? Number(Deno.args[roundsAt + 1]) : 3;
@@ -19,24 +18,13 @@ if (!Number.isInteger(rounds) || rounds < 1) {
 }
 
 const source = await Deno.readTextFile(new URL("./assembly/stream_micro.ts", import.meta.url));
-let wasm: Uint8Array | null = null;
-const errors: string[] = [];
-const { error } = await asc.main(["m.ts", "--outFile", "m.wasm", ...ascFlags("relaxed")], {
-  readFile: (name: string) => (name === "m.ts" ? source : null),
-  writeFile: (name: string, contents: Uint8Array | string) => {
-    if (name === "m.wasm" && typeof contents !== "string") wasm = contents;
-  },
-  listFiles: () => [],
-  stdout: { write: (s: string) => void errors.push(s) },
-  stderr: { write: (s: string) => void errors.push(s) },
-});
-if (error || !wasm) {
-  throw new Error(`AssemblyScript build failed: ${error?.message ?? ""}\n${errors.join("")}`);
-}
+const wasm = await compileAssemblyScript(source, "relaxed");
 
 type Fn = (...args: number[]) => number;
 const memory = new WebAssembly.Memory({ initial: 4000, maximum: 65536, shared: true });
-const instance = new WebAssembly.Instance(new WebAssembly.Module(wasm), { env: { memory, abort: () => {} } });
+const instance = new WebAssembly.Instance(new WebAssembly.Module(wasm as Uint8Array<ArrayBuffer>), {
+  env: { memory, abort: () => {} },
+});
 const k = instance.exports as Record<string, Fn>;
 
 const K = 768, N = 65536, f32Bytes = N * K * 4; // 201 MB of f32 weights

@@ -41,7 +41,14 @@ export function ascFlags(f: KernelFlavor): string[] {
 }
 
 export async function buildKernels(flavor: KernelFlavor = "relaxed"): Promise<Uint8Array> {
-  const source = await Deno.readTextFile(new URL("./assembly/kernels.ts", import.meta.url));
+  return compileAssemblyScript(
+    await Deno.readTextFile(new URL("./assembly/kernels.ts", import.meta.url)),
+    flavor,
+  );
+}
+
+/** One AssemblyScript source compiled with the kernels' flags (bench/stream_micro.ts builds its patterns so). */
+export async function compileAssemblyScript(source: string, flavor: KernelFlavor): Promise<Uint8Array> {
   let wasm: Uint8Array | null = null;
   const errors: string[] = [];
   const { error } = await asc.main(["kernels.ts", "--outFile", "kernels.wasm", ...ascFlags(flavor)], {
