@@ -8,7 +8,7 @@
  * each figure is a median with its min and max, each ratio ours / wllama per round, then its median.
  *
  *   deno run -A bench/browser.ts [--rounds 3] [--threads 1,2] [--prompt 512] [--decode 64]
- *     [--formats f32,int8,q8_0] [--gguf f32,q8_0] [--out results/browser_bench.json]
+ *     [--formats f32,int8,q8_0|none] [--gguf f32,q8_0] [--out results/browser_bench.json]
  *
  * wllama is installed on first use into the gitignored .cache/wllama/ (npm). The GGUF writer is a
  * parameter (`GgufWriter`; default core/gguf's, through bench/gguf.ts). Ratios pair our f32 with wllama's
@@ -288,7 +288,10 @@ const SPEC = {
   threads: { kind: "string", help: "thread counts, comma-separated (default 1,2)" },
   prompt: { kind: "int", help: "prompt tokens (default 512)" },
   decode: { kind: "int", help: "greedy tokens decoded (default 64)" },
-  formats: { kind: "string", help: "this executor's weight formats: f32, int8, q8_0 (default f32,int8)" },
+  formats: {
+    kind: "string",
+    help: "this executor's weight formats: f32, int8, q8_0, or none to run wllama alone (default f32,int8)",
+  },
   gguf: { kind: "string", help: "wllama's GGUF tensor types (default f32,q8_0)" },
   out: { kind: "string", help: "also write the JSON here (default results/browser_bench.json)" },
   help: { kind: "boolean", help: "this help" },
@@ -311,9 +314,10 @@ if (import.meta.main) {
     if (!threads.every((t) => Number.isInteger(t) && t >= 1 && t <= 64)) {
       throw new UsageError(`--threads: expected whole numbers from 1 to 64, got '${f.threads}'`);
     }
-    const formats = ((f.formats as string | undefined) ?? "f32,int8").split(",");
+    // "none": wllama alone (the peer measured by itself, as the guide asks once per comparison).
+    const formats = f.formats === "none" ? [] : ((f.formats as string | undefined) ?? "f32,int8").split(",");
     if (!formats.every((x) => x === "f32" || x === "int8" || x === "q8_0")) {
-      throw new UsageError(`--formats: expected f32, int8 and/or q8_0, got '${f.formats}'`);
+      throw new UsageError(`--formats: expected f32, int8 and/or q8_0, or none, got '${f.formats}'`);
     }
     const ggufTypes = ((f.gguf as string | undefined) ?? "f32,q8_0").split(",");
     if (!ggufTypes.every((x) => x === "f32" || x === "q8_0")) {

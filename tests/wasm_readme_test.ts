@@ -73,3 +73,13 @@ Deno.test("README's browser tables equal results/browser_bench.json and browser_
     ["ours int8 t2", "wllama Q8_0"],
   ]);
 });
+
+Deno.test("README's figures of wllama alone equal results/browser_bench_wllama_alone.json", async () => {
+  const d = await json("results/browser_bench_wllama_alone.json");
+  assertEquals(Object.keys(d.ratios).length, 0, "wllama alone: no ratios");
+  const prose = README.replace(/\s+/g, " ");
+  for (const [name, c] of Object.entries(d.configs) as [string, Record<string, { median: number }>][]) {
+    const pair = `${c.prefillTokPerS.median.toFixed(1)} / ${c.decodeTokPerS.median.toFixed(1)}`;
+    assert(prose.includes(pair), `${name}: README lacks ${pair}`);
+  }
+});
